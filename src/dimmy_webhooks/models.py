@@ -1,0 +1,131 @@
+"""Plain value objects passed between the parts. No IO, no imports from this package."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+ITEMS_SCANNED = "items.scanned"
+FULL_PAYLOAD = "item.scanned.full_payload"
+UNKNOWN = "unknown"
+
+
+def classify_event(payload: object) -> str:
+    """Tell the event type from the body's shape (no header carries it).
+
+    ``{"item_ids": [...]}`` is ``items.scanned``; an object with ``_id`` is the full item;
+    anything else is ``unknown`` (kept, acknowledged, never processed).
+    """
+    if isinstance(payload, dict):
+        ids = payload.get("item_ids")
+        if isinstance(ids, list):
+            return ITEMS_SCANNED
+        if isinstance(payload.get("_id"), str):
+            return FULL_PAYLOAD
+    return UNKNOWN
+
+
+class InsertOutcome(enum.Enum):
+    """What the inbox did with a webhook."""
+
+    ACCEPTED = "accepted"  # new message id, stored
+    DUPLICATE = "duplicate"  # seen before, nothing added
+    REQUEUED = "requeued"  # seen before and its work had ended dead: put back in the queue
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingEvent:
+    """A verified webhook, as it goes into the inbox."""
+
+    message_id: str
+    event_type: str
+    body: bytes
+    headers: dict[str, str]
+    received_at: float
+
+
+class JobKind(enum.StrEnum):
+    """The kinds of work in the queue."""
+
+    EVENT = "event"  # expand one inbox event (fan out ids, store a full payload)
+    FETCH = "fetch"  # GET /items/{id} and store it
+    DELIVER = "deliver"  # hand one item version to one output
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One claimed unit of work. ``lease_token`` must accompany every write about it."""
+
+    id: int
+    kind: JobKind
+    event_id: int | None
+    item_id: str | None
+    output: str | None
+    attempts: int
+    lease_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class NormalisedItem:
+    """Fields derived from an item's raw JSON; every field ``None``/empty when absent."""
+
+    id: str
+    created_at: str | None = None
+    updated_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    owner_id: str | None = None
+    scanner_account_id: str | None = None
+    flow_id: str | None = None
+    width: float | None = None
+    height: float | None = None
+    depth: float | None = None
+    dimension_unit: str | None = None
+    volume: float | None = None
+    volume_unit: str | None = None
+    weight: float | None = None
+    weight_unit: str | None = None
+    barcode: str | None = None
+    barcodes: tuple[str, ...] = ()
+    photo_urls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredItem:
+    """An item as kept in the item store: the raw JSON text as fetched plus normalised fields."""
+
+    item: NormalisedItem
+    raw: str
+    version: str
+    fetched_at: float
+
+    @property
+    def id(self) -> str:
+        return self.item.id
+
+    def raw_json(self) -> Any:
+        """The raw document parsed (the exact value Dimmy returned)."""
+        return json.loads(self.raw)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An inbox event as listed by the JSON API."""
+
+    id: int
+    message_id: str
+    event_type: str
+    status: str
+    received_at: float
+    item_count: int | None = None
+    last_error: str | None = None
+    jobs: dict[str, int] = field(default_factory=dict)
