@@ -8,7 +8,7 @@ keeps the two in step. Secrets are :class:`pydantic.SecretStr`: their ``repr`` h
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -160,13 +160,13 @@ class Settings(BaseSettings):
         return value or None
 
 
-def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
     """Read settings from the environment (and ``env_file`` when it exists).
 
     Raises :class:`ConfigError` with one line per bad setting, naming the variable.
     """
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -81,7 +81,7 @@ class PermanentUpstream(UpstreamError):
 
 
 class UpstreamAuthError(UpstreamError):
-    """The API key was refused; fix ``DIMMY_API_KEY``. Fetching pauses instead of burning retries."""
+    """The API key was refused (fix ``DIMMY_API_KEY``): fetching pauses, no attempts burnt."""
 
 
 class OutputError(DimmyWebhooksError):

@@ -44,6 +44,7 @@ class IncomingEvent:
     body: bytes
     headers: dict[str, str]
     received_at: float
+    item_count: int | None = None
 
 
 class JobKind(enum.StrEnum):
@@ -70,6 +71,7 @@ class Job:
     event_id: int | None
     item_id: str | None
     output: str | None
+    version: str | None
     attempts: int
     lease_token: str
 

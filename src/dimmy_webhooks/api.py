@@ -1,0 +1,145 @@
+"""The JSON API under ``/api`` (OpenAPI at ``/openapi.json``), protected by the admin token.
+
+``GET /api/items/{id}`` returns the stored item with ``raw`` exactly as fetched; lists are
+paginated with a cursor (``after`` / ``before``) so pages stay stable while data arrives.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from .items import to_api_dict
+from .models import EventRecord
+from .store import ReplayMode
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _services(request: Request) -> Any:
+    return request.app.state.services
+
+
+async def require_admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """When ``DIMMY_ADMIN_TOKEN`` is set, demand ``Authorization: Bearer <token>``."""
+    expected = _services(request).settings.admin_token_value()
+    if expected is None:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status_code=401,
+            detail="missing or wrong admin token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_admin)], tags=["api"])
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def _event_dict(event: EventRecord) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "message_id": event.message_id,
+        "event_type": event.event_type,
+        "status": event.status,
+        "received_at": _iso(event.received_at),
+        "item_count": event.item_count,
+        "last_error": event.last_error,
+        "jobs": event.jobs,
+    }
+
+
+@router.get("/items/{item_id}")
+async def get_item(item_id: str, request: Request) -> dict[str, Any]:
+    """One stored item: ``raw`` exactly as fetched, normalised fields, ``fetched_at``."""
+    item = await _services(request).store.get_item(item_id)
+    if item is None:
+        raise HTTPException(status_code=404, detail="item not found")
+    return to_api_dict(item)
+
+
+@router.get("/items")
+async def list_items(
+    request: Request,
+    since: Annotated[datetime | None, Query(description="fetched at or after")] = None,
+    barcode: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    after: Annotated[str | None, Query(max_length=64, description="cursor: last id seen")] = None,
+) -> dict[str, Any]:
+    """Stored items in id order; pass ``next`` back as ``after`` for the next page."""
+    items = await _services(request).store.list_items(
+        since=since.timestamp() if since else None, barcode=barcode, limit=limit, after=after
+    )
+    return {
+        "items": [to_api_dict(item) for item in items],
+        "next": items[-1].id if len(items) == limit else None,
+    }
+
+
+@router.get("/events")
+async def list_events(
+    request: Request,
+    status: Annotated[str | None, Query(pattern="^(pending|processing|done|dead|unknown)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[int | None, Query(ge=1, description="cursor: last id seen")] = None,
+) -> dict[str, Any]:
+    """Inbox events, newest first, optionally by status."""
+    events = await _services(request).store.list_events(status=status, limit=limit, before=before)
+    return {
+        "events": [_event_dict(event) for event in events],
+        "next": events[-1].id if len(events) == limit else None,
+    }
+
+
+@router.get("/events/{event_id}")
+async def get_event(event_id: int, request: Request) -> dict[str, Any]:
+    """One event with its work counted by kind and status."""
+    event = await _services(request).store.get_event(event_id)
+    if event is None:
+        raise HTTPException(status_code=404, detail="event not found")
+    return _event_dict(event)
+
+
+@router.post("/events/{event_id}/replay")
+async def replay_event(
+    event_id: int, request: Request, mode: ReplayMode = ReplayMode.REFETCH
+) -> dict[str, Any]:
+    """Put an event's work back in the queue: ``refetch`` from Dimmy or ``redeliver``."""
+    services = _services(request)
+    try:
+        queued = await services.store.replay_event(
+            event_id, mode, services.output_names(), time.time()
+        )
+    except LookupError:
+        raise HTTPException(status_code=404, detail="event not found") from None
+    services.wake_workers()
+    return {"event_id": event_id, "mode": mode.value, "queued": queued}
+
+
+@router.post("/items/{item_id}/replay")
+async def replay_item(
+    item_id: str, request: Request, mode: ReplayMode = ReplayMode.REFETCH
+) -> dict[str, Any]:
+    """Fetch one item again, or deliver its stored version to the outputs again."""
+    services = _services(request)
+    try:
+        queued = await services.store.replay_item(
+            item_id, mode, services.output_names(), time.time()
+        )
+    except LookupError:
+        raise HTTPException(status_code=404, detail="item not found") from None
+    services.wake_workers()
+    return {"item_id": item_id, "mode": mode.value, "queued": queued}

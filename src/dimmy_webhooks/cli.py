@@ -1,0 +1,332 @@
+"""``dimmy-webhooks``: the command line, the other composition root (with :mod:`.web`).
+
+Every command reads the settings once, reports a bad setting as one actionable line (exit 2),
+and never prints a traceback for a problem the user can fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import httpx
+
+from . import __version__, logs, schema
+from .config import Settings, load_settings, require_loopback_or_token
+from .errors import ConfigError, DimmyWebhooksError
+from .signatures import parse_secrets, signed_headers
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(func: F) -> F:
+    """Turn our own errors into ``error: ...`` on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DimmyWebhooksError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(**overrides: Any) -> Settings:
+    settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    logs.configure(settings.log_format, settings.log_level)
+    return settings
+
+
+def prepare_database(settings: Settings) -> None:
+    """SQLite is migrated automatically (one file, one site); PostgreSQL must be migrated
+    explicitly with ``dimmy-webhooks migrate`` and is only checked here."""
+    if settings.sqlite_path is not None:
+        schema.upgrade(settings.database_url)
+    else:
+        schema.require_current(settings.database_url)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="dimmy-webhooks")
+def main() -> None:
+    """Receive Dimmy webhooks durably, fetch the scanned items, hand them to your systems.
+
+    Settings come from DIMMY_* environment variables or a .env file in the working directory
+    (see docs/configuration.md).
+    """
+
+
+@main.command()
+@click.option("--host", help="Address to bind (default DIMMY_HOST, 127.0.0.1).")
+@click.option("--port", type=int, help="Port to bind (default DIMMY_PORT, 5000).")
+@click.option("--no-worker", is_flag=True, help="Only receive; run workers elsewhere.")
+@friendly_errors
+def serve(host: str | None, port: int | None, no_worker: bool) -> None:
+    """Run the receiver (POST /webhook), the JSON API and, by default, the workers."""
+    import uvicorn
+
+    from .web import create_app
+
+    settings = _settings(host=host, port=port)
+    require_loopback_or_token(settings, settings.host)
+    prepare_database(settings)
+    app = create_app(settings, run_worker=settings.worker_enabled and not no_worker)
+    click.echo(
+        f"dimmy-webhooks {__version__}: webhooks at http://{settings.host}:{settings.port}"
+        f"{settings.webhook_path}, database {_describe_db(settings)}",
+        err=True,
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=15,
+        timeout_graceful_shutdown=30,
+        server_header=False,
+    )
+
+
+def _describe_db(settings: Settings) -> str:
+    if settings.sqlite_path is not None:
+        return str(settings.sqlite_path.resolve())
+    return "PostgreSQL"
+
+
+@main.command()
+@click.option("--concurrency", type=int, help="Jobs in flight (default 2 x DIMMY_API_CONCURRENCY).")
+@friendly_errors
+def worker(concurrency: int | None) -> None:
+    """Run workers only (no HTTP): fetch items and deliver them to the outputs."""
+    settings = _settings()
+    prepare_database(settings)
+    asyncio.run(_run_worker(settings, concurrency))
+
+
+async def _run_worker(settings: Settings, concurrency: int | None) -> None:
+    from dataclasses import replace
+
+    from .outputs import parse_outputs
+    from .store import create_store
+    from .web import create_client, worker_policy
+    from .worker import Worker
+
+    policy = worker_policy(settings)
+    if concurrency:
+        policy = replace(policy, concurrency=concurrency)
+    store = create_store(settings.database_url, max_attempts=settings.max_attempts)
+    outputs = parse_outputs(settings.outputs)
+    client = create_client(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await store.open()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if client is not None:
+                await stack.enter_async_context(client)
+            for output in outputs:
+                stack.push_async_callback(output.aclose)
+            await Worker(store, client, outputs, policy).run(stop)
+    finally:
+        await store.close()
+
+
+@main.command()
+@friendly_errors
+def migrate() -> None:
+    """Apply database migrations (needed once per upgrade on PostgreSQL)."""
+    settings = _settings()
+    state = schema.upgrade(settings.database_url)
+    click.echo(f"schema at {state.current} (latest {state.head}): {_describe_db(settings)}")
+
+
+@main.command("config")
+@click.option(
+    "--check-credentials",
+    is_flag=True,
+    help="Exit 1 unless a webhook secret and an API key are configured.",
+)
+@friendly_errors
+def show_config(check_credentials: bool) -> None:
+    """Print the effective settings (secrets hidden) after validating them."""
+    settings = load_settings()
+    if settings.webhook_secret is not None:
+        parse_secrets(settings.webhook_secret.get_secret_value())
+    if check_credentials:
+        sys.exit(0 if settings.webhook_secret and settings.api_key else 1)
+    for name, value in settings.model_dump().items():
+        shown = "(set, hidden)" if value is not None and name in _SECRETS else value
+        click.echo(f"DIMMY_{name.upper()}={'' if shown is None else shown}")
+
+
+_SECRETS = frozenset({"webhook_secret", "api_key", "admin_token"})
+
+SAMPLE_IDS = ["6592008029c8c3e4dc76256c", "6592008029c8c3e4dc76256d"]
+
+
+@main.command()
+@click.argument("url", default="http://127.0.0.1:5000/webhook")
+@click.option(
+    "--secret",
+    envvar="DIMMY_WEBHOOK_SECRET",
+    help="Signing secret (whsec_...); default DIMMY_WEBHOOK_SECRET (the first one when several).",
+)
+@click.option(
+    "--file",
+    "body_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Send this file's bytes as the body instead of a sample items.scanned.",
+)
+@click.option("--ids", "item_ids", multiple=True, help="Item ids for the sample (repeatable).")
+@click.option("--msg-id", help="Message id (default a new msg_...; reuse one to test dedup).")
+@click.option(
+    "--family",
+    type=click.Choice(["svix", "webhook"]),
+    default="svix",
+    help="Header names: svix-* (Dimmy) or webhook-* (white-labelled senders).",
+)
+@click.option("--timeout", type=float, default=15.0, show_default=True)
+@friendly_errors
+def send(
+    url: str,
+    secret: str | None,
+    body_file: Path | None,
+    item_ids: tuple[str, ...],
+    msg_id: str | None,
+    family: str,
+    timeout: float,
+) -> None:
+    """Post a correctly signed webhook to URL and print the answer (like the Testing tab)."""
+    if not secret:
+        raise ConfigError("no secret: pass --secret whsec_... or set DIMMY_WEBHOOK_SECRET")
+    key = parse_secrets(secret)[0]
+    if body_file is not None:
+        body = body_file.read_bytes()
+    else:
+        body = json.dumps({"item_ids": list(item_ids) or SAMPLE_IDS}).encode()
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    headers = signed_headers(key, msg_id, body, family=family)
+    headers["content-type"] = "application/json"
+    started = time.perf_counter()
+    try:
+        response = httpx.post(url, content=body, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        click.echo(f"error: could not reach {url}: {exc.__class__.__name__}: {exc}", err=True)
+        sys.exit(1)
+    elapsed = (time.perf_counter() - started) * 1000
+    click.echo(f"{msg_id} -> HTTP {response.status_code} in {elapsed:.0f} ms")
+    if response.content:
+        click.echo(response.text)
+    sys.exit(0 if response.is_success else 1)
+
+
+def _parse_time(value: str) -> float:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("use ISO-8601, e.g. 2026-01-05T09:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+@main.command()
+@click.option("--event", "event_id", type=int, help="Replay one inbox event (its id).")
+@click.option("--item", "item_id", help="Replay one item (its Dimmy _id).")
+@click.option("--dead-since", help="Replay all dead work since this time (ISO-8601).")
+@click.option(
+    "--mode",
+    type=click.Choice(["refetch", "redeliver"]),
+    default="refetch",
+    show_default=True,
+    help="Fetch from Dimmy again, or deliver the stored item again.",
+)
+@friendly_errors
+def replay(event_id: int | None, item_id: str | None, dead_since: str | None, mode: str) -> None:
+    """Put work back in the queue; a running service picks it up within a second."""
+    if sum(x is not None for x in (event_id, item_id, dead_since)) != 1:
+        raise click.UsageError("give exactly one of --event, --item, --dead-since")
+    settings = _settings()
+    prepare_database(settings)
+    queued = asyncio.run(_replay(settings, event_id, item_id, dead_since, mode))
+    click.echo(f"queued {queued} job(s)")
+
+
+async def _replay(
+    settings: Settings, event_id: int | None, item_id: str | None, dead_since: str | None, mode: str
+) -> int:
+    from .outputs import parse_outputs
+    from .store import ReplayMode, create_store
+
+    store = create_store(settings.database_url, max_attempts=settings.max_attempts)
+    names = [output.name for output in parse_outputs(settings.outputs)]
+    await store.open()
+    try:
+        now = time.time()
+        try:
+            if event_id is not None:
+                return await store.replay_event(event_id, ReplayMode(mode), names, now)
+            if item_id is not None:
+                return await store.replay_item(item_id, ReplayMode(mode), names, now)
+            assert dead_since is not None
+            return await store.replay_dead(_parse_time(dead_since), now)
+        except LookupError as exc:
+            raise ConfigError(str(exc).strip("'\"")) from None
+    finally:
+        await store.close()
+
+
+@main.command("fake-api")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--api-key", default="demo-key", show_default=True)
+@click.option(
+    "--items", "n_items", type=int, default=100, show_default=True, help="Items generated at start."
+)
+@click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds per call.")
+@click.option(
+    "--error-rate", type=float, default=0.0, show_default=True, help="Share of calls answered 503."
+)
+@click.option("--seed", type=int, default=None)
+@friendly_errors
+def fake_api(
+    host: str,
+    port: int,
+    api_key: str,
+    n_items: int,
+    latency: float,
+    error_rate: float,
+    seed: int | None,
+) -> None:
+    """Run a local fake of the Dimmy API (for development, tests and the demo)."""
+    import uvicorn
+
+    from .fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
+
+    logs.configure()
+    fake = FakeDimmy(
+        FakeDimmyConfig(api_key=api_key, latency_seconds=latency, error_rate=error_rate, seed=seed)
+    )
+    ids = fake.generate_items(n_items)
+    click.echo(
+        f"fake Dimmy API at http://{host}:{port} with {len(ids)} items "
+        f"(X-API-KEY: {api_key}); e.g. GET /items/{ids[0] if ids else '<id>'}",
+        err=True,
+    )
+    uvicorn.run(create_app(fake), host=host, port=port, log_config=None, access_log=False)

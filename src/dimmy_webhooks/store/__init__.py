@@ -1,0 +1,17 @@
+"""The store: inbox, work queue and item store behind one interface (see :mod:`.base`)."""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .base import QueueStats, ReplayMode, Store
+from .sqlite import SQLiteStore
+
+
+def create_store(database_url: str, *, max_attempts: int = 8) -> Store:
+    """The backend for ``database_url`` (not yet opened)."""
+    if database_url.startswith("sqlite:///"):
+        return SQLiteStore(database_url.removeprefix("sqlite:///"), max_attempts=max_attempts)
+    raise ConfigError("DIMMY_DATABASE_URL: only sqlite:/// is supported by this version")
+
+
+__all__ = ["QueueStats", "ReplayMode", "SQLiteStore", "Store", "create_store"]

@@ -1,0 +1,573 @@
+"""The store's operations, written once for every backend.
+
+Each function runs inside one transaction the backend opened (SQLite: a savepoint inside a
+group commit; PostgreSQL: its own transaction) and talks to the database only through
+:class:`Tx`. SQL lives in named blocks with ``:name`` parameters; a backend may override a block
+for its dialect (the claim uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL).
+
+Every write about a claimed job starts with the lease check, so a worker whose lease was taken
+over changes nothing (:class:`LeaseLost`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from ..errors import LeaseLost
+from ..models import (
+    UNKNOWN,
+    EventRecord,
+    IncomingEvent,
+    InsertOutcome,
+    Job,
+    JobKind,
+    NormalisedItem,
+    StoredItem,
+)
+from .base import QueueStats, ReplayMode
+
+Row = Mapping[str, Any]
+
+
+class Tx(Protocol):
+    """A transaction in progress, as the operations see it."""
+
+    def sql(self, name: str) -> str:
+        """The SQL block ``name`` in this backend's dialect."""
+
+    def all(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]: ...
+
+    def run(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        """Execute; return the number of rows changed."""
+
+    def many(self, sql: str, params: Sequence[Mapping[str, Any]]) -> None: ...
+
+
+_JOB_COLUMNS = "id, kind, event_id, item_id, output, version, attempts, lease_token"
+_NEW_JOB = """
+INSERT INTO jobs (kind, event_id, item_id, output, version, dedupe_key, status, attempts,
+                  max_attempts, run_at, created_at, updated_at)
+VALUES (:kind, :event_id, :item_id, :output, :version, :dedupe_key, 'pending', 0,
+        :max_attempts, :now, :now, :now)
+"""
+_RELEASED = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+
+SQL: dict[str, str] = {
+    "insert_event": """
+        INSERT INTO events (message_id, event_type, body, headers, received_at, status,
+                            item_count, updated_at)
+        VALUES (:message_id, :event_type, :body, :headers, :now, :status, :item_count, :now)
+        ON CONFLICT (message_id) DO NOTHING
+        RETURNING id""",
+    "event_by_message": "SELECT id, status FROM events WHERE message_id = :message_id",
+    "count_delivery": "UPDATE events SET deliveries = deliveries + 1 WHERE id = :id",
+    "event_body": "SELECT body FROM events WHERE id = :id",
+    "new_job": _NEW_JOB + " ON CONFLICT (dedupe_key) DO NOTHING",
+    "new_job_or_reset": _NEW_JOB
+    + f"""
+        ON CONFLICT (dedupe_key) DO UPDATE SET status = 'pending', attempts = 0, run_at = :now,
+            last_error = NULL, updated_at = :now, {_RELEASED}
+        WHERE jobs.status IN ('done', 'dead')""",
+    "reap": f"""
+        UPDATE jobs SET
+            status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
+            last_error = 'lease expired: the worker stopped or was killed',
+            run_at = :now, updated_at = :now, {_RELEASED}
+        WHERE status = 'running' AND lease_expires_at < :now
+        RETURNING event_id, status""",
+    "claim": f"""
+        UPDATE jobs SET status = 'running', lease_owner = :owner, lease_token = :token,
+            lease_expires_at = :expires, attempts = attempts + 1, updated_at = :now
+        WHERE id IN (SELECT id FROM jobs WHERE status = 'pending' AND run_at <= :now
+                     ORDER BY run_at, id LIMIT :limit)
+        RETURNING {_JOB_COLUMNS}""",
+    "heartbeat": """
+        UPDATE jobs SET lease_expires_at = :expires
+        WHERE lease_owner = :owner AND status = 'running'""",
+    "finish": f"""
+        UPDATE jobs SET status = 'done', last_error = :note, updated_at = :now, {_RELEASED}
+        WHERE id = :id AND lease_token = :token AND status = 'running'""",
+    "fail": f"""
+        UPDATE jobs SET
+            status = CASE WHEN :dead OR attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
+            run_at = :retry_at, last_error = :reason, updated_at = :now, {_RELEASED}
+        WHERE id = :id AND lease_token = :token AND status = 'running'
+        RETURNING status, event_id""",
+    "postpone": f"""
+        UPDATE jobs SET status = 'pending', attempts = attempts - 1, run_at = :retry_at,
+            last_error = :reason, updated_at = :now, {_RELEASED}
+        WHERE id = :id AND lease_token = :token AND status = 'running'""",
+    "release": f"""
+        UPDATE jobs SET status = 'pending', attempts = attempts - 1, run_at = :now,
+            updated_at = :now, {_RELEASED}
+        WHERE lease_owner = :owner AND status = 'running'""",
+    "refresh_event": """
+        UPDATE events SET updated_at = :now, status = CASE
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE event_id = :id
+                         AND status IN ('pending', 'running')) THEN 'processing'
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE event_id = :id AND status = 'dead')
+                THEN 'dead'
+            ELSE 'done' END
+        WHERE id = :id AND event_type != 'unknown'""",
+    "event_error": "UPDATE events SET last_error = :reason WHERE id = :id",
+    "upsert_item": """
+        INSERT INTO items (id, raw, version, updated_at, created_at, started_at, ended_at,
+            owner_id, scanner_account_id, flow_id, width, height, depth, dimension_unit,
+            volume, volume_unit, weight, weight_unit, barcode, barcodes, photo_urls,
+            fetched_at, first_seen_at)
+        VALUES (:id, :raw, :version, :updated_at, :created_at, :started_at, :ended_at,
+            :owner_id, :scanner_account_id, :flow_id, :width, :height, :depth, :dimension_unit,
+            :volume, :volume_unit, :weight, :weight_unit, :barcode, :barcodes, :photo_urls,
+            :fetched_at, :fetched_at)
+        ON CONFLICT (id) DO UPDATE SET raw = excluded.raw, version = excluded.version,
+            updated_at = excluded.updated_at, created_at = excluded.created_at,
+            started_at = excluded.started_at, ended_at = excluded.ended_at,
+            owner_id = excluded.owner_id, scanner_account_id = excluded.scanner_account_id,
+            flow_id = excluded.flow_id, width = excluded.width, height = excluded.height,
+            depth = excluded.depth, dimension_unit = excluded.dimension_unit,
+            volume = excluded.volume, volume_unit = excluded.volume_unit,
+            weight = excluded.weight, weight_unit = excluded.weight_unit,
+            barcode = excluded.barcode, barcodes = excluded.barcodes,
+            photo_urls = excluded.photo_urls, fetched_at = excluded.fetched_at
+        WHERE excluded.updated_at > items.updated_at
+           OR (items.updated_at IS NULL AND excluded.updated_at IS NOT NULL)
+           OR (excluded.version != items.version
+               AND (excluded.updated_at = items.updated_at
+                    OR (excluded.updated_at IS NULL AND items.updated_at IS NULL)))
+        RETURNING id""",
+    "item": "SELECT * FROM items WHERE id = :id",
+    "items": """
+        SELECT * FROM items
+        WHERE (:since IS NULL OR fetched_at >= :since)
+          AND (:barcode IS NULL OR barcode = :barcode OR barcodes LIKE :barcode_pattern ESCAPE '!')
+          AND (:after IS NULL OR id > :after)
+        ORDER BY id LIMIT :limit""",
+    "events": """
+        SELECT id, message_id, event_type, status, received_at, item_count, last_error
+        FROM events
+        WHERE (:status IS NULL OR status = :status) AND (:before IS NULL OR id < :before)
+        ORDER BY id DESC LIMIT :limit""",
+    "event": """
+        SELECT id, message_id, event_type, status, received_at, item_count, last_error
+        FROM events WHERE id = :id""",
+    "event_jobs": """
+        SELECT kind || ':' || status AS key, count(*) AS n FROM jobs WHERE event_id = :id
+        GROUP BY kind, status""",
+    "event_type": "SELECT event_type FROM events WHERE id = :id",
+    "reset_event_jobs": f"""
+        UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, last_error = NULL,
+            updated_at = :now, {_RELEASED}
+        WHERE event_id = :id AND kind IN ('event', 'fetch') AND status IN ('done', 'dead')""",
+    "event_items": """
+        SELECT DISTINCT items.id, items.version FROM jobs JOIN items ON items.id = jobs.item_id
+        WHERE jobs.event_id = :id""",
+    "item_version": "SELECT version FROM items WHERE id = :id",
+    "requeue_dead_of_event": f"""
+        UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, last_error = NULL,
+            updated_at = :now, {_RELEASED}
+        WHERE event_id = :id AND status = 'dead'""",
+    "replay_dead": f"""
+        UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, last_error = NULL,
+            updated_at = :now, {_RELEASED}
+        WHERE status = 'dead' AND updated_at >= :since
+        RETURNING event_id""",
+    "event_counts": "SELECT status AS key, count(*) AS n FROM events GROUP BY status",
+    "job_counts": "SELECT status AS key, count(*) AS n FROM jobs GROUP BY status",
+    "oldest_pending": "SELECT min(created_at) AS t FROM jobs WHERE status = 'pending'",
+}
+
+
+def _job(row: Row) -> Job:
+    return Job(
+        id=int(row["id"]),
+        kind=JobKind(row["kind"]),
+        event_id=row["event_id"],
+        item_id=row["item_id"],
+        output=row["output"],
+        version=row["version"],
+        attempts=int(row["attempts"]),
+        lease_token=str(row["lease_token"]),
+    )
+
+
+def _refresh(tx: Tx, event_ids: Iterable[int | None], now: float) -> None:
+    for event_id in {e for e in event_ids if e is not None}:
+        tx.run(tx.sql("refresh_event"), {"id": event_id, "now": now})
+
+
+def _guard_finish(tx: Tx, job: Job, now: float, note: str | None = None) -> None:
+    params = {"id": job.id, "token": job.lease_token, "now": now, "note": note}
+    if tx.run(tx.sql("finish"), params) != 1:
+        raise LeaseLost(f"job {job.id}: lease taken over, result discarded")
+
+
+def _new_jobs(tx: Tx, jobs: Sequence[Mapping[str, Any]], *, reset: bool = False) -> None:
+    if jobs:
+        tx.many(tx.sql("new_job_or_reset" if reset else "new_job"), jobs)
+
+
+def _job_row(
+    kind: JobKind,
+    *,
+    max_attempts: int,
+    now: float,
+    event_id: int | None = None,
+    item_id: str | None = None,
+    output: str | None = None,
+    version: str | None = None,
+    dedupe_key: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "kind": kind.value,
+        "event_id": event_id,
+        "item_id": item_id,
+        "output": output,
+        "version": version,
+        "dedupe_key": dedupe_key,
+        "max_attempts": max_attempts,
+        "now": now,
+    }
+
+
+def _deliveries(
+    item_id: str,
+    version: str,
+    outputs: Sequence[str],
+    event_id: int | None,
+    max_attempts: int,
+    now: float,
+) -> list[dict[str, Any]]:
+    return [
+        _job_row(
+            JobKind.DELIVER,
+            max_attempts=max_attempts,
+            now=now,
+            event_id=event_id,
+            item_id=item_id,
+            output=output,
+            version=version,
+            dedupe_key=f"d:{output}:{item_id}:{version}",
+        )
+        for output in outputs
+    ]
+
+
+# inbox ---------------------------------------------------------------------------------------
+
+
+def insert_event(tx: Tx, event: IncomingEvent, max_attempts: int) -> InsertOutcome:
+    now = event.received_at
+    status = "unknown" if event.event_type == UNKNOWN else "pending"
+    rows = tx.all(
+        tx.sql("insert_event"),
+        {
+            "message_id": event.message_id,
+            "event_type": event.event_type,
+            "body": event.body,
+            "headers": json.dumps(event.headers, sort_keys=True),
+            "now": now,
+            "status": status,
+            "item_count": event.item_count,
+        },
+    )
+    if not rows:
+        existing = tx.all(tx.sql("event_by_message"), {"message_id": event.message_id})[0]
+        event_id = int(existing["id"])
+        tx.run(tx.sql("count_delivery"), {"id": event_id})
+        if existing["status"] == "dead":
+            tx.run(tx.sql("requeue_dead_of_event"), {"id": event_id, "now": now})
+            _refresh(tx, [event_id], now)
+            return InsertOutcome.REQUEUED
+        return InsertOutcome.DUPLICATE
+    if status != "unknown":
+        event_id = int(rows[0]["id"])
+        job = _job_row(
+            JobKind.EVENT,
+            max_attempts=max_attempts,
+            now=now,
+            event_id=event_id,
+            dedupe_key=f"e:{event_id}",
+        )
+        _new_jobs(tx, [job])
+    return InsertOutcome.ACCEPTED
+
+
+def event_body(tx: Tx, event_id: int) -> bytes:
+    rows = tx.all(tx.sql("event_body"), {"id": event_id})
+    if not rows:
+        raise LookupError(f"event {event_id} does not exist")
+    return bytes(rows[0]["body"])
+
+
+# queue ---------------------------------------------------------------------------------------
+
+
+def claim(tx: Tx, owner: str, limit: int, lease_seconds: float, now: float) -> list[Job]:
+    reaped = tx.all(tx.sql("reap"), {"now": now})
+    _refresh(tx, (row["event_id"] for row in reaped if row["status"] == "dead"), now)
+    rows = tx.all(
+        tx.sql("claim"),
+        {
+            "owner": owner,
+            "token": uuid.uuid4().hex,
+            "expires": now + lease_seconds,
+            "now": now,
+            "limit": limit,
+        },
+    )
+    return sorted((_job(row) for row in rows), key=lambda job: job.id)
+
+
+def heartbeat(tx: Tx, owner: str, lease_seconds: float, now: float) -> int:
+    return tx.run(tx.sql("heartbeat"), {"owner": owner, "expires": now + lease_seconds})
+
+
+def expand_event(tx: Tx, job: Job, item_ids: Sequence[str], max_attempts: int, now: float) -> None:
+    _guard_finish(tx, job, now)
+    rows = [
+        _job_row(
+            JobKind.FETCH,
+            max_attempts=max_attempts,
+            now=now,
+            event_id=job.event_id,
+            item_id=item_id,
+            dedupe_key=f"f:{job.event_id}:{item_id}",
+        )
+        for item_id in dict.fromkeys(item_ids)
+    ]
+    _new_jobs(tx, rows)
+    _refresh(tx, [job.event_id], now)
+
+
+def _item_params(item: StoredItem) -> dict[str, Any]:
+    fields = item.item
+    return {
+        "id": fields.id,
+        "raw": item.raw,
+        "version": item.version,
+        "updated_at": fields.updated_at,
+        "created_at": fields.created_at,
+        "started_at": fields.started_at,
+        "ended_at": fields.ended_at,
+        "owner_id": fields.owner_id,
+        "scanner_account_id": fields.scanner_account_id,
+        "flow_id": fields.flow_id,
+        "width": fields.width,
+        "height": fields.height,
+        "depth": fields.depth,
+        "dimension_unit": fields.dimension_unit,
+        "volume": fields.volume,
+        "volume_unit": fields.volume_unit,
+        "weight": fields.weight,
+        "weight_unit": fields.weight_unit,
+        "barcode": fields.barcode,
+        "barcodes": json.dumps(list(fields.barcodes)),
+        "photo_urls": json.dumps(list(fields.photo_urls)),
+        "fetched_at": item.fetched_at,
+    }
+
+
+def save_item(
+    tx: Tx,
+    job: Job,
+    item: StoredItem,
+    outputs: Sequence[str],
+    max_attempts: int,
+    now: float,
+) -> bool:
+    _guard_finish(tx, job, now)
+    changed = bool(tx.all(tx.sql("upsert_item"), _item_params(item)))
+    if changed:
+        _new_jobs(tx, _deliveries(item.id, item.version, outputs, job.event_id, max_attempts, now))
+    _refresh(tx, [job.event_id], now)
+    return changed
+
+
+def finish(tx: Tx, job: Job, now: float, note: str | None) -> None:
+    _guard_finish(tx, job, now, note)
+    _refresh(tx, [job.event_id], now)
+
+
+def fail(tx: Tx, job: Job, reason: str, retry_at: float | None, now: float) -> bool:
+    rows = tx.all(
+        tx.sql("fail"),
+        {
+            "id": job.id,
+            "token": job.lease_token,
+            "dead": retry_at is None,
+            "retry_at": now if retry_at is None else retry_at,
+            "reason": reason[:1000],
+            "now": now,
+        },
+    )
+    if not rows:
+        raise LeaseLost(f"job {job.id}: lease taken over, failure not recorded")
+    dead = bool(rows[0]["status"] == "dead")
+    if dead and job.event_id is not None:
+        tx.run(tx.sql("event_error"), {"id": job.event_id, "reason": reason[:1000]})
+        _refresh(tx, [job.event_id], now)
+    return dead
+
+
+def postpone(tx: Tx, job: Job, reason: str, retry_at: float, now: float) -> None:
+    params = {
+        "id": job.id,
+        "token": job.lease_token,
+        "retry_at": retry_at,
+        "reason": reason[:1000],
+        "now": now,
+    }
+    if tx.run(tx.sql("postpone"), params) != 1:
+        raise LeaseLost(f"job {job.id}: lease taken over")
+
+
+def release(tx: Tx, owner: str, now: float) -> int:
+    return tx.run(tx.sql("release"), {"owner": owner, "now": now})
+
+
+# items and reads -----------------------------------------------------------------------------
+
+
+def _stored_item(row: Row) -> StoredItem:
+    fields = NormalisedItem(
+        id=row["id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        owner_id=row["owner_id"],
+        scanner_account_id=row["scanner_account_id"],
+        flow_id=row["flow_id"],
+        width=row["width"],
+        height=row["height"],
+        depth=row["depth"],
+        dimension_unit=row["dimension_unit"],
+        volume=row["volume"],
+        volume_unit=row["volume_unit"],
+        weight=row["weight"],
+        weight_unit=row["weight_unit"],
+        barcode=row["barcode"],
+        barcodes=tuple(json.loads(row["barcodes"])),
+        photo_urls=tuple(json.loads(row["photo_urls"])),
+    )
+    return StoredItem(
+        item=fields, raw=row["raw"], version=row["version"], fetched_at=row["fetched_at"]
+    )
+
+
+def get_item(tx: Tx, item_id: str) -> StoredItem | None:
+    rows = tx.all(tx.sql("item"), {"id": item_id})
+    return _stored_item(rows[0]) if rows else None
+
+
+def list_items(
+    tx: Tx, since: float | None, barcode: str | None, limit: int, after: str | None
+) -> list[StoredItem]:
+    pattern = None
+    if barcode is not None:
+        escaped = barcode.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+        pattern = "%" + json.dumps(escaped) + "%"
+    rows = tx.all(
+        tx.sql("items"),
+        {
+            "since": since,
+            "barcode": barcode,
+            "barcode_pattern": pattern,
+            "after": after,
+            "limit": limit,
+        },
+    )
+    return [_stored_item(row) for row in rows]
+
+
+def _event_record(row: Row, jobs: dict[str, int] | None = None) -> EventRecord:
+    return EventRecord(
+        id=int(row["id"]),
+        message_id=row["message_id"],
+        event_type=row["event_type"],
+        status=row["status"],
+        received_at=row["received_at"],
+        item_count=row["item_count"],
+        last_error=row["last_error"],
+        jobs=jobs or {},
+    )
+
+
+def list_events(tx: Tx, status: str | None, limit: int, before: int | None) -> list[EventRecord]:
+    rows = tx.all(tx.sql("events"), {"status": status, "before": before, "limit": limit})
+    return [_event_record(row) for row in rows]
+
+
+def get_event(tx: Tx, event_id: int) -> EventRecord | None:
+    rows = tx.all(tx.sql("event"), {"id": event_id})
+    if not rows:
+        return None
+    jobs = {r["key"]: int(r["n"]) for r in tx.all(tx.sql("event_jobs"), {"id": event_id})}
+    return _event_record(rows[0], jobs)
+
+
+def stats(tx: Tx, now: float) -> QueueStats:
+    events = {r["key"]: int(r["n"]) for r in tx.all(tx.sql("event_counts"))}
+    jobs = {r["key"]: int(r["n"]) for r in tx.all(tx.sql("job_counts"))}
+    oldest = tx.all(tx.sql("oldest_pending"))[0]["t"]
+    return QueueStats(
+        events=events, jobs=jobs, oldest_pending_age=None if oldest is None else now - oldest
+    )
+
+
+# replay --------------------------------------------------------------------------------------
+
+
+def replay_event(
+    tx: Tx,
+    event_id: int,
+    mode: ReplayMode,
+    outputs: Sequence[str],
+    max_attempts: int,
+    now: float,
+) -> int:
+    if not tx.all(tx.sql("event_type"), {"id": event_id}):
+        raise LookupError(f"event {event_id} does not exist")
+    if mode is ReplayMode.REFETCH:
+        queued = tx.run(tx.sql("reset_event_jobs"), {"id": event_id, "now": now})
+    else:
+        rows = tx.all(tx.sql("event_items"), {"id": event_id})
+        jobs = [
+            job
+            for row in rows
+            for job in _deliveries(row["id"], row["version"], outputs, event_id, max_attempts, now)
+        ]
+        _new_jobs(tx, jobs, reset=True)
+        queued = len(jobs)
+    _refresh(tx, [event_id], now)
+    return queued
+
+
+def replay_item(
+    tx: Tx,
+    item_id: str,
+    mode: ReplayMode,
+    outputs: Sequence[str],
+    max_attempts: int,
+    now: float,
+) -> int:
+    if mode is ReplayMode.REFETCH:
+        _new_jobs(
+            tx, [_job_row(JobKind.FETCH, max_attempts=max_attempts, now=now, item_id=item_id)]
+        )
+        return 1
+    rows = tx.all(tx.sql("item_version"), {"id": item_id})
+    if not rows:
+        raise LookupError(f"item {item_id} is not stored")
+    jobs = _deliveries(item_id, rows[0]["version"], outputs, None, max_attempts, now)
+    _new_jobs(tx, jobs, reset=True)
+    return len(jobs)
+
+
+def replay_dead(tx: Tx, since: float, now: float) -> int:
+    rows = tx.all(tx.sql("replay_dead"), {"since": since, "now": now})
+    _refresh(tx, (row["event_id"] for row in rows), now)
+    return len(rows)

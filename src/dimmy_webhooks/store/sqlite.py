@@ -1,0 +1,297 @@
+"""SQLite backend: one file, WAL, ``synchronous=FULL``, one writer thread with group commit.
+
+Every write of this process goes through a single writer thread. It takes everything that is
+waiting, runs each operation in its own savepoint inside one ``BEGIN IMMEDIATE`` transaction and
+commits once: one fsync for many concurrent webhooks, and nobody is answered before the commit
+that holds their row has returned. An operation that fails rolls back only its savepoint; a
+commit that fails fails every operation of the batch (:class:`StoreUnavailable`).
+
+Reads use a small pool of connections in worker threads (WAL readers never block the writer).
+Other processes (``dimmy-webhooks worker``) may write the same file; ``busy_timeout`` and
+``BEGIN IMMEDIATE`` serialise them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import ConfigError, StoreUnavailable
+from ..models import EventRecord, IncomingEvent, InsertOutcome, Job, StoredItem
+from . import ops
+from .base import QueueStats, ReplayMode
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+_BUSY_TIMEOUT_MS = 5000
+_MAX_BATCH = 512
+_STOP = object()
+
+
+def connect(path: Path, *, busy_timeout_ms: int = _BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+    """A connection with the settings durability depends on (checked by the tests)."""
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+    )
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        conn.close()
+        raise StoreUnavailable(f"{path}: cannot switch to WAL journal mode (got {mode})")
+    conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+class _SQLiteTx:
+    """:class:`ops.Tx` over a sqlite3 connection already inside a transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def sql(self, name: str) -> str:
+        return ops.SQL[name]
+
+    def all(self, sql: str, params: Mapping[str, Any] | None = None) -> list[ops.Row]:
+        return self.conn.execute(sql, params or {}).fetchall()
+
+    def run(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        return self.conn.execute(sql, params or {}).rowcount
+
+    def many(self, sql: str, params: Sequence[Mapping[str, Any]]) -> None:
+        self.conn.executemany(sql, params)
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, sqlite3.Error):
+        return StoreUnavailable(f"sqlite: {exc}")
+    return exc
+
+
+class _Writer:
+    """The single writer thread and its queue of operations."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.conn = connect(path)
+        self.thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, op: Callable[[ops.Tx], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        self.queue.put((op, future))
+        return future
+
+    def stop(self) -> None:
+        self.queue.put(_STOP)
+        self.thread.join(timeout=30)
+        self.conn.close()
+
+    def _run(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    nxt = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._commit_batch(batch)
+            if stop:
+                return
+
+    def _commit_batch(self, batch: list[tuple[Callable[[ops.Tx], Any], Future[Any]]]) -> None:
+        tx = _SQLiteTx(self.conn)
+        results: list[tuple[Future[Any], Any, BaseException | None]] = []
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for op, future in batch:
+                self.conn.execute("SAVEPOINT op")
+                try:
+                    value = op(tx)
+                except Exception as exc:  # the op's own failure: undo only its savepoint
+                    self.conn.execute("ROLLBACK TO op")
+                    self.conn.execute("RELEASE op")
+                    results.append((future, None, _translate(exc)))
+                else:
+                    self.conn.execute("RELEASE op")
+                    results.append((future, value, None))
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.warning("sqlite commit failed: %s", exc)
+            self._rollback()
+            failure = StoreUnavailable(f"sqlite: {exc}")
+            for _, future in batch:
+                future.set_exception(failure)
+            return
+        for future, value, error in results:
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+
+    def _rollback(self) -> None:
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # the connection is unusable (I/O error); start afresh for the next batch
+            try:
+                self.conn.close()
+            finally:
+                self.conn = connect(self.path)
+
+
+class SQLiteStore:
+    """The :class:`~dimmy_webhooks.store.base.Store` on one SQLite file."""
+
+    def __init__(self, path: Path | str, *, max_attempts: int = 8) -> None:
+        self.path = Path(path)
+        self.max_attempts = max_attempts
+        self._writer: _Writer | None = None
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all_readers: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    async def open(self) -> None:
+        if sqlite3.sqlite_version_info < (3, 35, 0):
+            raise ConfigError(
+                f"SQLite {sqlite3.sqlite_version} is too old: 3.35 or newer is needed "
+                "(RETURNING); use a newer Python build or PostgreSQL"
+            )
+        try:
+            self._writer = await asyncio.to_thread(_Writer, self.path)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.stop)
+            self._writer = None
+        with self._lock:
+            for conn in self._all_readers:
+                conn.close()
+            self._all_readers.clear()
+
+    async def _write(self, op: Callable[[ops.Tx], T]) -> T:
+        if self._writer is None:
+            raise StoreUnavailable("store is closed")
+        result: T = await asyncio.wrap_future(self._writer.submit(op))
+        return result
+
+    def _read_sync(self, op: Callable[[ops.Tx], T]) -> T:
+        try:
+            conn = self._readers.get_nowait()
+        except queue.Empty:
+            conn = connect(self.path)
+            with self._lock:
+                self._all_readers.append(conn)
+        try:
+            conn.execute("BEGIN")
+            try:
+                return op(_SQLiteTx(conn))
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+        finally:
+            self._readers.put(conn)
+
+    async def _read(self, op: Callable[[ops.Tx], T]) -> T:
+        return await asyncio.to_thread(self._read_sync, op)
+
+    # Store ---------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._read(lambda tx: tx.all("SELECT 1 AS ok"))
+
+    async def insert_event(self, event: IncomingEvent) -> InsertOutcome:
+        return await self._write(lambda tx: ops.insert_event(tx, event, self.max_attempts))
+
+    async def get_event_body(self, event_id: int) -> bytes:
+        return await self._read(lambda tx: ops.event_body(tx, event_id))
+
+    async def claim(self, owner: str, limit: int, lease_seconds: float, now: float) -> list[Job]:
+        return await self._write(lambda tx: ops.claim(tx, owner, limit, lease_seconds, now))
+
+    async def heartbeat(self, owner: str, lease_seconds: float, now: float) -> int:
+        return await self._write(lambda tx: ops.heartbeat(tx, owner, lease_seconds, now))
+
+    async def expand_event(self, job: Job, item_ids: Sequence[str], now: float) -> None:
+        await self._write(lambda tx: ops.expand_event(tx, job, item_ids, self.max_attempts, now))
+
+    async def save_item(
+        self, job: Job, item: StoredItem, outputs: Sequence[str], now: float
+    ) -> bool:
+        return await self._write(
+            lambda tx: ops.save_item(tx, job, item, outputs, self.max_attempts, now)
+        )
+
+    async def finish(self, job: Job, now: float, note: str | None = None) -> None:
+        await self._write(lambda tx: ops.finish(tx, job, now, note))
+
+    async def fail(self, job: Job, reason: str, retry_at: float | None, now: float) -> bool:
+        return await self._write(lambda tx: ops.fail(tx, job, reason, retry_at, now))
+
+    async def postpone(self, job: Job, reason: str, retry_at: float, now: float) -> None:
+        await self._write(lambda tx: ops.postpone(tx, job, reason, retry_at, now))
+
+    async def release(self, owner: str, now: float) -> int:
+        return await self._write(lambda tx: ops.release(tx, owner, now))
+
+    async def get_item(self, item_id: str) -> StoredItem | None:
+        return await self._read(lambda tx: ops.get_item(tx, item_id))
+
+    async def list_items(
+        self,
+        *,
+        since: float | None = None,
+        barcode: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> list[StoredItem]:
+        return await self._read(lambda tx: ops.list_items(tx, since, barcode, limit, after))
+
+    async def list_events(
+        self, *, status: str | None = None, limit: int = 50, before: int | None = None
+    ) -> list[EventRecord]:
+        return await self._read(lambda tx: ops.list_events(tx, status, limit, before))
+
+    async def get_event(self, event_id: int) -> EventRecord | None:
+        return await self._read(lambda tx: ops.get_event(tx, event_id))
+
+    async def stats(self, now: float) -> QueueStats:
+        return await self._read(lambda tx: ops.stats(tx, now))
+
+    async def replay_event(
+        self, event_id: int, mode: ReplayMode, outputs: Sequence[str], now: float
+    ) -> int:
+        return await self._write(
+            lambda tx: ops.replay_event(tx, event_id, mode, outputs, self.max_attempts, now)
+        )
+
+    async def replay_item(
+        self, item_id: str, mode: ReplayMode, outputs: Sequence[str], now: float
+    ) -> int:
+        return await self._write(
+            lambda tx: ops.replay_item(tx, item_id, mode, outputs, self.max_attempts, now)
+        )
+
+    async def replay_dead(self, since: float, now: float) -> int:
+        return await self._write(lambda tx: ops.replay_dead(tx, since, now))

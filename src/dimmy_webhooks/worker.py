@@ -1,0 +1,305 @@
+"""Workers: claim due work with a lease, do it, record the outcome under that lease.
+
+Three kinds of work (see :class:`~dimmy_webhooks.models.JobKind`):
+
+- ``event``: read the inbox event; ``items.scanned`` fans out to one ``fetch`` per id, the full
+  payload is stored as the item, an unknown shape is marked done with a note (kept, never run);
+- ``fetch``: ``GET /items/{id}``, normalise, store if newer, queue one ``deliver`` per output;
+- ``deliver``: hand the stored version to one output, with a stable idempotency key.
+
+Failures: a transient upstream error or a failed output is retried with jittered exponential
+backoff (never sooner than ``Retry-After``) and ends ``dead`` after ``max_attempts``; a permanent
+one (404, 422) is ``dead`` at once; a refused API key pauses fetching and surfaces the problem
+instead of burning attempts. A worker killed mid-way loses nothing: its leases expire and another
+worker (or the same one restarted) takes the work over; its late writes are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .client import DimmyClient, backoff_delay
+from .errors import (
+    LeaseLost,
+    PermanentUpstream,
+    StoreError,
+    TransientUpstream,
+    UpstreamAuthError,
+)
+from .items import normalise, version_of
+from .models import FULL_PAYLOAD, ITEMS_SCANNED, Job, JobKind, StoredItem, classify_event
+from .outputs import Output, idempotency_key
+from .store import Store
+
+log = logging.getLogger("dimmy_webhooks.worker")
+
+AUTH_PAUSE_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPolicy:
+    """How a worker paces itself (from the settings)."""
+
+    concurrency: int = 128
+    lease_seconds: float = 60.0
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 900.0
+    poll_seconds: float = 0.5
+    grace_seconds: float = 10.0
+    dimension_unit: str = "cm"
+    weight_unit: str = "kg"
+    claim_batch: int = 100
+
+
+class Worker:
+    """Runs jobs from ``store`` until :meth:`run`'s stop event is set."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: DimmyClient | None,
+        outputs: Sequence[Output],
+        policy: WorkerPolicy,
+        *,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.outputs = {output.name: output for output in outputs}
+        self.policy = policy
+        self.owner = owner or f"worker-{uuid.uuid4().hex[:12]}"
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.config_error: str | None = None
+        self._paused_until = 0.0
+        self._wake = asyncio.Event()
+        self._active: set[asyncio.Task[None]] = set()
+        self.processed = 0
+
+    def wake(self) -> None:
+        """New work may be due (called by the receiver in the same process)."""
+        self._wake.set()
+
+    # main loop -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and run work until ``stop`` is set, then stop gracefully (release claims)."""
+        log.info("worker started", extra={"fields": {"owner": self.owner}})
+        beat = asyncio.create_task(self._heartbeat(stop))
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                claimed = await self._claim_some()
+                if claimed and len(self._active) < self.policy.concurrency:
+                    continue  # there may be more due work: claim again before sleeping
+                await self._sleep(stop)
+        finally:
+            await self._drain()
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+            log.info("worker stopped", extra={"fields": {"owner": self.owner}})
+
+    async def _claim_some(self) -> int:
+        free = self.policy.concurrency - len(self._active)
+        if free <= 0:
+            return 0
+        try:
+            jobs = await self.store.claim(
+                self.owner,
+                min(free, self.policy.claim_batch),
+                self.policy.lease_seconds,
+                self.clock(),
+            )
+        except StoreError as exc:
+            log.warning("claim failed", extra={"fields": {"reason": str(exc)}})
+            return 0
+        for job in jobs:
+            task = asyncio.create_task(self._handle(job))
+            self._active.add(task)
+            task.add_done_callback(self._done)
+        return len(jobs)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._active.discard(task)
+        self._wake.set()
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        stopper = asyncio.create_task(stop.wait())
+        waker = asyncio.create_task(self._wake.wait())
+        try:
+            await asyncio.wait(
+                {stopper, waker},
+                timeout=self.policy.poll_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            stopper.cancel()
+            waker.cancel()
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        interval = self.policy.lease_seconds / 3
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if self._active:
+                try:
+                    await self.store.heartbeat(self.owner, self.policy.lease_seconds, self.clock())
+                except StoreError as exc:
+                    log.warning("heartbeat failed", extra={"fields": {"reason": str(exc)}})
+
+    async def _drain(self) -> None:
+        if self._active:
+            _, pending = await asyncio.wait(set(self._active), timeout=self.policy.grace_seconds)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        try:
+            released = await self.store.release(self.owner, self.clock())
+        except StoreError as exc:
+            log.warning(
+                "release failed; leases will expire", extra={"fields": {"reason": str(exc)}}
+            )
+            return
+        if released:
+            log.info("claims released", extra={"fields": {"jobs": released}})
+
+    # one job -------------------------------------------------------------------------------
+
+    async def _handle(self, job: Job) -> None:
+        fields: dict[str, object] = {"job": job.id, "kind": job.kind.value, "attempt": job.attempts}
+        if job.item_id:
+            fields["item"] = job.item_id
+        try:
+            if job.kind is JobKind.EVENT:
+                await self._expand(job)
+            elif job.kind is JobKind.FETCH:
+                await self._fetch(job)
+            else:
+                await self._deliver(job)
+            self.processed += 1
+        except LeaseLost:
+            log.warning("lease lost, result discarded", extra={"fields": fields})
+        except UpstreamAuthError as exc:
+            await self._pause(job, exc.reason)
+        except PermanentUpstream as exc:
+            await self._fail(job, exc.reason, permanent=True, fields=fields)
+        except TransientUpstream as exc:
+            await self._fail(job, exc.reason, retry_after=exc.retry_after, fields=fields)
+        except StoreError as exc:
+            # nothing recorded: the lease expires and the work is done again
+            log.warning(
+                "store error, work will be retried",
+                extra={"fields": {**fields, "reason": str(exc)}},
+            )
+        except Exception as exc:
+            log.exception("job failed", extra={"fields": fields})
+            await self._fail(job, f"{exc.__class__.__name__}: {exc}", fields=fields)
+
+    async def _fail(
+        self,
+        job: Job,
+        reason: str,
+        *,
+        permanent: bool = False,
+        retry_after: float | None = None,
+        fields: dict[str, object],
+    ) -> None:
+        now = self.clock()
+        retry_at = None
+        if not permanent:
+            retry_at = now + backoff_delay(
+                job.attempts,
+                base=self.policy.retry_base_seconds,
+                cap=self.policy.retry_max_seconds,
+                rng=self.rng,
+                retry_after=retry_after,
+            )
+        try:
+            dead = await self.store.fail(job, reason, retry_at, now)
+        except (LeaseLost, StoreError) as exc:
+            log.warning("failure not recorded", extra={"fields": {**fields, "reason": str(exc)}})
+            return
+        level = logging.WARNING if dead else logging.INFO
+        log.log(
+            level,
+            "job dead" if dead else "job will retry",
+            extra={
+                "fields": {
+                    **fields,
+                    "reason": reason,
+                    "retry_in": None if dead or retry_at is None else round(retry_at - now, 1),
+                }
+            },
+        )
+
+    async def _pause(self, job: Job, reason: str) -> None:
+        now = self.clock()
+        self.config_error = reason
+        self._paused_until = max(self._paused_until, now + AUTH_PAUSE_SECONDS)
+        log.error("fetching paused: fix DIMMY_API_KEY", extra={"fields": {"reason": reason}})
+        with contextlib.suppress(LeaseLost, StoreError):
+            await self.store.postpone(job, reason, self._paused_until, now)
+
+    async def _expand(self, job: Job) -> None:
+        assert job.event_id is not None
+        body = await self.store.get_event_body(job.event_id)
+        payload = json.loads(body)
+        kind = classify_event(payload)
+        if kind == ITEMS_SCANNED:
+            ids = [i.strip() for i in payload["item_ids"] if isinstance(i, str) and i.strip()]
+            await self.store.expand_event(job, ids, self.clock())
+        elif kind == FULL_PAYLOAD:
+            raw = body.decode("utf-8", errors="replace")
+            await self._store_item(job, raw, payload)
+        else:
+            await self.store.finish(job, self.clock(), note="unknown event shape: kept, not run")
+
+    async def _fetch(self, job: Job) -> None:
+        assert job.item_id is not None
+        if self.client is None:
+            raise UpstreamAuthError("DIMMY_API_KEY is not set: items cannot be fetched")
+        if self.clock() < self._paused_until:
+            await self.store.postpone(
+                job, self.config_error or "paused", self._paused_until, self.clock()
+            )
+            return
+        raw = await self.client.get_item(job.item_id)
+        self.config_error = None
+        text = raw.decode("utf-8", errors="replace")
+        await self._store_item(job, text, json.loads(raw))
+
+    async def _store_item(self, job: Job, raw: str, doc: dict[str, object]) -> None:
+        try:
+            fields = normalise(
+                doc, dimension_unit=self.policy.dimension_unit, weight_unit=self.policy.weight_unit
+            )
+        except ValueError as exc:
+            raise PermanentUpstream(f"not an item: {exc}") from exc
+        now = self.clock()
+        item = StoredItem(item=fields, raw=raw, version=version_of(raw, fields), fetched_at=now)
+        await self.store.save_item(job, item, list(self.outputs), now)
+
+    async def _deliver(self, job: Job) -> None:
+        assert job.item_id is not None
+        assert job.output is not None
+        output = self.outputs.get(job.output)
+        if output is None:
+            raise PermanentUpstream(f"output {job.output!r} is no longer configured")
+        item = await self.store.get_item(job.item_id)
+        if item is None or item.version != job.version:
+            await self.store.finish(job, self.clock(), note="superseded by a newer version")
+            return
+        await output.deliver(item, idempotency_key(item.id, item.version, output.name))
+        await self.store.finish(job, self.clock())
