@@ -1,0 +1,436 @@
+"""Items: from Dimmy's raw JSON to the normalised fields we store, version keys and the API shape.
+
+Pure functions, no IO. The raw document stays the source of truth; everything derived here is best
+effort: a field that is missing, ``null``, of the wrong type or in an unknown unit gives ``None``
+(or an empty tuple), never an exception. Only a document without a string ``_id`` is refused,
+because without an id there is nothing to store it under.
+
+Versions: an item's document can change after the first event (photos finish uploading and
+``updated_at`` moves). :func:`version_of` names one version of one item, and :func:`is_newer` /
+:func:`replaces` state the rule the item store applies when a fetch meets a stored version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from .models import NormalisedItem, StoredItem
+
+# Length units, in metres. Keys are the canonical names; aliases map onto them.
+_LENGTH_IN_METRES: dict[str, float] = {
+    "m": 1.0,
+    "cm": 0.01,
+    "mm": 0.001,
+    "in": 0.0254,
+    "ft": 0.3048,
+}
+_LENGTH_ALIASES: dict[str, str] = {
+    "meter": "m",
+    "meters": "m",
+    "metre": "m",
+    "metres": "m",
+    "centimeter": "cm",
+    "centimeters": "cm",
+    "centimetre": "cm",
+    "centimetres": "cm",
+    "millimeter": "mm",
+    "millimeters": "mm",
+    "millimetre": "mm",
+    "millimetres": "mm",
+    "inch": "in",
+    "inches": "in",
+    '"': "in",
+    "foot": "ft",
+    "feet": "ft",
+    "'": "ft",
+}
+# Mass units, in kilograms (international pound and avoirdupois ounce, both exact).
+_MASS_IN_KG: dict[str, float] = {
+    "kg": 1.0,
+    "g": 0.001,
+    "lb": 0.45359237,
+    "oz": 0.028349523125,
+}
+_MASS_ALIASES: dict[str, str] = {
+    "kilogram": "kg",
+    "kilograms": "kg",
+    "kgs": "kg",
+    "gram": "g",
+    "grams": "g",
+    "gr": "g",
+    "lbs": "lb",
+    "pound": "lb",
+    "pounds": "lb",
+    "ounce": "oz",
+    "ounces": "oz",
+}
+
+APP_DIMENSION_UNIT = "m"
+"""Unit of ``dimensions`` when the document does not name one (the app measures in metres)."""
+DEFAULT_WEIGHT_UNIT = "kg"
+"""Unit of ``weight`` when the document does not name one."""
+SIGNIFICANT_DIGITS = 9
+"""Converted values are rounded to this many significant digits: far finer than any camera or
+scale measures, coarse enough to drop float noise (``31.000000000000004`` becomes ``31.0``)."""
+
+_MAIN_BARCODE_KEYS = ("barcode", "code")
+_PHOTO_URL_KEYS = ("url", "photo_url", "uri", "link")
+_EPOCH_MILLISECONDS_ABOVE = 1e11  # as seconds this would be past the year 5000
+
+
+def normalise(
+    doc: Mapping[str, Any], *, dimension_unit: str = "cm", weight_unit: str = "kg"
+) -> NormalisedItem:
+    """Derive the stored fields of one Dimmy item document (REST shape, snake_case).
+
+    - Dimensions come from the last ``dimensioning[]`` step whose ``dimensions`` has numeric
+      ``width``, ``height`` and ``depth`` (``length`` is accepted for a missing ``depth``); their
+      unit is ``dimensions.unit`` (m, cm, mm, in/inch, ft and spelled-out forms; missing means
+      metres, the app's unit). They are converted to ``dimension_unit``; ``volume`` is
+      width x height x depth in ``dimension_unit`` cubed (``volume_unit`` like ``"cm3"``). If that
+      step names a unit we do not know, all dimension fields are ``None``: an older step is not
+      used instead, since it no longer describes the item.
+    - Weight comes from the last ``weighing[]`` step with a numeric ``weight.value`` (a bare
+      number is read as kilograms) in kg, g, lb or oz (missing unit: kg), converted to
+      ``weight_unit``; an unknown unit gives ``None``.
+    - Booleans, strings, NaN and infinities are not numbers here; values are rounded to
+      :data:`SIGNIFICANT_DIGITS` significant digits.
+    - ``barcodes`` lists every ``barcode_scanning[].barcodes[].value`` in order, without
+      duplicates. A top-level ``barcode`` or ``code`` string (the main code a caller can inject;
+      Dimmy's field name is unknown) is the main ``barcode`` and comes first in ``barcodes``;
+      otherwise the first scanned value is the main one.
+    - ``photo_urls`` lists every ``photographing[].photos[]`` URL (keys ``url``, ``photo_url``,
+      ``uri`` or ``link``) in order, without duplicates.
+    - Timestamps become ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC (see :func:`normalise_timestamp`),
+      so comparing the strings compares the instants; unparseable ones are ``None``.
+    - ``owner_id``, ``scanner_account_id`` and ``flow_id`` are strings or ``None``.
+
+    Raises ``ValueError`` only when ``_id`` is missing or not a string, or when ``dimension_unit``
+    / ``weight_unit`` is not a unit listed above (a configuration mistake, not a data one).
+    """
+    item_id = doc.get("_id")
+    if not isinstance(item_id, str):
+        raise ValueError("item document has no string _id")
+    target_length = _canonical(dimension_unit, _LENGTH_IN_METRES, _LENGTH_ALIASES)
+    if target_length is None:
+        raise ValueError(f"unknown dimension unit {dimension_unit!r}")
+    target_mass = _canonical(weight_unit, _MASS_IN_KG, _MASS_ALIASES)
+    if target_mass is None:
+        raise ValueError(f"unknown weight unit {weight_unit!r}")
+
+    dims = _dimensions(doc.get("dimensioning"), target_length)
+    weight = _weight(doc.get("weighing"), target_mass)
+    barcode, barcodes = _barcodes(doc)
+    width, height, depth, volume = dims if dims is not None else (None, None, None, None)
+    return NormalisedItem(
+        id=item_id,
+        created_at=normalise_timestamp(doc.get("created_at")),
+        updated_at=normalise_timestamp(doc.get("updated_at")),
+        started_at=normalise_timestamp(doc.get("started_at")),
+        ended_at=normalise_timestamp(doc.get("ended_at")),
+        owner_id=_id_string(doc.get("owner_id")),
+        scanner_account_id=_id_string(doc.get("scanner_account_id")),
+        flow_id=_id_string(doc.get("flow_id")),
+        width=width,
+        height=height,
+        depth=depth,
+        dimension_unit=target_length if dims is not None else None,
+        volume=volume,
+        volume_unit=f"{target_length}3" if volume is not None else None,
+        weight=weight,
+        weight_unit=target_mass if weight is not None else None,
+        barcode=barcode,
+        barcodes=barcodes,
+        photo_urls=_photo_urls(doc.get("photographing")),
+    )
+
+
+def normalise_timestamp(value: object) -> str | None:
+    """``value`` as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (UTC, fixed width), or ``None``.
+
+    Accepts ISO-8601 strings (``Z`` or an offset; no offset means UTC), numbers as Unix time
+    (seconds, or milliseconds when larger than 1e11) and MongoDB's ``{"$date": ...}``.
+    """
+    moment = _parse_moment(value)
+    return format_timestamp(moment) if moment is not None else None
+
+
+def format_timestamp(moment: datetime | float) -> str:
+    """A datetime (naive means UTC) or Unix time as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, tz=UTC)
+    elif moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    m = moment.astimezone(UTC)
+    return (
+        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T"
+        f"{m.hour:02d}:{m.minute:02d}:{m.second:02d}.{m.microsecond:06d}Z"
+    )
+
+
+def version_of(doc_raw: bytes | str, normalised: NormalisedItem) -> str:
+    """The key of this version of this item: ``"<updated_at or ->#<sha256(raw)[:16]>"``.
+
+    ``updated_at`` (normalised, fixed width) orders versions of one item; the hash of the raw
+    bytes as fetched (UTF-8 for ``str``) tells apart two documents with the same ``updated_at``.
+    The same bytes always give the same key.
+    """
+    raw = doc_raw.encode("utf-8") if isinstance(doc_raw, str) else doc_raw
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    return f"{normalised.updated_at or '-'}#{digest}"
+
+
+def is_newer(new_updated_at: str | None, old_updated_at: str | None) -> bool:
+    """Whether a fetched version replaces the stored one on ``updated_at`` alone.
+
+    Arguments are normalised timestamps (:func:`normalise_timestamp`), so string order is time
+    order. The full rule the item store applies:
+
+    =================  =================  ==================================================
+    new updated_at     old updated_at     outcome
+    =================  =================  ==================================================
+    later              earlier            replace (``is_newer`` is True)
+    earlier            later              keep the stored one: an older never overwrites
+    present            missing            replace (a dated version beats an undated one)
+    missing            present            keep the stored one
+    equal / both none  equal / both none  compare content: replace when the hash differs
+                                          (the later fetch wins), else nothing changed
+    =================  =================  ==================================================
+
+    The last row is not decided here (this returns False); :func:`replaces` applies the whole
+    table to two :func:`version_of` keys. In SQL, on an upsert keyed by item id::
+
+        WHERE new.updated_at > old.updated_at
+           OR (old.updated_at IS NULL AND new.updated_at IS NOT NULL)
+           OR (new.updated_at IS NOT DISTINCT FROM old.updated_at AND new.version <> old.version)
+    """
+    if new_updated_at is None:
+        return False
+    if old_updated_at is None:
+        return True
+    return new_updated_at > old_updated_at
+
+
+def replaces(new_version: str, old_version: str) -> bool:
+    """Whether version key ``new_version`` should overwrite ``old_version``.
+
+    Applies the whole table of :func:`is_newer` to two :func:`version_of` keys.
+    """
+    new_at, _, _ = new_version.rpartition("#")
+    old_at, _, _ = old_version.rpartition("#")
+    new_ts = None if new_at in ("", "-") else new_at
+    old_ts = None if old_at in ("", "-") else old_at
+    if new_ts == old_ts:
+        return new_version != old_version
+    return is_newer(new_ts, old_ts)
+
+
+def to_api_dict(item: StoredItem) -> dict[str, Any]:
+    """The JSON body of ``GET /api/items/{id}``.
+
+    ``id``, every normalised field (tuples as lists), ``version``, ``fetched_at`` (ISO-8601 UTC)
+    and ``raw``: the document parsed from the text exactly as fetched. A new dict every call.
+    """
+    out: dict[str, Any] = {"id": item.id}
+    for f in dataclasses.fields(item.item):
+        value = getattr(item.item, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    out["version"] = item.version
+    out["fetched_at"] = format_timestamp(item.fetched_at)
+    out["raw"] = item.raw_json()
+    return out
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _canonical(unit: object, table: Mapping[str, float], aliases: Mapping[str, str]) -> str | None:
+    if not isinstance(unit, str):
+        return None
+    key = unit.strip().lower().rstrip(".")
+    if key in table:
+        return key
+    return aliases.get(key)
+
+
+def _number(value: object) -> float | None:
+    """A finite float from an int or float; ``None`` for bools, strings, NaN, inf, huge ints."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _round(value: float) -> float | None:
+    if not math.isfinite(value):
+        return None
+    rounded = float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+    return rounded + 0.0  # turn -0.0 into 0.0
+
+
+def _steps(value: object) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list | tuple):
+        return []
+    return [step for step in value if isinstance(step, Mapping)]
+
+
+def _dimensions(steps: object, target: str) -> tuple[float, float, float, float | None] | None:
+    for step in reversed(_steps(steps)):
+        dims = step.get("dimensions")
+        sides = _raw_sides(dims) if isinstance(dims, Mapping) else None
+        if isinstance(dims, Mapping) and sides is not None:
+            break
+    else:
+        return None
+    unit_value = dims.get("unit")
+    source = (
+        APP_DIMENSION_UNIT
+        if unit_value is None
+        else _canonical(unit_value, _LENGTH_IN_METRES, _LENGTH_ALIASES)
+    )
+    if source is None:
+        return None
+    factor = _LENGTH_IN_METRES[source] / _LENGTH_IN_METRES[target]
+    w, h, d = (_round(side * factor) for side in sides)
+    if w is None or h is None or d is None:
+        return None
+    return w, h, d, _round(w * h * d)
+
+
+def _raw_sides(dims: Mapping[str, Any]) -> tuple[float, float, float] | None:
+    width = _number(dims.get("width"))
+    height = _number(dims.get("height"))
+    depth = _number(dims.get("depth"))
+    if depth is None and dims.get("depth") is None:
+        depth = _number(dims.get("length"))
+    if width is None or height is None or depth is None:
+        return None
+    return width, height, depth
+
+
+def _weight(steps: object, target: str) -> float | None:
+    for step in reversed(_steps(steps)):
+        weight = step.get("weight")
+        if isinstance(weight, Mapping):
+            value = _number(weight.get("value"))
+            unit_value = weight.get("unit")
+        else:
+            value, unit_value = _number(weight), None
+        if value is None:
+            continue
+        source = (
+            DEFAULT_WEIGHT_UNIT
+            if unit_value is None
+            else _canonical(unit_value, _MASS_IN_KG, _MASS_ALIASES)
+        )
+        if source is None:
+            return None
+        return _round(value * _MASS_IN_KG[source] / _MASS_IN_KG[target])
+    return None
+
+
+def _text(value: object) -> str | None:
+    """A non-blank string, or the string under ``value`` of an object like ``{"value": ...}``."""
+    if isinstance(value, Mapping):
+        value = value.get("value")
+    if isinstance(value, str) and value.strip():
+        return value
+    return None
+
+
+def _barcodes(doc: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...]]:
+    main = next(
+        (text for key in _MAIN_BARCODE_KEYS if (text := _text(doc.get(key))) is not None), None
+    )
+    scanned = (
+        text
+        for step in _steps(doc.get("barcode_scanning"))
+        for entry in _list(step.get("barcodes"))
+        if (text := _text(entry)) is not None
+    )
+    barcodes = _unique([main, *scanned] if main is not None else scanned)
+    return (barcodes[0] if barcodes else None), barcodes
+
+
+def _photo_urls(steps: object) -> tuple[str, ...]:
+    def urls() -> Iterator[str]:
+        for step in _steps(steps):
+            for photo in _list(step.get("photos")):
+                if isinstance(photo, str) and photo.strip():
+                    yield photo
+                elif isinstance(photo, Mapping):
+                    url = next(
+                        (
+                            value
+                            for key in _PHOTO_URL_KEYS
+                            if isinstance(value := photo.get(key), str) and value.strip()
+                        ),
+                        None,
+                    )
+                    if url is not None:
+                        yield url
+
+    return _unique(urls())
+
+
+def _list(value: object) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _unique(values: Iterable[str | None]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(v for v in values if v is not None))
+
+
+def _id_string(value: object) -> str | None:
+    if isinstance(value, Mapping):  # MongoDB extended JSON: {"$oid": "..."}
+        value = value.get("$oid")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _parse_moment(value: object) -> datetime | None:
+    if isinstance(value, Mapping):  # MongoDB extended JSON: {"$date": "..."} or milliseconds
+        inner = value.get("$date")
+        if isinstance(inner, Mapping):
+            inner = inner.get("$numberLong")
+            inner = int(inner) if isinstance(inner, str) and inner.lstrip("-").isdigit() else None
+        number = _number(inner)
+        return _from_epoch(number / 1000) if number is not None else _parse_moment(inner)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("z", "Z")):
+            text = text[:-1] + "+00:00"
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        try:
+            return moment.astimezone(UTC)
+        except (OverflowError, ValueError):
+            return None
+    number = _number(value)
+    if number is None:
+        return None
+    if abs(number) > _EPOCH_MILLISECONDS_ABOVE:
+        number /= 1000
+    return _from_epoch(number)
+
+
+def _from_epoch(seconds: float) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None

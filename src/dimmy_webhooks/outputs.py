@@ -1,0 +1,345 @@
+"""Outputs: where stored items go once they are new or changed.
+
+Every output has a stable :attr:`Output.name` (the key of its rows in the delivery tracking
+table) and takes one item version at a time. Delivery is at least once: the worker retries a
+failed delivery on its own, and a crash between a delivery and its bookkeeping repeats it, with
+the same idempotency key (:func:`idempotency_key`). Outputs, and the programs behind them, use that
+key to drop repeats.
+
+The ``DIMMY_OUTPUTS`` setting lists them, comma separated (:func:`parse_outputs`)::
+
+    console                  print each item (id, then its JSON), like Dimmy's original example
+    jsonl:PATH               append one JSON object per line to PATH
+    python:module:function   call a function of yours with (item dict, idempotency key)
+
+New kinds (an HTTP forward to the WMS signed with Standard Webhooks, ``http:URL``) are one more
+row in :data:`OUTPUT_KINDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import importlib
+import inspect
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from .errors import ConfigError, OutputError
+from .items import format_timestamp, to_api_dict
+from .models import StoredItem
+
+
+class Output(Protocol):
+    """Something that takes stored items.
+
+    ``deliver`` hands over one version of one item. It returns once the output holds it
+    durably, and raises when it could not: :class:`OutputError` for expected failures, though the
+    worker treats any exception as a failed delivery and retries it later with the same
+    ``idempotency_key``. It may therefore see one key more than once and must not act twice.
+    ``aclose`` releases what the output holds (files, connections); it is called once, at shutdown.
+    """
+
+    name: str
+    """Stable identifier, e.g. ``console``, ``jsonl:/abs/path``, ``python:mod:func``."""
+
+    async def deliver(self, item: StoredItem, idempotency_key: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def idempotency_key(item_id: str, version: str, output_name: str) -> str:
+    """``"dmy_"`` + 32 hex digits of SHA-256 over (item id, version, output name).
+
+    The same item version sent to the same output always has the same key, across retries,
+    processes and restarts; any other item, version or output gets another.
+    """
+    material = json.dumps([item_id, version, output_name], ensure_ascii=False)
+    return "dmy_" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:32]
+
+
+class ConsoleOutput:
+    """Prints ``item <id> (<idempotency key>)`` then the item's raw JSON on one line.
+
+    ``stream`` defaults to whatever ``sys.stdout`` is at delivery time. The JSON is the raw
+    document re-serialised on one line with non-ASCII escaped, so any terminal can show it.
+    """
+
+    name = "console"
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+        self._lock = asyncio.Lock()
+
+    async def deliver(self, item: StoredItem, idempotency_key: str) -> None:
+        text = f"item {item.id} ({idempotency_key})\n{json.dumps(item.raw_json())}\n"
+        async with self._lock:
+            try:
+                # a full pipe blocks; keep that off the event loop
+                await asyncio.to_thread(self._write, text)
+            except (OSError, ValueError) as exc:
+                raise OutputError(f"console: {exc}") from exc
+
+    def _write(self, text: str) -> None:
+        stream = self._stream if self._stream is not None else sys.stdout
+        stream.write(text)
+        stream.flush()
+
+    async def aclose(self) -> None:
+        return None
+
+
+class JsonlOutput:
+    """Appends one JSON object per line to a file (JSON Lines), durably.
+
+    Each line is ``{"idempotency_key", "item_id", "version", "delivered_at", "item"}`` where
+    ``item`` is :func:`~dimmy_webhooks.items.to_api_dict`. The whole line goes out in one
+    ``write`` on a file opened for appending, followed by ``fsync``. A crash can still leave a
+    partial last line; when the file does not end with a newline on opening, one is written first,
+    so the torn line never swallows the next record (:meth:`read` skips it). Repeats of one
+    delivery are possible (at least once): readers drop lines whose key they have seen.
+    Parent directories are created. Safe to share between tasks and threads.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time):
+        self.path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+        self.name = f"jsonl:{self.path}"
+        self._clock = clock
+        self._fd: int | None = None
+        self._async_lock = asyncio.Lock()
+        self._thread_lock = threading.Lock()
+
+    async def deliver(self, item: StoredItem, idempotency_key: str) -> None:
+        record = {
+            "idempotency_key": idempotency_key,
+            "item_id": item.id,
+            "version": item.version,
+            "delivered_at": format_timestamp(self._clock()),
+            "item": to_api_dict(item),
+        }
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        async with self._async_lock:
+            try:
+                await asyncio.to_thread(self._append, line.encode("utf-8"))
+            except OSError as exc:
+                raise OutputError(f"{self.name}: {exc}") from exc
+
+    def _append(self, data: bytes) -> None:
+        with self._thread_lock:
+            if self._fd is None:
+                self._fd, torn = self._open()
+                if torn:
+                    data = b"\n" + data
+            try:
+                written = os.write(self._fd, data)
+                if written != len(data):
+                    raise OSError(f"short write ({written} of {len(data)} bytes)")
+                os.fsync(self._fd)
+            except OSError:
+                # reopen next time, which checks again for a torn last line
+                self._close_fd()
+                raise
+
+    def _open(self) -> tuple[int, bool]:
+        """Open for appending; also say whether the file ends mid-line."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            torn = False
+            if size:
+                with self.path.open("rb") as reader:
+                    reader.seek(size - 1)
+                    torn = reader.read(1) != b"\n"
+            if created:
+                _fsync_dir(self.path.parent)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd, torn
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    async def aclose(self) -> None:
+        async with self._async_lock:
+            await asyncio.to_thread(self._close_locked)
+
+    def _close_locked(self) -> None:
+        with self._thread_lock:
+            self._close_fd()
+
+    @staticmethod
+    def read(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+        """Every record of a JSON Lines file written by this output, in file order.
+
+        Blank lines and lines that are not a JSON object (a line torn by a crash) are skipped.
+        A missing file reads as no records.
+        """
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in text.splitlines():
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                records.append(value)
+        return records
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a new directory entry durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class PythonOutput:
+    """Calls a function of yours, named ``module:function`` (``module:Class.attr`` also works).
+
+    The callable is imported when the output is built (a bad target refuses to start, with a
+    :class:`ConfigError`) and called as ``func(item, idempotency_key)``: ``item`` is a fresh
+    :func:`~dimmy_webhooks.items.to_api_dict` dict. A plain function runs in a worker thread, an
+    ``async def`` one is awaited on the event loop (so it must not block). Returning means
+    delivered; raising means failed, and the same item version comes again later with the same
+    key. Delivery is at least once, so the function must be idempotent on the key.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target.strip()
+        self.name = f"python:{self.target}"
+        self._func = _import_callable(self.target)
+        self._is_async = _is_async_callable(self._func)
+
+    async def deliver(self, item: StoredItem, idempotency_key: str) -> None:
+        payload = to_api_dict(item)
+        try:
+            if self._is_async:
+                await self._func(payload, idempotency_key)
+                return
+            result = await asyncio.to_thread(self._func, payload, idempotency_key)
+            if inspect.isawaitable(result):
+                await result
+        except OutputError:
+            raise
+        except Exception as exc:
+            raise OutputError(f"{self.name} raised {type(exc).__name__}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _import_callable(target: str) -> Callable[..., Any]:
+    module_name, _, attr_path = target.partition(":")
+    module_name, attr_path = module_name.strip(), attr_path.strip()
+    if not module_name or not attr_path:
+        raise ConfigError(f"python output {target!r}: expected module:function")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"python output {target!r}: cannot import {module_name}: {exc}") from exc
+    except Exception as exc:  # the user's module failed while importing
+        raise ConfigError(
+            f"python output {target!r}: importing {module_name} raised {type(exc).__name__}: {exc}"
+        ) from exc
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(
+                f"python output {target!r}: {module_name} has no attribute {attr_path}"
+            ) from None
+    if not callable(obj):
+        raise ConfigError(f"python output {target!r}: {attr_path} is not callable")
+    func: Callable[..., Any] = obj
+    return func
+
+
+def _is_async_callable(func: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(func, "__call__", None)  # noqa: B004 - objects with an async __call__
+    return inspect.iscoroutinefunction(call)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputKind:
+    """One row of the ``DIMMY_OUTPUTS`` syntax: ``kind`` or ``kind:argument``."""
+
+    usage: str
+    build: Callable[[str | None], Output]
+    """Gets the text after ``kind:`` (``None`` when absent); raises ConfigError when unusable."""
+
+
+def _console(argument: str | None) -> Output:
+    if argument:
+        raise ConfigError(f"output 'console' takes no argument (got {argument!r})")
+    return ConsoleOutput()
+
+
+def _jsonl(argument: str | None) -> Output:
+    if not argument:
+        raise ConfigError("output 'jsonl' needs a file: jsonl:PATH")
+    return JsonlOutput(argument)
+
+
+def _python(argument: str | None) -> Output:
+    if not argument:
+        raise ConfigError("output 'python' needs a target: python:module:function")
+    return PythonOutput(argument)
+
+
+OUTPUT_KINDS: dict[str, OutputKind] = {
+    "console": OutputKind("console", _console),
+    "jsonl": OutputKind("jsonl:PATH", _jsonl),
+    "python": OutputKind("python:module:function", _python),
+}
+"""Every kind ``DIMMY_OUTPUTS`` knows, by the word before the first ``:``."""
+
+
+def parse_outputs(spec: str) -> list[Output]:
+    """Build the outputs a ``DIMMY_OUTPUTS`` value lists, in order.
+
+    Entries are separated by commas (so paths cannot contain one); blank entries are ignored, so
+    an empty or blank ``spec`` means no outputs. Raises :class:`ConfigError` for an unknown kind
+    (naming the valid ones), a missing or unusable argument, or two entries with the same name.
+    """
+    outputs: list[Output] = []
+    seen: set[str] = set()
+    for entry in (part.strip() for part in spec.split(",")):
+        if not entry:
+            continue
+        word, colon, argument = entry.partition(":")
+        kind = OUTPUT_KINDS.get(word.strip().lower())
+        if kind is None:
+            valid = ", ".join(k.usage for k in OUTPUT_KINDS.values())
+            raise ConfigError(f"unknown output kind {word.strip()!r} in {entry!r}; valid: {valid}")
+        output = kind.build(argument.strip() if colon else None)
+        if output.name in seen:
+            raise ConfigError(f"output {output.name!r} is listed twice in DIMMY_OUTPUTS")
+        seen.add(output.name)
+        outputs.append(output)
+    return outputs

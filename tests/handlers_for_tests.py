@@ -1,0 +1,46 @@
+"""Callables for ``python:`` outputs in tests; each records its calls in :data:`calls`."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+calls: list[tuple[str, dict[str, Any], str]] = []
+"""(handler name, item dict, idempotency key), in call order. Tests clear it."""
+
+threads: list[str] = []
+"""Name of the thread each sync handler ran in."""
+
+NOT_CALLABLE = 42
+
+
+def record_sync(item: dict[str, Any], idempotency_key: str) -> None:
+    threads.append(threading.current_thread().name)
+    calls.append(("sync", item, idempotency_key))
+
+
+async def record_async(item: dict[str, Any], idempotency_key: str) -> None:
+    await asyncio.sleep(0)
+    calls.append(("async", item, idempotency_key))
+
+
+def fail(item: dict[str, Any], idempotency_key: str) -> None:
+    calls.append(("fail", item, idempotency_key))
+    raise RuntimeError("the WMS is down")
+
+
+class Handlers:
+    """Reached as ``module:Handlers.method``."""
+
+    @staticmethod
+    def static(item: dict[str, Any], idempotency_key: str) -> None:
+        calls.append(("static", item, idempotency_key))
+
+
+class _AsyncCallable:
+    async def __call__(self, item: dict[str, Any], idempotency_key: str) -> None:
+        calls.append(("async_object", item, idempotency_key))
+
+
+async_object = _AsyncCallable()

@@ -1,0 +1,361 @@
+"""Outputs: console, JSON Lines, Python callables, and the DIMMY_OUTPUTS syntax."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import io
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dimmy_webhooks.errors import ConfigError, OutputError
+from dimmy_webhooks.items import normalise, to_api_dict, version_of
+from dimmy_webhooks.models import StoredItem
+from dimmy_webhooks.outputs import (
+    OUTPUT_KINDS,
+    ConsoleOutput,
+    JsonlOutput,
+    Output,
+    PythonOutput,
+    idempotency_key,
+    parse_outputs,
+)
+
+# the helper module sits beside this one: "tests.handlers_for_tests" or, without a
+# tests/__init__.py, plain "handlers_for_tests"
+_package = __name__.rpartition(".")[0]
+HANDLERS = f"{_package}.handlers_for_tests" if _package else "handlers_for_tests"
+handlers = importlib.import_module(HANDLERS)
+
+
+def make_item(item_id: str = "6592008029c8c3e4dc76256c", *, pretty: bool = False) -> StoredItem:
+    doc = {
+        "_id": item_id,
+        "updated_at": "2026-01-05T09:00:05Z",
+        "note": "Größe ✓",
+        "dimensioning": [{"dimensions": {"width": 0.31, "height": 0.22, "depth": 0.15}}],
+        "barcode_scanning": [{"barcodes": [{"value": "8712345678906"}]}],
+    }
+    raw = json.dumps(doc, indent=2 if pretty else None, ensure_ascii=False)
+    normalised = normalise(doc)
+    return StoredItem(
+        item=normalised, raw=raw, version=version_of(raw, normalised), fetched_at=1767603606.0
+    )
+
+
+@pytest.fixture(autouse=True)
+def _clear_handler_calls() -> Iterator[None]:
+    handlers.calls.clear()
+    handlers.threads.clear()
+    yield
+    handlers.calls.clear()
+    handlers.threads.clear()
+
+
+# --- idempotency keys ------------------------------------------------------------------------
+
+
+def test_idempotency_key_is_stable_and_prefixed() -> None:
+    key = idempotency_key("item", "2026-01-05T09:00:05.000000Z#abcd", "console")
+    assert re.fullmatch(r"dmy_[0-9a-f]{32}", key)
+    assert key == idempotency_key("item", "2026-01-05T09:00:05.000000Z#abcd", "console")
+
+
+def test_idempotency_key_differs_per_item_version_and_output() -> None:
+    keys = {
+        idempotency_key("a", "v1", "console"),
+        idempotency_key("b", "v1", "console"),
+        idempotency_key("a", "v2", "console"),
+        idempotency_key("a", "v1", "jsonl:/x"),
+        idempotency_key("a", "v1#", "console"),
+        idempotency_key("a#v1", "", "console"),
+    }
+    assert len(keys) == 6
+
+
+# --- console ---------------------------------------------------------------------------------
+
+
+async def test_console_prints_header_then_json_on_one_line() -> None:
+    stream = io.StringIO()
+    output = ConsoleOutput(stream)
+    item = make_item(pretty=True)
+    await output.deliver(item, "dmy_key")
+    await output.aclose()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == f"item {item.id} (dmy_key)"
+    assert len(lines) == 2
+    assert json.loads(lines[1]) == item.raw_json()
+    assert lines[1].isascii()
+    assert output.name == "console"
+
+
+async def test_console_defaults_to_current_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    await ConsoleOutput().deliver(make_item("abc"), "k1")
+    out = capsys.readouterr().out
+    assert out.startswith("item abc (k1)\n")
+    assert json.loads(out.splitlines()[1])["_id"] == "abc"
+
+
+async def test_console_write_failure_is_an_output_error() -> None:
+    stream = io.StringIO()
+    stream.close()
+    with pytest.raises(OutputError, match="console"):
+        await ConsoleOutput(stream).deliver(make_item(), "k")
+
+
+# --- JSON Lines ------------------------------------------------------------------------------
+
+
+async def test_jsonl_appends_one_complete_record_per_delivery(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "items.jsonl"
+    output = JsonlOutput(path, clock=lambda: 1767603610.5)
+    first, second = make_item("a1"), make_item("b2", pretty=True)
+    await output.deliver(first, "k1")
+    await output.deliver(second, "k2")
+    await output.aclose()
+
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith("\n")
+    assert len(text.splitlines()) == 2
+    records = JsonlOutput.read(path)
+    assert [r["idempotency_key"] for r in records] == ["k1", "k2"]
+    assert records[0] == {
+        "idempotency_key": "k1",
+        "item_id": "a1",
+        "version": first.version,
+        "delivered_at": "2026-01-05T09:00:10.500000Z",
+        "item": to_api_dict(first),
+    }
+    assert records[1]["item"]["raw"]["note"] == "Größe ✓"
+    assert output.name == f"jsonl:{path}"
+
+
+async def test_jsonl_starts_a_new_line_after_a_torn_one(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+    path.write_text('{"idempotency_key":"k0","item_id":"a"}\n{"idempotency_key":"k1","ite')
+    output = JsonlOutput(path)
+    await output.deliver(make_item("c3"), "k2")
+    await output.deliver(make_item("d4"), "k3")
+    await output.aclose()
+
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4
+    assert lines[1] == '{"idempotency_key":"k1","ite'
+    assert [r["idempotency_key"] for r in JsonlOutput.read(path)] == ["k0", "k2", "k3"]
+
+
+async def test_jsonl_adds_no_blank_line_to_a_clean_file(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+    output = JsonlOutput(path)
+    await output.deliver(make_item("a"), "k1")
+    await output.aclose()
+    reopened = JsonlOutput(path)
+    await reopened.deliver(make_item("b"), "k2")
+    await reopened.aclose()
+    assert "\n\n" not in path.read_text()
+    assert len(JsonlOutput.read(path)) == 2
+
+
+async def test_jsonl_concurrent_deliveries_never_interleave(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+    output = JsonlOutput(path)
+    await asyncio.gather(*(output.deliver(make_item(f"i{n}"), f"k{n}") for n in range(40)))
+    await output.aclose()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 40
+    assert sorted(json.loads(line)["item_id"] for line in lines) == sorted(
+        f"i{n}" for n in range(40)
+    )
+
+
+def test_jsonl_outputs_on_separate_threads_share_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+
+    def run(prefix: str) -> None:
+        async def go() -> None:
+            output = JsonlOutput(path)
+            for n in range(10):
+                await output.deliver(make_item(f"{prefix}{n}"), f"{prefix}{n}")
+            await output.aclose()
+
+        asyncio.run(go())
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in "abcd"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(JsonlOutput.read(path)) == 40
+    assert len(path.read_text().splitlines()) == 40
+
+
+async def test_jsonl_reopens_after_aclose(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+    output = JsonlOutput(path)
+    await output.deliver(make_item("a"), "k1")
+    await output.aclose()
+    await output.deliver(make_item("b"), "k2")
+    await output.aclose()
+    await output.aclose()
+    assert [r["item_id"] for r in JsonlOutput.read(path)] == ["a", "b"]
+
+
+async def test_jsonl_unwritable_path_is_an_output_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    output = JsonlOutput(blocker / "items.jsonl")
+    with pytest.raises(OutputError, match="jsonl:"):
+        await output.deliver(make_item(), "k")
+    await output.aclose()
+
+
+def test_jsonl_name_is_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    output = JsonlOutput("out/../items.jsonl")
+    assert output.name == f"jsonl:{tmp_path / 'items.jsonl'}"
+    assert os.path.isabs(output.name.removeprefix("jsonl:"))
+
+
+def test_jsonl_read_skips_garbage_and_missing_files(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+    assert JsonlOutput.read(path) == []
+    path.write_text('{"a": 1}\n\n[1, 2]\nnot json\n{"b": 2}\n{"c":')
+    assert JsonlOutput.read(path) == [{"a": 1}, {"b": 2}]
+
+
+# --- Python callables ------------------------------------------------------------------------
+
+
+async def test_python_output_calls_sync_function_in_a_thread() -> None:
+    output = PythonOutput(f"{HANDLERS}:record_sync")
+    item = make_item()
+    await output.deliver(item, "k1")
+    await output.aclose()
+    assert handlers.calls == [("sync", to_api_dict(item), "k1")]
+    assert len(handlers.threads) == 1
+    assert handlers.threads[0] != threading.current_thread().name
+    assert output.name == f"python:{HANDLERS}:record_sync"
+
+
+@pytest.mark.parametrize(
+    ("target", "label"),
+    [("record_async", "async"), ("async_object", "async_object"), ("Handlers.static", "static")],
+)
+async def test_python_output_awaits_async_callables(target: str, label: str) -> None:
+    output = PythonOutput(f"{HANDLERS}:{target}")
+    item = make_item()
+    await output.deliver(item, "k9")
+    assert handlers.calls == [(label, to_api_dict(item), "k9")]
+
+
+async def test_python_output_passes_a_fresh_dict_each_time() -> None:
+    output = PythonOutput(f"{HANDLERS}:record_sync")
+    item = make_item()
+    await output.deliver(item, "k1")
+    await output.deliver(item, "k1")
+    first, second = handlers.calls[0][1], handlers.calls[1][1]
+    assert first == second
+    assert first is not second
+
+
+async def test_python_output_failure_is_an_output_error() -> None:
+    output = PythonOutput(f"{HANDLERS}:fail")
+    with pytest.raises(OutputError, match="RuntimeError: the WMS is down") as caught:
+        await output.deliver(make_item(), "k1")
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert len(handlers.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("no_such_module_for_dimmy_tests:func", "cannot import"),
+        (f"{HANDLERS}:missing", "no attribute missing"),
+        (f"{HANDLERS}:Handlers.missing", "no attribute Handlers.missing"),
+        (f"{HANDLERS}:NOT_CALLABLE", "not callable"),
+        (HANDLERS, "expected module:function"),
+        (":func", "expected module:function"),
+        (f"{HANDLERS}:", "expected module:function"),
+    ],
+)
+def test_python_output_bad_target_is_a_config_error(target: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        PythonOutput(target)
+
+
+def test_python_output_module_failing_on_import_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "dimmy_broken_handler_module.py").write_text("raise KeyError('boom')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="raised KeyError"):
+        PythonOutput("dimmy_broken_handler_module:handle")
+
+
+# --- DIMMY_OUTPUTS ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["", "   ", ",", " , ,"])
+def test_empty_spec_means_no_outputs(spec: str) -> None:
+    assert parse_outputs(spec) == []
+
+
+def test_spec_builds_every_kind_in_order(tmp_path: Path) -> None:
+    spec = f" console , jsonl:{tmp_path}/items.jsonl,, python:{HANDLERS}:record_sync "
+    outputs = parse_outputs(spec)
+    assert [type(o) for o in outputs] == [ConsoleOutput, JsonlOutput, PythonOutput]
+    assert [o.name for o in outputs] == [
+        "console",
+        f"jsonl:{tmp_path}/items.jsonl",
+        f"python:{HANDLERS}:record_sync",
+    ]
+
+
+def test_kind_is_case_insensitive() -> None:
+    assert [o.name for o in parse_outputs("CONSOLE")] == ["console"]
+
+
+def test_every_output_satisfies_the_protocol(tmp_path: Path) -> None:
+    outputs: list[Output] = parse_outputs(
+        f"console,jsonl:{tmp_path}/x.jsonl,python:{HANDLERS}:record_async"
+    )
+    for output in outputs:
+        assert isinstance(output.name, str)
+        assert callable(output.deliver)
+        assert callable(output.aclose)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("http:https://wms.example/hook", "unknown output kind 'http'"),
+        ("console,stdout", "unknown output kind 'stdout'"),
+        ("/var/items.jsonl", "unknown output kind '/var/items.jsonl'"),
+        ("console,console", "listed twice"),
+        ("jsonl:/tmp/a.jsonl,jsonl:/tmp/x/../a.jsonl", "listed twice"),
+        (f"python:{HANDLERS}:record_sync, python:{HANDLERS}:record_sync", "listed twice"),
+        ("jsonl", "needs a file"),
+        ("jsonl:", "needs a file"),
+        ("python", "needs a target"),
+        ("python:nomodule", "expected module:function"),
+        ("console:loud", "takes no argument"),
+    ],
+)
+def test_bad_spec_is_a_config_error(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_outputs(spec)
+
+
+def test_unknown_kind_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_outputs("kafka:topic")
+    for kind in OUTPUT_KINDS.values():
+        assert kind.usage in str(caught.value)
+    assert "python:module:function" in str(caught.value)
