@@ -1,0 +1,381 @@
+"""Async client of the Dimmy REST API: one HTTP request per call, every failure classified.
+
+The client never retries; the durable job queue above it does, with :func:`backoff_delay`. What
+the caller sees (all from :mod:`dimmy_webhooks.errors`)::
+
+    UpstreamError
+    ├── TransientUpstream     retry later with backoff. ``status`` is None for a transport error
+    │                         or timeout, else 408, 429 or 5xx; ``retry_after`` (seconds) is set
+    │                         from a 429's Retry-After, and the whole client then holds every
+    │                         request until that time has passed (the limit is on the key).
+    ├── PermanentUpstream     give up on this id or request: 404, 422, any other 4xx, a 3xx, or a
+    │                         200 whose body is not the expected JSON (``status`` 200).
+    └── UpstreamAuthError     stop fetching and tell an operator: the key was refused (401/403).
+                              ``client.auth_failed`` keeps the reason until a request succeeds.
+
+Reasons are short, name the method and path, include at most ~200 characters of the server's
+``detail``, and never contain the API key (it is redacted even when a server echoes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from importlib import metadata
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import httpx
+from aiolimiter import AsyncLimiter
+
+from .errors import PermanentUpstream, TransientUpstream, UpstreamAuthError
+
+logger = logging.getLogger(__name__)
+
+DETAIL_LIMIT = 200
+DEFAULT_429_PAUSE = 1.0  # seconds the client holds requests after a 429 without Retry-After
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    rng: random.Random | None = None,
+    retry_after: float | None = None,
+) -> float:
+    """Seconds to wait before attempt ``attempt + 1``, after ``attempt`` (>= 1) failures.
+
+    Exponential backoff with *equal jitter*: ``d = min(cap, base * 2 ** (attempt - 1))``, and the
+    result is uniform in ``[d / 2, d]``, so delays grow but never bunch up at zero. When the
+    server asked for ``retry_after`` seconds, the result is at least that (even above ``cap``).
+    Raises :class:`ValueError` for ``attempt < 1``.
+    """
+    if attempt < 1:
+        raise ValueError("attempt counts from 1")
+    delay = min(cap, base * 2.0 ** min(attempt - 1, 1023))
+    uniform = rng.uniform if rng is not None else random.uniform
+    result = delay / 2 + uniform(0, delay / 2)
+    if retry_after is not None:
+        result = max(result, retry_after)
+    return result
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds from ``now`` (Unix time) asked by a ``Retry-After`` header, or ``None``.
+
+    Accepts delta-seconds (``"2"``) and an HTTP-date (``"Wed, 21 Oct 2026 07:28:00 GMT"``); a date
+    in the past gives 0; anything unreadable gives ``None``.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = moment.timestamp() - now
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _user_agent() -> str:
+    try:
+        return f"dimmy-webhooks/{metadata.version('dimmy-webhooks')}"
+    except metadata.PackageNotFoundError:
+        return "dimmy-webhooks"
+
+
+def _format_time(moment: datetime) -> str:
+    """UTC with ``Z``; a naive datetime is taken as UTC."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat() + "Z"
+
+
+def _detail(response: httpx.Response, redact: Callable[[str], str]) -> str:
+    """The server's explanation (FastAPI ``detail``, string or list; ``message``; or the text),
+    redacted, then shortened to about :data:`DETAIL_LIMIT` characters."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        text = response.text.strip()
+    else:
+        if isinstance(body, dict) and "detail" in body:
+            detail = body["detail"]
+            if isinstance(detail, list):
+                text = "; ".join(_validation_entry(entry) for entry in detail)
+            else:
+                text = str(detail)
+        elif isinstance(body, dict) and "message" in body:
+            text = str(body["message"])
+        else:
+            text = response.text.strip()
+    text = redact(" ".join(text.split()))
+    return text if len(text) <= DETAIL_LIMIT else text[: DETAIL_LIMIT - 3] + "..."
+
+
+def _validation_entry(entry: object) -> str:
+    if isinstance(entry, dict):
+        loc = ".".join(str(part) for part in entry.get("loc") or ())
+        msg = str(entry.get("msg", ""))
+        return f"{loc}: {msg}" if loc else msg
+    return str(entry)
+
+
+class DimmyClient:
+    """One connection pool to the Dimmy API, shared by every worker task of a process.
+
+    ``timeout`` (seconds) bounds each phase of a request (connect, write, each read) and the
+    whole request at three times that. At most ``concurrency`` requests are in flight and at most
+    ``rate_limit`` start per second (bursts up to that many). ``clock``/``sleep`` (monotonic) and
+    ``wall_clock`` (Unix time, for HTTP-date Retry-After) are injectable for tests;
+    ``transport`` lets tests answer with :class:`httpx.MockTransport`. Use as ``async with``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 10.0,
+        concurrency: int = 64,
+        rate_limit: float = 100.0,
+        max_retry_after: float = 900.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._total_timeout = 3 * timeout
+        self._max_retry_after = max_retry_after
+        self._clock = clock
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={
+                "X-API-KEY": api_key,
+                "Accept": "application/json",
+                "User-Agent": _user_agent(),
+            },
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            transport=transport,
+        )
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._limiter = AsyncLimiter(rate_limit, 1)
+        self._paused_until = 0.0
+        self.auth_failed: str | None = None
+
+    def __repr__(self) -> str:
+        return f"DimmyClient({self.base_url!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    @property
+    def pause_remaining(self) -> float:
+        """Seconds left of a 429 pause (0 when requests may go)."""
+        return max(0.0, self._paused_until - self._clock())
+
+    # -- the API ---------------------------------------------------------------------------
+
+    async def get_item(self, item_id: str) -> bytes:
+        """``GET /items/{id}``: the response body exactly as received.
+
+        Checked to be a JSON object whose ``_id`` is ``item_id`` (else :class:`PermanentUpstream`).
+        """
+        path = f"/items/{quote(item_id, safe='')}"
+        response = await self._request("GET", path)
+        document = self._json(response, "GET", path)
+        if not isinstance(document, dict) or document.get("_id") != item_id:
+            raise PermanentUpstream(
+                self._redact(f"GET {path}: unexpected body (not an item with this _id)"),
+                status=response.status_code,
+            )
+        return response.content
+
+    async def list_items(
+        self,
+        *,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+        skip: int = 0,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """``GET /items``: one page of items created between the dates (naive means UTC)."""
+        params: dict[str, str | int] = {"skip": skip, "limit": limit}
+        if start_date is not None:
+            params["start_date"] = _format_time(start_date)
+        if end_date is not None:
+            params["end_date"] = _format_time(end_date)
+        return await self._items("GET", "/items", params=params)
+
+    async def find_by_barcode(
+        self,
+        barcodes: list[str],
+        *,
+        scanner_account_ids: list[str] | None = None,
+        exact: list[bool] | bool | None = None,
+        skip: int = 0,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """``POST /items/barcode``: items carrying any of ``barcodes``.
+
+        ``exact`` is per barcode (a single bool applies to all); false matches a substring.
+        """
+        body = self._barcode_body(barcodes, scanner_account_ids, exact)
+        params = {"skip": skip, "limit": limit}
+        return await self._items("POST", "/items/barcode", params=params, body=body)
+
+    async def count_by_barcode(
+        self,
+        barcodes: list[str],
+        *,
+        scanner_account_ids: list[str] | None = None,
+        exact: list[bool] | bool | None = None,
+    ) -> int:
+        """``POST /items/barcode/count``: how many items :meth:`find_by_barcode` would find."""
+        body = self._barcode_body(barcodes, scanner_account_ids, exact)
+        return await self._count("POST", "/items/barcode/count", body=body)
+
+    async def count_items(self) -> int:
+        """``GET /items/count``: the number of items the key can see."""
+        return await self._count("GET", "/items/count")
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @staticmethod
+    def _barcode_body(
+        barcodes: list[str],
+        scanner_account_ids: list[str] | None,
+        exact: list[bool] | bool | None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"barcodes": list(barcodes)}
+        if scanner_account_ids is not None:
+            body["scanner_account_ids"] = list(scanner_account_ids)
+        if isinstance(exact, bool):
+            body["exact"] = [exact] * len(barcodes)
+        elif exact is not None:
+            body["exact"] = list(exact)
+        return body
+
+    async def _items(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+    ) -> list[dict[str, Any]]:
+        response = await self._request(method, path, params=params, body=body)
+        items = self._json(response, method, path)
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise PermanentUpstream(
+                f"{method} {path}: unexpected body (not an array of items)", status=200
+            )
+        return items
+
+    async def _count(self, method: str, path: str, *, body: Any = None) -> int:
+        response = await self._request(method, path, body=body)
+        count = self._json(response, method, path)
+        if isinstance(count, dict):  # tolerate {"count": n}
+            count = count.get("count")
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise PermanentUpstream(f"{method} {path}: unexpected body (not a count)", status=200)
+        return count
+
+    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
+        try:
+            return json.loads(response.content)
+        except ValueError:
+            raise PermanentUpstream(
+                self._redact(f"{method} {path}: body is not JSON"), status=response.status_code
+            ) from None
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+    ) -> httpx.Response:
+        async with self._semaphore:
+            await self._wait_out_pause()
+            await self._limiter.acquire()
+            await self._wait_out_pause()  # a 429 may have arrived while this waited its turn
+            try:
+                async with asyncio.timeout(self._total_timeout):
+                    response = await self._http.request(method, path, params=params, json=body)
+            except (httpx.TimeoutException, TimeoutError) as exc:
+                reason = f"{method} {path}: timed out ({type(exc).__name__})"
+                raise TransientUpstream(self._redact(reason)) from exc
+            except httpx.RequestError as exc:
+                reason = self._redact(f"{method} {path}: {type(exc).__name__}: {exc}")
+                raise TransientUpstream(reason[: DETAIL_LIMIT + 100]) from exc
+        self._classify(method, path, response)
+        return response
+
+    def _classify(self, method: str, path: str, response: httpx.Response) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            self.auth_failed = None
+            return
+        detail = _detail(response, self._redact)
+        reason = self._redact(f"{method} {path}: HTTP {status}" + (f" {detail}" if detail else ""))
+        if status in (401, 403):
+            self.auth_failed = reason
+            logger.error("Dimmy API refused the API key (check DIMMY_API_KEY): %s", reason)
+            raise UpstreamAuthError(reason, status=status)
+        if status == 429:
+            retry_after = parse_retry_after(
+                response.headers.get("retry-after"), now=self._wall_clock()
+            )
+            if retry_after is not None:
+                retry_after = min(retry_after, self._max_retry_after)
+            pause = DEFAULT_429_PAUSE if retry_after is None else retry_after
+            self._paused_until = max(self._paused_until, self._clock() + pause)
+            logger.warning("Dimmy API rate limit: holding requests for %.1f s", pause)
+            raise TransientUpstream(reason, status=status, retry_after=retry_after)
+        if status == 408 or status >= 500:
+            raise TransientUpstream(reason, status=status)
+        raise PermanentUpstream(reason, status=status)
+
+    async def _wait_out_pause(self) -> None:
+        while (remaining := self._paused_until - self._clock()) > 0:
+            await self._sleep(remaining)
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text

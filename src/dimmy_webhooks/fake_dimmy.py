@@ -1,0 +1,497 @@
+"""A local fake of the Dimmy REST API, for tests, benchmarks and the offline demo.
+
+:class:`FakeDimmy` keeps items in memory and records what was asked of it; :func:`create_app`
+serves it as a FastAPI app with the documented endpoints (``GET /items/{id}``, ``GET /items``,
+``GET /items/count``, ``POST /items/barcode``, ``POST /items/barcode/count``), so validation
+errors are real FastAPI 422 bodies. Every request first checks ``X-API-KEY`` (401
+``{"message": "Unauthorized"}``), then goes through the faults of :class:`FakeDimmyConfig`
+(hang, latency, 429 every Nth request, random 503). The config is read on every request: assign
+``fake.config`` or change its fields at run time and the next request follows it.
+
+The fake is driven from two threads (the test thread mutates items and config, the server thread
+answers); items are replaced, never mutated in place, so a reader always sees a whole document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import random
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Path, Query
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+OBJECT_ID_PATTERN = "^[0-9a-fA-F]{24}$"
+PHOTO_HOST = "https://media.fake-dimmy.test"
+DEFAULT_START = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
+_ITEM_PATH = re.compile(r"^/items/([0-9a-fA-F]{24})$")
+
+_PER_METRE = {"m": 1.0, "cm": 100.0, "mm": 1000.0, "in": 1 / 0.0254}
+_LENGTH_DIGITS = {"m": 3, "cm": 1, "mm": 0, "in": 2}
+_PER_KG = {"kg": 1.0, "g": 1000.0, "lb": 1 / 0.45359237}
+_WEIGHT_DIGITS = {"kg": 3, "g": 0, "lb": 2}
+_Skip = Annotated[int, Query(ge=0)]
+_Limit = Annotated[int, Query(ge=0)]
+_SECOND = timedelta(seconds=1)
+_STEP_KINDS = ("photographing", "dimensioning", "barcode_scanning", "weighing", "custom_inputs")
+
+
+@dataclass
+class FakeDimmyConfig:
+    """Key and injected faults. Probabilities are per request, durations in seconds."""
+
+    api_key: str = "demo-key"
+    latency_seconds: float = 0.0
+    latency_jitter: float = 0.0  # latency varies uniformly by +/- this much (never below 0)
+    error_rate: float = 0.0  # probability of a 503
+    hang_rate: float = 0.0  # probability of waiting hang_seconds (or until the client leaves)
+    hang_seconds: float = 30.0
+    rate_limit_every: int | None = None  # every Nth authorised request answers 429
+    retry_after_seconds: int = 1  # Retry-After of those 429s
+    seed: int | None = None  # reproducible items and fault draws (read when FakeDimmy is built)
+
+
+@dataclass(frozen=True, slots=True)
+class FakeRequest:
+    """One request as the fake saw it; ``status`` 0 means the client left before an answer."""
+
+    at: float  # time.monotonic() on arrival (same clock in every thread of the process)
+    method: str
+    path: str
+    status: int
+
+
+class BarcodeQuery(BaseModel):
+    """Body of ``POST /items/barcode`` and ``/items/barcode/count``."""
+
+    barcodes: list[str]
+    scanner_account_ids: list[str] | None = None
+    exact: list[bool] | None = None  # per barcode, default true; false matches a substring
+
+
+def iso(moment: datetime) -> str:
+    """``2026-01-05T09:00:05.123Z``: UTC, milliseconds, ``Z`` (the fake's one time format)."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{moment.microsecond // 1000:03d}Z"
+
+
+class FakeDimmy:
+    """In-memory Dimmy: ``items`` (id -> item document) plus what was asked of it.
+
+    ``counts`` counts ``GET /items/{id}`` answered 200 per id (an item "fetched"), ``attempts``
+    every authorised ``GET /items/{id}`` including injected failures; ``requests`` logs every
+    request (newest 100 000); ``max_in_flight`` is the most requests being answered at once.
+    Ids in ``fail_ids`` always answer 500.
+    """
+
+    def __init__(self, config: FakeDimmyConfig | None = None) -> None:
+        self.config = config or FakeDimmyConfig()
+        self.items: dict[str, dict[str, Any]] = {}
+        self.fail_ids: set[str] = set()
+        self.counts: Counter[str] = Counter()
+        self.attempts: Counter[str] = Counter()
+        self.requests: deque[FakeRequest] = deque(maxlen=100_000)
+        self.requests_total = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        seed = self.config.seed
+        self._rng = random.Random(seed)
+        self.fault_rng = random.Random(None if seed is None else seed + 1)
+        self._lock = threading.Lock()
+        self._authorised = 0
+        self._last_created: datetime | None = None
+        self.owner_ids = [self._object_id(DEFAULT_START) for _ in range(2)]
+        self.scanner_account_ids = [self._object_id(DEFAULT_START) for _ in range(4)]
+        self.flow_ids = [self._object_id(DEFAULT_START) for _ in range(3)]
+        self._step_ids = {
+            flow: {kind: self._object_id(DEFAULT_START) for kind in _STEP_KINDS}
+            for flow in self.flow_ids
+        }
+
+    # -- items -----------------------------------------------------------------------------
+
+    def generate_items(self, n: int, *, start: datetime | None = None) -> list[str]:
+        """Create ``n`` varied items created a few seconds apart from ``start`` (by default
+        right after the last generated one); returns their ids in creation order."""
+        if start is not None:
+            created = _as_utc(start)
+        elif self._last_created is not None:
+            created = self._last_created + timedelta(seconds=self._rng.uniform(3, 90))
+        else:
+            created = DEFAULT_START
+        ids = []
+        for index in range(n):
+            if index:
+                created += timedelta(seconds=self._rng.uniform(3, 90))
+            item = self._new_item(created)
+            self.add_item(item)
+            ids.append(item["_id"])
+        self._last_created = max(created, self._last_created or created)
+        return ids
+
+    def add_item(self, doc: dict[str, Any]) -> str:
+        """Store a copy of ``doc`` (it needs a string ``_id``); returns the id."""
+        item_id = doc.get("_id")
+        if not isinstance(item_id, str):
+            raise ValueError("an item needs a string _id")
+        with self._lock:
+            self.items[item_id] = dict(doc)
+        return item_id
+
+    def update_item(self, item_id: str, **changes: Any) -> dict[str, Any]:
+        """Replace top-level fields; ``updated_at`` moves one second later unless given."""
+        with self._lock:
+            old = self.items[item_id]
+            new = {**old, **changes}
+            if "updated_at" not in changes:
+                previous = old.get("updated_at") or old.get("created_at") or iso(DEFAULT_START)
+                new["updated_at"] = iso(_parse(previous) + timedelta(seconds=1))
+            self.items[item_id] = new
+        return new
+
+    def remove_item(self, item_id: str) -> None:
+        """Forget an item; fetching it then answers 404."""
+        with self._lock:
+            self.items.pop(item_id, None)
+
+    def reset_stats(self) -> None:
+        """Zero the counters and the request log (the 429 cadence restarts too)."""
+        self.counts.clear()
+        self.attempts.clear()
+        self.requests.clear()
+        self.requests_total = 0
+        self.max_in_flight = self.in_flight
+        self._authorised = 0
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """All items sorted by ``created_at`` then ``_id``."""
+        with self._lock:
+            items = list(self.items.values())
+        return sorted(items, key=lambda item: (_created(item) or DEFAULT_START, item["_id"]))
+
+    # -- request bookkeeping (called by the app) -------------------------------------------
+
+    def _arrive(self) -> None:
+        self.requests_total += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self, at: float, method: str, path: str, status: int) -> None:
+        self.in_flight -= 1
+        self.requests.append(FakeRequest(at, method, path, status))
+
+    # -- generation ------------------------------------------------------------------------
+
+    def _object_id(self, moment: datetime) -> str:
+        while True:
+            candidate = f"{int(moment.timestamp()):08x}{self._rng.getrandbits(64):016x}"
+            if candidate not in self.items:
+                return candidate
+
+    def _new_item(self, created: datetime) -> dict[str, Any]:
+        rng = self._rng
+        item_id = self._object_id(created)
+        flow = rng.choice(self.flow_ids)
+        started = created - timedelta(seconds=rng.uniform(10, 120))
+        ended = created - timedelta(seconds=rng.uniform(0.5, 5))
+        span = (ended - started) / len(_STEP_KINDS)
+        windows = {
+            kind: (started + span * i, started + span * (i + 0.8))
+            for i, kind in enumerate(_STEP_KINDS)
+        }
+        item: dict[str, Any] = {
+            "_id": item_id,
+            "created_at": iso(created),
+            "updated_at": iso(created),
+            "owner_id": rng.choice(self.owner_ids),
+            "scanner_account_id": rng.choice(self.scanner_account_ids),
+            "started_at": iso(started),
+            "ended_at": iso(ended),
+            "flow_id": flow,
+        }
+        builders = {
+            "photographing": self._photos,
+            "dimensioning": self._dimensions,
+            "barcode_scanning": self._barcodes,
+            "weighing": self._weights,
+        }
+        for kind, build in builders.items():
+            roll = rng.random()
+            if roll < 0.07:
+                continue  # the flow has no such step: the key is absent
+            step = {
+                "flow_step_id": self._step_ids[flow][kind],
+                "started_at": iso(windows[kind][0]),
+                "ended_at": iso(windows[kind][1]),
+            }
+            item[kind] = None if roll < 0.14 else [] if roll < 0.2 else build(item_id, step)
+        if rng.random() < 0.25:
+            item["custom_inputs"] = [
+                {
+                    "flow_step_id": self._step_ids[flow]["custom_inputs"],
+                    "label": "Damaged?",
+                    "value": rng.choice(["no", "no", "yes", None]),
+                }
+            ]
+        else:
+            item["custom_inputs"] = []
+        self._add_unknown_fields(item)
+        return item
+
+    def _photos(self, item_id: str, step: dict[str, Any]) -> list[dict[str, Any]]:
+        rng = self._rng
+        taken = _parse(step["started_at"])
+        photos = []
+        for n in range(rng.randint(1, 3)):
+            uploaded = rng.random() > 0.05  # a photo still uploading has no URL yet
+            url = f"{PHOTO_HOST}/items/{item_id}/photo-{n + 1}.jpg" if uploaded else None
+            photos.append({"date": iso(taken + timedelta(seconds=n * 0.7)), "url": url})
+        return [{**step, "photos": photos}]
+
+    def _dimensions(self, item_id: str, step: dict[str, Any]) -> list[dict[str, Any]]:
+        rng = self._rng
+        pallet = rng.random() < 0.1
+        scale = 1.2 if pallet else 0.6
+        unit = rng.choice(["m", "m", "cm", "cm", "mm", "in"])
+        size = [rng.uniform(0.04, scale) for _ in range(3)]
+        width, height, depth = (round(v * _PER_METRE[unit], _LENGTH_DIGITS[unit]) for v in size)
+        shown = _parse(step["started_at"]) + timedelta(seconds=rng.uniform(0.5, 2))
+        confirmed = None if rng.random() < 0.05 else iso(shown + timedelta(seconds=1.5))
+        dimensions = {
+            "prediction_shown_at": iso(shown),
+            "confirmed_at": confirmed,
+            "width": width,
+            "height": height,
+            "depth": depth,
+            "unit": unit,
+        }
+        mode = "pallet" if pallet else rng.choice(["box", "box", "box", "manual", None])
+        return [{**step, "mode": mode, "dimensions": dimensions}]
+
+    def _barcodes(self, item_id: str, step: dict[str, Any]) -> list[dict[str, Any]]:
+        rng = self._rng
+        barcodes = []
+        for fmt in rng.sample(["EAN_13", "EAN_13", "CODE_128", "QR"], rng.choice([1, 1, 2])):
+            if fmt == "EAN_13":
+                digits = rng.choice(["871", "540", "400"]) + f"{rng.randrange(10**9):09d}"
+                value = digits + _ean_check_digit(digits)
+            elif fmt == "CODE_128":
+                value = rng.choice(["PKG-", "JJD", "SSCC"]) + f"{rng.randrange(10**10):010d}"
+            else:
+                value = f"https://track.fake-carrier.test/p/{item_id[-10:]}"
+            barcodes.append({"value": value, "format": fmt})
+        return [{**step, "barcodes": barcodes}]
+
+    def _weights(self, item_id: str, step: dict[str, Any]) -> list[dict[str, Any]]:
+        unit = self._rng.choice(["kg", "kg", "kg", "g", "lb"])
+        value = round(self._rng.uniform(0.05, 25.0) * _PER_KG[unit], _WEIGHT_DIGITS[unit])
+        return [{**step, "weight": {"value": value, "unit": unit}}]
+
+    def _add_unknown_fields(self, item: dict[str, Any]) -> None:
+        rng = self._rng
+        if rng.random() < 0.4:
+            model = rng.choice(["iPhone15,3", "iPhone16,2", "iPad14,5"])
+            item["device"] = {"model": model, "app_version": "5.3.0", "lidar": rng.random() < 0.7}
+        if rng.random() < 0.3:
+            item["location"] = None
+        if rng.random() < 0.2:
+            item["reference"] = {"external_id": None, "tags": ["inbound"]}
+
+
+def _parse(value: str) -> datetime:
+    return _as_utc(datetime.fromisoformat(value))
+
+
+def _created(item: dict[str, Any]) -> datetime | None:
+    value = item.get("created_at")
+    try:
+        return _parse(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _ean_check_digit(digits: str) -> str:
+    total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(digits))
+    return str((10 - total % 10) % 10)
+
+
+def _item_barcodes(item: dict[str, Any]) -> Iterable[str]:
+    for step in item.get("barcode_scanning") or ():
+        for barcode in (step or {}).get("barcodes") or ():
+            value = (barcode or {}).get("value")
+            if isinstance(value, str):
+                yield value
+
+
+def _matches(item: dict[str, Any], query: BarcodeQuery) -> bool:
+    accounts = query.scanner_account_ids
+    if accounts is not None and item.get("scanner_account_id") not in accounts:
+        return False
+    exact = list(query.exact or ())
+    wanted = [(code, exact[i] if i < len(exact) else True) for i, code in enumerate(query.barcodes)]
+    return any(
+        value == code if is_exact else code in value
+        for value in _item_barcodes(item)
+        for code, is_exact in wanted
+    )
+
+
+def _page(items: list[dict[str, Any]], skip: int, limit: int) -> list[dict[str, Any]]:
+    # MongoDB semantics (inferred for Dimmy): limit=0 means no limit
+    return items[skip : skip + limit] if limit else items[skip:]
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class _Gate:
+    """ASGI middleware: API key check, request bookkeeping and injected faults."""
+
+    def __init__(self, app: ASGIApp, fake: FakeDimmy) -> None:
+        self.app = app
+        self.fake = fake
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        fake = self.fake
+        arrived = time.monotonic()
+        status = 0
+
+        async def send_recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        fake._arrive()
+        try:
+            await self._answer(scope, receive, send_recording)
+        finally:
+            fake._leave(arrived, scope["method"], scope["path"], status)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fake, config = self.fake, self.fake.config
+        given = Headers(scope=scope).get("x-api-key", "").encode()
+        if not hmac.compare_digest(given, config.api_key.encode()):
+            await JSONResponse({"message": "Unauthorized"}, 401)(scope, receive, send)
+            return
+        item_path = _ITEM_PATH.match(scope["path"])
+        if item_path and scope["method"] == "GET":
+            fake.attempts[item_path[1]] += 1
+        body = await _read_body(receive)
+        if body is None:
+            return  # the client left
+        rng = fake.fault_rng
+        hang = config.hang_rate and rng.random() < config.hang_rate
+        if hang and not await _wait_unless_disconnected(config.hang_seconds, receive):
+            return
+        delay = config.latency_seconds
+        if config.latency_jitter:
+            delay += rng.uniform(-config.latency_jitter, config.latency_jitter)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        fake._authorised += 1
+        if config.rate_limit_every and fake._authorised % config.rate_limit_every == 0:
+            headers = {"Retry-After": str(config.retry_after_seconds)}
+            await JSONResponse({"detail": "Too Many Requests"}, 429, headers)(scope, receive, send)
+            return
+        if config.error_rate and rng.random() < config.error_rate:
+            await JSONResponse({"detail": "Service Unavailable"}, 503)(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _wait_unless_disconnected(seconds: float, receive: Receive) -> bool:
+    """Sleep ``seconds``; ``False`` as soon as the client disconnects (so shutdown is quick)."""
+    watcher = asyncio.ensure_future(receive())  # after the body, the next message is disconnect
+    try:
+        done, _ = await asyncio.wait({watcher}, timeout=seconds)
+    finally:
+        if not watcher.done():
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+    return not done
+
+
+def create_app(fake: FakeDimmy) -> FastAPI:
+    """The fake's ASGI app; every answer reflects ``fake`` at the time of the request."""
+    app = FastAPI(title="Fake Dimmy API", description=__doc__, version="0")
+    app.add_middleware(_Gate, fake=fake)
+
+    @app.get("/items/count")
+    async def count_items() -> int:
+        return len(fake.items)
+
+    @app.get("/items/{item_id}")
+    async def get_item(item_id: Annotated[str, Path(pattern=OBJECT_ID_PATTERN)]) -> Response:
+        if item_id in fake.fail_ids:
+            return JSONResponse({"detail": "Internal Server Error"}, 500)
+        item = fake.items.get(item_id)
+        if item is None:
+            return JSONResponse({"detail": "Item not found"}, 404)
+        fake.counts[item_id] += 1
+        return JSONResponse(item)
+
+    @app.get("/items")
+    async def list_items(
+        skip: _Skip = 0,
+        limit: _Limit = 100,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+        group_by: str | None = None,  # accepted and ignored
+    ) -> Response:
+        items = fake.snapshot()
+        if start_date is not None or end_date is not None:
+            low = _as_utc(start_date) if start_date else datetime.min.replace(tzinfo=UTC)
+            high = _as_utc(end_date) if end_date else datetime.max.replace(tzinfo=UTC)
+            items = [item for item in items if low <= (_created(item) or low - _SECOND) <= high]
+        return JSONResponse(_page(items, skip, limit))
+
+    @app.post("/items/barcode")
+    async def find_by_barcode(
+        query: BarcodeQuery, skip: _Skip = 0, limit: _Limit = 100
+    ) -> Response:
+        items = [item for item in fake.snapshot() if _matches(item, query)]
+        return JSONResponse(_page(items, skip, limit))
+
+    @app.post("/items/barcode/count")
+    async def count_by_barcode(query: BarcodeQuery) -> int:
+        return sum(1 for item in fake.snapshot() if _matches(item, query))
+
+    return app

@@ -1,0 +1,141 @@
+"""Shared fixtures: real SQLite files, real HTTP servers on 127.0.0.1, the real CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dimmy_webhooks import schema
+from dimmy_webhooks.config import Settings, load_settings
+from dimmy_webhooks.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
+from dimmy_webhooks.runner import free_port, serve_in_thread
+from dimmy_webhooks.signatures import parse_secrets, signed_headers
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+KEY = parse_secrets(SECRET)[0]
+API_KEY = "test-api-key-123"
+ADMIN_TOKEN = "test-admin-token-456"
+CLI = str(Path(sys.executable).with_name("dimmy-webhooks"))
+
+
+def signed(body: bytes, msg_id: str, **kwargs: Any) -> dict[str, str]:
+    headers = signed_headers(KEY, msg_id, body, **kwargs)
+    headers["content-type"] = "application/json"
+    return headers
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'dimmy.sqlite3'}"
+    schema.upgrade(url)
+    return url
+
+
+def make_settings(db_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "webhook_secret": SECRET,
+        "database_url": db_url,
+        "outputs": "",
+        "log_level": "INFO",
+    }
+    values.update(overrides)
+    return load_settings(None, **values)
+
+
+@pytest.fixture
+def fake() -> FakeDimmy:
+    return FakeDimmy(FakeDimmyConfig(api_key=API_KEY, seed=7))
+
+
+@pytest.fixture
+def fake_url(fake: FakeDimmy) -> Iterator[str]:
+    with serve_in_thread(create_app(fake)) as url:
+        yield url
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    """The environment for a child process: ours without any DIMMY_* the developer set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIMMY_")}
+    env.update(values)
+    return env
+
+
+class ServiceProcess:
+    """``dimmy-webhooks <command>`` as a user starts it, in its own process group."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], args: list[str]) -> None:
+        self.tmp_path = tmp_path
+        self.env = env
+        self.args = args
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = tmp_path / f"service-{self.port}.log"
+
+    def start(self, *, wait: bool = True) -> ServiceProcess:
+        args = [CLI, *self.args]
+        if self.args and self.args[0] == "serve":
+            args += ["--port", str(self.port)]
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                args,
+                cwd=self.tmp_path,
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        if wait and self.args[0] == "serve":
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"service exited: {self.log()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"service not ready: {self.log()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[ServiceProcess] = []
+
+    def factory(args: list[str], **env: str) -> ServiceProcess:
+        service = ServiceProcess(tmp_path, clean_env(**env), args)
+        started.append(service)
+        return service
+
+    yield factory
+    for service in started:
+        service.kill()

@@ -1,0 +1,285 @@
+"""POST /webhook over real HTTP on 127.0.0.1 with a real SQLite file: every documented answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dimmy_webhooks.runner import serve_in_thread
+from dimmy_webhooks.web import create_app
+
+from .conftest import SECRET, make_settings, signed
+
+BODY = json.dumps({"item_ids": ["6592008029c8c3e4dc76256c", "6592008029c8c3e4dc76256d"]}).encode()
+
+
+def rows(db_url: str, sql: str = "SELECT * FROM events") -> list[sqlite3.Row]:
+    conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def service(db_url: str) -> Iterator[str]:
+    app = create_app(
+        make_settings(db_url, max_body_bytes=65536, body_timeout_seconds=1.0), run_worker=False
+    )
+    with serve_in_thread(app) as url:
+        yield url
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(url + "/webhook", content=body, headers=headers, timeout=10)
+
+
+def test_accepted_is_stored_with_raw_body_and_headers(service: str, db_url: str) -> None:
+    headers = signed(BODY, "msg_accept")
+    response = post(service, BODY, headers)
+    assert response.status_code == 204
+    [event] = rows(db_url)
+    assert event["message_id"] == "msg_accept"
+    assert bytes(event["body"]) == BODY
+    assert event["event_type"] == "items.scanned"
+    assert event["item_count"] == 2
+    kept = json.loads(event["headers"])
+    assert kept["svix-id"] == "msg_accept"
+    assert kept["svix-timestamp"] == headers["svix-timestamp"]
+    assert event["received_at"] == pytest.approx(time.time(), abs=30)
+    [job] = rows(db_url, "SELECT kind, status FROM jobs")
+    assert tuple(job) == ("event", "pending")
+
+
+def test_duplicate_is_204_without_new_row(service: str, db_url: str) -> None:
+    assert post(service, BODY, signed(BODY, "msg_dup")).status_code == 204
+    # a retry hours later carries a new timestamp and signature, same id
+    later = signed(BODY, "msg_dup", timestamp=int(time.time()) + 200)
+    assert post(service, BODY, later).status_code == 204
+    [event] = rows(db_url)
+    assert event["deliveries"] == 2
+    assert len(rows(db_url, "SELECT * FROM jobs")) == 1
+
+
+def test_twenty_concurrent_posts_of_one_id_store_one_row(service: str, db_url: str) -> None:
+    barrier = threading.Barrier(20)
+
+    def one(_: int) -> int:
+        headers = signed(BODY, "msg_race")
+        barrier.wait()
+        return post(service, BODY, headers).status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(one, range(20)))
+    assert codes == [204] * 20
+    assert len(rows(db_url)) == 1
+    assert rows(db_url)[0]["deliveries"] == 20
+    assert len(rows(db_url, "SELECT * FROM jobs")) == 1
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (
+            lambda h, b: ({k: v for k, v in h.items() if k != "svix-signature"}, b),
+            "missing headers",
+        ),
+        (lambda h, b: ({**h, "svix-signature": "v1,AAAA"}, b), "no matching signature"),
+        (lambda h, b: (h, b + b"\r\n"), "no matching signature"),
+        (lambda h, b: (h, b.replace(b", ", b",")), "no matching signature"),
+        (
+            lambda h, b: ({**h, "svix-timestamp": str(int(time.time()) - 301)}, b),
+            "timestamp too old",
+        ),
+        (
+            lambda h, b: ({**h, "svix-timestamp": str(int(time.time()) + 301)}, b),
+            "timestamp too new",
+        ),
+        (lambda h, b: ({**h, "svix-timestamp": "abc"}, b), "invalid timestamp"),
+    ],
+)
+def test_rejected_is_401_with_reason_and_nothing_stored(
+    service: str, db_url: str, mutate: Any, reason: str
+) -> None:
+    headers, body = mutate(signed(BODY, "msg_bad"), BODY)
+    response = post(service, body, headers)
+    assert response.status_code == 401
+    assert response.json() == {"error": reason}
+    assert rows(db_url) == []
+
+
+def test_webhook_header_family_and_odd_case_accepted(service: str, db_url: str) -> None:
+    headers = signed(BODY, "msg_family", family="webhook")
+    odd = {k.upper() if k.startswith("webhook") else k: v for k, v in headers.items()}
+    assert post(service, BODY, odd).status_code == 204
+    assert rows(db_url)[0]["message_id"] == "msg_family"
+
+
+def test_rotated_secrets_accept_either(db_url: str) -> None:
+    other = "whsec_plJ3nmyCDGBKInavdOK15jsl"
+    settings = make_settings(db_url, webhook_secret=f"{other}, {SECRET}")
+    with serve_in_thread(create_app(settings, run_worker=False)) as url:
+        assert post(url, BODY, signed(BODY, "msg_rot")).status_code == 204
+
+
+@pytest.mark.parametrize("body", [b"not json", b"\xff\xfe\x00garbage", b'{"item_ids": ['])
+def test_invalid_json_after_valid_signature_is_400(service: str, db_url: str, body: bytes) -> None:
+    response = post(service, body, signed(body, "msg_notjson"))
+    assert response.status_code == 400
+    assert response.json() == {"error": "body is not JSON"}
+    assert rows(db_url) == []
+
+
+def test_unknown_shape_is_kept_and_marked(service: str, db_url: str) -> None:
+    body = b'{"event_type": "ping", "data": {"success": true}}'
+    assert post(service, body, signed(body, "msg_ping")).status_code == 204
+    [event] = rows(db_url)
+    assert (event["event_type"], event["status"]) == ("unknown", "unknown")
+    assert rows(db_url, "SELECT * FROM jobs") == []
+
+
+def test_over_cap_with_content_length_is_413(service: str, db_url: str) -> None:
+    body = json.dumps({"item_ids": ["a" * 24] * 5000}).encode()
+    assert len(body) > 65536
+    response = post(service, body, signed(body, "msg_big"))
+    assert response.status_code == 413
+    assert rows(db_url) == []
+
+
+def _raw_request(url: str, head: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(head.encode())
+    return sock
+
+
+def _read_status(sock: socket.socket) -> int:
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def test_over_cap_is_decided_while_streaming(service: str, db_url: str) -> None:
+    """A chunked body with no length: 413 comes after the cap, long before the body ends."""
+    headers = signed(b"irrelevant", "msg_stream")
+    head = (
+        "POST /webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        + "\r\n"
+    )
+    sock = _raw_request(service, head)
+    chunk = b"x" * 8192
+    sent = 0
+    status = None
+    sock.settimeout(0.05)
+    # the would-be body is 64 MiB; the server must answer long before we could send it
+    for _ in range(8192):
+        try:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+        except OSError:
+            break
+        try:
+            status = _read_status(sock)
+            break
+        except (TimeoutError, ValueError, IndexError):
+            continue
+    if status is None:
+        sock.settimeout(5)
+        status = _read_status(sock)
+    sock.close()
+    assert status == 413
+    assert sent < 1024 * 1024
+    assert rows(db_url) == []
+
+
+def test_slow_body_is_cut_off(service: str, db_url: str) -> None:
+    """A trickling sender cannot hold a request open past the body timeout (1 s here)."""
+    headers = signed(BODY, "msg_slow")
+    head = (
+        f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {len(BODY)}\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        + "\r\n"
+    )
+    sock = _raw_request(service, head)
+    started = time.monotonic()
+    sock.sendall(BODY[:5])
+    sock.settimeout(5)
+    status = _read_status(sock)
+    sock.close()
+    assert status == 408
+    assert time.monotonic() - started < 3
+    assert rows(db_url) == []
+
+
+def test_503_while_the_inbox_cannot_commit_then_recovers(service: str, db_url: str) -> None:
+    blocker = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock past busy_timeout
+    try:
+        response = post(service, BODY, signed(BODY, "msg_locked"))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert response.status_code == 503
+    assert "Retry-After" in response.headers
+    assert rows(db_url) == []
+    # no restart needed: the next delivery of the same message is stored
+    assert post(service, BODY, signed(BODY, "msg_locked")).status_code == 204
+    assert len(rows(db_url)) == 1
+
+
+def test_health_and_security_headers(service: str) -> None:
+    assert httpx.get(service + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(service + "/readyz")
+    assert ready.status_code == 200
+    assert ready.headers["x-content-type-options"] == "nosniff"
+    assert "default-src 'self'" in ready.headers["content-security-policy"]
+
+
+def test_log_lines_name_the_message_and_never_the_secret(
+    service: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dimmy_webhooks")
+    post(service, BODY, signed(BODY, "msg_log1"))
+    post(service, BODY, signed(BODY, "msg_log1"))
+    post(service, BODY, {**signed(BODY, "msg_log2"), "svix-signature": "v1,AAAA"})
+    lines = [
+        (r.getMessage(), getattr(r, "fields", {}))
+        for r in caplog.records
+        if r.name == "dimmy_webhooks.receiver"
+    ]
+    assert ("webhook accepted", "msg_log1") in [(m, f.get("msg_id")) for m, f in lines]
+    assert ("webhook duplicate", "msg_log1") in [(m, f.get("msg_id")) for m, f in lines]
+    assert any(
+        m == "webhook rejected" and f.get("reason") == "no matching signature" for m, f in lines
+    )
+    text = caplog.text + " ".join(str(f) for _, f in lines)
+    assert SECRET.removeprefix("whsec_") not in text
+
+
+def test_store_is_real_wal_full(db_url: str, tmp_path: Path) -> None:
+    from dimmy_webhooks.store.sqlite import connect
+
+    conn = connect(tmp_path / "dimmy.sqlite3")
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    finally:
+        conn.close()
