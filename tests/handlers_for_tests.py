@@ -44,3 +44,15 @@ class _AsyncCallable:
 
 
 async_object = _AsyncCallable()
+
+
+poison: set[str] = set()
+"""Item ids :func:`explode_on_first` always fails on (the first item it ever saw)."""
+
+
+def explode_on_first(item: dict[str, Any], idempotency_key: str) -> None:
+    if not poison:
+        poison.add(item["id"])
+    if item["id"] in poison:
+        raise RuntimeError("poison item")
+    calls.append(("explode_on_first", item, idempotency_key))

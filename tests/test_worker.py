@@ -1,0 +1,314 @@
+"""The pipeline against the fake Dimmy API over real loopback HTTP, with a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dimmy_webhooks.client import DimmyClient
+from dimmy_webhooks.fake_dimmy import FakeDimmy
+from dimmy_webhooks.models import FULL_PAYLOAD, ITEMS_SCANNED, IncomingEvent, InsertOutcome
+from dimmy_webhooks.outputs import JsonlOutput, Output, parse_outputs
+from dimmy_webhooks.store import ReplayMode, SQLiteStore
+from dimmy_webhooks.worker import Worker, WorkerPolicy
+
+from . import handlers_for_tests
+from .conftest import API_KEY
+
+FAST = WorkerPolicy(
+    concurrency=32,
+    lease_seconds=5,
+    retry_base_seconds=0.02,
+    retry_max_seconds=0.1,
+    poll_seconds=0.05,
+)
+
+
+def event(msg_id: str, ids: list[str]) -> IncomingEvent:
+    body = json.dumps({"item_ids": ids}).encode()
+    return IncomingEvent(msg_id, ITEMS_SCANNED, body, {}, time.time(), len(ids))
+
+
+class Pipeline:
+    def __init__(self, store: SQLiteStore, worker: Worker, jsonl: Path) -> None:
+        self.store = store
+        self.worker = worker
+        self.jsonl = jsonl
+
+    async def run_until_idle(self, timeout: float = 30) -> None:
+        """Run the worker until no job is pending or running (bounded by ``timeout``)."""
+        stop = asyncio.Event()
+        task = asyncio.create_task(self.worker.run(stop))
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                jobs = (await self.store.stats(time.time())).jobs
+                if not jobs.get("pending") and not jobs.get("running"):
+                    return
+            raise AssertionError(f"not idle after {timeout}s: {jobs}")
+        finally:
+            stop.set()
+            await task
+
+    def table(self, sql: str) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.store.path)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+    def lines(self) -> list[dict[str, Any]]:
+        return JsonlOutput.read(self.jsonl)
+
+
+@pytest.fixture
+async def pipeline_factory(
+    tmp_path: Path, db_url: str, fake_url: str
+) -> AsyncIterator[Callable[..., Any]]:
+    opened: list[tuple[SQLiteStore, DimmyClient, list[Output]]] = []
+
+    @asynccontextmanager
+    async def _noop() -> AsyncIterator[None]:
+        yield
+
+    async def factory(
+        *,
+        policy: WorkerPolicy = FAST,
+        max_attempts: int = 3,
+        api_key: str = API_KEY,
+        extra_outputs: str = "",
+        timeout: float = 2.0,
+        api_concurrency: int = 16,
+    ) -> Pipeline:
+        store = SQLiteStore(db_url.removeprefix("sqlite:///"), max_attempts=max_attempts)
+        await store.open()
+        client = DimmyClient(
+            fake_url, api_key, timeout=timeout, concurrency=api_concurrency, rate_limit=10_000
+        )
+        jsonl = tmp_path / "out.jsonl"
+        spec = f"jsonl:{jsonl}" + (f",{extra_outputs}" if extra_outputs else "")
+        outputs = parse_outputs(spec)
+        opened.append((store, client, outputs))
+        return Pipeline(store, Worker(store, client, outputs, policy), jsonl)
+
+    yield factory
+    for store, client, outputs in opened:
+        await client.aclose()
+        for output in outputs:
+            await output.aclose()
+        await store.close()
+
+
+async def test_500_id_event_stores_every_item_once(pipeline_factory: Any, fake: FakeDimmy) -> None:
+    ids = fake.generate_items(500)
+    p = await pipeline_factory()
+    assert await p.store.insert_event(event("msg_big", ids)) is InsertOutcome.ACCEPTED
+    await p.run_until_idle()
+    assert {row[0] for row in p.table("SELECT id FROM items")} == set(ids)
+    assert fake.counts == Counter(dict.fromkeys(ids, 1))
+    lines = p.lines()
+    assert sorted(line["item_id"] for line in lines) == sorted(ids)
+    assert len({line["idempotency_key"] for line in lines}) == 500
+    assert p.table("SELECT status FROM events") == [("done",)]
+    # the same message again (a sender retry) adds no work and no fetch
+    assert await p.store.insert_event(event("msg_big", ids)) is InsertOutcome.DUPLICATE
+    await p.run_until_idle()
+    assert sum(fake.counts.values()) == 500
+    assert len(p.lines()) == 500
+
+
+async def test_404_and_422_ids_die_once_while_siblings_succeed(
+    pipeline_factory: Any, fake: FakeDimmy
+) -> None:
+    good = fake.generate_items(3)
+    missing, malformed = "0" * 24, "not-an-object-id"
+    p = await pipeline_factory(max_attempts=5)
+    await p.store.insert_event(event("msg_mixed", [good[0], missing, good[1], malformed, good[2]]))
+    await p.run_until_idle()
+    assert {row[0] for row in p.table("SELECT id FROM items")} == set(good)
+    dead = dict(
+        (r[0], r[1:])
+        for r in p.table("SELECT item_id, attempts, last_error FROM jobs WHERE status = 'dead'")
+    )
+    assert set(dead) == {missing, malformed}
+    assert dead[missing][0] == 1
+    assert "404" in dead[missing][1]
+    assert dead[malformed][0] == 1
+    assert "422" in dead[malformed][1]
+    [(status, error)] = p.table("SELECT status, last_error FROM events")
+    assert status == "dead"
+    assert error
+
+
+async def test_5xx_and_hangs_retry_within_policy_then_die(
+    pipeline_factory: Any, fake: FakeDimmy
+) -> None:
+    ids = fake.generate_items(4)
+    fake.fail_ids.add(ids[0])  # always 500
+    p = await pipeline_factory(max_attempts=3, timeout=0.3)
+    fake.config.hang_seconds = 5
+    await p.store.insert_event(event("msg_fail", ids))
+    await p.run_until_idle()
+    dead = p.table("SELECT item_id, attempts FROM jobs WHERE status = 'dead'")
+    assert dead == [(ids[0], 3)]
+    assert fake.attempts[ids[0]] == 3
+    assert {row[0] for row in p.table("SELECT id FROM items")} == set(ids[1:])
+
+    # every call hangs past the client timeout: transient, retried, then dead
+    hung = fake.generate_items(1)[0]
+    fake.config.hang_rate = 1.0
+    await p.store.insert_event(event("msg_hang", [hung]))
+    started = time.monotonic()
+    await p.run_until_idle()
+    fake.config.hang_rate = 0.0
+    assert p.table(f"SELECT attempts, status FROM jobs WHERE item_id = '{hung}'") == [(3, "dead")]
+    assert time.monotonic() - started < 10
+
+
+async def test_429_retry_after_is_respected(pipeline_factory: Any, fake: FakeDimmy) -> None:
+    ids = fake.generate_items(3)
+    fake.config.rate_limit_every = 2
+    fake.config.retry_after_seconds = 1
+    # one request at a time, so every request after a 429 was sent after the client saw it
+    p = await pipeline_factory(max_attempts=8, api_concurrency=1)
+    await p.store.insert_event(event("msg_429", ids))
+    await p.run_until_idle()
+    fake.config.rate_limit_every = None
+    assert {row[0] for row in p.table("SELECT id FROM items")} == set(ids)
+    limited = [r.at for r in fake.requests if r.status == 429]
+    assert limited
+    for at in limited:
+        sooner = [r for r in fake.requests if at < r.at < at + 0.95]
+        assert sooner == [], "a request was sent before Retry-After passed"
+
+
+async def test_full_payload_is_stored_without_a_fetch(
+    pipeline_factory: Any, fake: FakeDimmy
+) -> None:
+    [item_id] = fake.generate_items(1)
+    body = json.dumps(fake.items[item_id]).encode()
+    p = await pipeline_factory()
+    await p.store.insert_event(IncomingEvent("msg_full", FULL_PAYLOAD, body, {}, time.time()))
+    await p.run_until_idle()
+    stored = await p.store.get_item(item_id)
+    assert stored is not None
+    assert json.loads(stored.raw) == fake.items[item_id]
+    assert fake.counts == Counter()
+    assert [line["item_id"] for line in p.lines()] == [item_id]
+
+
+async def test_newer_version_replaces_and_is_delivered_once_more(
+    pipeline_factory: Any, fake: FakeDimmy
+) -> None:
+    [item_id] = fake.generate_items(1)
+    p = await pipeline_factory()
+    await p.store.insert_event(event("msg_v1", [item_id]))
+    await p.run_until_idle()
+    first = await p.store.get_item(item_id)
+    assert first is not None
+    fake.update_item(item_id, flow_id="changed-flow")
+    await p.store.replay_item(item_id, ReplayMode.REFETCH, [], time.time())
+    await p.run_until_idle()
+    second = await p.store.get_item(item_id)
+    assert second is not None
+    assert second.version != first.version
+    assert json.loads(second.raw)["flow_id"] == "changed-flow"
+    # fetching the unchanged item again delivers nothing new
+    await p.store.replay_item(item_id, ReplayMode.REFETCH, [], time.time())
+    await p.run_until_idle()
+    assert [line["version"] for line in p.lines()] == [first.version, second.version]
+
+
+async def test_a_poison_output_dies_alone(pipeline_factory: Any, fake: FakeDimmy) -> None:
+    ids = fake.generate_items(5)
+    handlers_for_tests.calls.clear()
+    handlers_for_tests.poison.clear()
+    p = await pipeline_factory(
+        extra_outputs="python:tests.handlers_for_tests:explode_on_first", max_attempts=2
+    )
+    await p.store.insert_event(event("msg_poison", ids))
+    await p.run_until_idle()
+    assert sorted(line["item_id"] for line in p.lines()) == sorted(ids)
+    dead = p.table("SELECT output, attempts FROM jobs WHERE status = 'dead'")
+    assert dead == [("python:tests.handlers_for_tests:explode_on_first", 2)]
+    assert len(handlers_for_tests.calls) == 4  # the other items reached the handler
+
+
+async def test_refused_api_key_pauses_without_burning_attempts(
+    pipeline_factory: Any, fake: FakeDimmy
+) -> None:
+    ids = fake.generate_items(2)
+    p = await pipeline_factory(api_key="wrong-key")
+    await p.store.insert_event(event("msg_auth", ids))
+    stop = asyncio.Event()
+    task = asyncio.create_task(p.worker.run(stop))
+    await asyncio.sleep(1.0)
+    stop.set()
+    await task
+    assert p.worker.config_error is not None
+    assert "wrong-key" not in p.worker.config_error
+    jobs = p.table("SELECT status, attempts FROM jobs WHERE kind = 'fetch'")
+    assert jobs == [("pending", 0), ("pending", 0)]
+    assert fake.attempts == Counter()  # 401 happens before the id is looked at
+
+
+async def test_dead_event_resent_by_the_sender_is_requeued(
+    pipeline_factory: Any, fake: FakeDimmy
+) -> None:
+    [item_id] = fake.generate_items(1)
+    fake.fail_ids.add(item_id)
+    p = await pipeline_factory(max_attempts=2)
+    await p.store.insert_event(event("msg_resend", [item_id]))
+    await p.run_until_idle()
+    assert p.table("SELECT status FROM events") == [("dead",)]
+    fake.fail_ids.clear()
+    assert await p.store.insert_event(event("msg_resend", [item_id])) is InsertOutcome.REQUEUED
+    await p.run_until_idle()
+    assert p.table("SELECT status FROM events") == [("done",)]
+    assert [line["item_id"] for line in p.lines()] == [item_id]
+
+
+async def test_replay_redeliver_reuses_the_idempotency_key(
+    pipeline_factory: Any, fake: FakeDimmy
+) -> None:
+    ids = fake.generate_items(2)
+    p = await pipeline_factory()
+    await p.store.insert_event(event("msg_redeliver", ids))
+    await p.run_until_idle()
+    [(event_id,)] = p.table("SELECT id FROM events")
+    queued = await p.store.replay_event(
+        event_id, ReplayMode.REDELIVER, list(p.worker.outputs), time.time()
+    )
+    assert queued == 2
+    await p.run_until_idle()
+    keys = Counter(line["idempotency_key"] for line in p.lines())
+    assert len(keys) == 2
+    assert set(keys.values()) == {2}
+    assert sum(fake.counts.values()) == 2  # redelivery fetched nothing
+
+
+async def test_graceful_stop_releases_claims(pipeline_factory: Any, fake: FakeDimmy) -> None:
+    ids = fake.generate_items(40)
+    fake.config.latency_seconds = 0.5
+    p = await pipeline_factory(policy=replace(FAST, grace_seconds=0.1))
+    await p.store.insert_event(event("msg_stop", ids))
+    stop = asyncio.Event()
+    task = asyncio.create_task(p.worker.run(stop))
+    await asyncio.sleep(0.8)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    fake.config.latency_seconds = 0
+    assert p.table("SELECT count(*) FROM jobs WHERE status = 'running'") == [(0,)]
+    await p.run_until_idle()
+    assert {row[0] for row in p.table("SELECT id FROM items")} == set(ids)
