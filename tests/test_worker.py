@@ -137,10 +137,10 @@ async def test_404_and_422_ids_die_once_while_siblings_succeed(
     await p.store.insert_event(event("msg_mixed", [good[0], missing, good[1], malformed, good[2]]))
     await p.run_until_idle()
     assert {row[0] for row in p.table("SELECT id FROM items")} == set(good)
-    dead = dict(
-        (r[0], r[1:])
+    dead = {
+        r[0]: r[1:]
         for r in p.table("SELECT item_id, attempts, last_error FROM jobs WHERE status = 'dead'")
-    )
+    }
     assert set(dead) == {missing, malformed}
     assert dead[missing][0] == 1
     assert "404" in dead[missing][1]
