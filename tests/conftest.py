@@ -139,3 +139,19 @@ def service_factory(tmp_path: Path) -> Iterator[Any]:
     yield factory
     for service in started:
         service.kill()
+
+
+STORE_BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """An opened, empty store of each backend (max_attempts=8)."""
+    from dimmy_webhooks.store import SQLiteStore
+
+    url = f"sqlite:///{tmp_path / 'contract.sqlite3'}"
+    schema.upgrade(url)
+    backend = SQLiteStore(url.removeprefix("sqlite:///"), max_attempts=8)
+    await backend.open()
+    yield backend
+    await backend.close()

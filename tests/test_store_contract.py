@@ -1,0 +1,234 @@
+"""The store contract: every backend must pass these (see the ``store`` fixture in conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from dimmy_webhooks.errors import LeaseLost
+from dimmy_webhooks.models import (
+    ITEMS_SCANNED,
+    UNKNOWN,
+    IncomingEvent,
+    InsertOutcome,
+    JobKind,
+    NormalisedItem,
+    StoredItem,
+)
+from dimmy_webhooks.store import ReplayMode, Store
+
+T0 = 1_800_000_000.0
+LEASE = 30.0
+
+
+def scanned(msg_id: str, ids: list[str], at: float = T0) -> IncomingEvent:
+    return IncomingEvent(
+        msg_id,
+        ITEMS_SCANNED,
+        json.dumps({"item_ids": ids}).encode(),
+        {"svix-id": msg_id},
+        at,
+        len(ids),
+    )
+
+
+def item(item_id: str, updated_at: str | None, content: str = "x", barcode: str = "") -> StoredItem:
+    raw = json.dumps({"_id": item_id, "updated_at": updated_at, "c": content})
+    fields = NormalisedItem(
+        id=item_id,
+        updated_at=updated_at,
+        barcode=barcode or None,
+        barcodes=(barcode,) if barcode else (),
+    )
+    return StoredItem(item=fields, raw=raw, version=f"{updated_at}#{content}", fetched_at=T0)
+
+
+async def expanded(store: Store, ids: list[str], msg: str = "m1") -> list:  # type: ignore[type-arg]
+    """Insert an event, expand it, return the claimed fetch jobs."""
+    await store.insert_event(scanned(msg, ids))
+    [job] = await store.claim("w", 10, LEASE, T0)
+    await store.expand_event(job, ids, T0)
+    return await store.claim("w", 100, LEASE, T0)
+
+
+async def test_insert_is_unique_on_message_id(store: Store) -> None:
+    assert await store.insert_event(scanned("m1", ["a"])) is InsertOutcome.ACCEPTED
+    outcomes = await asyncio.gather(*[store.insert_event(scanned("m1", ["a"])) for _ in range(10)])
+    assert set(outcomes) == {InsertOutcome.DUPLICATE}
+    [event] = await store.list_events()
+    assert event.message_id == "m1"
+    assert event.item_count == 1
+    assert await store.get_event_body(event.id) == b'{"item_ids": ["a"]}'
+    jobs = await store.claim("w", 10, LEASE, T0)
+    assert [j.kind for j in jobs] == [JobKind.EVENT]
+
+
+async def test_unknown_events_are_kept_without_work(store: Store) -> None:
+    await store.insert_event(IncomingEvent("m_unknown", UNKNOWN, b"[]", {}, T0))
+    [event] = await store.list_events(status="unknown")
+    assert event.message_id == "m_unknown"
+    assert await store.claim("w", 10, LEASE, T0) == []
+
+
+async def test_claims_are_disjoint_and_respect_run_at(store: Store) -> None:
+    for n in range(20):
+        await store.insert_event(scanned(f"m{n}", ["a"]))
+    long = 1000.0  # the other leases must outlive this test's clock
+    batches = await asyncio.gather(*[store.claim(f"w{n}", 5, long, T0) for n in range(6)])
+    claimed = [job.id for batch in batches for job in batch]
+    assert len(claimed) == len(set(claimed)) == 20
+    assert await store.claim("late", 5, LEASE, T0) == []
+    # a job rescheduled into the future is not due yet
+    job = batches[0][0]
+    await store.fail(job, "try later", T0 + 100, T0)
+    assert await store.claim("w", 5, LEASE, T0 + 99) == []
+    [again] = await store.claim("w", 5, LEASE, T0 + 100)
+    assert (again.id, again.attempts) == (job.id, 2)
+
+
+async def test_expired_lease_is_taken_over_and_the_old_owner_cannot_write(store: Store) -> None:
+    [job] = await expanded(store, ["a"])
+    assert await store.claim("other", 10, LEASE, T0 + LEASE - 1) == []
+    [taken] = await store.claim("other", 10, LEASE, T0 + LEASE + 1)
+    assert taken.id == job.id
+    assert taken.lease_token != job.lease_token
+    assert taken.attempts == 2
+    with pytest.raises(LeaseLost):
+        await store.save_item(job, item("a", "2026-01-01"), ["console"], T0 + LEASE + 2)
+    assert await store.get_item("a") is None
+    with pytest.raises(LeaseLost):
+        await store.fail(job, "late", None, T0 + LEASE + 2)
+    assert await store.save_item(taken, item("a", "2026-01-01"), ["console"], T0 + LEASE + 2)
+
+
+async def test_heartbeat_keeps_the_lease(store: Store) -> None:
+    [job] = await expanded(store, ["a"])
+    assert await store.heartbeat("w", LEASE, T0 + 20) == 1
+    assert await store.claim("other", 10, LEASE, T0 + LEASE + 1) == []
+    await store.finish(job, T0 + 40)
+    assert await store.heartbeat("w", LEASE, T0 + 41) == 0
+
+
+async def test_failures_retry_then_die_with_the_reason(store: Store) -> None:
+    [job] = await expanded(store, ["a"])
+    for attempt in range(1, 20):
+        assert job.attempts == attempt
+        dead = await store.fail(job, f"503 attempt {attempt}", T0, T0)
+        if dead:
+            break
+        [job] = await store.claim("w", 10, LEASE, T0)
+    assert (attempt, dead) == (8, True)  # max_attempts of the fixture
+    [event] = await store.list_events(status="dead")
+    assert event.last_error is not None
+    assert event.last_error.startswith("503 attempt")
+    assert await store.claim("w", 10, LEASE, T0 + 10_000) == []
+
+
+async def test_permanent_failure_dies_at_once(store: Store) -> None:
+    jobs = await expanded(store, ["a", "b"])
+    assert await store.fail(jobs[0], "404 not found", None, T0) is True
+    await store.save_item(jobs[1], item("b", "2026-01-01"), [], T0)
+    [event] = await store.list_events()
+    assert event.status == "dead"
+    full = await store.get_event(event.id)
+    assert full is not None
+    assert full.jobs == {"event:done": 1, "fetch:dead": 1, "fetch:done": 1}
+
+
+async def test_postpone_and_release_do_not_count_attempts(store: Store) -> None:
+    jobs = await expanded(store, ["a", "b"])
+    await store.postpone(jobs[0], "API key refused", T0 + 60, T0)
+    assert await store.release("w", T0) == 1
+    [b] = await store.claim("w", 10, LEASE, T0)
+    assert (b.item_id, b.attempts) == ("b", 1)
+    await store.finish(b, T0)
+    [a] = await store.claim("w", 10, LEASE, T0 + 60)
+    assert (a.item_id, a.attempts) == ("a", 1)
+
+
+async def test_newer_replaces_older_never_overwrites(store: Store) -> None:
+    jobs = await expanded(store, ["a", "a", "b"])
+    assert [j.item_id for j in jobs] == ["a", "b"]  # ids deduplicated within an event
+    assert await store.save_item(jobs[0], item("a", "2026-01-02", "new"), ["out"], T0)
+    assert not await store.save_item(jobs[1], item("a", "2026-01-01", "old"), ["out"], T0)
+    stored = await store.get_item("a")
+    assert stored is not None
+    assert json.loads(stored.raw)["c"] == "new"
+    deliveries = await store.claim("w", 10, LEASE, T0)
+    assert [(d.kind, d.item_id, d.version) for d in deliveries] == [
+        (JobKind.DELIVER, "a", "2026-01-02#new")
+    ]
+    # same updated_at, different content: the later fetch wins and is delivered
+    await store.replay_item("a", ReplayMode.REFETCH, [], T0)
+    [refetch] = [j for j in await store.claim("w", 10, LEASE, T0) if j.kind is JobKind.FETCH]
+    assert await store.save_item(refetch, item("a", "2026-01-02", "fixed"), ["out"], T0)
+    # a dated version beats an undated one
+    await store.replay_item("a", ReplayMode.REFETCH, [], T0)
+    [undated] = [j for j in await store.claim("w", 10, LEASE, T0) if j.kind is JobKind.FETCH]
+    assert not await store.save_item(undated, item("a", None, "undated"), ["out"], T0)
+
+
+async def test_one_delivery_per_output_and_version(store: Store) -> None:
+    [job] = await expanded(store, ["a"])
+    await store.save_item(job, item("a", "2026-01-01"), ["console", "jsonl:/x"], T0)
+    deliveries = await store.claim("w", 10, LEASE, T0)
+    assert sorted(d.output or "" for d in deliveries) == ["console", "jsonl:/x"]
+    for d in deliveries:
+        await store.finish(d, T0)
+    [event] = await store.list_events()
+    assert event.status == "done"
+    # redelivery resets the same rows (same idempotency key downstream)
+    assert await store.replay_event(event.id, ReplayMode.REDELIVER, ["console"], T0) == 1
+    [again] = await store.claim("w", 10, LEASE, T0)
+    assert (again.output, again.version) == ("console", "2026-01-01#x")
+
+
+async def test_dead_work_comes_back_on_resend_and_replay(store: Store) -> None:
+    [job] = await expanded(store, ["a"])
+    await store.fail(job, "404", None, T0)
+    assert await store.insert_event(scanned("m1", ["a"])) is InsertOutcome.REQUEUED
+    [job] = await store.claim("w", 10, LEASE, T0)
+    assert job.attempts == 1
+    await store.fail(job, "404", None, T0 + 5)
+    assert await store.replay_dead(T0 + 10, T0 + 20) == 0
+    assert await store.replay_dead(T0, T0 + 20) == 1
+    [event] = await store.list_events()
+    assert event.status == "processing"
+
+
+async def test_replay_event_refetch(store: Store) -> None:
+    [job] = await expanded(store, ["a"])
+    await store.save_item(job, item("a", "2026-01-01"), [], T0)
+    [event] = await store.list_events()
+    assert await store.replay_event(event.id, ReplayMode.REFETCH, [], T0) == 2
+    kinds = sorted(j.kind for j in await store.claim("w", 10, LEASE, T0))
+    assert kinds == [JobKind.EVENT, JobKind.FETCH]
+    with pytest.raises(LookupError):
+        await store.replay_event(9999, ReplayMode.REFETCH, [], T0)
+    with pytest.raises(LookupError):
+        await store.replay_item("nope", ReplayMode.REDELIVER, ["console"], T0)
+
+
+async def test_reads_paginate_and_filter(store: Store) -> None:
+    ids = [f"{n:024x}" for n in range(7)]
+    jobs = await expanded(store, ids)
+    for n, job in enumerate(jobs):
+        assert job.item_id is not None
+        await store.save_item(job, item(job.item_id, "2026-01-01", barcode=f"87{n % 2}"), [], T0)
+    page1 = await store.list_items(limit=4)
+    page2 = await store.list_items(limit=4, after=page1[-1].id)
+    assert [i.id for i in page1 + page2] == ids
+    assert {i.id for i in await store.list_items(barcode="871")} == {ids[1], ids[3], ids[5]}
+    assert await store.list_items(barcode="8%") == []
+    assert await store.list_items(since=T0 + 1) == []
+    for n in range(5):
+        await store.insert_event(scanned(f"e{n}", []))
+    first = await store.list_events(limit=3)
+    rest = await store.list_events(limit=10, before=first[-1].id)
+    assert len(first) + len(rest) == 6
+    assert [e.id for e in first + rest] == sorted((e.id for e in first + rest), reverse=True)
+    stats = await store.stats(T0)
+    assert sum(stats.events.values()) == 6
+    await store.ping()
