@@ -136,3 +136,20 @@ def test_send_command_prints_the_answer(tmp_path: Path, service_factory: Any) ->
     assert {e["message_id"] for e in events} >= {"msg_cli"}
     assert ADMIN_TOKEN not in service.log()
     assert SECRET not in service.log()
+
+
+def test_replay_command(tmp_path: Path, db_url: str) -> None:
+    env = {"DIMMY_DATABASE_URL": db_url, "DIMMY_OUTPUTS": ""}
+    missing = run_cli(tmp_path, "replay", "--event", "999", **env)
+    assert missing.returncode == 2
+    assert "event 999 does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    both = run_cli(tmp_path, "replay", "--event", "1", "--item", "x", **env)
+    assert both.returncode == 2
+    assert "exactly one" in both.stderr
+    bad_time = run_cli(tmp_path, "replay", "--dead-since", "yesterday", **env)
+    assert bad_time.returncode == 2
+    assert "ISO-8601" in bad_time.stderr
+    ok = run_cli(tmp_path, "replay", "--dead-since", "2026-01-01T00:00:00Z", **env)
+    assert ok.returncode == 0, ok.stderr
+    assert "queued 0 job(s)" in ok.stdout
