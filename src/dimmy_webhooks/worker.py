@@ -135,17 +135,20 @@ class Worker:
         self._wake.set()
 
     async def _sleep(self, stop: asyncio.Event) -> None:
-        stopper = asyncio.create_task(stop.wait())
-        waker = asyncio.create_task(self._wake.wait())
+        """Until stopped, woken (this process), hinted (another process), or the poll is due."""
+        waiters = {
+            asyncio.create_task(stop.wait()),
+            asyncio.create_task(self._wake.wait()),
+            asyncio.create_task(self.store.wait_for_work(self.policy.poll_seconds)),
+        }
         try:
             await asyncio.wait(
-                {stopper, waker},
-                timeout=self.policy.poll_seconds,
-                return_when=asyncio.FIRST_COMPLETED,
+                waiters, timeout=self.policy.poll_seconds, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            stopper.cancel()
-            waker.cancel()
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         interval = self.policy.lease_seconds / 3

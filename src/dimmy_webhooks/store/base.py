@@ -45,6 +45,12 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless a query round-trips."""
 
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when new work may be due (a hint from another process) or after ``timeout``.
+
+        Never raises; a missed hint only costs the worker's next poll.
+        """
+
     # inbox
     async def insert_event(self, event: IncomingEvent) -> InsertOutcome:
         """Commit the event (and its first job) durably before returning. Unique on message id."""

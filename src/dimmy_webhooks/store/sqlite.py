@@ -221,6 +221,10 @@ class SQLiteStore:
     async def ping(self) -> None:
         await self._read(lambda tx: tx.all("SELECT 1 AS ok"))
 
+    async def wait_for_work(self, timeout: float) -> None:
+        # no cross-process signal on SQLite: other processes' work is found by polling
+        await asyncio.sleep(timeout)
+
     async def insert_event(self, event: IncomingEvent) -> InsertOutcome:
         return await self._write(lambda tx: ops.insert_event(tx, event, self.max_attempts))
 
