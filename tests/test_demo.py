@@ -1,0 +1,107 @@
+"""``dimmy-webhooks demo`` as a user runs it: a real subprocess, then its SQLite file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from dimmy_webhooks.runner import free_port
+
+from .conftest import CLI, clean_env
+
+
+def run_demo(tmp_path: Path, *args: str, timeout: float = 60, **env: str) -> tuple[int, str, str]:
+    proc = subprocess.run(
+        [CLI, "demo", *args],
+        cwd=tmp_path,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def counts(db: Path, table: str) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute(f"SELECT status, count(*) FROM {table} GROUP BY status").fetchall()
+    return {str(status): int(n) for status, n in rows}
+
+
+@pytest.mark.slow
+def test_demo_runs_offline_and_leaves_everything_processed(tmp_path: Path) -> None:
+    port = free_port()
+    db = tmp_path / "demo.sqlite3"
+    started = time.monotonic()
+    code, out, err = run_demo(
+        tmp_path,
+        *("--duration", "12", "--port", str(port), "--database", str(db)),
+        *("--speed", "600", "--big-batch", "120"),
+    )
+    took = time.monotonic() - started
+
+    assert code == 0, out + err
+    assert "Traceback" not in err
+    url = f"http://127.0.0.1:{port}"
+    for shown in (
+        f"service      {url}\n",
+        f"{url}/webhook",
+        f"{url}/api/events",
+        f"{url}/api/items/",
+        f"{url}/docs",
+        f"{url}/readyz",
+        "fake Dimmy   http://127.0.0.1:",
+        "X-API-KEY: demo-",
+        "an offline device is back: 120 items",
+        "summary after",
+    ):
+        assert shown in out, out
+    progress = [line for line in out.splitlines() if "| items stored" in line]
+    assert len(progress) >= 3
+
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        items = conn.execute("SELECT count(*) FROM items").fetchone()[0]
+    events, jobs = counts(db, "events"), counts(db, "jobs")
+    assert items >= 120
+    assert events.get("pending", 0) + events.get("processing", 0) == 0, events
+    assert events.get("done", 0) >= 5
+    assert "dead" not in events
+    assert jobs.get("pending", 0) + jobs.get("running", 0) == 0, jobs
+    lines = (tmp_path / "dimmy-demo-items.jsonl").read_text().splitlines()
+    assert len({json.loads(line)["item_id"] for line in lines}) == items
+    assert took < 25
+
+
+def test_demo_says_when_the_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = run_demo(tmp_path, "--port", str(port), "--duration", "1")
+
+    assert code == 2
+    assert f"error: port {port} on 127.0.0.1 is in use" in err
+    assert "--port" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "dimmy-demo.sqlite3").exists()
+
+
+def test_demo_refuses_the_services_own_database(tmp_path: Path) -> None:
+    real = tmp_path / "real.sqlite3"
+    code, _, err = run_demo(
+        tmp_path,
+        *("--port", "0", "--database", str(real), "--duration", "1"),
+        DIMMY_DATABASE_URL=f"sqlite:///{real}",
+    )
+
+    assert code == 2
+    assert "the service's own database" in err
+    assert not real.exists()
