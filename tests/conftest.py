@@ -141,7 +141,94 @@ def service_factory(tmp_path: Path) -> Iterator[Any]:
         service.kill()
 
 
-STORE_BACKENDS = ["sqlite"]
+# PostgreSQL: a server for the tests, one migrated template per session, one database per test
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _admin_pg_url() -> str:
+    return os.environ.get("DIMMY_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+
+
+def pg_database_url(admin_url: str, dbname: str) -> str:
+    """``admin_url`` pointing at another database of the same server."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(admin_url)._replace(path="/" + dbname).geturl()
+
+
+def _new_pg_name() -> str:
+    import uuid  # unique across pytest-xdist workers and concurrent runs
+
+    return f"dimmy_test_{uuid.uuid4().hex[:16]}"
+
+
+def _pg_execute(admin_url: str, *statements: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+        for statement in statements:
+            conn.execute(statement)  # names are generated here, never input
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    """A reachable PostgreSQL server (skips, or fails under DIMMY_TEST_REQUIRE_POSTGRES=1)."""
+    import psycopg
+
+    from dimmy_webhooks.store.postgres import describe
+
+    url = _admin_pg_url()
+    try:
+        _pg_execute(url, "SELECT 1")
+    except psycopg.Error as exc:
+        where, _ = describe(url)
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        reason = (
+            f"PostgreSQL not reachable at {where} ({first}): "
+            "start it or set DIMMY_TEST_POSTGRES_URL"
+        )
+        if os.environ.get("DIMMY_TEST_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_admin_url: str) -> Iterator[str]:
+    """A database migrated once per session (per xdist worker), copied for each test."""
+    name = _new_pg_name().replace("_test_", "_tpl_")
+    _pg_execute(pg_admin_url, f'CREATE DATABASE "{name}"')
+    try:
+        schema.upgrade(pg_database_url(pg_admin_url, name))
+        yield name
+    finally:
+        _pg_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_empty_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh database with no schema at all."""
+    name = _new_pg_name()
+    _pg_execute(pg_admin_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield pg_database_url(pg_admin_url, name)
+    finally:
+        _pg_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_admin_url: str, pg_template: str) -> Iterator[str]:
+    """A fresh, migrated database of its own for this test, dropped afterwards."""
+    name = _new_pg_name()
+    _pg_execute(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    try:
+        yield pg_database_url(pg_admin_url, name)
+    finally:
+        _pg_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+STORE_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture(params=STORE_BACKENDS)
@@ -149,9 +236,15 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     """An opened, empty store of each backend (max_attempts=8)."""
     from dimmy_webhooks.store import SQLiteStore
 
-    url = f"sqlite:///{tmp_path / 'contract.sqlite3'}"
-    schema.upgrade(url)
-    backend = SQLiteStore(url.removeprefix("sqlite:///"), max_attempts=8)
+    backend: Any
+    if request.param == "postgres":
+        from dimmy_webhooks.store.postgres import PostgresStore
+
+        backend = PostgresStore(request.getfixturevalue("pg_url"), max_attempts=8, pool_size=4)
+    else:
+        url = f"sqlite:///{tmp_path / 'contract.sqlite3'}"
+        schema.upgrade(url)
+        backend = SQLiteStore(url.removeprefix("sqlite:///"), max_attempts=8)
     await backend.open()
     yield backend
     await backend.close()

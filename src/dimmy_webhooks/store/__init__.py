@@ -11,7 +11,13 @@ def create_store(database_url: str, *, max_attempts: int = 8) -> Store:
     """The backend for ``database_url`` (not yet opened)."""
     if database_url.startswith("sqlite:///"):
         return SQLiteStore(database_url.removeprefix("sqlite:///"), max_attempts=max_attempts)
-    raise ConfigError("DIMMY_DATABASE_URL: only sqlite:/// is supported by this version")
+    if database_url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore  # psycopg is imported only when used
+
+        return PostgresStore(database_url, max_attempts=max_attempts)
+    raise ConfigError(
+        "DIMMY_DATABASE_URL: use sqlite:///path/to/file or postgresql://user@host:port/dbname"
+    )
 
 
 __all__ = ["QueueStats", "ReplayMode", "SQLiteStore", "Store", "create_store"]

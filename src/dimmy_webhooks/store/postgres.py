@@ -1,0 +1,540 @@
+"""PostgreSQL backend: a connection pool, one transaction per operation, SKIP LOCKED claims.
+
+Many receivers and workers on many machines share one database. Every operation of
+:mod:`.ops` runs unchanged in a worker thread (:func:`asyncio.to_thread`) as one transaction on
+one pooled connection; the commit (``synchronous_commit = on``) has returned before the caller
+is answered. Claims lock the rows they take with ``FOR UPDATE SKIP LOCKED``, so concurrent
+workers never wait for each other and never take the same job.
+
+``LISTEN/NOTIFY`` is a wake-up hint only: a transaction that made work due sends
+``NOTIFY dimmy_jobs`` (delivered on commit), and :meth:`PostgresStore.wait_for_work` returns early
+when one arrives. Workers poll anyway, so a lost notification costs one poll interval.
+
+Driver exceptions never leave this module: connection trouble, timeouts and aborted
+transactions become :class:`StoreUnavailable` (retry later), anything else :class:`StoreError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool
+
+from ..errors import ConfigError, StoreError, StoreUnavailable
+from ..models import UNKNOWN, EventRecord, IncomingEvent, InsertOutcome, Job, StoredItem
+from . import ops
+from .base import QueueStats, ReplayMode
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+APPLICATION_NAME = "dimmy-webhooks"
+CHANNEL = "dimmy_jobs"
+"""The ``LISTEN/NOTIFY`` channel announcing due work (per database)."""
+
+_MIN_SERVER_VERSION = 120000  # AS MATERIALIZED (12+)
+_DEADLOCK_RETRIES = 3
+_LISTEN_CHECK_SECONDS = 5.0  # how often the idle listener checks that its connection lives
+
+# PostgreSQL versions of the blocks whose portable form is not right under concurrency -------
+
+_CLAIM = f"""
+    WITH due AS MATERIALIZED (
+        SELECT id FROM jobs WHERE status = 'pending' AND run_at <= :now
+        ORDER BY run_at, id LIMIT :limit
+        FOR UPDATE SKIP LOCKED)
+    UPDATE jobs SET status = 'running', lease_owner = :owner, lease_token = :token,
+        lease_expires_at = :expires, attempts = attempts + 1, updated_at = :now
+    WHERE id IN (SELECT id FROM due)
+    RETURNING {ops._JOB_COLUMNS}"""
+"""Rows another transaction holds (being claimed, reaped, finished) are skipped, not waited for;
+the CTE is materialised so the locked set is computed exactly once."""
+
+_REAP = f"""
+    WITH expired AS MATERIALIZED (
+        SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < :now
+        FOR UPDATE SKIP LOCKED)
+    UPDATE jobs SET
+        status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
+        last_error = 'lease expired: the worker stopped or was killed',
+        run_at = :now, updated_at = :now, {ops._RELEASED}
+    WHERE id IN (SELECT id FROM expired) AND status = 'running'
+    RETURNING event_id, status"""
+"""Two workers reaping at once take disjoint rows and never wait on each other (a plain
+``UPDATE`` would serialise them on the row locks and could deadlock on many rows)."""
+
+_REFRESH_EVENT = (
+    "SELECT 1 FROM events WHERE id = :id FOR UPDATE;\n" + ops.SQL["refresh_event"].strip()
+)
+"""Lock the event row first, in its own statement, so the ``UPDATE`` that follows takes its
+snapshot after any concurrent finisher of the same event committed. Otherwise two workers
+finishing an event's last two jobs at once each see the other's job still running (READ
+COMMITTED snapshot of the ``EXISTS``) and the event stays ``processing`` for ever. Run as one
+multi-statement string (client-side binding allows it)."""
+
+
+def _derive(name: str, old: str, new: str) -> str:
+    text = ops.SQL[name]
+    if old not in text:  # ops.py changed: fail at import, loudly, rather than diverge quietly
+        raise RuntimeError(f"postgres: cannot adapt SQL block {name!r}: {old!r} not found")
+    return text.replace(old, new)
+
+
+_OVERRIDES = {
+    "claim": _CLAIM,
+    "reap": _REAP,
+    "refresh_event": _REFRESH_EVENT,
+    # "newer updated_at wins" compares ISO text bytewise as SQLite does, whatever the
+    # database's collation (en_US ignores punctuation in its first pass)
+    "upsert_item": _derive(
+        "upsert_item",
+        "excluded.updated_at > items.updated_at",
+        'excluded.updated_at COLLATE "C" > items.updated_at',
+    ),
+}
+
+_TOKEN = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|::|%|:([A-Za-z_][A-Za-z0-9_]*)""")
+
+
+def to_pyformat(sql: str) -> str:
+    """``:name`` parameters as psycopg's ``%(name)s``; ``::`` casts, quoted text and ``%`` kept."""
+
+    def replace(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if match.group(1) is not None:
+            return f"%({match.group(1)})s"
+        return token.replace("%", "%%")
+
+    return _TOKEN.sub(replace, sql)
+
+
+SQL: dict[str, str] = {name: to_pyformat(text) for name, text in {**ops.SQL, **_OVERRIDES}.items()}
+"""Every block of :data:`ops.SQL` in psycopg's parameter style, PostgreSQL overrides applied."""
+
+
+class _PostgresTx:
+    """:class:`ops.Tx` over a cursor of a connection inside a transaction.
+
+    Client-side binding (:class:`psycopg.ClientCursor`): values are merged as literals, so
+    ``(:since IS NULL OR ...)`` works with ``None`` and a block may hold several statements.
+    """
+
+    def __init__(self, cursor: psycopg.ClientCursor[DictRow]) -> None:
+        self.cursor = cursor
+
+    def sql(self, name: str) -> str:
+        return SQL[name]
+
+    def all(self, sql: str, params: Mapping[str, Any] | None = None) -> list[ops.Row]:
+        self.cursor.execute(sql, params or {})
+        if self.cursor.description is None:
+            return []
+        rows: list[ops.Row] = list(self.cursor.fetchall())
+        return rows
+
+    def run(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        self.cursor.execute(sql, params or {})
+        return self.cursor.rowcount
+
+    def many(self, sql: str, params: Sequence[Mapping[str, Any]]) -> None:
+        self.cursor.executemany(sql, params)
+
+
+def describe(database_url: str) -> tuple[str, str | None]:
+    """``host:port/dbname`` for messages (never the password), and the password to redact."""
+    try:
+        params = conninfo_to_dict(database_url)
+    except psycopg.Error as exc:
+        raise ConfigError("DIMMY_DATABASE_URL is not a valid PostgreSQL URL") from exc
+    host = params.get("host") or params.get("hostaddr") or "(default host)"
+    port = params.get("port") or "5432"
+    dbname = params.get("dbname") or params.get("user") or "(default database)"
+    password = params.get("password")
+    return f"{host}:{port}/{dbname}", None if password in (None, "") else str(password)
+
+
+def _reason(exc: BaseException, password: str | None) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = text or exc.__class__.__name__
+    return text.replace(password, "***") if password else text
+
+
+_UNAVAILABLE: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,  # connection lost, pool timeout/closed, deadlock, query canceled
+    psycopg.InterfaceError,  # the connection is closed
+    psycopg.errors.ReadOnlySqlTransaction,  # a standby after a failover
+)
+_RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
+class _Listener:
+    """A thread holding one ``LISTEN`` connection; reconnects by itself, never raises."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        kwargs: dict[str, Any],
+        on_notify: Callable[[], None],
+        connect_timeout: float,
+    ) -> None:
+        self.conninfo = conninfo
+        self.kwargs = kwargs
+        self.on_notify = on_notify
+        self.connect_timeout = connect_timeout
+        self.control = f"dimmy_stop_{uuid.uuid4().hex}"  # private channel to wake the thread
+        self.ready = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="dimmy-pg-listener", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, poke: Callable[[str], None]) -> None:
+        self.stopping.set()
+        if self.ready.is_set():
+            try:
+                poke(self.control)  # ends the listener's wait at once
+            except Exception as exc:  # the wait ends by itself within _LISTEN_CHECK_SECONDS
+                log.debug("could not wake the listener: %s", exc)
+        self.thread.join(timeout=self.connect_timeout + _LISTEN_CHECK_SECONDS + 1)
+
+    def _run(self) -> None:
+        delay = 0.1
+        connected_before = False
+        failing = False
+        while not self.stopping.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True, **self.kwargs) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {self.control}")
+                    self.ready.set()
+                    if connected_before or failing:
+                        log.info("listening for %s again", CHANNEL)
+                        self.on_notify()  # announcements may have been missed meanwhile
+                    connected_before, failing, delay = True, False, 0.1
+                    self._listen(conn)
+            except psycopg.Error as exc:
+                self.ready.clear()
+                if not self.stopping.is_set():
+                    level = logging.DEBUG if failing else logging.WARNING
+                    log.log(
+                        level, "LISTEN %s failed, reconnecting: %s", CHANNEL, _reason(exc, None)
+                    )
+                failing = True
+            except Exception:  # never let the thread die: the hint must come back
+                self.ready.clear()
+                log.exception("LISTEN %s: unexpected error", CHANNEL)
+                failing = True
+            self.stopping.wait(delay)
+            delay = min(delay * 2, 5.0)
+        self.ready.clear()
+
+    def _listen(self, conn: psycopg.Connection[Any]) -> None:
+        while not self.stopping.is_set():
+            for note in conn.notifies(timeout=_LISTEN_CHECK_SECONDS):
+                if self.stopping.is_set():
+                    return
+                if note.channel == CHANNEL:
+                    self.on_notify()
+            conn.execute("SELECT 1")  # a dead connection fails here and is replaced
+
+
+class PostgresStore:
+    """The :class:`~dimmy_webhooks.store.base.Store` on a PostgreSQL database.
+
+    ``database_url`` is a libpq URL (``postgresql://user:password@host:port/dbname``).
+    ``pool_size`` bounds this process's connections (plus one for ``LISTEN``).
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        max_attempts: int = 8,
+        pool_size: int = 10,
+        connect_timeout: float = 10.0,
+        pool_timeout: float = 10.0,
+        statement_timeout: float = 30.0,
+    ) -> None:
+        self.database_url = database_url
+        self.location, self._password = describe(database_url)
+        self.max_attempts = max_attempts
+        self.pool_size = max(1, pool_size)
+        self.connect_timeout = connect_timeout
+        self.pool_timeout = pool_timeout
+        self.statement_timeout = statement_timeout
+        self._kwargs: dict[str, Any] = {
+            "application_name": APPLICATION_NAME,
+            "connect_timeout": max(2, round(connect_timeout)),
+            # notice a silently dead peer (a pulled cable does not reset the connection)
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        }
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
+        self._listener: _Listener | None = None
+        self._wait_lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._pending = False
+
+    # connections -------------------------------------------------------------------------
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        """Run on every new pooled connection (autocommit: nothing left open)."""
+        conn.execute("SET synchronous_commit = on")
+        conn.execute(f"SET statement_timeout = {int(self.statement_timeout * 1000)}")
+        conn.execute(f"SET application_name = '{APPLICATION_NAME}'")
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"cannot connect to PostgreSQL at {self.location}: {_reason(exc, self._password)}"
+        )
+
+    def _open_sync(self) -> None:
+        # one direct connection first: its error says why (the pool would only time out)
+        try:
+            with psycopg.connect(self.database_url, autocommit=True, **self._kwargs) as probe:
+                version = probe.info.server_version
+        except psycopg.Error as exc:
+            raise self._unavailable(exc) from exc
+        if version < _MIN_SERVER_VERSION:
+            raise ConfigError(
+                f"PostgreSQL at {self.location} is version {version // 10000}: 12 or newer "
+                "is needed"
+            )
+        pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            self.database_url,
+            kwargs={**self._kwargs, "autocommit": True},
+            min_size=min(2, self.pool_size),
+            max_size=self.pool_size,
+            open=False,
+            configure=self._configure,
+            check=ConnectionPool.check_connection,  # a connection broken meanwhile is replaced
+            name=APPLICATION_NAME,
+            timeout=self.pool_timeout,
+            reconnect_timeout=max(60.0, self.connect_timeout),
+        )
+        try:
+            pool.open(wait=True, timeout=self.connect_timeout)
+        except psycopg.Error as exc:
+            pool.close()
+            raise self._unavailable(exc) from exc
+        listener = _Listener(self.database_url, self._kwargs, self._notified, self.connect_timeout)
+        listener.start()
+        # not fatal: without the listener workers still poll; it keeps trying by itself
+        if not listener.ready.wait(self.connect_timeout):
+            log.warning("LISTEN %s not established yet; workers poll meanwhile", CHANNEL)
+        self._pool, self._listener = pool, listener
+
+    def _close_sync(self, pool: ConnectionPool[Any] | None, listener: _Listener | None) -> None:
+        if listener is not None:
+
+            def poke(channel: str) -> None:
+                if pool is not None:
+                    with pool.connection(timeout=1.0) as conn:
+                        conn.execute(f"NOTIFY {channel}")
+
+            listener.stop(poke)
+        if pool is not None:
+            pool.close()
+
+    async def open(self) -> None:
+        if self._pool is None:
+            await asyncio.to_thread(self._open_sync)
+
+    async def close(self) -> None:
+        pool, listener = self._pool, self._listener
+        self._pool, self._listener = None, None
+        await asyncio.to_thread(self._close_sync, pool, listener)
+        self._wake_all()
+
+    # transactions ------------------------------------------------------------------------
+
+    def _run_sync(self, op: Callable[[ops.Tx], T], notify: Callable[[T], bool] | None = None) -> T:
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable("store is closed")
+        for attempt in range(1, _DEADLOCK_RETRIES + 1):
+            try:
+                with pool.connection() as conn, conn.transaction():
+                    result = op(_PostgresTx(psycopg.ClientCursor(conn, row_factory=dict_row)))
+                    if notify is not None and notify(result):
+                        conn.execute(f"NOTIFY {CHANNEL}")  # delivered on commit
+                return result
+            except _RETRYABLE as exc:  # rolled back entirely: safe to run again
+                if attempt == _DEADLOCK_RETRIES:
+                    raise StoreUnavailable(f"postgresql: {_reason(exc, self._password)}") from exc
+                log.debug("postgresql: %s; retrying", exc.__class__.__name__)
+                time.sleep(random.uniform(0.01, 0.05) * attempt)
+            except _UNAVAILABLE as exc:
+                raise StoreUnavailable(f"postgresql: {_reason(exc, self._password)}") from exc
+            except psycopg.Error as exc:
+                raise StoreError(f"postgresql: {_reason(exc, self._password)}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run(self, op: Callable[[ops.Tx], T], notify: Callable[[T], bool] | None = None) -> T:
+        return await asyncio.to_thread(self._run_sync, op, notify)
+
+    # wake-up hint ------------------------------------------------------------------------
+
+    def _notified(self) -> None:
+        """From the listener thread: wake every waiter, or the next one if none waits."""
+        self._wake_all(remember=True)
+
+    def _wake_all(self, *, remember: bool = False) -> None:
+        with self._wait_lock:
+            waiters = list(self._waiters)
+            if remember and not waiters:
+                self._pending = True
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed; its waiter is gone
+                loop.call_soon_threadsafe(event.set)
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds; return early when work was announced.
+
+        Returns at once if an announcement (``NOTIFY dimmy_jobs`` from any process on this
+        database) arrived since the previous call returned and nobody was waiting; returns as
+        soon as one arrives otherwise. Never raises (cancellation aside): without a listener
+        connection it simply sleeps, so callers must poll after it returns either way.
+        """
+        if timeout <= 0:
+            return
+        event = asyncio.Event()
+        entry = (asyncio.get_running_loop(), event)
+        with self._wait_lock:
+            if self._pending:
+                self._pending = False
+                return
+            self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            pass
+        finally:
+            with self._wait_lock:
+                self._waiters.remove(entry)
+
+    # introspection -------------------------------------------------------------------------
+
+    async def server_settings(self) -> dict[str, str]:
+        """Effective settings of a pooled connection (for start-up checks and /readyz)."""
+        names = ("synchronous_commit", "application_name", "statement_timeout", "server_version")
+        rows = await self._run(
+            lambda tx: tx.all(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY(%(names)s)",
+                {"names": list(names)},
+            )
+        )
+        return {str(row["name"]): str(row["setting"]) for row in rows}
+
+    # Store ---------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._run(lambda tx: tx.all("SELECT 1 AS ok"))
+
+    async def insert_event(self, event: IncomingEvent) -> InsertOutcome:
+        def queued(outcome: InsertOutcome) -> bool:
+            if outcome is InsertOutcome.ACCEPTED:
+                return event.event_type != UNKNOWN
+            return outcome is InsertOutcome.REQUEUED
+
+        return await self._run(lambda tx: ops.insert_event(tx, event, self.max_attempts), queued)
+
+    async def get_event_body(self, event_id: int) -> bytes:
+        return await self._run(lambda tx: ops.event_body(tx, event_id))
+
+    async def claim(self, owner: str, limit: int, lease_seconds: float, now: float) -> list[Job]:
+        return await self._run(lambda tx: ops.claim(tx, owner, limit, lease_seconds, now))
+
+    async def heartbeat(self, owner: str, lease_seconds: float, now: float) -> int:
+        return await self._run(lambda tx: ops.heartbeat(tx, owner, lease_seconds, now))
+
+    async def expand_event(self, job: Job, item_ids: Sequence[str], now: float) -> None:
+        await self._run(
+            lambda tx: ops.expand_event(tx, job, item_ids, self.max_attempts, now),
+            lambda _: bool(item_ids),
+        )
+
+    async def save_item(
+        self, job: Job, item: StoredItem, outputs: Sequence[str], now: float
+    ) -> bool:
+        return await self._run(
+            lambda tx: ops.save_item(tx, job, item, outputs, self.max_attempts, now),
+            lambda changed: changed and bool(outputs),
+        )
+
+    async def finish(self, job: Job, now: float, note: str | None = None) -> None:
+        await self._run(lambda tx: ops.finish(tx, job, now, note))
+
+    async def fail(self, job: Job, reason: str, retry_at: float | None, now: float) -> bool:
+        return await self._run(
+            lambda tx: ops.fail(tx, job, reason, retry_at, now),
+            lambda dead: not dead and retry_at is not None and retry_at <= now,
+        )
+
+    async def postpone(self, job: Job, reason: str, retry_at: float, now: float) -> None:
+        await self._run(
+            lambda tx: ops.postpone(tx, job, reason, retry_at, now), lambda _: retry_at <= now
+        )
+
+    async def release(self, owner: str, now: float) -> int:
+        return await self._run(lambda tx: ops.release(tx, owner, now), lambda n: n > 0)
+
+    async def get_item(self, item_id: str) -> StoredItem | None:
+        return await self._run(lambda tx: ops.get_item(tx, item_id))
+
+    async def list_items(
+        self,
+        *,
+        since: float | None = None,
+        barcode: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> list[StoredItem]:
+        return await self._run(lambda tx: ops.list_items(tx, since, barcode, limit, after))
+
+    async def list_events(
+        self, *, status: str | None = None, limit: int = 50, before: int | None = None
+    ) -> list[EventRecord]:
+        return await self._run(lambda tx: ops.list_events(tx, status, limit, before))
+
+    async def get_event(self, event_id: int) -> EventRecord | None:
+        return await self._run(lambda tx: ops.get_event(tx, event_id))
+
+    async def stats(self, now: float) -> QueueStats:
+        return await self._run(lambda tx: ops.stats(tx, now))
+
+    async def replay_event(
+        self, event_id: int, mode: ReplayMode, outputs: Sequence[str], now: float
+    ) -> int:
+        return await self._run(
+            lambda tx: ops.replay_event(tx, event_id, mode, outputs, self.max_attempts, now),
+            lambda n: n > 0,
+        )
+
+    async def replay_item(
+        self, item_id: str, mode: ReplayMode, outputs: Sequence[str], now: float
+    ) -> int:
+        return await self._run(
+            lambda tx: ops.replay_item(tx, item_id, mode, outputs, self.max_attempts, now),
+            lambda n: n > 0,
+        )
+
+    async def replay_dead(self, since: float, now: float) -> int:
+        return await self._run(lambda tx: ops.replay_dead(tx, since, now), lambda n: n > 0)

@@ -1,0 +1,324 @@
+"""PostgreSQL backend specifics: durability settings, SKIP LOCKED, reconnects, LISTEN/NOTIFY.
+
+The behaviour shared with SQLite is in test_store_contract.py (run on both backends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from dimmy_webhooks import schema
+from dimmy_webhooks.errors import SchemaBehind, StoreError, StoreUnavailable
+from dimmy_webhooks.models import ITEMS_SCANNED, UNKNOWN, IncomingEvent, Job
+from dimmy_webhooks.store import create_store, ops
+from dimmy_webhooks.store.postgres import CHANNEL, PostgresStore, _PostgresTx, to_pyformat
+
+pytestmark = pytest.mark.postgres
+
+T0 = 1_800_000_000.0
+LEASE = 30.0
+
+
+def scanned(msg_id: str, ids: list[str], event_type: str = ITEMS_SCANNED) -> IncomingEvent:
+    body = json.dumps({"item_ids": ids}).encode()
+    return IncomingEvent(msg_id, event_type, body, {"svix-id": msg_id}, T0, len(ids))
+
+
+@pytest.fixture
+async def pg(pg_url: str) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(pg_url, max_attempts=8, pool_size=4)
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def other(pg_url: str) -> AsyncIterator[PostgresStore]:
+    """A second store on the same database: another process, as far as the server knows."""
+    store = PostgresStore(pg_url, max_attempts=8, pool_size=4)
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def admin(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A plain autocommit connection to the test's database."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        yield conn
+
+
+async def timed(awaitable: Any) -> float:
+    start = time.monotonic()
+    await awaitable
+    return time.monotonic() - start
+
+
+# settings -----------------------------------------------------------------------------------
+
+
+async def test_every_connection_commits_synchronously(
+    pg: PostgresStore, admin: psycopg.Connection[Any]
+) -> None:
+    """R4: a 2xx means the commit reached the disk, on every pooled connection."""
+    seen = await asyncio.gather(*[pg.server_settings() for _ in range(12)])
+    for settings in seen:
+        assert settings["synchronous_commit"] == "on"
+        assert settings["application_name"] == "dimmy-webhooks"
+        assert settings["statement_timeout"] == "30000"
+    names = admin.execute(
+        "SELECT DISTINCT application_name FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).fetchall()
+    assert names == [("dimmy-webhooks",)]
+
+
+def test_parameters_become_pyformat_outside_quotes_and_casts() -> None:
+    sql = "SELECT :a::text, ':b', \"x:y\", 5 % 2, :c_2 FROM t WHERE s LIKE '%:d%'"
+    assert to_pyformat(sql) == (
+        "SELECT %(a)s::text, ':b', \"x:y\", 5 %% 2, %(c_2)s FROM t WHERE s LIKE '%%:d%%'"
+    )
+
+
+def test_create_store_picks_postgres_for_its_urls() -> None:
+    for url in ("postgresql://u@127.0.0.1:5432/db", "postgres://u@127.0.0.1/db"):
+        store = create_store(url, max_attempts=3)
+        assert isinstance(store, PostgresStore)
+        assert store.max_attempts == 3
+
+
+# claims -------------------------------------------------------------------------------------
+
+
+async def test_concurrent_claims_from_many_workers_are_disjoint(
+    pg: PostgresStore, other: PostgresStore
+) -> None:
+    await asyncio.gather(*[pg.insert_event(scanned(f"m{n}", ["a"])) for n in range(300)])
+
+    async def drain(store: PostgresStore, owner: str) -> list[Job]:
+        mine: list[Job] = []
+        while batch := await store.claim(owner, 7, 1000.0, T0):
+            mine.extend(batch)
+        return mine
+
+    results = await asyncio.gather(*[drain(pg if n % 2 else other, f"w{n}") for n in range(16)])
+    claimed = [job.id for jobs in results for job in jobs]
+    assert len(claimed) == len(set(claimed)) == 300
+    assert sum(1 for jobs in results if jobs) > 1  # the work really was shared
+    stats = await pg.stats(T0)
+    assert stats.jobs == {"running": 300}
+
+
+async def test_claim_and_reap_skip_rows_another_transaction_holds(
+    pg: PostgresStore, pg_url: str
+) -> None:
+    for n in range(10):
+        await pg.insert_event(scanned(f"m{n}", ["a"]))
+    with psycopg.connect(pg_url) as locker:  # a transaction left open on 3 due jobs
+        held = [
+            row[0] for row in locker.execute("SELECT id FROM jobs ORDER BY id LIMIT 3 FOR UPDATE")
+        ]
+        jobs = await asyncio.wait_for(pg.claim("w", 10, LEASE, T0), 5)
+        assert sorted(j.id for j in jobs) == sorted(set(range(1, 11)) - set(held))
+        locker.rollback()
+        # the claimed jobs' leases expire; a worker holding one of them is mid-heartbeat
+        locker.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (jobs[0].id,))
+        later = T0 + LEASE + 1
+        taken = await asyncio.wait_for(pg.claim("w2", 100, LEASE, later), 5)
+        assert sorted(j.id for j in taken) == sorted({*held, *(j.id for j in jobs[1:])})
+        locker.rollback()
+    [last] = await pg.claim("w3", 100, LEASE, later)
+    assert (last.id, last.attempts) == (jobs[0].id, 2)
+
+
+async def test_concurrent_reapers_take_each_expired_job_once(
+    pg: PostgresStore, other: PostgresStore
+) -> None:
+    await asyncio.gather(*[pg.insert_event(scanned(f"m{n}", ["a"])) for n in range(100)])
+    assert len(await pg.claim("killed", 100, LEASE, T0)) == 100
+    later = T0 + LEASE + 1
+    batches = await asyncio.gather(
+        *[(pg if n % 2 else other).claim(f"w{n}", 10, LEASE, later) for n in range(20)]
+    )
+    taken = [job for batch in batches for job in batch]
+    # a reaper returns every expired job but claims only its limit; the rest are due now
+    while batch := await pg.claim("sweeper", 100, LEASE, later):
+        taken.extend(batch)
+    assert len(taken) == len({job.id for job in taken}) == 100
+    assert {job.attempts for job in taken} == {2}
+
+
+async def test_finishing_an_events_last_jobs_at_once_completes_it(
+    pg: PostgresStore, pg_url: str, admin: psycopg.Connection[Any]
+) -> None:
+    """Two workers finish the last two jobs of one event concurrently: the event ends done.
+
+    Each transaction must see the other's finished job when it recomputes the event's status,
+    whichever commits first (READ COMMITTED snapshots would otherwise leave it "processing").
+    """
+    await pg.insert_event(scanned("m1", ["a", "b"]))
+    [event_job] = await pg.claim("w", 10, LEASE, T0)
+    await pg.expand_event(event_job, ["a", "b"], T0)
+    job_a, job_b = await pg.claim("w", 10, LEASE, T0)
+    with psycopg.connect(pg_url) as conn_a, psycopg.connect(pg_url) as conn_b:
+        ops.finish(_PostgresTx(psycopg.ClientCursor(conn_a, row_factory=dict_row)), job_a, T0, None)
+        pid_b = conn_b.info.backend_pid
+        failure: list[BaseException] = []
+
+        def finish_b() -> None:
+            try:
+                tx = _PostgresTx(psycopg.ClientCursor(conn_b, row_factory=dict_row))
+                ops.finish(tx, job_b, T0, None)
+                conn_b.commit()
+            except BaseException as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=finish_b)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # until B waits for A's lock on the event
+                row = admin.execute(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid_b,)
+                ).fetchone()
+                if row is not None and row[0] == "Lock":
+                    break
+                time.sleep(0.01)
+            else:
+                pytest.fail("the second finisher never waited for the first")
+        finally:
+            conn_a.commit()
+            thread.join(timeout=10)
+        assert not failure
+    [event] = await pg.list_events()
+    assert event.status == "done"
+
+
+# faults -------------------------------------------------------------------------------------
+
+
+async def test_reconnects_by_itself_after_the_server_drops_every_connection(
+    pg: PostgresStore, admin: psycopg.Connection[Any]
+) -> None:
+    await pg.insert_event(scanned("before", ["a"]))
+    killed = admin.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).fetchone()
+    assert killed is not None
+    assert killed[0] >= 2  # pooled connections and the listener
+    with contextlib.suppress(StoreUnavailable):  # allowed once: the caller retries (503)
+        await pg.ping()
+    for n in range(5):
+        await pg.insert_event(scanned(f"after{n}", ["a"]))
+        await pg.ping()
+    assert len(await pg.claim("w", 10, LEASE, T0)) == 6
+    # the listener is back too: a notification wakes a waiter again
+    deadline = time.monotonic() + 15
+    while True:
+        await pg.wait_for_work(0.01)  # forget anything announced meanwhile
+        waiter = asyncio.create_task(pg.wait_for_work(2.0))
+        await asyncio.sleep(0.05)
+        admin.execute(f"NOTIFY {CHANNEL}")
+        if await timed(waiter) < 1.5:
+            break
+        assert time.monotonic() < deadline, "the listener did not come back"
+
+
+async def test_open_on_an_unreachable_server_fails_fast_and_says_where() -> None:
+    store = PostgresStore("postgresql://dimmy:s3cret-pw@127.0.0.1:1/nowhere", connect_timeout=3)
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailable) as info:
+        await store.open()
+    assert time.monotonic() - start < 5
+    message = str(info.value)
+    assert message.startswith("cannot connect to PostgreSQL at 127.0.0.1:1/nowhere: ")
+    assert "s3cret-pw" not in message
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.ping()
+    assert await timed(store.wait_for_work(0.1)) >= 0.1  # never raises, just sleeps
+    await store.close()
+
+
+async def test_driver_errors_never_reach_the_caller(pg_url: str) -> None:
+    store = PostgresStore(pg_url, pool_size=1, statement_timeout=0.2, pool_timeout=0.5)
+    await store.open()
+    try:
+        with pytest.raises(StoreError) as info:
+            await store._run(lambda tx: tx.all("SELECT 1/0 AS x"))
+        assert not isinstance(info.value, StoreUnavailable)
+        assert isinstance(info.value.__cause__, psycopg.Error)
+        with pytest.raises(StoreUnavailable, match="statement timeout"):
+            await store._run(lambda tx: tx.all("SELECT pg_sleep(2)"))
+        busy = asyncio.create_task(store._run(lambda tx: tx.all("SELECT pg_sleep(0.15)")))
+        await asyncio.sleep(0.02)
+        hold = threading.Event()
+        blocker = asyncio.create_task(store._run(lambda tx: hold.wait(2)))
+        await busy
+        await asyncio.sleep(0.05)
+        with pytest.raises(StoreUnavailable):  # the only connection is taken: pool timeout
+            await store.ping()
+        hold.set()
+        await blocker
+        await store.ping()
+    finally:
+        await store.close()
+
+
+# schema -------------------------------------------------------------------------------------
+
+
+def test_a_fresh_database_is_behind_until_migrated(pg_empty_url: str) -> None:
+    state = schema.status(pg_empty_url)
+    assert state.current is None
+    assert not state.up_to_date
+    with pytest.raises(SchemaBehind, match="dimmy-webhooks migrate"):
+        schema.require_current(pg_empty_url)
+    assert schema.upgrade(pg_empty_url).up_to_date
+    schema.require_current(pg_empty_url)
+    assert schema.upgrade(pg_empty_url).up_to_date  # idempotent
+
+
+# LISTEN/NOTIFY ------------------------------------------------------------------------------
+
+
+async def test_wait_for_work_times_out_without_a_notification(pg: PostgresStore) -> None:
+    elapsed = await timed(pg.wait_for_work(0.3))
+    assert 0.3 <= elapsed < 1.5
+    assert await timed(pg.wait_for_work(0)) < 0.1
+
+
+async def test_wait_for_work_returns_early_when_work_is_announced(
+    pg: PostgresStore, other: PostgresStore, admin: psycopg.Connection[Any]
+) -> None:
+    # another process accepts a webhook
+    waiter = asyncio.create_task(pg.wait_for_work(10))
+    await asyncio.sleep(0.1)
+    await other.insert_event(scanned("m1", ["a"]))
+    assert await timed(asyncio.wait_for(waiter, 5)) < 5
+    # a plain NOTIFY (any client) wakes every waiter
+    waiters = [asyncio.create_task(pg.wait_for_work(10)) for _ in range(3)]
+    await asyncio.sleep(0.1)
+    admin.execute(f"NOTIFY {CHANNEL}")
+    await asyncio.wait_for(asyncio.gather(*waiters), 5)
+    # nothing new to do: duplicates and unknown events announce nothing
+    waiter = asyncio.create_task(pg.wait_for_work(0.5))
+    await asyncio.sleep(0.05)
+    await other.insert_event(scanned("m1", ["a"]))
+    await other.insert_event(scanned("m2", [], UNKNOWN))
+    assert await timed(waiter) >= 0.4
+    # an announcement nobody was waiting for is kept for the next wait
+    admin.execute(f"NOTIFY {CHANNEL}")
+    await asyncio.sleep(0.3)
+    assert await timed(pg.wait_for_work(10)) < 1
+    assert await timed(pg.wait_for_work(0.2)) >= 0.2  # and used up
