@@ -34,10 +34,44 @@ def signed(body: bytes, msg_id: str, **kwargs: Any) -> dict[str, str]:
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
+def sqlite_url(tmp_path: Path) -> str:
+    """A migrated SQLite file (for tests about SQLite itself)."""
     url = f"sqlite:///{tmp_path / 'dimmy.sqlite3'}"
     schema.upgrade(url)
     return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database of each backend: the receiver, worker and API tests run on
+    both."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    url = f"sqlite:///{tmp_path / 'dimmy.sqlite3'}"
+    schema.upgrade(url)
+    return url
+
+
+def query(db_url: str, sql: str) -> list[dict[str, Any]]:
+    """Rows of ``sql`` as dicts, read straight from either backend (bypassing the store)."""
+    if db_url.startswith("sqlite:///"):
+        import sqlite3
+
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=10)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(row) for row in conn.execute(sql).fetchall()]
+        finally:
+            conn.close()
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(db_url, row_factory=dict_row) as pg:
+        return [
+            {k: bytes(v) if isinstance(v, memoryview) else v for k, v in row.items()}
+            for row in pg.execute(sql).fetchall()  # type: ignore[arg-type]
+        ]
 
 
 def make_settings(db_url: str, **overrides: Any) -> Settings:

@@ -19,18 +19,13 @@ import pytest
 from dimmy_webhooks.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 
-from .conftest import SECRET, make_settings, signed
+from .conftest import SECRET, make_settings, query, signed
 
 BODY = json.dumps({"item_ids": ["6592008029c8c3e4dc76256c", "6592008029c8c3e4dc76256d"]}).encode()
 
 
-def rows(db_url: str, sql: str = "SELECT * FROM events") -> list[sqlite3.Row]:
-    conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+def rows(db_url: str, sql: str = "SELECT * FROM events") -> list[dict[str, Any]]:
+    return query(db_url, sql)
 
 
 @pytest.fixture
@@ -60,7 +55,7 @@ def test_accepted_is_stored_with_raw_body_and_headers(service: str, db_url: str)
     assert kept["svix-timestamp"] == headers["svix-timestamp"]
     assert event["received_at"] == pytest.approx(time.time(), abs=30)
     [job] = rows(db_url, "SELECT kind, status FROM jobs")
-    assert tuple(job) == ("event", "pending")
+    assert job == {"kind": "event", "status": "pending"}
 
 
 def test_duplicate_is_204_without_new_row(service: str, db_url: str) -> None:
@@ -228,7 +223,14 @@ def test_slow_body_is_cut_off(service: str, db_url: str) -> None:
     assert rows(db_url) == []
 
 
-def test_503_while_the_inbox_cannot_commit_then_recovers(service: str, db_url: str) -> None:
+def test_503_while_the_inbox_cannot_commit_then_recovers(sqlite_url: str) -> None:
+    db_url = sqlite_url
+    app = create_app(make_settings(db_url), run_worker=False)
+    with serve_in_thread(app) as service:
+        _locked_then_recovers(service, db_url)
+
+
+def _locked_then_recovers(service: str, db_url: str) -> None:
     blocker = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock past busy_timeout
     try:
@@ -273,7 +275,7 @@ def test_log_lines_name_the_message_and_never_the_secret(
     assert SECRET.removeprefix("whsec_") not in text
 
 
-def test_store_is_real_wal_full(db_url: str, tmp_path: Path) -> None:
+def test_store_is_real_wal_full(sqlite_url: str, tmp_path: Path) -> None:
     from dimmy_webhooks.store.sqlite import connect
 
     conn = connect(tmp_path / "dimmy.sqlite3")

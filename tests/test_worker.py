@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,11 +17,11 @@ from dimmy_webhooks.client import DimmyClient
 from dimmy_webhooks.fake_dimmy import FakeDimmy
 from dimmy_webhooks.models import FULL_PAYLOAD, ITEMS_SCANNED, IncomingEvent, InsertOutcome
 from dimmy_webhooks.outputs import JsonlOutput, Output, parse_outputs
-from dimmy_webhooks.store import ReplayMode, SQLiteStore
+from dimmy_webhooks.store import ReplayMode, Store, create_store
 from dimmy_webhooks.worker import Worker, WorkerPolicy
 
 from . import handlers_for_tests
-from .conftest import API_KEY
+from .conftest import API_KEY, query
 
 FAST = WorkerPolicy(
     concurrency=32,
@@ -40,7 +38,8 @@ def event(msg_id: str, ids: list[str]) -> IncomingEvent:
 
 
 class Pipeline:
-    def __init__(self, store: SQLiteStore, worker: Worker, jsonl: Path) -> None:
+    def __init__(self, db_url: str, store: Store, worker: Worker, jsonl: Path) -> None:
+        self.db_url = db_url
         self.store = store
         self.worker = worker
         self.jsonl = jsonl
@@ -62,11 +61,7 @@ class Pipeline:
             await task
 
     def table(self, sql: str) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(self.store.path)
-        try:
-            return conn.execute(sql).fetchall()
-        finally:
-            conn.close()
+        return [tuple(row.values()) for row in query(self.db_url, sql)]
 
     def lines(self) -> list[dict[str, Any]]:
         return JsonlOutput.read(self.jsonl)
@@ -76,11 +71,7 @@ class Pipeline:
 async def pipeline_factory(
     tmp_path: Path, db_url: str, fake_url: str
 ) -> AsyncIterator[Callable[..., Any]]:
-    opened: list[tuple[SQLiteStore, DimmyClient, list[Output]]] = []
-
-    @asynccontextmanager
-    async def _noop() -> AsyncIterator[None]:
-        yield
+    opened: list[tuple[Store, DimmyClient, list[Output]]] = []
 
     async def factory(
         *,
@@ -91,7 +82,7 @@ async def pipeline_factory(
         timeout: float = 2.0,
         api_concurrency: int = 16,
     ) -> Pipeline:
-        store = SQLiteStore(db_url.removeprefix("sqlite:///"), max_attempts=max_attempts)
+        store = create_store(db_url, max_attempts=max_attempts)
         await store.open()
         client = DimmyClient(
             fake_url, api_key, timeout=timeout, concurrency=api_concurrency, rate_limit=10_000
@@ -100,7 +91,7 @@ async def pipeline_factory(
         spec = f"jsonl:{jsonl}" + (f",{extra_outputs}" if extra_outputs else "")
         outputs = parse_outputs(spec)
         opened.append((store, client, outputs))
-        return Pipeline(store, Worker(store, client, outputs, policy), jsonl)
+        return Pipeline(db_url, store, Worker(store, client, outputs, policy), jsonl)
 
     yield factory
     for store, client, outputs in opened:
