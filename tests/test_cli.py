@@ -153,3 +153,14 @@ def test_replay_command(tmp_path: Path, db_url: str) -> None:
     ok = run_cli(tmp_path, "replay", "--dead-since", "2026-01-01T00:00:00Z", **env)
     assert ok.returncode == 0, ok.stderr
     assert "queued 0 job(s)" in ok.stdout
+
+
+@pytest.mark.postgres
+def test_serve_refuses_a_postgres_schema_that_is_behind(tmp_path: Path, pg_empty_url: str) -> None:
+    env = {"DIMMY_WEBHOOK_SECRET": SECRET, "DIMMY_DATABASE_URL": pg_empty_url}
+    refused = run_cli(tmp_path, "serve", **env)
+    assert refused.returncode == 2
+    assert "dimmy-webhooks migrate" in refused.stderr
+    migrated = run_cli(tmp_path, "migrate", **env)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "schema at 0001" in migrated.stdout
