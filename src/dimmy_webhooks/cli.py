@@ -125,6 +125,7 @@ def worker(concurrency: int | None) -> None:
 async def _run_worker(settings: Settings, concurrency: int | None) -> None:
     from dataclasses import replace
 
+    from .failpoints import Failpoints
     from .outputs import parse_outputs
     from .store import create_store
     from .web import create_client, worker_policy
@@ -147,7 +148,8 @@ async def _run_worker(settings: Settings, concurrency: int | None) -> None:
                 await stack.enter_async_context(client)
             for output in outputs:
                 stack.push_async_callback(output.aclose)
-            await Worker(store, client, outputs, policy).run(stop)
+            crash = Failpoints(settings.failpoint)
+            await Worker(store, client, outputs, policy, crash=crash).run(stop)
     finally:
         await store.close()
 

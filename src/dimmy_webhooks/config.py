@@ -117,6 +117,11 @@ class Settings(BaseSettings):
         description="Where new or changed items go, comma separated: `console`, `jsonl:PATH`, "
         "`python:module:function`. Empty for none.",
     )
+    failpoint: str | None = Field(
+        default=None,
+        description="For fault tests only: `point[:n]` makes the process kill itself there "
+        "(see `failpoints.py`). Leave unset.",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text", description="`text` (key=value) or `json` (one object per line)."
     )

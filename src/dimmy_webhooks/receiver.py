@@ -18,6 +18,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from .errors import StoreError, VerificationError
+from .failpoints import NONE as NO_FAILPOINTS
+from .failpoints import Failpoints
 from .models import ITEMS_SCANNED, IncomingEvent, InsertOutcome, classify_event
 from .signatures import Verifier
 from .store import Store
@@ -69,7 +71,9 @@ class Receiver:
         body_timeout: float,
         on_accepted: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        crash: Failpoints = NO_FAILPOINTS,
     ) -> None:
+        self.crash = crash
         self.store = store
         self.verifier = verifier
         self.max_body_bytes = max_body_bytes
@@ -136,6 +140,7 @@ class Receiver:
             log.warning("webhook not stored", extra={"fields": {**fields, "reason": str(exc)}})
             return _problem(503, "inbox unavailable, retry later", **{"Retry-After": "5"})
 
+        self.crash.hit("after_insert")
         fields.update(type=event_type, outcome=outcome.value)
         if item_count is not None:
             fields["items"] = item_count

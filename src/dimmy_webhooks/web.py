@@ -23,6 +23,7 @@ from .api import router as api_router
 from .client import DimmyClient
 from .config import Settings
 from .errors import ConfigError, StoreError
+from .failpoints import Failpoints
 from .outputs import Output, parse_outputs
 from .receiver import Receiver
 from .signatures import Verifier, parse_secrets
@@ -129,6 +130,7 @@ def create_app(
         clock=clock,
     )
     outputs = parse_outputs(settings.outputs)
+    crash = Failpoints(settings.failpoint)
     the_store = store or create_store(settings.database_url, max_attempts=settings.max_attempts)
     services = Services(settings=settings, store=the_store, outputs=outputs)
 
@@ -146,7 +148,12 @@ def create_app(
                 if services.client is not None:
                     await stack.enter_async_context(services.client)
                 worker = Worker(
-                    services.store, services.client, outputs, worker_policy(settings), clock=clock
+                    services.store,
+                    services.client,
+                    outputs,
+                    worker_policy(settings),
+                    clock=clock,
+                    crash=crash,
                 )
                 services.workers.append(worker)
                 tasks.append(asyncio.create_task(worker.run(stop)))
@@ -171,6 +178,7 @@ def create_app(
         body_timeout=settings.body_timeout_seconds,
         on_accepted=services.wake_workers,
         clock=clock,
+        crash=crash,
     )
     app.router.add_route(
         settings.webhook_path, receiver.handle, methods=["POST"], include_in_schema=False

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from . import failpoints
 from .client import DimmyClient, backoff_delay
 from .errors import (
     LeaseLost,
@@ -72,7 +73,9 @@ class Worker:
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        crash: failpoints.Failpoints = failpoints.NONE,
     ) -> None:
+        self.crash = crash
         self.store = store
         self.client = client
         self.outputs = {output.name: output for output in outputs}
@@ -124,6 +127,8 @@ class Worker:
         except StoreError as exc:
             log.warning("claim failed", extra={"fields": {"reason": str(exc)}})
             return 0
+        if jobs:
+            self.crash.hit("after_claim")
         for job in jobs:
             task = asyncio.create_task(self._handle(job))
             self._active.add(task)
@@ -191,6 +196,7 @@ class Worker:
                 await self._fetch(job)
             else:
                 await self._deliver(job)
+            self.crash.hit("after_commit")
             self.processed += 1
         except LeaseLost:
             log.warning("lease lost, result discarded", extra={"fields": fields})
@@ -279,6 +285,7 @@ class Worker:
             )
             return
         raw = await self.client.get_item(job.item_id)
+        self.crash.hit("after_fetch")
         self.config_error = None
         text = raw.decode("utf-8", errors="replace")
         await self._store_item(job, text, json.loads(raw))
