@@ -13,9 +13,9 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import StoreError, VerificationError
 from .failpoints import NONE as NO_FAILPOINTS
@@ -36,31 +36,55 @@ _KEPT_HEADERS = (
     "content-type",
     "user-agent",
 )
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+_JSON = [(b"content-type", b"application/json")]
+_CLOSE = [(b"connection", b"close")]
+_RETRY = [(b"retry-after", b"5")]
 
 
 class BodyTooLarge(Exception):
     pass
 
 
-def _problem(status: int, reason: str, **headers: str) -> Response:
-    return JSONResponse({"error": reason}, status_code=status, headers=headers or None)
+class ClientGone(Exception):
+    pass
 
 
-async def _read_body(request: Request, cap: int, timeout: float) -> bytes:
-    declared = request.headers.get("content-length")
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    reason: str | None = None  # sent as {"error": reason}
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    # ASGI header names are lower-case bytes; the first of repeated headers wins
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
+
+
+async def _read_body(headers: dict[str, str], receive: Receive, cap: int) -> bytes:
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise BodyTooLarge
     body = bytearray()
-    async with asyncio.timeout(timeout):
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > cap:
-                raise BodyTooLarge
-    return bytes(body)
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        body += message.get("body", b"")
+        if len(body) > cap:
+            raise BodyTooLarge
+        if not message.get("more_body", False):
+            return bytes(body)
 
 
 class Receiver:
-    """The webhook endpoint; :meth:`handle` is the Starlette request handler."""
+    """The webhook endpoint as a plain ASGI app: no framework between the socket and the inbox."""
 
     def __init__(
         self,
@@ -81,48 +105,57 @@ class Receiver:
         self.on_accepted = on_accepted
         self.clock = clock
 
-    async def handle(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            return await self._receive(request)
+            answer = await self._receive(scope, receive)
         except Exception:  # a bug must not become a 500 or a lost event: the sender retries
             log.exception("webhook failed unexpectedly")
-            return _problem(503, "internal error, retry later", **{"Retry-After": "5"})
+            answer = Answer(503, "internal error, retry later", tuple(_RETRY))
+        headers = [*SECURITY_HEADERS, *answer.headers]
+        body = b""
+        if answer.reason is not None:
+            body = json.dumps({"error": answer.reason}).encode()
+            headers += _JSON
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
-    async def _receive(self, request: Request) -> Response:
-        client = request.client.host if request.client else "-"
+    async def _receive(self, scope: Scope, receive: Receive) -> Answer:
+        client = scope["client"][0] if scope.get("client") else "-"
+        headers = _headers(scope)
         try:
-            body = await _read_body(request, self.max_body_bytes, self.body_timeout)
+            async with asyncio.timeout(self.body_timeout):
+                body = await _read_body(headers, receive, self.max_body_bytes)
         except BodyTooLarge:
             log.info(
                 "webhook rejected", extra={"fields": {"reason": "body too large", "client": client}}
             )
-            return _problem(
-                413, f"body larger than {self.max_body_bytes} bytes", Connection="close"
-            )
+            reason = f"body larger than {self.max_body_bytes} bytes"
+            return Answer(413, reason, tuple(_CLOSE))
         except TimeoutError:
             log.info(
                 "webhook rejected", extra={"fields": {"reason": "body timeout", "client": client}}
             )
-            return _problem(408, "body not received in time", Connection="close")
-        except ClientDisconnect:
+            return Answer(408, "body not received in time", tuple(_CLOSE))
+        except ClientGone:
             log.info(
                 "webhook abandoned",
                 extra={"fields": {"reason": "client disconnected", "client": client}},
             )
-            return _problem(400, "client disconnected")
+            return Answer(400, "client disconnected")
 
         try:
-            message = self.verifier.verify(request.headers, body)
+            message = self.verifier.verify(headers, body)
         except VerificationError as exc:
             log.info("webhook rejected", extra={"fields": {"reason": exc.reason, "client": client}})
-            return _problem(401, exc.reason)
+            return Answer(401, exc.reason)
 
         fields: dict[str, object] = {"msg_id": message.msg_id}
         try:
             payload = json.loads(body)
         except ValueError:  # includes UnicodeDecodeError
             log.info("webhook rejected", extra={"fields": {**fields, "reason": "invalid JSON"}})
-            return _problem(400, "body is not JSON")
+            return Answer(400, "body is not JSON")
 
         event_type = classify_event(payload)
         item_count = len(payload["item_ids"]) if event_type == ITEMS_SCANNED else None
@@ -130,7 +163,7 @@ class Receiver:
             message_id=message.msg_id,
             event_type=event_type,
             body=body,
-            headers={k: v for k in _KEPT_HEADERS if (v := request.headers.get(k)) is not None},
+            headers={k: v for k in _KEPT_HEADERS if (v := headers.get(k)) is not None},
             received_at=self.clock(),
             item_count=item_count,
         )
@@ -138,7 +171,7 @@ class Receiver:
             outcome = await self.store.insert_event(event)
         except StoreError as exc:
             log.warning("webhook not stored", extra={"fields": {**fields, "reason": str(exc)}})
-            return _problem(503, "inbox unavailable, retry later", **{"Retry-After": "5"})
+            return Answer(503, "inbox unavailable, retry later", tuple(_RETRY))
 
         self.crash.hit("after_insert")
         fields.update(type=event_type, outcome=outcome.value)
@@ -147,4 +180,19 @@ class Receiver:
         log.info(f"webhook {outcome.value}", extra={"fields": fields})
         if outcome is not InsertOutcome.DUPLICATE:
             self.on_accepted()
-        return Response(status_code=204)
+        return Answer(204)
+
+
+class WebhookRoute:
+    """ASGI middleware sending ``POST <path>`` straight to the receiver, the rest to the app."""
+
+    def __init__(self, app: ASGIApp, receiver: Receiver, path: str) -> None:
+        self.app = app
+        self.receiver = receiver
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path and scope["method"] == "POST":
+            await self.receiver(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

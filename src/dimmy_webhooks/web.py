@@ -25,19 +25,12 @@ from .config import Settings
 from .errors import ConfigError, StoreError
 from .failpoints import Failpoints
 from .outputs import Output, parse_outputs
-from .receiver import Receiver
+from .receiver import SECURITY_HEADERS, Receiver, WebhookRoute
 from .signatures import Verifier, parse_secrets
 from .store import Store, create_store
 from .worker import Worker, WorkerPolicy
 
 log = logging.getLogger("dimmy_webhooks.web")
-
-_SECURITY_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'; base-uri 'none'"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-]
 
 
 class SecurityHeaders:
@@ -53,7 +46,7 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *_SECURITY_HEADERS]
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -180,9 +173,7 @@ def create_app(
         clock=clock,
         crash=crash,
     )
-    app.router.add_route(
-        settings.webhook_path, receiver.handle, methods=["POST"], include_in_schema=False
-    )
+    # the webhook bypasses the framework (see WebhookRoute, added outermost below)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -215,4 +206,5 @@ def create_app(
 
     app.include_router(api_router)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(WebhookRoute, receiver=receiver, path=settings.webhook_path)
     return app
