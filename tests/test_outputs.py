@@ -359,3 +359,23 @@ def test_unknown_kind_lists_the_valid_ones() -> None:
     for kind in OUTPUT_KINDS.values():
         assert kind.usage in str(caught.value)
     assert "python:module:function" in str(caught.value)
+
+
+async def test_jsonl_groups_concurrent_deliveries_into_few_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsyncs = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        fsyncs.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    output = JsonlOutput(tmp_path / "group.jsonl")
+    items = [make_item(f"{n:024x}") for n in range(200)]
+    await asyncio.gather(*[output.deliver(item, f"key-{n}") for n, item in enumerate(items)])
+    await output.aclose()
+    records = JsonlOutput.read(tmp_path / "group.jsonl")
+    assert sorted(r["idempotency_key"] for r in records) == sorted(f"key-{n}" for n in range(200))
+    assert 1 <= len(fsyncs) < 20  # one fsync serves many waiting deliveries
