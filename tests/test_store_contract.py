@@ -17,7 +17,7 @@ from dimmy_webhooks.models import (
     NormalisedItem,
     StoredItem,
 )
-from dimmy_webhooks.store import ReplayMode, Store
+from dimmy_webhooks.store import Lease, ReplayMode, Store
 
 T0 = 1_800_000_000.0
 LEASE = 30.0
@@ -100,7 +100,8 @@ async def test_expired_lease_is_taken_over_and_the_old_owner_cannot_write(store:
     assert await store.get_item("a") is None
     with pytest.raises(LeaseLost):
         await store.fail(job, "late", None, T0 + LEASE + 2)
-    assert await store.save_item(taken, item("a", "2026-01-01"), ["console"], T0 + LEASE + 2)
+    saved = await store.save_item(taken, item("a", "2026-01-01"), ["console"], T0 + LEASE + 2)
+    assert saved.changed
 
 
 async def test_heartbeat_keeps_the_lease(store: Store) -> None:
@@ -151,8 +152,9 @@ async def test_postpone_and_release_do_not_count_attempts(store: Store) -> None:
 async def test_newer_replaces_older_never_overwrites(store: Store) -> None:
     jobs = await expanded(store, ["a", "a", "b"])
     assert [j.item_id for j in jobs] == ["a", "b"]  # ids deduplicated within an event
-    assert await store.save_item(jobs[0], item("a", "2026-01-02", "new"), ["out"], T0)
-    assert not await store.save_item(jobs[1], item("a", "2026-01-01", "old"), ["out"], T0)
+    assert (await store.save_item(jobs[0], item("a", "2026-01-02", "new"), ["out"], T0)).changed
+    older = await store.save_item(jobs[1], item("a", "2026-01-01", "old"), ["out"], T0)
+    assert not older.changed
     stored = await store.get_item("a")
     assert stored is not None
     assert json.loads(stored.raw)["c"] == "new"
@@ -163,11 +165,11 @@ async def test_newer_replaces_older_never_overwrites(store: Store) -> None:
     # same updated_at, different content: the later fetch wins and is delivered
     await store.replay_item("a", ReplayMode.REFETCH, [], T0)
     [refetch] = [j for j in await store.claim("w", 10, LEASE, T0) if j.kind is JobKind.FETCH]
-    assert await store.save_item(refetch, item("a", "2026-01-02", "fixed"), ["out"], T0)
+    assert (await store.save_item(refetch, item("a", "2026-01-02", "fixed"), ["out"], T0)).changed
     # a dated version beats an undated one
     await store.replay_item("a", ReplayMode.REFETCH, [], T0)
     [undated] = [j for j in await store.claim("w", 10, LEASE, T0) if j.kind is JobKind.FETCH]
-    assert not await store.save_item(undated, item("a", None, "undated"), ["out"], T0)
+    assert not (await store.save_item(undated, item("a", None, "undated"), ["out"], T0)).changed
 
 
 async def test_one_delivery_per_output_and_version(store: Store) -> None:
@@ -232,3 +234,22 @@ async def test_reads_paginate_and_filter(store: Store) -> None:
     stats = await store.stats(T0)
     assert sum(stats.events.values()) == 6
     await store.ping()
+
+
+async def test_deliveries_can_be_leased_to_the_saver(store: Store) -> None:
+    [job] = await expanded(store, ["a"])
+    saved = await store.save_item(
+        job, item("a", "2026-01-01"), ["console", "jsonl:/x"], T0, Lease("w", LEASE)
+    )
+    assert saved.changed
+    assert sorted((d.kind, d.output, d.attempts) for d in saved.deliveries) == [
+        (JobKind.DELIVER, "console", 1),
+        (JobKind.DELIVER, "jsonl:/x", 1),
+    ]
+    assert await store.claim("other", 10, LEASE, T0) == []  # they are held, not due
+    await store.finish(saved.deliveries[0], T0)
+    # the saver died before the second: its lease expires and another worker takes it over
+    [taken] = await store.claim("other", 10, LEASE, T0 + LEASE + 1)
+    assert (taken.id, taken.attempts) == (saved.deliveries[1].id, 2)
+    with pytest.raises(LeaseLost):
+        await store.finish(saved.deliveries[1], T0 + LEASE + 2)

@@ -38,7 +38,7 @@ from .errors import (
 from .items import normalise, version_of
 from .models import FULL_PAYLOAD, ITEMS_SCANNED, Job, JobKind, StoredItem, classify_event
 from .outputs import Output, idempotency_key
-from .store import Store
+from .store import Lease, Store
 
 log = logging.getLogger("dimmy_webhooks.worker")
 
@@ -185,7 +185,9 @@ class Worker:
 
     # one job -------------------------------------------------------------------------------
 
-    async def _handle(self, job: Job) -> None:
+    async def _handle(self, job: Job, item: StoredItem | None = None) -> None:
+        """Run one job and record its outcome; ``item`` is the stored version a delivery
+        hands on, when the caller already holds it."""
         fields: dict[str, object] = {"job": job.id, "kind": job.kind.value, "attempt": job.attempts}
         if job.item_id:
             fields["item"] = job.item_id
@@ -195,7 +197,7 @@ class Worker:
             elif job.kind is JobKind.FETCH:
                 await self._fetch(job)
             else:
-                await self._deliver(job)
+                await self._deliver(job, item)
             self.crash.hit("after_commit")
             self.processed += 1
         except LeaseLost:
@@ -299,15 +301,20 @@ class Worker:
             raise PermanentUpstream(f"not an item: {exc}") from exc
         now = self.clock()
         item = StoredItem(item=fields, raw=raw, version=version_of(raw, fields), fetched_at=now)
-        await self.store.save_item(job, item, list(self.outputs), now)
+        lease = Lease(self.owner, self.policy.lease_seconds)
+        saved = await self.store.save_item(job, item, list(self.outputs), now, lease)
+        # the new version's deliveries are ours already: hand it on without a claim or a read
+        if saved.deliveries:
+            await asyncio.gather(*(self._handle(d, item) for d in saved.deliveries))
 
-    async def _deliver(self, job: Job) -> None:
+    async def _deliver(self, job: Job, item: StoredItem | None) -> None:
         assert job.item_id is not None
         assert job.output is not None
         output = self.outputs.get(job.output)
         if output is None:
             raise PermanentUpstream(f"output {job.output!r} is no longer configured")
-        item = await self.store.get_item(job.item_id)
+        if item is None:
+            item = await self.store.get_item(job.item_id)
         if item is None or item.version != job.version:
             await self.store.finish(job, self.clock(), note="superseded by a newer version")
             return

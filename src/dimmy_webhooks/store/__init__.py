@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import QueueStats, ReplayMode, Store
+from .base import Lease, QueueStats, ReplayMode, SaveResult, Store
 from .sqlite import SQLiteStore
 
 
@@ -20,4 +20,12 @@ def create_store(database_url: str, *, max_attempts: int = 8) -> Store:
     )
 
 
-__all__ = ["QueueStats", "ReplayMode", "SQLiteStore", "Store", "create_store"]
+__all__ = [
+    "Lease",
+    "QueueStats",
+    "ReplayMode",
+    "SQLiteStore",
+    "SaveResult",
+    "Store",
+    "create_store",
+]

@@ -25,6 +25,23 @@ class ReplayMode(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """Who takes new work on the spot, and for how long (see :meth:`Store.save_item`)."""
+
+    owner: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """What :meth:`Store.save_item` did: whether the item changed, and the delivery jobs it
+    queued already leased to the caller (empty unless a lease was asked for)."""
+
+    changed: bool
+    deliveries: list[Job]
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     """Counts for /readyz, /metrics and the dashboard."""
 
@@ -69,12 +86,19 @@ class Store(Protocol):
         """Finish an ``event`` job by queueing one fetch per item id (idempotent)."""
 
     async def save_item(
-        self, job: Job, item: StoredItem, outputs: Sequence[str], now: float
-    ) -> bool:
+        self,
+        job: Job,
+        item: StoredItem,
+        outputs: Sequence[str],
+        now: float,
+        lease: Lease | None = None,
+    ) -> SaveResult:
         """Finish a job by storing ``item`` (if newer) and queueing one delivery per output.
 
-        Returns whether the stored item changed. Raises :class:`LeaseLost` (nothing written)
-        when the job's lease was taken over.
+        With ``lease``, the new deliveries are leased to its owner at once (the worker that
+        holds the item in memory delivers it without a claim or a read; if it dies, the lease
+        expires like any other). Raises :class:`LeaseLost` (nothing written) when the job's
+        lease was taken over.
         """
 
     async def finish(self, job: Job, now: float, note: str | None = None) -> None:

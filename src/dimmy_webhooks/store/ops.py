@@ -27,7 +27,7 @@ from ..models import (
     NormalisedItem,
     StoredItem,
 )
-from .base import QueueStats, ReplayMode
+from .base import Lease, QueueStats, ReplayMode, SaveResult
 
 Row = Mapping[str, Any]
 
@@ -66,6 +66,14 @@ SQL: dict[str, str] = {
     "count_delivery": "UPDATE events SET deliveries = deliveries + 1 WHERE id = :id",
     "event_body": "SELECT body FROM events WHERE id = :id",
     "new_job": _NEW_JOB + " ON CONFLICT (dedupe_key) DO NOTHING",
+    "new_leased_job": f"""
+        INSERT INTO jobs (kind, event_id, item_id, output, version, dedupe_key, status, attempts,
+                          max_attempts, run_at, lease_owner, lease_token, lease_expires_at,
+                          created_at, updated_at)
+        VALUES (:kind, :event_id, :item_id, :output, :version, :dedupe_key, 'running', 1,
+                :max_attempts, :now, :owner, :token, :expires, :now, :now)
+        ON CONFLICT (dedupe_key) DO NOTHING
+        RETURNING {_JOB_COLUMNS}""",
     "new_job_or_reset": _NEW_JOB
     + f"""
         ON CONFLICT (dedupe_key) DO UPDATE SET status = 'pending', attempts = 0, run_at = :now,
@@ -377,13 +385,25 @@ def save_item(
     outputs: Sequence[str],
     max_attempts: int,
     now: float,
-) -> bool:
+    lease: Lease | None = None,
+) -> SaveResult:
     _guard_finish(tx, job, now)
     changed = bool(tx.all(tx.sql("upsert_item"), _item_params(item)))
+    leased: list[Job] = []
     if changed:
-        _new_jobs(tx, _deliveries(item.id, item.version, outputs, job.event_id, max_attempts, now))
+        rows = _deliveries(item.id, item.version, outputs, job.event_id, max_attempts, now)
+        if lease is None:
+            _new_jobs(tx, rows)
+        else:
+            extra = {
+                "owner": lease.owner,
+                "token": uuid.uuid4().hex,
+                "expires": now + lease.seconds,
+            }
+            for row in rows:
+                leased += [_job(r) for r in tx.all(tx.sql("new_leased_job"), {**row, **extra})]
     _refresh(tx, [job.event_id], now)
-    return changed
+    return SaveResult(changed=changed, deliveries=leased)
 
 
 def finish(tx: Tx, job: Job, now: float, note: str | None) -> None:

@@ -36,7 +36,7 @@ from psycopg_pool import ConnectionPool
 from ..errors import ConfigError, StoreError, StoreUnavailable
 from ..models import UNKNOWN, EventRecord, IncomingEvent, InsertOutcome, Job, StoredItem
 from . import ops
-from .base import QueueStats, ReplayMode
+from .base import Lease, QueueStats, ReplayMode, SaveResult
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -472,11 +472,17 @@ class PostgresStore:
         )
 
     async def save_item(
-        self, job: Job, item: StoredItem, outputs: Sequence[str], now: float
-    ) -> bool:
+        self,
+        job: Job,
+        item: StoredItem,
+        outputs: Sequence[str],
+        now: float,
+        lease: Lease | None = None,
+    ) -> SaveResult:
         return await self._run(
-            lambda tx: ops.save_item(tx, job, item, outputs, self.max_attempts, now),
-            lambda changed: changed and bool(outputs),
+            lambda tx: ops.save_item(tx, job, item, outputs, self.max_attempts, now, lease),
+            # deliveries leased to the caller need nobody woken
+            lambda saved: saved.changed and bool(outputs) and lease is None,
         )
 
     async def finish(self, job: Job, now: float, note: str | None = None) -> None:

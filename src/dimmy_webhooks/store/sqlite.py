@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from ..errors import ConfigError, StoreUnavailable
 from ..models import EventRecord, IncomingEvent, InsertOutcome, Job, StoredItem
 from . import ops
-from .base import QueueStats, ReplayMode
+from .base import Lease, QueueStats, ReplayMode, SaveResult
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -241,10 +241,15 @@ class SQLiteStore:
         await self._write(lambda tx: ops.expand_event(tx, job, item_ids, self.max_attempts, now))
 
     async def save_item(
-        self, job: Job, item: StoredItem, outputs: Sequence[str], now: float
-    ) -> bool:
+        self,
+        job: Job,
+        item: StoredItem,
+        outputs: Sequence[str],
+        now: float,
+        lease: Lease | None = None,
+    ) -> SaveResult:
         return await self._write(
-            lambda tx: ops.save_item(tx, job, item, outputs, self.max_attempts, now)
+            lambda tx: ops.save_item(tx, job, item, outputs, self.max_attempts, now, lease)
         )
 
     async def finish(self, job: Job, now: float, note: str | None = None) -> None:
