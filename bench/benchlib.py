@@ -1,0 +1,346 @@
+"""Shared plumbing for the benchmarks: child processes, ports, readiness, tables, machine info.
+
+Every server runs in its own process group (``start_new_session``) so that stopping it stops its
+children too (gunicorn workers); :class:`Procs` stops exactly the groups it started, SIGTERM first,
+SIGKILL after a grace period. Only 127.0.0.1 is ever used.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import os
+import platform
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+BENCH_DIR = Path(__file__).resolve().parent
+BIN_DIR = Path(sys.executable).parent
+#: A Svix-style secret used only by the benchmarks (32 bytes, base64).
+SECRET = "whsec_" + base64.b64encode(b"dimmy-webhooks benchmark key 32b").decode()
+API_KEY = "bench-key"
+
+
+def tool(name: str) -> str:
+    """Path of a console script of the running virtualenv (falls back to ``PATH``)."""
+    candidate = BIN_DIR / name
+    if candidate.exists():
+        return str(candidate)
+    import shutil
+
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(f"{name} not found next to {sys.executable} nor on PATH")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The environment for a child: ours minus any DIMMY_* the caller had, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIMMY_")}
+    env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Procs:
+    """The child processes of one benchmark run; :meth:`stop_all` in a ``finally``."""
+
+    workdir: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        cwd: Path | None = None,
+        stdout: Path | None = None,
+    ) -> Proc:
+        log_path = self.workdir / f"{name}.log"
+        log = log_path.open("ab")
+        out = stdout.open("ab") if stdout is not None else log
+        try:
+            popen = subprocess.Popen(
+                list(argv),
+                env=dict(env),
+                cwd=cwd or self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=log,
+                start_new_session=True,  # own process group: stop() reaches its children
+            )
+        finally:
+            log.close()
+            if out is not log:
+                out.close()
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: Proc, timeout: float = 15.0) -> None:
+        """SIGTERM the process group, wait, then SIGKILL it (only the group we started)."""
+        if proc not in self.procs:
+            return
+        self.procs.remove(proc)
+        pgid = proc.pid  # session leader: its group id is its pid
+        if proc.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=timeout)
+        # children (e.g. gunicorn workers) may outlive a leader that exited
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(timeout=5)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs)):
+            self.stop(proc)
+
+
+def install_signal_exit() -> None:
+    """Turn SIGTERM/SIGHUP into SystemExit, and SIGINT into KeyboardInterrupt even when it was
+    inherited as ignored (a background job of a script), so ``finally`` stops the children."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def run_context(prefix: str) -> Iterator[tuple[Path, Procs]]:
+    install_signal_exit()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        procs = Procs(Path(tmp))
+        try:
+            yield Path(tmp), procs
+        finally:
+            procs.stop_all()
+
+
+def http_get(
+    port: int, path: str, headers: Mapping[str, str] | None = None, timeout: float = 5.0
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=dict(headers or {}))
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def wait_ready(
+    proc: Proc,
+    port: int,
+    path: str = "/",
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> float:
+    """Poll until the server answers any HTTP status; return the seconds it took."""
+    started = time.monotonic()
+    while True:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.log_tail()}")
+        try:
+            http_get(port, path, headers, timeout=2.0)
+            return time.monotonic() - started
+        except OSError:
+            pass
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"{proc.name} not ready after {timeout:.0f} s:\n{proc.log_tail()}")
+        time.sleep(0.05)
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User+system CPU seconds of the live processes in one process group (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rfind(")") + 2 :].split()
+        # fields[0] is state (field 3); pgrp is field 5, utime 14, stime 15
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (``/proc/stat``), to spot other load."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def start_fake_api(
+    procs: Procs, *, items: int, latency: float, seed: int = 7, name: str = "fake-api"
+) -> tuple[Proc, int]:
+    port = free_port()
+    proc = procs.start(
+        name,
+        [
+            tool("dimmy-webhooks"),
+            "fake-api",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--items",
+            str(items),
+            "--latency",
+            str(latency),
+            "--seed",
+            str(seed),
+            "--api-key",
+            API_KEY,
+        ],
+        base_env(DIMMY_LOG_LEVEL="WARNING"),
+    )
+    wait_ready(proc, port, "/items/count", {"X-API-KEY": API_KEY})
+    return proc, port
+
+
+def fake_item_ids(port: int, n: int) -> list[str]:
+    status, body = http_get(port, f"/items?skip=0&limit={n}", {"X-API-KEY": API_KEY}, 30.0)
+    if status != 200:
+        raise RuntimeError(f"fake API GET /items answered {status}")
+    ids = [item["_id"] for item in json.loads(body)]
+    if len(ids) < n:
+        raise RuntimeError(f"fake API returned {len(ids)} ids, wanted {n}")
+    return ids
+
+
+def service_env(db: Path, **extra: str) -> dict[str, str]:
+    settings = {
+        "DIMMY_WEBHOOK_SECRET": SECRET,
+        "DIMMY_DATABASE_URL": f"sqlite:///{db}",
+        "DIMMY_LOG_LEVEL": "WARNING",
+        "DIMMY_OUTPUTS": "",
+    }
+    return base_env(**{**settings, **extra})
+
+
+def run_loadgen(workdir: Path, spec: dict[str, Any], name: str) -> dict[str, Any]:
+    """Run bench/loadgen.py in its own process; return its JSON result."""
+    spec_path = workdir / f"{name}.spec.json"
+    out_path = workdir / f"{name}.result.json"
+    spec_path.write_text(json.dumps(spec))
+    limit = spec["duration"] + spec["grace"] + 120  # signing + start-up + warm-up, generously
+    subprocess.run(
+        [sys.executable, str(BENCH_DIR / "loadgen.py"), str(spec_path), str(out_path)],
+        check=True,
+        timeout=limit,
+        stdin=subprocess.DEVNULL,
+    )
+    result: dict[str, Any] = json.loads(out_path.read_text())
+    return result
+
+
+def sqlite_scalar(db: Path, sql: str, params: Sequence[Any] = ()) -> Any:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute(sql, params).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def machine_lines() -> list[str]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return [
+        f"machine: nproc={os.cpu_count()} ({cpu}), {platform.system()} {platform.release()}",
+        f"python {platform.python_version()} ({sys.executable}), sqlite {sqlite3.sqlite_version}",
+        "command: " + " ".join([Path(sys.executable).name, *sys.argv]),
+    ]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers], *[[_fmt(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), sep, *(line(r) for r in cells[1:])])
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:.0f}"
+        if value >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}"
+    return str(value)
+
+
+def count_lines(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
