@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import signal
 import sys
@@ -142,6 +143,8 @@ async def _run_worker(settings: Settings, concurrency: int | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await store.open()
+    gc.collect()
+    gc.freeze()  # as in serve: start-up objects stay out of full GC passes
     try:
         async with contextlib.AsyncExitStack() as stack:
             if client is not None:

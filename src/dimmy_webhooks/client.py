@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import json
 import logging
 import math
@@ -137,6 +138,9 @@ def _validation_entry(entry: object) -> str:
     return str(entry)
 
 
+_CONNECTIONS_PER_POOL = 16
+
+
 class DimmyClient:
     """One connection pool to the Dimmy API, shared by every worker task of a process.
 
@@ -170,17 +174,26 @@ class DimmyClient:
         self._clock = clock
         self._sleep = sleep
         self._wall_clock = wall_clock
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers={
-                "X-API-KEY": api_key,
-                "Accept": "application/json",
-                "User-Agent": _user_agent(),
-            },
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-            transport=transport,
-        )
+        # httpcore's pool does work proportional to its size on every request state change
+        # (encode/httpcore#1035): at 64 connections in one pool the worker spends most of its
+        # CPU there. Several small pools, used in turn, keep that cost flat.
+        shards = -(-concurrency // _CONNECTIONS_PER_POOL)
+        per_pool = -(-concurrency // shards)
+        self._pools = [
+            httpx.AsyncClient(
+                base_url=self.base_url,
+                headers={
+                    "X-API-KEY": api_key,
+                    "Accept": "application/json",
+                    "User-Agent": _user_agent(),
+                },
+                timeout=httpx.Timeout(timeout),
+                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+                transport=transport,
+            )
+            for _ in range(shards)
+        ]
+        self._next_pool = itertools.cycle(self._pools)
         self._semaphore = asyncio.Semaphore(concurrency)
         self._limiter = AsyncLimiter(rate_limit, 1)
         self._paused_until = 0.0
@@ -202,7 +215,8 @@ class DimmyClient:
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self._http.aclose()
+        for pool in self._pools:
+            await pool.aclose()
 
     @property
     def pause_remaining(self) -> float:
@@ -338,7 +352,8 @@ class DimmyClient:
             await self._wait_out_pause()  # a 429 may have arrived while this waited its turn
             try:
                 async with asyncio.timeout(self._total_timeout):
-                    response = await self._http.request(method, path, params=params, json=body)
+                    http = next(self._next_pool)
+                    response = await http.request(method, path, params=params, json=body)
             except (httpx.TimeoutException, TimeoutError) as exc:
                 reason = f"{method} {path}: timed out ({type(exc).__name__})"
                 raise TransientUpstream(self._redact(reason)) from exc
