@@ -213,8 +213,11 @@ def _guard_finish(tx: Tx, job: Job, now: float, note: str | None = None) -> None
 
 
 def _new_jobs(tx: Tx, jobs: Sequence[Mapping[str, Any]], *, reset: bool = False) -> None:
-    if jobs:
-        tx.many(tx.sql("new_job_or_reset" if reset else "new_job"), jobs)
+    sql = tx.sql("new_job_or_reset" if reset else "new_job")
+    if len(jobs) == 1:
+        tx.run(sql, jobs[0])  # the common case; executemany costs more for one row
+    elif jobs:
+        tx.many(sql, jobs)
 
 
 def _job_row(

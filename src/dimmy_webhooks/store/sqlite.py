@@ -86,9 +86,12 @@ class _Writer:
         self.thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
         self.thread.start()
 
-    def submit(self, op: Callable[[ops.Tx], Any]) -> Future[Any]:
+    def submit(self, op: Callable[[ops.Tx], Any], *, savepoint: bool = True) -> Future[Any]:
+        """Queue ``op`` for the next group commit. ``savepoint=False`` is for operations that
+        never fail half-way except with a database error (the webhook insert, the hot path):
+        if one does fail, the whole batch is rolled back and every operation in it fails."""
         future: Future[Any] = Future()
-        self.queue.put((op, future))
+        self.queue.put((op, future, savepoint))
         return future
 
     def stop(self) -> None:
@@ -116,12 +119,15 @@ class _Writer:
             if stop:
                 return
 
-    def _commit_batch(self, batch: list[tuple[Callable[[ops.Tx], Any], Future[Any]]]) -> None:
+    def _commit_batch(self, batch: list[tuple[Callable[[ops.Tx], Any], Future[Any], bool]]) -> None:
         tx = _SQLiteTx(self.conn)
         results: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            for op, future in batch:
+            for op, future, savepoint in batch:
+                if not savepoint:
+                    results.append((future, op(tx), None))
+                    continue
                 self.conn.execute("SAVEPOINT op")
                 try:
                     value = op(tx)
@@ -133,11 +139,11 @@ class _Writer:
                     self.conn.execute("RELEASE op")
                     results.append((future, value, None))
             self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
             log.warning("sqlite commit failed: %s", exc)
             self._rollback()
             failure = StoreUnavailable(f"sqlite: {exc}")
-            for _, future in batch:
+            for _, future, _savepoint in batch:
                 future.set_exception(failure)
             return
         for future, value, error in results:
@@ -189,10 +195,10 @@ class SQLiteStore:
                 conn.close()
             self._all_readers.clear()
 
-    async def _write(self, op: Callable[[ops.Tx], T]) -> T:
+    async def _write(self, op: Callable[[ops.Tx], T], *, savepoint: bool = True) -> T:
         if self._writer is None:
             raise StoreUnavailable("store is closed")
-        result: T = await asyncio.wrap_future(self._writer.submit(op))
+        result: T = await asyncio.wrap_future(self._writer.submit(op, savepoint=savepoint))
         return result
 
     def _read_sync(self, op: Callable[[ops.Tx], T]) -> T:
@@ -226,7 +232,9 @@ class SQLiteStore:
         await asyncio.sleep(timeout)
 
     async def insert_event(self, event: IncomingEvent) -> InsertOutcome:
-        return await self._write(lambda tx: ops.insert_event(tx, event, self.max_attempts))
+        return await self._write(
+            lambda tx: ops.insert_event(tx, event, self.max_attempts), savepoint=False
+        )
 
     async def get_event_body(self, event_id: int) -> bytes:
         return await self._read(lambda tx: ops.event_body(tx, event_id))
