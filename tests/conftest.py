@@ -70,7 +70,7 @@ def query(db_url: str, sql: str) -> list[dict[str, Any]]:
     with psycopg.connect(db_url, row_factory=dict_row) as pg:
         return [
             {k: bytes(v) if isinstance(v, memoryview) else v for k, v in row.items()}
-            for row in pg.execute(sql).fetchall()  # type: ignore[arg-type]
+            for row in pg.execute(sql).fetchall()  # type: ignore[call-overload,unused-ignore]
         ]
 
 

@@ -719,5 +719,33 @@ def _count_items(path: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
 
 
+@main.command("export-sqlite-to-postgres")
+@click.argument("sqlite_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--to",
+    "target",
+    metavar="postgresql://...",
+    help="Target database (default DIMMY_DATABASE_URL); migrated first if empty.",
+)
+@click.option(
+    "--batch", type=click.IntRange(min=1), default=1000, show_default=True, help="Rows per batch."
+)
+@friendly_errors
+def export_sqlite_to_postgres(sqlite_path: Path, target: str | None, batch: int) -> None:
+    """Copy events, jobs and items from a SQLite file into an empty PostgreSQL database.
+
+    Ids are kept and the id sequences moved past them; everything arrives in one transaction
+    or nothing does. Jobs running in the file become pending. Stop the service on the SQLite
+    file first, or events that arrive meanwhile stay behind in the file.
+    """
+    from .export import export_sqlite_to_postgres as export
+
+    if target is None:
+        target = _settings().database_url
+    result = export(sqlite_path, target, batch_rows=batch, echo=click.echo)
+    copied = ", ".join(f"{n} {table}" for table, n in result.copied.items())
+    click.echo(f"exported {copied} from {sqlite_path}")
+
+
 if __name__ == "__main__":
     main()

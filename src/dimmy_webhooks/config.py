@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         description="How long a worker's claim lasts without a heartbeat; a killed worker's "
         "work is taken over after this.",
     )
+    shutdown_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="On SIGTERM, how long running jobs may finish before the rest are released.",
+    )
     worker_enabled: bool = Field(
         default=True, description="Run workers inside `serve` (same as not passing `--no-worker`)."
     )

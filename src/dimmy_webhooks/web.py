@@ -87,6 +87,7 @@ def worker_policy(settings: Settings) -> WorkerPolicy:
         lease_seconds=settings.lease_seconds,
         retry_base_seconds=settings.retry_base_seconds,
         retry_max_seconds=settings.retry_max_seconds,
+        grace_seconds=settings.shutdown_grace_seconds,
         dimension_unit=settings.dimension_unit,
         weight_unit=settings.weight_unit,
     )
