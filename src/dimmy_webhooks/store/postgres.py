@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import re
@@ -25,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import psycopg
@@ -252,6 +254,9 @@ class _Listener:
             conn.execute("SELECT 1")  # a dead connection fails here and is replaced
 
 
+_INBOX_LANE = 2
+
+
 class PostgresStore:
     """The :class:`~dimmy_webhooks.store.base.Store` on a PostgreSQL database.
 
@@ -266,7 +271,7 @@ class PostgresStore:
         max_attempts: int = 8,
         pool_size: int = 10,
         connect_timeout: float = 10.0,
-        pool_timeout: float = 10.0,
+        pool_timeout: float = 5.0,
         statement_timeout: float = 30.0,
     ) -> None:
         self.database_url = database_url
@@ -287,6 +292,11 @@ class PostgresStore:
         }
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._listener: _Listener | None = None
+        # Webhook inserts get a lane of their own (threads and 2 extra connections): behind a
+        # burst of worker writes (say every fetch timing out at once) an acknowledgement would
+        # otherwise queue behind them.
+        self._inbox_lane: ThreadPoolExecutor | None = None
+        self._lane: ThreadPoolExecutor | None = None
         self._wait_lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._pending = False
@@ -320,7 +330,7 @@ class PostgresStore:
             self.database_url,
             kwargs={**self._kwargs, "autocommit": True},
             min_size=min(2, self.pool_size),
-            max_size=self.pool_size,
+            max_size=self.pool_size + _INBOX_LANE,
             open=False,
             configure=self._configure,
             check=ConnectionPool.check_connection,  # a connection broken meanwhile is replaced
@@ -355,11 +365,17 @@ class PostgresStore:
     async def open(self) -> None:
         if self._pool is None:
             await asyncio.to_thread(self._open_sync)
+            self._inbox_lane = ThreadPoolExecutor(_INBOX_LANE, thread_name_prefix="pg-inbox")
+            self._lane = ThreadPoolExecutor(self.pool_size, thread_name_prefix="pg")
 
     async def close(self) -> None:
         pool, listener = self._pool, self._listener
         self._pool, self._listener = None, None
         await asyncio.to_thread(self._close_sync, pool, listener)
+        for lane in (self._inbox_lane, self._lane):
+            if lane is not None:
+                lane.shutdown(wait=False)
+        self._inbox_lane, self._lane = None, None
         self._wake_all()
 
     # transactions ------------------------------------------------------------------------
@@ -386,8 +402,18 @@ class PostgresStore:
                 raise StoreError(f"postgresql: {_reason(exc, self._password)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _run(self, op: Callable[[ops.Tx], T], notify: Callable[[T], bool] | None = None) -> T:
-        return await asyncio.to_thread(self._run_sync, op, notify)
+    async def _run(
+        self,
+        op: Callable[[ops.Tx], T],
+        notify: Callable[[T], bool] | None = None,
+        *,
+        inbox: bool = False,
+    ) -> T:
+        lane = self._inbox_lane if inbox else self._lane
+        if lane is None:
+            raise StoreUnavailable("store is closed")
+        call = functools.partial(self._run_sync, op, notify)
+        return await asyncio.get_running_loop().run_in_executor(lane, call)
 
     # wake-up hint ------------------------------------------------------------------------
 
@@ -454,7 +480,9 @@ class PostgresStore:
                 return event.event_type != UNKNOWN
             return outcome is InsertOutcome.REQUEUED
 
-        return await self._run(lambda tx: ops.insert_event(tx, event, self.max_attempts), queued)
+        return await self._run(
+            lambda tx: ops.insert_event(tx, event, self.max_attempts), queued, inbox=True
+        )
 
     async def get_event_body(self, event_id: int) -> bytes:
         return await self._run(lambda tx: ops.event_body(tx, event_id))
