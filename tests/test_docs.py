@@ -25,7 +25,18 @@ def test_every_setting_is_documented_with_its_default(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["serve", "worker", "migrate", "send", "replay", "fake-api", "demo", "config"]
+    "command",
+    [
+        "serve",
+        "worker",
+        "migrate",
+        "send",
+        "replay",
+        "fake-api",
+        "demo",
+        "config",
+        "export-sqlite-to-postgres",
+    ],
 )
 def test_every_command_has_help_and_is_in_the_readme(command: str, tmp_path: Path) -> None:
     result = subprocess.run(
