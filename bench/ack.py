@@ -1,15 +1,18 @@
 """Acknowledged, durably committed webhooks per second, and acknowledgement latency.
 
-``python bench/ack.py [--quick|--full] [--json out.json] [--api-latency 0.05] [--diag]``
+``python bench/ack.py [--quick|--full] [--json out.json] [--api-latency 0.05] [--diag]
+[--backend sqlite,postgres] [--receivers 1,2]``
 
 For signed ``items.scanned`` bodies of 1, 10 and 500 ids (24-hex ids from the fake API), with 16
 keep-alive connections each sending one request after another (closed loop), it measures:
 
 * ``bare uvicorn``: bench/bare_app.py, a 204 without work, under the same uvicorn and options as
   ``serve``: the ceiling the server and this load generator allow on this machine;
-* ``ours``: ``dimmy-webhooks serve --no-worker``, SQLite in a fresh temp dir (WAL,
-  synchronous=FULL as shipped); after the run every message id answered 204 must be a row of
-  ``events`` (the durability check);
+* ``ours <backend> <n> rcv``: ``dimmy-webhooks serve --no-worker`` on a fresh database: SQLite in
+  a temp dir (WAL, synchronous=FULL as shipped) or a PostgreSQL database ``bench_<uuid>`` of its
+  own (``--pg-url``, migrated first, dropped after). With ``n`` receivers, ``n`` such processes
+  listen on ``n`` ports and the connections are spread over them. After the run every message id
+  answered 204 must be a row of ``events`` (the durability check);
 * ``seed example``: Dimmy's original Flask example (bench/seed_example.py) under gunicorn with 2
   sync workers, which fetches every id inline from a local ``dimmy-webhooks fake-api``
   (``--api-latency`` seconds per call, 0 by default).
@@ -18,8 +21,9 @@ Each measurement is bounded by a request count and a duration; requests still un
 ``--grace`` seconds after the duration are abandoned and counted as non-2xx (``unanswered``).
 A short warm-up (not counted) precedes each. Servers and the load generator run in separate
 processes; ``cpu`` columns are CPU seconds per wall second (2.0 = both cores busy): srv = the
-server's process group, api = the fake API (seed example only), gen = the load generator,
-other = everything else on the machine meanwhile (high means the figures are disturbed).
+server's process groups, db = the PostgreSQL backends serving the row's database, api = the fake
+API (seed example only), gen = the load generator, other = everything else on the machine
+meanwhile (high means the figures are disturbed).
 """
 
 from __future__ import annotations
@@ -29,19 +33,25 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchlib import (
     HOST,
+    PG_ADMIN_URL,
     SECRET,
+    BenchDB,
+    Proc,
     Procs,
     base_env,
+    bench_database,
     count_lines,
     fake_item_ids,
     free_port,
     machine_lines,
     percentile,
+    pg_problem,
     run_context,
     run_loadgen,
     service_env,
@@ -62,6 +72,19 @@ BARE_COUNT_FACTOR = 5
 #: The seed example is slow: warm each gunicorn worker up with a few 1-id bodies, no more.
 SEED_WARMUP = 4
 WARMUP_SECONDS = 3.0
+BACKENDS = ("sqlite", "postgres")
+#: receivers per backend when --receivers is not given (SQLite has one writer per file anyway)
+DEFAULT_RECEIVERS = {"sqlite": [1], "postgres": [1, 2]}
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # "bare", "ours" or "seed"
+    label: str
+    backend: str | None = None
+    receivers: int = 1
+    connections: int | None = None  # None: --connections
+    db_dir: Path | None = None  # SQLite file elsewhere than the run's temp dir (tmpfs)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,8 +116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--diag",
         action="store_true",
-        help="extra rows to explain our figures: DB on tmpfs (no real fsync), 1 connection",
+        help="extra rows to explain our figures: DB on tmpfs (no real fsync), 1 connection "
+        "(SQLite, 1 receiver)",
     )
+    add_backend_args(parser, "--receivers", "receivers", "serve --no-worker processes", "1,2")
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full" if args.full else "default"]
     args.preset = "quick" if args.quick else "full" if args.full else "default"
@@ -103,21 +128,85 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.warmup = preset["warmup"]
     args.sizes = [int(x) for x in args.sizes.split(",") if x]
     args.targets = [x.strip() for x in args.targets.split(",") if x.strip()]
+    resolve_backends(parser, args, "receivers", DEFAULT_RECEIVERS)
     return args
 
 
-def start_ours(procs: Procs, workdir: Path, name: str, db_dir: Path) -> tuple[Any, int, Path]:
-    port = free_port()
-    db_dir.mkdir(parents=True, exist_ok=True)
-    db = db_dir / "inbox.sqlite3"
-    proc = procs.start(
-        name,
-        [tool("dimmy-webhooks"), "serve", "--no-worker", "--host", HOST, "--port", str(port)],
-        service_env(db),
-        cwd=db_dir,
+def add_backend_args(
+    parser: argparse.ArgumentParser, flag: str, dest: str, what: str, pg_default: str
+) -> None:
+    """--backend, --pg-url and the per-backend process count (shared with drain.py)."""
+    parser.add_argument(
+        "--backend",
+        help="sqlite,postgres (comma separated; default: both when PostgreSQL is reachable at "
+        "--pg-url, else sqlite)",
     )
-    wait_ready(proc, port, "/healthz")
-    return proc, port, db
+    parser.add_argument(
+        flag,
+        dest=dest,
+        help=f"{what} per measurement, one row each (comma separated; default: {pg_default} on "
+        "postgres, 1 on sqlite)",
+    )
+    parser.add_argument(
+        "--pg-url",
+        default=PG_ADMIN_URL,
+        help="PostgreSQL on 127.0.0.1 where a database bench_<uuid> is created (and dropped) "
+        "per row (default: $BENCH_PG_URL or %(default)s)",
+    )
+
+
+def resolve_backends(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    dest: str,
+    defaults: dict[str, list[int]],
+) -> None:
+    """Turn --backend and the count option into ``args.plan``: [(backend, count), ...]."""
+    args.backend_note = None
+    if args.backend is None:
+        problem = pg_problem(args.pg_url)
+        backends = ["sqlite"] if problem else list(BACKENDS)
+        if problem:
+            args.backend_note = f"note: {problem}; sqlite only (--backend to choose)"
+    else:
+        backends = [x.strip() for x in args.backend.split(",") if x.strip()]
+        unknown = [b for b in backends if b not in BACKENDS]
+        if unknown or not backends:
+            parser.error(f"--backend: choose among {','.join(BACKENDS)}")
+        if "postgres" in backends and (problem := pg_problem(args.pg_url)):
+            parser.error(problem)
+    counts = getattr(args, dest)
+    explicit = None if counts is None else [int(x) for x in counts.split(",") if x]
+    if explicit is not None and (not explicit or min(explicit) < 1):
+        parser.error(f"--{dest}: positive integers")
+    args.backends = backends
+    args.plan = [(backend, n) for backend in backends for n in (explicit or defaults[backend])]
+
+
+def start_ours(
+    procs: Procs, name: str, db: BenchDB, cwd: Path, *, count: int = 1, **env: str
+) -> list[tuple[Proc, int]]:
+    """``count`` processes of ``serve --no-worker`` on ``db``, each on a port of its own; they
+    start together and are ready when this returns."""
+    started = []
+    try:
+        for n in range(count):
+            port = free_port()
+            argv = [tool("dimmy-webhooks"), "serve", "--no-worker", "--host", HOST]
+            proc = procs.start(
+                name if count == 1 else f"{name}-r{n + 1}",
+                [*argv, "--port", str(port)],
+                service_env(db, **env),
+                cwd=cwd,
+            )
+            started.append((proc, port))
+        for proc, port in started:
+            wait_ready(proc, port, "/healthz")
+    except BaseException:
+        for proc, _port in started:
+            procs.stop(proc)
+        raise
+    return started
 
 
 def start_bare(procs: Procs, name: str) -> tuple[Any, int]:
@@ -169,16 +258,10 @@ def start_seed(procs: Procs, workdir: Path, name: str, api_port: int) -> tuple[A
     return proc, port, stdout
 
 
-def durability(db: Path, prefix: str, result: dict[str, Any]) -> dict[str, Any]:
+def durability(db: BenchDB, prefix: str, result: dict[str, Any]) -> dict[str, Any]:
     """Every message id answered 2xx (warm-up and measured) must be a row of ``events``."""
-    import sqlite3
-
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        stored = {row[0] for row in conn.execute("SELECT message_id FROM events")}
-        rows = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-    finally:
-        conn.close()
+    stored = {row[0] for row in db.query("SELECT message_id FROM events")}
+    rows = db.scalar("SELECT count(*) FROM events")
     acked = [f"msg_{prefix}_m_{i}" for i in result["measured"]["ok_indexes"]]
     warm = result.get("warmup", {}).get("ok", 0)
     missing = [m for m in acked if m not in stored]
@@ -213,6 +296,7 @@ def summarise(target: str, size: int, result: dict[str, Any]) -> dict[str, Any]:
         "client_cpu": m["client_cpu"] / elapsed,
         "cpu": {name: secs / elapsed for name, secs in m["cpu"].items()},
         "other_cpu": m["other_cpu"] / (m["wall"] or 1e-9),
+        "ok_by_port": m.get("ok_by_port", {}),
     }
 
 
@@ -224,60 +308,90 @@ def measure(
     args: argparse.Namespace,
     workdir: Path,
     procs: Procs,
-    target: str,
+    target: Target,
     size: int,
     ids: list[str],
     api: tuple[Any, int] | None,
-    *,
-    connections: int | None = None,
-    db_dir: Path | None = None,
 ) -> dict[str, Any]:
-    label = target.replace(" ", "-").replace(",", "").replace("(", "").replace(")", "")
+    label = "".join(c if c.isalnum() else "-" for c in target.label).strip("-")
     name = f"{label}-{size}"
-    prefix = f"{label}{size}_{int(time.time())}"
-    db = stdout = None
-    if target.startswith("ours"):
-        proc, port, db = start_ours(procs, workdir, name, db_dir or workdir / name)
-        watch = {"server": proc.pid}
-        warmup = args.warmup
-    elif target == "bare uvicorn":
-        proc, port = start_bare(procs, name)
-        watch = {"server": proc.pid}
-        warmup = args.warmup
-    else:
-        assert api is not None
-        proc, port, stdout = start_seed(procs, workdir, name, api[1])
-        watch = {"server": proc.pid, "api": api[0].pid}
-        warmup = SEED_WARMUP
+    prefix = f"{label.replace('-', '')}{size}_{int(time.time())}"
     spec = {
         "host": HOST,
-        "port": port,
         "path": "/webhook",
         "secret": SECRET,
         "ids": ids,
         "ids_per_body": size,
-        "count": args.count * (BARE_COUNT_FACTOR if target == "bare uvicorn" else 1),
-        "warmup": warmup,
+        "count": args.count * (BARE_COUNT_FACTOR if target.kind == "bare" else 1),
+        "warmup": SEED_WARMUP if target.kind == "seed" else args.warmup,
         "warmup_duration": WARMUP_SECONDS,
-        "warmup_ids_per_body": 1 if target == "seed example" else size,
-        "connections": connections or args.connections,
+        "warmup_ids_per_body": 1 if target.kind == "seed" else size,
+        "connections": target.connections or args.connections,
         "duration": args.duration,
         "grace": args.grace,
         "msg_prefix": prefix,
-        "watch": watch,
     }
-    try:
-        result = run_loadgen(workdir, spec, name)
-        row = summarise(target, size, result)
-        row["connections"] = spec["connections"]
-        if db is not None:
-            row["durability"] = durability(db, prefix, result)
-        if stdout is not None:
+    if target.kind == "ours":
+        assert target.backend is not None
+        run_dir = target.db_dir or workdir / name
+        with bench_database(
+            target.backend,
+            run_dir,
+            admin_url=args.pg_url,
+            filename="inbox.sqlite3",
+            prepare=target.receivers > 1,
+        ) as db:
+            started = start_ours(procs, name, db, run_dir, count=target.receivers)
+            try:
+                spec["ports"] = [port for _proc, port in started]
+                spec["watch"] = {"server": [proc.pid for proc, _port in started]}
+                if db.backend == "postgres":
+                    spec["watch_db"] = {"url": db.url, "name": db.name}
+                result = run_loadgen(workdir, spec, name)
+                row = summarise(target.label, size, result)
+                row["durability"] = durability(db, prefix, result)
+            finally:
+                for proc, _port in started:
+                    procs.stop(proc)
+    elif target.kind == "bare":
+        proc, spec["port"] = start_bare(procs, name)
+        spec["watch"] = {"server": proc.pid}
+        try:
+            row = summarise(target.label, size, run_loadgen(workdir, spec, name))
+        finally:
+            procs.stop(proc)
+    else:
+        assert api is not None
+        proc, spec["port"], stdout = start_seed(procs, workdir, name, api[1])
+        spec["watch"] = {"server": proc.pid, "api": api[0].pid}
+        try:
+            row = summarise(target.label, size, run_loadgen(workdir, spec, name))
             # the seed example prints one line per fetched item
             row["printed_lines"] = count_lines(stdout)
-    finally:
-        procs.stop(proc)
+        finally:
+            procs.stop(proc)
+    row["connections"] = spec["connections"]
+    row["backend"] = target.backend
+    row["receivers"] = target.receivers if target.kind == "ours" else None
     return row
+
+
+def plan_targets(args: argparse.Namespace, workdir: Path) -> list[Target]:
+    """The rows of one body size, in order."""
+    out = []
+    if "bare" in args.targets:
+        out.append(Target("bare", "bare uvicorn"))
+    if "ours" in args.targets:
+        out += [Target("ours", f"ours {backend} {n} rcv", backend, n) for backend, n in args.plan]
+        if args.diag:
+            shm = Path("/dev/shm")  # noqa: S108 (a private subdirectory, removed after)
+            if shm.is_dir():
+                tmp = shm / f"dimmy-bench-{workdir.name}"
+                out.append(Target("ours", "ours sqlite (db on tmpfs)", "sqlite", db_dir=tmp))
+            out.append(Target("ours", "ours sqlite (1 connection)", "sqlite", connections=1))
+    if "seed" in args.targets:
+        out.append(Target("seed", "seed example"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
         f"seed example's fake API latency {args.api_latency * 1000:.0f} ms",
         flush=True,
     )
+    if "ours" in args.targets:
+        ours = ", ".join(f"{b} {n} rcv" for b, n in args.plan)
+        print(f"ours: {ours}; a fresh database per row", flush=True)
+        if args.backend_note:
+            print(args.backend_note, flush=True)
     rows: list[dict[str, Any]] = []
     with run_context("dimmy-bench-ack-") as (workdir, procs):
         pool_size = max(1000, *args.sizes)
@@ -301,29 +420,14 @@ def main(argv: list[str] | None = None) -> int:
         if "seed" not in args.targets:
             procs.stop(api[0])
             api = None
-        plan = [("bare", "bare uvicorn"), ("ours", "ours"), ("seed", "seed example")]
+        targets = plan_targets(args, workdir)
         for size in args.sizes:
-            for key, target in plan:
-                if key not in args.targets:
-                    continue
-                row = measure(args, workdir, procs, target, size, ids, api)
-                rows.append(row)
-                print(f"  {_progress(row)}", flush=True)
-            if args.diag and "ours" in args.targets:
-                shm = Path("/dev/shm")  # noqa: S108 (a private subdirectory, removed after)
-                if shm.is_dir():
-                    tmp = shm / f"dimmy-bench-{workdir.name}"
-                    try:
-                        row = measure(
-                            args, workdir, procs, "ours (db on tmpfs)", size, ids, api, db_dir=tmp
-                        )
-                    finally:
-                        shutil.rmtree(tmp, ignore_errors=True)
-                    rows.append(row)
-                    print(f"  {_progress(row)}", flush=True)
-                row = measure(
-                    args, workdir, procs, "ours (1 connection)", size, ids, api, connections=1
-                )
+            for target in targets:
+                try:
+                    row = measure(args, workdir, procs, target, size, ids, api)
+                finally:
+                    if target.db_dir is not None:
+                        shutil.rmtree(target.db_dir, ignore_errors=True)
                 rows.append(row)
                 print(f"  {_progress(row)}", flush=True)
     bare = {r["ids"]: r["req_s"] for r in rows if r["target"] == "bare uvicorn"}
@@ -342,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _progress(row: dict[str, Any]) -> str:
-    return f"{row['target']:<22} ids={row['ids']:<4} {row['req_s']:8.1f} req/s ({row['ok']} ok)"
+    return f"{row['target']:<26} ids={row['ids']:<4} {row['req_s']:8.1f} req/s ({row['ok']} ok)"
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -358,6 +462,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         ">15 s",
         "vs bare",
         "srv cpu",
+        "db cpu",
         "api cpu",
         "gen cpu",
         "other cpu",
@@ -384,6 +489,7 @@ def render(rows: list[dict[str, Any]]) -> str:
                 r["over_15s"],
                 None if r["vs_bare"] is None else f"{r['vs_bare']:.2f}x",
                 r["cpu"].get("server"),
+                r["cpu"].get("db"),
                 r["cpu"].get("api"),
                 r["client_cpu"],
                 r["other_cpu"],
@@ -399,6 +505,9 @@ def _notes(rows: list[dict[str, Any]]) -> str:
         bad = {k: v for k, v in r["statuses"].items() if not k.startswith("2")}
         if bad:
             notes.append(f"  {r['target']} ids={r['ids']}: non-2xx {bad}")
+        if len(r.get("ok_by_port", {})) > 1:
+            spread = " + ".join(str(n) for n in r["ok_by_port"].values())
+            notes.append(f"  {r['target']} ids={r['ids']}: 2xx per receiver {spread}")
         if "printed_lines" in r:
             notes.append(
                 f"  {r['target']} ids={r['ids']}: printed {r['printed_lines']} item lines "

@@ -3,6 +3,11 @@
 Every server runs in its own process group (``start_new_session``) so that stopping it stops its
 children too (gunicorn workers); :class:`Procs` stops exactly the groups it started, SIGTERM first,
 SIGKILL after a grace period. Only 127.0.0.1 is ever used.
+
+Databases: :func:`bench_database` gives each measurement a fresh one, a SQLite file in the run's
+temp directory or a PostgreSQL database ``bench_<uuid>`` created on the local server (the one in
+``--pg-url``, which must be on the loopback) and dropped ``WITH (FORCE)`` afterwards, Ctrl-C
+included. No other database is ever touched.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import urllib.parse
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,10 @@ BIN_DIR = Path(sys.executable).parent
 #: A Svix-style secret used only by the benchmarks (32 bytes, base64).
 SECRET = "whsec_" + base64.b64encode(b"dimmy-webhooks benchmark key 32b").decode()
 API_KEY = "bench-key"
+#: Where PostgreSQL is, as a superuser URL on its maintenance database (CREATE/DROP DATABASE only).
+PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_DB_PREFIX = "bench_"
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def tool(name: str) -> str:
@@ -194,8 +205,10 @@ def wait_ready(
         time.sleep(0.05)
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User+system CPU seconds of the live processes in one process group (Linux /proc)."""
+def group_cpu_seconds(pgid: int | Iterable[int]) -> float:
+    """User+system CPU seconds of the live processes in one process group, or in several
+    (Linux /proc)."""
+    pgids = {pgid} if isinstance(pgid, int) else set(pgid)
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for entry in os.listdir("/proc"):
@@ -207,9 +220,40 @@ def group_cpu_seconds(pgid: int) -> float:
             continue
         fields = raw[raw.rfind(")") + 2 :].split()
         # fields[0] is state (field 3); pgrp is field 5, utime 14, stime 15
-        if int(fields[2]) == pgid:
+        if int(fields[2]) in pgids:
             total += int(fields[11]) + int(fields[12])
     return total / ticks
+
+
+def pids_cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
+    """User+system CPU seconds of each live process of ``pids`` (missing ones are left out)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rfind(")") + 2 :].split()
+        out[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def cpu_delta(before: Mapping[int, float], after: Mapping[int, float]) -> float:
+    """CPU seconds used between two :func:`pids_cpu_seconds` snapshots (new processes count
+    from zero; processes gone by ``after`` are lost, which pooled connections rarely are)."""
+    return sum(max(0.0, secs - before.get(pid, 0.0)) for pid, secs in after.items())
+
+
+def proc_status_kb(pid: int, *keys: str) -> dict[str, int]:
+    """Fields of ``/proc/<pid>/status`` given in kB (``VmRSS``, ``VmHWM``, ...)."""
+    wanted = set(keys)
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in wanted:
+            out[name] = int(value.split()[0])
+    return out
 
 
 def machine_busy_seconds() -> float:
@@ -259,14 +303,148 @@ def fake_item_ids(port: int, n: int) -> list[str]:
     return ids
 
 
-def service_env(db: Path, **extra: str) -> dict[str, str]:
+def service_env(db: Path | BenchDB, **extra: str) -> dict[str, str]:
+    """The service's environment on ``db`` (a SQLite file or a :class:`BenchDB`)."""
+    url = db.url if isinstance(db, BenchDB) else f"sqlite:///{db}"
     settings = {
         "DIMMY_WEBHOOK_SECRET": SECRET,
-        "DIMMY_DATABASE_URL": f"sqlite:///{db}",
+        "DIMMY_DATABASE_URL": url,
         "DIMMY_LOG_LEVEL": "WARNING",
         "DIMMY_OUTPUTS": "",
     }
     return base_env(**{**settings, **extra})
+
+
+@dataclass
+class BenchDB:
+    """One measurement's database: a SQLite file, or a PostgreSQL database of its own."""
+
+    backend: str  # "sqlite" or "postgres"
+    url: str  # what the service gets as DIMMY_DATABASE_URL
+    path: Path | None = None  # the SQLite file
+    name: str | None = None  # the PostgreSQL database
+    _conn: Any = None  # the benchmark's own PostgreSQL connection (opened on first use)
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query (no parameters: the benchmarks need none)."""
+        if self.path is not None:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
+            try:
+                return [tuple(row) for row in conn.execute(sql).fetchall()]
+            finally:
+                conn.close()
+        if self._conn is None:
+            import psycopg
+
+            self._conn = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=5, application_name="dimmy-bench"
+            )
+        return [tuple(row) for row in self._conn.execute(sql).fetchall()]
+
+    def scalar(self, sql: str) -> Any:
+        return self.query(sql)[0][0]
+
+    def backend_cpu(self) -> dict[int, float]:
+        """CPU seconds of each PostgreSQL backend now serving this database, the benchmark's own
+        connection left out (``{}`` on SQLite, whose work is done in the service's processes)."""
+        if self.backend != "postgres":
+            return {}
+        rows = self.query(
+            "SELECT pid FROM pg_stat_activity "
+            f"WHERE datname = '{self.name}' AND pid <> pg_backend_pid()"
+        )
+        return pids_cpu_seconds(int(row[0]) for row in rows)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+
+def pg_problem(admin_url: str = PG_ADMIN_URL) -> str | None:
+    """Why PostgreSQL at ``admin_url`` cannot be used (``None``: it can)."""
+    host = urllib.parse.urlsplit(admin_url).hostname
+    if host not in _LOOPBACK:
+        return f"{admin_url}: the benchmarks only use a server on 127.0.0.1"
+    try:
+        import psycopg
+
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:
+        return (
+            f"PostgreSQL at {admin_url} is not reachable ({exc.__class__.__name__}: "
+            + (str(exc).strip().splitlines() or [""])[0]
+            + ")"
+        )
+    return None
+
+
+def _pg_url(admin_url: str, dbname: str) -> str:
+    parts = urllib.parse.urlsplit(admin_url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + dbname))
+
+
+def _pg_admin(admin_url: str, statement: str, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(sql.SQL(statement).format(sql.Identifier(name)))
+
+
+def migrate(db: BenchDB, cwd: Path) -> None:
+    """``dimmy-webhooks migrate`` on ``db`` (not timed by any benchmark)."""
+    done = subprocess.run(
+        [tool("dimmy-webhooks"), "migrate"],
+        env=service_env(db),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"migrate failed ({done.returncode}):\n{done.stderr.decode()[-2000:]}")
+
+
+@contextlib.contextmanager
+def bench_database(
+    backend: str,
+    run_dir: Path,
+    *,
+    admin_url: str = PG_ADMIN_URL,
+    filename: str = "service.sqlite3",
+    prepare: bool = False,
+) -> Iterator[BenchDB]:
+    """A fresh database for one measurement, removed afterwards.
+
+    SQLite: ``run_dir/filename`` (migrated here only with ``prepare``; ``serve`` and ``worker``
+    migrate SQLite themselves, but two processes starting at once on a new file should not).
+    PostgreSQL: ``CREATE DATABASE bench_<uuid>``, ``dimmy-webhooks migrate``, and at the end
+    ``DROP DATABASE ... WITH (FORCE)`` (the caller stops its processes first).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if backend == "sqlite":
+        path = run_dir / filename
+        db = BenchDB("sqlite", f"sqlite:///{path}", path=path)
+        if prepare:
+            migrate(db, run_dir)
+        yield db
+        return
+    if backend != "postgres":
+        raise ValueError(f"unknown backend {backend!r}")
+    name = f"{PG_DB_PREFIX}{uuid.uuid4().hex}"
+    db = BenchDB("postgres", _pg_url(admin_url, name), name=name)
+    try:
+        _pg_admin(admin_url, "CREATE DATABASE {}", name)
+        migrate(db, run_dir)
+        yield db
+    finally:
+        db.close()
+        # IF EXISTS: also right when the CREATE itself was interrupted; the name is ours alone
+        _pg_admin(admin_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
 
 
 def run_loadgen(workdir: Path, spec: dict[str, Any], name: str) -> dict[str, Any]:

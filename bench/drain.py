@@ -1,16 +1,21 @@
 """Items fetched, stored and delivered per second, draining a backlog of ``items.scanned`` events.
 
-``python bench/drain.py [--quick|--full] [--json out.json] [--latencies 0,0.05]``
+``python bench/drain.py [--quick|--full] [--json out.json] [--latencies 0,0.05]
+[--backend sqlite,postgres] [--workers 1,3]``
 
 For each fake-API latency (0 ms, then 50 ms by default):
 
-* ``ours``: a local ``dimmy-webhooks fake-api`` with exactly the items needed; their ids come from
-  ``GET /items?limit=N``. N signed events of 50 ids each go in through ``serve --no-worker`` (not
-  timed); then ``dimmy-webhooks worker`` starts with ``DIMMY_OUTPUTS=jsonl:<tmp>/out.jsonl`` and
-  ``DIMMY_API_RATE_LIMIT=100000``, and the clock runs from its spawn until every item is a row
-  of ``items`` and no job is pending or running (the SQLite file is polled). The JSONL output
-  must then hold exactly one line per item. ``theory`` is ``DIMMY_API_CONCURRENCY / latency``.
-  ``--api-concurrency 16,64`` adds one row per value.
+* ``ours <backend> <n> wkr``: a local ``dimmy-webhooks fake-api`` with exactly the items needed;
+  their ids come from ``GET /items?limit=N``. On a fresh database (SQLite in a temp dir, or a
+  PostgreSQL database ``bench_<uuid>`` of its own, migrated first and dropped after), N signed
+  events of 50 ids each go in through ``serve --no-worker`` (not timed); then ``n`` processes of
+  ``dimmy-webhooks worker`` start at once, all with the same
+  ``DIMMY_OUTPUTS=jsonl:<tmp>/out.jsonl`` (a delivery job names its output) and
+  ``DIMMY_API_RATE_LIMIT=100000``, and the clock runs from their spawn until every item is a row
+  of ``items`` and no job is pending or running (the database is polled: the SQLite file, or
+  one psycopg connection). The JSONL output must then hold exactly one line per item.
+  ``theory`` is ``n x DIMMY_API_CONCURRENCY / latency``. ``--api-concurrency 16,64`` adds one
+  row per value.
 * ``seed example``: Dimmy's original Flask example under gunicorn (2 sync workers), fed the
   same items as events of 10 ids over 16 connections; its rate is the items it fetched and
   printed per second during ``--seed-duration`` seconds (it goes over the items again when it
@@ -21,22 +26,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ack import start_seed
+from ack import add_backend_args, resolve_backends, start_ours, start_seed
 from benchlib import (
     API_KEY,
     HOST,
     SECRET,
+    BenchDB,
     Proc,
     Procs,
+    bench_database,
     count_lines,
+    cpu_delta,
     fake_item_ids,
-    free_port,
     group_cpu_seconds,
     machine_busy_seconds,
     machine_lines,
@@ -46,7 +52,6 @@ from benchlib import (
     start_fake_api,
     table,
     tool,
-    wait_ready,
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -58,6 +63,8 @@ IDS_PER_EVENT = 50
 SEED_IDS_PER_EVENT = 10
 SEED_WORKERS = 2
 POLL_SECONDS = 0.05
+#: worker processes per backend when --workers is not given
+DEFAULT_WORKERS = {"sqlite": [1], "postgres": [1, 3]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, help="give up on a drain after this (s)")
     parser.add_argument("--seed-duration", type=float, help="seconds of load on the seed example")
     parser.add_argument("--targets", default="ours,seed", help="subset of ours,seed")
+    add_backend_args(parser, "--workers", "workers", "dimmy-webhooks worker processes", "1,3")
     args = parser.parse_args(argv)
     args.preset = "quick" if args.quick else "full" if args.full else "default"
     preset = PRESETS[args.preset]
@@ -86,33 +94,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.latencies = [float(x) for x in args.latencies.split(",") if x]
     args.api_concurrency = [int(x) for x in str(args.api_concurrency).split(",") if x]
     args.targets = [x.strip() for x in args.targets.split(",") if x.strip()]
+    resolve_backends(parser, args, "workers", DEFAULT_WORKERS)
     return args
 
 
-def _counts(db: Path) -> tuple[int, int, int]:
+def _counts(db: BenchDB) -> tuple[int, int, int]:
     """(items stored, jobs pending or running, jobs dead)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        items = conn.execute("SELECT count(*) FROM items").fetchone()[0]
-        rows = dict(conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall())
-    finally:
-        conn.close()
+    items = db.scalar("SELECT count(*) FROM items")
+    rows = dict(db.query("SELECT status, count(*) FROM jobs GROUP BY status"))
     return items, rows.get("pending", 0) + rows.get("running", 0), rows.get("dead", 0)
 
 
 def fill_inbox(
-    procs: Procs, workdir: Path, db: Path, ids: list[str], events: int, tag: str
+    procs: Procs, workdir: Path, db: BenchDB, ids: list[str], events: int, tag: str
 ) -> None:
     """Post the events through ``serve --no-worker`` (not timed) and check they are stored."""
-    port = free_port()
-    proc = procs.start(
-        f"inbox-{tag}",
-        [tool("dimmy-webhooks"), "serve", "--no-worker", "--host", HOST, "--port", str(port)],
-        service_env(db),
-        cwd=db.parent,
-    )
+    [(proc, port)] = start_ours(procs, f"inbox-{tag}", db, workdir)
     try:
-        wait_ready(proc, port, "/healthz")
         spec = {
             "host": HOST,
             "port": port,
@@ -130,11 +128,7 @@ def fill_inbox(
         result = run_loadgen(workdir, spec, f"inbox-{tag}")["measured"]
     finally:
         procs.stop(proc)
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        stored = conn.execute("SELECT count(*) FROM events").fetchone()[0]
-    finally:
-        conn.close()
+    stored = db.scalar("SELECT count(*) FROM events")
     if result["ok"] != events or stored != events:
         raise RuntimeError(f"inbox: {result['statuses']} answers, {stored} rows, {events} sent")
 
@@ -147,67 +141,42 @@ def drain_ours(
     ids: list[str],
     latency: float,
     concurrency: int,
+    backend: str,
+    n_workers: int,
 ) -> dict[str, Any]:
-    tag = f"{latency * 1000:.0f}ms-c{concurrency}"
+    tag = f"{backend}-w{n_workers}-{latency * 1000:.0f}ms-c{concurrency}"
     run_dir = workdir / f"ours-{tag}"
-    run_dir.mkdir()
-    db = run_dir / "service.sqlite3"
     out = run_dir / "out.jsonl"
-    fill_inbox(procs, workdir, db, ids, args.events, tag)
-    env = service_env(
-        db,
-        DIMMY_API_KEY=API_KEY,
-        DIMMY_API_URL=f"http://{HOST}:{api[1]}",
-        DIMMY_OUTPUTS=f"jsonl:{out}",
-        DIMMY_API_RATE_LIMIT="100000",
-        DIMMY_API_CONCURRENCY=str(concurrency),
-    )
-    api_cpu0 = group_cpu_seconds(api[0].pid)
-    busy0 = machine_busy_seconds()
-    started = time.monotonic()
-    worker = procs.start(f"worker-{tag}", [tool("dimmy-webhooks"), "worker"], env, cwd=run_dir)
-    first = None
-    items = open_jobs = dead = 0
-    timed_out = False
-    worker_cpu = 0.0
-    try:
-        while True:
-            time.sleep(POLL_SECONDS)
-            if worker.popen.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{worker.log_tail()}")
-            items, open_jobs, dead = _counts(db)
-            now = time.monotonic()
-            if items and first is None:
-                first = now
-            if items >= len(ids) and open_jobs == 0:
-                break
-            if dead and open_jobs == 0:
-                break
-            if now - started > args.timeout:
-                timed_out = True
-                break
-        finished = time.monotonic()
-        worker_cpu = group_cpu_seconds(worker.pid)
-        busy = machine_busy_seconds() - busy0
-    finally:
-        procs.stop(worker)
-    api_cpu = group_cpu_seconds(api[0].pid) - api_cpu0
-    elapsed = finished - started
+    with bench_database(backend, run_dir, admin_url=args.pg_url) as db:
+        fill_inbox(procs, workdir, db, ids, args.events, tag)
+        env = service_env(
+            db,
+            DIMMY_API_KEY=API_KEY,
+            DIMMY_API_URL=f"http://{HOST}:{api[1]}",
+            DIMMY_OUTPUTS=f"jsonl:{out}",
+            DIMMY_API_RATE_LIMIT="100000",
+            DIMMY_API_CONCURRENCY=str(concurrency),
+        )
+        measured = _drain(args, procs, db, env, run_dir, api, len(ids), n_workers, tag)
     lines = out.read_bytes().splitlines() if out.exists() else []
     delivered = [json.loads(line)["item_id"] for line in lines if line.strip()]
     one_each = len(delivered) == len(ids) and set(delivered) == set(ids)
-    theory = concurrency / latency if latency else None
+    theory = n_workers * concurrency / latency if latency else None
+    elapsed, first, finished = measured["elapsed"], measured["first"], measured["finished"]
+    items = measured["items"]
     rate = items / elapsed
     return {
-        "target": "ours",
+        "target": f"ours {backend} {n_workers} wkr",
+        "backend": backend,
+        "workers": n_workers,
         "latency_ms": latency * 1000,
         "concurrency": concurrency,
         "items": len(ids),
         "stored": items,
-        "dead_jobs": dead,
-        "timed_out": timed_out,
+        "dead_jobs": measured["dead"],
+        "timed_out": measured["timed_out"],
         "seconds": elapsed,
-        "startup_s": None if first is None else first - started,
+        "startup_s": None if first is None else first - measured["started"],
         "items_s": rate,
         "items_s_after_first": (
             (items - 1) / (finished - first) if first and finished > first else None
@@ -216,8 +185,73 @@ def drain_ours(
         "of_theory": rate / theory if theory else None,
         "jsonl_lines": len(delivered),
         "jsonl_ok": one_each,
-        "cpu": {"worker": worker_cpu / elapsed, "api": api_cpu / elapsed},
-        "other_cpu": max(0.0, busy - worker_cpu - api_cpu) / elapsed,
+        "cpu": measured["cpu"],
+        "other_cpu": measured["other_cpu"],
+    }
+
+
+def _drain(
+    args: argparse.Namespace,
+    procs: Procs,
+    db: BenchDB,
+    env: dict[str, str],
+    run_dir: Path,
+    api: tuple[Proc, int],
+    n_items: int,
+    n_workers: int,
+    tag: str,
+) -> dict[str, Any]:
+    """Start the workers, poll until the backlog is gone (or the timeout), stop them."""
+    api_cpu0 = group_cpu_seconds(api[0].pid)
+    db_cpu0 = db.backend_cpu()
+    busy0 = machine_busy_seconds()
+    started = time.monotonic()
+    workers: list[Proc] = []
+    first = None
+    items = open_jobs = dead = 0
+    timed_out = False
+    try:
+        for n in range(n_workers):
+            name = f"worker-{tag}" + (f"-{n + 1}" if n_workers > 1 else "")
+            workers.append(procs.start(name, [tool("dimmy-webhooks"), "worker"], env, cwd=run_dir))
+        while True:
+            time.sleep(POLL_SECONDS)
+            for worker in workers:
+                if worker.popen.poll() is not None:
+                    raise RuntimeError(f"{worker.name} exited early:\n{worker.log_tail()}")
+            items, open_jobs, dead = _counts(db)
+            now = time.monotonic()
+            if items and first is None:
+                first = now
+            if items >= n_items and open_jobs == 0:
+                break
+            if dead and open_jobs == 0:
+                break
+            if now - started > args.timeout:
+                timed_out = True
+                break
+        finished = time.monotonic()
+        worker_cpu = group_cpu_seconds(w.pid for w in workers)
+        db_cpu = cpu_delta(db_cpu0, db.backend_cpu())
+        busy = machine_busy_seconds() - busy0
+    finally:
+        for worker in workers:
+            procs.stop(worker)
+    api_cpu = group_cpu_seconds(api[0].pid) - api_cpu0
+    elapsed = finished - started
+    cpu = {"worker": worker_cpu / elapsed, "api": api_cpu / elapsed}
+    if db.backend == "postgres":
+        cpu["db"] = db_cpu / elapsed
+    return {
+        "started": started,
+        "first": first,
+        "finished": finished,
+        "elapsed": elapsed,
+        "items": items,
+        "dead": dead,
+        "timed_out": timed_out,
+        "cpu": cpu,
+        "other_cpu": max(0.0, busy - worker_cpu - api_cpu - db_cpu) / elapsed,
     }
 
 
@@ -284,19 +318,28 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"preset {args.preset}: {args.events} events x {IDS_PER_EVENT} ids = {n_items} items; "
         f"DIMMY_API_CONCURRENCY={','.join(map(str, args.api_concurrency))}; "
-        "conc = API requests in flight at most (seed: gunicorn workers);\n"
+        "conc = API requests in flight at most per worker process (seed: gunicorn workers);\n"
         f"seed example fed events of {SEED_IDS_PER_EVENT} ids for <= {args.seed_duration:.0f} s",
         flush=True,
     )
+    if "ours" in args.targets:
+        ours = ", ".join(f"{b} {n} wkr" for b, n in args.plan)
+        print(f"ours: {ours}; a fresh database per row", flush=True)
+        if args.backend_note:
+            print(args.backend_note, flush=True)
     rows: list[dict[str, Any]] = []
     with run_context("dimmy-bench-drain-") as (workdir, procs):
         for latency in args.latencies:
             api = start_fake_api(procs, items=n_items, latency=latency, name=f"fake-{latency}")
             try:
                 ids = fake_item_ids(api[1], n_items)
-                for concurrency in args.api_concurrency if "ours" in args.targets else []:
-                    rows.append(drain_ours(args, procs, workdir, api, ids, latency, concurrency))
-                    print(f"  {_progress(rows[-1])}", flush=True)
+                for backend, n_workers in args.plan if "ours" in args.targets else []:
+                    for concurrency in args.api_concurrency:
+                        row = drain_ours(
+                            args, procs, workdir, api, ids, latency, concurrency, backend, n_workers
+                        )
+                        rows.append(row)
+                        print(f"  {_progress(row)}", flush=True)
                 if "seed" in args.targets:
                     rows.append(drain_seed(args, procs, workdir, api, ids, latency))
                     print(f"  {_progress(rows[-1])}", flush=True)
@@ -309,13 +352,14 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps({"machine": header, "preset": args.preset, "rows": rows}, indent=2)
         )
         print(f"results written to {args.json}")
-    bad = [r for r in rows if r["target"] == "ours" and (not r["jsonl_ok"] or r["timed_out"])]
+    ours = [r for r in rows if r["target"].startswith("ours")]
+    bad = [r for r in ours if not r["jsonl_ok"] or r["timed_out"]]
     return 1 if bad else 0
 
 
 def _progress(row: dict[str, Any]) -> str:
     return (
-        f"{row['target']:<13} api {row['latency_ms']:4.0f} ms, concurrency "
+        f"{row['target']:<19} api {row['latency_ms']:4.0f} ms, concurrency "
         f"{row['concurrency']:<3}: {row['items_s']:8.1f} items/s "
         f"({row['stored']} items in {row['seconds']:.1f} s)"
     )
@@ -334,13 +378,14 @@ def render(rows: list[dict[str, Any]]) -> str:
         "start-up s",
         "items/s after 1st",
         "svc cpu",
+        "db cpu",
         "api cpu",
         "other cpu",
         "check",
     ]
     out = []
     for r in rows:
-        if r["target"] == "ours":
+        if r["target"].startswith("ours"):
             check = (
                 f"jsonl {r['jsonl_lines']} lines, one per item: "
                 + ("ok" if r["jsonl_ok"] else "FAIL")
@@ -369,6 +414,7 @@ def render(rows: list[dict[str, Any]]) -> str:
                 r.get("startup_s"),
                 r.get("items_s_after_first"),
                 cpu,
+                r["cpu"].get("db"),
                 r["cpu"].get("api"),
                 r["other_cpu"],
                 check,

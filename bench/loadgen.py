@@ -15,8 +15,13 @@ still unanswered ``grace`` seconds after that is abandoned and counted as ``unan
 optional warm-up phase (``warmup`` requests, same bounds) runs first and is reported apart.
 
 SPEC keys: host, port, path, secret, ids (pool), ids_per_body, count, connections, duration,
-grace, msg_prefix; optional: warmup (requests), warmup_duration, warmup_ids_per_body, and watch
-(name -> process group id): the CPU seconds those groups use during the measured phase.
+grace, msg_prefix; optional: warmup (requests), warmup_duration, warmup_ids_per_body, watch
+(name -> process group id, or a list of them): the CPU seconds those groups use during the
+measured phase, watch_db ({"url", "name"} of a PostgreSQL database): the CPU seconds of the
+backends serving it, reported as ``cpu["db"]``, and ports: a list of ports to spread the
+connections over (connection i goes to ``ports[i % len(ports)]``; ``port`` alone means
+``[port]``; the Host header names ``port``, or the first of ``ports``, which no server here
+looks at).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchlib import group_cpu_seconds, machine_busy_seconds
+from benchlib import BenchDB, cpu_delta, group_cpu_seconds, machine_busy_seconds
 from dimmy_webhooks.signatures import parse_secrets, signed_headers
 
 SVIX_TIMEOUT = 15.0  # the sender counts a slower answer as a failure
@@ -42,7 +47,8 @@ def build_requests(
     """``count`` signed requests whose bodies hold ``k`` ids each, taken in turn from the pool."""
     key = parse_secrets(spec["secret"])[0]
     pool: list[str] = spec["ids"]
-    host, port, path = spec["host"], spec["port"], spec["path"]
+    host, path = spec["host"], spec["path"]
+    port = spec.get("port") or spec["ports"][0]
     timestamp = int(time.time())
     out = []
     for n in range(count):
@@ -105,6 +111,7 @@ class Phase:
         self.ok_latencies: list[float] = []
         self.ok_msg_ids: list[int] = []
         self.ok_starts: list[float] = []
+        self.ok_by_port: Counter[str] = Counter()
         self.duration = duration
         self.grace = grace
         self.started = 0.0
@@ -151,6 +158,7 @@ class Phase:
                     self.ok_latencies.append(done - now)
                     self.ok_msg_ids.append(index)
                     self.ok_starts.append(now - self.started)
+                    self.ok_by_port[str(port)] += 1
                 if close:
                     writer.close()
                     reader = writer = None
@@ -159,17 +167,28 @@ class Phase:
                 writer.close()
 
     async def run(
-        self, host: str, port: int, connections: int, watch: dict[str, int]
+        self,
+        host: str,
+        ports: list[int],
+        connections: int,
+        watch: dict[str, list[int]],
+        db: BenchDB | None = None,
     ) -> dict[str, Any]:
-        watched = {name: group_cpu_seconds(pgid) for name, pgid in watch.items()}
+        watched = {name: group_cpu_seconds(pgids) for name, pgids in watch.items()}
+        db_cpu = db.backend_cpu() if db is not None else {}
         busy = machine_busy_seconds()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         self.started = time.perf_counter()
-        await asyncio.gather(*(self.connection(host, port) for _ in range(connections)))
+        await asyncio.gather(
+            *(self.connection(host, ports[i % len(ports)]) for i in range(connections))
+        )
         ended = time.perf_counter()
         after = resource.getrusage(resource.RUSAGE_SELF)
+        db_after = db.backend_cpu() if db is not None else {}
         busy = machine_busy_seconds() - busy
-        watched = {name: group_cpu_seconds(pgid) - watched[name] for name, pgid in watch.items()}
+        watched = {name: group_cpu_seconds(pgids) - watched[name] for name, pgids in watch.items()}
+        if db is not None:
+            watched["db"] = cpu_delta(db_cpu, db_after)
         elapsed = (self.last_done or ended) - self.started
         cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
         return {
@@ -186,24 +205,35 @@ class Phase:
             "over_svix_timeout": sum(1 for x in self.ok_latencies if x > SVIX_TIMEOUT),
             "ok_indexes": self.ok_msg_ids,
             "ok_starts": self.ok_starts,
+            "ok_by_port": dict(self.ok_by_port),
         }
 
 
 async def main(spec: dict[str, Any]) -> dict[str, Any]:
-    host, port, conns = spec["host"], int(spec["port"]), int(spec["connections"])
+    host, conns = spec["host"], int(spec["connections"])
+    ports = [int(p) for p in spec.get("ports") or [spec["port"]]]
     result: dict[str, Any] = {"msg_prefix": spec["msg_prefix"]}
-    watch = {str(k): int(v) for k, v in spec.get("watch", {}).items()}
+    watch = {
+        str(k): [int(x) for x in (v if isinstance(v, list) else [v])]
+        for k, v in spec.get("watch", {}).items()
+    }
+    watch_db = spec.get("watch_db")
+    db = BenchDB("postgres", watch_db["url"], name=watch_db["name"]) if watch_db else None
     warmup = int(spec.get("warmup", 0))
     if warmup:
         k = int(spec.get("warmup_ids_per_body", spec["ids_per_body"]))
         requests = build_requests(spec, "w", warmup, 0, k)
         duration = float(spec.get("warmup_duration", spec["duration"]))
         phase = Phase(requests, duration, float(spec["grace"]))
-        result["warmup"] = await phase.run(host, port, conns, {})
+        result["warmup"] = await phase.run(host, ports, conns, {})
         result["warmup"].pop("latencies")
     requests = build_requests(spec, "m", int(spec["count"]), warmup, int(spec["ids_per_body"]))
     phase = Phase(requests, float(spec["duration"]), float(spec["grace"]))
-    result["measured"] = await phase.run(host, port, conns, watch)
+    try:
+        result["measured"] = await phase.run(host, ports, conns, watch, db)
+    finally:
+        if db is not None:
+            db.close()
     return result
 
 
