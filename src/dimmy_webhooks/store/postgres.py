@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import queue
 import random
 import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import psycopg
@@ -255,6 +256,68 @@ class _Listener:
 
 
 _INBOX_LANE = 2
+_MAX_BATCH = 256
+_STOP = object()
+
+
+def _run_all(operations: list[Callable[[ops.Tx], Any]], tx: ops.Tx) -> list[Any]:
+    return [op(tx) for op in operations]
+
+
+class _GroupCommit:
+    """Threads that run the operations waiting for them together, one transaction per batch.
+
+    One commit (one WAL flush) then acknowledges many concurrent webhooks, as the SQLite
+    writer does; the operations must be all-or-nothing together (a failure fails the batch).
+    """
+
+    def __init__(
+        self, run: Callable[[Callable[[ops.Tx], list[Any]]], list[Any]], threads: int
+    ) -> None:
+        self._run = run
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"pg-inbox-{n}", daemon=True)
+            for n in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, op: Callable[[ops.Tx], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._queue.put((op, future))
+        return future
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    self._queue.put(_STOP)  # for this thread's next turn
+                    break
+                batch.append(nxt)
+            operations = [op for op, _ in batch]
+            try:
+                results = self._run(functools.partial(_run_all, operations))
+            except BaseException as exc:
+                for _, future in batch:
+                    future.set_exception(exc)
+            else:
+                for (_, future), result in zip(batch, results, strict=True):
+                    future.set_result(result)
 
 
 class PostgresStore:
@@ -292,10 +355,7 @@ class PostgresStore:
         }
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._listener: _Listener | None = None
-        # Webhook inserts get a lane of their own (threads and 2 extra connections): behind a
-        # burst of worker writes (say every fetch timing out at once) an acknowledgement would
-        # otherwise queue behind them.
-        self._inbox_lane: ThreadPoolExecutor | None = None
+        self._inbox: _GroupCommit | None = None
         self._lane: ThreadPoolExecutor | None = None
         self._wait_lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -365,17 +425,18 @@ class PostgresStore:
     async def open(self) -> None:
         if self._pool is None:
             await asyncio.to_thread(self._open_sync)
-            self._inbox_lane = ThreadPoolExecutor(_INBOX_LANE, thread_name_prefix="pg-inbox")
+            self._inbox = _GroupCommit(self._run_inbox_batch, _INBOX_LANE)
             self._lane = ThreadPoolExecutor(self.pool_size, thread_name_prefix="pg")
 
     async def close(self) -> None:
         pool, listener = self._pool, self._listener
         self._pool, self._listener = None, None
         await asyncio.to_thread(self._close_sync, pool, listener)
-        for lane in (self._inbox_lane, self._lane):
-            if lane is not None:
-                lane.shutdown(wait=False)
-        self._inbox_lane, self._lane = None, None
+        if self._inbox is not None:
+            await asyncio.to_thread(self._inbox.stop)
+        if self._lane is not None:
+            self._lane.shutdown(wait=False)
+        self._inbox, self._lane = None, None
         self._wake_all()
 
     # transactions ------------------------------------------------------------------------
@@ -402,18 +463,15 @@ class PostgresStore:
                 raise StoreError(f"postgresql: {_reason(exc, self._password)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _run(
-        self,
-        op: Callable[[ops.Tx], T],
-        notify: Callable[[T], bool] | None = None,
-        *,
-        inbox: bool = False,
-    ) -> T:
-        lane = self._inbox_lane if inbox else self._lane
-        if lane is None:
+    async def _run(self, op: Callable[[ops.Tx], T], notify: Callable[[T], bool] | None = None) -> T:
+        if self._lane is None:
             raise StoreUnavailable("store is closed")
         call = functools.partial(self._run_sync, op, notify)
-        return await asyncio.get_running_loop().run_in_executor(lane, call)
+        return await asyncio.get_running_loop().run_in_executor(self._lane, call)
+
+    def _run_inbox_batch(self, batch: Callable[[ops.Tx], list[Any]]) -> list[Any]:
+        # each insert answers (outcome, whether it queued work): announce if any did
+        return self._run_sync(batch, lambda results: any(queued for _, queued in results))
 
     # wake-up hint ------------------------------------------------------------------------
 
@@ -475,14 +533,20 @@ class PostgresStore:
         await self._run(lambda tx: tx.all("SELECT 1 AS ok"))
 
     async def insert_event(self, event: IncomingEvent) -> InsertOutcome:
-        def queued(outcome: InsertOutcome) -> bool:
-            if outcome is InsertOutcome.ACCEPTED:
-                return event.event_type != UNKNOWN
-            return outcome is InsertOutcome.REQUEUED
+        # Webhook inserts have a lane of their own (threads and 2 extra connections), so an
+        # acknowledgement never queues behind a burst of worker writes, and concurrent inserts
+        # share one transaction and one commit.
+        if self._inbox is None:
+            raise StoreUnavailable("store is closed")
 
-        return await self._run(
-            lambda tx: ops.insert_event(tx, event, self.max_attempts), queued, inbox=True
-        )
+        def insert(tx: ops.Tx) -> tuple[InsertOutcome, bool]:
+            outcome = ops.insert_event(tx, event, self.max_attempts)
+            if outcome is InsertOutcome.ACCEPTED:
+                return outcome, event.event_type != UNKNOWN
+            return outcome, outcome is InsertOutcome.REQUEUED
+
+        result: tuple[InsertOutcome, bool] = await asyncio.wrap_future(self._inbox.submit(insert))
+        return result[0]
 
     async def get_event_body(self, event_id: int) -> bytes:
         return await self._run(lambda tx: ops.event_body(tx, event_id))
