@@ -253,3 +253,14 @@ async def test_deliveries_can_be_leased_to_the_saver(store: Store) -> None:
     assert (taken.id, taken.attempts) == (saved.deliveries[1].id, 2)
     with pytest.raises(LeaseLost):
         await store.finish(saved.deliveries[1], T0 + LEASE + 2)
+
+
+async def test_an_older_events_items_go_before_newer_events(store: Store) -> None:
+    """With a backlog, expansion must not starve the fetches of the events already expanded."""
+    await store.insert_event(scanned("old", ["a"], at=T0))
+    for n in range(3):
+        await store.insert_event(scanned(f"new{n}", ["b"], at=T0 + 10 + n))
+    [old_event] = await store.claim("w", 1, LEASE, T0 + 20)
+    await store.expand_event(old_event, ["a"], T0 + 20)
+    [next_job] = await store.claim("w", 1, LEASE, T0 + 21)
+    assert (next_job.kind, next_job.item_id) == (JobKind.FETCH, "a")

@@ -51,7 +51,7 @@ _NEW_JOB = """
 INSERT INTO jobs (kind, event_id, item_id, output, version, dedupe_key, status, attempts,
                   max_attempts, run_at, created_at, updated_at)
 VALUES (:kind, :event_id, :item_id, :output, :version, :dedupe_key, 'pending', 0,
-        :max_attempts, :now, :now, :now)
+        :max_attempts, :run_at, :now, :now)
 """
 _RELEASED = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
 
@@ -65,13 +65,14 @@ SQL: dict[str, str] = {
     "event_by_message": "SELECT id, status FROM events WHERE message_id = :message_id",
     "count_delivery": "UPDATE events SET deliveries = deliveries + 1 WHERE id = :id",
     "event_body": "SELECT body FROM events WHERE id = :id",
+    "event_received": "SELECT received_at FROM events WHERE id = :id",
     "new_job": _NEW_JOB + " ON CONFLICT (dedupe_key) DO NOTHING",
     "new_leased_job": f"""
         INSERT INTO jobs (kind, event_id, item_id, output, version, dedupe_key, status, attempts,
                           max_attempts, run_at, lease_owner, lease_token, lease_expires_at,
                           created_at, updated_at)
         VALUES (:kind, :event_id, :item_id, :output, :version, :dedupe_key, 'running', 1,
-                :max_attempts, :now, :owner, :token, :expires, :now, :now)
+                :max_attempts, :run_at, :owner, :token, :expires, :now, :now)
         ON CONFLICT (dedupe_key) DO NOTHING
         RETURNING {_JOB_COLUMNS}""",
     "new_job_or_reset": _NEW_JOB
@@ -230,8 +231,10 @@ def _job_row(
     output: str | None = None,
     version: str | None = None,
     dedupe_key: str | None = None,
+    run_at: float | None = None,
 ) -> dict[str, Any]:
     return {
+        "run_at": now if run_at is None else run_at,
         "kind": kind.value,
         "event_id": event_id,
         "item_id": item_id,
@@ -338,6 +341,11 @@ def heartbeat(tx: Tx, owner: str, lease_seconds: float, now: float) -> int:
 
 def expand_event(tx: Tx, job: Job, item_ids: Sequence[str], max_attempts: int, now: float) -> None:
     _guard_finish(tx, job, now)
+    # The fetches are due as of the event's arrival, not the expansion: with a backlog of
+    # events, the items of the oldest events go before the expansion of newer ones (else
+    # nothing reaches the warehouse until every event of the backlog has been expanded).
+    received = tx.all(tx.sql("event_received"), {"id": job.event_id})
+    run_at = min(now, received[0]["received_at"]) if received else now
     rows = [
         _job_row(
             JobKind.FETCH,
@@ -346,6 +354,7 @@ def expand_event(tx: Tx, job: Job, item_ids: Sequence[str], max_attempts: int, n
             event_id=job.event_id,
             item_id=item_id,
             dedupe_key=f"f:{job.event_id}:{item_id}",
+            run_at=run_at,
         )
         for item_id in dict.fromkeys(item_ids)
     ]
