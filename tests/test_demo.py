@@ -56,7 +56,7 @@ def test_demo_runs_offline_and_leaves_everything_processed(tmp_path: Path) -> No
         f"{url}/webhook",
         f"{url}/api/events",
         f"{url}/api/items/",
-        f"{url}/docs",
+        f"{url}/openapi.json",
         f"{url}/readyz",
         "fake Dimmy   http://127.0.0.1:",
         "X-API-KEY: demo-",

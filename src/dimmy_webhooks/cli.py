@@ -474,7 +474,7 @@ def demo(
                 f"  webhooks     {url}/webhook  (throwaway secret of this run: {secret})\n"
                 f"  events       {url}/api/events\n"
                 f"  an item      {url}/api/items/{backlog[0]}\n"
-                f"  API docs     {url}/docs\n"
+                f"  OpenAPI      {url}/openapi.json\n"
                 f"  readiness    {url}/readyz\n"
                 f"  fake Dimmy   {fake_url}/items/{backlog[0]}  (X-API-KEY: {api_key})\n"
                 f"  database     {database}\n"

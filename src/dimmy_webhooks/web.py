@@ -180,6 +180,10 @@ def create_app(
         title="dimmy-webhooks",
         version=__version__,
         description="Receives Dimmy webhooks durably and serves the stored items.",
+        # Swagger UI and ReDoc load scripts from a CDN, which the service's CSP forbids (and a
+        # warehouse network may not reach): the description stays at /openapi.json
+        docs_url=None,
+        redoc_url=None,
         lifespan=_lifespan(services, run_worker=run_worker, clock=clock, crash=crash),
     )
     app.state.services = services

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from .errors import (
     LeaseLost,
     PermanentUpstream,
     StoreError,
+    StoreUnavailable,
     TransientUpstream,
     UpstreamAuthError,
 )
@@ -43,6 +45,19 @@ from .store import Lease, Store
 log = logging.getLogger("dimmy_webhooks.worker")
 
 AUTH_PAUSE_SECONDS = 60.0
+_ITEM_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable, no spaces: what a Dimmy _id can be
+
+
+def _item_ids(values: list[object]) -> tuple[list[str], list[str]]:
+    """The usable ids of an ``item_ids`` list, and (escaped, for the log) the others."""
+    usable, rejected = [], []
+    for value in values:
+        text = value.strip() if isinstance(value, str) else None
+        if text is not None and _ITEM_ID.fullmatch(text):
+            usable.append(text)
+        else:
+            rejected.append(repr(value)[:80])
+    return usable, rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,12 +223,13 @@ class Worker:
             await self._fail(job, exc.reason, permanent=True, fields=fields)
         except TransientUpstream as exc:
             await self._fail(job, exc.reason, retry_after=exc.retry_after, fields=fields)
-        except StoreError as exc:
+        except StoreUnavailable as exc:
             # nothing recorded: the lease expires and the work is done again
-            log.warning(
-                "store error, work will be retried",
-                extra={"fields": {**fields, "reason": str(exc)}},
-            )
+            fields["reason"] = str(exc)
+            log.warning("store unavailable, work will be retried", extra={"fields": fields})
+        except StoreError as exc:
+            # the database refused this job's data (not an outage): record it like any failure
+            await self._fail(job, str(exc), fields=fields)
         except Exception as exc:
             log.exception("job failed", extra={"fields": fields})
             await self._fail(job, f"{exc.__class__.__name__}: {exc}", fields=fields)
@@ -269,7 +285,18 @@ class Worker:
         payload = json.loads(body)
         kind = classify_event(payload)
         if kind == ITEMS_SCANNED:
-            ids = [i.strip() for i in payload["item_ids"] if isinstance(i, str) and i.strip()]
+            ids, rejected = _item_ids(payload["item_ids"])
+            if rejected:
+                log.warning(
+                    "item ids rejected",
+                    extra={
+                        "fields": {
+                            "event": job.event_id,
+                            "rejected": rejected[:10],
+                            "count": len(rejected),
+                        }
+                    },
+                )
             await self.store.expand_event(job, ids, self.clock())
         elif kind == FULL_PAYLOAD:
             raw = body.decode("utf-8", errors="replace")

@@ -362,9 +362,15 @@ def expand_event(tx: Tx, job: Job, item_ids: Sequence[str], max_attempts: int, n
     _refresh(tx, [job.event_id], now)
 
 
+def _text(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL; a NUL decoded from JSON's \u0000 in a normalised field
+    # is dropped (the raw JSON keeps it, escaped)
+    return value.replace("\x00", "") if value is not None and "\x00" in value else value
+
+
 def _item_params(item: StoredItem) -> dict[str, Any]:
     fields = item.item
-    return {
+    params = {
         "id": fields.id,
         "raw": item.raw,
         "version": item.version,
@@ -388,6 +394,7 @@ def _item_params(item: StoredItem) -> dict[str, Any]:
         "photo_urls": json.dumps(list(fields.photo_urls)),
         "fetched_at": item.fetched_at,
     }
+    return {k: _text(v) if isinstance(v, str) else v for k, v in params.items()}
 
 
 def save_item(
