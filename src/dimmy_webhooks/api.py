@@ -7,18 +7,23 @@ paginated with a cursor (``after`` / ``before``) so pages stay stable while data
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, TypeAdapter
 
 from .items import to_api_dict
 from .models import EventRecord
 from .store import ReplayMode
 
 _bearer = HTTPBearer(auto_error=False)
+log = logging.getLogger("dimmy_webhooks.api")
 
 
 def _services(request: Request) -> Any:
@@ -35,6 +40,17 @@ async def require_admin(
         return
     given = credentials.credentials if credentials is not None else ""
     if not hmac.compare_digest(given.encode(), expected.encode()):
+        client = request.client.host if request.client else "-"
+        log.warning(
+            "API request refused",
+            extra={
+                "fields": {
+                    "reason": "missing or wrong admin token",
+                    "client": client,
+                    "path": request.url.path,
+                }
+            },
+        )
         raise HTTPException(
             status_code=401,
             detail="missing or wrong admin token",
@@ -42,7 +58,48 @@ async def require_admin(
         )
 
 
-router = APIRouter(prefix="/api", dependencies=[Depends(require_admin)], tags=["api"])
+_ROW_ID = 2**63 - 1  # the largest id a row can have (and SQLite can bind)
+EventId = Annotated[int, Path(ge=1, le=_ROW_ID)]
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+router = APIRouter(
+    prefix="/api",
+    dependencies=[Depends(require_admin)],
+    tags=["api"],
+    responses={
+        401: {"model": Problem, "description": "missing or wrong admin token"},
+        503: {"model": Problem, "description": "store unavailable, retry later"},
+    },
+)
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "not found"}}
+
+
+_DATE_TIME = TypeAdapter(datetime)
+_LOOKS_LIKE_DATE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _timestamp(value: str | None) -> float | None:
+    """Unix seconds of an ISO-8601 date-time (UTC when no offset); 422 for anything else
+    (bare numbers too, which pydantic would take for Unix seconds)."""
+    if value is None:
+        return None
+    try:
+        if not _LOOKS_LIKE_DATE.match(value):
+            raise ValueError(value)
+        moment = _DATE_TIME.validate_strings(value)
+    except ValueError:
+        error = {
+            "loc": ("query", "since"),
+            "msg": "use an ISO-8601 date-time, e.g. 2026-01-05T09:00:00Z",
+            "type": "datetime_from_date_parsing",
+            "input": value,
+        }
+        raise RequestValidationError([error]) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _iso(seconds: float) -> str:
@@ -62,7 +119,7 @@ def _event_dict(event: EventRecord) -> dict[str, Any]:
     }
 
 
-@router.get("/items/{item_id}")
+@router.get("/items/{item_id}", responses=_NOT_FOUND)
 async def get_item(item_id: str, request: Request) -> dict[str, Any]:
     """One stored item: ``raw`` exactly as fetched, normalised fields, ``fetched_at``."""
     item = await _services(request).store.get_item(item_id)
@@ -74,14 +131,21 @@ async def get_item(item_id: str, request: Request) -> dict[str, Any]:
 @router.get("/items")
 async def list_items(
     request: Request,
-    since: Annotated[datetime | None, Query(description="fetched at or after")] = None,
+    since: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="ISO-8601 date-time: items fetched at or after it",
+            json_schema_extra={"format": "date-time"},
+        ),
+    ] = None,
     barcode: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     after: Annotated[str | None, Query(max_length=64, description="cursor: last id seen")] = None,
 ) -> dict[str, Any]:
     """Stored items in id order; pass ``next`` back as ``after`` for the next page."""
     items = await _services(request).store.list_items(
-        since=since.timestamp() if since else None, barcode=barcode, limit=limit, after=after
+        since=_timestamp(since), barcode=barcode, limit=limit, after=after
     )
     return {
         "items": [to_api_dict(item) for item in items],
@@ -94,7 +158,9 @@ async def list_events(
     request: Request,
     status: Annotated[str | None, Query(pattern="^(pending|processing|done|dead|unknown)$")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before: Annotated[int | None, Query(ge=1, description="cursor: last id seen")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=_ROW_ID, description="cursor: last id seen")
+    ] = None,
 ) -> dict[str, Any]:
     """Inbox events, newest first, optionally by status."""
     events = await _services(request).store.list_events(status=status, limit=limit, before=before)
@@ -104,8 +170,8 @@ async def list_events(
     }
 
 
-@router.get("/events/{event_id}")
-async def get_event(event_id: int, request: Request) -> dict[str, Any]:
+@router.get("/events/{event_id}", responses=_NOT_FOUND)
+async def get_event(event_id: EventId, request: Request) -> dict[str, Any]:
     """One event with its work counted by kind and status."""
     event = await _services(request).store.get_event(event_id)
     if event is None:
@@ -113,9 +179,9 @@ async def get_event(event_id: int, request: Request) -> dict[str, Any]:
     return _event_dict(event)
 
 
-@router.post("/events/{event_id}/replay")
+@router.post("/events/{event_id}/replay", responses=_NOT_FOUND)
 async def replay_event(
-    event_id: int, request: Request, mode: ReplayMode = ReplayMode.REFETCH
+    event_id: EventId, request: Request, mode: ReplayMode = ReplayMode.REFETCH
 ) -> dict[str, Any]:
     """Put an event's work back in the queue: ``refetch`` from Dimmy or ``redeliver``."""
     services = _services(request)
@@ -129,7 +195,7 @@ async def replay_event(
     return {"event_id": event_id, "mode": mode.value, "queued": queued}
 
 
-@router.post("/items/{item_id}/replay")
+@router.post("/items/{item_id}/replay", responses=_NOT_FOUND)
 async def replay_item(
     item_id: str, request: Request, mode: ReplayMode = ReplayMode.REFETCH
 ) -> dict[str, Any]:

@@ -321,7 +321,11 @@ def event_body(tx: Tx, event_id: int) -> bytes:
 
 def claim(tx: Tx, owner: str, limit: int, lease_seconds: float, now: float) -> list[Job]:
     reaped = tx.all(tx.sql("reap"), {"now": now})
-    _refresh(tx, (row["event_id"] for row in reaped if row["status"] == "dead"), now)
+    dead_events = {row["event_id"] for row in reaped if row["status"] == "dead"} - {None}
+    for event_id in dead_events:
+        reason = "out of attempts: its worker kept stopping or being killed while on it"
+        tx.run(tx.sql("event_error"), {"id": event_id, "reason": reason})
+    _refresh(tx, dead_events, now)
     rows = tx.all(
         tx.sql("claim"),
         {

@@ -1,0 +1,301 @@
+"""S3: hostile strings in items, event bodies and message ids never come back as markup.
+
+Items whose fields hold ``<script>``, ``onerror=``, quotes, ``</textarea>``, a right-to-left
+override and a NUL go through the whole path (Dimmy fake -> signed webhook -> worker -> item store
+-> JSON API); event bodies and message ids carry them too. Every response the service gives in that
+session must carry ``nosniff`` and a Content-Security-Policy; any response whose body contains a
+payload unescaped must be ``application/json``, never ``text/html``; and the JSON gives the values
+back exactly (text, not markup; a normalised field may drop a NUL, the raw document keeps it).
+There is no dashboard yet: the only HTML the service could serve is FastAPI's ``/docs`` and
+``/redoc``; if served they must carry the same headers and work under the CSP.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from dimmy_webhooks.fake_dimmy import FakeDimmy
+from dimmy_webhooks.runner import serve_in_thread
+from dimmy_webhooks.web import create_app
+
+from ..conftest import ADMIN_TOKEN, API_KEY, make_settings, signed
+
+pytestmark = pytest.mark.faults
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+PAYLOADS = [
+    "<script>alert(1)</script>",
+    '"onerror=alert(1)',
+    "'\"><img src=x onerror=alert(1)>",
+    "</textarea><svg onload=alert(1)>",
+    "\u202eexe.gnp",  # right-to-left override
+    "nul\x00byte",
+]
+ASCII_PAYLOADS = [p for p in PAYLOADS if p.isascii() and "\x00" not in p]  # header-safe
+HTML_PAGES = ("/docs", "/redoc", "/docs/oauth2-redirect")  # FastAPI's, static (if enabled)
+MARKERS = ["alert(", "\u202e", "\x00", "</textarea>"]  # in every payload, in no page of ours
+
+
+class Session:
+    """An HTTP client that keeps every response it got, to check them all at the end."""
+
+    def __init__(self, base_url: str) -> None:
+        self.client = httpx.Client(base_url=base_url, timeout=10)
+        self.responses: list[httpx.Response] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        response = self.client.request(method, url, **kwargs)
+        self.responses.append(response)
+        return response
+
+    def api(self, url: str, **kwargs: Any) -> Any:
+        response = self.request("GET", url, headers=AUTH, **kwargs)
+        assert response.status_code == 200, (url, response.status_code, response.text)
+        return response.json()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def hostile_item(fake: FakeDimmy, payload: str) -> dict[str, Any]:
+    """A realistic item (from the fake's generator) with ``payload`` in every string field the
+    service reads or keeps, and in fields it only carries along."""
+    [item_id] = fake.generate_items(1)
+    doc = dict(fake.items[item_id])
+    doc.update(
+        barcode=payload,
+        owner_id=payload,
+        scanner_account_id=payload,
+        flow_id=payload,
+        note=payload,
+        **{payload: payload},  # as a key too
+    )
+    doc["barcode_scanning"] = [{"barcodes": [{"value": payload + "-2", "format": payload}]}]
+    doc["photographing"] = [{"photos": [{"url": f"javascript:alert(1)//{payload}"}]}]
+    doc["dimensioning"] = [{"dimensions": {"width": 1, "height": 2, "depth": 3, "unit": payload}}]
+    fake.add_item(doc)
+    return doc
+
+
+def wait_until_settled(session: Session, timeout: float = 30) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        events: list[dict[str, Any]] = session.api("/api/events", params={"limit": 500})["events"]
+        if all(e["status"] not in ("pending", "processing") for e in events):
+            return events
+        if time.monotonic() > deadline:
+            raise AssertionError(f"events still open: {events}")
+        time.sleep(0.1)
+
+
+def post_webhook(session: Session, doc: Any, msg_id: str) -> httpx.Response:
+    body = json.dumps(doc).encode()
+    return session.request("POST", "/webhook", content=body, headers=signed(body, msg_id))
+
+
+@pytest.fixture
+def service(db_url: str, fake_url: str, tmp_path: Path) -> Iterator[Session]:
+    settings = make_settings(
+        db_url,
+        api_key=API_KEY,
+        api_url=fake_url,
+        admin_token=ADMIN_TOKEN,
+        outputs=f"jsonl:{tmp_path / 'out.jsonl'}",
+        retry_base_seconds=0.05,
+        max_attempts=2,
+    )
+    with serve_in_thread(create_app(settings)) as url:
+        session = Session(url)
+        try:
+            yield session
+        finally:
+            session.close()
+
+
+def without_nul(text: str) -> str:
+    return text.replace("\x00", "")
+
+
+def unescaped(text: str) -> list[str]:
+    return [marker for marker in MARKERS if marker in text]
+
+
+def check_headers(response: httpx.Response) -> None:
+    where = f"{response.request.method} {response.request.url.path} -> {response.status_code}"
+    assert response.headers.get("x-content-type-options") == "nosniff", where
+    csp = response.headers.get("content-security-policy", "")
+    assert "default-src 'self'" in csp, where
+    assert "unsafe-inline" not in csp, where
+    assert "frame-ancestors 'none'" in csp, where
+
+
+def check_all(responses: list[httpx.Response]) -> int:
+    """Headers on every response; markup only inside JSON. Returns how many carried a payload."""
+    carrying = 0
+    for response in responses:
+        check_headers(response)
+        found = unescaped(response.text)
+        if found:
+            carrying += 1
+            kind = response.headers.get("content-type", "")
+            where = f"{response.request.method} {response.request.url.path}"
+            assert kind.split(";")[0].strip() == "application/json", (where, kind, found)
+            json.loads(response.text)  # well-formed: the payload is inside a JSON string
+    return carrying
+
+
+def test_hostile_values_come_back_as_json_text(
+    service: Session, fake: FakeDimmy, db_url: str
+) -> None:
+    payloads = PAYLOADS
+    docs = {payload: hostile_item(fake, payload) for payload in payloads}
+    # 1. items with hostile fields, fetched by the worker after a signed webhook
+    ids = [doc["_id"] for doc in docs.values()]
+    assert post_webhook(service, {"item_ids": ids}, "msg_hostile_items").status_code == 204
+    # 2. hostile strings as item ids (the fake refuses them: dead fetches with a reason)
+    assert post_webhook(service, {"item_ids": payloads}, "msg_hostile_ids").status_code == 204
+    # 3. hostile message ids, an unknown event with hostile content, a full payload with them
+    for n, payload in enumerate(ASCII_PAYLOADS):
+        answer = post_webhook(service, {"comment": payload, "n": n}, f"msg_{payload}")
+        assert answer.status_code == 204, answer.text
+    full = {
+        "_id": "<img src=x onerror=alert(2)>",
+        "barcode": PAYLOADS[1] + "!",
+        "note": PAYLOADS[3],
+    }
+    assert post_webhook(service, full, "msg_full_payload").status_code == 204
+    # 4. rejected webhooks whose message id and body are hostile
+    for payload in ASCII_PAYLOADS:
+        body = json.dumps({"x": payload}).encode()
+        headers = signed(body, payload)
+        headers["svix-signature"] = "v1,<script>alert(1)</script>"
+        service.request("POST", "/webhook", content=body, headers=headers)
+    service.request(
+        "POST", "/webhook", content=b"<script>alert(1)</script>", headers=signed(b"<", "m")
+    )
+    service.request("POST", "/webhook", content=b"\x00<script>", headers={"svix-id": "x"})
+
+    events = wait_until_settled(service)
+    by_message = {e["message_id"]: e for e in events}
+    for payload in ASCII_PAYLOADS:
+        assert by_message[f"msg_{payload}"]["event_type"] == "unknown"
+
+    # every item comes back exactly, as JSON text
+    for payload, doc in docs.items():
+        item = service.api(f"/api/items/{doc['_id']}")
+        assert item["raw"] == doc, payload  # exactly as fetched, NUL included
+        # a normalised field may drop a NUL (PostgreSQL text cannot hold one), nothing else
+        text = payload.replace("\x00", "")
+        assert without_nul(item["barcode"]) == text
+        assert [without_nul(b) for b in item["barcodes"]] == [text, text + "-2"]
+        assert without_nul(item["owner_id"]) == text
+        assert [without_nul(u) for u in item["photo_urls"]] == [f"javascript:alert(1)//{text}"]
+        assert item["dimension_unit"] is None  # an unknown unit is not echoed as a unit
+        found = service.api("/api/items", params={"barcode": item["barcode"]})["items"]
+        assert [i["id"] for i in found] == [doc["_id"]]
+    listed = service.api("/api/items", params={"limit": 500})["items"]
+    assert {doc["_id"] for doc in docs.values()} <= {i["id"] for i in listed}
+    stored_full = service.api("/api/items/" + quote(full["_id"], safe=""))
+    assert stored_full["raw"] == full
+
+    # every read path that can echo a payload
+    for event in events:
+        service.api(f"/api/events/{event['id']}")
+    for status in ("dead", "unknown", "done"):
+        service.api("/api/events", params={"status": status})
+    for payload in PAYLOADS:
+        path = quote(payload, safe="")
+        service.request("GET", f"/api/items/{path}", headers=AUTH)
+        service.request("POST", f"/api/items/{path}/replay", headers=AUTH)
+        service.request("GET", f"/{path}")
+        service.request("GET", "/api/items", headers=AUTH, params={"after": payload})
+        service.request("GET", "/api/events", headers=AUTH, params={"status": payload})
+    for path in (
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+        "/docs",
+        "/redoc",
+        "/docs/oauth2-redirect",
+    ):
+        service.request("GET", path)
+
+    carrying = check_all(service.responses)
+    assert carrying >= len(payloads) * 2, "the payloads should have come back in JSON"
+    html = [r for r in service.responses if "text/html" in r.headers.get("content-type", "")]
+    assert {r.request.url.path for r in html} <= set(HTML_PAGES)
+    for response in html:
+        assert not unescaped(response.text), response.request.url.path
+
+
+def test_nul_in_one_item_does_not_lose_the_event(
+    db_url: str, fake: FakeDimmy, fake_url: str
+) -> None:
+    """A NUL (``\\u0000`` in the JSON) in one item's field or in one id of a batch: the other
+    items of the event are stored; the bad one is stored or dead with a reason. (PostgreSQL
+    text cannot hold a NUL: on a store that treats the refusal as an outage, the job waits out
+    its lease on every attempt and dies without a reason, and one bad id loses the batch.)"""
+    [good] = fake.generate_items(1)
+    nul_field = hostile_item(fake, "nul\x00byte")["_id"]
+    settings = make_settings(
+        db_url,
+        api_key=API_KEY,
+        api_url=fake_url,
+        admin_token=ADMIN_TOKEN,
+        retry_base_seconds=0.05,
+        max_attempts=2,
+        lease_seconds=1,
+    )
+    with serve_in_thread(create_app(settings)) as url:
+        session = Session(url)
+        try:
+            assert post_webhook(session, {"item_ids": [good, "bad\x00id"]}, "m1").status_code == 204
+            assert post_webhook(session, {"item_ids": [nul_field]}, "m2").status_code == 204
+            events = {e["message_id"]: e for e in wait_until_settled(session)}
+            stored = session.request("GET", f"/api/items/{good}", headers=AUTH)
+            nul_item = session.request("GET", f"/api/items/{nul_field}", headers=AUTH)
+            check_all(session.responses)
+        finally:
+            session.close()
+    assert stored.status_code == 200, "the good item of the batch was lost"
+    assert nul_item.status_code == 200 or events["m2"]["last_error"], events["m2"]
+
+
+def test_html_pages_carry_the_security_headers(service: Session) -> None:
+    """FastAPI's /docs and /redoc, when served, carry the headers (a 404 is fine too)."""
+    for path in HTML_PAGES:
+        response = service.request("GET", path)
+        check_headers(response)
+        assert response.headers.get("x-frame-options") == "DENY"
+        if response.status_code != 200:
+            assert response.headers["content-type"] == "application/json", path
+
+
+def _blocked_by_own_csp(page: str) -> list[str]:
+    """What a browser would refuse to run on ``page`` under ``default-src 'self'``."""
+    blocked = [src for src in re.findall(r'<script[^>]+src="([^"]+)"', page) if "://" in src]
+    blocked += [f"stylesheet {href}" for href in re.findall(r'href="(https?://[^"]+)"', page)]
+    inline = re.findall(r"<script(?![^>]*src=)[^>]*>(.*?)</script>", page, re.S)
+    blocked += ["inline script"] * sum(1 for s in inline if s.strip())
+    return blocked
+
+
+def test_html_pages_work_under_their_own_csp(service: Session) -> None:
+    """An HTML page the service serves must work under its own CSP: FastAPI's /docs and /redoc
+    load Swagger UI / ReDoc from cdn.jsdelivr.net and run an inline script, which
+    ``default-src 'self'`` blocks (blank pages), so they must be off or self-hosted."""
+    blocked = {}
+    for path in HTML_PAGES:
+        response = service.request("GET", path)
+        if "text/html" in response.headers.get("content-type", ""):
+            blocked[path] = _blocked_by_own_csp(response.text)
+    assert {path: found for path, found in blocked.items() if found} == {}
