@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from dimmy_webhooks.sender import (
 from dimmy_webhooks.signatures import Verifier
 from dimmy_webhooks.web import create_app
 
-from .conftest import KEY, make_settings
+from .conftest import KEY, make_settings, query
 
 BODY = items_scanned_body(["6592008029c8c3e4dc76256c", "6592008029c8c3e4dc76256d"])
 
@@ -283,9 +282,5 @@ async def test_our_receiver_stores_one_event_for_retries_and_duplicates(db_url: 
     assert first.delivered
     assert again.delivered
     assert [a.status for a in first.attempts + again.attempts] == [204, 204]
-    conn = sqlite3.connect(db_url.removeprefix("sqlite:///"))
-    try:
-        rows = conn.execute("SELECT message_id, deliveries FROM events").fetchall()
-    finally:
-        conn.close()
-    assert rows == [(first.msg_id, 2)]
+    rows = query(db_url, "SELECT message_id, deliveries FROM events")
+    assert rows == [{"message_id": first.msg_id, "deliveries": 2}]
