@@ -120,7 +120,18 @@ def worker(concurrency: int | None) -> None:
     """Run workers only (no HTTP): fetch items and deliver them to the outputs."""
     settings = _settings()
     prepare_database(settings)
-    asyncio.run(_run_worker(settings, concurrency))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_run_worker(settings, concurrency))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (it comes with uvicorn[standard]), as serve gets from uvicorn."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a platform without uvloop wheels
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 async def _run_worker(settings: Settings, concurrency: int | None) -> None:
