@@ -255,15 +255,15 @@ async def test_driver_errors_never_reach_the_caller(pg_url: str) -> None:
     await store.open()
     try:
         with pytest.raises(StoreError) as info:
-            await store._run(lambda tx: tx.all("SELECT 1/0 AS x"))
+            await store._write(lambda tx: tx.all("SELECT 1/0 AS x"))
         assert not isinstance(info.value, StoreUnavailable)
         assert isinstance(info.value.__cause__, psycopg.Error)
         with pytest.raises(StoreUnavailable, match="statement timeout"):
-            await store._run(lambda tx: tx.all("SELECT pg_sleep(2)"))
-        busy = asyncio.create_task(store._run(lambda tx: tx.all("SELECT pg_sleep(0.15)")))
+            await store._write(lambda tx: tx.all("SELECT pg_sleep(2)"))
+        busy = asyncio.create_task(store._write(lambda tx: tx.all("SELECT pg_sleep(0.15)")))
         await asyncio.sleep(0.02)
         hold = threading.Event()
-        blocker = asyncio.create_task(store._run(lambda tx: hold.wait(2)))
+        blocker = asyncio.create_task(store._write(lambda tx: hold.wait(2)))
         await busy
         await asyncio.sleep(0.05)
         # the general lane's only connection is taken, yet webhooks still get in: the inbox

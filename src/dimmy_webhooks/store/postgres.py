@@ -37,9 +37,9 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from ..errors import ConfigError, StoreError, StoreUnavailable
-from ..models import UNKNOWN, EventRecord, IncomingEvent, InsertOutcome, Job, StoredItem
+from ..models import UNKNOWN, IncomingEvent, InsertOutcome
 from . import ops
-from .base import Lease, QueueStats, ReplayMode, SaveResult
+from .common import Due, OpsStore
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -320,7 +320,7 @@ class _GroupCommit:
                     future.set_result(result)
 
 
-class PostgresStore:
+class PostgresStore(OpsStore):
     """The :class:`~dimmy_webhooks.store.base.Store` on a PostgreSQL database.
 
     ``database_url`` is a libpq URL (``postgresql://user:password@host:port/dbname``).
@@ -463,11 +463,15 @@ class PostgresStore:
                 raise StoreError(f"postgresql: {_reason(exc, self._password)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _run(self, op: Callable[[ops.Tx], T], notify: Callable[[T], bool] | None = None) -> T:
+    async def _write(self, op: Callable[[ops.Tx], T], due: Due[T] | None = None) -> T:
+        """One transaction on a pooled connection; announce on commit when ``due(result)``."""
         if self._lane is None:
             raise StoreUnavailable("store is closed")
-        call = functools.partial(self._run_sync, op, notify)
+        call = functools.partial(self._run_sync, op, due)
         return await asyncio.get_running_loop().run_in_executor(self._lane, call)
+
+    async def _read(self, op: Callable[[ops.Tx], T]) -> T:
+        return await self._write(op)
 
     def _run_inbox_batch(self, batch: Callable[[ops.Tx], list[Any]]) -> list[Any]:
         # each insert answers (outcome, whether it queued work): announce if any did
@@ -519,7 +523,7 @@ class PostgresStore:
     async def server_settings(self) -> dict[str, str]:
         """Effective settings of a pooled connection (for start-up checks and /readyz)."""
         names = ("synchronous_commit", "application_name", "statement_timeout", "server_version")
-        rows = await self._run(
+        rows = await self._write(
             lambda tx: tx.all(
                 "SELECT name, setting FROM pg_settings WHERE name = ANY(%(names)s)",
                 {"names": list(names)},
@@ -528,9 +532,6 @@ class PostgresStore:
         return {str(row["name"]): str(row["setting"]) for row in rows}
 
     # Store ---------------------------------------------------------------------------------
-
-    async def ping(self) -> None:
-        await self._run(lambda tx: tx.all("SELECT 1 AS ok"))
 
     async def insert_event(self, event: IncomingEvent) -> InsertOutcome:
         # Webhook inserts have a lane of their own (threads and 2 extra connections), so an
@@ -547,92 +548,3 @@ class PostgresStore:
 
         result: tuple[InsertOutcome, bool] = await asyncio.wrap_future(self._inbox.submit(insert))
         return result[0]
-
-    async def get_event_body(self, event_id: int) -> bytes:
-        return await self._run(lambda tx: ops.event_body(tx, event_id))
-
-    async def claim(self, owner: str, limit: int, lease_seconds: float, now: float) -> list[Job]:
-        return await self._run(lambda tx: ops.claim(tx, owner, limit, lease_seconds, now))
-
-    async def heartbeat(self, owner: str, lease_seconds: float, now: float) -> int:
-        return await self._run(lambda tx: ops.heartbeat(tx, owner, lease_seconds, now))
-
-    async def expand_event(self, job: Job, item_ids: Sequence[str], now: float) -> None:
-        await self._run(
-            lambda tx: ops.expand_event(tx, job, item_ids, self.max_attempts, now),
-            lambda _: bool(item_ids),
-        )
-
-    async def save_item(
-        self,
-        job: Job,
-        item: StoredItem,
-        outputs: Sequence[str],
-        now: float,
-        lease: Lease | None = None,
-    ) -> SaveResult:
-        return await self._run(
-            lambda tx: ops.save_item(tx, job, item, outputs, self.max_attempts, now, lease),
-            # deliveries leased to the caller need nobody woken
-            lambda saved: saved.changed and bool(outputs) and lease is None,
-        )
-
-    async def finish(self, job: Job, now: float, note: str | None = None) -> None:
-        await self._run(lambda tx: ops.finish(tx, job, now, note))
-
-    async def fail(self, job: Job, reason: str, retry_at: float | None, now: float) -> bool:
-        return await self._run(
-            lambda tx: ops.fail(tx, job, reason, retry_at, now),
-            lambda dead: not dead and retry_at is not None and retry_at <= now,
-        )
-
-    async def postpone(self, job: Job, reason: str, retry_at: float, now: float) -> None:
-        await self._run(
-            lambda tx: ops.postpone(tx, job, reason, retry_at, now), lambda _: retry_at <= now
-        )
-
-    async def release(self, owner: str, now: float) -> int:
-        return await self._run(lambda tx: ops.release(tx, owner, now), lambda n: n > 0)
-
-    async def get_item(self, item_id: str) -> StoredItem | None:
-        return await self._run(lambda tx: ops.get_item(tx, item_id))
-
-    async def list_items(
-        self,
-        *,
-        since: float | None = None,
-        barcode: str | None = None,
-        limit: int = 50,
-        after: str | None = None,
-    ) -> list[StoredItem]:
-        return await self._run(lambda tx: ops.list_items(tx, since, barcode, limit, after))
-
-    async def list_events(
-        self, *, status: str | None = None, limit: int = 50, before: int | None = None
-    ) -> list[EventRecord]:
-        return await self._run(lambda tx: ops.list_events(tx, status, limit, before))
-
-    async def get_event(self, event_id: int) -> EventRecord | None:
-        return await self._run(lambda tx: ops.get_event(tx, event_id))
-
-    async def stats(self, now: float) -> QueueStats:
-        return await self._run(lambda tx: ops.stats(tx, now))
-
-    async def replay_event(
-        self, event_id: int, mode: ReplayMode, outputs: Sequence[str], now: float
-    ) -> int:
-        return await self._run(
-            lambda tx: ops.replay_event(tx, event_id, mode, outputs, self.max_attempts, now),
-            lambda n: n > 0,
-        )
-
-    async def replay_item(
-        self, item_id: str, mode: ReplayMode, outputs: Sequence[str], now: float
-    ) -> int:
-        return await self._run(
-            lambda tx: ops.replay_item(tx, item_id, mode, outputs, self.max_attempts, now),
-            lambda n: n > 0,
-        )
-
-    async def replay_dead(self, since: float, now: float) -> int:
-        return await self._run(lambda tx: ops.replay_dead(tx, since, now), lambda n: n > 0)

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import ConfigError, StoreUnavailable
-from ..models import EventRecord, IncomingEvent, InsertOutcome, Job, StoredItem
+from ..models import IncomingEvent, InsertOutcome
 from . import ops
-from .base import Lease, QueueStats, ReplayMode, SaveResult
+from .common import Due, OpsStore
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class _Writer:
                 self.conn = connect(self.path)
 
 
-class SQLiteStore:
+class SQLiteStore(OpsStore):
     """The :class:`~dimmy_webhooks.store.base.Store` on one SQLite file."""
 
     def __init__(self, path: Path | str, *, max_attempts: int = 8) -> None:
@@ -195,7 +195,11 @@ class SQLiteStore:
                 conn.close()
             self._all_readers.clear()
 
-    async def _write(self, op: Callable[[ops.Tx], T], *, savepoint: bool = True) -> T:
+    async def _write(self, op: Callable[[ops.Tx], T], due: Due[T] | None = None) -> T:
+        # one process: its own workers are woken by the receiver, others poll
+        return await self._submit(op)
+
+    async def _submit(self, op: Callable[[ops.Tx], T], *, savepoint: bool = True) -> T:
         if self._writer is None:
             raise StoreUnavailable("store is closed")
         result: T = await asyncio.wrap_future(self._writer.submit(op, savepoint=savepoint))
@@ -222,93 +226,13 @@ class SQLiteStore:
     async def _read(self, op: Callable[[ops.Tx], T]) -> T:
         return await asyncio.to_thread(self._read_sync, op)
 
-    # Store ---------------------------------------------------------------------------------
-
-    async def ping(self) -> None:
-        await self._read(lambda tx: tx.all("SELECT 1 AS ok"))
+    # Store (the rest comes from OpsStore) ---------------------------------------------------
 
     async def wait_for_work(self, timeout: float) -> None:
         # no cross-process signal on SQLite: other processes' work is found by polling
         await asyncio.sleep(timeout)
 
     async def insert_event(self, event: IncomingEvent) -> InsertOutcome:
-        return await self._write(
+        return await self._submit(
             lambda tx: ops.insert_event(tx, event, self.max_attempts), savepoint=False
         )
-
-    async def get_event_body(self, event_id: int) -> bytes:
-        return await self._read(lambda tx: ops.event_body(tx, event_id))
-
-    async def claim(self, owner: str, limit: int, lease_seconds: float, now: float) -> list[Job]:
-        return await self._write(lambda tx: ops.claim(tx, owner, limit, lease_seconds, now))
-
-    async def heartbeat(self, owner: str, lease_seconds: float, now: float) -> int:
-        return await self._write(lambda tx: ops.heartbeat(tx, owner, lease_seconds, now))
-
-    async def expand_event(self, job: Job, item_ids: Sequence[str], now: float) -> None:
-        await self._write(lambda tx: ops.expand_event(tx, job, item_ids, self.max_attempts, now))
-
-    async def save_item(
-        self,
-        job: Job,
-        item: StoredItem,
-        outputs: Sequence[str],
-        now: float,
-        lease: Lease | None = None,
-    ) -> SaveResult:
-        return await self._write(
-            lambda tx: ops.save_item(tx, job, item, outputs, self.max_attempts, now, lease)
-        )
-
-    async def finish(self, job: Job, now: float, note: str | None = None) -> None:
-        await self._write(lambda tx: ops.finish(tx, job, now, note))
-
-    async def fail(self, job: Job, reason: str, retry_at: float | None, now: float) -> bool:
-        return await self._write(lambda tx: ops.fail(tx, job, reason, retry_at, now))
-
-    async def postpone(self, job: Job, reason: str, retry_at: float, now: float) -> None:
-        await self._write(lambda tx: ops.postpone(tx, job, reason, retry_at, now))
-
-    async def release(self, owner: str, now: float) -> int:
-        return await self._write(lambda tx: ops.release(tx, owner, now))
-
-    async def get_item(self, item_id: str) -> StoredItem | None:
-        return await self._read(lambda tx: ops.get_item(tx, item_id))
-
-    async def list_items(
-        self,
-        *,
-        since: float | None = None,
-        barcode: str | None = None,
-        limit: int = 50,
-        after: str | None = None,
-    ) -> list[StoredItem]:
-        return await self._read(lambda tx: ops.list_items(tx, since, barcode, limit, after))
-
-    async def list_events(
-        self, *, status: str | None = None, limit: int = 50, before: int | None = None
-    ) -> list[EventRecord]:
-        return await self._read(lambda tx: ops.list_events(tx, status, limit, before))
-
-    async def get_event(self, event_id: int) -> EventRecord | None:
-        return await self._read(lambda tx: ops.get_event(tx, event_id))
-
-    async def stats(self, now: float) -> QueueStats:
-        return await self._read(lambda tx: ops.stats(tx, now))
-
-    async def replay_event(
-        self, event_id: int, mode: ReplayMode, outputs: Sequence[str], now: float
-    ) -> int:
-        return await self._write(
-            lambda tx: ops.replay_event(tx, event_id, mode, outputs, self.max_attempts, now)
-        )
-
-    async def replay_item(
-        self, item_id: str, mode: ReplayMode, outputs: Sequence[str], now: float
-    ) -> int:
-        return await self._write(
-            lambda tx: ops.replay_item(tx, item_id, mode, outputs, self.max_attempts, now)
-        )
-
-    async def replay_dead(self, since: float, now: float) -> int:
-        return await self._write(lambda tx: ops.replay_dead(tx, since, now))
