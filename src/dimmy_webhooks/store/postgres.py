@@ -38,7 +38,7 @@ from psycopg_pool import ConnectionPool
 
 from ..errors import ConfigError, StoreError, StoreUnavailable
 from ..models import UNKNOWN, IncomingEvent, InsertOutcome
-from . import ops
+from . import ops, sql
 from .common import Due, OpsStore
 
 T = TypeVar("T")
@@ -62,7 +62,7 @@ _CLAIM = f"""
     UPDATE jobs SET status = 'running', lease_owner = :owner, lease_token = :token,
         lease_expires_at = :expires, attempts = attempts + 1, updated_at = :now
     WHERE id IN (SELECT id FROM due)
-    RETURNING {ops._JOB_COLUMNS}"""
+    RETURNING {sql.JOB_COLUMNS}"""
 """Rows another transaction holds (being claimed, reaped, finished) are skipped, not waited for;
 the CTE is materialised so the locked set is computed exactly once."""
 
@@ -73,14 +73,14 @@ _REAP = f"""
     UPDATE jobs SET
         status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
         last_error = 'lease expired: the worker stopped or was killed',
-        run_at = :now, updated_at = :now, {ops._RELEASED}
+        run_at = :now, updated_at = :now, {sql.RELEASED}
     WHERE id IN (SELECT id FROM expired) AND status = 'running'
     RETURNING event_id, status"""
 """Two workers reaping at once take disjoint rows and never wait on each other (a plain
 ``UPDATE`` would serialise them on the row locks and could deadlock on many rows)."""
 
 _REFRESH_EVENT = (
-    "SELECT 1 FROM events WHERE id = :id FOR UPDATE;\n" + ops.SQL["refresh_event"].strip()
+    "SELECT 1 FROM events WHERE id = :id FOR UPDATE;\n" + sql.SQL["refresh_event"].strip()
 )
 """Lock the event row first, in its own statement, so the ``UPDATE`` that follows takes its
 snapshot after any concurrent finisher of the same event committed. Otherwise two workers
@@ -90,7 +90,7 @@ multi-statement string (client-side binding allows it)."""
 
 
 def _derive(name: str, old: str, new: str) -> str:
-    text = ops.SQL[name]
+    text = sql.SQL[name]
     if old not in text:  # ops.py changed: fail at import, loudly, rather than diverge quietly
         raise RuntimeError(f"postgres: cannot adapt SQL block {name!r}: {old!r} not found")
     return text.replace(old, new)
@@ -124,8 +124,8 @@ def to_pyformat(sql: str) -> str:
     return _TOKEN.sub(replace, sql)
 
 
-SQL: dict[str, str] = {name: to_pyformat(text) for name, text in {**ops.SQL, **_OVERRIDES}.items()}
-"""Every block of :data:`ops.SQL` in psycopg's parameter style, PostgreSQL overrides applied."""
+SQL: dict[str, str] = {name: to_pyformat(text) for name, text in {**sql.SQL, **_OVERRIDES}.items()}
+"""Every block of :data:`sql.SQL` in psycopg's parameter style, PostgreSQL overrides applied."""
 
 
 class _PostgresTx:

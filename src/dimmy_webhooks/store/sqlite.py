@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigError, StoreUnavailable
 from ..models import IncomingEvent, InsertOutcome
-from . import ops
+from . import ops, sql
 from .common import Due, OpsStore
 
 T = TypeVar("T")
@@ -58,7 +58,7 @@ class _SQLiteTx:
         self.conn = conn
 
     def sql(self, name: str) -> str:
-        return ops.SQL[name]
+        return sql.SQL[name]
 
     def all(self, sql: str, params: Mapping[str, Any] | None = None) -> list[ops.Row]:
         return self.conn.execute(sql, params or {}).fetchall()

@@ -1,0 +1,149 @@
+"""The store's SQL, in named blocks with ``:name`` parameters (SQLite's dialect, which is also
+PostgreSQL's for every block but the ones :mod:`.postgres` overrides).
+
+Values are always bound as parameters; the only text put together is these constant fragments.
+"""
+
+from __future__ import annotations
+
+JOB_COLUMNS = "id, kind, event_id, item_id, output, version, attempts, lease_token"
+RELEASED = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+_NEW_JOB = """
+INSERT INTO jobs (kind, event_id, item_id, output, version, dedupe_key, status, attempts,
+                  max_attempts, run_at, created_at, updated_at)
+VALUES (:kind, :event_id, :item_id, :output, :version, :dedupe_key, 'pending', 0,
+        :max_attempts, :run_at, :now, :now)
+"""
+
+SQL: dict[str, str] = {
+    "insert_event": """
+        INSERT INTO events (message_id, event_type, body, headers, received_at, status,
+                            item_count, updated_at)
+        VALUES (:message_id, :event_type, :body, :headers, :now, :status, :item_count, :now)
+        ON CONFLICT (message_id) DO NOTHING
+        RETURNING id""",
+    "event_by_message": "SELECT id, status FROM events WHERE message_id = :message_id",
+    "count_delivery": "UPDATE events SET deliveries = deliveries + 1 WHERE id = :id",
+    "event_body": "SELECT body FROM events WHERE id = :id",
+    "event_received": "SELECT received_at FROM events WHERE id = :id",
+    "new_job": _NEW_JOB + " ON CONFLICT (dedupe_key) DO NOTHING",
+    "new_leased_job": f"""
+        INSERT INTO jobs (kind, event_id, item_id, output, version, dedupe_key, status, attempts,
+                          max_attempts, run_at, lease_owner, lease_token, lease_expires_at,
+                          created_at, updated_at)
+        VALUES (:kind, :event_id, :item_id, :output, :version, :dedupe_key, 'running', 1,
+                :max_attempts, :run_at, :owner, :token, :expires, :now, :now)
+        ON CONFLICT (dedupe_key) DO NOTHING
+        RETURNING {JOB_COLUMNS}""",
+    "new_job_or_reset": _NEW_JOB
+    + f"""
+        ON CONFLICT (dedupe_key) DO UPDATE SET status = 'pending', attempts = 0, run_at = :now,
+            last_error = NULL, updated_at = :now, {RELEASED}
+        WHERE jobs.status IN ('done', 'dead')""",
+    "reap": f"""
+        UPDATE jobs SET
+            status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
+            last_error = 'lease expired: the worker stopped or was killed',
+            run_at = :now, updated_at = :now, {RELEASED}
+        WHERE status = 'running' AND lease_expires_at < :now
+        RETURNING event_id, status""",
+    "claim": f"""
+        UPDATE jobs SET status = 'running', lease_owner = :owner, lease_token = :token,
+            lease_expires_at = :expires, attempts = attempts + 1, updated_at = :now
+        WHERE id IN (SELECT id FROM jobs WHERE status = 'pending' AND run_at <= :now
+                     ORDER BY run_at, id LIMIT :limit)
+        RETURNING {JOB_COLUMNS}""",
+    "heartbeat": """
+        UPDATE jobs SET lease_expires_at = :expires
+        WHERE lease_owner = :owner AND status = 'running'""",
+    "finish": f"""
+        UPDATE jobs SET status = 'done', last_error = :note, updated_at = :now, {RELEASED}
+        WHERE id = :id AND lease_token = :token AND status = 'running'""",
+    "fail": f"""
+        UPDATE jobs SET
+            status = CASE WHEN :dead OR attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
+            run_at = :retry_at, last_error = :reason, updated_at = :now, {RELEASED}
+        WHERE id = :id AND lease_token = :token AND status = 'running'
+        RETURNING status, event_id""",
+    "postpone": f"""
+        UPDATE jobs SET status = 'pending', attempts = attempts - 1, run_at = :retry_at,
+            last_error = :reason, updated_at = :now, {RELEASED}
+        WHERE id = :id AND lease_token = :token AND status = 'running'""",
+    "release": f"""
+        UPDATE jobs SET status = 'pending', attempts = attempts - 1, run_at = :now,
+            updated_at = :now, {RELEASED}
+        WHERE lease_owner = :owner AND status = 'running'""",
+    "refresh_event": """
+        UPDATE events SET updated_at = :now, status = CASE
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE event_id = :id
+                         AND status IN ('pending', 'running')) THEN 'processing'
+            WHEN EXISTS (SELECT 1 FROM jobs WHERE event_id = :id AND status = 'dead')
+                THEN 'dead'
+            ELSE 'done' END
+        WHERE id = :id AND event_type != 'unknown'""",
+    "event_error": "UPDATE events SET last_error = :reason WHERE id = :id",
+    "upsert_item": """
+        INSERT INTO items (id, raw, version, updated_at, created_at, started_at, ended_at,
+            owner_id, scanner_account_id, flow_id, width, height, depth, dimension_unit,
+            volume, volume_unit, weight, weight_unit, barcode, barcodes, photo_urls,
+            fetched_at, first_seen_at)
+        VALUES (:id, :raw, :version, :updated_at, :created_at, :started_at, :ended_at,
+            :owner_id, :scanner_account_id, :flow_id, :width, :height, :depth, :dimension_unit,
+            :volume, :volume_unit, :weight, :weight_unit, :barcode, :barcodes, :photo_urls,
+            :fetched_at, :fetched_at)
+        ON CONFLICT (id) DO UPDATE SET raw = excluded.raw, version = excluded.version,
+            updated_at = excluded.updated_at, created_at = excluded.created_at,
+            started_at = excluded.started_at, ended_at = excluded.ended_at,
+            owner_id = excluded.owner_id, scanner_account_id = excluded.scanner_account_id,
+            flow_id = excluded.flow_id, width = excluded.width, height = excluded.height,
+            depth = excluded.depth, dimension_unit = excluded.dimension_unit,
+            volume = excluded.volume, volume_unit = excluded.volume_unit,
+            weight = excluded.weight, weight_unit = excluded.weight_unit,
+            barcode = excluded.barcode, barcodes = excluded.barcodes,
+            photo_urls = excluded.photo_urls, fetched_at = excluded.fetched_at
+        WHERE excluded.updated_at > items.updated_at
+           OR (items.updated_at IS NULL AND excluded.updated_at IS NOT NULL)
+           OR (excluded.version != items.version
+               AND (excluded.updated_at = items.updated_at
+                    OR (excluded.updated_at IS NULL AND items.updated_at IS NULL)))
+        RETURNING id""",
+    "item": "SELECT * FROM items WHERE id = :id",
+    "items": """
+        SELECT * FROM items
+        WHERE (:since IS NULL OR fetched_at >= :since)
+          AND (:barcode IS NULL OR barcode = :barcode OR barcodes LIKE :barcode_pattern ESCAPE '!')
+          AND (:after IS NULL OR id > :after)
+        ORDER BY id LIMIT :limit""",
+    "events": """
+        SELECT id, message_id, event_type, status, received_at, item_count, last_error
+        FROM events
+        WHERE (:status IS NULL OR status = :status) AND (:before IS NULL OR id < :before)
+        ORDER BY id DESC LIMIT :limit""",
+    "event": """
+        SELECT id, message_id, event_type, status, received_at, item_count, last_error
+        FROM events WHERE id = :id""",
+    "event_jobs": """
+        SELECT kind || ':' || status AS key, count(*) AS n FROM jobs WHERE event_id = :id
+        GROUP BY kind, status""",
+    "event_type": "SELECT event_type FROM events WHERE id = :id",
+    "reset_event_jobs": f"""
+        UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, last_error = NULL,
+            updated_at = :now, {RELEASED}
+        WHERE event_id = :id AND kind IN ('event', 'fetch') AND status IN ('done', 'dead')""",
+    "event_items": """
+        SELECT DISTINCT items.id, items.version FROM jobs JOIN items ON items.id = jobs.item_id
+        WHERE jobs.event_id = :id""",
+    "item_version": "SELECT version FROM items WHERE id = :id",
+    "requeue_dead_of_event": f"""
+        UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, last_error = NULL,
+            updated_at = :now, {RELEASED}
+        WHERE event_id = :id AND status = 'dead'""",
+    "replay_dead": f"""
+        UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, last_error = NULL,
+            updated_at = :now, {RELEASED}
+        WHERE status = 'dead' AND updated_at >= :since
+        RETURNING event_id""",
+    "event_counts": "SELECT status AS key, count(*) AS n FROM events GROUP BY status",
+    "job_counts": "SELECT status AS key, count(*) AS n FROM jobs GROUP BY status",
+    "oldest_pending": "SELECT min(created_at) AS t FROM jobs WHERE status = 'pending'",
+}
