@@ -207,9 +207,9 @@ class _Tx:
         self.conn = conn
 
     def sql(self, name: str) -> str:
-        from dimmy_webhooks.store import ops
+        from dimmy_webhooks.store import sql
 
-        return ops.SQL[name]
+        return sql.SQL[name]
 
     def all(self, sql: str, params: Any = None) -> list[Any]:
         return self.conn.execute(sql, params or {}).fetchall()

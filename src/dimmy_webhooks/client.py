@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
+import certifi
 import httpx
 from aiolimiter import AsyncLimiter
 
@@ -179,6 +181,7 @@ class DimmyClient:
         # CPU there. Many small pools, used in turn, keep that cost flat (4 measured faster
         # than 16 per pool: bench/drain.py).
         shards = -(-concurrency // _CONNECTIONS_PER_POOL)
+        tls = ssl.create_default_context(cafile=certifi.where())
         per_pool = -(-concurrency // shards)
         self._pools = [
             httpx.AsyncClient(
@@ -191,6 +194,7 @@ class DimmyClient:
                 timeout=httpx.Timeout(timeout),
                 limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
                 transport=transport,
+                verify=tls,  # one TLS context (and CA bundle in memory) for all the pools
             )
             for _ in range(shards)
         ]
