@@ -296,7 +296,9 @@ def test_r8_hanging_upstream_does_not_slow_webhook_acknowledgements(
     not measured (for the faulty phases: until the first API timeouts have fired, so the client
     pool is full of stuck requests and retries are being scheduled while we measure).
     """
-    n = scaled(300)
+    # 600 samples per phase: a p99 of 300 is the 3rd-worst answer, which one stall of the
+    # machine (another test running beside this one) moves past the bound
+    n = scaled(600)
     per_event = 2
     ids = fake.generate_items(per_event * (n + 40) * 3)
     batches = [ids[i : i + per_event] for i in range(0, len(ids), per_event)]
