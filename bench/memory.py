@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import threading
 import time
@@ -200,34 +199,13 @@ def measure_ack(procs: Procs, workdir: Path, ids: list[str], size: int) -> dict[
 # backlog -----------------------------------------------------------------------------------
 
 
-class _Tx:
-    """:class:`dimmy_webhooks.store.ops.Tx` over a sqlite3 connection in a transaction."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def sql(self, name: str) -> str:
-        from dimmy_webhooks.store import sql
-
-        return sql.SQL[name]
-
-    def all(self, sql: str, params: Any = None) -> list[Any]:
-        return self.conn.execute(sql, params or {}).fetchall()
-
-    def run(self, sql: str, params: Any = None) -> int:
-        return self.conn.execute(sql, params or {}).rowcount
-
-    def many(self, sql: str, params: Any) -> None:
-        self.conn.executemany(sql, params)
-
-
 def fill_backlog(db: BenchDB, n: int, ids: list[str], tag: str) -> float:
     """``n`` pending ``items.scanned`` events of one id each, as the receiver stores them
     (signed headers kept, the event row and its ``event`` job), committed at once."""
     from dimmy_webhooks.models import ITEMS_SCANNED, IncomingEvent
     from dimmy_webhooks.signatures import parse_secrets, signed_headers
     from dimmy_webhooks.store import ops
-    from dimmy_webhooks.store.sqlite import connect
+    from dimmy_webhooks.store.sqlite import SQLiteTx, connect
 
     assert db.path is not None
     started = time.monotonic()
@@ -235,7 +213,7 @@ def fill_backlog(db: BenchDB, n: int, ids: list[str], tag: str) -> float:
     timestamp = int(time.time())
     conn = connect(db.path)
     try:
-        tx = _Tx(conn)
+        tx = SQLiteTx(conn)
         conn.execute("BEGIN IMMEDIATE")
         for index in range(n):
             body = json.dumps({"item_ids": [ids[index % len(ids)]]}, separators=(",", ":"))

@@ -51,7 +51,7 @@ def connect(path: Path, *, busy_timeout_ms: int = _BUSY_TIMEOUT_MS) -> sqlite3.C
     return conn
 
 
-class _SQLiteTx:
+class SQLiteTx:
     """:class:`ops.Tx` over a sqlite3 connection already inside a transaction."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -120,7 +120,7 @@ class _Writer:
                 return
 
     def _commit_batch(self, batch: list[tuple[Callable[[ops.Tx], Any], Future[Any], bool]]) -> None:
-        tx = _SQLiteTx(self.conn)
+        tx = SQLiteTx(self.conn)
         results: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
             self.conn.execute("BEGIN IMMEDIATE")
@@ -215,7 +215,7 @@ class SQLiteStore(OpsStore):
         try:
             conn.execute("BEGIN")
             try:
-                return op(_SQLiteTx(conn))
+                return op(SQLiteTx(conn))
             finally:
                 conn.execute("ROLLBACK")
         except sqlite3.Error as exc:
