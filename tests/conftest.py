@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,17 @@ def signed(body: bytes, msg_id: str, **kwargs: Any) -> dict[str, str]:
     headers = signed_headers(KEY, msg_id, body, **kwargs)
     headers["content-type"] = "application/json"
     return headers
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true (``True``) or ``timeout`` seconds passed (``False``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ import pytest
 from dimmy_webhooks.outputs import JsonlOutput
 from dimmy_webhooks.sender import items_scanned_body
 
-from .conftest import API_KEY, CLI, SECRET, ServiceProcess, clean_env, signed
+from .conftest import API_KEY, CLI, SECRET, ServiceProcess, clean_env, signed, wait_until
 from .pgcluster import PgCluster, unavailable_reason
 
 FULL = os.environ.get("DIMMY_FAULTS_FULL") == "1"
@@ -165,15 +165,6 @@ class RetryingSender:
 def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
         return conn.execute(sql, params).fetchall()
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def queued(url: str) -> int:
@@ -406,7 +397,7 @@ class ScaleOut:
                     assert response.status_code == 204, (response.status_code, receiver.log())
                 probed += probe
                 how = "ran through the outage" if slot == plan.witness else "restarted"
-                assert wait_until(lambda: queued(self.pg.url) == 0, 30), (
+                assert wait_until(lambda: queued(self.pg.url) == 0, 30, 0.2), (
                     f"worker slot {slot} ({how}) does not work after the outage:\n{worker.log()}"
                 )
             finally:
@@ -499,7 +490,7 @@ def test_receivers_and_workers_on_one_postgres_lose_and_duplicate_nothing_under_
         assert not never, f"{len(never)} messages never answered 2xx, e.g. {never[:3]}\n" + (
             logs_of(run.receivers)
         )
-        drained = wait_until(lambda: queued(url) == 0, DRAIN_SECONDS)
+        drained = wait_until(lambda: queued(url) == 0, DRAIN_SECONDS, 0.2)
         assert drained, f"work still queued after {DRAIN_SECONDS}s: {job_counts(url)}\n" + (
             logs_of(run.workers)
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 from dimmy_webhooks.outputs import JsonlOutput
 
-from .conftest import API_KEY, query
+from .conftest import API_KEY, query, wait_until
 
 SEED = 20261128
 
@@ -42,15 +42,6 @@ def _insert_events(db_url: str, batches: list[list[str]]) -> None:
         await store.close()
 
     asyncio.run(go())
-
-
-def _wait_until(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_sigkilled_workers_lose_and_duplicate_nothing(
@@ -79,9 +70,10 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(
     kills = 0
     for delay in schedule:
         worker = service_factory(["worker"], **env).start()
-        running = _wait_until(
+        running = wait_until(
             lambda: _db(db, "SELECT count(*) FROM jobs WHERE status = 'running'")[0][0] > 0,
             timeout=20,
+            interval=0.02,
         )
         if not running:
             break  # everything finished before this kill
@@ -90,11 +82,12 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(
         kills += 1
     # a last worker finishes the job
     final = service_factory(["worker"], **env).start()
-    assert _wait_until(
+    assert wait_until(
         lambda: (
             _db(db, "SELECT count(*) FROM jobs WHERE status IN ('pending', 'running')") == [(0,)]
         ),
         timeout=60,
+        interval=0.02,
     ), final.log()
     assert final.stop() == 0  # SIGTERM: a clean exit
 

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ..conftest import API_KEY, SECRET, query, signed
+from ..conftest import API_KEY, SECRET, query, signed, wait_until
 from .conftest import scaled
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -34,16 +33,6 @@ PAD_BYTES = 80_000
 CAP_MARGIN = 64 * 1024
 CAP_HOLD_SECONDS = 3.0  # longer than the lease, so the worker also runs into the full disk
 WAVE = 8  # concurrent posts while capped
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def _prlimit(pid: int, value: str) -> None:
@@ -184,7 +173,7 @@ def test_r14_disk_full_then_freed_recovers_without_restart(
     assert service.proc.poll() is None
 
     # the worker catches up too (claims and finishes that failed while capped are redone)
-    work_done = _wait_until(lambda: _unfinished(sqlite_url) == 0, timeout=30, interval=0.2)
+    work_done = wait_until(lambda: _unfinished(sqlite_url) == 0, timeout=30, interval=0.2)
     code = service.stop()  # SIGTERM; uvicorn re-raises it after a graceful shutdown
     log = service.log()
     assert code in (0, -signal.SIGTERM), log[-3000:]

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from ..conftest import API_KEY, SECRET
+from ..conftest import API_KEY, SECRET, wait_until
 from .conftest import scaled
 from .procs import (
     RetryingSender,
@@ -46,7 +46,6 @@ from .procs import (
     scalar,
     stop_all,
     summary,
-    wait_until,
     work_left,
 )
 

@@ -15,7 +15,6 @@ import re
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -24,23 +23,13 @@ import pytest
 from dimmy_webhooks.sender import items_scanned_body
 from dimmy_webhooks.worker import WorkerPolicy
 
-from ..conftest import API_KEY, SECRET, query, signed
+from ..conftest import API_KEY, SECRET, query, signed, wait_until
 from .conftest import scaled
 from .proxy import FaultProxy
 
 pytestmark = pytest.mark.faults
 
 _ITEM_GET = re.compile(r"^GET /items/([0-9a-fA-F]{24}) HTTP/1\.1$")
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def _insert_events(db_url: str, batches: list[list[str]], prefix: str) -> None:
@@ -151,7 +140,7 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
             _insert_events(db_url, batches, prefix=f"msg_r10_{r}")
             if r == 0:
                 worker.start()
-            finished = _wait_until(lambda: _unfinished(db_url) == 0, timeout=60, interval=0.1)
+            finished = wait_until(lambda: _unfinished(db_url) == 0, timeout=60, interval=0.1)
             if not finished:
                 break
         assert worker.stop() == 0, worker.log()[-3000:]
