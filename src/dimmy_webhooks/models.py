@@ -131,3 +131,38 @@ class EventRecord:
     item_count: int | None = None
     last_error: str | None = None
     jobs: dict[str, int] = field(default_factory=dict)
+
+
+class ReplayMode(enum.StrEnum):
+    """What a replay does with work that already ran."""
+
+    REFETCH = "refetch"  # fetch the items from Dimmy again (or re-expand the event)
+    REDELIVER = "redeliver"  # hand the stored item to the outputs again
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who takes new work on the spot, and for how long (see ``Store.save_item``)."""
+
+    owner: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """What ``Store.save_item`` did: whether the item changed, and the delivery jobs it queued
+    already leased to the caller (empty unless a lease was asked for)."""
+
+    changed: bool
+    deliveries: list[Job]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts for /readyz, the demo, /metrics and the dashboard: events and jobs by status,
+    stored items, and the age in seconds of the oldest pending job (``None``: none pending)."""
+
+    events: dict[str, int]
+    jobs: dict[str, int]
+    items: int
+    oldest_pending_age: float | None

@@ -1,9 +1,10 @@
-"""The store: inbox, work queue and item store behind one interface (see :mod:`.base`)."""
+"""The store: inbox, work queue and item store behind one interface (:class:`.base.Store`)."""
 
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import Lease, QueueStats, ReplayMode, SaveResult, Store
+from ..models import Lease, QueueStats, ReplayMode, SaveResult
+from .base import Store
 from .sqlite import SQLiteStore
 
 

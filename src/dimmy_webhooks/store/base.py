@@ -1,6 +1,13 @@
 """The store: one narrow interface for the inbox, the work queue and the item store.
 
-Every backend (SQLite, PostgreSQL) implements :class:`Store`; one contract test suite runs on each.
+:class:`Store` is the interface, declared once: every method the receiver, the worker, the JSON
+API and the commands call, each with its contract. The methods are written once too, for every
+backend: each says which operation of :mod:`.ops` it runs and whether a write queued work that
+is due now (``due``), so a backend with a notification channel can wake idle workers elsewhere.
+A backend (SQLite, PostgreSQL) says only how it opens and closes, how a write and a read run
+(:meth:`Store._write`, :meth:`Store._read`), how a webhook is inserted and how it waits for
+work. One contract test suite runs on each backend.
+
 Callers never see driver exceptions: a failed commit is
 :class:`~dimmy_webhooks.errors.StoreUnavailable`, a write about work whose lease was taken over is
 :class:`~dimmy_webhooks.errors.LeaseLost`.
@@ -11,79 +18,93 @@ whose lease expired is due again (its worker died) and counts the lost attempt.
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+import abc
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-from ..models import EventRecord, IncomingEvent, InsertOutcome, Job, StoredItem
+from ..models import (
+    EventRecord,
+    IncomingEvent,
+    InsertOutcome,
+    Job,
+    Lease,
+    QueueStats,
+    ReplayMode,
+    SaveResult,
+    StoredItem,
+)
+from . import ops
 
-
-class ReplayMode(enum.StrEnum):
-    REFETCH = "refetch"  # fetch the items from Dimmy again (or re-expand the event)
-    REDELIVER = "redeliver"  # hand the stored item to the outputs again
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """Who takes new work on the spot, and for how long (see :meth:`Store.save_item`)."""
-
-    owner: str
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class SaveResult:
-    """What :meth:`Store.save_item` did: whether the item changed, and the delivery jobs it
-    queued already leased to the caller (empty unless a lease was asked for)."""
-
-    changed: bool
-    deliveries: list[Job]
+T = TypeVar("T")
+Due = Callable[[T], bool]
 
 
-@dataclass(frozen=True, slots=True)
-class QueueStats:
-    """Counts for /readyz, /metrics and the dashboard."""
+class Store(abc.ABC):
+    """What the receiver, the worker, the JSON API and the commands need from a database."""
 
-    events: dict[str, int]
-    jobs: dict[str, int]
-    oldest_pending_age: float | None
+    max_attempts: int
 
+    # what a backend provides -------------------------------------------------------------------
 
-class Store(Protocol):
-    """What the receiver, the worker and the JSON API need from a database."""
-
+    @abc.abstractmethod
     async def open(self) -> None:
         """Connect; the schema must be current (see :mod:`dimmy_webhooks.schema`)."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
         """Finish pending writes and disconnect."""
 
-    async def ping(self) -> None:
-        """Raise :class:`StoreUnavailable` unless a query round-trips."""
-
+    @abc.abstractmethod
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new work may be due (a hint from another process) or after ``timeout``.
 
         Never raises; a missed hint only costs the worker's next poll.
         """
 
-    # inbox
+    @abc.abstractmethod
     async def insert_event(self, event: IncomingEvent) -> InsertOutcome:
         """Commit the event (and its first job) durably before returning. Unique on message id."""
 
-    async def get_event_body(self, event_id: int) -> bytes:
-        """The raw body of an inbox event, exactly as received."""
+    @abc.abstractmethod
+    async def _write(self, op: Callable[[ops.Tx], T], due: Due[T] | None = None) -> T:
+        """Run ``op`` in a write transaction; ``due(result)`` says whether it queued due work."""
 
-    # queue
+    @abc.abstractmethod
+    async def _read(self, op: Callable[[ops.Tx], T]) -> T:
+        """Run ``op`` in a read-only transaction."""
+
+    # health ------------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless a query round-trips."""
+        await self._read(lambda tx: tx.all("SELECT 1 AS ok"))
+
+    def failures(self) -> list[str]:
+        """Background parts of the backend that stopped (a writer thread), for ``/readyz``."""
+        return []
+
+    # inbox -------------------------------------------------------------------------------------
+
+    async def get_event_body(self, event_id: int) -> bytes:
+        """The raw body of an inbox event, exactly as received (``LookupError`` if absent)."""
+        return await self._read(lambda tx: ops.event_body(tx, event_id))
+
+    # queue -------------------------------------------------------------------------------------
+
     async def claim(self, owner: str, limit: int, lease_seconds: float, now: float) -> list[Job]:
         """Lease up to ``limit`` due jobs to ``owner``; expired leases are due again."""
+        return await self._write(lambda tx: ops.claim(tx, owner, limit, lease_seconds, now))
 
     async def heartbeat(self, owner: str, lease_seconds: float, now: float) -> int:
         """Extend every lease ``owner`` still holds; returns how many."""
+        return await self._write(lambda tx: ops.heartbeat(tx, owner, lease_seconds, now))
 
     async def expand_event(self, job: Job, item_ids: Sequence[str], now: float) -> None:
         """Finish an ``event`` job by queueing one fetch per item id (idempotent)."""
+        await self._write(
+            lambda tx: ops.expand_event(tx, job, item_ids, self.max_attempts, now),
+            lambda _: bool(item_ids),
+        )
 
     async def save_item(
         self,
@@ -100,24 +121,41 @@ class Store(Protocol):
         expires like any other). Raises :class:`LeaseLost` (nothing written) when the job's
         lease was taken over.
         """
+        return await self._write(
+            lambda tx: ops.save_item(tx, job, item, outputs, self.max_attempts, now, lease),
+            # deliveries leased to the caller need nobody woken
+            lambda saved: saved.changed and bool(outputs) and lease is None,
+        )
 
     async def finish(self, job: Job, now: float, note: str | None = None) -> None:
         """Mark a job done (lease-checked)."""
+        await self._write(lambda tx: ops.finish(tx, job, now, note))
 
     async def fail(self, job: Job, reason: str, retry_at: float | None, now: float) -> bool:
         """Reschedule at ``retry_at``, or mark dead when ``None`` or out of attempts.
 
         Returns ``True`` when the job is now dead.
         """
+        return await self._write(
+            lambda tx: ops.fail(tx, job, reason, retry_at, now),
+            lambda dead: not dead and retry_at is not None and retry_at <= now,
+        )
 
     async def postpone(self, job: Job, reason: str, retry_at: float, now: float) -> None:
         """Put a job back without counting the attempt (configuration error, shutdown)."""
+        await self._write(
+            lambda tx: ops.postpone(tx, job, reason, retry_at, now), lambda _: retry_at <= now
+        )
 
     async def release(self, owner: str, now: float) -> int:
         """Give back every job ``owner`` holds, uncounted (graceful stop)."""
+        return await self._write(lambda tx: ops.release(tx, owner, now), lambda n: n > 0)
 
-    # item store and reads
-    async def get_item(self, item_id: str) -> StoredItem | None: ...
+    # item store and reads ----------------------------------------------------------------------
+
+    async def get_item(self, item_id: str) -> StoredItem | None:
+        """The stored version of one item, or ``None``."""
+        return await self._read(lambda tx: ops.get_item(tx, item_id))
 
     async def list_items(
         self,
@@ -127,26 +165,46 @@ class Store(Protocol):
         limit: int = 50,
         after: str | None = None,
     ) -> list[StoredItem]:
-        """Items by id order (``after`` is the last id of the previous page)."""
+        """Items by id order (``after`` is the last id of the previous page), fetched at or
+        after ``since``, carrying ``barcode`` (main or any scanned one)."""
+        return await self._read(lambda tx: ops.list_items(tx, since, barcode, limit, after))
 
     async def list_events(
         self, *, status: str | None = None, limit: int = 50, before: int | None = None
     ) -> list[EventRecord]:
         """Events newest first (``before`` is the last id of the previous page)."""
+        return await self._read(lambda tx: ops.list_events(tx, status, limit, before))
 
-    async def get_event(self, event_id: int) -> EventRecord | None: ...
+    async def get_event(self, event_id: int) -> EventRecord | None:
+        """One event with its jobs counted by ``kind:status``, or ``None``."""
+        return await self._read(lambda tx: ops.get_event(tx, event_id))
 
-    async def stats(self, now: float) -> QueueStats: ...
+    async def stats(self, now: float) -> QueueStats:
+        """Events and jobs by status, items stored, the oldest pending job's age."""
+        return await self._read(lambda tx: ops.stats(tx, now))
 
-    # replay
+    # replay ------------------------------------------------------------------------------------
+
     async def replay_event(
         self, event_id: int, mode: ReplayMode, outputs: Sequence[str], now: float
     ) -> int:
-        """Put an event's work back in the queue; returns the number of jobs queued."""
+        """Put an event's work back in the queue; returns the number of jobs queued.
+        ``LookupError`` when the event does not exist."""
+        return await self._write(
+            lambda tx: ops.replay_event(tx, event_id, mode, outputs, self.max_attempts, now),
+            lambda n: n > 0,
+        )
 
     async def replay_item(
         self, item_id: str, mode: ReplayMode, outputs: Sequence[str], now: float
-    ) -> int: ...
+    ) -> int:
+        """Fetch one item again, or deliver its stored version again (``LookupError`` when
+        redelivering an item that is not stored); returns the number of jobs queued."""
+        return await self._write(
+            lambda tx: ops.replay_item(tx, item_id, mode, outputs, self.max_attempts, now),
+            lambda n: n > 0,
+        )
 
     async def replay_dead(self, since: float, now: float) -> int:
         """Put every job that died since ``since`` back in the queue."""
+        return await self._write(lambda tx: ops.replay_dead(tx, since, now), lambda n: n > 0)

@@ -24,10 +24,13 @@ from ..models import (
     InsertOutcome,
     Job,
     JobKind,
+    Lease,
     NormalisedItem,
+    QueueStats,
+    ReplayMode,
+    SaveResult,
     StoredItem,
 )
-from .base import Lease, QueueStats, ReplayMode, SaveResult
 
 Row = Mapping[str, Any]
 
@@ -412,9 +415,13 @@ def get_event(tx: Tx, event_id: int) -> EventRecord | None:
 def stats(tx: Tx, now: float) -> QueueStats:
     events = {r["key"]: int(r["n"]) for r in tx.all(tx.sql("event_counts"))}
     jobs = {r["key"]: int(r["n"]) for r in tx.all(tx.sql("job_counts"))}
+    items = int(tx.all(tx.sql("item_count"))[0]["n"])
     oldest = tx.all(tx.sql("oldest_pending"))[0]["t"]
     return QueueStats(
-        events=events, jobs=jobs, oldest_pending_age=None if oldest is None else now - oldest
+        events=events,
+        jobs=jobs,
+        items=items,
+        oldest_pending_age=None if oldest is None else now - oldest,
     )
 
 

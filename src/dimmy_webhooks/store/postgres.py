@@ -20,14 +20,13 @@ import asyncio
 import contextlib
 import functools
 import logging
-import queue
 import random
 import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import psycopg
@@ -39,7 +38,8 @@ from psycopg_pool import ConnectionPool
 from ..errors import ConfigError, StoreError, StoreUnavailable
 from ..models import UNKNOWN, IncomingEvent, InsertOutcome
 from . import ops, sql
-from .common import Due, OpsStore
+from .base import Due, Store
+from .batching import GroupCommit, Outcome
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -257,70 +257,9 @@ class _Listener:
 
 _INBOX_LANE = 2
 _MAX_BATCH = 256
-_STOP = object()
 
 
-def _run_all(operations: list[Callable[[ops.Tx], Any]], tx: ops.Tx) -> list[Any]:
-    return [op(tx) for op in operations]
-
-
-class _GroupCommit:
-    """Threads that run the operations waiting for them together, one transaction per batch.
-
-    One commit (one WAL flush) then acknowledges many concurrent webhooks, as the SQLite
-    writer does; the operations must be all-or-nothing together (a failure fails the batch).
-    """
-
-    def __init__(
-        self, run: Callable[[Callable[[ops.Tx], list[Any]]], list[Any]], threads: int
-    ) -> None:
-        self._run = run
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._loop, name=f"pg-inbox-{n}", daemon=True)
-            for n in range(threads)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, op: Callable[[ops.Tx], Any]) -> Future[Any]:
-        future: Future[Any] = Future()
-        self._queue.put((op, future))
-        return future
-
-    def stop(self) -> None:
-        for _ in self._threads:
-            self._queue.put(_STOP)
-        for thread in self._threads:
-            thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch = [first]
-            while len(batch) < _MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    self._queue.put(_STOP)  # for this thread's next turn
-                    break
-                batch.append(nxt)
-            operations = [op for op, _ in batch]
-            try:
-                results = self._run(functools.partial(_run_all, operations))
-            except BaseException as exc:
-                for _, future in batch:
-                    future.set_exception(exc)
-            else:
-                for (_, future), result in zip(batch, results, strict=True):
-                    future.set_result(result)
-
-
-class PostgresStore(OpsStore):
+class PostgresStore(Store):
     """The :class:`~dimmy_webhooks.store.base.Store` on a PostgreSQL database.
 
     ``database_url`` is a libpq URL (``postgresql://user:password@host:port/dbname``).
@@ -355,7 +294,7 @@ class PostgresStore(OpsStore):
         }
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._listener: _Listener | None = None
-        self._inbox: _GroupCommit | None = None
+        self._inbox: GroupCommit[Callable[[ops.Tx], Any]] | None = None
         self._lane: ThreadPoolExecutor | None = None
         self._wait_lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -425,7 +364,9 @@ class PostgresStore(OpsStore):
     async def open(self) -> None:
         if self._pool is None:
             await asyncio.to_thread(self._open_sync)
-            self._inbox = _GroupCommit(self._run_inbox_batch, _INBOX_LANE)
+            self._inbox = GroupCommit(
+                self._run_inbox_batch, threads=_INBOX_LANE, max_batch=_MAX_BATCH, name="pg-inbox"
+            )
             self._lane = ThreadPoolExecutor(self.pool_size, thread_name_prefix="pg")
 
     async def close(self) -> None:
@@ -473,9 +414,20 @@ class PostgresStore(OpsStore):
     async def _read(self, op: Callable[[ops.Tx], T]) -> T:
         return await self._write(op)
 
-    def _run_inbox_batch(self, batch: Callable[[ops.Tx], list[Any]]) -> list[Any]:
-        # each insert answers (outcome, whether it queued work): announce if any did
-        return self._run_sync(batch, lambda results: any(queued for _, queued in results))
+    def _run_inbox_batch(self, inserts: Sequence[Callable[[ops.Tx], Any]]) -> list[Outcome]:
+        """All the waiting webhook inserts in one transaction (all or nothing); each answers
+        (outcome, whether it queued work): announce on commit if any did."""
+
+        def run_all(tx: ops.Tx) -> list[Any]:
+            return [insert(tx) for insert in inserts]
+
+        results = self._run_sync(run_all, lambda results: any(queued for _, queued in results))
+        return [(result, None) for result in results]
+
+    def failures(self) -> list[str]:
+        if self._inbox is not None and not self._inbox.alive:
+            return ["postgresql webhook lane stopped: webhooks cannot commit"]
+        return []
 
     # wake-up hint ------------------------------------------------------------------------
 

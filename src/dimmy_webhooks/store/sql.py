@@ -15,6 +15,14 @@ VALUES (:kind, :event_id, :item_id, :output, :version, :dedupe_key, 'pending', 0
         :max_attempts, :run_at, :now, :now)
 """
 
+# "upsert_item": a fetched version meets the stored one (updated_at normalised, so text order is
+# time order):
+#   new updated_at later than the stored one        -> replace
+#   new earlier than the stored one                 -> keep the stored one (older never overwrites)
+#   new present, stored missing                     -> replace (dated beats undated)
+#   new missing, stored present                     -> keep the stored one
+#   equal (or both missing), content differs        -> replace (the later fetch wins)
+#   equal (or both missing), same content (version) -> nothing changed
 SQL: dict[str, str] = {
     "insert_event": """
         INSERT INTO events (message_id, event_type, body, headers, received_at, status,
@@ -145,5 +153,6 @@ SQL: dict[str, str] = {
         RETURNING event_id""",
     "event_counts": "SELECT status AS key, count(*) AS n FROM events GROUP BY status",
     "job_counts": "SELECT status AS key, count(*) AS n FROM jobs GROUP BY status",
+    "item_count": "SELECT count(*) AS n FROM items",
     "oldest_pending": "SELECT min(created_at) AS t FROM jobs WHERE status = 'pending'",
 }

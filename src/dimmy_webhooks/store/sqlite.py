@@ -14,6 +14,7 @@ Other processes (``dimmy-webhooks worker``) may write the same file; ``busy_time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -26,14 +27,14 @@ from typing import Any, TypeVar
 from ..errors import ConfigError, StoreUnavailable
 from ..models import IncomingEvent, InsertOutcome
 from . import ops, sql
-from .common import Due, OpsStore
+from .base import Due, Store
+from .batching import GroupCommit, Outcome
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _BUSY_TIMEOUT_MS = 5000
 _MAX_BATCH = 512
-_STOP = object()
 
 
 def connect(path: Path, *, busy_timeout_ms: int = _BUSY_TIMEOUT_MS) -> sqlite3.Connection:
@@ -77,94 +78,66 @@ def _translate(exc: BaseException) -> BaseException:
 
 
 class _Writer:
-    """The single writer thread and its queue of operations."""
+    """The single writer: one connection, one :class:`GroupCommit` thread."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.conn = connect(path)
-        self.thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
-        self.thread.start()
+        self.conn: sqlite3.Connection | None = connect(path)
+        self.commits = GroupCommit(self._commit_batch, max_batch=_MAX_BATCH, name="sqlite-writer")
 
     def submit(self, op: Callable[[ops.Tx], Any], *, savepoint: bool = True) -> Future[Any]:
         """Queue ``op`` for the next group commit. ``savepoint=False`` is for operations that
         never fail half-way except with a database error (the webhook insert, the hot path):
         if one does fail, the whole batch is rolled back and every operation in it fails."""
-        future: Future[Any] = Future()
-        self.queue.put((op, future, savepoint))
-        return future
+        return self.commits.submit((op, savepoint))
 
     def stop(self) -> None:
-        self.queue.put(_STOP)
-        self.thread.join(timeout=30)
-        self.conn.close()
+        self.commits.stop()
+        if self.conn is not None:
+            self.conn.close()
 
-    def _run(self) -> None:
-        while True:
-            first = self.queue.get()
-            if first is _STOP:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < _MAX_BATCH:
-                try:
-                    nxt = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._commit_batch(batch)
-            if stop:
-                return
-
-    def _commit_batch(self, batch: list[tuple[Callable[[ops.Tx], Any], Future[Any], bool]]) -> None:
-        tx = SQLiteTx(self.conn)
-        results: list[tuple[Future[Any], Any, BaseException | None]] = []
+    def _commit_batch(self, batch: Sequence[tuple[Callable[[ops.Tx], Any], bool]]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            for op, future, savepoint in batch:
+            if self.conn is None:  # the last one broke: start afresh
+                self.conn = connect(self.path)
+            conn, tx = self.conn, SQLiteTx(self.conn)
+            conn.execute("BEGIN IMMEDIATE")
+            for op, savepoint in batch:
                 if not savepoint:
-                    results.append((future, op(tx), None))
+                    outcomes.append((op(tx), None))
                     continue
-                self.conn.execute("SAVEPOINT op")
+                conn.execute("SAVEPOINT op")
                 try:
                     value = op(tx)
                 except Exception as exc:  # the op's own failure: undo only its savepoint
-                    self.conn.execute("ROLLBACK TO op")
-                    self.conn.execute("RELEASE op")
-                    results.append((future, None, _translate(exc)))
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((None, _translate(exc)))
                 else:
-                    self.conn.execute("RELEASE op")
-                    results.append((future, value, None))
-            self.conn.execute("COMMIT")
-        except Exception as exc:
+                    conn.execute("RELEASE op")
+                    outcomes.append((value, None))
+            conn.execute("COMMIT")
+        except BaseException as exc:
             log.warning("sqlite commit failed: %s", exc)
             self._rollback()
-            failure = StoreUnavailable(f"sqlite: {exc}")
-            for _, future, _savepoint in batch:
-                future.set_exception(failure)
-            return
-        for future, value, error in results:
-            if error is None:
-                future.set_result(value)
-            else:
-                future.set_exception(error)
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+        return outcomes
 
     def _rollback(self) -> None:
+        if self.conn is None:
+            return
         try:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
         except sqlite3.Error:
-            # the connection is unusable (I/O error); start afresh for the next batch
-            try:
+            # the connection is unusable (I/O error): the next batch opens another
+            with contextlib.suppress(sqlite3.Error):
                 self.conn.close()
-            finally:
-                self.conn = connect(self.path)
+            self.conn = None
 
 
-class SQLiteStore(OpsStore):
+class SQLiteStore(Store):
     """The :class:`~dimmy_webhooks.store.base.Store` on one SQLite file."""
 
     def __init__(self, path: Path | str, *, max_attempts: int = 8) -> None:
@@ -226,7 +199,12 @@ class SQLiteStore(OpsStore):
     async def _read(self, op: Callable[[ops.Tx], T]) -> T:
         return await asyncio.to_thread(self._read_sync, op)
 
-    # Store (the rest comes from OpsStore) ---------------------------------------------------
+    # what the backend provides ------------------------------------------------------------
+
+    def failures(self) -> list[str]:
+        if self._writer is not None and not self._writer.commits.alive:
+            return ["sqlite writer thread stopped: writes cannot commit"]
+        return []
 
     async def wait_for_work(self, timeout: float) -> None:
         # no cross-process signal on SQLite: other processes' work is found by polling
