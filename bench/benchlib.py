@@ -289,7 +289,7 @@ def start_fake_api(
         ],
         base_env(DIMMY_LOG_LEVEL="WARNING"),
     )
-    wait_ready(proc, port, "/items/count", {"X-API-KEY": API_KEY})
+    wait_ready(proc, port, "/items?limit=1", {"X-API-KEY": API_KEY})
     return proc, port
 
 

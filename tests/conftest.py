@@ -16,8 +16,8 @@ import pytest
 
 from dimmy_webhooks import schema
 from dimmy_webhooks.config import Settings, load_settings
-from dimmy_webhooks.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
-from dimmy_webhooks.runner import free_port, serve_in_thread
+from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
+from dimmy_webhooks.devtools.runner import free_port, serve_in_thread
 from dimmy_webhooks.signatures import parse_secrets, signed_headers
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

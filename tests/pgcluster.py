@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dimmy_webhooks.runner import free_port
+from dimmy_webhooks.devtools.runner import free_port
 
 PG_USER = "postgres"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dimmy_webhooks.runner import free_port
+from dimmy_webhooks.devtools.runner import free_port
 
 from .conftest import CLI, clean_env
 

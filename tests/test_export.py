@@ -22,7 +22,7 @@ import pytest
 
 from dimmy_webhooks import schema
 from dimmy_webhooks.client import DimmyClient
-from dimmy_webhooks.fake_dimmy import FakeDimmy
+from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.models import ITEMS_SCANNED, UNKNOWN, IncomingEvent
 from dimmy_webhooks.outputs import parse_outputs
 from dimmy_webhooks.store import SQLiteStore

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from dimmy_webhooks.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app, iso
-from dimmy_webhooks.runner import serve_in_thread
+from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app, iso
+from dimmy_webhooks.devtools.runner import serve_in_thread
 
 KEY = "test-key"
 HEX24 = re.compile(r"^[0-9a-f]{24}$")
@@ -140,7 +140,7 @@ def test_the_key_is_checked_before_anything_else(
     for response in (
         http.get("/items/not-an-id", headers=headers),
         http.get("/items", params={"skip": -1}, headers=headers),
-        http.post("/items/barcode", json={}, headers=headers),
+        http.get("/items/count", headers=headers),
     ):
         assert response.status_code == 401
         assert response.json() == {"message": "Unauthorized"}
@@ -200,39 +200,6 @@ def test_list_items_window_is_inclusive_and_paged(fake: FakeDimmy, http: httpx.C
         assert http.get("/items", params=params).status_code == 422
 
 
-def test_counts(fake: FakeDimmy, http: httpx.Client) -> None:
-    assert http.get("/items/count").json() == 0
-    fake.generate_items(17)
-    assert http.get("/items/count").json() == 17
-
-
-def test_barcode_search_exact_and_substring(fake: FakeDimmy, http: httpx.Client) -> None:
-    ids = fake.generate_items(60)
-    target = next(i for i in ids if all_barcodes(fake.items[i]))
-    value = all_barcodes(fake.items[target])[0]["value"]
-    account = fake.items[target]["scanner_account_id"]
-
-    def found(body: dict[str, Any], **params: int) -> list[str]:
-        response = http.post("/items/barcode", json=body, params=params)
-        assert response.status_code == 200
-        return [item["_id"] for item in response.json()]
-
-    assert target in found({"barcodes": [value]})
-    assert target not in found({"barcodes": [value[1:-1]]})
-    assert target in found({"barcodes": [value[1:-1]], "exact": [False]})
-    assert target in found({"barcodes": ["zzz", value], "scanner_account_ids": [account]})
-    assert target not in found({"barcodes": [value], "scanner_account_ids": ["b" * 24]})
-    everything = found({"barcodes": [""], "exact": [False]})
-    assert everything == [i for i in ids if all_barcodes(fake.items[i])]
-    assert found({"barcodes": [""], "exact": [False]}, skip=1, limit=2) == everything[1:3]
-    count = http.post("/items/barcode/count", json={"barcodes": [""], "exact": [False]})
-    assert count.json() == len(everything)
-    assert http.post("/items/barcode", json={"exact": [True]}).status_code == 422
-
-
-# -- injected faults -----------------------------------------------------------------------
-
-
 def test_error_rate_follows_the_config_at_run_time(fake: FakeDimmy, http: httpx.Client) -> None:
     (item_id,) = fake.generate_items(1)
     fake.config.error_rate = 1.0
@@ -248,7 +215,7 @@ def test_error_rate_follows_the_config_at_run_time(fake: FakeDimmy, http: httpx.
 def test_every_nth_request_is_rate_limited(fake: FakeDimmy, http: httpx.Client) -> None:
     fake.config.rate_limit_every = 3
     fake.config.retry_after_seconds = 7
-    responses = [http.get("/items/count") for _ in range(6)]
+    responses = [http.get("/items") for _ in range(6)]
     assert [r.status_code for r in responses] == [200, 200, 429, 200, 200, 429]
     assert responses[2].headers["retry-after"] == "7"
 
@@ -256,11 +223,11 @@ def test_every_nth_request_is_rate_limited(fake: FakeDimmy, http: httpx.Client) 
 def test_latency_and_hang_delay_the_answer(fake: FakeDimmy, http: httpx.Client) -> None:
     fake.config.latency_seconds = 0.2
     started = time.monotonic()
-    assert http.get("/items/count").status_code == 200
+    assert http.get("/items").status_code == 200
     assert time.monotonic() - started >= 0.2
     fake.config = FakeDimmyConfig(api_key=KEY, hang_rate=1.0, hang_seconds=0.3)
     started = time.monotonic()
-    assert http.get("/items/count").status_code == 200
+    assert http.get("/items").status_code == 200
     assert time.monotonic() - started >= 0.3
 
 
@@ -268,7 +235,7 @@ def test_a_hang_ends_when_the_client_leaves(fake: FakeDimmy, http: httpx.Client)
     fake.config.hang_rate = 1.0
     fake.config.hang_seconds = 30
     with pytest.raises(httpx.ReadTimeout):
-        http.get("/items/count", timeout=0.2)
+        http.get("/items", timeout=0.2)
     deadline = time.monotonic() + 2
     while fake.in_flight and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -279,7 +246,7 @@ def test_a_hang_ends_when_the_client_leaves(fake: FakeDimmy, http: httpx.Client)
 async def test_max_in_flight_is_recorded(served: tuple[FakeDimmy, str], fake: FakeDimmy) -> None:
     fake.config.latency_seconds = 0.2
     async with httpx.AsyncClient(base_url=served[1], headers={"X-API-KEY": KEY}) as client:
-        responses = await asyncio.gather(*(client.get("/items/count") for _ in range(10)))
+        responses = await asyncio.gather(*(client.get("/items") for _ in range(10)))
     assert {r.status_code for r in responses} == {200}
     assert fake.max_in_flight == 10
     assert fake.requests_total == 10

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dimmy_webhooks.runner import serve_in_thread
+from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 
 from .conftest import SECRET, make_settings, query, signed

@@ -38,8 +38,8 @@ import httpx
 import psycopg
 import pytest
 
+from dimmy_webhooks.devtools.sender import items_scanned_body
 from dimmy_webhooks.outputs import JsonlOutput
-from dimmy_webhooks.sender import items_scanned_body
 
 from .conftest import API_KEY, CLI, SECRET, ServiceProcess, clean_env, signed, wait_until
 from .pgcluster import PgCluster, unavailable_reason

@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dimmy_webhooks.runner import free_port, serve_in_thread
-from dimmy_webhooks.sender import (
+from dimmy_webhooks.devtools.runner import free_port, serve_in_thread
+from dimmy_webhooks.devtools.sender import (
     RETRY_SCHEDULE,
     SimulatedSender,
     items_scanned_body,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dimmy_webhooks.client import DimmyClient
-from dimmy_webhooks.fake_dimmy import FakeDimmy
+from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.models import FULL_PAYLOAD, ITEMS_SCANNED, IncomingEvent, InsertOutcome
 from dimmy_webhooks.outputs import JsonlOutput, Output, parse_outputs
 from dimmy_webhooks.store import ReplayMode, Store, create_store

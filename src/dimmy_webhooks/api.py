@@ -20,14 +20,16 @@ from pydantic import BaseModel, TypeAdapter
 
 from .items import to_api_dict
 from .models import EventRecord
+from .services import Services
 from .store import ReplayMode
 
 _bearer = HTTPBearer(auto_error=False)
 log = logging.getLogger("dimmy_webhooks.api")
 
 
-def _services(request: Request) -> Any:
-    return request.app.state.services
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
 
 
 async def require_admin(

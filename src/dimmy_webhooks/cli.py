@@ -1,4 +1,5 @@
-"""``dimmy-webhooks``: the command line, the other composition root (with :mod:`.web`).
+"""``dimmy-webhooks``: the commands, each a thin shim over the services, the store or the
+development tools (:mod:`.devtools`).
 
 Every command reads the settings once, reports a bad setting as one actionable line (exit 2),
 and never prints a traceback for a problem the user can fix.
@@ -7,9 +8,7 @@ and never prints a traceback for a problem the user can fix.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import gc
 import json
 import signal
 import sys
@@ -29,9 +28,7 @@ from .errors import ConfigError, DimmyWebhooksError
 from .signatures import parse_secrets, signed_headers
 
 if TYPE_CHECKING:
-    from .fake_dimmy import FakeDimmy
-    from .sender import SimulatedSender
-    from .store import Store
+    from .services import Services
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -118,10 +115,21 @@ def _describe_db(settings: Settings) -> str:
 @friendly_errors
 def worker(concurrency: int | None) -> None:
     """Run workers only (no HTTP): fetch items and deliver them to the outputs."""
+    from .services import Services
+
     settings = _settings()
     prepare_database(settings)
+    services = Services.from_settings(settings, concurrency=concurrency)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(_run_worker(settings, concurrency))
+        runner.run(_until_signalled(services))
+
+
+async def _until_signalled(services: Services) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await services.run_until(stop)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -132,40 +140,6 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
-
-
-async def _run_worker(settings: Settings, concurrency: int | None) -> None:
-    from dataclasses import replace
-
-    from .failpoints import Failpoints
-    from .outputs import parse_outputs
-    from .store import create_store
-    from .web import create_client, worker_policy
-    from .worker import Worker
-
-    policy = worker_policy(settings)
-    if concurrency:
-        policy = replace(policy, concurrency=concurrency)
-    store = create_store(settings.database_url, max_attempts=settings.max_attempts)
-    outputs = parse_outputs(settings.outputs)
-    client = create_client(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await store.open()
-    gc.collect()
-    gc.freeze()  # as in serve: start-up objects stay out of full GC passes
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            if client is not None:
-                await stack.enter_async_context(client)
-            for output in outputs:
-                stack.push_async_callback(output.aclose)
-            crash = Failpoints(settings.failpoint)
-            await Worker(store, client, outputs, policy, crash=crash).run(stop)
-    finally:
-        await store.close()
 
 
 @main.command()
@@ -338,7 +312,7 @@ def fake_api(
     """Run a local fake of the Dimmy API (for development, tests and the demo)."""
     import uvicorn
 
-    from .fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
+    from .devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
 
     logs.configure()
     fake = FakeDimmy(
@@ -351,16 +325,6 @@ def fake_api(
         err=True,
     )
     uvicorn.run(create_app(fake), host=host, port=port, log_config=None, access_log=False)
-
-
-# -- demo --------------------------------------------------------------------------------------
-
-_DEMO_DEVICES = 3
-_DEMO_BIG_BATCH_AFTER = 5.0  # seconds before the offline device comes back
-_DEMO_PROGRESS_EVERY = 3.0
-_DEMO_DRAIN_SECONDS = 8.0  # at the end, time allowed for queued work to finish
-_DEMO_DUPLICATE_RATE = 0.1
-_DEMO_JSONL = "dimmy-demo-items.jsonl"
 
 
 @main.command()
@@ -425,309 +389,23 @@ def demo(
 ) -> None:
     """Run everything offline in one process: a fake Dimmy API, the service, and devices whose
     scans arrive as signed webhooks with Svix's retries and duplicates. Ctrl-C stops it."""
-    import base64
-    import secrets
-
-    from .fake_dimmy import FakeDimmy, FakeDimmyConfig
-    from .fake_dimmy import create_app as create_fake_app
-    from .runner import free_port
-    from .web import create_app
+    from .devtools.demo import run_demo
 
     logs.configure("text", "WARNING")
-    database = database.resolve()
-    _refuse_real_database(database)
-    for flag, value in (("--port", port), ("--fake-port", fake_port)):
-        if value and not _port_free(value):
-            raise ConfigError(
-                f"port {value} on 127.0.0.1 is in use (another dimmy-webhooks running?): "
-                f"try {flag} {value + 1}, or {flag} 0 for any free port"
-            )
-    port = port or free_port()
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-    api_key = "demo-" + secrets.token_hex(8)
-    fake = FakeDimmy(
-        FakeDimmyConfig(
-            api_key=api_key,
-            latency_seconds=0.02,
-            latency_jitter=0.01,
-            error_rate=0.03,
-            rate_limit_every=40,
-            retry_after_seconds=1,
-        )
-    )
-    backlog = _scan(fake, n_items)
-    database_url = f"sqlite:///{database}"
-    schema.upgrade(database_url)
-    jsonl = database.parent / _DEMO_JSONL
     try:
-        with contextlib.ExitStack() as stack:
-            fake_url = _serve_demo_part(stack, create_fake_app(fake), fake_port, "--fake-port")
-            settings = load_settings(
-                None,
-                webhook_secret=secret,
-                api_key=api_key,
-                api_url=fake_url,
-                database_url=database_url,
-                outputs=f"jsonl:{jsonl}",
-                host="127.0.0.1",
-                port=port,
-                webhook_path="/webhook",
-                admin_token=None,
-                worker_enabled=True,
-                log_level="WARNING",
-            )
-            app = create_app(settings)
-            url = _serve_demo_part(stack, app, port, "--port")
-            click.echo(
-                "dimmy-webhooks demo: a fake Dimmy API, the service and simulated devices, "
-                "all offline in this process\n"
-                f"  service      {url}\n"
-                f"  webhooks     {url}/webhook  (throwaway secret of this run: {secret})\n"
-                f"  events       {url}/api/events\n"
-                f"  an item      {url}/api/items/{backlog[0]}\n"
-                f"  OpenAPI      {url}/openapi.json\n"
-                f"  readiness    {url}/readyz\n"
-                f"  fake Dimmy   {fake_url}/items/{backlog[0]}  (X-API-KEY: {api_key})\n"
-                f"  database     {database}\n"
-                f"  JSON Lines   {jsonl}\n"
-                f"{_DEMO_DEVICES} devices upload 1-5 items every ~2 s; an offline device uploads "
-                f"{big_batch} items after ~{_DEMO_BIG_BATCH_AFTER:g} s; retry schedule "
-                f"{speed:g}x faster. "
-                + (f"Stopping after {duration:g} s." if duration else "Ctrl-C to stop.")
-            )
-            demo_run = _DemoRun(
-                url=url,
-                key=parse_secrets(secret)[0],
-                fake=fake,
-                store=app.state.services.store,
-                backlog=backlog,
-                big_batch=big_batch,
-                speed=speed,
-                duration=duration,
-                database=database,
-                jsonl=jsonl,
-            )
-            asyncio.run(demo_run.run())
-            click.echo("demo stopped", err=True)
+        run_demo(
+            port=port,
+            fake_port=fake_port,
+            n_items=n_items,
+            big_batch=big_batch,
+            speed=speed,
+            database=database,
+            duration=duration,
+        )
     except KeyboardInterrupt:
         click.echo("demo interrupted", err=True)
         sys.exit(130)
-
-
-def _port_free(port: int, host: str = "127.0.0.1") -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _refuse_real_database(path: Path) -> None:
-    """The demo writes throwaway events and items: never into the configured database."""
-    try:
-        real = load_settings().sqlite_path
-    except ConfigError:
-        return  # a broken setting is no concern of the demo, which ignores it
-    if real is not None and real.resolve() == path:
-        raise ConfigError(
-            f"{path} is the service's own database (DIMMY_DATABASE_URL): give the demo "
-            "another --database, e.g. the default dimmy-demo.sqlite3"
-        )
-
-
-def _serve_demo_part(stack: contextlib.ExitStack, app: Any, port: int, flag: str) -> str:
-    from .runner import serve_in_thread
-
-    try:
-        url: str = stack.enter_context(serve_in_thread(app, "127.0.0.1", port))
-    except RuntimeError:
-        raise ConfigError(
-            f"could not listen on 127.0.0.1:{port} (port in use?): try another {flag}"
-        ) from None
-    return url
-
-
-def _scan(fake: FakeDimmy, n: int) -> list[str]:
-    """``n`` new items in the fake Dimmy, created over the last minutes (as if just scanned)."""
-    from datetime import timedelta
-
-    start = datetime.now(UTC) - timedelta(seconds=47 * n)
-    return fake.generate_items(n, start=start)
-
-
-class _DemoRun:
-    """The simulated side of the demo: devices, the offline device, progress and summary."""
-
-    def __init__(
-        self,
-        *,
-        url: str,
-        key: bytes,
-        fake: FakeDimmy,
-        store: Store,
-        backlog: list[str],
-        big_batch: int,
-        speed: float,
-        duration: float,
-        database: Path,
-        jsonl: Path,
-    ) -> None:
-        import random
-
-        self.url = url
-        self.key = key
-        self.fake = fake
-        self.store = store
-        self.backlog = list(backlog)
-        self.big_batch = big_batch
-        self.speed = speed
-        self.duration = duration
-        self.database = database
-        self.jsonl = jsonl
-        self.rng = random.Random()
-        self.started = time.monotonic()
-        self.stop = asyncio.Event()
-        self.force = asyncio.Event()
-        self.deliveries: set[asyncio.Task[Any]] = set()
-
-    def _elapsed(self) -> str:
-        return f"[{time.monotonic() - self.started:3.0f}s]"
-
-    def _signal(self) -> None:
-        if self.stop.is_set():
-            self.force.set()
-        self.stop.set()
-
-    async def run(self) -> None:
-        from .sender import SimulatedSender
-
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._signal)
-        if self.duration:
-            loop.call_later(self.duration, self.stop.set)
-        async with SimulatedSender(
-            f"{self.url}/webhook",
-            self.key,
-            compress=self.speed,
-            duplicate_rate=_DEMO_DUPLICATE_RATE,
-            rng=self.rng,
-        ) as sender:
-            self._upload(sender, self._take(3))
-            background = [asyncio.create_task(self._device(sender)) for _ in range(_DEMO_DEVICES)]
-            background.append(asyncio.create_task(self._offline_device(sender)))
-            background.append(asyncio.create_task(self._progress(sender)))
-            await self.stop.wait()
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            click.echo(
-                f"{self._elapsed()} stopping: no new scans; waiting up to "
-                f"{_DEMO_DRAIN_SECONDS:g} s for queued work (Ctrl-C again to quit now)"
-            )
-            if self.deliveries:
-                await asyncio.wait(self.deliveries, timeout=3)
-            for task in list(self.deliveries):
-                task.cancel()
-            await asyncio.gather(*self.deliveries, return_exceptions=True)
-            left = await self._drain()
-            await self._summary(sender, left)
-
-    def _take(self, n: int) -> list[str]:
-        """The next ``n`` scans: the backlog first, then newly scanned items."""
-        ids, self.backlog = self.backlog[:n], self.backlog[n:]
-        return ids + _scan(self.fake, n - len(ids)) if len(ids) < n else ids
-
-    def _upload(self, sender: SimulatedSender, ids: list[str]) -> None:
-        from .sender import items_scanned_body
-
-        task = asyncio.create_task(sender.deliver(items_scanned_body(ids)))
-        self.deliveries.add(task)
-        task.add_done_callback(self.deliveries.discard)
-
-    async def _device(self, sender: SimulatedSender) -> None:
-        while True:
-            await asyncio.sleep(self.rng.uniform(1.0, 3.0))
-            self._upload(sender, self._take(self.rng.randint(1, 5)))
-
-    async def _offline_device(self, sender: SimulatedSender) -> None:
-        if not self.big_batch:
-            return
-        await asyncio.sleep(_DEMO_BIG_BATCH_AFTER)
-        click.echo(
-            f"{self._elapsed()} an offline device is back: {self.big_batch} items "
-            "in one items.scanned webhook"
-        )
-        self._upload(sender, _scan(self.fake, self.big_batch))
-
-    async def _progress(self, sender: SimulatedSender) -> None:
-        while True:
-            await asyncio.sleep(_DEMO_PROGRESS_EVERY)
-            events, jobs, items = await self._counts()
-            click.echo(
-                f"{self._elapsed()} webhooks {sender.succeeded} delivered, "
-                f"{_n(sender.duplicates_sent, 'duplicate')}, "
-                f"{_n(sender.attempts_failed, 'failed attempt')}"
-                f" | events {_describe_counts(events)} | jobs {jobs.get('dead', 0)} dead, "
-                f"{jobs.get('pending', 0) + jobs.get('running', 0)} queued"
-                f" | items stored {items} | Dimmy API {self._api_line()}"
-            )
-
-    def _api_line(self) -> str:
-        fetches = sum(dict(self.fake.attempts).values())
-        answered = sum(dict(self.fake.counts).values())
-        return f"{fetches} item fetches, {fetches - answered} refused (429/503) and retried"
-
-    async def _counts(self) -> tuple[dict[str, int], dict[str, int], int]:
-        stats = await self.store.stats(time.time())
-        items = await asyncio.to_thread(_count_items, self.database)
-        return dict(stats.events), dict(stats.jobs), items
-
-    async def _drain(self) -> int:
-        """Wait (bounded) until no event or job is queued; returns how many jobs still are."""
-        deadline = time.monotonic() + _DEMO_DRAIN_SECONDS
-        while True:
-            events, jobs, _ = await self._counts()
-            queued = jobs.get("pending", 0) + jobs.get("running", 0)
-            queued += events.get("pending", 0) + events.get("processing", 0)
-            if not queued or time.monotonic() > deadline or self.force.is_set():
-                return queued
-            await asyncio.sleep(0.2)
-
-    async def _summary(self, sender: SimulatedSender, left: int) -> None:
-        events, jobs, items = await self._counts()
-        click.echo(
-            f"summary after {time.monotonic() - self.started:.0f} s\n"
-            f"  webhooks    {sender.succeeded} delivered in {sender.sent} attempts "
-            f"({_n(sender.duplicates_sent, 'duplicate')}, {sender.failed} given up)\n"
-            f"  events      {_describe_counts(events)}\n"
-            f"  items       {items} stored in {self.database}\n"
-            f"  outputs     {self.jsonl}\n"
-            f"  Dimmy API   {self._api_line()}\n"
-            f"  jobs        {_describe_counts(jobs)}"
-            + (f"\n  {left} still queued: they resume on the next run" if left else "")
-        )
-
-
-def _n(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
-def _describe_counts(counts: dict[str, int]) -> str:
-    if not counts:
-        return "none"
-    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-
-
-def _count_items(path: Path) -> int:
-    import sqlite3
-
-    with contextlib.closing(sqlite3.connect(path.as_uri() + "?mode=ro", uri=True)) as conn:
-        return int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
+    click.echo("demo stopped", err=True)
 
 
 @main.command("export-sqlite-to-postgres")

@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
+from dimmy_webhooks.devtools.sender import items_scanned_body
 from dimmy_webhooks.outputs import JsonlOutput
-from dimmy_webhooks.sender import items_scanned_body
 
 from ..conftest import ServiceProcess, query, signed
 

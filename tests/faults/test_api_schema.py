@@ -28,8 +28,8 @@ from schemathesis.generation import GenerationMode
 from schemathesis.generation.case import Case
 
 from dimmy_webhooks import schema as db_schema
+from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.models import JobKind, NormalisedItem, StoredItem
-from dimmy_webhooks.runner import serve_in_thread
 from dimmy_webhooks.store import SQLiteStore
 from dimmy_webhooks.web import create_app
 

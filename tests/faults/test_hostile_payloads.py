@@ -23,8 +23,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from dimmy_webhooks.fake_dimmy import FakeDimmy
-from dimmy_webhooks.runner import serve_in_thread
+from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
+from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 
 from ..conftest import ADMIN_TOKEN, API_KEY, make_settings, signed

@@ -25,9 +25,9 @@ import pytest
 
 from dimmy_webhooks import schema
 from dimmy_webhooks.config import load_settings
+from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
+from dimmy_webhooks.devtools.runner import free_port
 from dimmy_webhooks.errors import ConfigError
-from dimmy_webhooks.fake_dimmy import FakeDimmy
-from dimmy_webhooks.runner import free_port
 from dimmy_webhooks.signatures import parse_secrets, signed_headers
 
 from ..conftest import ADMIN_TOKEN, API_KEY, CLI, KEY, SECRET, clean_env, query, signed

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dimmy_webhooks.sender import items_scanned_body
+from dimmy_webhooks.devtools.sender import items_scanned_body
 from dimmy_webhooks.worker import WorkerPolicy
 
 from ..conftest import API_KEY, SECRET, query, signed, wait_until

@@ -1,9 +1,9 @@
 """A local fake of the Dimmy REST API, for tests, benchmarks and the offline demo.
 
 :class:`FakeDimmy` keeps items in memory and records what was asked of it; :func:`create_app`
-serves it as a FastAPI app with the documented endpoints (``GET /items/{id}``, ``GET /items``,
-``GET /items/count``, ``POST /items/barcode``, ``POST /items/barcode/count``), so validation
-errors are real FastAPI 422 bodies. Every request first checks ``X-API-KEY`` (401
+serves it as a FastAPI app with the documented endpoints the service calls (``GET /items/{id}``,
+``GET /items`` with ``skip``, ``limit``, ``start_date`` and ``end_date``), so validation errors are
+real FastAPI 422 bodies. Every request first checks ``X-API-KEY`` (401
 ``{"message": "Unauthorized"}``), then goes through the faults of :class:`FakeDimmyConfig`
 (hang, latency, 429 every Nth request, random 503). The config is read on every request: assign
 ``fake.config`` or change its fields at run time and the next request follows it.
@@ -22,14 +22,12 @@ import re
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Query
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -71,14 +69,6 @@ class FakeRequest:
     method: str
     path: str
     status: int
-
-
-class BarcodeQuery(BaseModel):
-    """Body of ``POST /items/barcode`` and ``/items/barcode/count``."""
-
-    barcodes: list[str]
-    scanner_account_ids: list[str] | None = None
-    exact: list[bool] | None = None  # per barcode, default true; false matches a substring
 
 
 def iso(moment: datetime) -> str:
@@ -327,27 +317,6 @@ def _ean_check_digit(digits: str) -> str:
     return str((10 - total % 10) % 10)
 
 
-def _item_barcodes(item: dict[str, Any]) -> Iterable[str]:
-    for step in item.get("barcode_scanning") or ():
-        for barcode in (step or {}).get("barcodes") or ():
-            value = (barcode or {}).get("value")
-            if isinstance(value, str):
-                yield value
-
-
-def _matches(item: dict[str, Any], query: BarcodeQuery) -> bool:
-    accounts = query.scanner_account_ids
-    if accounts is not None and item.get("scanner_account_id") not in accounts:
-        return False
-    exact = list(query.exact or ())
-    wanted = [(code, exact[i] if i < len(exact) else True) for i, code in enumerate(query.barcodes)]
-    return any(
-        value == code if is_exact else code in value
-        for value in _item_barcodes(item)
-        for code, is_exact in wanted
-    )
-
-
 def _page(items: list[dict[str, Any]], skip: int, limit: int) -> list[dict[str, Any]]:
     # MongoDB semantics (inferred for Dimmy): limit=0 means no limit
     return items[skip : skip + limit] if limit else items[skip:]
@@ -454,10 +423,6 @@ def create_app(fake: FakeDimmy) -> FastAPI:
     app = FastAPI(title="Fake Dimmy API", description=__doc__, version="0")
     app.add_middleware(_Gate, fake=fake)
 
-    @app.get("/items/count")
-    async def count_items() -> int:
-        return len(fake.items)
-
     @app.get("/items/{item_id}")
     async def get_item(item_id: Annotated[str, Path(pattern=OBJECT_ID_PATTERN)]) -> Response:
         if item_id in fake.fail_ids:
@@ -482,16 +447,5 @@ def create_app(fake: FakeDimmy) -> FastAPI:
             high = _as_utc(end_date) if end_date else datetime.max.replace(tzinfo=UTC)
             items = [item for item in items if low <= (_created(item) or low - _SECOND) <= high]
         return JSONResponse(_page(items, skip, limit))
-
-    @app.post("/items/barcode")
-    async def find_by_barcode(
-        query: BarcodeQuery, skip: _Skip = 0, limit: _Limit = 100
-    ) -> Response:
-        items = [item for item in fake.snapshot() if _matches(item, query)]
-        return JSONResponse(_page(items, skip, limit))
-
-    @app.post("/items/barcode/count")
-    async def count_by_barcode(query: BarcodeQuery) -> int:
-        return sum(1 for item in fake.snapshot() if _matches(item, query))
 
     return app

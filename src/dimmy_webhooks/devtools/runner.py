@@ -19,6 +19,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``port`` on ``host`` can be bound now (as uvicorn binds it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 @contextlib.contextmanager
 def serve_in_thread(
     app: Any, host: str = "127.0.0.1", port: int = 0, **uvicorn_options: Any

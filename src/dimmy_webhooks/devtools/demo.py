@@ -1,0 +1,316 @@
+"""``dimmy-webhooks demo``: the whole service offline, in one process.
+
+A fake Dimmy API (:mod:`.fake_dimmy`), the service itself (:func:`~dimmy_webhooks.web.create_app`
+on a throwaway SQLite file), and simulated devices whose scans arrive as signed webhooks with
+Svix's retries and duplicates (:mod:`.sender`), all on 127.0.0.1. :func:`run_demo` prints the URLs
+to open, progress lines and a summary; Ctrl-C (or ``duration``) stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import random
+import secrets
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import schema
+from ..config import load_settings
+from ..errors import ConfigError
+from ..signatures import parse_secrets
+from ..store import QueueStats, Store
+from .fake_dimmy import FakeDimmy, FakeDimmyConfig
+from .fake_dimmy import create_app as create_fake_app
+from .runner import free_port, port_free, serve_in_thread
+from .sender import SimulatedSender, items_scanned_body
+
+DEVICES = 3
+BIG_BATCH_AFTER = 5.0  # seconds before the offline device comes back
+PROGRESS_EVERY = 3.0
+DRAIN_SECONDS = 8.0  # at the end, time allowed for queued work to finish
+DUPLICATE_RATE = 0.1
+JSONL = "dimmy-demo-items.jsonl"
+
+
+def run_demo(
+    *,
+    port: int,
+    fake_port: int,
+    n_items: int,
+    big_batch: int,
+    speed: float,
+    database: Path,
+    duration: float,
+) -> None:
+    """Run the demo until Ctrl-C or ``duration`` seconds (0: no limit).
+
+    Raises :class:`ConfigError` when a port is taken or ``database`` is the service's own.
+    """
+    from ..web import create_app
+
+    database = database.resolve()
+    _refuse_real_database(database)
+    for flag, value in (("--port", port), ("--fake-port", fake_port)):
+        if value and not port_free(value):
+            raise ConfigError(
+                f"port {value} on 127.0.0.1 is in use (another dimmy-webhooks running?): "
+                f"try {flag} {value + 1}, or {flag} 0 for any free port"
+            )
+    port = port or free_port()
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    api_key = "demo-" + secrets.token_hex(8)
+    fake = FakeDimmy(
+        FakeDimmyConfig(
+            api_key=api_key,
+            latency_seconds=0.02,
+            latency_jitter=0.01,
+            error_rate=0.03,
+            rate_limit_every=40,
+            retry_after_seconds=1,
+        )
+    )
+    backlog = _scan(fake, n_items)
+    database_url = f"sqlite:///{database}"
+    schema.upgrade(database_url)
+    jsonl = database.parent / JSONL
+    with contextlib.ExitStack() as stack:
+        fake_url = _serve(stack, create_fake_app(fake), fake_port, "--fake-port")
+        settings = load_settings(
+            None,
+            webhook_secret=secret,
+            api_key=api_key,
+            api_url=fake_url,
+            database_url=database_url,
+            outputs=f"jsonl:{jsonl}",
+            host="127.0.0.1",
+            port=port,
+            webhook_path="/webhook",
+            admin_token=None,
+            worker_enabled=True,
+            log_level="WARNING",
+        )
+        app = create_app(settings)
+        url = _serve(stack, app, port, "--port")
+        click.echo(
+            "dimmy-webhooks demo: a fake Dimmy API, the service and simulated devices, "
+            "all offline in this process\n"
+            f"  service      {url}\n"
+            f"  webhooks     {url}/webhook  (throwaway secret of this run: {secret})\n"
+            f"  events       {url}/api/events\n"
+            f"  an item      {url}/api/items/{backlog[0]}\n"
+            f"  OpenAPI      {url}/openapi.json\n"
+            f"  readiness    {url}/readyz\n"
+            f"  fake Dimmy   {fake_url}/items/{backlog[0]}  (X-API-KEY: {api_key})\n"
+            f"  database     {database}\n"
+            f"  JSON Lines   {jsonl}\n"
+            f"{DEVICES} devices upload 1-5 items every ~2 s; an offline device uploads "
+            f"{big_batch} items after ~{BIG_BATCH_AFTER:g} s; retry schedule "
+            f"{speed:g}x faster. "
+            + (f"Stopping after {duration:g} s." if duration else "Ctrl-C to stop.")
+        )
+        demo = DemoRun(
+            url=url,
+            key=parse_secrets(secret)[0],
+            fake=fake,
+            store=app.state.services.store,
+            backlog=backlog,
+            big_batch=big_batch,
+            speed=speed,
+            duration=duration,
+            database=database,
+            jsonl=jsonl,
+        )
+        asyncio.run(demo.run())
+
+
+def _refuse_real_database(path: Path) -> None:
+    """The demo writes throwaway events and items: never into the configured database."""
+    try:
+        real = load_settings().sqlite_path
+    except ConfigError:
+        return  # a broken setting is no concern of the demo, which ignores it
+    if real is not None and real.resolve() == path:
+        raise ConfigError(
+            f"{path} is the service's own database (DIMMY_DATABASE_URL): give the demo "
+            "another --database, e.g. the default dimmy-demo.sqlite3"
+        )
+
+
+def _serve(stack: contextlib.ExitStack, app: Any, port: int, flag: str) -> str:
+    try:
+        url: str = stack.enter_context(serve_in_thread(app, "127.0.0.1", port))
+    except RuntimeError:
+        raise ConfigError(
+            f"could not listen on 127.0.0.1:{port} (port in use?): try another {flag}"
+        ) from None
+    return url
+
+
+def _scan(fake: FakeDimmy, n: int) -> list[str]:
+    """``n`` new items in the fake Dimmy, created over the last minutes (as if just scanned)."""
+    start = datetime.now(UTC) - timedelta(seconds=47 * n)
+    return fake.generate_items(n, start=start)
+
+
+class DemoRun:
+    """The simulated side of the demo: devices, the offline device, progress and summary."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        key: bytes,
+        fake: FakeDimmy,
+        store: Store,
+        backlog: list[str],
+        big_batch: int,
+        speed: float,
+        duration: float,
+        database: Path,
+        jsonl: Path,
+    ) -> None:
+        self.url = url
+        self.key = key
+        self.fake = fake
+        self.store = store
+        self.backlog = list(backlog)
+        self.big_batch = big_batch
+        self.speed = speed
+        self.duration = duration
+        self.database = database
+        self.jsonl = jsonl
+        self.rng = random.Random()
+        self.started = time.monotonic()
+        self.stop = asyncio.Event()
+        self.force = asyncio.Event()
+        self.deliveries: set[asyncio.Task[Any]] = set()
+
+    def _elapsed(self) -> str:
+        return f"[{time.monotonic() - self.started:3.0f}s]"
+
+    def _signal(self) -> None:
+        if self.stop.is_set():
+            self.force.set()
+        self.stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._signal)
+        if self.duration:
+            loop.call_later(self.duration, self.stop.set)
+        async with SimulatedSender(
+            f"{self.url}/webhook",
+            self.key,
+            compress=self.speed,
+            duplicate_rate=DUPLICATE_RATE,
+            rng=self.rng,
+        ) as sender:
+            self._upload(sender, self._take(3))
+            background = [asyncio.create_task(self._device(sender)) for _ in range(DEVICES)]
+            background.append(asyncio.create_task(self._offline_device(sender)))
+            background.append(asyncio.create_task(self._progress(sender)))
+            await self.stop.wait()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            click.echo(
+                f"{self._elapsed()} stopping: no new scans; waiting up to "
+                f"{DRAIN_SECONDS:g} s for queued work (Ctrl-C again to quit now)"
+            )
+            if self.deliveries:
+                await asyncio.wait(self.deliveries, timeout=3)
+            for task in list(self.deliveries):
+                task.cancel()
+            await asyncio.gather(*self.deliveries, return_exceptions=True)
+            left = await self._drain()
+            await self._summary(sender, left)
+
+    def _take(self, n: int) -> list[str]:
+        """The next ``n`` scans: the backlog first, then newly scanned items."""
+        ids, self.backlog = self.backlog[:n], self.backlog[n:]
+        return ids + _scan(self.fake, n - len(ids)) if len(ids) < n else ids
+
+    def _upload(self, sender: SimulatedSender, ids: list[str]) -> None:
+        task = asyncio.create_task(sender.deliver(items_scanned_body(ids)))
+        self.deliveries.add(task)
+        task.add_done_callback(self.deliveries.discard)
+
+    async def _device(self, sender: SimulatedSender) -> None:
+        while True:
+            await asyncio.sleep(self.rng.uniform(1.0, 3.0))
+            self._upload(sender, self._take(self.rng.randint(1, 5)))
+
+    async def _offline_device(self, sender: SimulatedSender) -> None:
+        if not self.big_batch:
+            return
+        await asyncio.sleep(BIG_BATCH_AFTER)
+        click.echo(
+            f"{self._elapsed()} an offline device is back: {self.big_batch} items "
+            "in one items.scanned webhook"
+        )
+        self._upload(sender, _scan(self.fake, self.big_batch))
+
+    async def _progress(self, sender: SimulatedSender) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY)
+            stats = await self._stats()
+            jobs = stats.jobs
+            click.echo(
+                f"{self._elapsed()} webhooks {sender.succeeded} delivered, "
+                f"{_n(sender.duplicates_sent, 'duplicate')}, "
+                f"{_n(sender.attempts_failed, 'failed attempt')}"
+                f" | events {_describe(stats.events)} | jobs {jobs.get('dead', 0)} dead, "
+                f"{jobs.get('pending', 0) + jobs.get('running', 0)} queued"
+                f" | items stored {stats.items} | Dimmy API {self._api_line()}"
+            )
+
+    def _api_line(self) -> str:
+        fetches = sum(dict(self.fake.attempts).values())
+        answered = sum(dict(self.fake.counts).values())
+        return f"{fetches} item fetches, {fetches - answered} refused (429/503) and retried"
+
+    async def _stats(self) -> QueueStats:
+        return await self.store.stats(time.time())
+
+    async def _drain(self) -> int:
+        """Wait (bounded) until no event or job is queued; returns how many jobs still are."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while True:
+            stats = await self._stats()
+            queued = stats.jobs.get("pending", 0) + stats.jobs.get("running", 0)
+            queued += stats.events.get("pending", 0) + stats.events.get("processing", 0)
+            if not queued or time.monotonic() > deadline or self.force.is_set():
+                return queued
+            await asyncio.sleep(0.2)
+
+    async def _summary(self, sender: SimulatedSender, left: int) -> None:
+        stats = await self._stats()
+        click.echo(
+            f"summary after {time.monotonic() - self.started:.0f} s\n"
+            f"  webhooks    {sender.succeeded} delivered in {sender.sent} attempts "
+            f"({_n(sender.duplicates_sent, 'duplicate')}, {sender.failed} given up)\n"
+            f"  events      {_describe(stats.events)}\n"
+            f"  items       {stats.items} stored in {self.database}\n"
+            f"  outputs     {self.jsonl}\n"
+            f"  Dimmy API   {self._api_line()}\n"
+            f"  jobs        {_describe(stats.jobs)}"
+            + (f"\n  {left} still queued: they resume on the next run" if left else "")
+        )
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _describe(counts: dict[str, int]) -> str:
+    if not counts:
+        return "none"
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))

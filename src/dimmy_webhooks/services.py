@@ -1,0 +1,205 @@
+"""The composition root: every long-running part of the service, built from the settings.
+
+:meth:`Services.from_settings` builds the store, the Dimmy API client, the outputs and the
+workers (nothing is opened or started); :meth:`Services.running` opens and starts them under one
+async context manager and undoes it all on the way out. ``serve`` (through the web app's
+lifespan), ``worker`` and the demo all go through here, so a new long-running part is added in
+one place: a :class:`Part` with a ``run(stop)`` coroutine.
+
+Nothing here imports the web stack: the ``worker`` command runs without FastAPI or Starlette.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .client import DimmyClient
+from .config import Settings
+from .errors import StoreError
+from .failpoints import Failpoints
+from .outputs import Output, parse_outputs
+from .store import Store, create_store
+from .worker import Worker, WorkerPolicy
+
+log = logging.getLogger("dimmy_webhooks.services")
+
+
+def worker_policy(settings: Settings) -> WorkerPolicy:
+    """The workers' pacing, from the settings."""
+    return WorkerPolicy(
+        concurrency=settings.api_concurrency * 2,
+        lease_seconds=settings.lease_seconds,
+        retry_base_seconds=settings.retry_base_seconds,
+        retry_max_seconds=settings.retry_max_seconds,
+        grace_seconds=settings.shutdown_grace_seconds,
+        dimension_unit=settings.dimension_unit,
+        weight_unit=settings.weight_unit,
+    )
+
+
+def create_client(settings: Settings) -> DimmyClient | None:
+    """The Dimmy API client, or ``None`` when no API key is configured."""
+    if settings.api_key is None or not settings.api_key.get_secret_value().strip():
+        return None
+    return DimmyClient(
+        settings.api_url,
+        settings.api_key.get_secret_value().strip(),
+        timeout=settings.api_timeout_seconds,
+        concurrency=settings.api_concurrency,
+        rate_limit=settings.api_rate_limit,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A long-running part: ``run(stop)`` works until ``stop`` is set, then returns."""
+
+    name: str
+    run: Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """What ``/readyz`` answers: ``ready``, ``degraded`` (working, with problems an operator
+    should see) or ``unavailable`` (the store does not answer: take this process out of a load
+    balancer)."""
+
+    status: str
+    problems: list[str]
+
+
+@dataclass
+class Services:
+    """The parts of one process (build with :meth:`from_settings`, run with :meth:`running`)."""
+
+    settings: Settings
+    store: Store
+    outputs: list[Output]
+    client: DimmyClient | None = None
+    workers: list[Worker] = field(default_factory=list)
+    parts: list[Part] = field(default_factory=list)
+    clock: Callable[[], float] = time.time
+    crash: Failpoints = field(default_factory=Failpoints)
+    started_at: float = field(default_factory=time.time)
+    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        run_workers: bool = True,
+        concurrency: int | None = None,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Services:
+        """Build every part from ``settings``; raises :class:`ConfigError` for unusable ones.
+
+        ``run_workers=False`` is a receiver only (``serve --no-worker``); ``concurrency``
+        overrides the workers' jobs in flight; ``store`` and ``clock`` are for tests.
+        """
+        crash = Failpoints(settings.failpoint)
+        services = cls(
+            settings=settings,
+            store=store or create_store(settings.database_url, max_attempts=settings.max_attempts),
+            outputs=parse_outputs(settings.outputs),
+            clock=clock,
+            crash=crash,
+        )
+        if run_workers:
+            policy = worker_policy(settings)
+            if concurrency:
+                policy = replace(policy, concurrency=concurrency)
+            services.client = create_client(settings)
+            worker = Worker(
+                services.store, services.client, services.outputs, policy, clock=clock, crash=crash
+            )
+            services.workers.append(worker)
+            services.parts.append(Part("worker", worker.run))
+        return services
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Services]:
+        """Open the store and the client, start every part; on exit stop the parts (each
+        within its grace period), then close outputs, client and store."""
+        await self.store.open()
+        # everything loaded so far lives as long as the process: keep it out of the cyclic
+        # GC's full collections, which otherwise stall every request in flight for 50-100 ms
+        gc.collect()
+        gc.freeze()
+        stop = asyncio.Event()
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self.store.close)
+            for output in self.outputs:
+                stack.push_async_callback(output.aclose)
+            if self.client is not None:
+                await stack.enter_async_context(self.client)
+            for part in self.parts:
+                self._tasks[part.name] = asyncio.create_task(part.run(stop), name=part.name)
+            try:
+                yield self
+            finally:
+                stop.set()
+                if self._tasks:
+                    await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Run every part until ``stop`` is set (the ``worker`` command)."""
+        async with self.running():
+            await stop.wait()
+
+    # what the routes and the commands ask of the running service ----------------------------
+
+    def wake_workers(self) -> None:
+        """New work may be due (a webhook was stored, work was replayed)."""
+        for worker in self.workers:
+            worker.wake()
+
+    def output_names(self) -> list[str]:
+        return [output.name for output in self.outputs]
+
+    def problems(self) -> list[str]:
+        """Problems that leave the service working but need an operator (a refused API key):
+        ``/readyz`` answers ``degraded``, and the receiver stays in its load balancer."""
+        problems = []
+        if self.client is not None and self.client.auth_failed:
+            problems.append(f"Dimmy API refused the key: {self.client.auth_failed}")
+        problems += [w.config_error for w in self.workers if w.config_error is not None]
+        if self.workers and self.client is None:
+            problems.append("DIMMY_API_KEY is not set: items cannot be fetched")
+        return list(dict.fromkeys(problems))
+
+    def failures(self) -> list[str]:
+        """Parts that stopped working (the store's writer, a background part that ended before
+        its stop): ``/readyz`` answers ``unavailable``."""
+        failures = self.store.failures()
+        failures += [
+            f"{name} stopped: {_ending(task)}" for name, task in self._tasks.items() if task.done()
+        ]
+        return failures
+
+    async def readiness(self) -> Readiness:
+        """Ask the store for a round trip, then collect :meth:`failures` and :meth:`problems`."""
+        failures = self.failures()
+        try:
+            await self.store.ping()
+        except StoreError as exc:
+            failures.insert(0, f"store unreachable: {exc}")
+        if failures:
+            return Readiness("unavailable", failures + self.problems())
+        problems = self.problems()
+        return Readiness("degraded" if problems else "ready", problems)
+
+
+def _ending(task: asyncio.Task[None]) -> str:
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    return "returned" if exc is None else f"{type(exc).__name__}: {exc}"
