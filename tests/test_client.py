@@ -23,14 +23,14 @@ from dimmy_webhooks.client import (
     backoff_delay,
     parse_retry_after,
 )
+from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
+from dimmy_webhooks.devtools.runner import free_port, serve_in_thread
 from dimmy_webhooks.errors import (
     PermanentUpstream,
     TransientUpstream,
     UpstreamAuthError,
     UpstreamError,
 )
-from dimmy_webhooks.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
-from dimmy_webhooks.runner import free_port, serve_in_thread
 
 KEY = "s3cret-key-0123456789"
 ITEM_ID = "6592008029c8c3e4dc76256c"
@@ -224,7 +224,7 @@ async def test_429_without_a_usable_retry_after(
         lambda request: httpx.Response(429, headers=headers), clock=clock.clock
     ) as client:
         with pytest.raises(TransientUpstream) as caught:
-            await client.count_items()
+            await client.list_items()
         assert caught.value.retry_after == expected_retry_after
         assert client.pause_remaining == expected_pause
 
@@ -253,12 +253,12 @@ def test_parse_retry_after() -> None:
         assert parse_retry_after(junk, now=now) is None
 
 
-async def test_query_and_body_encoding() -> None:
+async def test_query_encoding() -> None:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(200, json=3 if request.url.path.endswith("count") else [])
+        return httpx.Response(200, json=[])
 
     async with mock_client(handler) as client:
         cet = timezone(timedelta(hours=1))
@@ -268,31 +268,10 @@ async def test_query_and_body_encoding() -> None:
             skip=20,
             limit=10,
         )
-        await client.find_by_barcode(["871", "PKG"], exact=False, scanner_account_ids=["a"])
-        assert await client.count_by_barcode(["871"], exact=[True]) == 3
     params = seen[0].url.params
     assert params["start_date"] == "2026-01-05T09:00:00Z"
     assert params["end_date"] == "2026-01-05T12:00:00.500000Z"
     assert (params["skip"], params["limit"]) == ("20", "10")
-    assert json.loads(seen[1].content) == {
-        "barcodes": ["871", "PKG"],
-        "scanner_account_ids": ["a"],
-        "exact": [False, False],
-    }
-    assert json.loads(seen[2].content) == {"barcodes": ["871"], "exact": [True]}
-
-
-@pytest.mark.parametrize(("body", "expected"), [(b"7", 7), (b'{"count": 4}', 4)])
-async def test_count_accepts_a_bare_integer(body: bytes, expected: int) -> None:
-    async with mock_client(lambda request: httpx.Response(200, content=body)) as client:
-        assert await client.count_items() == expected
-
-
-@pytest.mark.parametrize("body", [b"true", b'"7"', b"[]", b"1.5"])
-async def test_count_rejects_anything_else(body: bytes) -> None:
-    async with mock_client(lambda request: httpx.Response(200, content=body)) as client:
-        with pytest.raises(PermanentUpstream):
-            await client.count_items()
 
 
 async def test_list_rejects_a_non_array() -> None:
@@ -386,7 +365,6 @@ async def test_fetch_over_http(fake: FakeDimmy, url: str) -> None:
         bodies = await asyncio.gather(*(client.get_item(i) for i in ids))
         assert [json.loads(body) for body in bodies] == [fake.items[i] for i in ids]
         assert b":null" in b"".join(bodies)
-        assert await client.count_items() == 30
     assert fake.counts == dict.fromkeys(ids, 1)
 
 
@@ -430,7 +408,7 @@ async def test_a_hang_beyond_the_timeout_is_transient(fake: FakeDimmy, url: str)
     async with DimmyClient(url, KEY, timeout=0.3) as client:
         started = time.monotonic()
         with pytest.raises(TransientUpstream, match="timed out") as caught:
-            await client.count_items()
+            await client.list_items()
     assert 0.25 <= time.monotonic() - started < 1.5
     assert caught.value.status is None
 
@@ -438,7 +416,7 @@ async def test_a_hang_beyond_the_timeout_is_transient(fake: FakeDimmy, url: str)
 async def test_nothing_listening_is_transient() -> None:
     async with DimmyClient(f"http://127.0.0.1:{free_port()}", KEY, timeout=1) as client:
         with pytest.raises(TransientUpstream) as caught:
-            await client.count_items()
+            await client.list_items()
     assert caught.value.status is None
 
 
@@ -484,21 +462,3 @@ async def test_list_items_window_and_paging(fake: FakeDimmy, url: str) -> None:
         assert [item["_id"] for item in page] == ids[10:15]
         with pytest.raises(PermanentUpstream, match="422"):
             await client.list_items(skip=-1)
-
-
-async def test_barcode_search(fake: FakeDimmy, url: str) -> None:
-    ids = fake.generate_items(40)
-    target = next(i for i in ids if fake.items[i].get("barcode_scanning"))
-    value = fake.items[target]["barcode_scanning"][0]["barcodes"][0]["value"]
-    async with DimmyClient(url, KEY) as client:
-        exact = await client.find_by_barcode([value])
-        assert target in [item["_id"] for item in exact]
-        assert target not in [item["_id"] for item in await client.find_by_barcode([value[2:]])]
-        partial = await client.find_by_barcode([value[2:]], exact=False)
-        assert target in [item["_id"] for item in partial]
-        account = fake.items[target]["scanner_account_id"]
-        scoped = await client.find_by_barcode(
-            [value], scanner_account_ids=[account], skip=0, limit=1
-        )
-        assert [item["_id"] for item in scoped] == [target]
-        assert await client.count_by_barcode([value[2:]], exact=False) == len(partial)

@@ -15,10 +15,8 @@ from hypothesis import strategies as st
 
 from dimmy_webhooks.items import (
     format_timestamp,
-    is_newer,
     normalise,
     normalise_timestamp,
-    replaces,
     to_api_dict,
     version_of,
 )
@@ -470,40 +468,6 @@ def test_version_of_changes_with_content_and_marks_missing_updated_at() -> None:
     assert version_of('{"a": 1}', item) != version_of('{"a": 2}', item)
     undated = normalise({"_id": "x"})
     assert version_of("{}", undated).startswith("-#")
-
-
-@pytest.mark.parametrize(
-    ("new", "old", "expected"),
-    [
-        ("2026-01-05T09:00:06.000000Z", "2026-01-05T09:00:05.000000Z", True),
-        ("2026-01-05T09:00:04.000000Z", "2026-01-05T09:00:05.000000Z", False),
-        ("2026-01-05T09:00:05.000000Z", "2026-01-05T09:00:05.000000Z", False),
-        ("2026-01-05T09:00:05.000000Z", None, True),
-        (None, "2026-01-05T09:00:05.000000Z", False),
-        (None, None, False),
-        ("2027-01-01T00:00:00.000000Z", "2026-12-31T23:59:59.999999Z", True),
-    ],
-)
-def test_is_newer_table(new: str | None, old: str | None, expected: bool) -> None:
-    assert is_newer(new, old) is expected
-
-
-@pytest.mark.parametrize(
-    ("new", "old", "expected"),
-    [
-        ("2026-01-05T09:00:06.000000Z#bbbb", "2026-01-05T09:00:05.000000Z#aaaa", True),
-        ("2026-01-05T09:00:04.000000Z#bbbb", "2026-01-05T09:00:05.000000Z#aaaa", False),
-        ("2026-01-05T09:00:05.000000Z#bbbb", "2026-01-05T09:00:05.000000Z#aaaa", True),
-        ("2026-01-05T09:00:05.000000Z#aaaa", "2026-01-05T09:00:05.000000Z#bbbb", True),
-        ("2026-01-05T09:00:05.000000Z#aaaa", "2026-01-05T09:00:05.000000Z#aaaa", False),
-        ("2026-01-05T09:00:05.000000Z#aaaa", "-#aaaa", True),
-        ("-#bbbb", "2026-01-05T09:00:05.000000Z#aaaa", False),
-        ("-#bbbb", "-#aaaa", True),
-        ("-#aaaa", "-#aaaa", False),
-    ],
-)
-def test_replaces_table(new: str, old: str, expected: bool) -> None:
-    assert replaces(new, old) is expected
 
 
 # --- API shape -------------------------------------------------------------------------------

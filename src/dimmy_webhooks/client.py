@@ -261,54 +261,7 @@ class DimmyClient:
             params["end_date"] = _format_time(end_date)
         return await self._items("GET", "/items", params=params)
 
-    async def find_by_barcode(
-        self,
-        barcodes: list[str],
-        *,
-        scanner_account_ids: list[str] | None = None,
-        exact: list[bool] | bool | None = None,
-        skip: int = 0,
-        limit: int = 100,
-    ) -> list[dict[str, Any]]:
-        """``POST /items/barcode``: items carrying any of ``barcodes``.
-
-        ``exact`` is per barcode (a single bool applies to all); false matches a substring.
-        """
-        body = self._barcode_body(barcodes, scanner_account_ids, exact)
-        params = {"skip": skip, "limit": limit}
-        return await self._items("POST", "/items/barcode", params=params, body=body)
-
-    async def count_by_barcode(
-        self,
-        barcodes: list[str],
-        *,
-        scanner_account_ids: list[str] | None = None,
-        exact: list[bool] | bool | None = None,
-    ) -> int:
-        """``POST /items/barcode/count``: how many items :meth:`find_by_barcode` would find."""
-        body = self._barcode_body(barcodes, scanner_account_ids, exact)
-        return await self._count("POST", "/items/barcode/count", body=body)
-
-    async def count_items(self) -> int:
-        """``GET /items/count``: the number of items the key can see."""
-        return await self._count("GET", "/items/count")
-
     # -- plumbing --------------------------------------------------------------------------
-
-    @staticmethod
-    def _barcode_body(
-        barcodes: list[str],
-        scanner_account_ids: list[str] | None,
-        exact: list[bool] | bool | None,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"barcodes": list(barcodes)}
-        if scanner_account_ids is not None:
-            body["scanner_account_ids"] = list(scanner_account_ids)
-        if isinstance(exact, bool):
-            body["exact"] = [exact] * len(barcodes)
-        elif exact is not None:
-            body["exact"] = list(exact)
-        return body
 
     async def _items(
         self,
@@ -325,15 +278,6 @@ class DimmyClient:
                 f"{method} {path}: unexpected body (not an array of items)", status=200
             )
         return items
-
-    async def _count(self, method: str, path: str, *, body: Any = None) -> int:
-        response = await self._request(method, path, body=body)
-        count = self._json(response, method, path)
-        if isinstance(count, dict):  # tolerate {"count": n}
-            count = count.get("count")
-        if not isinstance(count, int) or isinstance(count, bool):
-            raise PermanentUpstream(f"{method} {path}: unexpected body (not a count)", status=200)
-        return count
 
     def _json(self, response: httpx.Response, method: str, path: str) -> Any:
         try:

@@ -6,8 +6,9 @@ effort: a field that is missing, ``null``, of the wrong type or in an unknown un
 because without an id there is nothing to store it under.
 
 Versions: an item's document can change after the first event (photos finish uploading and
-``updated_at`` moves). :func:`version_of` names one version of one item, and :func:`is_newer` /
-:func:`replaces` state the rule the item store applies when a fetch meets a stored version.
+``updated_at`` moves). :func:`version_of` names one version of one item; the rule the item store
+applies when a fetch meets a stored version is the ``upsert_item`` block of
+:mod:`dimmy_webhooks.store.sql`.
 """
 
 from __future__ import annotations
@@ -183,51 +184,6 @@ def version_of(doc_raw: bytes | str, normalised: NormalisedItem) -> str:
     raw = doc_raw.encode("utf-8") if isinstance(doc_raw, str) else doc_raw
     digest = hashlib.sha256(raw).hexdigest()[:16]
     return f"{normalised.updated_at or '-'}#{digest}"
-
-
-def is_newer(new_updated_at: str | None, old_updated_at: str | None) -> bool:
-    """Whether a fetched version replaces the stored one on ``updated_at`` alone.
-
-    Arguments are normalised timestamps (:func:`normalise_timestamp`), so string order is time
-    order. The full rule the item store applies:
-
-    =================  =================  ==================================================
-    new updated_at     old updated_at     outcome
-    =================  =================  ==================================================
-    later              earlier            replace (``is_newer`` is True)
-    earlier            later              keep the stored one: an older never overwrites
-    present            missing            replace (a dated version beats an undated one)
-    missing            present            keep the stored one
-    equal / both none  equal / both none  compare content: replace when the hash differs
-                                          (the later fetch wins), else nothing changed
-    =================  =================  ==================================================
-
-    The last row is not decided here (this returns False); :func:`replaces` applies the whole
-    table to two :func:`version_of` keys. In SQL, on an upsert keyed by item id::
-
-        WHERE new.updated_at > old.updated_at
-           OR (old.updated_at IS NULL AND new.updated_at IS NOT NULL)
-           OR (new.updated_at IS NOT DISTINCT FROM old.updated_at AND new.version <> old.version)
-    """
-    if new_updated_at is None:
-        return False
-    if old_updated_at is None:
-        return True
-    return new_updated_at > old_updated_at
-
-
-def replaces(new_version: str, old_version: str) -> bool:
-    """Whether version key ``new_version`` should overwrite ``old_version``.
-
-    Applies the whole table of :func:`is_newer` to two :func:`version_of` keys.
-    """
-    new_at, _, _ = new_version.rpartition("#")
-    old_at, _, _ = old_version.rpartition("#")
-    new_ts = None if new_at in ("", "-") else new_at
-    old_ts = None if old_at in ("", "-") else old_at
-    if new_ts == old_ts:
-        return new_version != old_version
-    return is_newer(new_ts, old_ts)
 
 
 def to_api_dict(item: StoredItem) -> dict[str, Any]:
