@@ -159,8 +159,8 @@ class SaveResult:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """Counts for /readyz, the demo, /metrics and the dashboard: events and jobs by status,
-    stored items, and the age in seconds of the oldest pending job (``None``: none pending)."""
+    """Counts of the whole queue: events and jobs by status, stored items, and the age in
+    seconds of the oldest pending job (``None``: none pending)."""
 
     events: dict[str, int]
     jobs: dict[str, int]

@@ -1,9 +1,10 @@
 """``POST /webhook``: read the body (capped, timed), verify, commit to the inbox, then answer.
 
-Answers (the contract in architecture.md): 204 accepted or duplicate; 401 signature, timestamp or
-headers rejected; 400 not JSON after a valid signature; 413 body over the cap (decided while
-reading, never after buffering it all); 408 body not received in time; 503 when the inbox cannot
-commit. Nothing is fetched here: the worker does that after the answer.
+Answers (the public contract, as the README's HTTP interface table lists it): 204 accepted or
+duplicate; 401 signature, timestamp or headers rejected; 400 not JSON after a valid signature;
+413 body over the cap (decided while reading, never after buffering it all); 408 body not
+received in time; 503 when the inbox cannot commit. Nothing is fetched here: the worker does
+that after the answer.
 """
 
 from __future__ import annotations

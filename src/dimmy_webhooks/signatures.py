@@ -1,7 +1,7 @@
 """Svix / Standard Webhooks signatures: decode secrets, sign, verify. Pure, stdlib only.
 
-Contract (``/work/shared/svix-verification.md`` is the source of truth; the rules there win over
-any library):
+Contract (the rules of the Svix and Standard Webhooks libraries and specification; where they
+differ, the stricter one, since Svix never sends the odd inputs):
 
 * Secrets are ``whsec_<base64>`` strings. :func:`decode_secret` strips surrounding whitespace and
   one ``whsec_`` prefix, restores missing ``=`` padding and decodes strictly (standard alphabet,

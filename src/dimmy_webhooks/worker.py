@@ -62,7 +62,16 @@ def _item_ids(values: list[object]) -> tuple[list[str], list[str]]:
 
 @dataclass(frozen=True, slots=True)
 class WorkerPolicy:
-    """How a worker paces itself (from the settings)."""
+    """How a worker paces itself, built from the settings by
+    :func:`dimmy_webhooks.services.worker_policy`.
+
+    ``concurrency`` jobs in flight at most, claimed ``claim_batch`` at a time; each claim is a
+    lease of ``lease_seconds`` (renewed every third of it while the job runs); a failed attempt
+    waits a jittered ``retry_base_seconds * 2 ** (attempt - 1)``, at most ``retry_max_seconds``;
+    an idle worker looks for due work every ``poll_seconds`` (sooner when woken); on stop,
+    running jobs get ``grace_seconds`` to finish. Items are stored in ``dimension_unit`` and
+    ``weight_unit``.
+    """
 
     concurrency: int = 128
     lease_seconds: float = 60.0
