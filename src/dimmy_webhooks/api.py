@@ -9,7 +9,6 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -186,14 +185,10 @@ async def replay_event(
     event_id: EventId, request: Request, mode: ReplayMode = ReplayMode.REFETCH
 ) -> dict[str, Any]:
     """Put an event's work back in the queue: ``refetch`` from Dimmy or ``redeliver``."""
-    services = _services(request)
     try:
-        queued = await services.store.replay_event(
-            event_id, mode, services.output_names(), time.time()
-        )
+        queued = await _services(request).replay_event(event_id, mode)
     except LookupError:
         raise HTTPException(status_code=404, detail="event not found") from None
-    services.wake_workers()
     return {"event_id": event_id, "mode": mode.value, "queued": queued}
 
 
@@ -202,12 +197,8 @@ async def replay_item(
     item_id: str, request: Request, mode: ReplayMode = ReplayMode.REFETCH
 ) -> dict[str, Any]:
     """Fetch one item again, or deliver its stored version to the outputs again."""
-    services = _services(request)
     try:
-        queued = await services.store.replay_item(
-            item_id, mode, services.output_names(), time.time()
-        )
+        queued = await _services(request).replay_item(item_id, mode)
     except LookupError:
         raise HTTPException(status_code=404, detail="item not found") from None
-    services.wake_workers()
     return {"item_id": item_id, "mode": mode.value, "queued": queued}

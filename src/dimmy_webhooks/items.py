@@ -214,6 +214,14 @@ def _canonical(unit: object, table: Mapping[str, float], aliases: Mapping[str, s
     return aliases.get(key)
 
 
+def _unit_named(
+    unit: object, default: str, table: Mapping[str, float], aliases: Mapping[str, str]
+) -> str | None:
+    """The canonical unit a document names, ``default`` when it names none, ``None`` when it
+    names one we do not know."""
+    return default if unit is None else _canonical(unit, table, aliases)
+
+
 def _number(value: object) -> float | None:
     """A finite float from an int or float; ``None`` for bools, strings, NaN, inf, huge ints."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -246,12 +254,7 @@ def _dimensions(steps: object, target: str) -> tuple[float, float, float, float 
             break
     else:
         return None
-    unit_value = dims.get("unit")
-    source = (
-        APP_DIMENSION_UNIT
-        if unit_value is None
-        else _canonical(unit_value, _LENGTH_IN_METRES, _LENGTH_ALIASES)
-    )
+    source = _unit_named(dims.get("unit"), APP_DIMENSION_UNIT, _LENGTH_IN_METRES, _LENGTH_ALIASES)
     if source is None:
         return None
     factor = _LENGTH_IN_METRES[source] / _LENGTH_IN_METRES[target]
@@ -282,11 +285,7 @@ def _weight(steps: object, target: str) -> float | None:
             value, unit_value = _number(weight), None
         if value is None:
             continue
-        source = (
-            DEFAULT_WEIGHT_UNIT
-            if unit_value is None
-            else _canonical(unit_value, _MASS_IN_KG, _MASS_ALIASES)
-        )
+        source = _unit_named(unit_value, DEFAULT_WEIGHT_UNIT, _MASS_IN_KG, _MASS_ALIASES)
         if source is None:
             return None
         return _round(value * _MASS_IN_KG[source] / _MASS_IN_KG[target])

@@ -24,6 +24,7 @@ from .client import DimmyClient
 from .config import Settings
 from .errors import StoreError
 from .failpoints import Failpoints
+from .models import ReplayMode
 from .outputs import Output, parse_outputs
 from .store import Store, create_store
 from .worker import Worker, WorkerPolicy
@@ -164,6 +165,26 @@ class Services:
 
     def output_names(self) -> list[str]:
         return [output.name for output in self.outputs]
+
+    async def replay_event(self, event_id: int, mode: ReplayMode) -> int:
+        """Put an event's work back in the queue (``LookupError``: no such event); returns the
+        number of jobs queued, which this process's workers start on at once."""
+        queued = await self.store.replay_event(event_id, mode, self.output_names(), self.clock())
+        self.wake_workers()
+        return queued
+
+    async def replay_item(self, item_id: str, mode: ReplayMode) -> int:
+        """Fetch one item again, or deliver its stored version again (``LookupError``: not
+        stored, for ``redeliver``)."""
+        queued = await self.store.replay_item(item_id, mode, self.output_names(), self.clock())
+        self.wake_workers()
+        return queued
+
+    async def replay_dead(self, since: float) -> int:
+        """Put every job that died since ``since`` (Unix seconds) back in the queue."""
+        queued = await self.store.replay_dead(since, self.clock())
+        self.wake_workers()
+        return queued
 
     def problems(self) -> list[str]:
         """Problems that leave the service working but need an operator (a refused API key):
