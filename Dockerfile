@@ -3,9 +3,9 @@
 FROM python:3.11-slim
 RUN useradd --system --create-home --home-dir /data dimmy
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
-RUN pip install --no-cache-dir . && rm -rf /root/.cache
+RUN pip install --no-cache-dir '.[postgres]' && rm -rf /root/.cache
 USER dimmy
 WORKDIR /data
 ENV DIMMY_HOST=0.0.0.0 \

@@ -23,7 +23,14 @@ import click
 import httpx
 
 from . import __version__, logs, schema
-from .config import Settings, load_settings, require_loopback_or_token
+from .config import (
+    SECRET_SETTINGS,
+    Settings,
+    env_example,
+    load_settings,
+    postgres_driver_missing,
+    require_loopback_or_token,
+)
 from .errors import ConfigError, DimmyWebhooksError
 from .signatures import parse_secrets, signed_headers
 
@@ -157,20 +164,26 @@ def migrate() -> None:
     is_flag=True,
     help="Exit 1 unless a webhook secret and an API key are configured.",
 )
+@click.option(
+    "--example",
+    is_flag=True,
+    help="Print a .env template with every setting at its default, and exit.",
+)
 @friendly_errors
-def show_config(check_credentials: bool) -> None:
+def show_config(check_credentials: bool, example: bool) -> None:
     """Print the effective settings (secrets hidden) after validating them."""
+    if example:
+        click.echo(env_example(), nl=False)
+        return
     settings = load_settings()
     if settings.webhook_secret is not None:
         parse_secrets(settings.webhook_secret.get_secret_value())
     if check_credentials:
         sys.exit(0 if settings.webhook_secret and settings.api_key else 1)
     for name, value in settings.model_dump().items():
-        shown = "(set, hidden)" if value is not None and name in _SECRETS else value
+        shown = "(set, hidden)" if value is not None and name in SECRET_SETTINGS else value
         click.echo(f"DIMMY_{name.upper()}={'' if shown is None else shown}")
 
-
-_SECRETS = frozenset({"webhook_secret", "api_key", "admin_token"})
 
 SAMPLE_IDS = ["6592008029c8c3e4dc76256c", "6592008029c8c3e4dc76256d"]
 
@@ -266,25 +279,20 @@ def replay(event_id: int | None, item_id: str | None, dead_since: str | None, mo
 async def _replay(
     settings: Settings, event_id: int | None, item_id: str | None, dead_since: str | None, mode: str
 ) -> int:
-    from .outputs import parse_outputs
-    from .store import ReplayMode, create_store
+    from .services import Services
+    from .store import ReplayMode
 
-    store = create_store(settings.database_url, max_attempts=settings.max_attempts)
-    names = [output.name for output in parse_outputs(settings.outputs)]
-    await store.open()
-    try:
-        now = time.time()
+    services = Services.from_settings(settings, run_workers=False)
+    async with services.running():
         try:
             if event_id is not None:
-                return await store.replay_event(event_id, ReplayMode(mode), names, now)
+                return await services.replay_event(event_id, ReplayMode(mode))
             if item_id is not None:
-                return await store.replay_item(item_id, ReplayMode(mode), names, now)
+                return await services.replay_item(item_id, ReplayMode(mode))
             assert dead_since is not None
-            return await store.replay_dead(_parse_time(dead_since), now)
+            return await services.replay_dead(_parse_time(dead_since))
         except LookupError as exc:
             raise ConfigError(str(exc).strip("'\"")) from None
-    finally:
-        await store.close()
 
 
 @main.command("fake-api")
@@ -378,30 +386,14 @@ def fake_api(
     help="Stop after this many seconds (default: run until Ctrl-C).",
 )
 @friendly_errors
-def demo(
-    port: int,
-    fake_port: int,
-    n_items: int,
-    big_batch: int,
-    speed: float,
-    database: Path,
-    duration: float,
-) -> None:
+def demo(**options: Any) -> None:
     """Run everything offline in one process: a fake Dimmy API, the service, and devices whose
     scans arrive as signed webhooks with Svix's retries and duplicates. Ctrl-C stops it."""
     from .devtools.demo import run_demo
 
     logs.configure("text", "WARNING")
     try:
-        run_demo(
-            port=port,
-            fake_port=fake_port,
-            n_items=n_items,
-            big_batch=big_batch,
-            speed=speed,
-            database=database,
-            duration=duration,
-        )
+        run_demo(**options)
     except KeyboardInterrupt:
         click.echo("demo interrupted", err=True)
         sys.exit(130)
@@ -427,14 +419,12 @@ def export_sqlite_to_postgres(sqlite_path: Path, target: str | None, batch: int)
     or nothing does. Jobs running in the file become pending. Stop the service on the SQLite
     file first, or events that arrive meanwhile stay behind in the file.
     """
-    from .export import export_sqlite_to_postgres as export
-
     if target is None:
         target = _settings().database_url
+    elif (missing := postgres_driver_missing(target)) is not None:
+        raise ConfigError(f"--to: {missing}")
+    from .export import export_sqlite_to_postgres as export
+
     result = export(sqlite_path, target, batch_rows=batch, echo=click.echo)
     copied = ", ".join(f"{n} {table}" for table, n in result.copied.items())
     click.echo(f"exported {copied} from {sqlite_path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,12 +1,14 @@
 """Settings: read once from the environment and an optional ``.env``, validated, then frozen.
 
 This module is the only reader of the environment. Every setting is declared once below (name,
-default, description); ``docs/configuration.md`` is generated from the same declarations and a test
-keeps the two in step. Secrets are :class:`pydantic.SecretStr`: their ``repr`` hides the value.
+default, description); ``docs/configuration.md`` lists them and ``.env.example`` is
+:func:`env_example` (``dimmy-webhooks config --example``), both kept in step by tests. Secrets are
+:class:`pydantic.SecretStr`: their ``repr`` hides the value.
 """
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Literal
 
@@ -146,6 +148,8 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str) -> str:
         if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("must start with sqlite:/// or postgresql://")
+        if (missing := postgres_driver_missing(value)) is not None:
+            raise ValueError(missing)
         return value
 
     @field_validator("webhook_path")
@@ -168,6 +172,44 @@ class Settings(BaseSettings):
             return None
         value = self.admin_token.get_secret_value().strip()
         return value or None
+
+
+SECRET_SETTINGS = frozenset({"webhook_secret", "api_key", "admin_token"})
+"""Settings never printed (``config`` shows them as set or not)."""
+
+
+def env_example() -> str:
+    """A ``.env`` template: every setting commented out at its default, with its description."""
+    lines = [
+        "# dimmy-webhooks settings: copy to .env (next to where you run the service) and",
+        "# uncomment what you change. The environment wins over .env. All settings, with what",
+        "# they do: docs/configuration.md. `dimmy-webhooks config` prints the effective values.",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = "" if field.default is None else str(field.default)
+        if isinstance(field.default, bool):
+            default = default.lower()
+        about = textwrap.wrap(
+            field.description or "", 96, initial_indent="# ", subsequent_indent="# "
+        )
+        lines += ["", *about, f"# DIMMY_{name.upper()}={default}"]
+    return "\n".join(lines) + "\n"
+
+
+def postgres_driver_missing(database_url: str) -> str | None:
+    """Why ``database_url`` cannot be used on this installation (a PostgreSQL URL without the
+    ``postgres`` extra installed), or ``None``."""
+    if not database_url.startswith(("postgresql://", "postgres://")):
+        return None
+    try:
+        import psycopg  # noqa: F401 - only whether it imports
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        return (
+            "a PostgreSQL URL needs the PostgreSQL driver, which is not installed: "
+            "pip install 'dimmy-webhooks[postgres]'"
+        )
+    return None
 
 
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:

@@ -25,7 +25,7 @@ from psycopg import sql
 
 from . import schema
 from .errors import ConfigError, StoreError, StoreUnavailable
-from .store.postgres import describe
+from .store.postgres import describe, reason
 
 TABLES = ("events", "jobs", "items")
 """Copied in this order; ``events`` and ``jobs`` have id sequences to move on."""
@@ -68,7 +68,7 @@ def export_sqlite_to_postgres(
         pg = psycopg.connect(target_url, connect_timeout=10)
     except psycopg.Error as exc:
         raise StoreUnavailable(
-            f"cannot connect to PostgreSQL at {where}: {_redact(exc, password)}"
+            f"cannot connect to PostgreSQL at {where}: {reason(exc, password)}"
         ) from exc
     try:
         with pg, closing(_open_sqlite(source)) as lite:
@@ -80,11 +80,11 @@ def export_sqlite_to_postgres(
         raise StoreUnavailable(f"cannot read {source}: {exc}") from exc
     except psycopg.OperationalError as exc:
         raise StoreUnavailable(
-            f"export into PostgreSQL at {where} failed, nothing was kept: {_redact(exc, password)}"
+            f"export into PostgreSQL at {where} failed, nothing was kept: {reason(exc, password)}"
         ) from exc
     except psycopg.Error as exc:
         raise StoreError(
-            f"PostgreSQL at {where} refused the data, nothing was kept: {_redact(exc, password)}"
+            f"PostgreSQL at {where} refused the data, nothing was kept: {reason(exc, password)}"
         ) from exc
 
 
@@ -262,9 +262,3 @@ def _reset_sequence(pg: psycopg.Connection[Any], table: str) -> int:
     ).fetchone()
     assert row is not None
     return 1 if row[1] is None else int(row[1]) + 1
-
-
-def _redact(exc: BaseException, password: str | None) -> str:
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    text = text or exc.__class__.__name__
-    return text.replace(password, "***") if password else text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..config import postgres_driver_missing
 from ..errors import ConfigError
 from ..models import Lease, QueueStats, ReplayMode, SaveResult
 from .base import Store
@@ -13,6 +14,8 @@ def create_store(database_url: str, *, max_attempts: int = 8) -> Store:
     if database_url.startswith("sqlite:///"):
         return SQLiteStore(database_url.removeprefix("sqlite:///"), max_attempts=max_attempts)
     if database_url.startswith(("postgresql://", "postgres://")):
+        if (missing := postgres_driver_missing(database_url)) is not None:
+            raise ConfigError(f"DIMMY_DATABASE_URL: {missing}")
         from .postgres import PostgresStore  # psycopg is imported only when used
 
         return PostgresStore(database_url, max_attempts=max_attempts)

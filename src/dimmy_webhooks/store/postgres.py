@@ -169,7 +169,8 @@ def describe(database_url: str) -> tuple[str, str | None]:
     return f"{host}:{port}/{dbname}", None if password in (None, "") else str(password)
 
 
-def _reason(exc: BaseException, password: str | None) -> str:
+def reason(exc: BaseException, password: str | None) -> str:
+    """A driver error as one line, ``password`` (when given) replaced by ``***``."""
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     text = text or exc.__class__.__name__
     return text.replace(password, "***") if password else text
@@ -233,9 +234,7 @@ class _Listener:
                 self.ready.clear()
                 if not self.stopping.is_set():
                     level = logging.DEBUG if failing else logging.WARNING
-                    log.log(
-                        level, "LISTEN %s failed, reconnecting: %s", CHANNEL, _reason(exc, None)
-                    )
+                    log.log(level, "LISTEN %s failed, reconnecting: %s", CHANNEL, reason(exc, None))
                 failing = True
             except Exception:  # never let the thread die: the hint must come back
                 self.ready.clear()
@@ -310,7 +309,7 @@ class PostgresStore(Store):
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         return StoreUnavailable(
-            f"cannot connect to PostgreSQL at {self.location}: {_reason(exc, self._password)}"
+            f"cannot connect to PostgreSQL at {self.location}: {reason(exc, self._password)}"
         )
 
     def _open_sync(self) -> None:
@@ -395,13 +394,13 @@ class PostgresStore(Store):
                 return result
             except _RETRYABLE as exc:  # rolled back entirely: safe to run again
                 if attempt == _DEADLOCK_RETRIES:
-                    raise StoreUnavailable(f"postgresql: {_reason(exc, self._password)}") from exc
+                    raise StoreUnavailable(f"postgresql: {reason(exc, self._password)}") from exc
                 log.debug("postgresql: %s; retrying", exc.__class__.__name__)
                 time.sleep(random.uniform(0.01, 0.05) * attempt)
             except _UNAVAILABLE as exc:
-                raise StoreUnavailable(f"postgresql: {_reason(exc, self._password)}") from exc
+                raise StoreUnavailable(f"postgresql: {reason(exc, self._password)}") from exc
             except psycopg.Error as exc:
-                raise StoreError(f"postgresql: {_reason(exc, self._password)}") from exc
+                raise StoreError(f"postgresql: {reason(exc, self._password)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _write(self, op: Callable[[ops.Tx], T], due: Due[T] | None = None) -> T:
