@@ -1,99 +1,49 @@
-"""Shared fixtures: real SQLite files, real HTTP servers on 127.0.0.1, the real CLI."""
+"""Shared fixtures: real SQLite files, real HTTP servers on 127.0.0.1, the real CLI.
+
+The helpers they are built on (and that test modules import) are in :mod:`tests.helpers`.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from dimmy_webhooks import schema
-from dimmy_webhooks.config import Settings, load_settings
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
-from dimmy_webhooks.devtools.runner import free_port, serve_in_thread
-from dimmy_webhooks.signatures import parse_secrets, signed_headers
+from dimmy_webhooks.devtools.runner import serve_in_thread
+from dimmy_webhooks.web import create_app as create_web_app
 
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-KEY = parse_secrets(SECRET)[0]
-API_KEY = "test-api-key-123"
-ADMIN_TOKEN = "test-admin-token-456"
-CLI = str(Path(sys.executable).with_name("dimmy-webhooks"))
-
-
-def signed(body: bytes, msg_id: str, **kwargs: Any) -> dict[str, str]:
-    headers = signed_headers(KEY, msg_id, body, **kwargs)
-    headers["content-type"] = "application/json"
-    return headers
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until it is true (``True``) or ``timeout`` seconds passed (``False``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
+from .helpers import (
+    ADMIN_TOKEN,
+    API_KEY,
+    STORE_BACKENDS,
+    ServiceProcess,
+    admin_pg_url,
+    clean_env,
+    make_settings,
+    migrated_sqlite_url,
+    pg_database,
+    pg_database_url,
+    pg_execute,
+)
 
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """A migrated SQLite file (for tests about SQLite itself)."""
-    url = f"sqlite:///{tmp_path / 'dimmy.sqlite3'}"
-    schema.upgrade(url)
-    return url
+    return migrated_sqlite_url(tmp_path / "dimmy.sqlite3")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture(params=STORE_BACKENDS)
+def db_url(request: pytest.FixtureRequest) -> str:
     """A migrated, empty database of each backend: the receiver, worker and API tests run on
     both."""
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("pg_url")
-        return url
-    url = f"sqlite:///{tmp_path / 'dimmy.sqlite3'}"
-    schema.upgrade(url)
+    url: str = request.getfixturevalue("pg_url" if request.param == "postgres" else "sqlite_url")
     return url
-
-
-def query(db_url: str, sql: str) -> list[dict[str, Any]]:
-    """Rows of ``sql`` as dicts, read straight from either backend (bypassing the store)."""
-    if db_url.startswith("sqlite:///"):
-        import sqlite3
-
-        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=10)
-        conn.row_factory = sqlite3.Row
-        try:
-            return [dict(row) for row in conn.execute(sql).fetchall()]
-        finally:
-            conn.close()
-    import psycopg
-    from psycopg.rows import dict_row
-
-    with psycopg.connect(db_url, row_factory=dict_row) as pg:
-        return [
-            {k: bytes(v) if isinstance(v, memoryview) else v for k, v in row.items()}
-            for row in pg.execute(sql).fetchall()  # type: ignore[call-overload,unused-ignore]
-        ]
-
-
-def make_settings(db_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "webhook_secret": SECRET,
-        "database_url": db_url,
-        "outputs": "",
-        "log_level": "INFO",
-    }
-    values.update(overrides)
-    return load_settings(None, **values)
 
 
 @pytest.fixture
@@ -107,69 +57,22 @@ def fake_url(fake: FakeDimmy) -> Iterator[str]:
         yield url
 
 
-def clean_env(**values: str) -> dict[str, str]:
-    """The environment for a child process: ours without any DIMMY_* the developer set."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIMMY_")}
-    env.update(values)
-    return env
-
-
-class ServiceProcess:
-    """``dimmy-webhooks <command>`` as a user starts it, in its own process group."""
-
-    def __init__(self, tmp_path: Path, env: dict[str, str], args: list[str]) -> None:
-        self.tmp_path = tmp_path
-        self.env = env
-        self.args = args
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = tmp_path / f"service-{self.port}.log"
-
-    def start(self, *, wait: bool = True) -> ServiceProcess:
-        args = [CLI, *self.args]
-        if self.args and self.args[0] == "serve":
-            args += ["--port", str(self.port)]
-        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(
-                args,
-                cwd=self.tmp_path,
-                env=self.env,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        if wait and self.args[0] == "serve":
-            self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"service exited: {self.log()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=0.5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"service not ready: {self.log()}")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=30)
-
-    def stop(self, timeout: float = 30) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+@pytest.fixture
+def service_url(db_url: str, fake_url: str, tmp_path: Path) -> Iterator[str]:
+    """The whole service in a thread (receiver, worker, JSON API with ``ADMIN_TOKEN``) on each
+    backend, fetching from ``fake``, delivering to ``tmp_path / "out.jsonl"``, a fetch retried
+    quickly and dead after its second attempt."""
+    settings = make_settings(
+        db_url,
+        api_key=API_KEY,
+        api_url=fake_url,
+        admin_token=ADMIN_TOKEN,
+        outputs=f"jsonl:{tmp_path / 'out.jsonl'}",
+        retry_base_seconds=0.05,
+        max_attempts=2,
+    )
+    with serve_in_thread(create_web_app(settings)) as url:
+        yield url
 
 
 @pytest.fixture
@@ -188,33 +91,6 @@ def service_factory(tmp_path: Path) -> Iterator[Any]:
 
 # PostgreSQL: a server for the tests, one migrated template per session, one database per test
 
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def _admin_pg_url() -> str:
-    return os.environ.get("DIMMY_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-
-
-def pg_database_url(admin_url: str, dbname: str) -> str:
-    """``admin_url`` pointing at another database of the same server."""
-    from urllib.parse import urlsplit
-
-    return urlsplit(admin_url)._replace(path="/" + dbname).geturl()
-
-
-def _new_pg_name() -> str:
-    import uuid  # unique across pytest-xdist workers and concurrent runs
-
-    return f"dimmy_test_{uuid.uuid4().hex[:16]}"
-
-
-def _pg_execute(admin_url: str, *statements: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-        for statement in statements:
-            conn.execute(statement)  # names are generated here, never input
-
 
 @pytest.fixture(scope="session")
 def pg_admin_url() -> str:
@@ -223,9 +99,9 @@ def pg_admin_url() -> str:
 
     from dimmy_webhooks.store.postgres import describe
 
-    url = _admin_pg_url()
+    url = admin_pg_url()
     try:
-        _pg_execute(url, "SELECT 1")
+        pg_execute(url, "SELECT 1")
     except psycopg.Error as exc:
         where, _ = describe(url)
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
@@ -242,38 +118,23 @@ def pg_admin_url() -> str:
 @pytest.fixture(scope="session")
 def pg_template(pg_admin_url: str) -> Iterator[str]:
     """A database migrated once per session (per xdist worker), copied for each test."""
-    name = _new_pg_name().replace("_test_", "_tpl_")
-    _pg_execute(pg_admin_url, f'CREATE DATABASE "{name}"')
-    try:
+    with pg_database(pg_admin_url, tag="tpl") as name:
         schema.upgrade(pg_database_url(pg_admin_url, name))
         yield name
-    finally:
-        _pg_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def pg_empty_url(pg_admin_url: str) -> Iterator[str]:
     """A fresh database with no schema at all."""
-    name = _new_pg_name()
-    _pg_execute(pg_admin_url, f'CREATE DATABASE "{name}"')
-    try:
+    with pg_database(pg_admin_url) as name:
         yield pg_database_url(pg_admin_url, name)
-    finally:
-        _pg_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def pg_url(pg_admin_url: str, pg_template: str) -> Iterator[str]:
     """A fresh, migrated database of its own for this test, dropped afterwards."""
-    name = _new_pg_name()
-    _pg_execute(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    try:
+    with pg_database(pg_admin_url, template=pg_template) as name:
         yield pg_database_url(pg_admin_url, name)
-    finally:
-        _pg_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-STORE_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture(params=STORE_BACKENDS)
@@ -287,8 +148,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 
         backend = PostgresStore(request.getfixturevalue("pg_url"), max_attempts=8, pool_size=4)
     else:
-        url = f"sqlite:///{tmp_path / 'contract.sqlite3'}"
-        schema.upgrade(url)
+        url = migrated_sqlite_url(tmp_path / "contract.sqlite3")
         backend = SQLiteStore(url.removeprefix("sqlite:///"), max_attempts=8)
     await backend.open()
     yield backend

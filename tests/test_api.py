@@ -3,46 +3,17 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.outputs import JsonlOutput
 from dimmy_webhooks.web import create_app
 
-from .conftest import ADMIN_TOKEN, API_KEY, make_settings, signed
-
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
-@pytest.fixture
-def service(db_url: str, fake_url: str, tmp_path: Path) -> Iterator[str]:
-    settings = make_settings(
-        db_url,
-        api_key=API_KEY,
-        api_url=fake_url,
-        admin_token=ADMIN_TOKEN,
-        outputs=f"jsonl:{tmp_path / 'out.jsonl'}",
-        retry_base_seconds=0.05,
-        max_attempts=2,
-    )
-    with serve_in_thread(create_app(settings)) as url:
-        yield url
+from .helpers import AUTH, make_settings, signed, wait_until
 
 
 def send(url: str, msg_id: str, ids: list[str]) -> None:
@@ -58,63 +29,63 @@ def events(url: str, **params: Any) -> list[dict[str, Any]]:
     return result
 
 
-def test_scan_to_item_through_the_api(service: str, fake: FakeDimmy, tmp_path: Path) -> None:
+def test_scan_to_item_through_the_api(service_url: str, fake: FakeDimmy, tmp_path: Path) -> None:
     ids = fake.generate_items(3)
-    send(service, "msg_e2e", ids)
-    wait_for(lambda: [e["status"] for e in events(service)] == ["done"])
-    response = httpx.get(f"{service}/api/items/{ids[0]}", headers=AUTH)
+    send(service_url, "msg_e2e", ids)
+    assert wait_until(lambda: [e["status"] for e in events(service_url)] == ["done"], 15)
+    response = httpx.get(f"{service_url}/api/items/{ids[0]}", headers=AUTH)
     assert response.status_code == 200
     data = response.json()
     assert data["id"] == ids[0]
     assert data["raw"] == fake.items[ids[0]]  # exactly as Dimmy returned it
     assert data["dimension_unit"] in {"cm", None}
     assert "fetched_at" in data
-    listed = httpx.get(service + "/api/items", params={"limit": 2}, headers=AUTH).json()
+    listed = httpx.get(service_url + "/api/items", params={"limit": 2}, headers=AUTH).json()
     assert len(listed["items"]) == 2
-    rest = httpx.get(service + "/api/items", params={"after": listed["next"]}, headers=AUTH)
+    rest = httpx.get(service_url + "/api/items", params={"after": listed["next"]}, headers=AUTH)
     assert len(rest.json()["items"]) == 1
     assert sorted(line["item_id"] for line in JsonlOutput.read(tmp_path / "out.jsonl")) == sorted(
         ids
     )
 
 
-def test_dead_work_listed_and_replayed(service: str, fake: FakeDimmy, tmp_path: Path) -> None:
+def test_dead_work_listed_and_replayed(service_url: str, fake: FakeDimmy, tmp_path: Path) -> None:
     [item_id] = fake.generate_items(1)
     fake.fail_ids.add(item_id)
-    send(service, "msg_dead", [item_id])
-    wait_for(lambda: [e["status"] for e in events(service)] == ["dead"])
-    [dead] = events(service, status="dead")
+    send(service_url, "msg_dead", [item_id])
+    assert wait_until(lambda: [e["status"] for e in events(service_url)] == ["dead"], 15)
+    [dead] = events(service_url, status="dead")
     assert "500" in dead["last_error"]
-    detail = httpx.get(f"{service}/api/events/{dead['id']}", headers=AUTH).json()
+    detail = httpx.get(f"{service_url}/api/events/{dead['id']}", headers=AUTH).json()
     assert detail["jobs"] == {"event:done": 1, "fetch:dead": 1}
     fake.fail_ids.clear()
-    replay = httpx.post(f"{service}/api/events/{dead['id']}/replay", headers=AUTH)
+    replay = httpx.post(f"{service_url}/api/events/{dead['id']}/replay", headers=AUTH)
     assert replay.status_code == 200
     assert replay.json()["queued"] >= 1
-    wait_for(lambda: [e["status"] for e in events(service)] == ["done"])
-    assert httpx.get(f"{service}/api/items/{item_id}", headers=AUTH).status_code == 200
+    assert wait_until(lambda: [e["status"] for e in events(service_url)] == ["done"], 15)
+    assert httpx.get(f"{service_url}/api/items/{item_id}", headers=AUTH).status_code == 200
     redeliver = httpx.post(
-        f"{service}/api/items/{item_id}/replay", params={"mode": "redeliver"}, headers=AUTH
+        f"{service_url}/api/items/{item_id}/replay", params={"mode": "redeliver"}, headers=AUTH
     )
     assert redeliver.json()["queued"] == 1
-    wait_for(lambda: len(JsonlOutput.read(tmp_path / "out.jsonl")) == 2)
+    assert wait_until(lambda: len(JsonlOutput.read(tmp_path / "out.jsonl")) == 2, 15)
 
 
-def test_api_errors_are_clear_and_never_500(service: str) -> None:
-    assert httpx.get(service + "/api/items/nope").status_code == 401
-    wrong = httpx.get(service + "/api/items/nope", headers={"Authorization": "Bearer nope"})
+def test_api_errors_are_clear_and_never_500(service_url: str) -> None:
+    assert httpx.get(service_url + "/api/items/nope").status_code == 401
+    wrong = httpx.get(service_url + "/api/items/nope", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
-    assert httpx.get(service + "/api/items/nope", headers=AUTH).json() == {
+    assert httpx.get(service_url + "/api/items/nope", headers=AUTH).json() == {
         "detail": "item not found"
     }
-    assert httpx.get(service + "/api/events/123", headers=AUTH).status_code == 404
-    assert httpx.post(service + "/api/events/123/replay", headers=AUTH).status_code == 404
+    assert httpx.get(service_url + "/api/events/123", headers=AUTH).status_code == 404
+    assert httpx.post(service_url + "/api/events/123/replay", headers=AUTH).status_code == 404
     bad = [
-        httpx.get(service + "/api/events", params={"status": "<script>"}, headers=AUTH),
-        httpx.get(service + "/api/events", params={"limit": "-1"}, headers=AUTH),
-        httpx.get(service + "/api/events/abc", headers=AUTH),
-        httpx.post(service + "/api/events/1/replay", params={"mode": "x"}, headers=AUTH),
-        httpx.get(service + "/api/items", params={"since": "yesterday"}, headers=AUTH),
+        httpx.get(service_url + "/api/events", params={"status": "<script>"}, headers=AUTH),
+        httpx.get(service_url + "/api/events", params={"limit": "-1"}, headers=AUTH),
+        httpx.get(service_url + "/api/events/abc", headers=AUTH),
+        httpx.post(service_url + "/api/events/1/replay", params={"mode": "x"}, headers=AUTH),
+        httpx.get(service_url + "/api/items", params={"since": "yesterday"}, headers=AUTH),
     ]
     assert [r.status_code for r in bad] == [422] * 5
     assert all(r.headers["x-content-type-options"] == "nosniff" for r in bad)
@@ -129,7 +100,7 @@ def test_refused_api_key_shows_in_readyz(db_url: str, fake_url: str, fake: FakeD
             body = httpx.get(url + "/readyz").json()
             return body["status"] == "degraded"
 
-        wait_for(degraded)
+        assert wait_until(degraded, 15)
         ready = httpx.get(url + "/readyz")
         assert ready.status_code == 200  # the receiver still takes webhooks
         assert any("refused" in p for p in ready.json()["problems"])

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import ADMIN_TOKEN, CLI, SECRET, clean_env, signed
+from .helpers import ADMIN_TOKEN, CLI, SECRET, clean_env, signed
 
 
 def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -32,6 +32,8 @@ from dimmy_webhooks.errors import (
     UpstreamError,
 )
 
+from .helpers import reset_fake
+
 KEY = "s3cret-key-0123456789"
 ITEM_ID = "6592008029c8c3e4dc76256c"
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -346,12 +348,7 @@ def served() -> Iterator[tuple[FakeDimmy, str]]:
 
 @pytest.fixture
 def fake(served: tuple[FakeDimmy, str]) -> FakeDimmy:
-    fake = served[0]
-    fake.config = FakeDimmyConfig(api_key=KEY, seed=21)
-    fake.items.clear()
-    fake.fail_ids.clear()
-    fake.reset_stats()
-    return fake
+    return reset_fake(served[0], FakeDimmyConfig(api_key=KEY, seed=21))
 
 
 @pytest.fixture

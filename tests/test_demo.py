@@ -14,7 +14,7 @@ import pytest
 
 from dimmy_webhooks.devtools.runner import free_port
 
-from .conftest import CLI, clean_env
+from .helpers import CLI, clean_env
 
 
 def run_demo(tmp_path: Path, *args: str, timeout: float = 60, **env: str) -> tuple[int, str, str]:

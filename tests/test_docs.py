@@ -9,7 +9,7 @@ import pytest
 
 from dimmy_webhooks.config import Settings
 
-from .conftest import CLI, clean_env
+from .helpers import CLI, clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
 

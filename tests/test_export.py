@@ -28,7 +28,7 @@ from dimmy_webhooks.outputs import parse_outputs
 from dimmy_webhooks.store import SQLiteStore
 from dimmy_webhooks.worker import Worker, WorkerPolicy
 
-from .conftest import API_KEY, CLI, clean_env
+from .helpers import API_KEY, CLI, clean_env
 
 pytestmark = pytest.mark.postgres
 

@@ -16,6 +16,8 @@ import pytest
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app, iso
 from dimmy_webhooks.devtools.runner import serve_in_thread
 
+from .helpers import reset_fake
+
 KEY = "test-key"
 HEX24 = re.compile(r"^[0-9a-f]{24}$")
 START = datetime(2026, 2, 1, 8, 0, tzinfo=UTC)
@@ -31,12 +33,7 @@ def served() -> Iterator[tuple[FakeDimmy, str]]:
 
 @pytest.fixture
 def fake(served: tuple[FakeDimmy, str]) -> FakeDimmy:
-    fake = served[0]
-    fake.config = FakeDimmyConfig(api_key=KEY, seed=7)
-    fake.items.clear()
-    fake.fail_ids.clear()
-    fake.reset_stats()
-    return fake
+    return reset_fake(served[0], FakeDimmyConfig(api_key=KEY, seed=7))
 
 
 @pytest.fixture

@@ -34,21 +34,16 @@ def scanned(msg_id: str, ids: list[str], event_type: str = ITEMS_SCANNED) -> Inc
     return IncomingEvent(msg_id, event_type, body, {"svix-id": msg_id}, T0, len(ids))
 
 
-@pytest.fixture
-async def pg(pg_url: str) -> AsyncIterator[PostgresStore]:
+async def _opened_store(pg_url: str) -> AsyncIterator[PostgresStore]:
     store = PostgresStore(pg_url, max_attempts=8, pool_size=4)
     await store.open()
     yield store
     await store.close()
 
 
-@pytest.fixture
-async def other(pg_url: str) -> AsyncIterator[PostgresStore]:
-    """A second store on the same database: another process, as far as the server knows."""
-    store = PostgresStore(pg_url, max_attempts=8, pool_size=4)
-    await store.open()
-    yield store
-    await store.close()
+pg = pytest.fixture(_opened_store, name="pg")
+# a second store on the same database: another process, as far as the server knows
+other = pytest.fixture(_opened_store, name="other")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 
-from .conftest import SECRET, make_settings, query, signed
+from .helpers import SECRET, make_settings, query, signed
 
 BODY = json.dumps({"item_ids": ["6592008029c8c3e4dc76256c", "6592008029c8c3e4dc76256d"]}).encode()
 

@@ -19,14 +19,12 @@ its kills and its numbers; ``DIMMY_FAULTS_FULL=1`` makes it ten times bigger.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import random
 import signal
 import subprocess
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -35,20 +33,34 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
-from dimmy_webhooks.devtools.sender import items_scanned_body
 from dimmy_webhooks.outputs import JsonlOutput
 
-from .conftest import API_KEY, CLI, SECRET, ServiceProcess, clean_env, signed, wait_until
+from .helpers import (
+    API_KEY,
+    CLI,
+    FULL,
+    SECRET,
+    RetryingSender,
+    ServiceProcess,
+    clean_env,
+    job_counts,
+    logs_tail,
+    make_events,
+    rows,
+    scalar,
+    scaled,
+    signed,
+    wait_until,
+    work_left,
+)
 from .pgcluster import PgCluster, unavailable_reason
 
-FULL = os.environ.get("DIMMY_FAULTS_FULL") == "1"
-SCALE = 10 if FULL else 1
-N_EVENTS = 2000 * SCALE
-N_ITEM_IDS = 300 * SCALE
-N_KILLS = 10 * SCALE
+SCALE = scaled(1)
+N_EVENTS = scaled(2000)
+N_ITEM_IDS = scaled(300)
+N_KILLS = scaled(10)
 N_WORKERS = 3
 N_RECEIVERS = 2
 SEND_SECONDS = 16.0 * SCALE  # the sender spreads the events over about this long
@@ -81,108 +93,7 @@ def private_pg() -> Iterator[PgCluster]:
         cluster.destroy()
 
 
-# the sender ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    msg_id: str
-    receiver: int
-    sent: float  # time.monotonic() when the request started
-    answered: float  # ... and when its answer (or error) came back
-    status: int | None  # None: no HTTP answer (connection refused, reset, timeout)
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
-
-
-@dataclass
-class RetryingSender:
-    """Posts each message until a 2xx (or the deadline), alternating receivers, same msg id."""
-
-    urls: list[str]
-    messages: list[tuple[str, bytes]]
-    rate: float  # messages started per second at most
-    deadline: float  # time.monotonic() after which no attempt starts
-    seed: int
-    answers: list[Answer] = field(default_factory=list)
-    acked: dict[str, float] = field(default_factory=dict)
-    started_at: float = 0.0
-
-    async def run(self) -> None:
-        rng = random.Random(self.seed)
-        queue: asyncio.Queue[tuple[int, str, bytes]] = asyncio.Queue()
-        for index, (msg_id, body) in enumerate(self.messages):
-            queue.put_nowait((index, msg_id, body))
-        self.started_at = time.monotonic()
-        limits = httpx.Limits(max_connections=SENDER_CONCURRENCY * 2)
-        async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT, limits=limits) as client:
-
-            async def one_sender() -> None:
-                while not queue.empty():
-                    index, msg_id, body = queue.get_nowait()
-                    due = self.started_at + index / self.rate
-                    if due > time.monotonic():
-                        await asyncio.sleep(due - time.monotonic())
-                    await self._deliver(client, rng, index, msg_id, body)
-
-            await asyncio.gather(*(one_sender() for _ in range(SENDER_CONCURRENCY)))
-
-    async def _deliver(
-        self, client: httpx.AsyncClient, rng: random.Random, index: int, msg_id: str, body: bytes
-    ) -> None:
-        attempt = 0
-        while time.monotonic() < self.deadline:
-            receiver = (index + attempt) % len(self.urls)
-            sent = time.monotonic()
-            try:
-                response = await client.post(
-                    self.urls[receiver] + "/webhook", content=body, headers=signed(body, msg_id)
-                )
-                answer = Answer(msg_id, receiver, sent, time.monotonic(), response.status_code)
-            except httpx.HTTPError as exc:
-                answer = Answer(msg_id, receiver, sent, time.monotonic(), None, type(exc).__name__)
-            self.answers.append(answer)
-            if answer.ok:
-                self.acked.setdefault(msg_id, answer.answered)
-                return
-            attempt += 1
-            await asyncio.sleep(rng.uniform(0.1, 0.4))
-
-    def run_in_thread(self) -> threading.Thread:
-        thread = threading.Thread(
-            target=asyncio.run, args=(self.run(),), name="sender", daemon=True
-        )
-        thread.start()
-        return thread
-
-
 # helpers -------------------------------------------------------------------------------------
-
-
-def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-def queued(url: str) -> int:
-    rows = query(
-        url,
-        "SELECT (SELECT count(*) FROM jobs WHERE status IN ('pending', 'running'))"
-        " + (SELECT count(*) FROM events WHERE status IN ('pending', 'processing'))",
-    )
-    return int(rows[0][0])
-
-
-def make_messages(
-    rng: random.Random, ids: list[str], n: int, prefix: str
-) -> list[tuple[str, bytes]]:
-    return [
-        (f"msg_{prefix}_{n_msg:06d}", items_scanned_body(rng.sample(ids, rng.randint(1, 5))))
-        for n_msg in range(n)
-    ]
 
 
 def pg_connections(pid: int, pg_port: int) -> int:
@@ -204,13 +115,6 @@ def pg_connections(pid: int, pg_port: int) -> int:
         if state == "01" and int(remote.split(":")[1], 16) == pg_port and inode in inodes:
             count += 1
     return count
-
-
-def logs_of(services: list[ServiceProcess], tail: int = 3000) -> str:
-    return "\n".join(
-        f"--- {' '.join(s.args)} pid={s.proc.pid if s.proc else '-'} ---\n{s.log()[-tail:]}"
-        for s in services
-    )
 
 
 # the run -------------------------------------------------------------------------------------
@@ -320,12 +224,10 @@ class ScaleOut:
             return all(slot.state == "running" for slot in self.slots)
 
         assert wait_until(all_running, timeout, 0.05), (
-            f"workers not running: {[s.state for s in self.slots]}\n" + logs_of(self.workers)
+            f"workers not running: {[s.state for s in self.slots]}\n" + logs_tail(self.workers)
         )
 
-    def run_faults(
-        self, plan: Plan, sender: RetryingSender, sender_thread: threading.Thread
-    ) -> None:
+    def run_faults(self, plan: Plan, sender: RetryingSender) -> None:
         """Follow the plan while the sender runs: crash and restart PostgreSQL once, SIGKILL
         workers (each restarted at once, as a supervisor would)."""
         t0 = sender.started_at
@@ -333,7 +235,7 @@ class ScaleOut:
         crashed = False
         give_up = float("inf")  # kills left when the sender is done land in the drain
         while (kills or not crashed or self.db_down) and time.monotonic() < give_up:
-            if give_up == float("inf") and not sender_thread.is_alive():
+            if give_up == float("inf") and sender.finished:
                 give_up = time.monotonic() + 60
             self.tend()
             share = len(sender.acked) / len(sender.messages)
@@ -364,8 +266,7 @@ class ScaleOut:
         assert proc.poll() is None, f"worker slot {number} exited by itself:\n{slot.service.log()}"
         running: object = "db down"
         if not self.db_down:
-            running = query(self.pg.url, "SELECT count(*) FROM jobs WHERE status = 'running'")
-            running = running[0][0]
+            running = scalar(self.pg.url, "SELECT count(*) FROM jobs WHERE status = 'running'")
         slot.service.kill(signal.SIGKILL)
         self.kill_log.append(f"{now:.2f}s slot {number} pid {proc.pid} jobs running={running}")
         print(f"  SIGKILL {self.kill_log[-1]}")
@@ -385,7 +286,7 @@ class ScaleOut:
             for other in others:
                 os.killpg(other.pid, signal.SIGSTOP)
             try:
-                probe = make_messages(rng, ids, PROBE_EVENTS, f"probe{slot}")
+                probe = make_events(rng, ids, PROBE_EVENTS, (1, 5), f"msg_probe{slot}")
                 for n_msg, (msg_id, body) in enumerate(probe):
                     receiver = self.receivers[n_msg % N_RECEIVERS]
                     response = httpx.post(
@@ -397,7 +298,7 @@ class ScaleOut:
                     assert response.status_code == 204, (response.status_code, receiver.log())
                 probed += probe
                 how = "ran through the outage" if slot == plan.witness else "restarted"
-                assert wait_until(lambda: queued(self.pg.url) == 0, 30, 0.2), (
+                assert wait_until(lambda: work_left(self.pg.url) == 0, 30, 0.2), (
                     f"worker slot {slot} ({how}) does not work after the outage:\n{worker.log()}"
                 )
             finally:
@@ -411,7 +312,7 @@ class ScaleOut:
         codes.update({f"serve {r.proc.pid}": r.stop() for r in self.receivers if r.proc})
         bad = {k: c for k, c in codes.items() if c not in (0, -signal.SIGTERM)}
         bad.update({k: c for k, c in codes.items() if k.startswith("worker") and c != 0})
-        assert not bad, f"{codes}\n" + logs_of(self.receivers + self.workers)
+        assert not bad, f"{codes}\n" + logs_tail(self.receivers + self.workers)
 
     def kill_all(self) -> None:
         for service in self.every:
@@ -449,7 +350,7 @@ def test_receivers_and_workers_on_one_postgres_lose_and_duplicate_nothing_under_
     )
     migrate(url)
     ids = fake.generate_items(N_ITEM_IDS)
-    messages = make_messages(rng, ids, N_EVENTS, str(seed))
+    messages = make_events(rng, ids, N_EVENTS, (1, 5), f"msg_{seed}")
     run = ScaleOut(
         tmp_path,
         private_pg,
@@ -469,87 +370,89 @@ def test_receivers_and_workers_on_one_postgres_lose_and_duplicate_nothing_under_
         },
     )
     sender = RetryingSender(
-        urls=[],
+        urls=[],  # the receivers', once started
         messages=messages,
-        rate=N_EVENTS / SEND_SECONDS,
-        deadline=0.0,
         seed=seed,
+        concurrency=SENDER_CONCURRENCY,
+        rate=N_EVENTS / SEND_SECONDS,
+        retry_delay=(0.1, 0.4),
+        deadline_seconds=SEND_SECONDS + OUTAGE_SECONDS + 120 * SCALE,
+        timeout=REQUEST_TIMEOUT,
     )
     try:
         run.start_all()
         sender.urls = [r.url for r in run.receivers]
-        sender.deadline = time.monotonic() + SEND_SECONDS + OUTAGE_SECONDS + 120 * SCALE
-        thread = sender.run_in_thread()
-        assert wait_until(lambda: sender.started_at > 0, 10, 0.01)
-        t0 = sender.started_at
-        run.run_faults(plan, sender, thread)
-        thread.join(timeout=max(1.0, sender.deadline - time.monotonic() + REQUEST_TIMEOUT))
-        assert not thread.is_alive(), "the sender did not finish in time"
-        sent_in = max(sender.acked.values(), default=t0) - t0
-        never = [m for m, _ in messages if m not in sender.acked]
-        assert not never, f"{len(never)} messages never answered 2xx, e.g. {never[:3]}\n" + (
-            logs_of(run.receivers)
+        t0 = sender.start().started_at
+        run.run_faults(plan, sender)
+        finished = sender.join(
+            timeout=max(1.0, sender.deadline - time.monotonic() + REQUEST_TIMEOUT)
         )
-        drained = wait_until(lambda: queued(url) == 0, DRAIN_SECONDS, 0.2)
+        assert finished, "the sender did not finish in time"
+        sent_in = max(sender.acked.values(), default=t0) - t0
+        never = sender.missing()
+        assert not never, f"{len(never)} messages never answered 2xx, e.g. {never[:3]}\n" + (
+            logs_tail(run.receivers)
+        )
+        drained = wait_until(lambda: work_left(url) == 0, DRAIN_SECONDS, 0.2)
         assert drained, f"work still queued after {DRAIN_SECONDS}s: {job_counts(url)}\n" + (
-            logs_of(run.workers)
+            logs_tail(run.workers)
         )
         drained_in = time.monotonic() - t0
         probes = run.probe_each_worker(ids, random.Random(seed + 1), plan)
         run.stop_all()
     finally:
-        sender.deadline = 0.0  # no new attempt starts if we failed half-way
+        sender.stop()  # no new attempt starts if we failed half-way
         run.kill_all()
     elapsed = time.monotonic() - t0
     messages += probes
 
     # the answers while the database was down
-    during = [a for a in sender.answers if run.t_down <= a.answered <= run.t_up]
-    made_during = [a for a in during if a.sent >= run.t_down]
+    during = [a for a in sender.attempts if run.t_down <= a.ended <= run.t_up]
+    made_during = [a for a in during if a.started >= run.t_down]
     ok_during = [a for a in made_during if a.ok]
-    outage_answers = Counter(str(a.status or a.error) for a in during)
+    outage_answers = Counter(a.outcome for a in during)
     n_503 = outage_answers.get("503", 0)
-    offsets_503 = sorted(round(a.answered - run.t_down, 1) for a in during if a.status == 503)
+    offsets_503 = sorted(round(a.ended - run.t_down, 1) for a in during if a.status == 503)
     # how long after PostgreSQL was started again each receiver answered 2xx again
     recovered = [
         round(
             min(
                 (
-                    a.answered
-                    for a in sender.answers
-                    if a.receiver == n and a.ok and a.answered > run.t_up
+                    a.ended
+                    for a in sender.attempts
+                    if a.url == receiver.url and a.ok and a.ended > run.t_up
                 ),
                 default=float("nan"),
             )
             - run.t_up,
             1,
         )
-        for n in range(N_RECEIVERS)
+        for receiver in run.receivers
     ]
 
     # the database, after every process exited
     expected_msgs = {msg_id for msg_id, _ in messages}
     expected_ids = {i for _, body in messages for i in json.loads(body)["item_ids"]}
-    rows = query(url, "SELECT message_id, status FROM events")
-    stored_msgs = Counter(m for m, _ in rows)
+    events = rows(url, "SELECT message_id, status FROM events")
+    stored_msgs = Counter(m for m, _ in events)
     acked = set(sender.acked) | {msg_id for msg_id, _ in probes}  # probes: all 204
     lost = acked - set(stored_msgs)
     duplicated = {m: n for m, n in stored_msgs.items() if n > 1}
-    item_rows = Counter(r[0] for r in query(url, "SELECT id FROM items"))
+    item_rows = Counter(r[0] for r in rows(url, "SELECT id FROM items"))
     items_duplicated = {i: n for i, n in item_rows.items() if n > 1}
     jobs = job_counts(url)
-    event_status = Counter(s for _, s in rows)
+    event_status = Counter(s for _, s in events)
     # one fetch per (event, item id) by design; more than that is work redone after a fault
     extra_fetches = sum(fake.counts.values()) - jobs.get(("fetch", "done"), 0)
-    failed_attempts = sum(not a.ok for a in sender.answers)
-    slowest = max((a.answered - a.sent for a in sender.answers), default=0.0)
+    failed_attempts = len(sender.failed_attempts)
+    slowest = max((a.ended - a.started for a in sender.attempts), default=0.0)
     timeline = Counter(int((t - t0) // 5) * 5 for t in sender.acked.values())
     print(
         f"2xx per 5 s: {dict(sorted(timeline.items()))}\n"
         f"events sent={len(expected_msgs)} answered 2xx={len(acked)} stored={len(stored_msgs)} "
         f"lost={len(lost)} duplicated={len(duplicated)} | items expected={len(expected_ids)} "
         f"stored={len(item_rows)} duplicated={len(items_duplicated)} | "
-        f"POSTs={len(sender.answers)} non-2xx or failed={failed_attempts} "
+        f"POSTs={len(sender.attempts)} non-2xx or failed={failed_attempts} "
         f"slowest answer={slowest:.1f}s | "
         f"outage {run.t_up - run.t_down:.1f}s: answers {dict(outage_answers)}, 503s={n_503} "
         f"(seconds after the crash: {offsets_503}), receivers answering 2xx again "
@@ -572,8 +475,3 @@ def test_receivers_and_workers_on_one_postgres_lose_and_duplicate_nothing_under_
     assert {line["item_id"] for line in lines} == expected_ids
     assert len({line["idempotency_key"] for line in lines}) == len(expected_ids)
     assert len(run.kill_log) == N_KILLS
-
-
-def job_counts(url: str) -> dict[tuple[str, str], int]:
-    rows = query(url, "SELECT kind, status, count(*) FROM jobs GROUP BY 1, 2 ORDER BY 1, 2")
-    return {(kind, status): int(n) for kind, status, n in rows}

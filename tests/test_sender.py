@@ -25,7 +25,7 @@ from dimmy_webhooks.devtools.sender import (
 from dimmy_webhooks.signatures import Verifier
 from dimmy_webhooks.web import create_app
 
-from .conftest import KEY, make_settings, query
+from .helpers import KEY, make_settings, query
 
 BODY = items_scanned_body(["6592008029c8c3e4dc76256c", "6592008029c8c3e4dc76256d"])
 

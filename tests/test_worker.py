@@ -21,7 +21,7 @@ from dimmy_webhooks.store import ReplayMode, Store, create_store
 from dimmy_webhooks.worker import Worker, WorkerPolicy
 
 from . import handlers_for_tests
-from .conftest import API_KEY, query
+from .helpers import API_KEY, query
 
 FAST = WorkerPolicy(
     concurrency=32,

@@ -1,8 +1,9 @@
 """The fault-injection suite (issue catalogue R1-R16, S1-S4): real processes, real databases.
 
-Sizes fit a normal CI run; ``DIMMY_FAULTS_FULL=1`` makes every loop 10x bigger. Each test prints its
-seed; ``DIMMY_FAULTS_SEED=N`` replays a run exactly (same kill schedule, same fault draws).
-Assertions are made on the database after every process has exited.
+Sizes fit a normal CI run; ``DIMMY_FAULTS_FULL=1`` makes every loop 10x bigger (``scaled`` in
+:mod:`tests.helpers`). Each test prints its seed; ``DIMMY_FAULTS_SEED=N`` replays a run exactly
+(same kill schedule, same fault draws). Assertions are made on the database after every process
+has exited.
 """
 
 from __future__ import annotations
@@ -11,13 +12,6 @@ import os
 import random
 
 import pytest
-
-FULL = os.environ.get("DIMMY_FAULTS_FULL") == "1"
-
-
-def scaled(n: int) -> int:
-    """``n`` for a normal run, ``10 * n`` for a full run."""
-    return n * 10 if FULL else n
 
 
 @pytest.fixture

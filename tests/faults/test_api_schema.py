@@ -33,12 +33,10 @@ from dimmy_webhooks.models import JobKind, NormalisedItem, StoredItem
 from dimmy_webhooks.store import SQLiteStore
 from dimmy_webhooks.web import create_app
 
-from ..conftest import ADMIN_TOKEN, make_settings, signed
-from .conftest import FULL
+from ..helpers import ADMIN_TOKEN, AUTH, FULL, make_settings, signed
 
 pytestmark = pytest.mark.faults
 
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 EXAMPLES = 1000 if FULL else 100  # per operation (8 operations)
 ITEM_IDS = [f"6592008029c8c3e4dc7625{n:02x}" for n in range(6)]
 

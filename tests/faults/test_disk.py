@@ -24,8 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ..conftest import API_KEY, SECRET, query, signed, wait_until
-from .conftest import scaled
+from ..helpers import API_KEY, SECRET, query, scaled, signed, unfinished_jobs, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -54,11 +53,6 @@ def _soft_fsize(pid: int) -> str:
         timeout=10,
     ).stdout
     return out.strip()
-
-
-def _unfinished(db_url: str) -> int:
-    rows = query(db_url, "SELECT count(*) AS n FROM jobs WHERE status IN ('pending', 'running')")
-    return int(rows[0]["n"])
 
 
 def _body(item_id: str, rng: random.Random) -> bytes:
@@ -173,7 +167,7 @@ def test_r14_disk_full_then_freed_recovers_without_restart(
     assert service.proc.poll() is None
 
     # the worker catches up too (claims and finishes that failed while capped are redone)
-    work_done = wait_until(lambda: _unfinished(sqlite_url) == 0, timeout=30, interval=0.2)
+    work_done = wait_until(lambda: unfinished_jobs(sqlite_url) == 0, timeout=30, interval=0.2)
     code = service.stop()  # SIGTERM; uvicorn re-raises it after a graceful shutdown
     log = service.log()
     assert code in (0, -signal.SIGTERM), log[-3000:]

@@ -16,7 +16,6 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -27,11 +26,10 @@ from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 
-from ..conftest import ADMIN_TOKEN, API_KEY, make_settings, signed
+from ..helpers import ADMIN_TOKEN, API_KEY, AUTH, make_settings, signed
 
 pytestmark = pytest.mark.faults
 
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 PAYLOADS = [
     "<script>alert(1)</script>",
     '"onerror=alert(1)',
@@ -103,22 +101,12 @@ def post_webhook(session: Session, doc: Any, msg_id: str) -> httpx.Response:
 
 
 @pytest.fixture
-def service(db_url: str, fake_url: str, tmp_path: Path) -> Iterator[Session]:
-    settings = make_settings(
-        db_url,
-        api_key=API_KEY,
-        api_url=fake_url,
-        admin_token=ADMIN_TOKEN,
-        outputs=f"jsonl:{tmp_path / 'out.jsonl'}",
-        retry_base_seconds=0.05,
-        max_attempts=2,
-    )
-    with serve_in_thread(create_app(settings)) as url:
-        session = Session(url)
-        try:
-            yield session
-        finally:
-            session.close()
+def service(service_url: str) -> Iterator[Session]:
+    session = Session(service_url)
+    try:
+        yield session
+    finally:
+        session.close()
 
 
 def without_nul(text: str) -> str:

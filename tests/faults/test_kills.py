@@ -22,32 +22,34 @@ import random
 import re
 import signal
 import time
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ..conftest import API_KEY, SECRET, wait_until
-from .conftest import scaled
-from .procs import (
+from ..helpers import (
+    API_KEY,
+    SECRET,
     RetryingSender,
-    WorkerSlot,
+    ServiceProcess,
+    backend,
     db_state,
-    exit_code,
     fetch_pairs,
     insert_events,
     integrity_check,
     logs_tail,
     make_events,
-    read_deliveries,
     rows,
     running_by_owner,
     running_jobs,
     scalar,
-    stop_all,
-    summary,
+    scaled,
+    wait_until,
     work_left,
 )
+from .procs import Deliveries, WorkerSlot, exit_code, read_deliveries, stop_all, summary
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(1200 if scaled(1) > 1 else 240)]
 
@@ -56,10 +58,6 @@ SERVE_CLEAN_EXIT = (0, -signal.SIGTERM)
 GRACE_SECONDS = 10.0  # WorkerPolicy.grace_seconds (not a setting)
 WORKERS = 3
 CONCURRENCY = 4  # per worker: jobs held (--concurrency) = API requests in flight at most
-
-
-def backend(db_url: str) -> str:
-    return "sqlite" if db_url.startswith("sqlite:///") else "postgres"
 
 
 def worker_env(db_url: str, fake_url: str, outputs: str = "", **extra: str) -> dict[str, str]:
@@ -94,6 +92,44 @@ def receive_through_serve(
     assert finished, "sender did not finish"
     assert not sender.missing(), f"{len(sender.missing())} not acknowledged\n{receiver.log()}"
     assert scalar(db_url, "SELECT count(*) FROM events") == len(messages)
+
+
+def drain(
+    db_url: str,
+    workers: Sequence[ServiceProcess],
+    timeout: float,
+    earlier: Sequence[ServiceProcess] = (),
+) -> None:
+    """Wait until no work is left, then SIGTERM ``workers``: each must exit 0 (the logs of the
+    ``earlier`` incarnations go into the failure message too)."""
+    drained = wait_until(lambda: work_left(db_url) == 0, timeout=timeout)
+    codes = stop_all(workers)
+    assert drained, db_state(db_url) + "\n" + logs_tail([*earlier, *workers])
+    assert codes == [0] * len(workers), logs_tail(workers)
+
+
+def check_all_done(
+    db_url: str, messages: list[tuple[str, bytes]], pairs: Counter[str]
+) -> list[tuple[Any, ...]]:
+    """After every process exited: every item stored once, every job (event, fetch, deliver)
+    and every event done, the SQLite file sound. Returns the stored (id, version) rows."""
+    stored = rows(db_url, "SELECT id, version FROM items")
+    assert sorted(item_id for item_id, _ in stored) == sorted(pairs)  # each once (primary key)
+    n_jobs = len(messages) + sum(pairs.values()) + len(pairs)  # event, fetch, deliver
+    assert rows(db_url, "SELECT status, count(*) FROM jobs GROUP BY status") == [("done", n_jobs)]
+    assert rows(db_url, "SELECT status, count(*) FROM events GROUP BY status") == [
+        ("done", len(messages))
+    ]
+    assert integrity_check(db_url) in (None, "ok")
+    return stored
+
+
+def check_delivered(out: Path, stored: list[tuple[Any, ...]]) -> Deliveries:
+    """Every stored item version reached the output, repeats only under the same key."""
+    delivered = read_deliveries([out])
+    assert delivered.versions == set(stored)
+    assert not delivered.conflicts
+    return delivered
 
 
 # R1 ------------------------------------------------------------------------------------------
@@ -154,22 +190,11 @@ def test_r1_workers_sigkilled_at_random_lose_and_duplicate_nothing(
         assert code == -signal.SIGKILL, code
         victim.start()
     print("R1 kills:\n  " + "\n  ".join(kills))
-    drained = wait_until(lambda: work_left(db_url) == 0, timeout=scaled(90))
-    codes = stop_all([slot.service for slot in slots])
-    services = [slot.service for slot in slots]
-    assert drained, db_state(db_url) + "\n" + logs_tail(services)
-    assert codes == [0] * WORKERS, logs_tail(services)
+    drain(db_url, [slot.service for slot in slots], timeout=scaled(90))
 
     # after every process exited
     assert len(kills) == len(pauses), "the work finished before every kill landed"
-    stored = rows(db_url, "SELECT id, version FROM items")
-    assert sorted(item_id for item_id, _ in stored) == sorted(pairs)  # each once (primary key)
-    n_jobs = len(messages) + sum(pairs.values()) + len(pairs)  # event, fetch, deliver
-    assert rows(db_url, "SELECT status, count(*) FROM jobs GROUP BY status") == [("done", n_jobs)]
-    assert rows(db_url, "SELECT status, count(*) FROM events GROUP BY status") == [
-        ("done", len(messages))
-    ]
-    assert integrity_check(db_url) in (None, "ok")
+    stored = check_all_done(db_url, messages, pairs)
     short = {i: (pairs[i], fake.counts[i]) for i in pairs if fake.counts[i] < pairs[i]}
     assert not short, f"fetched fewer times than events name them: {short}"
     # a live worker too slow to heartbeat loses its lease (its late result is discarded and
@@ -179,9 +204,7 @@ def test_r1_workers_sigkilled_at_random_lose_and_duplicate_nothing(
     bound = len(kills) * CONCURRENCY  # a killed worker held at most CONCURRENCY jobs
     why = f"for {len(kills)} kills ({leases_lost} leases lost by live workers)"
     assert extra_fetches <= bound, f"{extra_fetches} extra fetches {why}"
-    delivered = read_deliveries([out])
-    assert delivered.versions == {(item_id, version) for item_id, version in stored}
-    assert not delivered.conflicts
+    delivered = check_delivered(out, stored)
     assert delivered.repeats <= bound, f"{delivered.repeats} repeated deliveries {why}"
     summary(
         f"R1 [{backend(db_url)}] seed={seed}",
@@ -248,17 +271,9 @@ def test_r2_worker_dying_at_a_failpoint_costs_at_most_a_refetch(
         assert fake.counts[crashed_item] >= 1  # fetched, then the worker died before storing it
 
     restarted = service_factory(args, **env).start()
-    drained = wait_until(lambda: work_left(db_url) == 0, timeout=60)
-    codes = stop_all([restarted])
-    assert drained, db_state(db_url) + "\n" + logs_tail([crashing, restarted])
-    assert codes == [0], restarted.log()
+    drain(db_url, [restarted], timeout=60, earlier=[crashing])
 
-    stored = rows(db_url, "SELECT id, version FROM items")
-    assert sorted(item_id for item_id, _ in stored) == sorted(pairs)
-    n_jobs = len(messages) + sum(pairs.values()) + len(pairs)
-    assert rows(db_url, "SELECT status, count(*) FROM jobs GROUP BY status") == [("done", n_jobs)]
-    assert rows(db_url, "SELECT DISTINCT status FROM events") == [("done",)]
-    assert integrity_check(db_url) in (None, "ok")
+    stored = check_all_done(db_url, messages, pairs)
     extra_fetches = sum(fake.counts.values()) - sum(pairs.values())
     if point == "after_fetch":
         assert crashed_item is not None
@@ -266,9 +281,7 @@ def test_r2_worker_dying_at_a_failpoint_costs_at_most_a_refetch(
         assert fake.counts[crashed_item] == pairs[crashed_item] + 1
     else:
         assert extra_fetches == 0
-    delivered = read_deliveries([out])
-    assert delivered.versions == set(stored)
-    assert not delivered.conflicts
+    delivered = check_delivered(out, stored)
     assert delivered.repeats == 0  # no failpoint lies between a delivery and its commit
     summary(
         f"R2 [{backend(db_url)}] seed={seed} {point}:{k}",
@@ -474,24 +487,14 @@ def test_r15_sigterm_during_work_exits_in_grace_and_releases_claims(
     fake.config.hang_rate, fake.config.latency_seconds = 0.0, 0.0
 
     second = service_factory(["worker"], **env).start()
-    drained = wait_until(lambda: work_left(db_url) == 0, timeout=60)
-    codes = stop_all([second])
-    assert drained, db_state(db_url) + "\n" + logs_tail([first.service, second])
-    assert codes == [0], second.log()
+    drain(db_url, [second], timeout=60, earlier=[first.service])
 
-    stored = rows(db_url, "SELECT id, version FROM items")
-    assert sorted(item_id for item_id, _ in stored) == sorted(pairs)
-    n_jobs = len(messages) + sum(pairs.values()) + len(pairs)
-    assert rows(db_url, "SELECT status, count(*) FROM jobs GROUP BY status") == [("done", n_jobs)]
-    assert rows(db_url, "SELECT DISTINCT status FROM events") == [("done",)]
-    assert integrity_check(db_url) in (None, "ok")
+    stored = check_all_done(db_url, messages, pairs)
     extra_fetches = sum(fake.counts.values()) - sum(pairs.values())
     # what finished within the grace period was stored; what hung was never answered: nothing
     # fetched twice either way
     assert extra_fetches == 0
-    delivered = read_deliveries([out])
-    assert delivered.versions == set(stored)
-    assert not delivered.conflicts
+    delivered = check_delivered(out, stored)
     assert delivered.repeats == 0
     summary(
         f"R15 [{backend(db_url)}] seed={seed} {mode}",

@@ -15,8 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ from dimmy_webhooks.devtools.runner import free_port
 from dimmy_webhooks.errors import ConfigError
 from dimmy_webhooks.signatures import parse_secrets, signed_headers
 
-from ..conftest import ADMIN_TOKEN, API_KEY, CLI, KEY, SECRET, clean_env, query, signed
+from ..helpers import ADMIN_TOKEN, API_KEY, CLI, KEY, SECRET, clean_env, query, signed, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -59,14 +57,6 @@ def secret_forms() -> dict[str, str]:
 
 def leaks(text: str) -> list[str]:
     return [name for name, value in secret_forms().items() if value in text]
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
@@ -127,16 +117,17 @@ def test_no_secret_in_any_log_or_output(
 
     # the right worker does the work
     worker = service_factory(["worker"], **env).start()
-    wait_for(
-        lambda: query(db_url, "SELECT count(*) AS n FROM items")[0]["n"] == len(ids),
-        "the items",
-    )
+    assert wait_until(
+        lambda: query(db_url, "SELECT count(*) AS n FROM items")[0]["n"] == len(ids), 30, 0.1
+    ), "timed out waiting for the items"
     assert worker.stop() == 0
     # a worker with a wrong API key: the fake answers 401, the worker pauses (a later event)
     later = json.dumps({"item_ids": fake.generate_items(2)}).encode()
     assert post(url, later, signed(later, "msg_later")).status_code == 204
     refused = service_factory(["worker"], **{**env, "DIMMY_API_KEY": WRONG_API_KEY}).start()
-    wait_for(lambda: "fetching paused" in refused.log(), "the 401")
+    assert wait_until(lambda: "fetching paused" in refused.log(), 30, 0.1), (
+        "timed out waiting for the 401"
+    )
     assert refused.stop() == 0
 
     # the JSON API: no token, wrong and near-miss tokens, other schemes, the right token

@@ -8,7 +8,6 @@ only; each test prints its seed and one summary line.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 import re
@@ -23,47 +22,22 @@ import pytest
 from dimmy_webhooks.devtools.sender import items_scanned_body
 from dimmy_webhooks.worker import WorkerPolicy
 
-from ..conftest import API_KEY, SECRET, query, signed, wait_until
-from .conftest import scaled
+from ..helpers import (
+    API_KEY,
+    SECRET,
+    backend,
+    insert_events,
+    query,
+    scaled,
+    signed,
+    unfinished_jobs,
+    wait_until,
+)
 from .proxy import FaultProxy
 
 pytestmark = pytest.mark.faults
 
 _ITEM_GET = re.compile(r"^GET /items/([0-9a-fA-F]{24}) HTTP/1\.1$")
-
-
-def _insert_events(db_url: str, batches: list[list[str]], prefix: str) -> None:
-    """Put ``items.scanned`` events straight into the inbox (as the receiver would)."""
-    from dimmy_webhooks.models import ITEMS_SCANNED, IncomingEvent
-    from dimmy_webhooks.store import create_store
-
-    async def go() -> None:
-        store = create_store(db_url)
-        await store.open()
-        try:
-            for n, ids in enumerate(batches):
-                event = IncomingEvent(
-                    f"{prefix}_{n}",
-                    ITEMS_SCANNED,
-                    items_scanned_body(ids),
-                    {},
-                    time.time(),
-                    len(ids),
-                )
-                await store.insert_event(event)
-        finally:
-            await store.close()
-
-    asyncio.run(go())
-
-
-def _backend(db_url: str) -> str:
-    return "sqlite" if db_url.startswith("sqlite:") else "postgres"
-
-
-def _unfinished(db_url: str) -> int:
-    rows = query(db_url, "SELECT count(*) AS n FROM jobs WHERE status IN ('pending', 'running')")
-    return int(rows[0]["n"])
 
 
 # R10 -----------------------------------------------------------------------------------------
@@ -136,11 +110,12 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
         env["DIMMY_API_URL"] = proxy.url
         worker = service_factory(["worker"], **env)
         for r, round_ids in enumerate(rounds):  # one round at a time: the load stays the same
-            batches = [round_ids[i::n_events] for i in range(n_events)]
-            _insert_events(db_url, batches, prefix=f"msg_r10_{r}")
+            batches = [round_ids[n::n_events] for n in range(n_events)]
+            inbox = [(f"msg_r10_{r}_{n}", items_scanned_body(b)) for n, b in enumerate(batches)]
+            insert_events(db_url, inbox)
             if r == 0:
                 worker.start()
-            finished = wait_until(lambda: _unfinished(db_url) == 0, timeout=60, interval=0.1)
+            finished = wait_until(lambda: unfinished_jobs(db_url) == 0, timeout=60, interval=0.1)
             if not finished:
                 break
         assert worker.stop() == 0, worker.log()[-3000:]
@@ -226,7 +201,7 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
     assert hangs > 0, "no request hung"
     assert unexplained <= max(2, n_ids // 20), f"{unexplained} attempts never reached the proxy"
     print(
-        f"R10 {_backend(db_url)} seed={seed}: {n_ids} ids -> done {len(done)}, dead "
+        f"R10 {backend(db_url)} seed={seed}: {n_ids} ids -> done {len(done)}, dead "
         f"{len(dead)} (all after exactly {R10_ATTEMPTS} attempts); upstream calls "
         f"{len(records)} (503 {sum(s.count(503) for s in fake_log.values())}, hang {hangs}, "
         f"reset {resets_total}, 200 {len(done)}); attempts not seen by the proxy {unexplained}; "
@@ -341,7 +316,7 @@ def test_r8_hanging_upstream_does_not_slow_webhook_acknowledgements(
         for phase in results
     )
     print(
-        f"R8 {_backend(db_url)} seed={seed}: {n} webhooks per phase: {summary}; upstream: "
+        f"R8 {backend(db_url)} seed={seed}: {n} webhooks per phase: {summary}; upstream: "
         f"{fetched} fetched while healthy, {hung} requests left hanging by the fake, "
         f"{proxy.blackholed} connections blackholed; non-2xx "
         f"{sum(1 for s in answered.values() if not 200 <= s < 300)}"

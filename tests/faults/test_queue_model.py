@@ -52,7 +52,7 @@ from dimmy_webhooks.models import (
 )
 from dimmy_webhooks.store import Lease, ReplayMode, SQLiteStore, Store
 
-from .conftest import FULL
+from ..helpers import FULL
 
 pytestmark = pytest.mark.faults
 
