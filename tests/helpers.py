@@ -101,6 +101,22 @@ def clean_env(**values: str) -> dict[str, str]:
     return env
 
 
+def run(
+    args: Sequence[str], cwd: Path, *, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to its end as a user would (text output captured, ``env`` added to a
+    :func:`clean_env`); never raises for a non-zero exit."""
+    return subprocess.run(
+        list(args),
+        cwd=cwd,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 class ServiceProcess:
     """``dimmy-webhooks <command>`` as a user starts it, in its own process group."""
 

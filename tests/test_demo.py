@@ -6,7 +6,6 @@ import contextlib
 import json
 import socket
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,19 +13,11 @@ import pytest
 
 from dimmy_webhooks.devtools.runner import free_port
 
-from .helpers import CLI, clean_env
+from .helpers import CLI, run
 
 
 def run_demo(tmp_path: Path, *args: str, timeout: float = 60, **env: str) -> tuple[int, str, str]:
-    proc = subprocess.run(
-        [CLI, "demo", *args],
-        cwd=tmp_path,
-        env=clean_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    proc = run([CLI, "demo", *args], tmp_path, timeout=timeout, **env)
     return proc.returncode, proc.stdout, proc.stderr
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from dimmy_webhooks.config import Settings
 
-from .helpers import CLI, clean_env
+from .helpers import CLI, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,15 +38,7 @@ def test_every_setting_is_documented_with_its_default(name: str) -> None:
     ],
 )
 def test_every_command_has_help_and_is_in_the_readme(command: str, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [CLI, command, "--help"],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run([CLI, command, "--help"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout
     assert f"dimmy-webhooks {command}" in (ROOT / "README.md").read_text()
