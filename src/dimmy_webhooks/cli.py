@@ -48,7 +48,7 @@ def friendly_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except DimmyWebhooksError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {logs.redact_urls(str(exc))}", err=True)
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
@@ -182,7 +182,7 @@ def show_config(check_credentials: bool, example: bool) -> None:
         sys.exit(0 if settings.webhook_secret and settings.api_key else 1)
     for name, value in settings.model_dump().items():
         shown = "(set, hidden)" if value is not None and name in SECRET_SETTINGS else value
-        click.echo(f"DIMMY_{name.upper()}={'' if shown is None else shown}")
+        click.echo(f"DIMMY_{name.upper()}={'' if shown is None else logs.redact_urls(str(shown))}")
 
 
 SAMPLE_IDS = ["6592008029c8c3e4dc76256c", "6592008029c8c3e4dc76256d"]
@@ -235,7 +235,8 @@ def send(
     try:
         response = httpx.post(url, content=body, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
-        click.echo(f"error: could not reach {url}: {exc.__class__.__name__}: {exc}", err=True)
+        reason = logs.redact_urls(f"could not reach {url}: {exc.__class__.__name__}: {exc}")
+        click.echo(f"error: {reason}", err=True)
         sys.exit(1)
     elapsed = (time.perf_counter() - started) * 1000
     click.echo(f"{msg_id} -> HTTP {response.status_code} in {elapsed:.0f} ms")

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import certifi
 import httpx
@@ -205,7 +205,7 @@ class DimmyClient:
         self.auth_failed: str | None = None
 
     def __repr__(self) -> str:
-        return f"DimmyClient({self.base_url!r})"
+        return f"DimmyClient({urlsplit(self.base_url).hostname!r})"  # never the user-info
 
     async def __aenter__(self) -> Self:
         return self

@@ -1,17 +1,42 @@
 """Structured log lines: ``key=value`` text or one JSON object per line.
 
-Call sites pass fields with ``extra={"fields": {...}}``. Values are written as given, so never pass
-a secret, an API key or a token: the settings keep them in :class:`pydantic.SecretStr`, and the
-signature and client modules never put them in messages.
+Call sites pass fields with ``extra={"fields": {...}}``. Never pass a secret, an API key or a
+token: the settings keep them in :class:`pydantic.SecretStr`, and the signature and client modules
+never put them in messages. Two things are done to every line whatever the call site passed,
+since values come from outside (paths, ids, headers, server answers):
+
+- one record is one line: control characters (newlines, carriage returns, escapes) in the
+  message and the fields are written escaped, and the lines of a traceback are indented under a
+  ``|``, so nothing a client sends can forge a line that looks like ours;
+- a password inside a URL (``scheme://user:password@host``, ``password=...`` in a query) is
+  written as ``***`` (:func:`redact_urls`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/@:]*:)[^\s/]*@")
+_PASSWORD_PARAM = re.compile(r"(?i)([?&;\s]password=)[^&\s]*")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with every password inside a URL replaced by ``***`` (user names are kept)."""
+    if "://" not in text and "password=" not in text.lower():
+        return text
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    return _PASSWORD_PARAM.sub(r"\1***", text)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\u001b``): it stays one line."""
+    return json.dumps(text)[1:-1] if _CONTROL.search(text) else text
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -28,17 +53,18 @@ class KeyValueFormatter(logging.Formatter):
             stamp,
             record.levelname,
             record.name.removeprefix("dimmy_webhooks."),
-            record.getMessage(),
+            _one_line(record.getMessage()),
         ]
         for key, value in _fields(record).items():
             text = str(value)
-            if not text or any(c in text for c in ' "='):
+            if not text or _CONTROL.search(text) or any(c in text for c in ' "='):
                 text = json.dumps(text)
-            parts.append(f"{key}={text}")
+            parts.append(f"{_one_line(str(key))}={text}")
         line = " ".join(parts)
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        return line
+            trace = self.formatException(record.exc_info).splitlines()
+            line += "".join(f"\n  | {_one_line(part)}" for part in trace)
+        return redact_urls(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -54,7 +80,7 @@ class JsonFormatter(logging.Formatter):
         data.update(_fields(record))
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
+        return redact_urls(json.dumps(data, default=str))
 
 
 def configure(log_format: str = "text", level: str = "INFO") -> None:
