@@ -18,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, TypeAdapter
 
 from .items import to_api_dict
-from .models import EventRecord
+from .models import ITEM_ID_PATTERN, EventRecord
 from .services import Services
 from .store import ReplayMode
 
@@ -61,6 +61,14 @@ async def require_admin(
 
 _ROW_ID = 2**63 - 1  # the largest id a row can have (and SQLite can bind)
 EventId = Annotated[int, Path(ge=1, le=_ROW_ID)]
+ItemId = Annotated[
+    str,
+    Path(
+        pattern=ITEM_ID_PATTERN,
+        max_length=128,
+        description="a Dimmy item id (`_id`): letters, digits, `_` and `-`",
+    ),
+]
 
 
 class Problem(BaseModel):
@@ -121,7 +129,7 @@ def _event_dict(event: EventRecord) -> dict[str, Any]:
 
 
 @router.get("/items/{item_id}", responses=_NOT_FOUND)
-async def get_item(item_id: str, request: Request) -> dict[str, Any]:
+async def get_item(item_id: ItemId, request: Request) -> dict[str, Any]:
     """One stored item: ``raw`` exactly as fetched, normalised fields, ``fetched_at``."""
     item = await _services(request).store.get_item(item_id)
     if item is None:
@@ -194,7 +202,7 @@ async def replay_event(
 
 @router.post("/items/{item_id}/replay", responses=_NOT_FOUND)
 async def replay_item(
-    item_id: str, request: Request, mode: ReplayMode = ReplayMode.REFETCH
+    item_id: ItemId, request: Request, mode: ReplayMode = ReplayMode.REFETCH
 ) -> dict[str, Any]:
     """Fetch one item again, or deliver its stored version to the outputs again."""
     try:

@@ -32,6 +32,7 @@ from .config import (
     require_loopback_or_token,
 )
 from .errors import ConfigError, DimmyWebhooksError
+from .models import valid_item_id
 from .signatures import parse_secrets, signed_headers
 
 if TYPE_CHECKING:
@@ -271,6 +272,12 @@ def replay(event_id: int | None, item_id: str | None, dead_since: str | None, mo
     """Put work back in the queue; a running service picks it up within a second."""
     if sum(x is not None for x in (event_id, item_id, dead_since)) != 1:
         raise click.UsageError("give exactly one of --event, --item, --dead-since")
+    if item_id is not None and not valid_item_id(item_id):
+        raise click.BadParameter(
+            "an item id is letters, digits, '_' and '-' (Dimmy's _id, e.g. "
+            "6592008029c8c3e4dc76256c)",
+            param_hint="--item",
+        )
     settings = _settings()
     prepare_database(settings)
     queued = asyncio.run(_replay(settings, event_id, item_id, dead_since, mode))

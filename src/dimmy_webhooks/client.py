@@ -33,13 +33,14 @@ from datetime import UTC, datetime
 from importlib import metadata
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import certifi
 import httpx
 from aiolimiter import AsyncLimiter
 
 from .errors import PermanentUpstream, TransientUpstream, UpstreamAuthError
+from .models import valid_item_id
 
 logger = logging.getLogger(__name__)
 
@@ -234,8 +235,12 @@ class DimmyClient:
         """``GET /items/{id}``: the response body exactly as received.
 
         Checked to be a JSON object whose ``_id`` is ``item_id`` (else :class:`PermanentUpstream`).
+        An ``item_id`` that :func:`~dimmy_webhooks.models.valid_item_id` refuses is a
+        :class:`PermanentUpstream` without any request.
         """
-        path = f"/items/{quote(item_id, safe='')}"
+        if not valid_item_id(item_id):  # never let an id choose another path
+            raise PermanentUpstream(f"GET /items/{{id}}: {item_id[:80]!r} is not a valid item id")
+        path = f"/items/{item_id}"
         response = await self._request("GET", path)
         document = self._json(response, "GET", path)
         if not isinstance(document, dict) or document.get("_id") != item_id:

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+ITEM_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+"""What an item id may be: letters, digits, ``_`` and ``-``, 1 to 128 of them. Dimmy's ids are
+24-hex ObjectIds; the rule is wider so that another id format still works, and narrow enough that
+an id can never change the path of a request made with it (no ``.``, ``/``, ``%``, ``?``, ``#``:
+``GET /items/{id}`` stays that one item's URL)."""
+_ITEM_ID = re.compile(ITEM_ID_PATTERN)
 
 ITEMS_SCANNED = "items.scanned"
 FULL_PAYLOAD = "item.scanned.full_payload"
 UNKNOWN = "unknown"
+
+
+def valid_item_id(value: object) -> bool:
+    """Whether ``value`` is a string that :data:`ITEM_ID_PATTERN` accepts."""
+    return isinstance(value, str) and _ITEM_ID.match(value) is not None
 
 
 def classify_event(payload: object) -> str:

@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import random
-import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -38,22 +37,30 @@ from .errors import (
     UpstreamAuthError,
 )
 from .items import normalise, version_of
-from .models import FULL_PAYLOAD, ITEMS_SCANNED, Job, JobKind, StoredItem, classify_event
+from .models import (
+    FULL_PAYLOAD,
+    ITEMS_SCANNED,
+    Job,
+    JobKind,
+    StoredItem,
+    classify_event,
+    valid_item_id,
+)
 from .outputs import Output, idempotency_key
 from .store import Lease, Store
 
 log = logging.getLogger("dimmy_webhooks.worker")
 
 AUTH_PAUSE_SECONDS = 60.0
-_ITEM_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable, no spaces: what a Dimmy _id can be
 
 
 def _item_ids(values: list[object]) -> tuple[list[str], list[str]]:
-    """The usable ids of an ``item_ids`` list, and (escaped, for the log) the others."""
+    """The usable ids of an ``item_ids`` list (:func:`valid_item_id`, after trimming spaces),
+    and (escaped, for the log) the others."""
     usable, rejected = [], []
     for value in values:
-        text = value.strip() if isinstance(value, str) else None
-        if text is not None and _ITEM_ID.fullmatch(text):
+        text = value.strip() if isinstance(value, str) else value
+        if isinstance(text, str) and valid_item_id(text):
             usable.append(text)
         else:
             rejected.append(repr(value)[:80])
@@ -295,7 +302,11 @@ class Worker:
         kind = classify_event(payload)
         if kind == ITEMS_SCANNED:
             ids, rejected = _item_ids(payload["item_ids"])
+            note = None
             if rejected:
+                note = f"{len(rejected)} item id(s) refused (not a valid id): " + ", ".join(
+                    rejected[:10]
+                )
                 log.warning(
                     "item ids rejected",
                     extra={
@@ -306,7 +317,7 @@ class Worker:
                         }
                     },
                 )
-            await self.store.expand_event(job, ids, self.clock())
+            await self.store.expand_event(job, ids, self.clock(), note)
         elif kind == FULL_PAYLOAD:
             raw = body.decode("utf-8", errors="replace")
             await self._store_item(job, raw, payload)
@@ -335,6 +346,8 @@ class Worker:
             )
         except ValueError as exc:
             raise PermanentUpstream(f"not an item: {exc}") from exc
+        if not valid_item_id(fields.id):
+            raise PermanentUpstream(f"not an item: _id {fields.id[:80]!r} is not a valid item id")
         now = self.clock()
         item = StoredItem(item=fields, raw=raw, version=version_of(raw, fields), fetched_at=now)
         lease = Lease(self.owner, self.policy.lease_seconds)

@@ -149,14 +149,16 @@ def test_hostile_values_come_back_as_json_text(
     # 1. items with hostile fields, fetched by the worker after a signed webhook
     ids = [doc["_id"] for doc in docs.values()]
     assert post_webhook(service, {"item_ids": ids}, "msg_hostile_items").status_code == 204
-    # 2. hostile strings as item ids (the fake refuses them: dead fetches with a reason)
+    # 2. hostile strings as item ids (refused before any fetch, with a reason on the event)
     assert post_webhook(service, {"item_ids": payloads}, "msg_hostile_ids").status_code == 204
     # 3. hostile message ids, an unknown event with hostile content, a full payload with them
     for n, payload in enumerate(ASCII_PAYLOADS):
         answer = post_webhook(service, {"comment": payload, "n": n}, f"msg_{payload}")
         assert answer.status_code == 204, answer.text
+    # (a hostile _id is refused outright: tests/faults/test_item_ids.py)
     full = {
-        "_id": "<img src=x onerror=alert(2)>",
+        "_id": "hostile-full-payload",
+        "scanner_account_id": "<img src=x onerror=alert(2)>",
         "barcode": PAYLOADS[1] + "!",
         "note": PAYLOADS[3],
     }
@@ -192,8 +194,9 @@ def test_hostile_values_come_back_as_json_text(
         assert [i["id"] for i in found] == [doc["_id"]]
     listed = service.api("/api/items", params={"limit": 500})["items"]
     assert {doc["_id"] for doc in docs.values()} <= {i["id"] for i in listed}
-    stored_full = service.api("/api/items/" + quote(full["_id"], safe=""))
+    stored_full = service.api("/api/items/" + full["_id"])
     assert stored_full["raw"] == full
+    assert stored_full["scanner_account_id"] == full["scanner_account_id"]
 
     # every read path that can echo a payload
     for event in events:

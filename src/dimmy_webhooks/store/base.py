@@ -99,10 +99,13 @@ class Store(abc.ABC):
         """Extend every lease ``owner`` still holds; returns how many."""
         return await self._write(lambda tx: ops.heartbeat(tx, owner, lease_seconds, now))
 
-    async def expand_event(self, job: Job, item_ids: Sequence[str], now: float) -> None:
-        """Finish an ``event`` job by queueing one fetch per item id (idempotent)."""
+    async def expand_event(
+        self, job: Job, item_ids: Sequence[str], now: float, note: str | None = None
+    ) -> None:
+        """Finish an ``event`` job by queueing one fetch per item id (idempotent); ``note``
+        (ids that were refused) is kept on the job and as the event's ``last_error``."""
         await self._write(
-            lambda tx: ops.expand_event(tx, job, item_ids, self.max_attempts, now),
+            lambda tx: ops.expand_event(tx, job, item_ids, self.max_attempts, now, note),
             lambda _: bool(item_ids),
         )
 

@@ -203,8 +203,17 @@ def heartbeat(tx: Tx, owner: str, lease_seconds: float, now: float) -> int:
     return tx.run(tx.sql("heartbeat"), {"owner": owner, "expires": now + lease_seconds})
 
 
-def expand_event(tx: Tx, job: Job, item_ids: Sequence[str], max_attempts: int, now: float) -> None:
-    _guard_finish(tx, job, now)
+def expand_event(
+    tx: Tx,
+    job: Job,
+    item_ids: Sequence[str],
+    max_attempts: int,
+    now: float,
+    note: str | None = None,
+) -> None:
+    _guard_finish(tx, job, now, note)
+    if note is not None:
+        tx.run(tx.sql("event_error"), {"id": job.event_id, "reason": note[:1000]})
     # The fetches are due as of the event's arrival, not the expansion: with a backlog of
     # events, the items of the oldest events go before the expansion of newer ones (else
     # nothing reaches the warehouse until every event of the backlog has been expanded).
