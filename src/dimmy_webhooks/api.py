@@ -6,7 +6,6 @@ paginated with a cursor (``after`` / ``before``) so pages stay stable while data
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, TypeAdapter
 
+from .access import TokenCheck, retry_after_header
 from .items import to_api_dict
 from .models import ITEM_ID_PATTERN, EventRecord
 from .services import Services
@@ -35,28 +35,26 @@ async def require_admin(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """When ``DIMMY_ADMIN_TOKEN`` is set, demand ``Authorization: Bearer <token>``."""
-    expected = _services(request).settings.admin_token_value()
-    if expected is None:
+    """When ``DIMMY_ADMIN_TOKEN`` is set, demand ``Authorization: Bearer <token>`` (401), and
+    answer 429 to a client that keeps giving wrong ones (:mod:`.access`)."""
+    tokens: TokenCheck = request.app.state.tokens
+    if not tokens.required:
         return
-    given = credentials.credentials if credentials is not None else ""
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        client = request.client.host if request.client else "-"
-        log.warning(
-            "API request refused",
-            extra={
-                "fields": {
-                    "reason": "missing or wrong admin token",
-                    "client": client,
-                    "path": request.url.path,
-                }
-            },
-        )
+    client = request.client.host if request.client else "-"
+    verdict = tokens.check(credentials.credentials if credentials is not None else "", client)
+    if verdict.ok:
+        return
+    throttled = verdict.retry_after is not None
+    reason = "too many wrong admin tokens" if throttled else "missing or wrong admin token"
+    fields = {"reason": reason, "client": client, "path": request.url.path}
+    log.warning("API request refused", extra={"fields": fields})
+    if verdict.retry_after is not None:
         raise HTTPException(
-            status_code=401,
-            detail="missing or wrong admin token",
-            headers={"WWW-Authenticate": "Bearer"},
+            status_code=429,
+            detail=f"{reason} from this address: retry later",
+            headers={"Retry-After": retry_after_header(verdict.retry_after)},
         )
+    raise HTTPException(status_code=401, detail=reason, headers={"WWW-Authenticate": "Bearer"})
 
 
 _ROW_ID = 2**63 - 1  # the largest id a row can have (and SQLite can bind)
@@ -81,6 +79,7 @@ router = APIRouter(
     tags=["api"],
     responses={
         401: {"model": Problem, "description": "missing or wrong admin token"},
+        429: {"model": Problem, "description": "too many wrong admin tokens from this address"},
         503: {"model": Problem, "description": "store unavailable, retry later"},
     },
 )

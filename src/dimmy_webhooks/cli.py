@@ -186,6 +186,14 @@ def show_config(check_credentials: bool, example: bool) -> None:
         click.echo(f"DIMMY_{name.upper()}={'' if shown is None else logs.redact_urls(str(shown))}")
 
 
+@main.command()
+def token() -> None:
+    """Print a new random admin token (for DIMMY_ADMIN_TOKEN): 43 URL-safe characters."""
+    import secrets
+
+    click.echo(secrets.token_urlsafe(32))
+
+
 SAMPLE_IDS = ["6592008029c8c3e4dc76256c", "6592008029c8c3e4dc76256d"]
 
 

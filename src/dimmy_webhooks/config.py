@@ -20,6 +20,8 @@ from .errors import ConfigError
 DEFAULT_API_URL = "https://dimmy.api.optioryx.com"
 DEFAULT_DATABASE_URL = "sqlite:///dimmy-webhooks.sqlite3"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+MIN_TOKEN_LENGTH = 32
+"""Characters an admin token needs before the service listens beyond loopback."""
 
 DimensionUnit = Literal["mm", "cm", "m", "in"]
 WeightUnit = Literal["g", "kg", "lb"]
@@ -55,7 +57,14 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None,
         description="Bearer token for the JSON API and dashboard. Required to bind a "
-        "non-loopback address.",
+        "non-loopback address, and then at least 32 characters (`dimmy-webhooks token` makes "
+        "one).",
+    )
+    allowed_hosts: str = Field(
+        default="",
+        description="Extra host names the JSON API and dashboard answer to in `Host` "
+        "(comma separated, e.g. `dimmy.example.com`). Without an admin token only loopback "
+        "names are answered (DNS rebinding); with one, any unless this is set.",
     )
     host: str = Field(default="127.0.0.1", description="Address `serve` binds.")
     port: int = Field(default=5000, ge=0, le=65535, description="Port `serve` binds.")
@@ -166,6 +175,11 @@ class Settings(BaseSettings):
             return Path(self.database_url.removeprefix("sqlite:///"))
         return None
 
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        """``allowed_hosts`` as lower-case names (a port, if given, is ignored)."""
+        return frozenset(host_name(part) for part in self.allowed_hosts.split(",") if part.strip())
+
     def admin_token_value(self) -> str | None:
         """The admin token, or ``None`` when unset or blank."""
         if self.admin_token is None:
@@ -212,6 +226,15 @@ def postgres_driver_missing(database_url: str) -> str | None:
     return None
 
 
+def host_name(host: str) -> str:
+    """The lower-case name part of a host (and port): ``[::1]:5000`` -> ``::1``,
+    ``Example.com:80`` -> ``example.com``, ``::1`` -> ``::1``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
     """Read settings from the environment (and ``env_file`` when it exists).
 
@@ -228,9 +251,19 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
 
 
 def require_loopback_or_token(settings: Settings, host: str) -> None:
-    """Refuse to expose the service beyond this machine without an admin token."""
-    if host not in LOOPBACK_HOSTS and settings.admin_token_value() is None:
+    """Refuse to expose the service beyond this machine without a strong admin token."""
+    if host in LOOPBACK_HOSTS:
+        return
+    token = settings.admin_token_value()
+    if token is None:
         raise ConfigError(
             f"refusing to listen on {host}: set DIMMY_ADMIN_TOKEN first, so the JSON API and "
-            "dashboard are not open to the network (or bind 127.0.0.1)"
+            "dashboard are not open to the network (or bind 127.0.0.1); "
+            "`dimmy-webhooks token` makes one"
+        )
+    if len(token) < MIN_TOKEN_LENGTH or len(set(token)) < 8:
+        raise ConfigError(
+            f"refusing to listen on {host}: DIMMY_ADMIN_TOKEN is too weak to face a network "
+            f"(at least {MIN_TOKEN_LENGTH} characters, not a repeated few); "
+            "`dimmy-webhooks token` makes a strong one"
         )

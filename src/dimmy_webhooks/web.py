@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
+from .access import AccessGuard, TokenCheck, allowed_hosts
 from .api import router as api_router
 from .config import Settings
 from .errors import ConfigError, StoreError
@@ -87,6 +88,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.tokens = TokenCheck(settings.admin_token_value())
     receiver = Receiver(
         services.store,
         verifier,
@@ -118,6 +120,14 @@ def create_app(
         return JSONResponse({"detail": "store unavailable, retry later"}, status_code=503)
 
     app.include_router(api_router)
+    # outermost last: the webhook goes straight to the receiver (its signature is its access
+    # control); everything else passes the Host and cross-site checks, under the headers
+    app.add_middleware(
+        AccessGuard,
+        allowed_hosts=allowed_hosts(
+            settings.allowed_host_names, token_set=settings.admin_token_value() is not None
+        ),
+    )
     app.add_middleware(SecurityHeaders)
     app.add_middleware(WebhookRoute, receiver=receiver, path=settings.webhook_path)
     return app

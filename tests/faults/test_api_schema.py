@@ -28,6 +28,7 @@ from schemathesis.generation import GenerationMode
 from schemathesis.generation.case import Case
 
 from dimmy_webhooks import schema as db_schema
+from dimmy_webhooks.access import FailureThrottle, TokenCheck
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.models import JobKind, NormalisedItem, StoredItem
 from dimmy_webhooks.store import SQLiteStore
@@ -82,6 +83,9 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"sqlite:///{db_path}"
     db_schema.upgrade(url)
     app = create_app(make_settings(url, admin_token=ADMIN_TOKEN), run_worker=False)
+    # these tests send thousands of wrong tokens from one address on purpose: without the
+    # throttle (tests/faults/test_access.py holds it), every one must get its 401
+    app.state.tokens = TokenCheck(ADMIN_TOKEN, FailureThrottle(limit=10**9))
     with serve_in_thread(app) as base:
         bodies = [
             {"item_ids": ITEM_IDS},  # worked below: done items and one dead fetch

@@ -1,0 +1,180 @@
+"""S11 and S14: the JSON API's access rules as an attacker tries them.
+
+S11: a weak admin token is refused at start-up for a non-loopback bind; repeated wrong tokens are
+slowed down per client (429 with Retry-After), others are not. S14: with no admin token on
+loopback (the default), a foreign ``Host`` (DNS rebinding) and a cross-site form POST are refused
+before they reach ``/api/*``; the webhook (signature-protected) and programs still work.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dimmy_webhooks.access import FailureThrottle
+from dimmy_webhooks.config import MIN_TOKEN_LENGTH
+from dimmy_webhooks.devtools.runner import serve_in_thread
+from dimmy_webhooks.web import create_app
+
+from ..helpers import ADMIN_TOKEN, CLI, SECRET, make_settings, query, run, signed
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.fixture
+def open_service(sqlite_url: str) -> Iterator[str]:
+    """The service with no admin token on loopback, as it ships, plus one allowed host."""
+    settings = make_settings(sqlite_url, allowed_hosts="dimmy.warehouse.example")
+    with serve_in_thread(create_app(settings, run_worker=False)) as url:
+        yield url
+
+
+@pytest.fixture
+def guarded_service(sqlite_url: str) -> Iterator[str]:
+    settings = make_settings(sqlite_url, admin_token=ADMIN_TOKEN)
+    with serve_in_thread(create_app(settings, run_worker=False)) as url:
+        yield url
+
+
+def jobs(db_url: str) -> int:
+    return int(query(db_url, "SELECT count(*) AS n FROM jobs")[0]["n"])
+
+
+def store_an_event(url: str, host: str | None = None) -> None:
+    body = json.dumps({"item_ids": ["6592008029c8c3e4dc76256c"]}).encode()
+    headers = signed(body, f"msg_{host or 'plain'}")
+    if host is not None:
+        headers["host"] = host
+    assert httpx.post(f"{url}/webhook", content=body, headers=headers).status_code == 204
+
+
+# S14 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host", ["attacker.example", "attacker.example:5000", "127.0.0.1.attacker.example", ""]
+)
+def test_a_foreign_host_is_refused_without_a_token(open_service: str, host: str) -> None:
+    for path in ("/api/events", "/api/items", "/readyz", "/openapi.json"):
+        answer = httpx.get(open_service + path, headers={"host": host})
+        assert answer.status_code == 400, (path, answer.text)
+        assert "unknown Host" in answer.json()["detail"]
+        assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "localhost:5000", "[::1]:5000", "LOCALHOST", "dimmy.warehouse.example"]
+)
+def test_loopback_names_and_configured_hosts_are_answered(open_service: str, host: str) -> None:
+    assert httpx.get(open_service + "/api/events", headers={"host": host}).status_code == 200
+
+
+def test_webhooks_answer_whatever_the_host(open_service: str, sqlite_url: str) -> None:
+    """A reverse proxy on this machine may pass its public name: the signature decides."""
+    store_an_event(open_service, host="dimmy.public.example")
+    assert len(query(sqlite_url, "SELECT id FROM events")) == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"content-type": "text/plain", "origin": "https://attacker.example"},
+        {"content-type": "text/plain"},  # a form with enctype=text/plain, Origin stripped
+        {"content-type": "application/x-www-form-urlencoded"},
+        {"content-type": "multipart/form-data; boundary=x"},
+        {"origin": "https://attacker.example"},
+        {"origin": "null"},
+        {"sec-fetch-site": "cross-site"},
+    ],
+)
+def test_a_cross_site_post_is_refused(
+    open_service: str, sqlite_url: str, headers: dict[str, str]
+) -> None:
+    store_an_event(open_service)
+    before = jobs(sqlite_url)
+    answer = httpx.post(
+        f"{open_service}/api/events/1/replay?mode=refetch", headers=headers, content=b"x=1"
+    )
+    assert answer.status_code == 403, answer.text
+    assert "refused" in answer.json()["detail"]
+    assert jobs(sqlite_url) == before
+    assert query(sqlite_url, "SELECT status FROM jobs")[0]["status"] == "pending"
+
+
+def test_programs_and_same_origin_pages_may_post(open_service: str, sqlite_url: str) -> None:
+    store_an_event(open_service)
+    for headers in (
+        {},  # curl -X POST
+        {"content-type": "application/json"},
+        {"origin": open_service, "sec-fetch-site": "same-origin"},
+    ):
+        answer = httpx.post(f"{open_service}/api/events/1/replay", headers=headers)
+        assert answer.status_code == 200, (headers, answer.text)
+        assert answer.json()["event_id"] == 1
+
+
+# S11 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weak", ["x", "a" * 40, "short-token-123", "0123456789" * 3])
+def test_a_weak_token_is_refused_for_a_public_bind(tmp_path: Path, weak: str) -> None:
+    proc = run(
+        [CLI, "serve", "--host", "0.0.0.0", "--port", "9"],
+        tmp_path,
+        DIMMY_WEBHOOK_SECRET=SECRET,
+        DIMMY_ADMIN_TOKEN=weak,
+        DIMMY_DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "DIMMY_ADMIN_TOKEN is too weak" in proc.stderr
+    assert "dimmy-webhooks token" in proc.stderr
+    assert weak not in proc.stderr
+    assert not (tmp_path / "db.sqlite3").exists()
+
+
+def test_the_token_command_makes_a_token_strong_enough(tmp_path: Path) -> None:
+    from dimmy_webhooks.config import require_loopback_or_token
+
+    made = {run([CLI, "token"], tmp_path).stdout.strip() for _ in range(3)}
+    assert len(made) == 3
+    for token in made:
+        assert len(token) >= MIN_TOKEN_LENGTH
+        settings = make_settings(f"sqlite:///{tmp_path / 'x.sqlite3'}", admin_token=token)
+        require_loopback_or_token(settings, "0.0.0.0")  # does not raise
+
+
+def test_repeated_wrong_tokens_are_slowed_down_per_client(guarded_service: str) -> None:
+    limit = FailureThrottle().limit
+    wrong = {"Authorization": "Bearer wrong-guess"}
+    right = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=guarded_service) as http:
+        assert http.get("/api/events", headers=right).status_code == 200
+        codes = [http.get("/api/events", headers=wrong).status_code for _ in range(limit)]
+        assert codes == [401] * limit
+        throttled = http.get("/api/events", headers=wrong)
+        assert throttled.status_code == 429
+        assert 1 <= int(throttled.headers["retry-after"]) <= 60
+        # meanwhile even the right token waits (a guess that happens to be right learns nothing)
+        assert http.get("/api/events", headers=right).status_code == 429
+        # another client (its address as a loopback proxy reports it) is not held back
+        elsewhere = {**right, "x-forwarded-for": "203.0.113.7"}
+        assert http.get("/api/events", headers=elsewhere).status_code == 200
+
+
+def test_the_throttle_forgets_after_its_window_and_stays_bounded() -> None:
+    now = [0.0]
+    throttle = FailureThrottle(limit=3, window=60, max_clients=100, clock=lambda: now[0])
+    for _ in range(3):
+        throttle.failed("a")
+    assert throttle.retry_after("a") == pytest.approx(60)
+    now[0] = 30
+    assert throttle.retry_after("a") == pytest.approx(30)
+    now[0] = 61
+    assert throttle.retry_after("a") is None
+    for n in range(1000):
+        throttle.failed(f"client-{n}")
+    assert len(throttle._failures) <= 100
