@@ -6,18 +6,19 @@ paginated with a cursor (``after`` / ``before``) so pages stay stable while data
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 from .access import TokenCheck, retry_after_header
-from .items import to_api_dict
+from .items import to_api_json
 from .models import ITEM_ID_PATTERN, EventRecord
 from .services import Services
 from .store import ReplayMode
@@ -127,16 +128,57 @@ def _event_dict(event: EventRecord) -> dict[str, Any]:
     }
 
 
-@router.get("/items/{item_id}", responses=_NOT_FOUND)
-async def get_item(item_id: ItemId, request: Request) -> dict[str, Any]:
+class ItemOut(BaseModel):
+    """A stored item: its Dimmy ``_id``, the normalised fields, ``version``, ``fetched_at`` and
+    ``raw``, the document exactly as fetched."""
+
+    id: str
+    created_at: str | None
+    updated_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    owner_id: str | None
+    scanner_account_id: str | None
+    flow_id: str | None
+    width: float | None
+    height: float | None
+    depth: float | None
+    dimension_unit: str | None
+    volume: float | None
+    volume_unit: str | None
+    weight: float | None
+    weight_unit: str | None
+    barcode: str | None
+    barcodes: list[str]
+    photo_urls: list[str]
+    version: str
+    fetched_at: str
+    raw: dict[str, Any]
+
+
+class ItemPage(BaseModel):
+    items: list[ItemOut]
+    next: str | None = Field(description="pass back as `after` for the next page")
+
+
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
+
+
+@router.get(
+    "/items/{item_id}",
+    response_model=None,
+    responses={200: {"model": ItemOut}, **_NOT_FOUND},
+)
+async def get_item(item_id: ItemId, request: Request) -> Response:
     """One stored item: ``raw`` exactly as fetched, normalised fields, ``fetched_at``."""
     item = await _services(request).store.get_item(item_id)
     if item is None:
         raise HTTPException(status_code=404, detail="item not found")
-    return to_api_dict(item)
+    return _json(to_api_json(item))
 
 
-@router.get("/items")
+@router.get("/items", response_model=None, responses={200: {"model": ItemPage}})
 async def list_items(
     request: Request,
     since: Annotated[
@@ -150,15 +192,14 @@ async def list_items(
     barcode: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     after: Annotated[str | None, Query(max_length=64, description="cursor: last id seen")] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Stored items in id order; pass ``next`` back as ``after`` for the next page."""
     items = await _services(request).store.list_items(
         since=_timestamp(since), barcode=barcode, limit=limit, after=after
     )
-    return {
-        "items": [to_api_dict(item) for item in items],
-        "next": items[-1].id if len(items) == limit else None,
-    }
+    following = json.dumps(items[-1].id if len(items) == limit else None)
+    listed = b",".join(to_api_json(item) for item in items)
+    return _json(b'{"items":[' + listed + b'],"next":' + following.encode() + b"}")
 
 
 @router.get("/events")

@@ -40,7 +40,7 @@ import httpx
 from aiolimiter import AsyncLimiter
 
 from .errors import PermanentUpstream, TransientUpstream, UpstreamAuthError
-from .models import valid_item_id
+from .models import nested_deeper_than, valid_item_id
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +163,7 @@ class DimmyClient:
         concurrency: int = 64,
         rate_limit: float = 100.0,
         max_retry_after: float = 900.0,
+        max_json_depth: int = 64,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -174,6 +175,7 @@ class DimmyClient:
         self._api_key = api_key
         self._total_timeout = 3 * timeout
         self._max_retry_after = max_retry_after
+        self._max_json_depth = max_json_depth
         self._clock = clock
         self._sleep = sleep
         self._wall_clock = wall_clock
@@ -285,12 +287,25 @@ class DimmyClient:
         return items
 
     def _json(self, response: httpx.Response, method: str, path: str) -> Any:
+        """The body parsed; :class:`PermanentUpstream` when it is not JSON or nests deeper than
+        ``max_json_depth`` (such an item could not be stored, served or delivered)."""
         try:
-            return json.loads(response.content)
+            document = json.loads(response.content)
         except ValueError:
             raise PermanentUpstream(
                 self._redact(f"{method} {path}: body is not JSON"), status=response.status_code
             ) from None
+        except RecursionError:
+            document = None
+            deep = True
+        else:
+            deep = nested_deeper_than(document, self._max_json_depth)
+        if deep:
+            raise PermanentUpstream(
+                f"{method} {path}: body nested deeper than {self._max_json_depth} levels",
+                status=response.status_code,
+            )
+        return document
 
     async def _request(
         self,

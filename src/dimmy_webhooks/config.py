@@ -74,6 +74,13 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest webhook body accepted; larger ones get 413 before being read whole.",
     )
+    max_json_depth: int = Field(
+        default=64,
+        ge=4,
+        le=200,
+        description="Deepest nesting of arrays and objects accepted in a webhook body or an item "
+        "fetched from the API; deeper ones are refused (400 at the receiver), never stored.",
+    )
     body_timeout_seconds: float = Field(
         default=10.0,
         gt=0,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -192,13 +193,26 @@ def to_api_dict(item: StoredItem) -> dict[str, Any]:
     ``id``, every normalised field (tuples as lists), ``version``, ``fetched_at`` (ISO-8601 UTC)
     and ``raw``: the document parsed from the text exactly as fetched. A new dict every call.
     """
+    out = _api_fields(item)
+    out["raw"] = item.raw_json()
+    return out
+
+
+def to_api_json(item: StoredItem) -> bytes:
+    """:func:`to_api_dict` as JSON bytes, with ``raw`` written as the stored text itself: never
+    parsed and serialised again, so it is exactly as fetched and no nesting depth can make a
+    read fail."""
+    fields = json.dumps(_api_fields(item), ensure_ascii=False, separators=(",", ":"))
+    return f'{fields[:-1]},"raw":{item.raw}}}'.encode()
+
+
+def _api_fields(item: StoredItem) -> dict[str, Any]:
     out: dict[str, Any] = {"id": item.id}
     for f in dataclasses.fields(item.item):
         value = getattr(item.item, f.name)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     out["version"] = item.version
     out["fetched_at"] = format_timestamp(item.fetched_at)
-    out["raw"] = item.raw_json()
     return out
 
 

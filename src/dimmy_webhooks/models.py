@@ -25,6 +25,24 @@ def valid_item_id(value: object) -> bool:
     return isinstance(value, str) and _ITEM_ID.match(value) is not None
 
 
+def nested_deeper_than(value: object, limit: int) -> bool:
+    """Whether the JSON value ``value`` (as :func:`json.loads` gives it) nests arrays and
+    objects more than ``limit`` levels deep. Iterative: any depth is safe to ask about."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def classify_event(payload: object) -> str:
     """Tell the event type from the body's shape (no header carries it).
 

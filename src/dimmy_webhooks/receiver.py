@@ -1,7 +1,8 @@
 """``POST /webhook``: read the body (capped, timed), verify, commit to the inbox, then answer.
 
 Answers (the public contract, as the README's HTTP interface table lists it): 204 accepted or
-duplicate; 401 signature, timestamp or headers rejected; 400 not JSON after a valid signature;
+duplicate; 401 signature, timestamp or headers rejected; 400 not JSON (or nested deeper than
+``DIMMY_MAX_JSON_DEPTH``) after a valid signature;
 413 body over the cap (decided while reading, never after buffering it all); 408 body not
 received in time; 503 when the inbox cannot commit. Nothing is fetched here: the worker does
 that after the answer.
@@ -21,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import StoreError, VerificationError
 from .failpoints import NONE as NO_FAILPOINTS
 from .failpoints import Failpoints
-from .models import ITEMS_SCANNED, IncomingEvent, InsertOutcome, classify_event
+from .models import ITEMS_SCANNED, IncomingEvent, InsertOutcome, classify_event, nested_deeper_than
 from .signatures import Verifier
 from .store import Store
 
@@ -46,6 +47,7 @@ SECURITY_HEADERS = [
 _JSON = [(b"content-type", b"application/json")]
 _CLOSE = [(b"connection", b"close")]
 _RETRY = [(b"retry-after", b"5")]
+_TOO_DEEP = object()
 
 
 class BodyTooLarge(Exception):
@@ -94,6 +96,7 @@ class Receiver:
         *,
         max_body_bytes: int,
         body_timeout: float,
+        max_json_depth: int = 64,
         on_accepted: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         crash: Failpoints = NO_FAILPOINTS,
@@ -102,6 +105,7 @@ class Receiver:
         self.store = store
         self.verifier = verifier
         self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
         self.body_timeout = body_timeout
         self.on_accepted = on_accepted
         self.clock = clock
@@ -157,6 +161,13 @@ class Receiver:
         except ValueError:  # includes UnicodeDecodeError
             log.info("webhook rejected", extra={"fields": {**fields, "reason": "invalid JSON"}})
             return Answer(400, "body is not JSON")
+        except RecursionError:  # nested beyond what the parser follows: a 400 too, not a 503
+            payload = _TOO_DEEP
+        if payload is _TOO_DEEP or nested_deeper_than(payload, self.max_json_depth):
+            # retrying cannot help: a 4xx tells the sender so (a 5xx would be retried for 27 h)
+            reason = f"JSON nested deeper than {self.max_json_depth} levels"
+            log.info("webhook rejected", extra={"fields": {**fields, "reason": reason}})
+            return Answer(400, reason)
 
         event_type = classify_event(payload)
         item_count = len(payload["item_ids"]) if event_type == ITEMS_SCANNED else None

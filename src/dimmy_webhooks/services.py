@@ -55,6 +55,7 @@ def create_client(settings: Settings) -> DimmyClient | None:
         timeout=settings.api_timeout_seconds,
         concurrency=settings.api_concurrency,
         rate_limit=settings.api_rate_limit,
+        max_json_depth=settings.max_json_depth,
     )
 
 

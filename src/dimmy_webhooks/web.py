@@ -94,6 +94,7 @@ def create_app(
         verifier,
         max_body_bytes=settings.max_body_bytes,
         body_timeout=settings.body_timeout_seconds,
+        max_json_depth=settings.max_json_depth,
         on_accepted=services.wake_workers,
         clock=clock,
         crash=services.crash,

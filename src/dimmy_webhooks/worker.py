@@ -298,7 +298,10 @@ class Worker:
     async def _expand(self, job: Job) -> None:
         assert job.event_id is not None
         body = await self.store.get_event_body(job.event_id)
-        payload = json.loads(body)
+        try:
+            payload = json.loads(body)
+        except RecursionError:  # stored before the receiver bounded the depth
+            raise PermanentUpstream("event body nested too deeply to read") from None
         kind = classify_event(payload)
         if kind == ITEMS_SCANNED:
             ids, rejected = _item_ids(payload["item_ids"])

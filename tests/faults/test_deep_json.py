@@ -1,0 +1,114 @@
+"""S10: payloads nested hundreds to thousands of levels deep.
+
+The receiver decides the limit (``DIMMY_MAX_JSON_DEPTH``, 64 by default) with a 400 and the
+reason, since retrying cannot help (a 503 made the sender retry a poison message for 27 hours);
+an item that deep from the Dimmy API is dead with the reason; and every read path answers
+without a 5xx for what was stored before the limit existed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
+from dimmy_webhooks.models import FULL_PAYLOAD, IncomingEvent, nested_deeper_than
+from dimmy_webhooks.store import create_store
+
+from ..helpers import AUTH, query, signed, wait_until
+
+pytestmark = pytest.mark.faults
+
+
+def nested(depth: int, leaf: object = 1) -> object:
+    value = leaf
+    for n in range(depth - 1):
+        value = [value] if n % 2 else {"k": value}
+    return value
+
+
+def deep_text(depth: int) -> str:
+    """``depth`` levels as text, built without recursion (the json module cannot dump it)."""
+    return '{"k":[' * (depth // 2) + "1" + "]}" * (depth // 2)
+
+
+def full_payload(item_id: str, depth: int) -> bytes:
+    return (
+        f'{{"_id":"{item_id}","updated_at":"2026-01-05T09:00:00Z","custom_inputs":'
+        f"{deep_text(depth)}}}"
+    ).encode()
+
+
+def post(url: str, body: bytes, msg_id: str) -> httpx.Response:
+    return httpx.post(f"{url}/webhook", content=body, headers=signed(body, msg_id), timeout=30)
+
+
+@pytest.mark.parametrize("depth", [66, 300, 1_000, 5_000, 200_000])
+def test_too_deep_a_webhook_is_a_400_with_the_reason(
+    service_url: str, db_url: str, depth: int
+) -> None:
+    answer = post(service_url, full_payload("deepitem1", depth), f"msg_deep_{depth}")
+    assert answer.status_code == 400, answer.text
+    assert answer.json() == {"error": "JSON nested deeper than 64 levels"}
+    items_scanned = (
+        b'{"item_ids":["6592008029c8c3e4dc76256c"],"extra":' + deep_text(depth).encode() + b"}"
+    )
+    assert post(service_url, items_scanned, f"msg_deep_ids_{depth}").status_code == 400
+    assert query(db_url, "SELECT count(*) AS n FROM events")[0]["n"] == 0
+
+
+def test_a_payload_at_the_limit_is_stored(service_url: str, db_url: str) -> None:
+    body = full_payload("atthelimit", 62)  # 62 levels inside the item object and its field
+    assert not nested_deeper_than(json.loads(body), 64)
+    assert post(service_url, body, "msg_at_limit").status_code == 204
+    assert wait_until(lambda: bool(query(db_url, "SELECT id FROM items")), 15)
+    item = httpx.get(f"{service_url}/api/items/atthelimit", headers=AUTH).json()
+    assert item["raw"] == json.loads(body)
+
+
+def test_an_item_too_deep_from_the_api_is_dead_with_the_reason(
+    service_url: str, db_url: str, fake: FakeDimmy
+) -> None:
+    (item_id,) = fake.generate_items(1)
+    fake.add_item({**fake.items[item_id], "custom_inputs": nested(300)})
+    body = json.dumps({"item_ids": [item_id]}).encode()
+    assert post(service_url, body, "msg_deep_fetch").status_code == 204
+    assert wait_until(lambda: query(db_url, "SELECT status FROM events")[0]["status"] == "dead", 15)
+    job = query(db_url, "SELECT attempts, last_error FROM jobs WHERE kind = 'fetch'")[0]
+    assert job["attempts"] == 1  # permanent: retrying cannot make it shallower
+    assert "nested deeper than 64 levels" in job["last_error"]
+    assert query(db_url, "SELECT count(*) AS n FROM items")[0]["n"] == 0
+
+
+def test_every_read_path_serves_what_was_stored_before_the_limit(
+    service_url: str, db_url: str
+) -> None:
+    """An item 500 levels deep, stored the way an earlier version stored it (straight into the
+    inbox, past today's receiver): the API answers it exactly, and lists pages holding it."""
+    body = full_payload("legacydeep", 500)
+
+    async def insert() -> None:
+        store = create_store(db_url)
+        await store.open()
+        try:
+            event = IncomingEvent("msg_legacy_deep", FULL_PAYLOAD, body, {}, time.time())
+            await store.insert_event(event)
+        finally:
+            await store.close()
+
+    asyncio.run(insert())
+    # the running service's worker picks it up (a poll, at most half a second)
+    assert wait_until(lambda: bool(query(db_url, "SELECT id FROM items")), 15)
+    with httpx.Client(base_url=service_url, headers=AUTH, timeout=10) as http:
+        item = http.get("/api/items/legacydeep")
+        assert item.status_code == 200, item.text[:300]
+        assert item.content.endswith(body + b"}")  # raw spliced in, byte for byte
+        listed = http.get("/api/items")
+        assert listed.status_code == 200
+        assert b'"id":"legacydeep"' in listed.content
+        for path in ("/api/events", "/api/events/1", "/readyz"):
+            assert http.get(path).status_code == 200, path
