@@ -45,7 +45,10 @@ def make_item(item_id: str = "6592008029c8c3e4dc76256c", *, pretty: bool = False
     raw = json.dumps(doc, indent=2 if pretty else None, ensure_ascii=False)
     normalised = normalise(doc)
     return StoredItem(
-        item=normalised, raw=raw, version=version_of(raw, normalised), fetched_at=1767603606.0
+        item=normalised,
+        raw=raw,
+        version=version_of(json.loads(raw), normalised),
+        fetched_at=1767603606.0,
     )
 
 

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import Field as PydanticField
 
 from .access import TokenCheck, retry_after_header
 from .items import to_api_json
@@ -152,6 +153,7 @@ class ItemOut(BaseModel):
     barcodes: list[str]
     photo_urls: list[str]
     version: str
+    revision: int = PydanticField(description="stored changes of this item so far (1: first)")
     fetched_at: str
     raw: dict[str, Any]
 

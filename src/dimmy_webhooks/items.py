@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .models import NormalisedItem, StoredItem
+from .models import NormalisedItem, StoredItem, valid_item_id
 
 # Length units, in metres. Keys are the canonical names; aliases map onto them.
 _LENGTH_IN_METRES: dict[str, float] = {
@@ -152,6 +152,23 @@ def normalise(
     )
 
 
+def to_stored_item(
+    doc: Mapping[str, Any],
+    raw: str,
+    *,
+    fetched_at: float,
+    dimension_unit: str = "cm",
+    weight_unit: str = "kg",
+) -> StoredItem:
+    """An item document (``raw``: its text as read) made ready for the item store: normalised
+    fields and version key. Raises ``ValueError`` (with the reason) for a document that is not
+    an item, including one whose ``_id`` is not a valid item id (:func:`valid_item_id`)."""
+    fields = normalise(doc, dimension_unit=dimension_unit, weight_unit=weight_unit)
+    if not valid_item_id(fields.id):
+        raise ValueError(f"_id {fields.id[:80]!r} is not a valid item id")
+    return StoredItem(item=fields, raw=raw, version=version_of(doc, fields), fetched_at=fetched_at)
+
+
 def normalise_timestamp(value: object) -> str | None:
     """``value`` as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (UTC, fixed width), or ``None``.
 
@@ -175,15 +192,16 @@ def format_timestamp(moment: datetime | float) -> str:
     )
 
 
-def version_of(doc_raw: bytes | str, normalised: NormalisedItem) -> str:
-    """The key of this version of this item: ``"<updated_at or ->#<sha256(raw)[:16]>"``.
+def version_of(document: Any, normalised: NormalisedItem) -> str:
+    """The key of this version of this item: ``"<updated_at or ->#<sha256[:16]>"``.
 
-    ``updated_at`` (normalised, fixed width) orders versions of one item; the hash of the raw
-    bytes as fetched (UTF-8 for ``str``) tells apart two documents with the same ``updated_at``.
-    The same bytes always give the same key.
+    ``updated_at`` (normalised, fixed width) orders versions of one item; the hash of the
+    document's canonical JSON (sorted keys, compact, UTF-8) tells apart two documents with the
+    same ``updated_at``. The same document always gives the same key however it was written, so
+    ``GET /items/{id}`` and the poller's ``GET /items`` agree on it.
     """
-    raw = doc_raw.encode("utf-8") if isinstance(doc_raw, str) else doc_raw
-    digest = hashlib.sha256(raw).hexdigest()[:16]
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     return f"{normalised.updated_at or '-'}#{digest}"
 
 
@@ -212,6 +230,7 @@ def _api_fields(item: StoredItem) -> dict[str, Any]:
         value = getattr(item.item, f.name)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     out["version"] = item.version
+    out["revision"] = item.revision
     out["fetched_at"] = format_timestamp(item.fetched_at)
     return out
 

@@ -78,6 +78,15 @@ class IncomingEvent:
     item_count: int | None = None
 
 
+class Source(enum.StrEnum):
+    """How an item first reached the store."""
+
+    WEBHOOK = "webhook"  # fetched for an items.scanned event, or a full payload
+    REPLAY = "replay"  # fetched because an operator asked (replay --item)
+    POLL = "poll"  # read by the poller from GET /items
+    BACKFILL = "backfill"  # read by dimmy-webhooks backfill
+
+
 class JobKind(enum.StrEnum):
     """The kinds of work in the queue."""
 
@@ -105,6 +114,7 @@ class Job:
     version: str | None
     attempts: int
     lease_token: str
+    revision: int | None = None  # deliveries: the item revision they hand on
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +150,8 @@ class StoredItem:
     raw: str
     version: str
     fetched_at: float
+    revision: int = 0
+    """How many stored changes led to this version (1: the first); 0 before it is stored."""
 
     @property
     def id(self) -> str:
@@ -186,6 +198,7 @@ class SaveResult:
 
     changed: bool
     deliveries: list[Job]
+    revision: int = 0  # the item's revision now (0: unknown, the item was not changed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,13 +56,15 @@ class Output(Protocol):
     async def aclose(self) -> None: ...
 
 
-def idempotency_key(item_id: str, version: str, output_name: str) -> str:
-    """``"dmy_"`` + 32 hex digits of SHA-256 over (item id, version, output name).
+def idempotency_key(item_id: str, version: str, output_name: str, revision: int = 0) -> str:
+    """``"dmy_"`` + 32 hex digits of SHA-256 over (item id, version, output name, revision).
 
-    The same item version sent to the same output always has the same key, across retries,
-    processes and restarts; any other item, version or output gets another.
+    The same revision of an item sent to the same output always has the same key, across
+    retries, replays, processes and restarts; any other item, revision or output gets another.
+    A content that comes back (A, B, then A again) is a new revision, hence a new key: the
+    receiving side must take it, since it is newer than B.
     """
-    material = json.dumps([item_id, version, output_name], ensure_ascii=False)
+    material = json.dumps([item_id, version, output_name, revision], ensure_ascii=False)
     return "dmy_" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:32]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -36,7 +37,7 @@ from .errors import (
     TransientUpstream,
     UpstreamAuthError,
 )
-from .items import normalise, version_of
+from .items import to_stored_item
 from .models import (
     FULL_PAYLOAD,
     ITEMS_SCANNED,
@@ -52,6 +53,14 @@ from .store import Lease, Store
 log = logging.getLogger("dimmy_webhooks.worker")
 
 AUTH_PAUSE_SECONDS = 60.0
+
+
+def _is_delivered_version(item: StoredItem, job: Job) -> bool:
+    """Whether ``item`` (as stored now) is the version delivery ``job`` was queued for (a
+    delivery queued before revisions were counted names only the version)."""
+    if job.revision is not None and item.revision != job.revision:
+        return False
+    return item.version == job.version
 
 
 def _item_ids(values: list[object]) -> tuple[list[str], list[str]]:
@@ -343,20 +352,22 @@ class Worker:
         await self._store_item(job, text, json.loads(raw))
 
     async def _store_item(self, job: Job, raw: str, doc: dict[str, object]) -> None:
+        now = self.clock()
         try:
-            fields = normalise(
-                doc, dimension_unit=self.policy.dimension_unit, weight_unit=self.policy.weight_unit
+            item = to_stored_item(
+                doc,
+                raw,
+                fetched_at=now,
+                dimension_unit=self.policy.dimension_unit,
+                weight_unit=self.policy.weight_unit,
             )
         except ValueError as exc:
             raise PermanentUpstream(f"not an item: {exc}") from exc
-        if not valid_item_id(fields.id):
-            raise PermanentUpstream(f"not an item: _id {fields.id[:80]!r} is not a valid item id")
-        now = self.clock()
-        item = StoredItem(item=fields, raw=raw, version=version_of(raw, fields), fetched_at=now)
         lease = Lease(self.owner, self.policy.lease_seconds)
         saved = await self.store.save_item(job, item, list(self.outputs), now, lease)
         # the new version's deliveries are ours already: hand it on without a claim or a read
         if saved.deliveries:
+            item = dataclasses.replace(item, revision=saved.revision)
             await asyncio.gather(*(self._handle(d, item) for d in saved.deliveries))
 
     async def _deliver(self, job: Job, item: StoredItem | None) -> None:
@@ -367,8 +378,9 @@ class Worker:
             raise PermanentUpstream(f"output {job.output!r} is no longer configured")
         if item is None:
             item = await self.store.get_item(job.item_id)
-        if item is None or item.version != job.version:
+        if item is None or not _is_delivered_version(item, job):
             await self.store.finish(job, self.clock(), note="superseded by a newer version")
             return
-        await output.deliver(item, idempotency_key(item.id, item.version, output.name))
+        key = idempotency_key(item.id, item.version, output.name, item.revision)
+        await output.deliver(item, key)
         await self.store.finish(job, self.clock())

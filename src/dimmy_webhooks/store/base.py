@@ -31,6 +31,7 @@ from ..models import (
     QueueStats,
     ReplayMode,
     SaveResult,
+    Source,
     StoredItem,
 )
 from . import ops
@@ -128,6 +129,17 @@ class Store(abc.ABC):
             lambda tx: ops.save_item(tx, job, item, outputs, self.max_attempts, now, lease),
             # deliveries leased to the caller need nobody woken
             lambda saved: saved.changed and bool(outputs) and lease is None,
+        )
+
+    async def save_polled(
+        self, items: Sequence[StoredItem], source: Source, outputs: Sequence[str], now: float
+    ) -> list[int]:
+        """Store items read from ``GET /items`` (poller, backfill) in one transaction: each
+        one absent or strictly newer (by ``updated_at``) is stored with its deliveries queued.
+        Returns each item's new revision, 0 where nothing changed."""
+        return await self._write(
+            lambda tx: ops.save_polled(tx, items, source, outputs, self.max_attempts, now),
+            lambda revisions: bool(outputs) and any(revisions),
         )
 
     async def finish(self, job: Job, now: float, note: str | None = None) -> None:

@@ -29,6 +29,7 @@ from ..models import (
     QueueStats,
     ReplayMode,
     SaveResult,
+    Source,
     StoredItem,
 )
 
@@ -59,6 +60,7 @@ def _job(row: Row) -> Job:
         version=row["version"],
         attempts=int(row["attempts"]),
         lease_token=str(row["lease_token"]),
+        revision=row["revision"],
     )
 
 
@@ -90,6 +92,7 @@ def _job_row(
     item_id: str | None = None,
     output: str | None = None,
     version: str | None = None,
+    revision: int | None = None,
     dedupe_key: str | None = None,
     run_at: float | None = None,
 ) -> dict[str, Any]:
@@ -100,6 +103,7 @@ def _job_row(
         "item_id": item_id,
         "output": output,
         "version": version,
+        "revision": revision,
         "dedupe_key": dedupe_key,
         "max_attempts": max_attempts,
         "now": now,
@@ -109,11 +113,14 @@ def _job_row(
 def _deliveries(
     item_id: str,
     version: str,
+    revision: int,
     outputs: Sequence[str],
     event_id: int | None,
     max_attempts: int,
     now: float,
 ) -> list[dict[str, Any]]:
+    """One delivery per output of one revision of an item: its dedupe key names the revision,
+    so content that comes back to an earlier version (A, B, A) is delivered again."""
     return [
         _job_row(
             JobKind.DELIVER,
@@ -123,7 +130,8 @@ def _deliveries(
             item_id=item_id,
             output=output,
             version=version,
-            dedupe_key=f"d:{output}:{item_id}:{version}",
+            revision=revision,
+            dedupe_key=f"d:{output}:{item_id}:r{revision}",
         )
         for output in outputs
     ]
@@ -241,9 +249,11 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "") if value is not None and "\x00" in value else value
 
 
-def _item_params(item: StoredItem) -> dict[str, Any]:
+def _item_params(item: StoredItem, source: Source, webhook_seen_at: float | None) -> dict[str, Any]:
     fields = item.item
     params = {
+        "source": source.value,
+        "webhook_seen_at": webhook_seen_at,
         "id": fields.id,
         "raw": item.raw,
         "version": item.version,
@@ -280,10 +290,20 @@ def save_item(
     lease: Lease | None = None,
 ) -> SaveResult:
     _guard_finish(tx, job, now)
-    changed = bool(tx.all(tx.sql("upsert_item"), _item_params(item)))
+    # a job of an inbox event is a webhook's; one without is a replay an operator asked for
+    from_webhook = job.event_id is not None
+    source = Source.WEBHOOK if from_webhook else Source.REPLAY
+    params = _item_params(item, source, now if from_webhook else None)
+    stored = tx.all(tx.sql("upsert_item"), params)
+    changed = bool(stored)
     leased: list[Job] = []
+    revision = int(stored[0]["revision"]) if stored else 0
+    if not changed and from_webhook:
+        tx.run(tx.sql("mark_webhook_seen"), {"id": item.id, "now": now})
     if changed:
-        rows = _deliveries(item.id, item.version, outputs, job.event_id, max_attempts, now)
+        rows = _deliveries(
+            item.id, item.version, revision, outputs, job.event_id, max_attempts, now
+        )
         if lease is None:
             _new_jobs(tx, rows)
         else:
@@ -295,7 +315,30 @@ def save_item(
             for row in rows:
                 leased += [_job(r) for r in tx.all(tx.sql("new_leased_job"), {**row, **extra})]
     _refresh(tx, [job.event_id], now)
-    return SaveResult(changed=changed, deliveries=leased)
+    return SaveResult(changed=changed, deliveries=leased, revision=revision)
+
+
+def save_polled(
+    tx: Tx,
+    items: Sequence[StoredItem],
+    source: Source,
+    outputs: Sequence[str],
+    max_attempts: int,
+    now: float,
+) -> list[int]:
+    """Store what the poller (or a backfill) read: each item if absent or strictly newer (see
+    ``upsert_polled_item``), one delivery per output for each one stored. Returns, per item, its
+    new revision, or 0 when nothing changed."""
+    revisions = []
+    for item in items:
+        stored = tx.all(tx.sql("upsert_polled_item"), _item_params(item, source, None))
+        revision = int(stored[0]["revision"]) if stored else 0
+        if revision:
+            _new_jobs(
+                tx, _deliveries(item.id, item.version, revision, outputs, None, max_attempts, now)
+            )
+        revisions.append(revision)
+    return revisions
 
 
 def finish(tx: Tx, job: Job, now: float, note: str | None) -> None:
@@ -366,7 +409,11 @@ def _stored_item(row: Row) -> StoredItem:
         photo_urls=tuple(json.loads(row["photo_urls"])),
     )
     return StoredItem(
-        item=fields, raw=row["raw"], version=row["version"], fetched_at=row["fetched_at"]
+        item=fields,
+        raw=row["raw"],
+        version=row["version"],
+        fetched_at=row["fetched_at"],
+        revision=int(row["revision"]),
     )
 
 
@@ -454,7 +501,9 @@ def replay_event(
         jobs = [
             job
             for row in rows
-            for job in _deliveries(row["id"], row["version"], outputs, event_id, max_attempts, now)
+            for job in _deliveries(
+                row["id"], row["version"], row["revision"], outputs, event_id, max_attempts, now
+            )
         ]
         _new_jobs(tx, jobs, reset=True)
         queued = len(jobs)
@@ -478,7 +527,8 @@ def replay_item(
     rows = tx.all(tx.sql("item_version"), {"id": item_id})
     if not rows:
         raise LookupError(f"item {item_id} is not stored")
-    jobs = _deliveries(item_id, rows[0]["version"], outputs, None, max_attempts, now)
+    version, revision = rows[0]["version"], rows[0]["revision"]
+    jobs = _deliveries(item_id, version, revision, outputs, None, max_attempts, now)
     _new_jobs(tx, jobs, reset=True)
     return len(jobs)
 

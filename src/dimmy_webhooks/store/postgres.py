@@ -102,11 +102,14 @@ _OVERRIDES = {
     "refresh_event": _REFRESH_EVENT,
     # "newer updated_at wins" compares ISO text bytewise as SQLite does, whatever the
     # database's collation (en_US ignores punctuation in its first pass)
-    "upsert_item": _derive(
-        "upsert_item",
-        "excluded.updated_at > items.updated_at",
-        'excluded.updated_at COLLATE "C" > items.updated_at',
-    ),
+    **{
+        name: _derive(
+            name,
+            "excluded.updated_at > items.updated_at",
+            'excluded.updated_at COLLATE "C" > items.updated_at',
+        )
+        for name in ("upsert_item", "upsert_polled_item")
+    },
 }
 
 _TOKEN = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|::|%|:([A-Za-z_][A-Za-z0-9_]*)""")

@@ -6,12 +6,12 @@ Values are always bound as parameters; the only text put together is these const
 
 from __future__ import annotations
 
-JOB_COLUMNS = "id, kind, event_id, item_id, output, version, attempts, lease_token"
+JOB_COLUMNS = "id, kind, event_id, item_id, output, version, revision, attempts, lease_token"
 RELEASED = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
 _NEW_JOB = """
-INSERT INTO jobs (kind, event_id, item_id, output, version, dedupe_key, status, attempts,
-                  max_attempts, run_at, created_at, updated_at)
-VALUES (:kind, :event_id, :item_id, :output, :version, :dedupe_key, 'pending', 0,
+INSERT INTO jobs (kind, event_id, item_id, output, version, revision, dedupe_key, status,
+                  attempts, max_attempts, run_at, created_at, updated_at)
+VALUES (:kind, :event_id, :item_id, :output, :version, :revision, :dedupe_key, 'pending', 0,
         :max_attempts, :run_at, :now, :now)
 """
 
@@ -23,6 +23,28 @@ VALUES (:kind, :event_id, :item_id, :output, :version, :dedupe_key, 'pending', 0
 #   new missing, stored present                     -> keep the stored one
 #   equal (or both missing), content differs        -> replace (the later fetch wins)
 #   equal (or both missing), same content (version) -> nothing changed
+_UPSERT_ITEM = """
+        INSERT INTO items (id, raw, version, revision, updated_at, created_at, started_at,
+            ended_at, owner_id, scanner_account_id, flow_id, width, height, depth,
+            dimension_unit, volume, volume_unit, weight, weight_unit, barcode, barcodes,
+            photo_urls, fetched_at, first_seen_at, first_source, webhook_seen_at)
+        VALUES (:id, :raw, :version, 1, :updated_at, :created_at, :started_at, :ended_at,
+            :owner_id, :scanner_account_id, :flow_id, :width, :height, :depth, :dimension_unit,
+            :volume, :volume_unit, :weight, :weight_unit, :barcode, :barcodes, :photo_urls,
+            :fetched_at, :fetched_at, :source, :webhook_seen_at)
+        ON CONFLICT (id) DO UPDATE SET raw = excluded.raw, version = excluded.version,
+            revision = items.revision + 1,
+            updated_at = excluded.updated_at, created_at = excluded.created_at,
+            started_at = excluded.started_at, ended_at = excluded.ended_at,
+            owner_id = excluded.owner_id, scanner_account_id = excluded.scanner_account_id,
+            flow_id = excluded.flow_id, width = excluded.width, height = excluded.height,
+            depth = excluded.depth, dimension_unit = excluded.dimension_unit,
+            volume = excluded.volume, volume_unit = excluded.volume_unit,
+            weight = excluded.weight, weight_unit = excluded.weight_unit,
+            barcode = excluded.barcode, barcodes = excluded.barcodes,
+            photo_urls = excluded.photo_urls, fetched_at = excluded.fetched_at,
+            webhook_seen_at = COALESCE(items.webhook_seen_at, excluded.webhook_seen_at)"""
+
 SQL: dict[str, str] = {
     "insert_event": """
         INSERT INTO events (message_id, event_type, body, headers, received_at, status,
@@ -36,11 +58,11 @@ SQL: dict[str, str] = {
     "event_received": "SELECT received_at FROM events WHERE id = :id",
     "new_job": _NEW_JOB + " ON CONFLICT (dedupe_key) DO NOTHING",
     "new_leased_job": f"""
-        INSERT INTO jobs (kind, event_id, item_id, output, version, dedupe_key, status, attempts,
-                          max_attempts, run_at, lease_owner, lease_token, lease_expires_at,
-                          created_at, updated_at)
-        VALUES (:kind, :event_id, :item_id, :output, :version, :dedupe_key, 'running', 1,
-                :max_attempts, :run_at, :owner, :token, :expires, :now, :now)
+        INSERT INTO jobs (kind, event_id, item_id, output, version, revision, dedupe_key, status,
+                          attempts, max_attempts, run_at, lease_owner, lease_token,
+                          lease_expires_at, created_at, updated_at)
+        VALUES (:kind, :event_id, :item_id, :output, :version, :revision, :dedupe_key, 'running',
+                1, :max_attempts, :run_at, :owner, :token, :expires, :now, :now)
         ON CONFLICT (dedupe_key) DO NOTHING
         RETURNING {JOB_COLUMNS}""",
     "new_job_or_reset": _NEW_JOB
@@ -90,31 +112,24 @@ SQL: dict[str, str] = {
             ELSE 'done' END
         WHERE id = :id AND event_type != 'unknown'""",
     "event_error": "UPDATE events SET last_error = :reason WHERE id = :id",
-    "upsert_item": """
-        INSERT INTO items (id, raw, version, updated_at, created_at, started_at, ended_at,
-            owner_id, scanner_account_id, flow_id, width, height, depth, dimension_unit,
-            volume, volume_unit, weight, weight_unit, barcode, barcodes, photo_urls,
-            fetched_at, first_seen_at)
-        VALUES (:id, :raw, :version, :updated_at, :created_at, :started_at, :ended_at,
-            :owner_id, :scanner_account_id, :flow_id, :width, :height, :depth, :dimension_unit,
-            :volume, :volume_unit, :weight, :weight_unit, :barcode, :barcodes, :photo_urls,
-            :fetched_at, :fetched_at)
-        ON CONFLICT (id) DO UPDATE SET raw = excluded.raw, version = excluded.version,
-            updated_at = excluded.updated_at, created_at = excluded.created_at,
-            started_at = excluded.started_at, ended_at = excluded.ended_at,
-            owner_id = excluded.owner_id, scanner_account_id = excluded.scanner_account_id,
-            flow_id = excluded.flow_id, width = excluded.width, height = excluded.height,
-            depth = excluded.depth, dimension_unit = excluded.dimension_unit,
-            volume = excluded.volume, volume_unit = excluded.volume_unit,
-            weight = excluded.weight, weight_unit = excluded.weight_unit,
-            barcode = excluded.barcode, barcodes = excluded.barcodes,
-            photo_urls = excluded.photo_urls, fetched_at = excluded.fetched_at
+    "upsert_item": _UPSERT_ITEM
+    + """
         WHERE excluded.updated_at > items.updated_at
            OR (items.updated_at IS NULL AND excluded.updated_at IS NOT NULL)
            OR (excluded.version != items.version
                AND (excluded.updated_at = items.updated_at
                     OR (excluded.updated_at IS NULL AND items.updated_at IS NULL)))
-        RETURNING id""",
+        RETURNING id, revision""",
+    # the poller reads GET /items, which may not be the whole document GET /items/{id} gives:
+    # it only adds items and strictly newer versions, never replaces one with the same
+    # updated_at (else a fetch and a poll could replace each other's version for ever)
+    "upsert_polled_item": _UPSERT_ITEM
+    + """
+        WHERE excluded.updated_at > items.updated_at
+           OR (items.updated_at IS NULL AND excluded.updated_at IS NOT NULL)
+        RETURNING id, revision""",
+    "mark_webhook_seen": """
+        UPDATE items SET webhook_seen_at = :now WHERE id = :id AND webhook_seen_at IS NULL""",
     "item": "SELECT * FROM items WHERE id = :id",
     "items": """
         SELECT * FROM items
@@ -139,9 +154,10 @@ SQL: dict[str, str] = {
             updated_at = :now, {RELEASED}
         WHERE event_id = :id AND kind IN ('event', 'fetch') AND status IN ('done', 'dead')""",
     "event_items": """
-        SELECT DISTINCT items.id, items.version FROM jobs JOIN items ON items.id = jobs.item_id
+        SELECT DISTINCT items.id, items.version, items.revision
+        FROM jobs JOIN items ON items.id = jobs.item_id
         WHERE jobs.event_id = :id""",
-    "item_version": "SELECT version FROM items WHERE id = :id",
+    "item_version": "SELECT version, revision FROM items WHERE id = :id",
     "requeue_dead_of_event": f"""
         UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, last_error = NULL,
             updated_at = :now, {RELEASED}
