@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from dimmy_webhooks import schema
+
 from .helpers import ADMIN_TOKEN, CLI, SECRET, clean_env, signed
 
 
@@ -163,4 +165,5 @@ def test_serve_refuses_a_postgres_schema_that_is_behind(tmp_path: Path, pg_empty
     assert "dimmy-webhooks migrate" in refused.stderr
     migrated = run_cli(tmp_path, "migrate", **env)
     assert migrated.returncode == 0, migrated.stderr
-    assert "schema at 0001" in migrated.stdout
+    head = schema.status(pg_empty_url).head
+    assert f"schema at {head} (latest {head})" in migrated.stdout

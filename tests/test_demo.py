@@ -52,6 +52,7 @@ def test_demo_runs_offline_and_leaves_everything_processed(tmp_path: Path) -> No
         "fake Dimmy   http://127.0.0.1:",
         "X-API-KEY: demo-",
         "an offline device is back: 120 items",
+        "3 scans' webhooks were lost",
         "summary after",
     ):
         assert shown in out, out
@@ -68,6 +69,11 @@ def test_demo_runs_offline_and_leaves_everything_processed(tmp_path: Path) -> No
     assert jobs.get("pending", 0) + jobs.get("running", 0) == 0, jobs
     lines = (tmp_path / "dimmy-demo-items.jsonl").read_text().splitlines()
     assert len({json.loads(line)["item_id"] for line in lines}) == items
+    # the scans whose webhooks were lost came through the poller, and are reported as such
+    assert "reconciled  3 arrived only through the poller" in out, out[-1500:]
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        polled = conn.execute("SELECT count(*) FROM items WHERE first_source = 'poll'").fetchone()
+    assert polled[0] >= 3
     assert took < 25
 
 

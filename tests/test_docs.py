@@ -16,7 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("name", sorted(Settings.model_fields))
 def test_every_setting_is_documented_with_its_default(name: str) -> None:
     text = (ROOT / "docs" / "configuration.md").read_text()
-    row = next((line for line in text.splitlines() if f"`DIMMY_{name.upper()}`" in line), None)
+    row = next(
+        (line for line in text.splitlines() if line.startswith(f"| `DIMMY_{name.upper()}` |")),
+        None,
+    )
     assert row is not None, f"DIMMY_{name.upper()} missing from docs/configuration.md"
     default = Settings.model_fields[name].default
     shown = "(unset)" if default is None else str(default)

@@ -252,3 +252,35 @@ async def replay_item(
     except LookupError:
         raise HTTPException(status_code=404, detail="item not found") from None
     return {"item_id": item_id, "mode": mode.value, "queued": queued}
+
+
+class ReconciliationDay(BaseModel):
+    day: str = Field(description="creation day (UTC) of the items, `YYYY-MM-DD`")
+    count: int
+    item_ids: list[str] = Field(description="the first 100 of them")
+
+
+class ReconciliationOut(BaseModel):
+    mode: str = Field(description="`webhooks`, or `pull` when no webhook secret is configured")
+    missed: int = Field(description="items that reached us only through polling")
+    days: list[ReconciliationDay]
+    last_pass: dict[str, Any] | None = Field(description="the poller's last pass in this process")
+
+
+@router.get("/reconciliation", response_model=ReconciliationOut)
+async def get_reconciliation(request: Request) -> dict[str, Any]:
+    """Items that exist upstream but never arrived by webhook, per creation day, with their ids.
+
+    Counts what the poller (``serve --poll``, ``poll --once``) and backfills found that no
+    webhook named; an item is counted only ``DIMMY_RECONCILE_GRACE_SECONDS`` after it was found
+    (its webhook may still be on its way). A growing count means webhooks are being lost.
+    """
+    services = _services(request)
+    report = await services.reconciliation()
+    last = services.poller.last_pass if services.poller is not None else None
+    return {
+        "mode": "pull" if report.pull_mode else "webhooks",
+        "missed": report.missed,
+        "days": report.days,
+        "last_pass": last or None,
+    }

@@ -36,6 +36,7 @@ from .models import valid_item_id
 from .signatures import parse_secrets, signed_headers
 
 if TYPE_CHECKING:
+    from .poller import BackfillProgress
     from .services import Services
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -84,8 +85,14 @@ def main() -> None:
 @click.option("--host", help="Address to bind (default DIMMY_HOST, 127.0.0.1).")
 @click.option("--port", type=int, help="Port to bind (default DIMMY_PORT, 5000).")
 @click.option("--no-worker", is_flag=True, help="Only receive; run workers elsewhere.")
+@click.option(
+    "--poll",
+    is_flag=True,
+    help="Also poll the Dimmy API for items webhooks missed (default DIMMY_POLL); with no "
+    "DIMMY_WEBHOOK_SECRET, pull mode: no inbound webhooks at all.",
+)
 @friendly_errors
-def serve(host: str | None, port: int | None, no_worker: bool) -> None:
+def serve(host: str | None, port: int | None, no_worker: bool, poll: bool) -> None:
     """Run the receiver (POST /webhook), the JSON API and, by default, the workers."""
     import uvicorn
 
@@ -94,10 +101,20 @@ def serve(host: str | None, port: int | None, no_worker: bool) -> None:
     settings = _settings(host=host, port=port)
     require_loopback_or_token(settings, settings.host)
     prepare_database(settings)
-    app = create_app(settings, run_worker=settings.worker_enabled and not no_worker)
+    poll = poll or settings.poll
+    app = create_app(
+        settings, run_worker=settings.worker_enabled and not no_worker, run_poller=poll
+    )
+    where = f"http://{settings.host}:{settings.port}"
+    receiving = (
+        f"webhooks at {where}{settings.webhook_path}"
+        if settings.webhook_secret is not None
+        else f"pull mode (no webhooks), API at {where}"
+    )
     click.echo(
-        f"dimmy-webhooks {__version__}: webhooks at http://{settings.host}:{settings.port}"
-        f"{settings.webhook_path}, database {_describe_db(settings)}",
+        f"dimmy-webhooks {__version__}: {receiving}"
+        + (", polling the Dimmy API" if poll else "")
+        + f", database {_describe_db(settings)}",
         err=True,
     )
     uvicorn.run(
@@ -148,6 +165,152 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
+
+
+@main.command()
+@click.option(
+    "--once", is_flag=True, help="Run one pass, deliver, then exit (else a pass every interval)."
+)
+@click.option(
+    "--deliver/--no-deliver",
+    default=True,
+    show_default=True,
+    help="Deliver what the pass stored before exiting (else a running service's workers do).",
+)
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to deliver.")
+@friendly_errors
+def poll(once: bool, deliver: bool, timeout: float) -> None:
+    """Read the Dimmy API for items webhooks missed, from the stored watermark: with --once one
+    pass (for cron), else a pass every DIMMY_POLL_INTERVAL_SECONDS until stopped, with workers
+    delivering (a site without inbound webhooks and without serve)."""
+    from .services import Services
+
+    settings = _settings()
+    prepare_database(settings)
+    if not once:
+        running = Services.from_settings(settings, run_workers=deliver, run_poller=True)
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(_until_signalled(running))
+        return
+    services = Services.from_settings(settings, run_workers=deliver)
+    poller = services.new_poller()
+
+    async def run() -> tuple[Any, Any, int]:
+        async with services.running():
+            result = await poller.pass_once()
+            report = await poller.reconcile() if result is not None else None
+            left = await services.drain(timeout) if deliver and result is not None else 0
+        return result, report, left
+
+    result, report, left = asyncio.run(run())
+    if result is None:
+        click.echo(f"error: {logs.redact_urls(poller.problem or 'poll failed')}", err=True)
+        sys.exit(1)
+    click.echo(
+        f"read {result.read} items in {result.pages} pages, stored {result.stored} new or "
+        f"newer; {report.missed} never arrived by webhook (GET /api/reconciliation)"
+        + (f"; {left} deliveries still queued" if left else "")
+    )
+
+
+@main.command()
+@click.option("--since", required=True, help="Created at or after this time (ISO-8601).")
+@click.option("--until", help="Created at or before this time (ISO-8601; default now).")
+@click.option("--restart", is_flag=True, help="Read a range that was finished again.")
+@click.option(
+    "--deliver/--no-deliver",
+    default=True,
+    show_default=True,
+    help="Deliver what it stores as it goes (else a running service's workers do).",
+)
+@friendly_errors
+def backfill(since: str, until: str | None, restart: bool, deliver: bool) -> None:
+    """Import every item created in a range once. Interrupted (Ctrl-C, a kill) and started
+    again with the same arguments, it goes on after the last committed slice."""
+    settings = _settings()
+    prepare_database(settings)
+    start = datetime.fromtimestamp(_parse_time(since), UTC)
+    end = datetime.fromtimestamp(_parse_time(until), UTC) if until else None
+    if end is not None and end <= start:
+        raise click.BadParameter("--until must be after --since", param_hint="--until")
+    state = asyncio.run(_backfill(settings, start, end, restart=restart, deliver=deliver))
+    if not state.finished:
+        click.echo(f"stopped at {state.done_until}: run the same command again to go on", err=True)
+        sys.exit(130)
+    click.echo(
+        f"backfill {state.since} .. {state.until}: {state.read} items read, "
+        f"{state.stored} stored new or newer"
+    )
+
+
+async def _backfill(
+    settings: Settings, start: datetime, end: datetime | None, *, restart: bool, deliver: bool
+) -> BackfillProgress:
+    """Run the backfill with a progress bar on a terminal (plain lines otherwise); the first
+    Ctrl-C or SIGTERM stops it after the current page (the slice is read again next time)."""
+    from .poller import backfill
+    from .services import Services
+
+    services = Services.from_settings(settings, run_workers=deliver)
+    reader = services.new_poller().reader()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    show = _BackfillProgress(start, end)
+    async with services.running():
+        state = await backfill(reader, start, end, restart=restart, progress=show, stop=stop)
+        show.close()
+        if state.resumed and state.finished and not show.updates:
+            click.echo(f"already done up to {state.until} (--restart reads it again)", err=True)
+        if deliver and not stop.is_set():
+            await services.drain(60.0)
+    return state
+
+
+class _BackfillProgress:
+    """Items read, stored, rate and ETA: a bar on a terminal, a line every few seconds else."""
+
+    def __init__(self, start: datetime, end: datetime | None) -> None:
+        self.started = time.monotonic()
+        self.updates = 0
+        self.last_line = 0.0
+        self.bar: Any = None
+        self.covered = 0.0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, state: BackfillProgress) -> None:
+        from .poller import parse_time
+
+        self.updates += 1
+        since, until = parse_time(state.since), parse_time(state.until)
+        span = max(1.0, (until - since).total_seconds())
+        done = (parse_time(state.done_until) - since).total_seconds()
+        elapsed = max(1e-3, time.monotonic() - self.started)
+        rate = state.read / elapsed
+        about = f"{state.read} read, {state.stored} stored, {rate:.0f} items/s"
+        if self.tty:
+            if self.bar is None:
+                self.bar = click.progressbar(
+                    length=int(span), label="backfill", file=sys.stderr, show_eta=True
+                )
+                self.bar.__enter__()
+            self.bar.label = f"backfill ({about})"
+            self.bar.update(int(done - self.covered))
+            self.covered = done
+            return
+        now = time.monotonic()
+        if now - self.last_line >= 5 or done >= span:
+            self.last_line = now
+            left = (span - done) / (done / elapsed) if done else float("nan")
+            click.echo(
+                f"backfill up to {state.done_until}: {done / span:.0%}, {about}, ETA {left:.0f} s",
+                err=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
 
 
 @main.command()

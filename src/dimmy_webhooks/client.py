@@ -205,6 +205,9 @@ class DimmyClient:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._limiter = AsyncLimiter(rate_limit, 1)
         self._paused_until = 0.0
+        self._live_waiting = 0  # get_item calls waiting for their turn
+        self._live_idle = asyncio.Event()
+        self._live_idle.set()
         self.auth_failed: str | None = None
 
     def __repr__(self) -> str:
@@ -260,25 +263,24 @@ class DimmyClient:
         skip: int = 0,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """``GET /items``: one page of items created between the dates (naive means UTC)."""
+        """``GET /items``: one page of items created between the dates (naive means UTC).
+
+        A bulk read: it waits while any :meth:`get_item` of this client waits for its turn
+        (live work first), then shares the same rate limit, concurrency cap and 429 pause.
+        """
         params: dict[str, str | int] = {"skip": skip, "limit": limit}
         if start_date is not None:
             params["start_date"] = _format_time(start_date)
         if end_date is not None:
             params["end_date"] = _format_time(end_date)
-        return await self._items("GET", "/items", params=params)
+        return await self._items("GET", "/items", params=params, bulk=True)
 
     # -- plumbing --------------------------------------------------------------------------
 
     async def _items(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, Any] | None = None,
-        body: Any = None,
+        self, method: str, path: str, *, params: dict[str, Any] | None = None, bulk: bool = False
     ) -> list[dict[str, Any]]:
-        response = await self._request(method, path, params=params, body=body)
+        response = await self._request(method, path, params=params, bulk=bulk)
         items = self._json(response, method, path)
         if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
             raise PermanentUpstream(
@@ -314,11 +316,43 @@ class DimmyClient:
         *,
         params: dict[str, Any] | None = None,
         body: Any = None,
+        bulk: bool = False,
     ) -> httpx.Response:
+        if bulk:
+            await self._live_idle.wait()  # a live request waiting for its turn goes first
+            return await self._in_turn(method, path, params, body)
+        self._live_waiting += 1
+        self._live_idle.clear()
+        waiting = True
+
+        def turn() -> None:
+            nonlocal waiting
+            if waiting:
+                waiting = False
+                self._live_waiting -= 1
+                if not self._live_waiting:
+                    self._live_idle.set()
+
+        try:
+            return await self._in_turn(method, path, params, body, on_turn=turn)
+        finally:
+            turn()
+
+    async def _in_turn(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        body: Any,
+        on_turn: Callable[[], None] | None = None,
+    ) -> httpx.Response:
+        """One request once the concurrency cap, the rate limit and any 429 pause allow it."""
         async with self._semaphore:
             await self._wait_out_pause()
             await self._limiter.acquire()
             await self._wait_out_pause()  # a 429 may have arrived while this waited its turn
+            if on_turn is not None:
+                on_turn()
             try:
                 async with asyncio.timeout(self._total_timeout):
                     http = next(self._next_pool)

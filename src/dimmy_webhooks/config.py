@@ -129,6 +129,41 @@ class Settings(BaseSettings):
     worker_enabled: bool = Field(
         default=True, description="Run workers inside `serve` (same as not passing `--no-worker`)."
     )
+    poll: bool = Field(
+        default=False,
+        description="Run the poller inside `serve` (same as `serve --poll`): read `GET /items` "
+        "every `DIMMY_POLL_INTERVAL_SECONDS` and store what webhooks missed.",
+    )
+    poll_interval_seconds: float = Field(
+        default=60.0, ge=5, description="Time between two polling passes."
+    )
+    poll_overlap_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="Each pass re-reads this much before the last pass's end (late-visible "
+        "items, clock skew); repeats are dropped.",
+    )
+    poll_lookback_hours: float = Field(
+        default=24.0, ge=0, description="How far back the very first pass reads."
+    )
+    poll_sweep_days: float = Field(
+        default=7.0,
+        ge=0,
+        description="A deeper pass re-reads items created in the last this many days, to catch "
+        "updates to them (`start_date` is creation time). 0: no sweep.",
+    )
+    poll_sweep_interval_hours: float = Field(
+        default=24.0, gt=0, description="Time between two deeper passes."
+    )
+    poll_page_size: int = Field(
+        default=100, ge=1, le=1000, description="Items asked for per `GET /items` page."
+    )
+    reconcile_grace_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        description="An item the poller found is counted as missed by webhooks only after this "
+        "long without one (its webhook may still be on its way).",
+    )
     dimension_unit: DimensionUnit = Field(
         default="cm", description="Unit of the stored width/height/depth (`mm`, `cm`, `m`, `in`)."
     )

@@ -195,10 +195,26 @@ class Receiver:
         return Answer(204)
 
 
+async def _pull_mode(scope: Scope, receive: Receive, send: Send) -> None:
+    body = json.dumps(
+        {
+            "error": "webhooks are off: this service reads items from the Dimmy API (pull mode, "
+            "no DIMMY_WEBHOOK_SECRET configured)"
+        }
+    ).encode()
+    headers = [*SECURITY_HEADERS, *_JSON, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 404, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+PULL_MODE: ASGIApp = _pull_mode
+"""The webhook path of a service in pull mode: 404, saying why (no body is read)."""
+
+
 class WebhookRoute:
     """ASGI middleware sending ``POST <path>`` straight to the receiver, the rest to the app."""
 
-    def __init__(self, app: ASGIApp, receiver: Receiver, path: str) -> None:
+    def __init__(self, app: ASGIApp, receiver: ASGIApp, path: str) -> None:
         self.app = app
         self.receiver = receiver
         self.path = path

@@ -22,10 +22,11 @@ from typing import Any
 
 from .client import DimmyClient
 from .config import Settings
-from .errors import StoreError
+from .errors import ConfigError, StoreError
 from .failpoints import Failpoints
 from .models import ReplayMode
 from .outputs import Output, parse_outputs
+from .poller import Poller, PollPolicy, Reconciliation, reconciliation
 from .store import Store, create_store
 from .worker import Worker, WorkerPolicy
 
@@ -40,6 +41,21 @@ def worker_policy(settings: Settings) -> WorkerPolicy:
         retry_base_seconds=settings.retry_base_seconds,
         retry_max_seconds=settings.retry_max_seconds,
         grace_seconds=settings.shutdown_grace_seconds,
+        dimension_unit=settings.dimension_unit,
+        weight_unit=settings.weight_unit,
+    )
+
+
+def poll_policy(settings: Settings) -> PollPolicy:
+    """The poller's pacing, from the settings."""
+    return PollPolicy(
+        interval=settings.poll_interval_seconds,
+        overlap=settings.poll_overlap_seconds,
+        first_lookback=settings.poll_lookback_hours * 3600,
+        sweep_days=settings.poll_sweep_days,
+        sweep_interval=settings.poll_sweep_interval_hours * 3600,
+        page_size=settings.poll_page_size,
+        reconcile_grace=settings.reconcile_grace_seconds,
         dimension_unit=settings.dimension_unit,
         weight_unit=settings.weight_unit,
     )
@@ -86,6 +102,7 @@ class Services:
     outputs: list[Output]
     client: DimmyClient | None = None
     workers: list[Worker] = field(default_factory=list)
+    poller: Poller | None = None
     parts: list[Part] = field(default_factory=list)
     clock: Callable[[], float] = time.time
     crash: Failpoints = field(default_factory=Failpoints)
@@ -98,14 +115,16 @@ class Services:
         settings: Settings,
         *,
         run_workers: bool = True,
+        run_poller: bool = False,
         concurrency: int | None = None,
         store: Store | None = None,
         clock: Callable[[], float] = time.time,
     ) -> Services:
         """Build every part from ``settings``; raises :class:`ConfigError` for unusable ones.
 
-        ``run_workers=False`` is a receiver only (``serve --no-worker``); ``concurrency``
-        overrides the workers' jobs in flight; ``store`` and ``clock`` are for tests.
+        ``run_workers=False`` is a receiver only (``serve --no-worker``); ``run_poller`` adds the
+        poller (``serve --poll``, which needs an API key); ``concurrency`` overrides the workers'
+        jobs in flight; ``store`` and ``clock`` are for tests.
         """
         crash = Failpoints(settings.failpoint)
         services = cls(
@@ -125,7 +144,26 @@ class Services:
             )
             services.workers.append(worker)
             services.parts.append(Part("worker", worker.run))
+        if run_poller:
+            services.poller = services.new_poller()
+            services.parts.append(Part("poller", services.poller.run))
         return services
+
+    def new_poller(self) -> Poller:
+        """A poller on this process's store and client (``poll --once`` and ``backfill`` run
+        its passes themselves; ``serve --poll`` runs it as a part). Needs an API key."""
+        self.client = self.client or create_client(self.settings)
+        if self.client is None:
+            raise ConfigError("polling needs the Dimmy API: set DIMMY_API_KEY")
+        return Poller(
+            self.store,
+            self.client,
+            self.output_names(),
+            poll_policy(self.settings),
+            pull_mode=self.settings.webhook_secret is None,
+            clock=self.clock,
+            on_stored=self.wake_workers,
+        )
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Services]:
@@ -151,6 +189,18 @@ class Services:
                 stop.set()
                 if self._tasks:
                     await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def drain(self, timeout: float) -> int:
+        """Wait until no job is due or running (this process's workers, and any others on the
+        database, deliver what a pass queued), at most ``timeout`` seconds; returns how many
+        are still due or running then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = await self.store.due_work(self.clock())
+            if not left or time.monotonic() >= deadline:
+                return left
+            self.wake_workers()
+            await asyncio.sleep(0.2)
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Run every part until ``stop`` is set (the ``worker`` command)."""
@@ -196,6 +246,8 @@ class Services:
         problems += [w.config_error for w in self.workers if w.config_error is not None]
         if self.workers and self.client is None:
             problems.append("DIMMY_API_KEY is not set: items cannot be fetched")
+        if self.poller is not None:
+            problems += self.poller.problems()
         return list(dict.fromkeys(problems))
 
     def failures(self) -> list[str]:
@@ -206,6 +258,15 @@ class Services:
             f"{name} stopped: {_ending(task)}" for name, task in self._tasks.items() if task.done()
         ]
         return failures
+
+    async def reconciliation(self) -> Reconciliation:
+        """The reconciliation report (:func:`dimmy_webhooks.poller.reconciliation`)."""
+        return await reconciliation(
+            self.store,
+            self.clock(),
+            self.settings.reconcile_grace_seconds,
+            pull_mode=self.settings.webhook_secret is None,
+        )
 
     async def readiness(self) -> Readiness:
         """Ask the store for a round trip, then collect :meth:`failures` and :meth:`problems`."""

@@ -22,7 +22,7 @@ from .access import AccessGuard, TokenCheck, allowed_hosts
 from .api import router as api_router
 from .config import Settings
 from .errors import ConfigError, StoreError
-from .receiver import SECURITY_HEADERS, Receiver, WebhookRoute
+from .receiver import PULL_MODE, SECURITY_HEADERS, Receiver, WebhookRoute
 from .services import Services
 from .signatures import Verifier, parse_secrets
 from .store import Store
@@ -53,24 +53,25 @@ def create_app(
     settings: Settings,
     *,
     run_worker: bool = True,
+    run_poller: bool = False,
     store: Store | None = None,
     clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """The service as an ASGI app. Raises :class:`ConfigError` for unusable settings.
 
-    ``app.state.services`` holds the running parts; ``store`` and ``clock`` are for tests.
+    With no ``DIMMY_WEBHOOK_SECRET``, ``run_poller`` is pull mode: items come only from the
+    poller and ``POST /webhook`` answers 404 saying webhooks are off. ``app.state.services``
+    holds the running parts; ``store`` and ``clock`` are for tests.
     """
-    if settings.webhook_secret is None:
+    if settings.webhook_secret is None and not run_poller:
         raise ConfigError(
             "DIMMY_WEBHOOK_SECRET is not set: copy the endpoint's signing secret (whsec_...) "
-            "from the Dimmy webhook dashboard into the environment or .env"
+            "from the Dimmy webhook dashboard into the environment or .env, or run "
+            "`dimmy-webhooks serve --poll` to read items from the Dimmy API instead (pull mode)"
         )
-    verifier = Verifier(
-        parse_secrets(settings.webhook_secret.get_secret_value()),
-        tolerance_seconds=settings.timestamp_tolerance_seconds,
-        clock=clock,
+    services = Services.from_settings(
+        settings, run_workers=run_worker, run_poller=run_poller, store=store, clock=clock
     )
-    services = Services.from_settings(settings, run_workers=run_worker, store=store, clock=clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -89,16 +90,23 @@ def create_app(
     )
     app.state.services = services
     app.state.tokens = TokenCheck(settings.admin_token_value())
-    receiver = Receiver(
-        services.store,
-        verifier,
-        max_body_bytes=settings.max_body_bytes,
-        body_timeout=settings.body_timeout_seconds,
-        max_json_depth=settings.max_json_depth,
-        on_accepted=services.wake_workers,
-        clock=clock,
-        crash=services.crash,
-    )
+    receiver: ASGIApp = PULL_MODE
+    if settings.webhook_secret is not None:
+        verifier = Verifier(
+            parse_secrets(settings.webhook_secret.get_secret_value()),
+            tolerance_seconds=settings.timestamp_tolerance_seconds,
+            clock=clock,
+        )
+        receiver = Receiver(
+            services.store,
+            verifier,
+            max_body_bytes=settings.max_body_bytes,
+            body_timeout=settings.body_timeout_seconds,
+            max_json_depth=settings.max_json_depth,
+            on_accepted=services.wake_workers,
+            clock=clock,
+            crash=services.crash,
+        )
     # the webhook bypasses the framework (see WebhookRoute, added outermost below)
 
     @app.get("/healthz", tags=["health"])

@@ -24,8 +24,9 @@ import click
 from .. import schema
 from ..config import load_settings
 from ..errors import ConfigError
+from ..services import Services
 from ..signatures import parse_secrets
-from ..store import QueueStats, Store
+from ..store import QueueStats
 from .fake_dimmy import FakeDimmy, FakeDimmyConfig
 from .fake_dimmy import create_app as create_fake_app
 from .runner import free_port, port_free, serve_in_thread
@@ -36,6 +37,9 @@ BIG_BATCH_AFTER = 5.0  # seconds before the offline device comes back
 PROGRESS_EVERY = 3.0
 DRAIN_SECONDS = 8.0  # at the end, time allowed for queued work to finish
 DUPLICATE_RATE = 0.1
+LOST_AFTER = 8.0  # seconds before scans are made whose webhooks never arrive
+LOST_SCANS = 3
+LOST_GRACE = 5.0  # the demo's reconciliation grace (DIMMY_RECONCILE_GRACE_SECONDS)
 JSONL = "dimmy-demo-items.jsonl"
 
 
@@ -95,8 +99,14 @@ def run_demo(
             admin_token=None,
             worker_enabled=True,
             log_level="WARNING",
+            # the poller reconciles: scans whose webhook was lost arrive through it
+            poll_interval_seconds=5,
+            poll_overlap_seconds=60,
+            poll_lookback_hours=0,
+            poll_sweep_days=0,
+            reconcile_grace_seconds=LOST_GRACE,
         )
-        app = create_app(settings)
+        app = create_app(settings, run_poller=True)
         url = _serve(stack, app, port, "--port")
         click.echo(
             "dimmy-webhooks demo: a fake Dimmy API, the service and simulated devices, "
@@ -107,11 +117,13 @@ def run_demo(
             f"  an item      {url}/api/items/{backlog[0]}\n"
             f"  OpenAPI      {url}/openapi.json\n"
             f"  readiness    {url}/readyz\n"
+            f"  reconciled   {url}/api/reconciliation\n"
             f"  fake Dimmy   {fake_url}/items/{backlog[0]}  (X-API-KEY: {api_key})\n"
             f"  database     {database}\n"
             f"  JSON Lines   {jsonl}\n"
             f"{DEVICES} devices upload 1-5 items every ~2 s; an offline device uploads "
-            f"{big_batch} items after ~{BIG_BATCH_AFTER:g} s; retry schedule "
+            f"{big_batch} items after ~{BIG_BATCH_AFTER:g} s; after ~{LOST_AFTER:g} s the "
+            f"receiver misses {LOST_SCANS} scans, which the poller finds; retry schedule "
             f"{speed:g}x faster. "
             + (f"Stopping after {duration:g} s." if duration else "Ctrl-C to stop.")
         )
@@ -119,7 +131,7 @@ def run_demo(
             url=url,
             key=parse_secrets(secret)[0],
             fake=fake,
-            store=app.state.services.store,
+            services=app.state.services,
             backlog=backlog,
             big_batch=big_batch,
             speed=speed,
@@ -168,7 +180,7 @@ class DemoRun:
         url: str,
         key: bytes,
         fake: FakeDimmy,
-        store: Store,
+        services: Services,
         backlog: list[str],
         big_batch: int,
         speed: float,
@@ -179,7 +191,9 @@ class DemoRun:
         self.url = url
         self.key = key
         self.fake = fake
-        self.store = store
+        self.services = services
+        self.store = services.store
+        self.lost: list[str] = []
         self.backlog = list(backlog)
         self.big_batch = big_batch
         self.speed = speed
@@ -216,6 +230,7 @@ class DemoRun:
             self._upload(sender, self._take(3))
             background = [asyncio.create_task(self._device(sender)) for _ in range(DEVICES)]
             background.append(asyncio.create_task(self._offline_device(sender)))
+            background.append(asyncio.create_task(self._lost_webhooks()))
             background.append(asyncio.create_task(self._progress(sender)))
             await self.stop.wait()
             for task in background:
@@ -258,6 +273,21 @@ class DemoRun:
         )
         self._upload(sender, _scan(self.fake, self.big_batch))
 
+    async def _lost_webhooks(self) -> None:
+        await asyncio.sleep(LOST_AFTER)
+        now = datetime.now(UTC)  # one scan a second, just now (the fake spaces a batch wider)
+        self.lost = [
+            self.fake.generate_items(1, start=now - timedelta(seconds=n))[0]
+            for n in range(LOST_SCANS, 0, -1)
+        ]
+        click.echo(
+            f"{self._elapsed()} the receiver was down: {LOST_SCANS} scans' webhooks were lost "
+            f"({', '.join(self.lost)}); the poller will find them"
+        )
+
+    async def _reconciled(self) -> int:
+        return (await self.services.reconciliation()).missed
+
     async def _progress(self, sender: SimulatedSender) -> None:
         while True:
             await asyncio.sleep(PROGRESS_EVERY)
@@ -269,7 +299,8 @@ class DemoRun:
                 f"{_n(sender.attempts_failed, 'failed attempt')}"
                 f" | events {_describe(stats.events)} | jobs {jobs.get('dead', 0)} dead, "
                 f"{jobs.get('pending', 0) + jobs.get('running', 0)} queued"
-                f" | items stored {stats.items} | Dimmy API {self._api_line()}"
+                f" | items stored {stats.items} ({await self._reconciled()} through the poller)"
+                f" | Dimmy API {self._api_line()}"
             )
 
     def _api_line(self) -> str:
@@ -281,13 +312,15 @@ class DemoRun:
         return await self.store.stats(time.time())
 
     async def _drain(self) -> int:
-        """Wait (bounded) until no event or job is queued; returns how many jobs still are."""
-        deadline = time.monotonic() + DRAIN_SECONDS
+        """Wait (bounded) until no event or job is queued and the lost scans are stored and
+        reconciled; returns how many jobs are still queued."""
+        deadline = time.monotonic() + DRAIN_SECONDS + (LOST_GRACE + 5 if self.lost else 0)
         while True:
             stats = await self._stats()
             queued = stats.jobs.get("pending", 0) + stats.jobs.get("running", 0)
             queued += stats.events.get("pending", 0) + stats.events.get("processing", 0)
-            if not queued or time.monotonic() > deadline or self.force.is_set():
+            found = not self.lost or await self._reconciled() >= len(self.lost)
+            if (not queued and found) or time.monotonic() > deadline or self.force.is_set():
                 return queued
             await asyncio.sleep(0.2)
 
@@ -299,6 +332,8 @@ class DemoRun:
             f"({_n(sender.duplicates_sent, 'duplicate')}, {sender.failed} given up)\n"
             f"  events      {_describe(stats.events)}\n"
             f"  items       {stats.items} stored in {self.database}\n"
+            f"  reconciled  {await self._reconciled()} arrived only through the poller "
+            f"(their webhooks were lost; GET /api/reconciliation)\n"
             f"  outputs     {self.jsonl}\n"
             f"  Dimmy API   {self._api_line()}\n"
             f"  jobs        {_describe(stats.jobs)}"

@@ -22,6 +22,7 @@ import re
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -83,13 +84,15 @@ class FakeDimmy:
     ``counts`` counts ``GET /items/{id}`` answered 200 per id (an item "fetched"), ``attempts``
     every authorised ``GET /items/{id}`` including injected failures; ``requests`` logs every
     request (newest 100 000); ``max_in_flight`` is the most requests being answered at once.
-    Ids in ``fail_ids`` always answer 500.
+    Ids in ``fail_ids`` always answer 500. ``list_hook``, when set, is called with ``skip``
+    before every ``GET /items`` page is answered (to create items while a poller pages).
     """
 
     def __init__(self, config: FakeDimmyConfig | None = None) -> None:
         self.config = config or FakeDimmyConfig()
         self.items: dict[str, dict[str, Any]] = {}
         self.fail_ids: set[str] = set()
+        self.list_hook: Callable[[int], None] | None = None
         self.counts: Counter[str] = Counter()
         self.attempts: Counter[str] = Counter()
         self.requests: deque[FakeRequest] = deque(maxlen=100_000)
@@ -441,6 +444,8 @@ def create_app(fake: FakeDimmy) -> FastAPI:
         end_date: datetime | None = None,
         group_by: str | None = None,  # accepted and ignored
     ) -> Response:
+        if fake.list_hook is not None:
+            fake.list_hook(skip)  # tests: change the set between pages, as real uploads would
         items = fake.snapshot()
         if start_date is not None or end_date is not None:
             low = _as_utc(start_date) if start_date else datetime.min.replace(tzinfo=UTC)

@@ -198,6 +198,30 @@ class Store(abc.ABC):
         """Events and jobs by status, items stored, the oldest pending job's age."""
         return await self._read(lambda tx: ops.stats(tx, now))
 
+    # sync state and reconciliation ------------------------------------------------------------
+
+    async def get_state(self, name: str) -> str | None:
+        """A value the poller or a backfill stored under ``name`` (``None``: never stored)."""
+        return await self._read(lambda tx: ops.get_state(tx, name))
+
+    async def set_state(self, name: str, value: str, now: float) -> None:
+        await self._write(lambda tx: ops.set_state(tx, name, value, now))
+
+    async def due_work(self, now: float) -> int:
+        """Jobs running or due now (not those waiting for a later retry)."""
+        return await self._read(lambda tx: ops.due_work(tx, now))
+
+    async def live_fetch_due(self, now: float) -> bool:
+        """Whether a fetch a webhook asked for is waiting to run (bulk reads give way to it)."""
+        return await self._read(lambda tx: ops.live_fetch_due(tx, now))
+
+    async def unwebhooked(self, seen_before: float) -> list[tuple[str, str | None]]:
+        """``(id, created_at)`` of every item that reached us only through polling (first read
+        by the poller or a backfill before ``seen_before``, never named by a webhook), oldest
+        first."""
+        rows = await self._read(lambda tx: ops.unwebhooked(tx, seen_before))
+        return [(str(row["id"]), row["created_at"]) for row in rows]
+
     # replay ------------------------------------------------------------------------------------
 
     async def replay_event(

@@ -537,3 +537,27 @@ def replay_dead(tx: Tx, since: float, now: float) -> int:
     rows = tx.all(tx.sql("replay_dead"), {"since": since, "now": now})
     _refresh(tx, (row["event_id"] for row in rows), now)
     return len(rows)
+
+
+# sync state and reconciliation ---------------------------------------------------------------
+
+
+def get_state(tx: Tx, name: str) -> str | None:
+    rows = tx.all(tx.sql("state"), {"name": name})
+    return str(rows[0]["value"]) if rows else None
+
+
+def set_state(tx: Tx, name: str, value: str, now: float) -> None:
+    tx.run(tx.sql("set_state"), {"name": name, "value": value, "now": now})
+
+
+def due_work(tx: Tx, now: float) -> int:
+    return int(tx.all(tx.sql("due_work"), {"now": now})[0]["n"])
+
+
+def live_fetch_due(tx: Tx, now: float) -> bool:
+    return bool(tx.all(tx.sql("live_fetch_due"), {"now": now}))
+
+
+def unwebhooked(tx: Tx, seen_before: float) -> list[Row]:
+    return tx.all(tx.sql("unwebhooked"), {"seen_before": seen_before})

@@ -170,5 +170,26 @@ SQL: dict[str, str] = {
     "event_counts": "SELECT status AS key, count(*) AS n FROM events GROUP BY status",
     "job_counts": "SELECT status AS key, count(*) AS n FROM jobs GROUP BY status",
     "item_count": "SELECT count(*) AS n FROM items",
+    "state": "SELECT value FROM sync_state WHERE name = :name",
+    "set_state": """
+        INSERT INTO sync_state (name, value, updated_at) VALUES (:name, :value, :now)
+        ON CONFLICT (name) DO UPDATE SET value = excluded.value,
+            updated_at = excluded.updated_at""",
+    "due_work": """
+        SELECT count(*) AS n FROM jobs
+        WHERE status = 'running' OR (status = 'pending' AND run_at <= :now)""",
+    "live_fetch_due": """
+        SELECT 1 AS due FROM jobs
+        WHERE status = 'pending' AND run_at <= :now AND kind = 'fetch' AND event_id IS NOT NULL
+        LIMIT 1""",
+    # items that reached us only through polling: first read by the poller or a backfill, never
+    # named by a webhook since (not stored from one, no fetch of an event for it)
+    "unwebhooked": """
+        SELECT id, created_at, first_seen_at, first_source FROM items
+        WHERE first_source IN ('poll', 'backfill') AND webhook_seen_at IS NULL
+          AND first_seen_at < :seen_before
+          AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.item_id = items.id
+                          AND jobs.kind = 'fetch' AND jobs.event_id IS NOT NULL)
+        ORDER BY created_at, id""",
     "oldest_pending": "SELECT min(created_at) AS t FROM jobs WHERE status = 'pending'",
 }
