@@ -93,10 +93,34 @@ def test_example_item_normalised_in_default_units() -> None:
         volume_unit="cm3",
         weight=1.25,
         weight_unit="kg",
+        billable_weight=1.25,  # no divisor: the weight itself
         barcode="8712345678906",
         barcodes=("8712345678906",),
         photo_urls=("https://cdn.example/p.jpg",),
     )
+
+
+@pytest.mark.parametrize(
+    ("units", "divisor", "dim_weight", "billable"),
+    [
+        (("cm", "kg"), 5000, 2.046, 2.046),  # 31 x 22 x 15 cm = 10,230 cm3: over 1.25 kg
+        (("cm", "kg"), 20000, 0.5115, 1.25),  # the scale's weight is the larger
+        (("in", "lb"), 139, 4.49117195, 4.49117195),  # 624.27 in3 / 139 over 2.76 lb
+    ],
+)
+def test_dimensional_and_billable_weight(
+    units: tuple[str, str], divisor: float, dim_weight: float, billable: float
+) -> None:
+    dimension_unit, weight_unit = units
+    got = normalise(
+        EXAMPLE,
+        dimension_unit=dimension_unit,
+        weight_unit=weight_unit,
+        dim_weight_divisor=divisor,
+    )
+    assert got.dim_weight == pytest.approx(dim_weight, rel=1e-6)
+    assert got.billable_weight == pytest.approx(billable, rel=1e-6)
+    assert got.weight_unit == weight_unit
 
 
 def test_minimal_document_gives_empty_fields() -> None:

@@ -350,11 +350,20 @@ def show_config(check_credentials: bool, example: bool) -> None:
 
 
 @main.command()
-def token() -> None:
+@click.option(
+    "--whsec",
+    is_flag=True,
+    help="A signing secret (whsec_...) instead, e.g. for DIMMY_FORWARD_SECRET.",
+)
+def token(whsec: bool) -> None:
     """Print a new random admin token (for DIMMY_ADMIN_TOKEN): 43 URL-safe characters."""
+    import base64
     import secrets
 
-    click.echo(secrets.token_urlsafe(32))
+    if whsec:
+        click.echo("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+    else:
+        click.echo(secrets.token_urlsafe(32))
 
 
 SAMPLE_IDS = ["6592008029c8c3e4dc76256c", "6592008029c8c3e4dc76256d"]

@@ -170,10 +170,49 @@ class Settings(BaseSettings):
     weight_unit: WeightUnit = Field(
         default="kg", description="Unit of the stored weight (`g`, `kg`, `lb`)."
     )
+    dim_weight_divisor: float = Field(
+        default=5000.0,
+        gt=0,
+        description="Dimensional weight = volume / this, in `DIMMY_DIMENSION_UNIT`³ per "
+        "`DIMMY_WEIGHT_UNIT` (5000 cm³/kg is common; 139 in³/lb with `in` and `lb`).",
+    )
+    validate_min_side: float | None = Field(
+        default=None,
+        gt=0,
+        description="Hold items with a side under this (in `DIMMY_DIMENSION_UNIT`) in quarantine. "
+        "A side of 0 or less is always held.",
+    )
+    validate_max_side: float | None = Field(
+        default=None, gt=0, description="Hold items with a side over this (`DIMMY_DIMENSION_UNIT`)."
+    )
+    validate_min_weight: float | None = Field(
+        default=None, ge=0, description="Hold items weighing under this (`DIMMY_WEIGHT_UNIT`)."
+    )
+    validate_max_weight: float | None = Field(
+        default=None, gt=0, description="Hold items weighing over this (`DIMMY_WEIGHT_UNIT`)."
+    )
+    validate_require_dimensions: bool = Field(
+        default=False, description="Hold items without dimensions."
+    )
+    validate_require_weight: bool = Field(default=False, description="Hold items without a weight.")
+    validate_require_barcode: bool = Field(
+        default=False, description="Hold items without a barcode."
+    )
+    validate_require_photo: bool = Field(default=False, description="Hold items without a photo.")
+    forward_secret: SecretStr | None = Field(
+        default=None,
+        description="Our signing secret (`whsec_...`) for `http:` forwards to the warehouse "
+        "system (Standard Webhooks); `dimmy-webhooks token --whsec` makes one.",
+    )
+    destinations_file: Path | None = Field(
+        default=None,
+        description="A TOML file of `[[destination]]` tables: per-destination headers, timeout, "
+        "concurrency, rate, filters and fields (docs/forwarding.md).",
+    )
     outputs: str = Field(
         default="console",
         description="Where new or changed items go, comma separated: `console`, `jsonl:PATH`, "
-        "`python:module:function`. Empty for none.",
+        "`python:module:function`, `http:URL` (any number). Empty for none.",
     )
     failpoint: str | None = Field(
         default=None,
@@ -230,7 +269,7 @@ class Settings(BaseSettings):
         return value or None
 
 
-SECRET_SETTINGS = frozenset({"webhook_secret", "api_key", "admin_token"})
+SECRET_SETTINGS = frozenset({"webhook_secret", "api_key", "admin_token", "forward_secret"})
 """Settings never printed (``config`` shows them as set or not)."""
 
 

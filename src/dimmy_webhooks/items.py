@@ -86,7 +86,11 @@ _EPOCH_MILLISECONDS_ABOVE = 1e11  # as seconds this would be past the year 5000
 
 
 def normalise(
-    doc: Mapping[str, Any], *, dimension_unit: str = "cm", weight_unit: str = "kg"
+    doc: Mapping[str, Any],
+    *,
+    dimension_unit: str = "cm",
+    weight_unit: str = "kg",
+    dim_weight_divisor: float | None = None,
 ) -> NormalisedItem:
     """Derive the stored fields of one Dimmy item document (REST shape, snake_case).
 
@@ -111,6 +115,9 @@ def normalise(
     - Timestamps become ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC (see :func:`normalise_timestamp`),
       so comparing the strings compares the instants; unparseable ones are ``None``.
     - ``owner_id``, ``scanner_account_id`` and ``flow_id`` are strings or ``None``.
+    - With ``dim_weight_divisor`` (``dimension_unit`` cubed per ``weight_unit``, e.g. 5000
+      cm³/kg), ``dim_weight`` is ``volume / dim_weight_divisor`` in ``weight_unit``, and
+      ``billable_weight`` the larger of it and ``weight`` (whichever is known).
 
     Raises ``ValueError`` only when ``_id`` is missing or not a string, or when ``dimension_unit``
     / ``weight_unit`` is not a unit listed above (a configuration mistake, not a data one).
@@ -129,6 +136,10 @@ def normalise(
     weight = _weight(doc.get("weighing"), target_mass)
     barcode, barcodes = _barcodes(doc)
     width, height, depth, volume = dims if dims is not None else (None, None, None, None)
+    dim_weight = None
+    if volume is not None and dim_weight_divisor:
+        dim_weight = _round(volume / dim_weight_divisor)
+    known = [w for w in (weight, dim_weight) if w is not None]
     return NormalisedItem(
         id=item_id,
         created_at=normalise_timestamp(doc.get("created_at")),
@@ -145,7 +156,9 @@ def normalise(
         volume=volume,
         volume_unit=f"{target_length}3" if volume is not None else None,
         weight=weight,
-        weight_unit=target_mass if weight is not None else None,
+        weight_unit=target_mass if known else None,
+        dim_weight=dim_weight,
+        billable_weight=max(known) if known else None,
         barcode=barcode,
         barcodes=barcodes,
         photo_urls=_photo_urls(doc.get("photographing")),
@@ -159,11 +172,17 @@ def to_stored_item(
     fetched_at: float,
     dimension_unit: str = "cm",
     weight_unit: str = "kg",
+    dim_weight_divisor: float | None = None,
 ) -> StoredItem:
     """An item document (``raw``: its text as read) made ready for the item store: normalised
     fields and version key. Raises ``ValueError`` (with the reason) for a document that is not
     an item, including one whose ``_id`` is not a valid item id (:func:`valid_item_id`)."""
-    fields = normalise(doc, dimension_unit=dimension_unit, weight_unit=weight_unit)
+    fields = normalise(
+        doc,
+        dimension_unit=dimension_unit,
+        weight_unit=weight_unit,
+        dim_weight_divisor=dim_weight_divisor,
+    )
     if not valid_item_id(fields.id):
         raise ValueError(f"_id {fields.id[:80]!r} is not a valid item id")
     return StoredItem(item=fields, raw=raw, version=version_of(doc, fields), fetched_at=fetched_at)
@@ -211,7 +230,7 @@ def to_api_dict(item: StoredItem) -> dict[str, Any]:
     ``id``, every normalised field (tuples as lists), ``version``, ``fetched_at`` (ISO-8601 UTC)
     and ``raw``: the document parsed from the text exactly as fetched. A new dict every call.
     """
-    out = _api_fields(item)
+    out = api_fields(item)
     out["raw"] = item.raw_json()
     return out
 
@@ -220,11 +239,12 @@ def to_api_json(item: StoredItem) -> bytes:
     """:func:`to_api_dict` as JSON bytes, with ``raw`` written as the stored text itself: never
     parsed and serialised again, so it is exactly as fetched and no nesting depth can make a
     read fail."""
-    fields = json.dumps(_api_fields(item), ensure_ascii=False, separators=(",", ":"))
+    fields = json.dumps(api_fields(item), ensure_ascii=False, separators=(",", ":"))
     return f'{fields[:-1]},"raw":{item.raw}}}'.encode()
 
 
-def _api_fields(item: StoredItem) -> dict[str, Any]:
+def api_fields(item: StoredItem) -> dict[str, Any]:
+    """:func:`to_api_dict` without ``raw``: the fields as JSON-ready values."""
     out: dict[str, Any] = {"id": item.id}
     for f in dataclasses.fields(item.item):
         value = getattr(item.item, f.name)

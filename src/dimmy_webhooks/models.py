@@ -137,6 +137,8 @@ class NormalisedItem:
     volume_unit: str | None = None
     weight: float | None = None
     weight_unit: str | None = None
+    dim_weight: float | None = None
+    billable_weight: float | None = None
     barcode: str | None = None
     barcodes: tuple[str, ...] = ()
     photo_urls: tuple[str, ...] = ()
@@ -152,6 +154,14 @@ class StoredItem:
     fetched_at: float
     revision: int = 0
     """How many stored changes led to this version (1: the first); 0 before it is stored."""
+    hold_state: str | None = None
+    """``None``, or ``held`` (quarantined: no output gets it), ``released`` or ``rejected``."""
+    hold_reason: str | None = None
+    hold_note: str | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.hold_state == "held"
 
     @property
     def id(self) -> str:
@@ -199,6 +209,31 @@ class SaveResult:
     changed: bool
     deliveries: list[Job]
     revision: int = 0  # the item's revision now (0: unknown, the item was not changed)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryAttempt:
+    """One attempt to hand one item revision to one output, as the ledger keeps it.
+
+    ``outcome`` is ``delivered``, ``filtered`` (the destination does not take such items),
+    ``superseded`` (a newer revision exists: not sent), ``failed`` (will be retried) or ``dead``.
+    """
+
+    item_id: str
+    output: str
+    idempotency_key: str
+    attempt: int
+    started_at: float
+    outcome: str
+    revision: int | None = None
+    version: str | None = None
+    latency_ms: float | None = None
+    status_code: int | None = None
+    error: str | None = None
+    response_excerpt: str | None = None
+    record_id: str | None = None
+    job_id: int = 0
+    id: int = 0
 
 
 @dataclass(frozen=True, slots=True)

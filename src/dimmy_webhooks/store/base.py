@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ..models import (
+    DeliveryAttempt,
     EventRecord,
     IncomingEvent,
     InsertOutcome,
@@ -142,17 +143,31 @@ class Store(abc.ABC):
             lambda revisions: bool(outputs) and any(revisions),
         )
 
-    async def finish(self, job: Job, now: float, note: str | None = None) -> None:
-        """Mark a job done (lease-checked)."""
-        await self._write(lambda tx: ops.finish(tx, job, now, note))
+    async def finish(
+        self,
+        job: Job,
+        now: float,
+        note: str | None = None,
+        attempt: DeliveryAttempt | None = None,
+    ) -> None:
+        """Mark a job done (lease-checked); a delivery's ``attempt`` goes into the ledger in the
+        same transaction."""
+        await self._write(lambda tx: ops.finish(tx, job, now, note, attempt))
 
-    async def fail(self, job: Job, reason: str, retry_at: float | None, now: float) -> bool:
-        """Reschedule at ``retry_at``, or mark dead when ``None`` or out of attempts.
-
-        Returns ``True`` when the job is now dead.
+    async def fail(
+        self,
+        job: Job,
+        reason: str,
+        retry_at: float | None,
+        now: float,
+        attempt: DeliveryAttempt | None = None,
+    ) -> bool:
+        """Reschedule at ``retry_at``, or mark dead when ``None`` or out of attempts; a
+        delivery's ``attempt`` goes into the ledger (``failed`` or ``dead``) in the same
+        transaction. Returns ``True`` when the job is now dead.
         """
         return await self._write(
-            lambda tx: ops.fail(tx, job, reason, retry_at, now),
+            lambda tx: ops.fail(tx, job, reason, retry_at, now, attempt),
             lambda dead: not dead and retry_at is not None and retry_at <= now,
         )
 
@@ -197,6 +212,49 @@ class Store(abc.ABC):
     async def stats(self, now: float) -> QueueStats:
         """Events and jobs by status, items stored, the oldest pending job's age."""
         return await self._read(lambda tx: ops.stats(tx, now))
+
+    # quarantine and the delivery ledger -------------------------------------------------------
+
+    async def held_items(self, *, limit: int = 50, before: float | None = None) -> list[StoredItem]:
+        """Items held in quarantine, most recently held first (``before``: a ``held_at``)."""
+        return await self._read(lambda tx: ops.held_items(tx, limit, before))
+
+    async def decide_hold(
+        self, item_id: str, *, release: bool, note: str, outputs: Sequence[str], now: float
+    ) -> int:
+        """Release a held item (its deliveries are queued: returns how many) or reject it,
+        with the operator's ``note``. ``LookupError`` when the item is not held."""
+        return await self._write(
+            lambda tx: ops.decide_hold(tx, item_id, release, note, outputs, self.max_attempts, now),
+            lambda queued: queued > 0,
+        )
+
+    async def attempts(
+        self,
+        *,
+        item_id: str | None = None,
+        barcode: str | None = None,
+        output: str | None = None,
+        outcome: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryAttempt]:
+        """Ledger rows, newest first (``before``: the last id of the previous page)."""
+        return await self._read(
+            lambda tx: ops.attempts(
+                tx,
+                item_id=item_id,
+                barcode=barcode,
+                output=output,
+                outcome=outcome,
+                since=since,
+                until=until,
+                before=before,
+                limit=limit,
+            )
+        )
 
     # sync state and reconciliation ------------------------------------------------------------
 

@@ -11,6 +11,7 @@ over changes nothing (:class:`LeaseLost`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 from ..errors import LeaseLost
 from ..models import (
     UNKNOWN,
+    DeliveryAttempt,
     EventRecord,
     IncomingEvent,
     InsertOutcome,
@@ -249,11 +251,18 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "") if value is not None and "\x00" in value else value
 
 
-def _item_params(item: StoredItem, source: Source, webhook_seen_at: float | None) -> dict[str, Any]:
+def _item_params(
+    item: StoredItem, source: Source, webhook_seen_at: float | None, now: float
+) -> dict[str, Any]:
     fields = item.item
     params = {
         "source": source.value,
         "webhook_seen_at": webhook_seen_at,
+        "hold_state": "held" if item.hold_reason is not None else None,
+        "hold_reason": item.hold_reason,
+        "held_at": now if item.hold_reason is not None else None,
+        "dim_weight": fields.dim_weight,
+        "billable_weight": fields.billable_weight,
         "id": fields.id,
         "raw": item.raw,
         "version": item.version,
@@ -293,14 +302,14 @@ def save_item(
     # a job of an inbox event is a webhook's; one without is a replay an operator asked for
     from_webhook = job.event_id is not None
     source = Source.WEBHOOK if from_webhook else Source.REPLAY
-    params = _item_params(item, source, now if from_webhook else None)
+    params = _item_params(item, source, now if from_webhook else None, now)
     stored = tx.all(tx.sql("upsert_item"), params)
     changed = bool(stored)
     leased: list[Job] = []
     revision = int(stored[0]["revision"]) if stored else 0
     if not changed and from_webhook:
         tx.run(tx.sql("mark_webhook_seen"), {"id": item.id, "now": now})
-    if changed:
+    if changed and item.hold_reason is None:  # a held version reaches no output
         rows = _deliveries(
             item.id, item.version, revision, outputs, job.event_id, max_attempts, now
         )
@@ -331,9 +340,9 @@ def save_polled(
     new revision, or 0 when nothing changed."""
     revisions = []
     for item in items:
-        stored = tx.all(tx.sql("upsert_polled_item"), _item_params(item, source, None))
+        stored = tx.all(tx.sql("upsert_polled_item"), _item_params(item, source, None, now))
         revision = int(stored[0]["revision"]) if stored else 0
-        if revision:
+        if revision and item.hold_reason is None:
             _new_jobs(
                 tx, _deliveries(item.id, item.version, revision, outputs, None, max_attempts, now)
             )
@@ -341,12 +350,23 @@ def save_polled(
     return revisions
 
 
-def finish(tx: Tx, job: Job, now: float, note: str | None) -> None:
+def finish(
+    tx: Tx, job: Job, now: float, note: str | None, attempt: DeliveryAttempt | None = None
+) -> None:
     _guard_finish(tx, job, now, note)
+    if attempt is not None:
+        record_attempt(tx, job, attempt)
     _refresh(tx, [job.event_id], now)
 
 
-def fail(tx: Tx, job: Job, reason: str, retry_at: float | None, now: float) -> bool:
+def fail(
+    tx: Tx,
+    job: Job,
+    reason: str,
+    retry_at: float | None,
+    now: float,
+    attempt: DeliveryAttempt | None = None,
+) -> bool:
     rows = tx.all(
         tx.sql("fail"),
         {
@@ -361,6 +381,8 @@ def fail(tx: Tx, job: Job, reason: str, retry_at: float | None, now: float) -> b
     if not rows:
         raise LeaseLost(f"job {job.id}: lease taken over, failure not recorded")
     dead = bool(rows[0]["status"] == "dead")
+    if attempt is not None:
+        record_attempt(tx, job, dataclasses.replace(attempt, outcome="dead" if dead else "failed"))
     if dead and job.event_id is not None:
         tx.run(tx.sql("event_error"), {"id": job.event_id, "reason": reason[:1000]})
         _refresh(tx, [job.event_id], now)
@@ -404,6 +426,8 @@ def _stored_item(row: Row) -> StoredItem:
         volume_unit=row["volume_unit"],
         weight=row["weight"],
         weight_unit=row["weight_unit"],
+        dim_weight=row["dim_weight"],
+        billable_weight=row["billable_weight"],
         barcode=row["barcode"],
         barcodes=tuple(json.loads(row["barcodes"])),
         photo_urls=tuple(json.loads(row["photo_urls"])),
@@ -414,6 +438,9 @@ def _stored_item(row: Row) -> StoredItem:
         version=row["version"],
         fetched_at=row["fetched_at"],
         revision=int(row["revision"]),
+        hold_state=row["hold_state"],
+        hold_reason=row["hold_reason"],
+        hold_note=row["hold_note"],
     )
 
 
@@ -561,3 +588,106 @@ def live_fetch_due(tx: Tx, now: float) -> bool:
 
 def unwebhooked(tx: Tx, seen_before: float) -> list[Row]:
     return tx.all(tx.sql("unwebhooked"), {"seen_before": seen_before})
+
+
+# quarantine and the delivery ledger ----------------------------------------------------------
+
+
+def held_items(tx: Tx, limit: int, before: float | None) -> list[StoredItem]:
+    rows = tx.all(tx.sql("held_items"), {"limit": limit, "before": before})
+    return [_stored_item(row) for row in rows]
+
+
+def decide_hold(
+    tx: Tx,
+    item_id: str,
+    release: bool,
+    note: str,
+    outputs: Sequence[str],
+    max_attempts: int,
+    now: float,
+) -> int:
+    """Release (queue its deliveries) or reject a held item; ``LookupError`` when it is not
+    held. Returns the deliveries queued."""
+    rows = tx.all(
+        tx.sql("decide_hold"),
+        {"id": item_id, "state": "released" if release else "rejected", "note": note[:1000]},
+    )
+    if not rows:
+        raise LookupError(f"item {item_id} is not held in quarantine")
+    if not release:
+        return 0
+    version, revision = rows[0]["version"], rows[0]["revision"]
+    jobs = _deliveries(item_id, version, revision, outputs, None, max_attempts, now)
+    _new_jobs(tx, jobs, reset=True)
+    return len(jobs)
+
+
+def record_attempt(tx: Tx, job: Job, attempt: DeliveryAttempt) -> None:
+    tx.run(
+        tx.sql("record_attempt"),
+        {
+            "job_id": job.id,
+            "item_id": attempt.item_id,
+            "revision": attempt.revision,
+            "version": attempt.version,
+            "output": attempt.output,
+            "key": attempt.idempotency_key,
+            "attempt": attempt.attempt,
+            "started_at": attempt.started_at,
+            "latency_ms": attempt.latency_ms,
+            "outcome": attempt.outcome,
+            "status_code": attempt.status_code,
+            "error": _text(attempt.error[:1000]) if attempt.error else None,
+            "excerpt": _text(attempt.response_excerpt),
+            "record_id": _text(attempt.record_id),
+        },
+    )
+
+
+def _attempt(row: Row) -> DeliveryAttempt:
+    return DeliveryAttempt(
+        id=int(row["id"]),
+        job_id=int(row["job_id"]),
+        item_id=row["item_id"],
+        output=row["output"],
+        idempotency_key=row["idempotency_key"],
+        attempt=int(row["attempt"]),
+        started_at=row["started_at"],
+        outcome=row["outcome"],
+        revision=row["revision"],
+        version=row["version"],
+        latency_ms=row["latency_ms"],
+        status_code=row["status_code"],
+        error=row["error"],
+        response_excerpt=row["response_excerpt"],
+        record_id=row["record_id"],
+    )
+
+
+def attempts(
+    tx: Tx,
+    *,
+    item_id: str | None,
+    barcode: str | None,
+    output: str | None,
+    outcome: str | None,
+    since: float | None,
+    until: float | None,
+    before: int | None,
+    limit: int,
+) -> list[DeliveryAttempt]:
+    rows = tx.all(
+        tx.sql("attempts"),
+        {
+            "item_id": item_id,
+            "barcode": barcode,
+            "output": output,
+            "outcome": outcome,
+            "since": since,
+            "until": until,
+            "before": before,
+            "limit": limit,
+        },
+    )
+    return [_attempt(row) for row in rows]

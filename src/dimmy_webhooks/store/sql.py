@@ -26,12 +26,14 @@ VALUES (:kind, :event_id, :item_id, :output, :version, :revision, :dedupe_key, '
 _UPSERT_ITEM = """
         INSERT INTO items (id, raw, version, revision, updated_at, created_at, started_at,
             ended_at, owner_id, scanner_account_id, flow_id, width, height, depth,
-            dimension_unit, volume, volume_unit, weight, weight_unit, barcode, barcodes,
-            photo_urls, fetched_at, first_seen_at, first_source, webhook_seen_at)
+            dimension_unit, volume, volume_unit, weight, weight_unit, dim_weight,
+            billable_weight, barcode, barcodes, photo_urls, fetched_at, first_seen_at,
+            first_source, webhook_seen_at, hold_state, hold_reason, hold_note, held_at)
         VALUES (:id, :raw, :version, 1, :updated_at, :created_at, :started_at, :ended_at,
             :owner_id, :scanner_account_id, :flow_id, :width, :height, :depth, :dimension_unit,
-            :volume, :volume_unit, :weight, :weight_unit, :barcode, :barcodes, :photo_urls,
-            :fetched_at, :fetched_at, :source, :webhook_seen_at)
+            :volume, :volume_unit, :weight, :weight_unit, :dim_weight, :billable_weight,
+            :barcode, :barcodes, :photo_urls, :fetched_at, :fetched_at, :source,
+            :webhook_seen_at, :hold_state, :hold_reason, NULL, :held_at)
         ON CONFLICT (id) DO UPDATE SET raw = excluded.raw, version = excluded.version,
             revision = items.revision + 1,
             updated_at = excluded.updated_at, created_at = excluded.created_at,
@@ -41,6 +43,9 @@ _UPSERT_ITEM = """
             depth = excluded.depth, dimension_unit = excluded.dimension_unit,
             volume = excluded.volume, volume_unit = excluded.volume_unit,
             weight = excluded.weight, weight_unit = excluded.weight_unit,
+            dim_weight = excluded.dim_weight, billable_weight = excluded.billable_weight,
+            hold_state = excluded.hold_state, hold_reason = excluded.hold_reason,
+            hold_note = NULL, held_at = excluded.held_at,
             barcode = excluded.barcode, barcodes = excluded.barcodes,
             photo_urls = excluded.photo_urls, fetched_at = excluded.fetched_at,
             webhook_seen_at = COALESCE(items.webhook_seen_at, excluded.webhook_seen_at)"""
@@ -131,6 +136,29 @@ SQL: dict[str, str] = {
     "mark_webhook_seen": """
         UPDATE items SET webhook_seen_at = :now WHERE id = :id AND webhook_seen_at IS NULL""",
     "item": "SELECT * FROM items WHERE id = :id",
+    "held_items": """
+        SELECT * FROM items WHERE hold_state = 'held' AND (:before IS NULL OR held_at < :before)
+        ORDER BY held_at DESC LIMIT :limit""",
+    "decide_hold": """
+        UPDATE items SET hold_state = :state, hold_note = :note
+        WHERE id = :id AND hold_state = 'held'
+        RETURNING version, revision""",
+    "record_attempt": """
+        INSERT INTO delivery_attempts (job_id, item_id, revision, version, output,
+            idempotency_key, attempt, started_at, latency_ms, outcome, status_code, error,
+            response_excerpt, record_id)
+        VALUES (:job_id, :item_id, :revision, :version, :output, :key, :attempt, :started_at,
+            :latency_ms, :outcome, :status_code, :error, :excerpt, :record_id)""",
+    "attempts": """
+        SELECT * FROM delivery_attempts
+        WHERE (:item_id IS NULL OR item_id = :item_id)
+          AND (:barcode IS NULL OR item_id IN (SELECT id FROM items WHERE barcode = :barcode))
+          AND (:output IS NULL OR output = :output)
+          AND (:outcome IS NULL OR outcome = :outcome)
+          AND (:since IS NULL OR started_at >= :since)
+          AND (:until IS NULL OR started_at < :until)
+          AND (:before IS NULL OR id < :before)
+        ORDER BY id DESC LIMIT :limit""",
     "items": """
         SELECT * FROM items
         WHERE (:since IS NULL OR fetched_at >= :since)
