@@ -6,21 +6,26 @@ paginated with a cursor (``after`` / ``before``) so pages stay stable while data
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import json
 import logging
 import re
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, TypeAdapter
 from pydantic import Field as PydanticField
 
 from .access import TokenCheck, retry_after_header
 from .items import to_api_json
-from .models import ITEM_ID_PATTERN, EventRecord
+from .models import ITEM_ID_PATTERN, DeliveryAttempt, EventRecord, StoredItem
 from .services import Services
 from .store import ReplayMode
 
@@ -92,7 +97,17 @@ _DATE_TIME = TypeAdapter(datetime)
 _LOOKS_LIKE_DATE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
 
 
-def _timestamp(value: str | None) -> float | None:
+_Since = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="ISO-8601 date-time (UTC when it has no offset)",
+        json_schema_extra={"format": "date-time"},
+    ),
+]
+
+
+def _timestamp(value: str | None, name: str = "since") -> float | None:
     """Unix seconds of an ISO-8601 date-time (UTC when no offset); 422 for anything else
     (bare numbers too, which pydantic would take for Unix seconds)."""
     if value is None:
@@ -103,7 +118,7 @@ def _timestamp(value: str | None) -> float | None:
         moment = _DATE_TIME.validate_strings(value)
     except ValueError:
         error = {
-            "loc": ("query", "since"),
+            "loc": ("query", name),
             "msg": "use an ISO-8601 date-time, e.g. 2026-01-05T09:00:00Z",
             "type": "datetime_from_date_parsing",
             "input": value,
@@ -127,6 +142,25 @@ def _event_dict(event: EventRecord) -> dict[str, Any]:
         "last_error": event.last_error,
         "jobs": event.jobs,
     }
+
+
+class AttemptOut(BaseModel):
+    """One attempt to hand one item revision to one output."""
+
+    id: int
+    item_id: str
+    revision: int | None
+    version: str | None
+    output: str
+    idempotency_key: str = Field(description="`webhook-id` of an `http:` forward")
+    attempt: int
+    started_at: str
+    outcome: str = Field(description="delivered, failed, dead, filtered or superseded")
+    status_code: int | None
+    latency_ms: float | None
+    error: str | None
+    response_excerpt: str | None = Field(description="the first 500 characters of the answer")
+    record_id: str | None = Field(description="the record id the receiving system returned")
 
 
 class ItemOut(BaseModel):
@@ -154,8 +188,23 @@ class ItemOut(BaseModel):
     photo_urls: list[str]
     version: str
     revision: int = PydanticField(description="stored changes of this item so far (1: first)")
+    dim_weight: float | None = PydanticField(
+        description="volume / DIMMY_DIM_WEIGHT_DIVISOR, in the weight unit"
+    )
+    billable_weight: float | None = PydanticField(description="the larger of weight and dim_weight")
     fetched_at: str
     raw: dict[str, Any]
+
+
+class HoldOut(BaseModel):
+    state: str = Field(description="held, released or rejected")
+    reason: str | None
+    note: str | None
+
+
+class ItemDetail(ItemOut):
+    hold: HoldOut | None = Field(description="quarantine: null when never held")
+    deliveries: list[AttemptOut] = Field(description="the delivery ledger, newest first")
 
 
 class ItemPage(BaseModel):
@@ -170,14 +219,25 @@ def _json(body: bytes) -> Response:
 @router.get(
     "/items/{item_id}",
     response_model=None,
-    responses={200: {"model": ItemOut}, **_NOT_FOUND},
+    responses={200: {"model": ItemDetail}, **_NOT_FOUND},
 )
 async def get_item(item_id: ItemId, request: Request) -> Response:
-    """One stored item: ``raw`` exactly as fetched, normalised fields, ``fetched_at``."""
-    item = await _services(request).store.get_item(item_id)
+    """One stored item: ``raw`` exactly as fetched, normalised fields, ``fetched_at``, whether
+    it is held in quarantine (``hold``), and its delivery ledger (``deliveries``, newest
+    first)."""
+    store = _services(request).store
+    item = await store.get_item(item_id)
     if item is None:
         raise HTTPException(status_code=404, detail="item not found")
-    return _json(to_api_json(item))
+    ledger = await store.attempts(item_id=item_id, limit=100)
+    extra = {"hold": _hold(item), "deliveries": [_attempt_dict(a) for a in ledger]}
+    return _json(to_api_json(item, extra))
+
+
+def _hold(item: StoredItem) -> dict[str, Any] | None:
+    if item.hold_state is None:
+        return None
+    return {"state": item.hold_state, "reason": item.hold_reason, "note": item.hold_note}
 
 
 @router.get("/items", response_model=None, responses={200: {"model": ItemPage}})
@@ -284,3 +344,158 @@ async def get_reconciliation(request: Request) -> dict[str, Any]:
         "days": report.days,
         "last_pass": last or None,
     }
+
+
+# the delivery ledger and quarantine ----------------------------------------------------------
+
+
+class AttemptPage(BaseModel):
+    deliveries: list[AttemptOut]
+    next: int | None = Field(description="pass back as `before` for the next page")
+
+
+def _attempt_dict(attempt: DeliveryAttempt) -> dict[str, Any]:
+    out = dataclasses.asdict(attempt)
+    out.pop("job_id")
+    out["started_at"] = _iso(attempt.started_at)
+    return out
+
+
+_Outcome = Annotated[str | None, Query(pattern="^(delivered|failed|dead|filtered|superseded)$")]
+_Output = Annotated[str | None, Query(max_length=2000, description="an output's name")]
+
+
+@router.get("/deliveries", response_model=AttemptPage)
+async def list_deliveries(
+    request: Request,
+    item: Annotated[str | None, Query(pattern=ITEM_ID_PATTERN, description="an item id")] = None,
+    barcode: Annotated[str | None, Query(max_length=200)] = None,
+    output: _Output = None,
+    outcome: _Outcome = None,
+    since: _Since = None,
+    until: _Since = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    before: Annotated[int | None, Query(ge=1, le=_ROW_ID)] = None,
+) -> dict[str, Any]:
+    """The delivery ledger, newest first: every attempt to hand an item to an output, with its
+    outcome, HTTP status, latency, an excerpt of the answer and the record id. "We never got
+    parcel X" is ``?barcode=X`` (or ``?item=ID``)."""
+    rows = await _services(request).store.attempts(
+        item_id=item,
+        barcode=barcode,
+        output=output,
+        outcome=outcome,
+        since=_timestamp(since),
+        until=_timestamp(until, "until"),
+        before=before,
+        limit=limit,
+    )
+    return {
+        "deliveries": [_attempt_dict(row) for row in rows],
+        "next": rows[-1].id if len(rows) == limit else None,
+    }
+
+
+_CSV_COLUMNS = list(AttemptOut.model_fields)
+
+
+@router.get(
+    "/deliveries.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "the ledger as CSV"}},
+)
+async def export_deliveries(
+    request: Request,
+    output: _Output = None,
+    outcome: _Outcome = None,
+    since: _Since = None,
+    until: _Since = None,
+) -> StreamingResponse:
+    """The ledger for a time range as CSV (one row per attempt, oldest last), streamed page by
+    page: memory stays flat however long the range."""
+    store = _services(request).store
+    low, high = _timestamp(since), _timestamp(until, "until")
+
+    async def rows() -> AsyncIterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(_CSV_COLUMNS)
+        before = None
+        while True:
+            page = await store.attempts(
+                output=output, outcome=outcome, since=low, until=high, before=before, limit=500
+            )
+            for attempt in page:
+                entry = _attempt_dict(attempt)
+                writer.writerow([_csv_cell(entry[name]) for name in _CSV_COLUMNS])
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            if len(page) < 500:
+                return
+            before = page[-1].id
+
+    headers = {"content-disposition": 'attachment; filename="deliveries.csv"'}
+    return StreamingResponse(rows(), media_type="text/csv; charset=utf-8", headers=headers)
+
+
+def _csv_cell(value: object) -> object:
+    # a cell a spreadsheet would run as a formula is written as text (CSV injection)
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+class HeldOut(BaseModel):
+    id: str
+    revision: int
+    reason: str | None
+    barcode: str | None
+    item: ItemOut
+
+
+class Decision(BaseModel):
+    note: str = Field(min_length=1, max_length=1000, description="why: kept with the item")
+
+
+@router.get("/quarantine")
+async def list_quarantine(
+    request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> dict[str, list[HeldOut]]:
+    """Item versions held by the plausibility rules (``DIMMY_VALIDATE_*``): no output gets
+    them until released."""
+    held = await _services(request).store.held_items(limit=limit)
+    return {
+        "items": [
+            HeldOut(
+                id=item.id,
+                revision=item.revision,
+                reason=item.hold_reason,
+                barcode=item.item.barcode,
+                item=ItemOut.model_validate_json(to_api_json(item)),
+            )
+            for item in held
+        ]
+    }
+
+
+@router.post("/quarantine/{item_id}/release", responses=_NOT_FOUND)
+async def release_held(item_id: ItemId, decision: Decision, request: Request) -> dict[str, Any]:
+    """Release a held item: its deliveries are queued, with the operator's note kept."""
+    return await _decide(request, item_id, decision, release=True)
+
+
+@router.post("/quarantine/{item_id}/reject", responses=_NOT_FOUND)
+async def reject_held(item_id: ItemId, decision: Decision, request: Request) -> dict[str, Any]:
+    """Reject a held item: it is never delivered (a newer version is checked again)."""
+    return await _decide(request, item_id, decision, release=False)
+
+
+async def _decide(
+    request: Request, item_id: str, decision: Decision, *, release: bool
+) -> dict[str, Any]:
+    try:
+        queued = await _services(request).decide_hold(item_id, release=release, note=decision.note)
+    except LookupError:
+        raise HTTPException(status_code=404, detail="item is not held in quarantine") from None
+    return {"item_id": item_id, "state": "released" if release else "rejected", "queued": queued}

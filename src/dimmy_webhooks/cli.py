@@ -483,6 +483,77 @@ async def _replay(
             raise ConfigError(str(exc).strip("'\"")) from None
 
 
+@main.group()
+def quarantine() -> None:
+    """Item versions the plausibility rules (DIMMY_VALIDATE_*) held back from every output."""
+
+
+@quarantine.command("list")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@friendly_errors
+def quarantine_list(limit: int) -> None:
+    """List held items, most recently held first: id, barcode, reason."""
+    settings = _settings()
+    prepare_database(settings)
+    held = asyncio.run(_with_store(settings, lambda store: store.held_items(limit=limit)))
+    for item in held:
+        click.echo(f"{item.id}  r{item.revision}  {item.item.barcode or '-'}  {item.hold_reason}")
+    click.echo(f"{len(held)} item(s) held", err=True)
+
+
+@quarantine.command("release")
+@click.argument("item_id")
+@click.option("--note", required=True, help="Why it may go (kept with the item).")
+@friendly_errors
+def quarantine_release(item_id: str, note: str) -> None:
+    """Release a held item: it is delivered to every output."""
+    _decide(item_id, note, release=True)
+
+
+@quarantine.command("reject")
+@click.argument("item_id")
+@click.option("--note", required=True, help="Why it must not go (kept with the item).")
+@friendly_errors
+def quarantine_reject(item_id: str, note: str) -> None:
+    """Reject a held item: it is never delivered (a newer version is checked again)."""
+    _decide(item_id, note, release=False)
+
+
+def _decide(item_id: str, note: str, *, release: bool) -> None:
+    from .services import Services
+
+    if not valid_item_id(item_id):
+        raise click.BadParameter("not an item id", param_hint="ITEM_ID")
+    note = note.strip()[:1000]
+    if not note:
+        raise click.BadParameter("say why", param_hint="--note")
+    settings = _settings()
+    prepare_database(settings)
+    services = Services.from_settings(settings, run_workers=False)
+
+    async def decide() -> int:
+        async with services.running():
+            return await services.decide_hold(item_id, release=release, note=note)
+
+    try:
+        queued = asyncio.run(decide())
+    except LookupError:
+        raise ConfigError(f"item {item_id} is not held in quarantine") from None
+    done = "released" if release else "rejected"
+    click.echo(f"{item_id} {done}" + (f": {queued} delivery(ies) queued" if release else ""))
+
+
+async def _with_store(settings: Settings, use: Callable[[Any], Any]) -> Any:
+    from .store import create_store
+
+    store = create_store(settings.database_url, max_attempts=settings.max_attempts)
+    await store.open()
+    try:
+        return await use(store)
+    finally:
+        await store.close()
+
+
 @main.command("fake-api")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)

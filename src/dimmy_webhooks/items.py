@@ -235,11 +235,13 @@ def to_api_dict(item: StoredItem) -> dict[str, Any]:
     return out
 
 
-def to_api_json(item: StoredItem) -> bytes:
-    """:func:`to_api_dict` as JSON bytes, with ``raw`` written as the stored text itself: never
-    parsed and serialised again, so it is exactly as fetched and no nesting depth can make a
-    read fail."""
-    fields = json.dumps(api_fields(item), ensure_ascii=False, separators=(",", ":"))
+def to_api_json(item: StoredItem, extra: Mapping[str, Any] | None = None) -> bytes:
+    """:func:`to_api_dict` (and ``extra`` keys) as JSON bytes, with ``raw`` written as the
+    stored text itself: never parsed and serialised again, so it is exactly as fetched and no
+    nesting depth can make a read fail."""
+    values = api_fields(item)
+    values.update(extra or {})
+    fields = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
     return f'{fields[:-1]},"raw":{item.raw}}}'.encode()
 
 

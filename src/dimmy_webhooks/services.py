@@ -231,6 +231,19 @@ class Services:
         self.wake_workers()
         return queued
 
+    async def decide_hold(self, item_id: str, *, release: bool, note: str) -> int:
+        """Release a quarantined item (its deliveries are queued and this process's workers
+        start on them) or reject it; ``LookupError`` when it is not held."""
+        queued = await self.store.decide_hold(
+            item_id, release=release, note=note, outputs=self.output_names(), now=self.clock()
+        )
+        log.info(
+            "quarantine " + ("released" if release else "rejected"),
+            extra={"fields": {"item": item_id, "note": note[:200], "queued": queued}},
+        )
+        self.wake_workers()
+        return queued
+
     async def replay_dead(self, since: float) -> int:
         """Put every job that died since ``since`` (Unix seconds) back in the queue."""
         queued = await self.store.replay_dead(since, self.clock())
