@@ -36,6 +36,11 @@ def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProce
         ({"DIMMY_WEBHOOK_SECRET": "whsec_!!!!"}, "DIMMY_WEBHOOK_SECRET"),
         ({"DIMMY_WEBHOOK_SECRET": SECRET, "DIMMY_PORT": "99999"}, "DIMMY_PORT"),
         ({"DIMMY_WEBHOOK_SECRET": SECRET, "DIMMY_API_URL": "ftp://x"}, "DIMMY_API_URL"),
+        # less than one body of the largest size (4 MiB by default)
+        (
+            {"DIMMY_WEBHOOK_SECRET": SECRET, "DIMMY_UNVERIFIED_BODY_BYTES": "2000000"},
+            "DIMMY_UNVERIFIED_BODY_BYTES",
+        ),
     ],
 )
 def test_serve_refuses_unusable_settings_with_a_clear_line(
