@@ -88,10 +88,12 @@ def serve(host: str | None, port: int | None, no_worker: bool) -> None:
     """Run the receiver (POST /webhook), the JSON API and, by default, the workers."""
     import uvicorn
 
+    from .httpserver import HttpLimits, protocol
     from .web import create_app
 
     settings = _settings(host=host, port=port)
     require_loopback_or_token(settings, settings.host)
+    limits = HttpLimits.from_settings(settings)
     prepare_database(settings)
     app = create_app(settings, run_worker=settings.worker_enabled and not no_worker)
     click.echo(
@@ -103,6 +105,7 @@ def serve(host: str | None, port: int | None, no_worker: bool) -> None:
         app,
         host=settings.host,
         port=settings.port,
+        http=protocol(limits),  # uvicorn's httptools, with head and connection limits
         log_config=None,
         access_log=False,
         timeout_keep_alive=15,

@@ -83,6 +83,28 @@ class Settings(BaseSettings):
         "retries). Requests declaring over 64 KiB may not use its last MiB. Unset: 4 x "
         "DIMMY_MAX_BODY_BYTES (at least that plus 1 MiB).",
     )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=2048,
+        le=1024 * 1024,
+        description="Largest request line and headers the HTTP server reads; a larger request "
+        "gets 431 and its connection is closed.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Time allowed to receive a request's headers, from when the connection "
+        "opens (on a kept-alive one, from the first byte after the previous answer); a slower "
+        "client is disconnected.",
+    )
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="Open HTTP connections at most; at the cap the longest-idle one is closed "
+        "to make room, or the new one is refused. Unset: 2048, or fewer when the open-file limit "
+        "(LimitNOFILE, ulimit -n) minus 256 and DIMMY_API_CONCURRENCY is lower.",
+    )
     timestamp_tolerance_seconds: int = Field(
         default=300,
         ge=1,
