@@ -267,7 +267,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         if full and not self._table.make_room():
             self._table.events.note(
-                "http connection refused: every connection is busy",
+                "connection refused: every connection is busy",
                 logging.WARNING,
                 limit=self.limits.max_connections,
                 client=self._client(),
@@ -276,7 +276,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if full:
             self._table.events.note(
-                "http connection cap reached: closed the longest-waiting connection",
+                "connection cap reached: closed the longest-waiting connection",
                 logging.WARNING,
                 limit=self.limits.max_connections,
             )
@@ -362,7 +362,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse_head()
             return
         self._table.events.note(
-            "http request refused: invalid HTTP", logging.INFO, status=400, client=self._client()
+            "request refused: invalid HTTP", logging.INFO, status=400, client=self._client()
         )
         self._answer_and_close(400, msg)
 
@@ -370,7 +370,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_refused = True
         self._table.forget(self)
         self._table.events.note(
-            "http request refused: headers too large",
+            "request refused: headers too large",
             logging.INFO,
             status=431,
             limit=self.limits.max_header_bytes,
@@ -398,7 +398,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def close_for_header_timeout(self) -> None:
         self._table.events.note(
-            "http connection closed: headers not received in time",
+            "connection closed: headers not received in time",
             logging.INFO,
             timeout=self.limits.header_timeout,
             client=self._client(),
