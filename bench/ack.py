@@ -13,6 +13,11 @@ keep-alive connections each sending one request after another (closed loop), it 
   own (``--pg-url``, migrated first, dropped after). With ``n`` receivers, ``n`` such processes
   listen on ``n`` ports and the connections are spread over them. After the run every message id
   answered 204 must be a row of ``events`` (the durability check);
+* ``ours ... (uvicorn's protocol)``, with ``--http-baseline``: each ``ours`` row measured again
+  right after it, on ``bench/plain_serve.py serve``, i.e. the same command on uvicorn's own
+  httptools protocol without the head and connection limits of ``httpserver.py``, and ``bare
+  uvicorn (our protocol)``: the bare app on that protocol; the notes give the ratio of each pair
+  (what the limits cost, per acknowledgement and on a request that does nothing);
 * ``seed example``: Dimmy's original Flask example (bench/seed_example.py) under gunicorn with 2
   sync workers, which fetches every id inline from a local ``dimmy-webhooks fake-api``
   (``--api-latency`` seconds per call, 0 by default).
@@ -85,6 +90,9 @@ class Target:
     receivers: int = 1
     connections: int | None = None  # None: --connections
     db_dir: Path | None = None  # SQLite file elsewhere than the run's temp dir (tmpfs)
+    #: ours: serve on uvicorn's own protocol (bench/plain_serve.py); bare: the bare app on
+    #: dimmy_webhooks.httpserver's protocol (bench/bare_app.py)
+    plain_http: bool = False
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -118,6 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="extra rows to explain our figures: DB on tmpfs (no real fsync), 1 connection "
         "(SQLite, 1 receiver)",
+    )
+    parser.add_argument(
+        "--http-baseline",
+        action="store_true",
+        help="measure each 'ours' row again right after it on uvicorn's own HTTP protocol "
+        "(bench/plain_serve.py: serve without httpserver.py's head and connection limits)",
     )
     add_backend_args(parser, "--receivers", "receivers", "serve --no-worker processes", "1,2")
     args = parser.parse_args(argv)
@@ -184,15 +198,26 @@ def resolve_backends(
 
 
 def start_ours(
-    procs: Procs, name: str, db: BenchDB, cwd: Path, *, count: int = 1, **env: str
+    procs: Procs,
+    name: str,
+    db: BenchDB,
+    cwd: Path,
+    *,
+    count: int = 1,
+    plain_http: bool = False,
+    **env: str,
 ) -> list[tuple[Proc, int]]:
     """``count`` processes of ``serve --no-worker`` on ``db``, each on a port of its own; they
-    start together and are ready when this returns."""
+    start together and are ready when this returns. ``plain_http``: on uvicorn's own protocol
+    (``bench/plain_serve.py``)."""
+    command = [tool("dimmy-webhooks")]
+    if plain_http:
+        command = [sys.executable, str(Path(__file__).resolve().parent / "plain_serve.py")]
     started = []
     try:
         for n in range(count):
             port = free_port()
-            argv = [tool("dimmy-webhooks"), "serve", "--no-worker", "--host", HOST]
+            argv = [*command, "serve", "--no-worker", "--host", HOST]
             proc = procs.start(
                 name if count == 1 else f"{name}-r{n + 1}",
                 [*argv, "--port", str(port)],
@@ -209,8 +234,13 @@ def start_ours(
     return started
 
 
-def start_bare(procs: Procs, name: str) -> tuple[Any, int]:
+def start_bare(procs: Procs, name: str, *, our_protocol: bool = False) -> tuple[Any, int]:
     port = free_port()
+    if our_protocol:  # same options, on dimmy_webhooks.httpserver's protocol
+        argv = [sys.executable, str(Path(__file__).resolve().parent / "bare_app.py"), str(port)]
+        proc = procs.start(name, argv, base_env())
+        wait_ready(proc, port, "/")
+        return proc, port
     argv = [
         tool("uvicorn"),
         "bare_app:app",
@@ -341,7 +371,9 @@ def measure(
             filename="inbox.sqlite3",
             prepare=target.receivers > 1,
         ) as db:
-            started = start_ours(procs, name, db, run_dir, count=target.receivers)
+            started = start_ours(
+                procs, name, db, run_dir, count=target.receivers, plain_http=target.plain_http
+            )
             try:
                 spec["ports"] = [port for _proc, port in started]
                 spec["watch"] = {"server": [proc.pid for proc, _port in started]}
@@ -354,7 +386,7 @@ def measure(
                 for proc, _port in started:
                     procs.stop(proc)
     elif target.kind == "bare":
-        proc, spec["port"] = start_bare(procs, name)
+        proc, spec["port"] = start_bare(procs, name, our_protocol=target.plain_http)
         spec["watch"] = {"server": proc.pid}
         try:
             row = summarise(target.label, size, run_loadgen(workdir, spec, name))
@@ -381,8 +413,14 @@ def plan_targets(args: argparse.Namespace, workdir: Path) -> list[Target]:
     out = []
     if "bare" in args.targets:
         out.append(Target("bare", "bare uvicorn"))
+        if args.http_baseline:  # here the other way round: the same app on our protocol
+            out.append(Target("bare", "bare uvicorn (our protocol)", plain_http=True))
     if "ours" in args.targets:
-        out += [Target("ours", f"ours {backend} {n} rcv", backend, n) for backend, n in args.plan]
+        for backend, n in args.plan:
+            out.append(Target("ours", f"ours {backend} {n} rcv", backend, n))
+            if args.http_baseline:
+                label = f"ours {backend} {n} rcv (uvicorn's protocol)"
+                out.append(Target("ours", label, backend, n, plain_http=True))
         if args.diag:
             shm = Path("/dev/shm")  # noqa: S108 (a private subdirectory, removed after)
             if shm.is_dir():
@@ -501,7 +539,21 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 def _notes(rows: list[dict[str, Any]]) -> str:
     notes = []
+    by_label = {(r["target"], r["ids"]): r for r in rows}
     for r in rows:
+        ours_bare = by_label.get(("bare uvicorn (our protocol)", r["ids"]))
+        if r["target"] == "bare uvicorn" and ours_bare is not None and r["req_s"]:
+            notes.append(
+                f"  bare uvicorn ids={r['ids']}: {r['req_s']:.0f} req/s; on our protocol "
+                f"{ours_bare['req_s']:.0f} req/s: {ours_bare['req_s'] / r['req_s']:.2f}x"
+            )
+        plain = by_label.get((r["target"] + " (uvicorn's protocol)", r["ids"]))
+        if plain is not None and plain["req_s"]:
+            notes.append(
+                f"  {r['target']} ids={r['ids']}: {r['req_s']:.0f} req/s, p99 "
+                f"{r['p99_ms'] or 0:.2f} ms; on uvicorn's own protocol {plain['req_s']:.0f} req/s, "
+                f"p99 {plain['p99_ms'] or 0:.2f} ms: {r['req_s'] / plain['req_s']:.2f}x"
+            )
         bad = {k: v for k, v in r["statuses"].items() if not k.startswith("2")}
         if bad:
             notes.append(f"  {r['target']} ids={r['ids']}: non-2xx {bad}")

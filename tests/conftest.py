@@ -79,8 +79,8 @@ def service_url(db_url: str, fake_url: str, tmp_path: Path) -> Iterator[str]:
 def service_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[ServiceProcess] = []
 
-    def factory(args: list[str], **env: str) -> ServiceProcess:
-        service = ServiceProcess(tmp_path, clean_env(**env), args)
+    def factory(args: list[str], *, nofile: int | None = None, **env: str) -> ServiceProcess:
+        service = ServiceProcess(tmp_path, clean_env(**env), args, nofile=nofile)
         started.append(service)
         return service
 

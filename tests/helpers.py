@@ -13,7 +13,9 @@ import json
 import os
 import random
 import re
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -118,12 +120,16 @@ def run(
 
 
 class ServiceProcess:
-    """``dimmy-webhooks <command>`` as a user starts it, in its own process group."""
+    """``dimmy-webhooks <command>`` as a user starts it, in its own process group; ``nofile``
+    sets its open-file limit (``LimitNOFILE=`` of a systemd unit)."""
 
-    def __init__(self, tmp_path: Path, env: dict[str, str], args: list[str]) -> None:
+    def __init__(
+        self, tmp_path: Path, env: dict[str, str], args: list[str], *, nofile: int | None = None
+    ) -> None:
         self.tmp_path = tmp_path
         self.env = env
         self.args = args
+        self.nofile = nofile
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -133,6 +139,12 @@ class ServiceProcess:
         args = [CLI, *self.args]
         if self.args and self.args[0] == "serve":
             args += ["--port", str(self.port)]
+        limit = self.nofile
+
+        def set_nofile() -> None:  # in the child, before exec
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 args,
@@ -141,6 +153,7 @@ class ServiceProcess:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=set_nofile if limit is not None else None,  # noqa: PLW1509
             )
         if wait and self.args[0] == "serve":
             self.wait_ready()
@@ -174,6 +187,21 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def rss_kb(self) -> int:
+        """The process's resident memory now (``VmRSS``, kB)."""
+        assert self.proc is not None
+        return proc_status_kb(self.proc.pid)["VmRSS"]
+
+
+def proc_status_kb(pid: int) -> dict[str, int]:
+    """The ``kB`` fields of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``, ...)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if value.strip().endswith(" kB"):
+            out[name] = int(value.split()[0])
+    return out
+
 
 def logs_tail(services: Sequence[ServiceProcess], tail: int = 4000) -> str:
     """The end of every service's log, for an assertion message."""
@@ -181,6 +209,62 @@ def logs_tail(services: Sequence[ServiceProcess], tail: int = 4000) -> str:
         f"--- {' '.join(s.args)} pid={s.proc.pid if s.proc else '-'} ({s.log_path.name}) ---\n"
         f"{s.log()[-tail:]}"
         for s in services
+    )
+
+
+# raw HTTP/1.1 on a socket, for what an HTTP client library will not send -----------------------
+
+
+def raw_connection(url: str, timeout: float = 5.0) -> socket.socket:
+    """A TCP connection to ``url``'s host and port (``http://127.0.0.1:PORT``)."""
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def raw_request(url: str, head: str) -> socket.socket:
+    """A connection to ``url`` on which ``head`` (request line and headers) was sent."""
+    sock = raw_connection(url)
+    sock.sendall(head.encode())
+    return sock
+
+
+def read_status(sock: socket.socket) -> int:
+    """The status of the next response on ``sock`` (raises ``ValueError`` or ``IndexError``
+    when the connection closed without one)."""
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock``, without waiting (what was sent to it is read and
+    dropped)."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:  # reset
+        return True
+    finally:
+        sock.settimeout(timeout)
+
+
+def webhook_head(body: bytes, headers: dict[str, str], *, length: int | None = None) -> str:
+    """The head of ``POST /webhook`` with ``headers`` and a ``Content-Length`` of ``length``
+    (default: ``len(body)``)."""
+    return (
+        f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: "
+        f"{len(body) if length is None else length}\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        + "\r\n"
     )
 
 

@@ -38,6 +38,24 @@ def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProce
         ({"DIMMY_WEBHOOK_SECRET": "whsec_!!!!"}, "DIMMY_WEBHOOK_SECRET"),
         ({"DIMMY_WEBHOOK_SECRET": SECRET, "DIMMY_PORT": "99999"}, "DIMMY_PORT"),
         ({"DIMMY_WEBHOOK_SECRET": SECRET, "DIMMY_API_URL": "ftp://x"}, "DIMMY_API_URL"),
+        (
+            {"DIMMY_WEBHOOK_SECRET": SECRET, "DIMMY_MAX_HEADER_BYTES": "100"},
+            "DIMMY_MAX_HEADER_BYTES",
+        ),
+        (
+            {"DIMMY_WEBHOOK_SECRET": SECRET, "DIMMY_HEADER_TIMEOUT_SECONDS": "0"},
+            "DIMMY_HEADER_TIMEOUT_SECONDS",
+        ),
+        # more connections than the open-file limit leaves room for
+        (
+            {"DIMMY_WEBHOOK_SECRET": SECRET, "DIMMY_MAX_CONNECTIONS": "100000000"},
+            "DIMMY_MAX_CONNECTIONS=100000000 is more than the open-file limit allows",
+        ),
+        # less than one body of the largest size (4 MiB by default)
+        (
+            {"DIMMY_WEBHOOK_SECRET": SECRET, "DIMMY_UNVERIFIED_BODY_BYTES": "2000000"},
+            "DIMMY_UNVERIFIED_BODY_BYTES",
+        ),
     ],
 )
 def test_serve_refuses_unusable_settings_with_a_clear_line(

@@ -90,3 +90,20 @@ def test_env_example_is_every_setting_at_its_default(tmp_path: Path) -> None:
         assert f"# DIMMY_{name.upper()}=" in example
     (tmp_path / ".env").write_text(example)
     assert load_settings(tmp_path / ".env") == load_settings(None)
+
+
+def test_the_systemd_units_raise_the_open_file_limit() -> None:
+    """Under systemd's default (1,024 files) the default connection cap would shrink to what is
+    left after the database, outputs and API connections; the shipped units lift the limit so
+    that serve gets the full default cap and the worker its API connections."""
+    from dimmy_webhooks.config import load_settings
+    from dimmy_webhooks.httpserver import CONNECTION_CEILING, connection_cap
+
+    deploy = Path(__file__).resolve().parent.parent / "deploy"
+    units = sorted(deploy.glob("*.service"))
+    assert len(units) == 2
+    for unit in units:
+        lines = [line.strip() for line in unit.read_text().splitlines()]
+        [limit] = [line.partition("=")[2] for line in lines if line.startswith("LimitNOFILE=")]
+        settings = load_settings(None, api_concurrency=1024)  # the most the worker may open
+        assert connection_cap(settings, nofile=int(limit)) == CONNECTION_CEILING, unit.name

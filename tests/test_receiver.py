@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import sqlite3
 import threading
 import time
@@ -19,7 +18,17 @@ import pytest
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 
-from .helpers import SECRET, make_settings, query, signed
+from .helpers import (
+    SECRET,
+    closed_by_peer,
+    make_settings,
+    query,
+    raw_request,
+    read_status,
+    signed,
+    wait_until,
+    webhook_head,
+)
 
 BODY = json.dumps({"item_ids": ["6592008029c8c3e4dc76256c", "6592008029c8c3e4dc76256d"]}).encode()
 
@@ -153,23 +162,6 @@ def test_over_cap_with_content_length_is_413(service: str, db_url: str) -> None:
     assert rows(db_url) == []
 
 
-def _raw_request(url: str, head: str) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=5)
-    sock.sendall(head.encode())
-    return sock
-
-
-def _read_status(sock: socket.socket) -> int:
-    data = b""
-    while b"\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return int(data.split(b" ", 2)[1])
-
-
 def test_over_cap_is_decided_while_streaming(service: str, db_url: str) -> None:
     """A chunked body with no length: 413 comes after the cap, long before the body ends."""
     headers = signed(b"irrelevant", "msg_stream")
@@ -178,7 +170,7 @@ def test_over_cap_is_decided_while_streaming(service: str, db_url: str) -> None:
         + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         + "\r\n"
     )
-    sock = _raw_request(service, head)
+    sock = raw_request(service, head)
     chunk = b"x" * 8192
     sent = 0
     status = None
@@ -191,13 +183,13 @@ def test_over_cap_is_decided_while_streaming(service: str, db_url: str) -> None:
         except OSError:
             break
         try:
-            status = _read_status(sock)
+            status = read_status(sock)
             break
         except (TimeoutError, ValueError, IndexError):
             continue
     if status is None:
         sock.settimeout(5)
-        status = _read_status(sock)
+        status = read_status(sock)
     sock.close()
     assert status == 413
     assert sent < 1024 * 1024
@@ -212,15 +204,92 @@ def test_slow_body_is_cut_off(service: str, db_url: str) -> None:
         + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         + "\r\n"
     )
-    sock = _raw_request(service, head)
+    sock = raw_request(service, head)
     started = time.monotonic()
     sock.sendall(BODY[:5])
     sock.settimeout(5)
-    status = _read_status(sock)
+    status = read_status(sock)
     sock.close()
     assert status == 408
     assert time.monotonic() - started < 3
     assert rows(db_url) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"svix-signature": ""}, "missing headers"),
+        ({"svix-timestamp": str(int(time.time()) - 3600)}, "timestamp too old"),
+        ({"svix-id": "a\u00e9b"}, "invalid message id"),
+    ],
+)
+def test_headers_that_cannot_verify_get_401_before_the_body(
+    service: str, db_url: str, change: dict[str, str], reason: str
+) -> None:
+    """The signature headers are checked as soon as they arrive: the answer comes before the
+    body (60,000 bytes declared, 100 sent, a 1 s body timeout) and the connection is closed."""
+    headers = {**signed(BODY, "msg_early"), **change}
+    sock = raw_request(service, webhook_head(b"", headers, length=60000))
+    sock.sendall(b"x" * 100)
+    started = time.monotonic()
+    answer = b""
+    while not answer.endswith(b"}") and time.monotonic() - started < 5:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    elapsed = time.monotonic() - started
+    closed = wait_until(lambda: closed_by_peer(sock), timeout=1)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    assert answer.endswith(json.dumps({"error": reason}).encode())
+    assert elapsed < 0.5
+    assert closed
+    assert rows(db_url) == []
+
+
+def test_bodies_beyond_the_unverified_budget_get_503_and_the_others_go_on(
+    sqlite_url: str,
+) -> None:
+    """With room for 64 KiB of unverified bodies, a request arriving while another holds 50 KB
+    gets 503 with Retry-After (its sender retries); the one holding its bytes is not affected,
+    and once it is done the retry is stored."""
+    settings = make_settings(sqlite_url, max_body_bytes=65536, unverified_body_bytes=65536)
+    holder_body = json.dumps({"item_ids": ["6592008029c8c3e4dc76256c"], "pad": "p" * 59000})
+    holder = holder_body.encode()
+    late = json.dumps({"item_ids": ["6592008029c8c3e4dc76256d"], "pad": "q" * 20000}).encode()
+    with serve_in_thread(create_app(settings, run_worker=False)) as url:
+        sock = raw_request(url, webhook_head(holder, signed(holder, "msg_holder")))
+        sock.sendall(holder[:50000])
+        time.sleep(0.3)  # the receiver now holds 50,000 unverified bytes
+        refused = post(url, late, signed(late, "msg_late"))
+        sock.sendall(holder[50000:])
+        held_status = read_status(sock)
+        sock.close()
+        retried = post(url, late, signed(late, "msg_late"))
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "5"
+    assert refused.json() == {"error": "too many unverified bodies in memory, retry later"}
+    assert held_status == 204
+    assert retried.status_code == 204
+    assert sorted(row["message_id"] for row in rows(sqlite_url)) == ["msg_holder", "msg_late"]
+
+
+def test_the_last_mib_of_the_budget_is_kept_for_small_bodies() -> None:
+    """Requests declaring more than 64 KiB stop at budget - 1 MiB; small ones may use it all,
+    and what is given back can be taken again."""
+    from dimmy_webhooks.receiver import UnverifiedBodies
+
+    budget = UnverifiedBodies(16 * 1024 * 1024)
+    assert budget.take(15 * 1024 * 1024, small=False)
+    assert not budget.take(1, small=False)
+    assert budget.take(1024 * 1024, small=True)
+    assert not budget.take(1, small=True)
+    budget.give_back(1024 * 1024)
+    assert not budget.take(1, small=False)
+    budget.give_back(15 * 1024 * 1024)
+    assert budget.held == 0
+    assert budget.take(4 * 1024 * 1024, small=False)
 
 
 def test_503_while_the_inbox_cannot_commit_then_recovers(sqlite_url: str) -> None:

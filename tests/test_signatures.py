@@ -20,6 +20,7 @@ from dimmy_webhooks.errors import ConfigError, VerificationError
 from dimmy_webhooks.signatures import (
     MAX_SIGNATURE_TOKENS,
     MIN_SECRET_BYTES,
+    SignedHeaders,
     VerifiedMessage,
     Verifier,
     decode_secret,
@@ -585,6 +586,68 @@ def test_random_input_only_raises_verification_error(
 def test_random_untyped_input_only_raises_verification_error(headers: Any, body: Any) -> None:
     with pytest.raises(VerificationError):
         v1_verifier().verify(headers, body)
+
+
+# --------------------------------------------------------------------------- headers, then body
+
+
+def _outcome(call: Any) -> Any:
+    """What ``call`` returned, or the type and reason of the VerificationError it raised."""
+    try:
+        return call()
+    except VerificationError as exc:
+        return ("rejected", type(exc), exc.reason)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    headers=st.dictionaries(_header_names, _header_values, max_size=8),
+    body=st.one_of(st.binary(max_size=200), st.just(V1_BODY), st.text(max_size=50), st.none()),
+)
+def test_check_headers_then_check_signature_is_verify(headers: dict[str, str], body: Any) -> None:
+    """The receiver's two steps (headers before the body, the MAC after) give exactly what
+    ``verify`` gives: the same message or the same reason, and only our error."""
+    verifier = Verifier([V1_KEY, OTHER_KEY], clock=frozen(V1_TS), max_header_bytes=200)
+    whole = _outcome(lambda: verifier.verify(headers, body))
+    first = _outcome(lambda: verifier.check_headers(headers))
+    if isinstance(first, SignedHeaders):
+        assert _outcome(lambda: verifier.check_signature(first, body)) == whole
+    else:
+        assert first == whole
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    headers=st.dictionaries(
+        st.one_of(st.text(max_size=10), st.binary(max_size=10), st.integers(), st.none()),
+        st.one_of(st.text(), st.binary(), st.integers(), st.none(), st.floats()),
+        max_size=6,
+    )
+)
+def test_check_headers_on_untyped_input_only_raises_verification_error(headers: Any) -> None:
+    with pytest.raises(VerificationError):
+        v1_verifier().check_headers(headers)
+
+
+def test_headers_are_judged_without_the_body() -> None:
+    """Everything but the MAC is decided from the headers alone, in the rules' order."""
+    verifier = v1_verifier()
+    assert verifier.check_headers(v1_headers()) == SignedHeaders(V1_ID, V1_TS, V1_SIG)
+    cases = [
+        ({}, "missing headers"),
+        (v1_headers(msg_id="a\x00b"), "invalid message id"),
+        (v1_headers(ts="abc"), "invalid timestamp"),
+        (v1_headers(ts=str(V1_TS - 301)), "timestamp too old"),
+        (v1_headers(ts=str(V1_TS + 301)), "timestamp too new"),
+        (v1_headers(sig="v1," + "A" * 9000), "header too long"),
+    ]
+    for headers, reason in cases:
+        with pytest.raises(VerificationError) as info:
+            verifier.check_headers(headers)
+        assert info.value.reason == reason
+    signed = verifier.check_headers(v1_headers(sig="v1,AAAA"))
+    with pytest.raises(VerificationError, match="no matching signature"):
+        verifier.check_signature(signed, V1_BODY)
 
 
 # --------------------------------------------------------------------------- rule 2: secrets

@@ -96,10 +96,12 @@ def serve(host: str | None, port: int | None, no_worker: bool, poll: bool) -> No
     """Run the receiver (POST /webhook), the JSON API and, by default, the workers."""
     import uvicorn
 
+    from .httpserver import HttpLimits, protocol
     from .web import create_app
 
     settings = _settings(host=host, port=port)
     require_loopback_or_token(settings, settings.host)
+    limits = HttpLimits.from_settings(settings)
     prepare_database(settings)
     poll = poll or settings.poll
     app = create_app(
@@ -121,6 +123,7 @@ def serve(host: str | None, port: int | None, no_worker: bool, poll: bool) -> No
         app,
         host=settings.host,
         port=settings.port,
+        http=protocol(limits),  # uvicorn's httptools, with head and connection limits
         log_config=None,
         access_log=False,
         timeout_keep_alive=15,

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -22,6 +22,11 @@ DEFAULT_DATABASE_URL = "sqlite:///dimmy-webhooks.sqlite3"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 MIN_TOKEN_LENGTH = 32
 """Characters an admin token needs before the service listens beyond loopback."""
+#: Requests declaring a body of at most this many bytes may use the last
+#: :data:`SMALL_BODY_RESERVE` bytes of the unverified-body budget (every webhook Dimmy sends is
+#: far smaller); see ``receiver.py``.
+SMALL_BODY_BYTES = 64 * 1024
+SMALL_BODY_RESERVE = 1024 * 1024
 
 DimensionUnit = Literal["mm", "cm", "m", "in"]
 WeightUnit = Literal["g", "kg", "lb"]
@@ -85,6 +90,36 @@ class Settings(BaseSettings):
         default=10.0,
         gt=0,
         description="Time allowed to receive a whole webhook body; slower senders are cut off.",
+    )
+    unverified_body_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        description="Webhook body bytes held in memory before their signature is checked, all "
+        "requests together; a request that would hold more gets 503 with Retry-After (the sender "
+        "retries). Requests declaring over 64 KiB may not use its last MiB. Unset: 4 x "
+        "DIMMY_MAX_BODY_BYTES (at least that plus 1 MiB).",
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=2048,
+        le=1024 * 1024,
+        description="Largest request line and headers the HTTP server reads; a larger request "
+        "gets 431 and its connection is closed.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Time allowed to receive a request's headers, from when the connection "
+        "opens (on a kept-alive one, from the first byte after the previous answer); a slower "
+        "client is disconnected.",
+    )
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="Open HTTP connections at most; at the cap the longest-idle one is closed "
+        "to make room, or the new one is refused. Unset: 2048, or fewer when the open-file limit "
+        "(LimitNOFILE, ulimit -n) minus 256 and DIMMY_API_CONCURRENCY is lower.",
     )
     timestamp_tolerance_seconds: int = Field(
         default=300,
@@ -242,6 +277,18 @@ class Settings(BaseSettings):
             raise ValueError(missing)
         return value
 
+    @field_validator("unverified_body_bytes")
+    @classmethod
+    def _budget_fits_a_body(cls, value: int | None, info: ValidationInfo) -> int | None:
+        max_body = info.data.get("max_body_bytes")
+        if value is not None and max_body is not None and value < least_budget(max_body):
+            raise ValueError(
+                f"must be at least {least_budget(max_body)} (DIMMY_MAX_BODY_BYTES, plus "
+                f"{SMALL_BODY_RESERVE} above {SMALL_BODY_BYTES}), or a body of the largest size "
+                "would never fit"
+            )
+        return value
+
     @field_validator("webhook_path")
     @classmethod
     def _path_absolute(cls, value: str) -> str:
@@ -261,6 +308,13 @@ class Settings(BaseSettings):
         """``allowed_hosts`` as lower-case names (a port, if given, is ignored)."""
         return frozenset(host_name(part) for part in self.allowed_hosts.split(",") if part.strip())
 
+    @property
+    def unverified_body_budget(self) -> int:
+        """:attr:`unverified_body_bytes`, or its default of 4 bodies of the largest size."""
+        if self.unverified_body_bytes is not None:
+            return self.unverified_body_bytes
+        return max(4 * self.max_body_bytes, least_budget(self.max_body_bytes))
+
     def admin_token_value(self) -> str | None:
         """The admin token, or ``None`` when unset or blank."""
         if self.admin_token is None:
@@ -271,6 +325,15 @@ class Settings(BaseSettings):
 
 SECRET_SETTINGS = frozenset({"webhook_secret", "api_key", "admin_token", "forward_secret"})
 """Settings never printed (``config`` shows them as set or not)."""
+
+
+def least_budget(max_body_bytes: int) -> int:
+    """The smallest unverified-body budget that still holds one body of ``max_body_bytes``:
+    a request declaring over :data:`SMALL_BODY_BYTES` may not use the last
+    :data:`SMALL_BODY_RESERVE`."""
+    if max_body_bytes <= SMALL_BODY_BYTES:
+        return max_body_bytes
+    return max_body_bytes + SMALL_BODY_RESERVE
 
 
 def env_example() -> str:

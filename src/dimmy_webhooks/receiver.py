@@ -1,11 +1,21 @@
-"""``POST /webhook``: read the body (capped, timed), verify, commit to the inbox, then answer.
+"""``POST /webhook``: check the signature headers, read the body (capped, timed, budgeted),
+verify its signature, commit to the inbox, then answer.
 
 Answers (the public contract, as the README's HTTP interface table lists it): 204 accepted or
 duplicate; 401 signature, timestamp or headers rejected; 400 not JSON (or nested deeper than
 ``DIMMY_MAX_JSON_DEPTH``) after a valid signature;
 413 body over the cap (decided while reading, never after buffering it all); 408 body not
-received in time; 503 when the inbox cannot commit. Nothing is fetched here: the worker does
-that after the answer.
+received in time; 503 when the inbox cannot commit, or when the bodies held unverified would
+exceed their budget (both with ``Retry-After``: the sender retries). Nothing is fetched here:
+the worker does that after the answer.
+
+In order, each as early as HTTP allows: a declared ``Content-Length`` over the cap is 413, and
+headers that can never verify (missing, malformed, timestamp outside the window) are 401, both
+before a byte of the body is read and with the connection closed, so the rest of the body is
+never read either. Until its signature is checked, a body is held against one process-wide
+budget (:class:`UnverifiedBodies`): unsigned senders cannot make the process hold more than
+that, however many of them there are, and large ones cannot take its last part, kept for the
+small bodies genuine webhooks are.
 """
 
 from __future__ import annotations
@@ -19,11 +29,12 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .config import SMALL_BODY_BYTES, SMALL_BODY_RESERVE
 from .errors import StoreError, VerificationError
 from .failpoints import NONE as NO_FAILPOINTS
 from .failpoints import Failpoints
 from .models import ITEMS_SCANNED, IncomingEvent, InsertOutcome, classify_event, nested_deeper_than
-from .signatures import Verifier
+from .signatures import SignedHeaders, VerifiedMessage, Verifier
 from .store import Store
 
 log = logging.getLogger("dimmy_webhooks.receiver")
@@ -58,6 +69,40 @@ class ClientGone(Exception):
     pass
 
 
+class OverBudget(Exception):
+    pass
+
+
+class UnverifiedBodies:
+    """The budget of webhook body bytes held before their signature is checked, for the whole
+    process (the receiver runs on one event loop, so no lock).
+
+    A request takes bytes as they arrive (:meth:`take`) and gives all of them back once its
+    signature has been checked or it failed (:meth:`give_back`), so what is held never exceeds
+    ``budget``. A request that declares more than :data:`SMALL_BODY_BYTES` (or no length) may
+    only take bytes while the total stays within ``budget - SMALL_BODY_RESERVE``: large unsigned
+    bodies cannot crowd out the small ones that every genuine Dimmy webhook is.
+    """
+
+    __slots__ = ("budget", "held", "large_limit")
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.large_limit = budget - SMALL_BODY_RESERVE if budget > SMALL_BODY_RESERVE else budget
+        self.held = 0
+
+    def take(self, count: int, *, small: bool) -> bool:
+        """Count ``count`` more bytes for a request (``small``: it declared at most
+        :data:`SMALL_BODY_BYTES`); ``False``, counting nothing, when they do not fit."""
+        if self.held + count > (self.budget if small else self.large_limit):
+            return False
+        self.held += count
+        return True
+
+    def give_back(self, count: int) -> None:
+        self.held -= count
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     status: int
@@ -70,20 +115,41 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
 
 
-async def _read_body(headers: dict[str, str], receive: Receive, cap: int) -> bytes:
+class _Body:
+    """One request's body as it is read, and the budget bytes it holds (given back by the
+    caller once the signature is checked)."""
+
+    __slots__ = ("budget", "cap", "data", "held", "small")
+
+    def __init__(self, cap: int, budget: UnverifiedBodies, declared: int | None) -> None:
+        self.cap = cap
+        self.budget = budget
+        self.small = declared is not None and declared <= SMALL_BODY_BYTES
+        self.data = bytearray()
+        self.held = 0
+
+    async def read(self, receive: Receive) -> bytes:
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            if len(self.data) + len(chunk) > self.cap:
+                raise BodyTooLarge
+            if chunk:
+                if not self.budget.take(len(chunk), small=self.small):
+                    raise OverBudget
+                self.held += len(chunk)
+                self.data += chunk
+            if not message.get("more_body", False):
+                body = bytes(self.data)
+                self.data = bytearray()
+                return body
+
+
+def _declared_length(headers: dict[str, str]) -> int | None:
     declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise BodyTooLarge
-    body = bytearray()
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        body += message.get("body", b"")
-        if len(body) > cap:
-            raise BodyTooLarge
-        if not message.get("more_body", False):
-            return bytes(body)
+    return int(declared) if declared is not None and declared.isdecimal() else None
 
 
 class Receiver:
@@ -96,6 +162,7 @@ class Receiver:
         *,
         max_body_bytes: int,
         body_timeout: float,
+        unverified_body_bytes: int,
         max_json_depth: int = 64,
         on_accepted: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
@@ -107,6 +174,7 @@ class Receiver:
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
         self.body_timeout = body_timeout
+        self.unverified = UnverifiedBodies(unverified_body_bytes)
         self.on_accepted = on_accepted
         self.clock = clock
 
@@ -128,15 +196,40 @@ class Receiver:
     async def _receive(self, scope: Scope, receive: Receive) -> Answer:
         client = scope["client"][0] if scope.get("client") else "-"
         headers = _headers(scope)
+        declared = _declared_length(headers)
+        if declared is not None and declared > self.max_body_bytes:
+            return self._too_large(client)
+        try:
+            signed = self.verifier.check_headers(headers)
+        except VerificationError as exc:
+            # the body is never read: close rather than wait for (and discard) the rest of it
+            log.info("webhook rejected", extra={"fields": {"reason": exc.reason, "client": client}})
+            return Answer(401, exc.reason, tuple(_CLOSE))
+        body = _Body(self.max_body_bytes, self.unverified, declared)
+        try:
+            verified = await self._read_and_verify(body, signed, receive, client)
+        finally:
+            self.unverified.give_back(body.held)
+        if isinstance(verified, Answer):
+            return verified
+        raw, message = verified
+        return await self._store(headers, raw, message)
+
+    async def _read_and_verify(
+        self, body: _Body, signed: SignedHeaders, receive: Receive, client: str
+    ) -> tuple[bytes, VerifiedMessage] | Answer:
         try:
             async with asyncio.timeout(self.body_timeout):
-                body = await _read_body(headers, receive, self.max_body_bytes)
+                raw = await body.read(receive)
         except BodyTooLarge:
+            return self._too_large(client)
+        except OverBudget:
             log.info(
-                "webhook rejected", extra={"fields": {"reason": "body too large", "client": client}}
+                "webhook rejected",
+                extra={"fields": {"reason": "unverified bodies over budget", "client": client}},
             )
-            reason = f"body larger than {self.max_body_bytes} bytes"
-            return Answer(413, reason, tuple(_CLOSE))
+            reason = "too many unverified bodies in memory, retry later"
+            return Answer(503, reason, (*_RETRY, *_CLOSE))
         except TimeoutError:
             log.info(
                 "webhook rejected", extra={"fields": {"reason": "body timeout", "client": client}}
@@ -148,13 +241,21 @@ class Receiver:
                 extra={"fields": {"reason": "client disconnected", "client": client}},
             )
             return Answer(400, "client disconnected")
-
         try:
-            message = self.verifier.verify(headers, body)
+            return raw, self.verifier.check_signature(signed, raw)
         except VerificationError as exc:
             log.info("webhook rejected", extra={"fields": {"reason": exc.reason, "client": client}})
             return Answer(401, exc.reason)
 
+    def _too_large(self, client: str) -> Answer:
+        log.info(
+            "webhook rejected", extra={"fields": {"reason": "body too large", "client": client}}
+        )
+        return Answer(413, f"body larger than {self.max_body_bytes} bytes", tuple(_CLOSE))
+
+    async def _store(
+        self, headers: dict[str, str], body: bytes, message: VerifiedMessage
+    ) -> Answer:
         fields: dict[str, object] = {"msg_id": message.msg_id}
         try:
             payload = json.loads(body)

@@ -30,6 +30,13 @@ differ, the stricter one, since Svix never sends the odd inputs):
   ``verify`` raises nothing but :class:`~dimmy_webhooks.errors.VerificationError`, whatever the
   input; its ``reason`` is short and safe to send back to the sender. Parsing the body (JSON) is
   the caller's job, after verification.
+
+* ``verify(headers, body)`` is exactly :meth:`Verifier.check_headers` (rules 1 to 3, which need no
+  body) followed by :meth:`Verifier.check_signature` (rule 4): same rules, same order, same
+  reasons, and both halves raise only :class:`~dimmy_webhooks.errors.VerificationError`. The
+  receiver calls the first as soon as the headers arrive, so a request that can never verify
+  (headers missing or malformed, timestamp outside the window) is refused before its body is
+  read; only requests that pass it have their body held in memory for the MAC.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ __all__ = [
     "MAX_MSG_ID_CHARS",
     "MAX_SIGNATURE_TOKENS",
     "MIN_SECRET_BYTES",
+    "SignedHeaders",
     "VerifiedMessage",
     "Verifier",
     "decode_secret",
@@ -186,6 +194,15 @@ class VerifiedMessage:
     timestamp: int
 
 
+@dataclass(frozen=True, slots=True)
+class SignedHeaders:
+    """Headers that passed rules 1 to 3: what the signature over the body must then match."""
+
+    msg_id: str
+    timestamp: int
+    signature_header: str
+
+
 class Verifier:
     """Checks webhook requests against one or more keys (see the module docstring for rules).
 
@@ -234,20 +251,39 @@ class Verifier:
         ``headers`` may be a plain mapping with names in any case or a Starlette ``Headers``;
         ``body`` is the raw request body. No other exception escapes, whatever the input.
         """
+        return self.check_signature(self.check_headers(headers), body)
+
+    def check_headers(self, headers: Mapping[str, str]) -> SignedHeaders:
+        """Rules 1 to 3 (everything but the MAC): call it before reading the body.
+
+        Raises :class:`VerificationError` with the reason :meth:`verify` would give, and
+        nothing else whatever the input.
+        """
         try:
-            return self._verify(headers, body)
+            msg_id, timestamp_text, signature_header = self._pick_headers(headers)
+            if _MSG_ID.fullmatch(msg_id) is None:
+                raise VerificationError("invalid message id")
+            timestamp = self._check_timestamp(timestamp_text)
+            return SignedHeaders(msg_id, timestamp, signature_header)
         except VerificationError:
             raise
         except Exception as exc:  # rule 6: bad input is a 4xx, never a 500
             raise VerificationError("invalid request") from exc
 
-    def _verify(self, headers: Mapping[str, str], body: bytes) -> VerifiedMessage:
-        msg_id, timestamp_text, signature_header = self._pick_headers(headers)
-        if _MSG_ID.fullmatch(msg_id) is None:
-            raise VerificationError("invalid message id")
-        timestamp = self._check_timestamp(timestamp_text)
-        if self._signature_matches(signature_header, msg_id, timestamp, body):
-            return VerifiedMessage(msg_id=msg_id, timestamp=timestamp)
+    def check_signature(self, signed: SignedHeaders, body: bytes) -> VerifiedMessage:
+        """Rule 4: the MAC of ``body`` against the headers :meth:`check_headers` returned.
+
+        Raises :class:`VerificationError` ("no matching signature", or "invalid request" for a
+        body that is not bytes), and nothing else.
+        """
+        try:
+            matched = self._signature_matches(
+                signed.signature_header, signed.msg_id, signed.timestamp, body
+            )
+        except Exception as exc:  # rule 6: bad input is a 4xx, never a 500
+            raise VerificationError("invalid request") from exc
+        if matched:
+            return VerifiedMessage(msg_id=signed.msg_id, timestamp=signed.timestamp)
         raise VerificationError("no matching signature")
 
     def _pick_headers(self, headers: Mapping[str, str]) -> tuple[str, str, str]:

@@ -102,6 +102,7 @@ def create_app(
             verifier,
             max_body_bytes=settings.max_body_bytes,
             body_timeout=settings.body_timeout_seconds,
+            unverified_body_bytes=settings.unverified_body_budget,
             max_json_depth=settings.max_json_depth,
             on_accepted=services.wake_workers,
             clock=clock,

@@ -1,4 +1,4 @@
-"""The fault-injection suite (issue catalogue R1-R16, S1-S4): real processes, real databases.
+"""The fault-injection suite (issue catalogue R1-R16, S1-S6): real processes, real databases.
 
 Sizes fit a normal CI run; ``DIMMY_FAULTS_FULL=1`` makes every loop 10x bigger (``scaled`` in
 :mod:`tests.helpers`). Each test prints its seed; ``DIMMY_FAULTS_SEED=N`` replays a run exactly

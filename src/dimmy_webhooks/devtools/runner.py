@@ -1,4 +1,5 @@
-"""Run an ASGI app under uvicorn in a background thread (demo, simulators and tests)."""
+"""Run an ASGI app under uvicorn in a background thread (demo, simulators and tests), with the
+same HTTP protocol and limits as ``serve`` (:mod:`dimmy_webhooks.httpserver`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+
+from ..httpserver import HttpLimits, default_limits, protocol
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -32,12 +35,26 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
 
 @contextlib.contextmanager
 def serve_in_thread(
-    app: Any, host: str = "127.0.0.1", port: int = 0, **uvicorn_options: Any
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    limits: HttpLimits | None = None,
+    **uvicorn_options: Any,
 ) -> Iterator[str]:
-    """Serve ``app`` until the block ends; yields its base URL (``http://host:port``)."""
+    """Serve ``app`` until the block ends; yields its base URL (``http://host:port``).
+
+    ``limits`` default to those of the default settings.
+    """
     port = port or free_port(host)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", lifespan="on", **uvicorn_options
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        http=protocol(limits or default_limits()),
+        **uvicorn_options,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
