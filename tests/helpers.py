@@ -589,3 +589,90 @@ class RetryingSender:
                 self.acked.setdefault(msg_id, record.ended)
                 return
             await asyncio.sleep(rng.uniform(*self.retry_delay))
+
+
+# a warehouse system on 127.0.0.1 ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WmsRequest:
+    """One request the fake WMS received (``at``: time.monotonic() on arrival)."""
+
+    at: float
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+WmsAnswer = Callable[[WmsRequest], tuple[int, Any, dict[str, str]]]
+
+
+class FakeWms:
+    """A WMS endpoint (``POST /hook``) on 127.0.0.1 that records every request.
+
+    By default it answers ``200 {"id": "wms-<n>"}``; set ``answer`` to a function of the request
+    giving ``(status, JSON body, headers)`` (``None`` goes back to the default), ``delay`` to
+    hold every answer that many seconds, ``reset`` to drop connections without an answer.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[WmsRequest] = []
+        self.answer: WmsAnswer | None = None
+        self.delay = 0.0
+        self.reset = False
+        self._lock = threading.Lock()
+        self._stack: Any = None
+        self.url = ""
+
+    def __enter__(self) -> FakeWms:
+        from contextlib import ExitStack
+
+        from dimmy_webhooks.devtools.runner import serve_in_thread
+
+        self._stack = ExitStack()
+        base = self._stack.enter_context(serve_in_thread(self._app, interface="asgi3"))
+        self.url = base + "/hook"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def delivered_ids(self) -> Counter[str]:
+        """``webhook-id`` of every request answered 2xx, counted (each must be 1)."""
+        return Counter(r.headers["webhook-id"] for r in self.ok)
+
+    @property
+    def ok(self) -> list[WmsRequest]:
+        return [r for r in self.requests if r.headers.get("x-test-answered") == "2xx"]
+
+    async def _app(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        request = WmsRequest(time.monotonic(), scope["path"], headers, body)
+        with self._lock:
+            self.requests.append(request)
+            number = len(self.requests)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.reset:
+            raise ConnectionResetError("the fake WMS drops this connection")
+        status, payload, extra = (
+            self.answer(request) if self.answer is not None else (200, {"id": f"wms-{number}"}, {})
+        )
+        if 200 <= status < 300:
+            headers["x-test-answered"] = "2xx"
+        content = json.dumps(payload).encode()
+        out = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(content)).encode()),
+        ]
+        out += [(k.encode(), v.encode()) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": content})
