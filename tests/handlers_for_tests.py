@@ -56,3 +56,21 @@ def explode_on_first(item: dict[str, Any], idempotency_key: str) -> None:
     if item["id"] in poison:
         raise RuntimeError("poison item")
     calls.append(("explode_on_first", item, idempotency_key))
+
+
+release = threading.Event()
+"""Lets the blocking handlers below return; tests clear it first and set it when done."""
+
+BLOCK_SECONDS = 600.0  # "for ever" as far as a test is concerned, yet bounded
+
+
+def block_forever(item: dict[str, Any], idempotency_key: str) -> None:
+    """Blocks its thread until :data:`release` is set (a WMS call that never answers)."""
+    calls.append(("block_forever", item, idempotency_key))
+    release.wait(BLOCK_SECONDS)
+
+
+async def async_block_forever(item: dict[str, Any], idempotency_key: str) -> None:
+    """Does not return within any test (an ``async`` WMS call that never answers)."""
+    calls.append(("async_block_forever", item, idempotency_key))
+    await asyncio.sleep(BLOCK_SECONDS)

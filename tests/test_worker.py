@@ -303,3 +303,59 @@ async def test_graceful_stop_releases_claims(pipeline_factory: Any, fake: FakeDi
     assert p.table("SELECT count(*) FROM jobs WHERE status = 'running'") == [(0,)]
     await p.run_until_idle()
     assert {row[0] for row in p.table("SELECT id FROM items")} == set(ids)
+
+
+BLOCKING = "python:tests.handlers_for_tests:block_forever"
+
+
+@pytest.fixture
+def blocking_handlers() -> Any:
+    """The test handlers, with :func:`block_forever` blocking until the test is over."""
+    handlers_for_tests.calls.clear()
+    handlers_for_tests.release.clear()
+    yield handlers_for_tests
+    handlers_for_tests.release.set()
+    handlers_for_tests.calls.clear()
+
+
+async def test_a_blocking_output_times_out_is_retried_and_holds_up_nothing(
+    pipeline_factory: Any, fake: FakeDimmy, blocking_handlers: Any
+) -> None:
+    ids = fake.generate_items(3)
+    policy = replace(FAST, output_timeout_seconds=0.3)
+    p = await pipeline_factory(extra_outputs=BLOCKING, max_attempts=2, policy=policy)
+    await p.store.insert_event(event("msg_block", ids))
+    await p.run_until_idle(timeout=20)
+    # the other output got everything
+    assert sorted(line["item_id"] for line in p.lines()) == sorted(ids)
+    dead = p.table(
+        "SELECT item_id, attempts, last_error FROM jobs WHERE status = 'dead' ORDER BY item_id"
+    )
+    assert [(item_id, attempts) for item_id, attempts, _ in dead] == [(i, 2) for i in sorted(ids)]
+    assert all(f"{BLOCKING}: no answer within 0.3s" in error for _, _, error in dead), dead
+    assert len(blocking_handlers.calls) == 6  # each delivery tried twice
+    assert p.table("SELECT status FROM events") == [("dead",)]
+
+
+async def test_stopping_with_a_blocked_output_takes_the_grace_period_only(
+    pipeline_factory: Any, fake: FakeDimmy, blocking_handlers: Any
+) -> None:
+    ids = fake.generate_items(2)
+    policy = replace(FAST, output_timeout_seconds=60, grace_seconds=0.3)
+    p = await pipeline_factory(extra_outputs=BLOCKING, policy=policy)
+    await p.store.insert_event(event("msg_stop_blocked", ids))
+    stop = asyncio.Event()
+    task = asyncio.create_task(p.worker.run(stop))
+    deadline = time.monotonic() + 10
+    while len(blocking_handlers.calls) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert len(blocking_handlers.calls) == 2
+    stopped = time.monotonic()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert time.monotonic() - stopped < 2
+    # the blocked deliveries went back to the queue at once, their attempt given back
+    assert p.table(
+        "SELECT status, attempts, count(*) FROM jobs WHERE output = "
+        f"'{BLOCKING}' GROUP BY status, attempts"
+    ) == [("pending", 0, 2)]

@@ -39,12 +39,15 @@ from .errors import (
 )
 from .items import normalise, version_of
 from .models import FULL_PAYLOAD, ITEMS_SCANNED, Job, JobKind, StoredItem, classify_event
-from .outputs import Output, idempotency_key
+from .outputs import Output, deliver_within, idempotency_key
 from .store import Lease, Store
 
 log = logging.getLogger("dimmy_webhooks.worker")
 
 AUTH_PAUSE_SECONDS = 60.0
+CANCEL_WAIT_SECONDS = 5.0
+"""How long a stopping worker waits for its cancelled jobs to end before it releases its claims
+(a cancelled job first lets its store write in flight end, which takes milliseconds)."""
 _ITEM_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable, no spaces: what a Dimmy _id can be
 
 
@@ -69,8 +72,8 @@ class WorkerPolicy:
     lease of ``lease_seconds`` (renewed every third of it while the job runs); a failed attempt
     waits a jittered ``retry_base_seconds * 2 ** (attempt - 1)``, at most ``retry_max_seconds``;
     an idle worker looks for due work every ``poll_seconds`` (sooner when woken); on stop,
-    running jobs get ``grace_seconds`` to finish. Items are stored in ``dimension_unit`` and
-    ``weight_unit``.
+    running jobs get ``grace_seconds`` to finish. A delivery to one output that takes longer than
+    ``output_timeout_seconds`` fails. Items are stored in ``dimension_unit`` and ``weight_unit``.
     """
 
     concurrency: int = 128
@@ -79,6 +82,7 @@ class WorkerPolicy:
     retry_max_seconds: float = 900.0
     poll_seconds: float = 0.5
     grace_seconds: float = 10.0
+    output_timeout_seconds: float = 30.0
     dimension_unit: str = "cm"
     weight_unit: str = "kg"
     claim_batch: int = 100
@@ -191,12 +195,23 @@ class Worker:
                     log.warning("heartbeat failed", extra={"fields": {"reason": str(exc)}})
 
     async def _drain(self) -> None:
+        """Give running jobs ``grace_seconds``, cancel the rest, then release every claim.
+
+        A cancelled job ends once its store write in flight has ended, so the release sees what
+        it wrote; one that has not ended after :data:`CANCEL_WAIT_SECONDS` (an ``async`` output
+        that ignores cancellation) is left behind: stopping never waits for it, and a write it
+        makes after the release is refused (the lease is gone).
+        """
         if self._active:
             _, pending = await asyncio.wait(set(self._active), timeout=self.policy.grace_seconds)
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending)
+                _, stuck = await asyncio.wait(pending, timeout=CANCEL_WAIT_SECONDS)
+                if stuck:
+                    log.warning(
+                        "jobs did not stop when cancelled", extra={"fields": {"jobs": len(stuck)}}
+                    )
         try:
             released = await self.store.release(self.owner, self.clock())
         except StoreError as exc:
@@ -354,5 +369,6 @@ class Worker:
         if item is None or item.version != job.version:
             await self.store.finish(job, self.clock(), note="superseded by a newer version")
             return
-        await output.deliver(item, idempotency_key(item.id, item.version, output.name))
+        key = idempotency_key(item.id, item.version, output.name)
+        await deliver_within(output, item, key, self.policy.output_timeout_seconds)
         await self.store.finish(job, self.clock())
