@@ -74,3 +74,39 @@ async def async_block_forever(item: dict[str, Any], idempotency_key: str) -> Non
     """Does not return within any test (an ``async`` WMS call that never answers)."""
     calls.append(("async_block_forever", item, idempotency_key))
     await asyncio.sleep(BLOCK_SECONDS)
+
+
+class Fatal(BaseException):
+    """Not an ``Exception``: what a careless library may raise."""
+
+
+RAISED: list[type[BaseException]] = [
+    SystemExit,
+    KeyboardInterrupt,
+    Fatal,
+    GeneratorExit,
+    asyncio.CancelledError,
+]
+"""What :func:`raise_base_exception` raises, in turn, call after call."""
+
+raised: list[str] = []
+"""The name of each exception those handlers raised, in order. Tests clear it."""
+
+
+def _next_base_exception() -> BaseException:
+    kind = RAISED[len(raised) % len(RAISED)]
+    raised.append(kind.__name__)
+    return kind("raised by the output")
+
+
+def raise_base_exception(item: dict[str, Any], idempotency_key: str) -> None:
+    """Raises the next of :data:`RAISED` (from an output thread)."""
+    calls.append(("raise_base_exception", item, idempotency_key))
+    raise _next_base_exception()
+
+
+async def async_raise_base_exception(item: dict[str, Any], idempotency_key: str) -> None:
+    """Raises the next of :data:`RAISED` (on the event loop)."""
+    await asyncio.sleep(0)
+    calls.append(("async_raise_base_exception", item, idempotency_key))
+    raise _next_base_exception()

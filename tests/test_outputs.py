@@ -63,10 +63,12 @@ def _clear_handler_calls() -> Iterator[None]:
     handlers.calls.clear()
     handlers.threads.clear()
     handlers.release.clear()
+    handlers.raised.clear()
     yield
     handlers.release.set()  # whatever a test left blocked returns now
     handlers.calls.clear()
     handlers.threads.clear()
+    handlers.raised.clear()
 
 
 # --- idempotency keys ------------------------------------------------------------------------
@@ -533,3 +535,30 @@ def test_a_thread_blocked_for_ever_does_not_keep_the_process_alive(tmp_path: Pat
     assert "main returned" in out
     assert proc.returncode == 0, out
     assert time.monotonic() - started < 15
+
+
+# --- an output that raises what is not an Exception (catalogue S8) ---------------------------
+
+
+@pytest.mark.parametrize("target", ["raise_base_exception", "async_raise_base_exception"])
+async def test_anything_an_output_raises_is_a_failed_delivery(target: str) -> None:
+    output = PythonOutput(f"{HANDLERS}:{target}")
+    for kind in handlers.RAISED:
+        with pytest.raises(OutputError, match=f"raised {kind.__name__}: raised by the output"):
+            await deliver_within(output, make_item(), "k1", 5)
+    assert handlers.raised == [kind.__name__ for kind in handlers.RAISED]
+    # the output's threads survived all of it
+    await deliver_within(PythonOutput(f"{HANDLERS}:record_sync"), make_item(), "k2", 5)
+    assert output.problems() == []
+
+
+async def test_the_callers_own_cancellation_still_propagates() -> None:
+    """A stopping worker cancels its deliveries: that must not turn into a failed delivery."""
+    for target in ("block_forever", "async_block_forever"):
+        output = PythonOutput(f"{HANDLERS}:{target}")
+        task = asyncio.create_task(deliver_within(output, make_item(), "k1", 60))
+        assert await asyncio.to_thread(wait_until, lambda: len(handlers.calls) >= 1, 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        handlers.calls.clear()

@@ -52,9 +52,10 @@ class Output(Protocol):
 
     ``deliver`` hands over one version of one item. It returns once the output holds it
     durably, and raises when it could not: :class:`OutputError` for expected failures, though the
-    worker treats any exception as a failed delivery and retries it later with the same
-    ``idempotency_key``. It may therefore see one key more than once and must not act twice.
-    ``aclose`` releases what the output holds (files, connections); it is called once, at shutdown.
+    worker treats anything raised (``BaseException`` included) or no answer in time as a failed
+    delivery (:func:`deliver_within`) and retries it later with the same ``idempotency_key``.
+    It may therefore see one key more than once and must not act twice. ``aclose`` releases
+    what the output holds (files, connections); it is called once, at shutdown.
     ``problems`` lists what an operator should know while it runs (threads stuck in calls that
     timed out), for ``/readyz``; empty when all is well.
     """
@@ -74,18 +75,44 @@ async def deliver_within(
 ) -> None:
     """Hand one item version to ``output``, taking at most ``timeout`` seconds.
 
-    Returns once the output took it. Not answering within ``timeout`` is an
-    :class:`OutputError` (a failed delivery, retried later with the same key): the output is
-    cancelled there, and a blocking call it made in one of its threads is left to that thread.
+    Returns once the output took it. Every other outcome is an :class:`OutputError` (a failed
+    delivery, retried later with the same key): the output raising anything, ``BaseException``
+    included (``SystemExit``, ``KeyboardInterrupt``, a ``CancelledError`` of its own), or not
+    answering within ``timeout`` (it is cancelled there, and a blocking call it made in one of
+    its threads is left to that thread). Only the cancellation of the calling task itself
+    propagates, as ``CancelledError``.
     """
+    task = asyncio.current_task()
     deadline = asyncio.timeout(timeout)
     try:
         async with deadline:
             await output.deliver(item, idempotency_key)
+    except OutputError:
+        raise
+    except asyncio.CancelledError as exc:
+        if task is not None and task.cancelling():
+            raise  # our own task is being cancelled (shutdown): not the output's failure
+        raise OutputError(f"{output.name} raised CancelledError: {exc}") from exc
     except TimeoutError as exc:
         if deadline.expired():
             raise OutputError(f"{output.name}: no answer within {timeout:g}s") from None
         raise OutputError(f"{output.name} raised TimeoutError: {exc}") from exc
+    except BaseException as exc:
+        # SystemExit or KeyboardInterrupt raised by the output's code ends this delivery, not
+        # the process: let through, it would stop the service and the job would go back to the
+        # queue uncounted, so every restart would die on it again
+        raise OutputError(f"{output.name} raised {type(exc).__name__}: {exc}") from exc
+
+
+class _Raised(Exception):
+    """Carries what a call raised that is not an :class:`Exception` (``SystemExit``,
+    ``GeneratorExit``, ``CancelledError``...) from its thread back to the caller, where it is
+    raised again. Set on the future as it is, the task machinery would throw it into the
+    awaiting coroutines, and a thrown ``GeneratorExit`` closes every coroutine on the way."""
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(repr(raised))
+        self.raised = raised
 
 
 class _Call(Generic[T]):
@@ -155,6 +182,8 @@ class OutputThreads:
             self._cond.notify()
         try:
             return await asyncio.wrap_future(call.future)
+        except _Raised as carrier:
+            raise carrier.raised from None
         except asyncio.CancelledError:
             if not call.future.cancel():  # running (or just ended): left to its thread
                 with self._cond:
@@ -175,9 +204,13 @@ class OutputThreads:
                 continue  # its caller gave up before it started
             try:
                 result = call.func(*call.args)
-            except BaseException as exc:  # SystemExit too: the thread lives on, the caller decides
+            except Exception as exc:
                 self._returned(call)
                 call.future.set_exception(exc)
+                del exc
+            except BaseException as exc:  # SystemExit too: the thread lives on, the caller decides
+                self._returned(call)
+                call.future.set_exception(_Raised(exc))
                 del exc
             else:
                 self._returned(call)

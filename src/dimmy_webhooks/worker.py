@@ -51,6 +51,13 @@ CANCEL_WAIT_SECONDS = 5.0
 _ITEM_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable, no spaces: what a Dimmy _id can be
 
 
+def _being_cancelled() -> bool:
+    """Whether the current task has been asked to stop (as opposed to code it runs raising
+    ``CancelledError`` of its own)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _item_ids(values: list[object]) -> tuple[list[str], list[str]]:
     """The usable ids of an ``item_ids`` list, and (escaped, for the log) the others."""
     usable, rejected = [], []
@@ -226,7 +233,12 @@ class Worker:
 
     async def _handle(self, job: Job, item: StoredItem | None = None) -> None:
         """Run one job and record its outcome; ``item`` is the stored version a delivery
-        hands on, when the caller already holds it."""
+        hands on, when the caller already holds it.
+
+        Never raises, whatever the job's code raises (``BaseException`` included: it is a
+        failure of the job, logged and counted), except when the task running it is cancelled:
+        that propagates.
+        """
         fields: dict[str, object] = {"job": job.id, "kind": job.kind.value, "attempt": job.attempts}
         if job.item_id:
             fields["item"] = job.item_id
@@ -254,7 +266,13 @@ class Worker:
         except StoreError as exc:
             # the database refused this job's data (not an outage): record it like any failure
             await self._fail(job, str(exc), fields=fields)
-        except Exception as exc:
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+                raise  # the worker is stopping: the claim is released, the attempt given back
+            # Anything else fails this job and counts its attempt, SystemExit, KeyboardInterrupt
+            # or a stray CancelledError from code the job called (a library, an output)
+            # included: let through, they would end the worker task or the whole process, and
+            # the job would go back uncounted, so each restart would die on it again, for ever.
             log.exception("job failed", extra={"fields": fields})
             await self._fail(job, f"{exc.__class__.__name__}: {exc}", fields=fields)
 

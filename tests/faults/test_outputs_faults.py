@@ -6,6 +6,12 @@
   is dead (attempts counted in the jobs table), the other output gets every item, and
   ``SIGTERM`` stops the process within the grace period even though the blocked threads never
   return (before, the process never exited).
+- S8: ``python:`` outputs (a plain and an ``async`` function) that raise ``SystemExit``,
+  ``KeyboardInterrupt``, ``GeneratorExit``, a ``CancelledError`` of their own and a bare
+  ``BaseException`` subclass, in turn. Each is a failed delivery that counts its attempt, the
+  attempts grow until the delivery is dead, and the same ``serve`` process keeps answering
+  throughout (before, the first ``SystemExit`` ended it, the job went back uncounted, and every
+  restart died the same way).
 
 The output's function lives in ``tests/handlers_for_tests.py``; the child process imports it
 through ``PYTHONPATH``.
@@ -45,6 +51,11 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(240)]
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKING = "python:tests.handlers_for_tests:block_forever"
+RAISING = [
+    "python:tests.handlers_for_tests:raise_base_exception",
+    "python:tests.handlers_for_tests:async_raise_base_exception",
+]
+KINDS = ["SystemExit", "KeyboardInterrupt", "Fatal", "GeneratorExit", "CancelledError"]
 SERVE_CLEAN_EXIT = (0, -signal.SIGTERM)  # uvicorn re-raises the SIGTERM it handled
 GRACE = 2.0  # DIMMY_SHUTDOWN_GRACE_SECONDS in these tests
 EXIT_BOUND = GRACE + 5.0  # what "within the grace period" allows for start-up of the shutdown
@@ -227,4 +238,77 @@ def test_s7_worker_stops_within_the_grace_period_with_deliveries_blocked(
         blocked_at_sigterm=len(ids),
         exit_seconds=round(took, 2),
         exit_code=code,
+    )
+
+
+# S8 ------------------------------------------------------------------------------------------
+
+
+def test_s8_outputs_raising_system_exit_and_the_like_fail_deliveries_not_the_process(
+    tmp_path: Path, db_url: str, fake: Any, fake_url: str, service_factory: Any
+) -> None:
+    began = time.monotonic()
+    ids = fake.generate_items(4)
+    out = tmp_path / "out.jsonl"
+    attempts = len(KINDS)
+    env = service_env(
+        db_url,
+        fake_url,
+        ",".join([f"jsonl:{out}", *RAISING]),
+        DIMMY_MAX_ATTEMPTS=str(attempts),
+        # slow enough retries to watch the attempts grow
+        DIMMY_RETRY_BASE_SECONDS="0.3",
+        DIMMY_RETRY_MAX_SECONDS="0.3",
+    )
+    service = service_factory(["serve"], **env).start()
+    assert service.proc is not None
+    pid = service.proc.pid
+    seen: dict[str, list[int]] = {output: [] for output in RAISING}  # attempts, as they grow
+    with httpx.Client(base_url=service.url, timeout=10) as client:
+        assert post_webhook(client, "msg_s8", ids)[0] == 204
+
+        def all_dead() -> bool:
+            assert service.proc is not None
+            assert service.proc.poll() is None, f"serve exited\n{service.log()[-3000:]}"
+            assert client.get("/healthz").status_code == 200
+            done = True
+            for output in RAISING:
+                found = deliveries(db_url, output)
+                if found:
+                    seen[output].append(max(a for _, a, _ in found))
+                done = done and len(found) == len(ids) and all(s == "dead" for s, _, _ in found)
+            return done
+
+        assert wait_until(all_dead, timeout=60, interval=0.05), db_state(db_url)
+        status, _ = post_webhook(client, "msg_s8_after", fake.generate_items(1))
+        assert status == 204
+        assert client.get("/readyz").status_code == 200
+
+    log = service.log()
+    for output in RAISING:
+        found = deliveries(db_url, output)
+        assert {(s, a) for s, a, _ in found} == {("dead", attempts)}, found
+        for _, _, error in found:
+            assert re.search(rf"raised ({'|'.join(KINDS)}): raised by the output", str(error))
+        # counted one by one: the highest attempt seen only ever grew, up to the last
+        assert seen[output] == sorted(seen[output]), seen[output]
+        assert len(set(seen[output])) >= 3, seen[output]
+        assert seen[output][-1] == attempts
+    for kind in KINDS:
+        assert f"raised {kind}: raised by the output" in log, kind
+    assert {line["item_id"] for line in JsonlOutput.read(out)} >= set(ids)
+    assert service.proc.pid == pid  # the same process all along
+
+    code, took = sigterm_and_time(service)
+    assert code in SERVE_CLEAN_EXIT, log[-3000:]
+    assert took < EXIT_BOUND
+    assert running_jobs(db_url) == 0, db_state(db_url)
+    summary(
+        f"S8 [{backend(db_url)}] serve",
+        deliveries=len(ids) * len(RAISING),
+        attempts_each=attempts,
+        raised=",".join(KINDS),
+        process_restarts=0,
+        exit_code=code,
+        seconds=round(time.monotonic() - began, 1),
     )
