@@ -229,6 +229,25 @@ async def test_jsonl_unwritable_path_is_an_output_error(tmp_path: Path) -> None:
     await output.aclose()
 
 
+async def test_jsonl_any_write_failure_is_an_output_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only OSError: whatever the write raises fails the deliveries waiting on it (they
+    would otherwise wait for ever on a writer that is gone) and the next write starts afresh."""
+    output = JsonlOutput(tmp_path / "items.jsonl")
+
+    def broken(data: bytes) -> None:
+        raise RuntimeError("driver bug")
+
+    monkeypatch.setattr(output, "_append", broken)
+    with pytest.raises(OutputError, match="driver bug"):
+        await asyncio.wait_for(output.deliver(make_item("a"), "k1"), 5)
+    monkeypatch.undo()
+    await asyncio.wait_for(output.deliver(make_item("b"), "k2"), 5)
+    await output.aclose()
+    assert [r["item_id"] for r in JsonlOutput.read(tmp_path / "items.jsonl")] == ["b"]
+
+
 def test_jsonl_name_is_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     output = JsonlOutput("out/../items.jsonl")

@@ -318,13 +318,13 @@ class JsonlOutput:
                     await self._threads.run(self._append, b"".join(line for line, _ in batch))
                 except OutputError as exc:
                     error = exc
-                except Exception as exc:  # OSError, or anything else: this batch failed
-                    error = OutputError(f"{self.name}: {exc}")
-                except BaseException:  # cancelled (the loop is closing): answer, then stop
+                except asyncio.CancelledError:  # the loop is closing: answer, then stop
                     for _, done in batch:
                         if not done.done():
                             done.set_exception(OutputError(f"{self.name}: write interrupted"))
                     raise
+                except BaseException as exc:  # OSError, or anything else: this batch failed
+                    error = OutputError(f"{self.name}: {exc}")
                 for _, done in batch:
                     if done.done():
                         continue
