@@ -207,11 +207,9 @@ class OutputThreads:
             except Exception as exc:
                 self._returned(call)
                 call.future.set_exception(exc)
-                del exc
             except BaseException as exc:  # SystemExit too: the thread lives on, the caller decides
                 self._returned(call)
                 call.future.set_exception(_Raised(exc))
-                del exc
             else:
                 self._returned(call)
                 call.future.set_result(result)

@@ -1,8 +1,8 @@
 """Outputs that misbehave (catalogue S7, S8), against a real ``serve`` / ``worker``, both backends.
 
 - S7: a ``python:`` output that blocks for ever. Webhooks are still answered ``204``, ``/readyz``
-  and ``/api/events`` still answer within a bound (before, the blocked calls took every thread of
-  the shared executor the store's reads run in), the delivery times out and is retried until it
+  and ``/api/events`` still answer within a bound (before, on SQLite, the blocked calls took every
+  thread of the executor the store's reads shared), the delivery times out and is retried until it
   is dead (attempts counted in the jobs table), the other output gets every item, and
   ``SIGTERM`` stops the process within the grace period even though the blocked threads never
   return (before, the process never exited).
@@ -13,7 +13,7 @@
   throughout (before, the first ``SystemExit`` ended it, the job went back uncounted, and every
   restart died the same way).
 
-The output's function lives in ``tests/handlers_for_tests.py``; the child process imports it
+The outputs' functions live in ``tests/handlers_for_tests.py``; the child process imports them
 through ``PYTHONPATH``.
 """
 
