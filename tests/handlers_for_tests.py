@@ -56,3 +56,57 @@ def explode_on_first(item: dict[str, Any], idempotency_key: str) -> None:
     if item["id"] in poison:
         raise RuntimeError("poison item")
     calls.append(("explode_on_first", item, idempotency_key))
+
+
+release = threading.Event()
+"""Lets the blocking handlers below return; tests clear it first and set it when done."""
+
+BLOCK_SECONDS = 600.0  # "for ever" as far as a test is concerned, yet bounded
+
+
+def block_forever(item: dict[str, Any], idempotency_key: str) -> None:
+    """Blocks its thread until :data:`release` is set (a WMS call that never answers)."""
+    calls.append(("block_forever", item, idempotency_key))
+    release.wait(BLOCK_SECONDS)
+
+
+async def async_block_forever(item: dict[str, Any], idempotency_key: str) -> None:
+    """Does not return within any test (an ``async`` WMS call that never answers)."""
+    calls.append(("async_block_forever", item, idempotency_key))
+    await asyncio.sleep(BLOCK_SECONDS)
+
+
+class Fatal(BaseException):
+    """Not an ``Exception``: what a careless library may raise."""
+
+
+RAISED: list[type[BaseException]] = [
+    SystemExit,
+    KeyboardInterrupt,
+    Fatal,
+    GeneratorExit,
+    asyncio.CancelledError,
+]
+"""What :func:`raise_base_exception` raises, in turn, call after call."""
+
+raised: list[str] = []
+"""The name of each exception those handlers raised, in order. Tests clear it."""
+
+
+def _next_base_exception() -> BaseException:
+    kind = RAISED[len(raised) % len(RAISED)]
+    raised.append(kind.__name__)
+    return kind("raised by the output")
+
+
+def raise_base_exception(item: dict[str, Any], idempotency_key: str) -> None:
+    """Raises the next of :data:`RAISED` (from an output thread)."""
+    calls.append(("raise_base_exception", item, idempotency_key))
+    raise _next_base_exception()
+
+
+async def async_raise_base_exception(item: dict[str, Any], idempotency_key: str) -> None:
+    """Raises the next of :data:`RAISED` (on the event loop)."""
+    await asyncio.sleep(0)
+    calls.append(("async_raise_base_exception", item, idempotency_key))
+    raise _next_base_exception()

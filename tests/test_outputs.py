@@ -8,9 +8,15 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
+import textwrap
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,9 +29,12 @@ from dimmy_webhooks.outputs import (
     JsonlOutput,
     Output,
     PythonOutput,
+    deliver_within,
     idempotency_key,
     parse_outputs,
 )
+
+from .helpers import clean_env, wait_until
 
 # the helper module sits beside this one: "tests.handlers_for_tests" or, without a
 # tests/__init__.py, plain "handlers_for_tests"
@@ -56,9 +65,13 @@ def make_item(item_id: str = "6592008029c8c3e4dc76256c", *, pretty: bool = False
 def _clear_handler_calls() -> Iterator[None]:
     handlers.calls.clear()
     handlers.threads.clear()
+    handlers.release.clear()
+    handlers.raised.clear()
     yield
+    handlers.release.set()  # whatever a test left blocked returns now
     handlers.calls.clear()
     handlers.threads.clear()
+    handlers.raised.clear()
 
 
 # --- idempotency keys ------------------------------------------------------------------------
@@ -217,6 +230,25 @@ async def test_jsonl_unwritable_path_is_an_output_error(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="jsonl:"):
         await output.deliver(make_item(), "k")
     await output.aclose()
+
+
+async def test_jsonl_any_write_failure_is_an_output_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only OSError: whatever the write raises fails the deliveries waiting on it (they
+    would otherwise wait for ever on a writer that is gone) and the next write starts afresh."""
+    output = JsonlOutput(tmp_path / "items.jsonl")
+
+    def broken(data: bytes) -> None:
+        raise RuntimeError("driver bug")
+
+    monkeypatch.setattr(output, "_append", broken)
+    with pytest.raises(OutputError, match="driver bug"):
+        await asyncio.wait_for(output.deliver(make_item("a"), "k1"), 5)
+    monkeypatch.undo()
+    await asyncio.wait_for(output.deliver(make_item("b"), "k2"), 5)
+    await output.aclose()
+    assert [r["item_id"] for r in JsonlOutput.read(tmp_path / "items.jsonl")] == ["b"]
 
 
 def test_jsonl_name_is_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -382,3 +414,173 @@ async def test_jsonl_groups_concurrent_deliveries_into_few_fsyncs(
     records = JsonlOutput.read(tmp_path / "group.jsonl")
     assert sorted(r["idempotency_key"] for r in records) == sorted(f"key-{n}" for n in range(200))
     assert 1 <= len(fsyncs) < 20  # one fsync serves many waiting deliveries
+
+
+# --- an output that blocks (catalogue S7) ----------------------------------------------------
+
+
+class _RecordingExecutor(ThreadPoolExecutor):
+    """The event loop's default executor, noting every call it gets."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.calls: list[str] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.calls.append(getattr(fn, "__name__", repr(fn)))
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_no_output_runs_in_the_default_executor(tmp_path: Path) -> None:
+    """The default executor is shared (the SQLite store, DNS lookups): an output stuck in it
+    would take them down with it."""
+    executor = _RecordingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    outputs = [
+        ConsoleOutput(io.StringIO()),
+        JsonlOutput(tmp_path / "items.jsonl"),
+        PythonOutput(f"{HANDLERS}:record_sync"),
+    ]
+    for output in outputs:
+        await output.deliver(make_item(), "k1")
+        await output.aclose()
+    assert executor.calls == []
+    assert len(JsonlOutput.read(tmp_path / "items.jsonl")) == 1
+    assert len(handlers.calls) == 1
+
+
+async def test_a_blocked_python_output_starves_nothing_else() -> None:
+    output = PythonOutput(f"{HANDLERS}:block_forever")
+    blocked = [asyncio.create_task(output.deliver(make_item(f"i{n}"), f"k{n}")) for n in range(40)]
+    try:
+        await asyncio.sleep(0.2)
+        # the threads everything else uses still answer
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 2) == "free"
+        assert not any(task.done() for task in blocked)
+        assert len(handlers.calls) <= 8  # its own threads, no more
+    finally:
+        handlers.release.set()  # before the loop closes: it would wait for its executor's threads
+        for task in blocked:
+            task.cancel()
+        await asyncio.gather(*blocked, return_exceptions=True)
+
+
+async def test_a_delivery_that_does_not_answer_in_time_fails() -> None:
+    output = PythonOutput(f"{HANDLERS}:block_forever", threads=2)
+    started = time.monotonic()
+    with pytest.raises(OutputError, match=r"no answer within 0\.2s"):
+        await deliver_within(output, make_item(), "k1", 0.2)
+    assert time.monotonic() - started < 1.5
+    assert output.problems() == [f"{output.name}: 1 of 2 threads stuck in calls that timed out"]
+
+
+async def test_an_async_output_that_never_returns_times_out() -> None:
+    output = PythonOutput(f"{HANDLERS}:async_block_forever")
+    started = time.monotonic()
+    with pytest.raises(OutputError, match="no answer within"):
+        await deliver_within(output, make_item(), "k1", 0.2)
+    assert time.monotonic() - started < 1.5
+    assert [name for name, _, _ in handlers.calls] == ["async_block_forever"]
+
+
+async def test_every_thread_stuck_fails_at_once_until_one_returns() -> None:
+    output = PythonOutput(f"{HANDLERS}:block_forever", threads=2)
+    for n in range(2):
+        with pytest.raises(OutputError, match="no answer within"):
+            await deliver_within(output, make_item(), f"k{n}", 0.2)
+    started = time.monotonic()
+    with pytest.raises(OutputError, match="all 2 threads are stuck"):
+        await deliver_within(output, make_item(), "k2", 5)
+    assert time.monotonic() - started < 0.5  # no queueing behind the stuck ones
+    assert len(handlers.calls) == 2  # the third never reached the function
+    assert "deliveries fail until one returns" in output.problems()[0]
+
+    handlers.release.set()  # the WMS answers again: the threads come back
+    assert wait_until(lambda: not output.problems(), timeout=5)
+    await deliver_within(output, make_item(), "k3", 5)
+    assert [key for _, _, key in handlers.calls] == ["k0", "k1", "k3"]
+
+
+async def test_a_delivery_given_up_before_it_started_never_runs() -> None:
+    output = PythonOutput(f"{HANDLERS}:block_forever", threads=1)
+    first = asyncio.create_task(output.deliver(make_item(), "k1"))
+    assert await asyncio.to_thread(wait_until, lambda: len(handlers.calls) == 1, 5)
+    with pytest.raises(OutputError, match="no answer within"):
+        await deliver_within(output, make_item(), "queued", 0.2)  # waited for the busy thread
+    first.cancel()
+    handlers.release.set()
+    await asyncio.gather(first, return_exceptions=True)
+    assert await asyncio.to_thread(wait_until, lambda: not output.problems(), 5)
+    await deliver_within(output, make_item(), "k2", 5)
+    assert [key for _, _, key in handlers.calls] == ["k1", "k2"]
+
+
+def test_a_thread_blocked_for_ever_does_not_keep_the_process_alive(tmp_path: Path) -> None:
+    script = """
+        import asyncio, json, threading
+        from dimmy_webhooks.items import normalise, version_of
+        from dimmy_webhooks.models import StoredItem
+        from dimmy_webhooks.outputs import PythonOutput
+
+        def block(item, key):
+            threading.Event().wait(600)
+
+        async def main():
+            doc = {"_id": "a1", "updated_at": "2026-01-05T09:00:05Z"}
+            raw = json.dumps(doc)
+            fields = normalise(doc)
+            item = StoredItem(item=fields, raw=raw, version=version_of(raw, fields), fetched_at=0.0)
+            try:
+                await asyncio.wait_for(PythonOutput("__main__:block").deliver(item, "k"), 0.2)
+            except TimeoutError:
+                print("timed out", flush=True)
+
+        asyncio.run(main())
+        print("main returned", flush=True)
+    """
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"still running 20 s after the delivery timed out: {out}")
+    assert "timed out" in out
+    assert "main returned" in out
+    assert proc.returncode == 0, out
+    assert time.monotonic() - started < 15
+
+
+# --- an output that raises what is not an Exception (catalogue S8) ---------------------------
+
+
+@pytest.mark.parametrize("target", ["raise_base_exception", "async_raise_base_exception"])
+async def test_anything_an_output_raises_is_a_failed_delivery(target: str) -> None:
+    output = PythonOutput(f"{HANDLERS}:{target}")
+    for kind in handlers.RAISED:
+        with pytest.raises(OutputError, match=f"raised {kind.__name__}: raised by the output"):
+            await deliver_within(output, make_item(), "k1", 5)
+    assert handlers.raised == [kind.__name__ for kind in handlers.RAISED]
+    # the output's threads survived all of it
+    await deliver_within(PythonOutput(f"{HANDLERS}:record_sync"), make_item(), "k2", 5)
+    assert output.problems() == []
+
+
+async def test_the_callers_own_cancellation_still_propagates() -> None:
+    """A stopping worker cancels its deliveries: that must not turn into a failed delivery."""
+    for target in ("block_forever", "async_block_forever"):
+        output = PythonOutput(f"{HANDLERS}:{target}")
+        task = asyncio.create_task(deliver_within(output, make_item(), "k1", 60))
+        assert await asyncio.to_thread(wait_until, lambda: len(handlers.calls) >= 1, 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        handlers.calls.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -264,3 +265,65 @@ async def test_an_older_events_items_go_before_newer_events(store: Store) -> Non
     await store.expand_event(old_event, ["a"], T0 + 20)
     [next_job] = await store.claim("w", 1, LEASE, T0 + 21)
     assert (next_job.kind, next_job.item_id) == (JobKind.FETCH, "a")
+
+
+class _WriteBlocker:
+    """Holds, from a connection of its own, a lock every write to job ``job_id`` needs (the job's
+    row on PostgreSQL, the database's write lock on SQLite) until :meth:`release`."""
+
+    def __init__(self, store: Store, job_id: int) -> None:
+        from dimmy_webhooks.store import SQLiteStore
+
+        if isinstance(store, SQLiteStore):
+            import sqlite3
+
+            self._sqlite = sqlite3.connect(store.path, isolation_level=None, timeout=10)
+            self._sqlite.execute("BEGIN IMMEDIATE")
+            self._release = self._sqlite.commit
+            self._close = self._sqlite.close
+        else:
+            import psycopg
+
+            from dimmy_webhooks.store.postgres import PostgresStore
+
+            assert isinstance(store, PostgresStore)
+            self._pg = psycopg.connect(store.database_url, connect_timeout=5)
+            self._pg.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job_id,))
+            self._release = self._pg.commit
+            self._close = self._pg.close
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._release()
+            self._close()
+
+
+async def test_a_write_cancelled_in_flight_has_ended_when_the_cancellation_arrives(
+    store: Store,
+) -> None:
+    """A stopping worker cancels its jobs, then releases its claims: a ``save_item`` cancelled
+    while its transaction runs must not commit after that release (its deliveries, leased to the
+    worker, would stay ``running`` until the lease expired)."""
+    [job] = await expanded(store, ["a"])
+    blocker = _WriteBlocker(store, job.id)
+    try:
+        saving = asyncio.create_task(
+            store.save_item(job, item("a", "2026-01-01"), ["console"], T0, Lease("w", LEASE))
+        )
+        await asyncio.sleep(0.3)  # the transaction has started and waits for the lock
+        assert not saving.done()
+        saving.cancel()
+        asyncio.get_running_loop().call_later(0.3, blocker.release)
+        started = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(saving, 10)
+        waited = time.monotonic() - started
+        # the write ended before the cancellation arrived: committed, deliveries leased
+        jobs = (await store.stats(T0)).jobs
+        assert jobs == {"done": 2, "running": 1}, f"cancellation arrived after {waited:.2f}s"
+    finally:
+        blocker.release()
+    assert await store.release("w", T0) == 1
+    assert (await store.stats(T0)).jobs == {"done": 2, "pending": 1}

@@ -300,6 +300,131 @@ async def test_graceful_stop_releases_claims(pipeline_factory: Any, fake: FakeDi
     stop.set()
     await asyncio.wait_for(task, 5)
     fake.config.latency_seconds = 0
-    assert p.table("SELECT count(*) FROM jobs WHERE status = 'running'") == [(0,)]
+    # nothing left claimed: not even deliveries a cancelled save_item leased to the worker
+    running = p.table("SELECT id, kind, lease_owner FROM jobs WHERE status = 'running'")
+    assert running == [], running
     await p.run_until_idle()
     assert {row[0] for row in p.table("SELECT id FROM items")} == set(ids)
+
+
+BLOCKING = "python:tests.handlers_for_tests:block_forever"
+
+
+@pytest.fixture
+def blocking_handlers() -> Any:
+    """The test handlers, with :func:`block_forever` blocking until the test is over."""
+    handlers_for_tests.calls.clear()
+    handlers_for_tests.release.clear()
+    yield handlers_for_tests
+    handlers_for_tests.release.set()
+    handlers_for_tests.calls.clear()
+
+
+async def test_a_blocking_output_times_out_is_retried_and_holds_up_nothing(
+    pipeline_factory: Any, fake: FakeDimmy, blocking_handlers: Any
+) -> None:
+    ids = fake.generate_items(3)
+    policy = replace(FAST, output_timeout_seconds=0.3)
+    p = await pipeline_factory(extra_outputs=BLOCKING, max_attempts=2, policy=policy)
+    await p.store.insert_event(event("msg_block", ids))
+    await p.run_until_idle(timeout=20)
+    # the other output got everything
+    assert sorted(line["item_id"] for line in p.lines()) == sorted(ids)
+    dead = p.table(
+        "SELECT item_id, attempts, last_error FROM jobs WHERE status = 'dead' ORDER BY item_id"
+    )
+    assert [(item_id, attempts) for item_id, attempts, _ in dead] == [(i, 2) for i in sorted(ids)]
+    assert all(f"{BLOCKING}: no answer within 0.3s" in error for _, _, error in dead), dead
+    assert len(blocking_handlers.calls) == 6  # each delivery tried twice
+    assert p.table("SELECT status FROM events") == [("dead",)]
+
+
+@pytest.mark.parametrize("handler", ["block_forever", "async_block_forever"])
+async def test_stopping_with_a_blocked_output_takes_the_grace_period_only(
+    handler: str, pipeline_factory: Any, fake: FakeDimmy, blocking_handlers: Any
+) -> None:
+    """The worker's own cancellation of a blocked delivery is not the delivery's failure: the
+    claim goes back with its attempt."""
+    ids = fake.generate_items(2)
+    output = f"python:tests.handlers_for_tests:{handler}"
+    policy = replace(FAST, output_timeout_seconds=60, grace_seconds=0.3)
+    p = await pipeline_factory(extra_outputs=output, policy=policy)
+    await p.store.insert_event(event("msg_stop_blocked", ids))
+    stop = asyncio.Event()
+    task = asyncio.create_task(p.worker.run(stop))
+    deadline = time.monotonic() + 10
+    while len(blocking_handlers.calls) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert len(blocking_handlers.calls) == 2
+    stopped = time.monotonic()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert time.monotonic() - stopped < 2
+    # the blocked deliveries went back to the queue at once, their attempt given back
+    assert p.table(
+        "SELECT status, attempts, last_error, count(*) FROM jobs WHERE output = "
+        f"'{output}' GROUP BY status, attempts, last_error"
+    ) == [("pending", 0, None, 2)]
+
+
+@pytest.fixture
+def raising_handlers() -> Any:
+    handlers_for_tests.calls.clear()
+    handlers_for_tests.raised.clear()
+    yield handlers_for_tests
+    handlers_for_tests.calls.clear()
+    handlers_for_tests.raised.clear()
+
+
+@pytest.mark.parametrize("handler", ["raise_base_exception", "async_raise_base_exception"])
+async def test_an_output_raising_system_exit_and_the_like_fails_counted_attempts(
+    handler: str, pipeline_factory: Any, fake: FakeDimmy, raising_handlers: Any
+) -> None:
+    """SystemExit, KeyboardInterrupt, GeneratorExit, a stray CancelledError, any BaseException
+    from an output: a failed delivery that counts its attempt; the worker keeps working."""
+    ids = fake.generate_items(2)
+    output = f"python:tests.handlers_for_tests:{handler}"
+    attempts = len(raising_handlers.RAISED)
+    p = await pipeline_factory(extra_outputs=output, max_attempts=attempts)
+    await p.store.insert_event(event("msg_raise", ids))
+    await p.run_until_idle()
+    assert sorted(line["item_id"] for line in p.lines()) == sorted(ids)  # the other output
+    dead = p.table(f"SELECT attempts FROM jobs WHERE output = '{output}' AND status = 'dead'")
+    assert dead == [(attempts,), (attempts,)]
+    assert sorted(raising_handlers.raised) == sorted(
+        kind.__name__ for kind in raising_handlers.RAISED * 2
+    )
+    # still working afterwards
+    later = fake.generate_items(1)
+    await p.store.insert_event(event("msg_after", later))
+    await p.run_until_idle()
+    assert later[0] in {line["item_id"] for line in p.lines()}
+
+
+@pytest.mark.parametrize("kind", [SystemExit, handlers_for_tests.Fatal])
+async def test_any_job_raising_a_base_exception_is_a_logged_counted_failure(
+    kind: type[BaseException],
+    pipeline_factory: Any,
+    fake: FakeDimmy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bad, good = fake.generate_items(2)
+    p = await pipeline_factory(max_attempts=2)
+    assert p.worker.client is not None
+    real_get = p.worker.client.get_item
+
+    async def get_item(item_id: str) -> bytes:
+        if item_id == bad:
+            raise kind("raised inside the fetch")
+        return await real_get(item_id)
+
+    p.worker.client.get_item = get_item  # type: ignore[method-assign]
+    await p.store.insert_event(event("msg_fetch_raise", [bad, good]))
+    await p.run_until_idle()
+    assert p.table(f"SELECT status, attempts, last_error FROM jobs WHERE item_id = '{bad}'") == [
+        ("dead", 2, f"{kind.__name__}: raised inside the fetch")
+    ]
+    assert [line["item_id"] for line in p.lines()] == [good]
+    failed = [r for r in caplog.records if r.getMessage() == "job failed"]
+    assert len(failed) == 2
+    assert all(r.exc_info and r.exc_info[0] is kind for r in failed)

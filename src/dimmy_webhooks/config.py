@@ -249,6 +249,12 @@ class Settings(BaseSettings):
         description="Where new or changed items go, comma separated: `console`, `jsonl:PATH`, "
         "`python:module:function`, `http:URL` (any number). Empty for none.",
     )
+    output_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest one delivery to one output may take; one that takes longer fails "
+        "and is retried (a blocking call it made is left to its thread).",
+    )
     failpoint: str | None = Field(
         default=None,
         description="For fault tests only: `point[:n]` makes the process kill itself there "

@@ -14,11 +14,18 @@ The ``DIMMY_OUTPUTS`` setting lists them, comma separated (:func:`parse_outputs`
 
 New kinds (an HTTP forward to the WMS signed with Standard Webhooks, ``http:URL``) are one more
 row in :data:`OUTPUT_KINDS`.
+
+An output never holds up the rest of the service: its blocking calls run in threads of its own
+(:class:`OutputThreads`, never the event loop's default executor, which the store and the HTTP
+client also use), and the worker hands items over through :func:`deliver_within`, which bounds a
+delivery in time and turns whatever the output raises into a failed delivery.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import importlib
@@ -31,11 +38,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Generic, Protocol, TextIO, TypeVar
 
 from .errors import ConfigError, OutputError
 from .items import format_timestamp, to_api_dict
 from .models import StoredItem
+
+T = TypeVar("T")
 
 
 class Output(Protocol):
@@ -43,9 +52,12 @@ class Output(Protocol):
 
     ``deliver`` hands over one version of one item. It returns once the output holds it
     durably, and raises when it could not: :class:`OutputError` for expected failures, though the
-    worker treats any exception as a failed delivery and retries it later with the same
-    ``idempotency_key``. It may therefore see one key more than once and must not act twice.
-    ``aclose`` releases what the output holds (files, connections); it is called once, at shutdown.
+    worker treats anything raised (``BaseException`` included) or no answer in time as a failed
+    delivery (:func:`deliver_within`) and retries it later with the same ``idempotency_key``.
+    It may therefore see one key more than once and must not act twice. ``aclose`` releases
+    what the output holds (files, connections); it is called once, at shutdown.
+    ``problems`` lists what an operator should know while it runs (threads stuck in calls that
+    timed out), for ``/readyz``; empty when all is well.
     """
 
     name: str
@@ -54,6 +66,159 @@ class Output(Protocol):
     async def deliver(self, item: StoredItem, idempotency_key: str) -> None: ...
 
     async def aclose(self) -> None: ...
+
+    def problems(self) -> list[str]: ...
+
+
+async def deliver_within(
+    output: Output, item: StoredItem, idempotency_key: str, timeout: float
+) -> None:
+    """Hand one item version to ``output``, taking at most ``timeout`` seconds.
+
+    Returns once the output took it. Every other outcome is an :class:`OutputError` (a failed
+    delivery, retried later with the same key): the output raising anything, ``BaseException``
+    included (``SystemExit``, ``KeyboardInterrupt``, a ``CancelledError`` of its own), or not
+    answering within ``timeout`` (it is cancelled there, and a blocking call it made in one of
+    its threads is left to that thread). Only the cancellation of the calling task itself
+    propagates, as ``CancelledError``.
+    """
+    task = asyncio.current_task()
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            await output.deliver(item, idempotency_key)
+    except OutputError:
+        raise
+    except asyncio.CancelledError as exc:
+        if task is not None and task.cancelling():
+            raise  # our own task is being cancelled (shutdown): not the output's failure
+        raise OutputError(f"{output.name} raised CancelledError: {exc}") from exc
+    except TimeoutError as exc:
+        if deadline.expired():
+            raise OutputError(f"{output.name}: no answer within {timeout:g}s") from None
+        raise OutputError(f"{output.name} raised TimeoutError: {exc}") from exc
+    except BaseException as exc:
+        # SystemExit or KeyboardInterrupt raised by the output's code ends this delivery, not
+        # the process: let through, it would stop the service and the job would go back to the
+        # queue uncounted, so every restart would die on it again
+        raise OutputError(f"{output.name} raised {type(exc).__name__}: {exc}") from exc
+
+
+class _Raised(Exception):
+    """Carries what a call raised that is not an :class:`Exception` (``SystemExit``,
+    ``GeneratorExit``, ``CancelledError``...) from its thread back to the caller, where it is
+    raised again. Set on the future as it is, the task machinery would throw it into the
+    awaiting coroutines, and a thrown ``GeneratorExit`` closes every coroutine on the way."""
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(repr(raised))
+        self.raised = raised
+
+
+class _Call(Generic[T]):
+    __slots__ = ("abandoned", "args", "func", "future", "returned")
+
+    def __init__(self, func: Callable[..., T], args: tuple[Any, ...]) -> None:
+        self.func = func
+        self.args = args
+        self.future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self.abandoned = False  # its caller stopped waiting while it ran
+        self.returned = False
+
+
+class OutputThreads:
+    """A small pool of daemon threads for one output's blocking calls (a write, a fsync, a
+    function of yours).
+
+    At most ``size`` threads, started when needed. A call waits for a free thread; a call whose
+    caller stops waiting (cancelled, or its delivery timed out) before it started never runs.
+    One that is already running cannot be stopped: its thread is left to it and counted in
+    :attr:`stuck` until the call returns, after which the thread serves again. While every
+    thread is stuck that way, :meth:`run` fails at once with :class:`OutputError` rather than
+    queueing behind them. The threads are daemons, so one blocked for ever never holds up the
+    process's exit.
+    """
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.size = max(1, size)
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Call[Any]] = collections.deque()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._stuck = 0
+
+    @property
+    def stuck(self) -> int:
+        """Threads busy with a call whose caller gave up on it."""
+        return self._stuck
+
+    def problems(self) -> list[str]:
+        if not self._stuck:
+            return []
+        return [
+            f"{self.name}: {self._stuck} of {self.size} threads stuck in calls that timed out"
+            + (" (deliveries fail until one returns)" if self._stuck >= self.size else "")
+        ]
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` in one of the threads; its result, or what it raised (whatever it
+        is: the caller decides)."""
+        call: _Call[T] = _Call(func, args)
+        with self._cond:
+            if self._stuck >= self.size:
+                raise OutputError(
+                    f"{self.name}: all {self.size} threads are stuck in calls that timed out"
+                )
+            self._queue.append(call)
+            if len(self._queue) > self._idle and len(self._threads) < self.size:
+                thread = threading.Thread(
+                    target=self._serve,
+                    name=f"output-{len(self._threads)}-{self.name}"[:60],
+                    daemon=True,
+                )
+                self._threads.append(thread)
+                thread.start()
+            self._cond.notify()
+        try:
+            return await asyncio.wrap_future(call.future)
+        except _Raised as carrier:
+            raise carrier.raised from None
+        except asyncio.CancelledError:
+            if not call.future.cancel():  # running (or just ended): left to its thread
+                with self._cond:
+                    if not call.returned and not call.abandoned:
+                        call.abandoned = True
+                        self._stuck += 1
+            raise
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                self._idle += 1
+                while not self._queue:
+                    self._cond.wait()
+                call = self._queue.popleft()
+                self._idle -= 1
+            if not call.future.set_running_or_notify_cancel():
+                continue  # its caller gave up before it started
+            try:
+                result = call.func(*call.args)
+            except Exception as exc:
+                self._returned(call)
+                call.future.set_exception(exc)
+            except BaseException as exc:  # SystemExit too: the thread lives on, the caller decides
+                self._returned(call)
+                call.future.set_exception(_Raised(exc))
+            else:
+                self._returned(call)
+                call.future.set_result(result)
+
+    def _returned(self, call: _Call[Any]) -> None:
+        with self._cond:
+            call.returned = True
+            if call.abandoned:
+                self._stuck -= 1
 
 
 def idempotency_key(item_id: str, version: str, output_name: str, revision: int = 0) -> str:
@@ -80,13 +245,14 @@ class ConsoleOutput:
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
         self._lock = asyncio.Lock()
+        self._threads = OutputThreads(self.name, 2)
 
     async def deliver(self, item: StoredItem, idempotency_key: str) -> None:
         text = f"item {item.id} ({idempotency_key})\n{json.dumps(item.raw_json())}\n"
         async with self._lock:
             try:
                 # a full pipe blocks; keep that off the event loop
-                await asyncio.to_thread(self._write, text)
+                await self._threads.run(self._write, text)
             except (OSError, ValueError) as exc:
                 raise OutputError(f"console: {exc}") from exc
 
@@ -97,6 +263,9 @@ class ConsoleOutput:
 
     async def aclose(self) -> None:
         return None
+
+    def problems(self) -> list[str]:
+        return self._threads.problems()
 
 
 class JsonlOutput:
@@ -121,6 +290,7 @@ class JsonlOutput:
         self._thread_lock = threading.Lock()
         self._waiting: list[tuple[bytes, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._threads = OutputThreads(self.name, 2)
 
     async def deliver(self, item: StoredItem, idempotency_key: str) -> None:
         record = {
@@ -145,8 +315,15 @@ class JsonlOutput:
                 batch, self._waiting = self._waiting, []
                 error: OutputError | None = None
                 try:
-                    await asyncio.to_thread(self._append, b"".join(line for line, _ in batch))
-                except OSError as exc:
+                    await self._threads.run(self._append, b"".join(line for line, _ in batch))
+                except OutputError as exc:
+                    error = exc
+                except asyncio.CancelledError:  # the loop is closing: answer, then stop
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(OutputError(f"{self.name}: write interrupted"))
+                    raise
+                except BaseException as exc:  # OSError, or anything else: this batch failed
                     error = OutputError(f"{self.name}: {exc}")
                 for _, done in batch:
                     if done.done():
@@ -199,7 +376,10 @@ class JsonlOutput:
 
     async def aclose(self) -> None:
         async with self._async_lock:
-            await asyncio.to_thread(self._close_locked)
+            await self._threads.run(self._close_locked)
+
+    def problems(self) -> list[str]:
+        return self._threads.problems()
 
     def _close_locked(self) -> None:
         with self._thread_lock:
@@ -246,17 +426,19 @@ class PythonOutput:
 
     The callable is imported when the output is built (a bad target refuses to start, with a
     :class:`ConfigError`) and called as ``func(item, idempotency_key)``: ``item`` is a fresh
-    :func:`~dimmy_webhooks.items.to_api_dict` dict. A plain function runs in a worker thread, an
-    ``async def`` one is awaited on the event loop (so it must not block). Returning means
-    delivered; raising means failed, and the same item version comes again later with the same
-    key. Delivery is at least once, so the function must be idempotent on the key.
+    :func:`~dimmy_webhooks.items.to_api_dict` dict. A plain function runs in one of ``threads``
+    threads of this output's own (:class:`OutputThreads`), an ``async def`` one is awaited on the
+    event loop (so it must not block). Returning means delivered; raising means failed, and the
+    same item version comes again later with the same key. Delivery is at least once, so the
+    function must be idempotent on the key.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, threads: int = 8) -> None:
         self.target = target.strip()
         self.name = f"python:{self.target}"
         self._func = _import_callable(self.target)
         self._is_async = _is_async_callable(self._func)
+        self._threads = OutputThreads(self.name, threads)
 
     async def deliver(self, item: StoredItem, idempotency_key: str) -> None:
         payload = to_api_dict(item)
@@ -264,7 +446,7 @@ class PythonOutput:
             if self._is_async:
                 await self._func(payload, idempotency_key)
                 return
-            result = await asyncio.to_thread(self._func, payload, idempotency_key)
+            result = await self._threads.run(self._func, payload, idempotency_key)
             if inspect.isawaitable(result):
                 await result
         except OutputError:
@@ -274,6 +456,9 @@ class PythonOutput:
 
     async def aclose(self) -> None:
         return None
+
+    def problems(self) -> list[str]:
+        return self._threads.problems()
 
 
 def _import_callable(target: str) -> Callable[..., Any]:

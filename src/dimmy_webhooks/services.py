@@ -41,6 +41,7 @@ def worker_policy(settings: Settings) -> WorkerPolicy:
         retry_base_seconds=settings.retry_base_seconds,
         retry_max_seconds=settings.retry_max_seconds,
         grace_seconds=settings.shutdown_grace_seconds,
+        output_timeout_seconds=settings.output_timeout_seconds,
         dimension_unit=settings.dimension_unit,
         weight_unit=settings.weight_unit,
     )
@@ -178,7 +179,7 @@ class Services:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(self.store.close)
             for output in self.outputs:
-                stack.push_async_callback(output.aclose)
+                stack.push_async_callback(self._close_output, output)
             if self.client is not None:
                 await stack.enter_async_context(self.client)
             for part in self.parts:
@@ -201,6 +202,19 @@ class Services:
                 return left
             self.wake_workers()
             await asyncio.sleep(0.2)
+
+    async def _close_output(self, output: Output) -> None:
+        """Close one output, waiting at most ``DIMMY_OUTPUT_TIMEOUT_SECONDS``: an output stuck
+        in a call must not keep the process from stopping."""
+        try:
+            await asyncio.wait_for(output.aclose(), self.settings.output_timeout_seconds)
+        except TimeoutError:
+            log.warning("output not closed in time", extra={"fields": {"output": output.name}})
+        except Exception as exc:
+            log.warning(
+                "output not closed",
+                extra={"fields": {"output": output.name, "reason": f"{type(exc).__name__}: {exc}"}},
+            )
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Run every part until ``stop`` is set (the ``worker`` command)."""
@@ -251,12 +265,14 @@ class Services:
         return queued
 
     def problems(self) -> list[str]:
-        """Problems that leave the service working but need an operator (a refused API key):
-        ``/readyz`` answers ``degraded``, and the receiver stays in its load balancer."""
+        """Problems that leave the service working but need an operator (a refused API key, an
+        output's threads stuck in calls that timed out): ``/readyz`` answers ``degraded``, and
+        the receiver stays in its load balancer."""
         problems = []
         if self.client is not None and self.client.auth_failed:
             problems.append(f"Dimmy API refused the key: {self.client.auth_failed}")
         problems += [w.config_error for w in self.workers if w.config_error is not None]
+        problems += [problem for output in self.outputs for problem in output.problems()]
         if self.workers and self.client is None:
             problems.append("DIMMY_API_KEY is not set: items cannot be fetched")
         if self.poller is not None:

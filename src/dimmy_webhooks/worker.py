@@ -47,12 +47,15 @@ from .models import (
     classify_event,
     valid_item_id,
 )
-from .outputs import Output, idempotency_key
+from .outputs import Output, deliver_within, idempotency_key
 from .store import Lease, Store
 
 log = logging.getLogger("dimmy_webhooks.worker")
 
 AUTH_PAUSE_SECONDS = 60.0
+CANCEL_WAIT_SECONDS = 5.0
+"""How long a stopping worker waits for its cancelled jobs to end before it releases its claims
+(a cancelled job first lets its store write in flight end, which takes milliseconds)."""
 
 
 def _is_delivered_version(item: StoredItem, job: Job) -> bool:
@@ -61,6 +64,13 @@ def _is_delivered_version(item: StoredItem, job: Job) -> bool:
     if job.revision is not None and item.revision != job.revision:
         return False
     return item.version == job.version
+
+
+def _being_cancelled() -> bool:
+    """Whether the current task has been asked to stop (as opposed to code it runs raising
+    ``CancelledError`` of its own)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _item_ids(values: list[object]) -> tuple[list[str], list[str]]:
@@ -85,8 +95,8 @@ class WorkerPolicy:
     lease of ``lease_seconds`` (renewed every third of it while the job runs); a failed attempt
     waits a jittered ``retry_base_seconds * 2 ** (attempt - 1)``, at most ``retry_max_seconds``;
     an idle worker looks for due work every ``poll_seconds`` (sooner when woken); on stop,
-    running jobs get ``grace_seconds`` to finish. Items are stored in ``dimension_unit`` and
-    ``weight_unit``.
+    running jobs get ``grace_seconds`` to finish. A delivery to one output that takes longer than
+    ``output_timeout_seconds`` fails. Items are stored in ``dimension_unit`` and ``weight_unit``.
     """
 
     concurrency: int = 128
@@ -95,6 +105,7 @@ class WorkerPolicy:
     retry_max_seconds: float = 900.0
     poll_seconds: float = 0.5
     grace_seconds: float = 10.0
+    output_timeout_seconds: float = 30.0
     dimension_unit: str = "cm"
     weight_unit: str = "kg"
     claim_batch: int = 100
@@ -207,12 +218,23 @@ class Worker:
                     log.warning("heartbeat failed", extra={"fields": {"reason": str(exc)}})
 
     async def _drain(self) -> None:
+        """Give running jobs ``grace_seconds``, cancel the rest, then release every claim.
+
+        A cancelled job ends once its store write in flight has ended, so the release sees what
+        it wrote; one that has not ended after :data:`CANCEL_WAIT_SECONDS` (an ``async`` output
+        that ignores cancellation) is left behind: stopping never waits for it, and a write it
+        makes after the release is refused (the lease is gone).
+        """
         if self._active:
             _, pending = await asyncio.wait(set(self._active), timeout=self.policy.grace_seconds)
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending)
+                _, stuck = await asyncio.wait(pending, timeout=CANCEL_WAIT_SECONDS)
+                if stuck:
+                    log.warning(
+                        "jobs did not stop when cancelled", extra={"fields": {"jobs": len(stuck)}}
+                    )
         try:
             released = await self.store.release(self.owner, self.clock())
         except StoreError as exc:
@@ -227,7 +249,12 @@ class Worker:
 
     async def _handle(self, job: Job, item: StoredItem | None = None) -> None:
         """Run one job and record its outcome; ``item`` is the stored version a delivery
-        hands on, when the caller already holds it."""
+        hands on, when the caller already holds it.
+
+        Never raises, whatever the job's code raises (``BaseException`` included: it is a
+        failure of the job, logged and counted), except when the task running it is cancelled:
+        that propagates.
+        """
         fields: dict[str, object] = {"job": job.id, "kind": job.kind.value, "attempt": job.attempts}
         if job.item_id:
             fields["item"] = job.item_id
@@ -255,7 +282,13 @@ class Worker:
         except StoreError as exc:
             # the database refused this job's data (not an outage): record it like any failure
             await self._fail(job, str(exc), fields=fields)
-        except Exception as exc:
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+                raise  # the worker is stopping: the claim is released, the attempt given back
+            # Anything else fails this job and counts its attempt, SystemExit, KeyboardInterrupt
+            # or a stray CancelledError from code the job called (a library, an output)
+            # included: let through, they would end the worker task or the whole process, and
+            # the job would go back uncounted, so each restart would die on it again, for ever.
             log.exception("job failed", extra={"fields": fields})
             await self._fail(job, f"{exc.__class__.__name__}: {exc}", fields=fields)
 
@@ -382,5 +415,5 @@ class Worker:
             await self.store.finish(job, self.clock(), note="superseded by a newer version")
             return
         key = idempotency_key(item.id, item.version, output.name, item.revision)
-        await output.deliver(item, key)
+        await deliver_within(output, item, key, self.policy.output_timeout_seconds)
         await self.store.finish(job, self.clock())

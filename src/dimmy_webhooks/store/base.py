@@ -14,11 +14,16 @@ Callers never see driver exceptions: a failed commit is
 
 Times are Unix seconds (float). Work moves ``pending -> running -> done | dead``; a ``running`` job
 whose lease expired is due again (its worker died) and counts the lost attempt.
+
+A write whose caller is cancelled has, by the time the cancellation reaches the caller, either
+not happened (and never will) or finished (committed or failed): see :func:`settled`.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
+import concurrent.futures
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -39,6 +44,33 @@ from . import ops
 
 T = TypeVar("T")
 Due = Callable[[T], bool]
+
+
+async def settled(future: concurrent.futures.Future[T]) -> T:
+    """Await a write running in another thread, so that cancelling the caller never leaves the
+    write in flight.
+
+    If the caller is cancelled meanwhile, a write that has not started is cancelled (it never
+    runs) and one that has started is waited for, however often the caller is cancelled again,
+    before the :class:`asyncio.CancelledError` propagates. A thread cannot be interrupted: a
+    transaction cancelled only on the caller's side would commit later, after whatever the
+    canceller did next (a stopping worker cancels its jobs, then releases its claims; a
+    ``save_item`` committing after that release would leave deliveries leased to a worker that
+    is gone). The wait is bounded by the database's own limits (``busy_timeout``,
+    ``statement_timeout``, the pool timeout).
+    """
+    wrapped = asyncio.wrap_future(future)
+    try:
+        return await asyncio.shield(wrapped)
+    except asyncio.CancelledError:
+        if future.cancel():
+            raise  # had not started: it never will
+        while not wrapped.done():
+            try:
+                await asyncio.wait([wrapped])
+            except asyncio.CancelledError:
+                continue  # the caller is already being cancelled: it hears once, below
+        raise
 
 
 class Store(abc.ABC):
@@ -69,7 +101,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def _write(self, op: Callable[[ops.Tx], T], due: Due[T] | None = None) -> T:
-        """Run ``op`` in a write transaction; ``due(result)`` says whether it queued due work."""
+        """Run ``op`` in a write transaction; ``due(result)`` says whether it queued due work.
+
+        Cancelled, it has either not run or finished before the cancellation propagates
+        (:func:`settled`).
+        """
 
     @abc.abstractmethod
     async def _read(self, op: Callable[[ops.Tx], T]) -> T:

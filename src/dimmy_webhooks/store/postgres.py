@@ -1,10 +1,11 @@
 """PostgreSQL backend: a connection pool, one transaction per operation, SKIP LOCKED claims.
 
 Many receivers and workers on many machines share one database. Every operation of
-:mod:`.ops` runs unchanged in a worker thread (:func:`asyncio.to_thread`) as one transaction on
-one pooled connection; the commit (``synchronous_commit = on``) has returned before the caller
-is answered. Claims lock the rows they take with ``FOR UPDATE SKIP LOCKED``, so concurrent
-workers never wait for each other and never take the same job.
+:mod:`.ops` runs unchanged in a thread of the store's own pool as one transaction on one pooled
+connection; the commit (``synchronous_commit = on``) has returned before the caller is answered,
+and a caller cancelled during a write hears of it only once the write ended (:func:`.settled`).
+Claims lock the rows they take with ``FOR UPDATE SKIP LOCKED``, so concurrent workers never wait
+for each other and never take the same job.
 
 ``LISTEN/NOTIFY`` is a wake-up hint only: a transaction that made work due sends
 ``NOTIFY dimmy_jobs`` (delivered on commit), and :meth:`PostgresStore.wait_for_work` returns early
@@ -38,7 +39,7 @@ from psycopg_pool import ConnectionPool
 from ..errors import ConfigError, StoreError, StoreUnavailable
 from ..models import UNKNOWN, IncomingEvent, InsertOutcome
 from . import ops, sql
-from .base import Due, Store
+from .base import Due, Store, settled
 from .batching import GroupCommit, Outcome
 
 T = TypeVar("T")
@@ -410,11 +411,14 @@ class PostgresStore(Store):
         """One transaction on a pooled connection; announce on commit when ``due(result)``."""
         if self._lane is None:
             raise StoreUnavailable("store is closed")
-        call = functools.partial(self._run_sync, op, due)
-        return await asyncio.get_running_loop().run_in_executor(self._lane, call)
+        return await settled(self._lane.submit(self._run_sync, op, due))
 
     async def _read(self, op: Callable[[ops.Tx], T]) -> T:
-        return await self._write(op)
+        if self._lane is None:
+            raise StoreUnavailable("store is closed")
+        # nothing to wait for when a read's caller goes away
+        call = functools.partial(self._run_sync, op, None)
+        return await asyncio.get_running_loop().run_in_executor(self._lane, call)
 
     def _run_inbox_batch(self, inserts: Sequence[Callable[[ops.Tx], Any]]) -> list[Outcome]:
         """All the waiting webhook inserts in one transaction (all or nothing); each answers
@@ -500,5 +504,5 @@ class PostgresStore(Store):
                 return outcome, event.event_type != UNKNOWN
             return outcome, outcome is InsertOutcome.REQUEUED
 
-        result: tuple[InsertOutcome, bool] = await asyncio.wrap_future(self._inbox.submit(insert))
+        result: tuple[InsertOutcome, bool] = await settled(self._inbox.submit(insert))
         return result[0]

@@ -6,7 +6,9 @@ commits once: one fsync for many concurrent webhooks, and nobody is answered bef
 that holds their row has returned. An operation that fails rolls back only its savepoint; a
 commit that fails fails every operation of the batch (:class:`StoreUnavailable`).
 
-Reads use a small pool of connections in worker threads (WAL readers never block the writer).
+Reads use a small pool of connections in threads of their own (WAL readers never block the
+writer): whatever else this process runs in threads (the event loop's default executor) cannot
+starve ``/readyz`` or the JSON API.
 Other processes (``dimmy-webhooks worker``) may write the same file; ``busy_timeout`` and
 ``BEGIN IMMEDIATE`` serialise them.
 """
@@ -20,14 +22,14 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import ConfigError, StoreUnavailable
 from ..models import IncomingEvent, InsertOutcome
 from . import ops, sql
-from .base import Due, Store
+from .base import Due, Store, settled
 from .batching import GroupCommit, Outcome
 
 T = TypeVar("T")
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _BUSY_TIMEOUT_MS = 5000
 _MAX_BATCH = 512
+_READ_THREADS = 8
 
 
 def connect(path: Path, *, busy_timeout_ms: int = _BUSY_TIMEOUT_MS) -> sqlite3.Connection:
@@ -147,6 +150,7 @@ class SQLiteStore(Store):
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._all_readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._reads: ThreadPoolExecutor | None = None
 
     async def open(self) -> None:
         if sqlite3.sqlite_version_info < (3, 35, 0):
@@ -158,11 +162,15 @@ class SQLiteStore(Store):
             self._writer = await asyncio.to_thread(_Writer, self.path)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+        self._reads = ThreadPoolExecutor(_READ_THREADS, thread_name_prefix="sqlite-read")
 
     async def close(self) -> None:
         if self._writer is not None:
             await asyncio.to_thread(self._writer.stop)
             self._writer = None
+        if self._reads is not None:
+            reads, self._reads = self._reads, None
+            await asyncio.to_thread(reads.shutdown)  # reads are short: let them end
         with self._lock:
             for conn in self._all_readers:
                 conn.close()
@@ -175,7 +183,7 @@ class SQLiteStore(Store):
     async def _submit(self, op: Callable[[ops.Tx], T], *, savepoint: bool = True) -> T:
         if self._writer is None:
             raise StoreUnavailable("store is closed")
-        result: T = await asyncio.wrap_future(self._writer.submit(op, savepoint=savepoint))
+        result: T = await settled(self._writer.submit(op, savepoint=savepoint))
         return result
 
     def _read_sync(self, op: Callable[[ops.Tx], T]) -> T:
@@ -197,7 +205,9 @@ class SQLiteStore(Store):
             self._readers.put(conn)
 
     async def _read(self, op: Callable[[ops.Tx], T]) -> T:
-        return await asyncio.to_thread(self._read_sync, op)
+        if self._reads is None:
+            raise StoreUnavailable("store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._reads, self._read_sync, op)
 
     # what the backend provides ------------------------------------------------------------
 
