@@ -604,14 +604,15 @@ class WmsRequest:
     body: bytes
 
 
-WmsAnswer = Callable[[WmsRequest], tuple[int, Any, dict[str, str]]]
+WmsAnswer = Callable[[WmsRequest], tuple[Any, ...]]
+"""``(status, JSON body, headers)``, or with a fourth element: seconds to wait first."""
 
 
 class FakeWms:
     """A WMS endpoint (``POST /hook``) on 127.0.0.1 that records every request.
 
     By default it answers ``200 {"id": "wms-<n>"}``; set ``answer`` to a function of the request
-    giving ``(status, JSON body, headers)`` (``None`` goes back to the default), ``delay`` to
+    giving a :data:`WmsAnswer` (``None`` goes back to the default), ``delay`` to
     hold every answer that many seconds, ``reset`` to drop connections without an answer.
     """
 
@@ -663,9 +664,12 @@ class FakeWms:
             await asyncio.sleep(self.delay)
         if self.reset:
             raise ConnectionResetError("the fake WMS drops this connection")
-        status, payload, extra = (
+        status, payload, extra, *slow = (
             self.answer(request) if self.answer is not None else (200, {"id": f"wms-{number}"}, {})
         )
+        if slow:
+            await asyncio.sleep(slow[0])
+        headers["x-test-status"] = str(status)
         if 200 <= status < 300:
             headers["x-test-answered"] = "2xx"
         content = json.dumps(payload).encode()

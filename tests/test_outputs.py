@@ -370,7 +370,10 @@ def test_every_output_satisfies_the_protocol(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("http:https://wms.example/hook", "unknown output kind 'http'"),
+        ("http:https://wms.example/hook", "set DIMMY_FORWARD_SECRET"),
+        ("http:ftp://wms.example/hook", "is not an http:// or https:// URL"),
+        ("http", "needs a URL"),
+        ("sftp:wms.example/hook", "unknown output kind 'sftp'"),
         ("console,stdout", "unknown output kind 'stdout'"),
         ("/var/items.jsonl", "unknown output kind '/var/items.jsonl'"),
         ("console,console", "listed twice"),

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import json
+import math
 import time
 import tomllib
 from collections.abc import Callable, Mapping
@@ -41,12 +43,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from aiolimiter import AsyncLimiter
 
 from .client import parse_retry_after
 from .errors import ConfigError, OutputError
 from .items import api_fields, format_timestamp
-from .models import StoredItem
+from .models import Receipt, StoredItem
 from .signatures import parse_secrets, signed_headers
 
 ENVELOPE_SCHEMA_VERSION = 1
@@ -56,6 +57,10 @@ EXCERPT_LIMIT = 500
 _PERMANENT = frozenset({400, 413, 415, 422})
 _FAILURES_BEFORE_PAUSE = 5
 _MAX_PAUSE = 300.0
+_RATE_MARGIN = 0.05
+_MAX_QUEUE_WAIT = 2.0
+"""Seconds a delivery may wait here for a connection slot or its turn of the rate limit; a
+longer wait is a pause of the job (uncounted), so other destinations keep the worker's places."""
 _FIELD_NAMES = frozenset(
     [
         "id",
@@ -85,17 +90,6 @@ _FIELD_NAMES = frozenset(
         "raw",
     ]
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """What the receiving side answered to one delivery (kept in the ledger)."""
-
-    status_code: int | None = None
-    latency_ms: float | None = None
-    excerpt: str | None = None
-    record_id: str | None = None
-    note: str | None = None
 
 
 class DestinationPaused(OutputError):
@@ -164,6 +158,7 @@ class Destination:
     concurrency: int = 4
     rate: float | None = None
     max_attempts: int = 100
+    pause_seconds: float = 10.0
     record_id_field: str = "id"
     include: tuple[str, ...] | None = None
     rename: Mapping[str, str] = field(default_factory=dict)
@@ -197,6 +192,7 @@ _DESTINATION_KEYS = frozenset(
         "concurrency",
         "rate_per_second",
         "max_attempts",
+        "pause_seconds",
         "record_id_field",
         "filter",
         "fields",
@@ -278,6 +274,7 @@ def _destination(table: Any, where: str) -> Destination:
             else _number(table["rate_per_second"], where, "rate_per_second", 0.01, 10_000)
         ),
         max_attempts=int(_number(table.get("max_attempts", 100), where, "max_attempts", 1, 10_000)),
+        pause_seconds=_number(table.get("pause_seconds", 10.0), where, "pause_seconds", 0.1, 300),
         record_id_field=_text(table.get("record_id_field", "id"), where, "record_id_field"),
         include=include,
         rename=rename,
@@ -378,14 +375,19 @@ class HttpOutput:
             headers={"user-agent": "dimmy-webhooks", **destination.headers},
         )
         self._slots = asyncio.Semaphore(destination.concurrency)
-        # spaced requests (a bucket of one): no window of one second ever holds more than the
-        # rate, which a bucket the size of the rate would allow twice over at a burst's edge
-        self._limiter = (
-            AsyncLimiter(1, 1 / destination.rate) if destination.rate is not None else None
-        )
-        self._failures = 0
+        self._queued = 0  # deliveries waiting for a slot or their turn
+        # a sliding window: at most `capacity` requests within any `window` seconds (a little
+        # longer than the rate asks, so jitter on the way cannot put one more in the WMS's
+        # second); a token bucket the size of the rate would allow twice that at a burst's edge
+        rate = destination.rate
+        self._window = (max(1.0, 1 / rate) if rate else 1.0) + _RATE_MARGIN
+        self._capacity = max(1, math.floor(rate * (self._window - _RATE_MARGIN))) if rate else 0
+        self._sent: collections.deque[float] = collections.deque(maxlen=self._capacity or 1)
+        self.delivery_timeout = destination.timeout * 3 + _MAX_QUEUE_WAIT + 5
+        self._failures = 0  # in a row
         self._paused_until = 0.0
-        self._pause = 0.0
+        self._pause = 0.0  # the last pause's length (0: not paused since the last success)
+        self._probing = False  # the one delivery let through after a pause is in flight
         self.last_error: str | None = None
 
     async def deliver(self, item: StoredItem, idempotency_key: str) -> Receipt:
@@ -395,31 +397,82 @@ class HttpOutput:
         if refused is not None:
             return Receipt(note=refused)
         now = self._clock()
+        probe = self._admit(now)
+        try:
+            return await self._send(item, idempotency_key, now, probe)
+        finally:
+            if probe:
+                self._probing = False
+
+    def _admit(self, now: float) -> bool:
+        """Whether this delivery may go (:class:`DestinationPaused` if not); ``True`` when it
+        is the one probe after a pause: its outcome ends the pause or lengthens it."""
         if now < self._paused_until:
-            raise DestinationPaused(
-                f"{self.name} paused after {self._failures} failures in a row", self._paused_until
-            )
+            raise DestinationPaused(f"{self.name} paused: {self.last_error}", self._paused_until)
+        if not self._pause:
+            return False
+        if self._probing:
+            raise DestinationPaused(f"{self.name} paused: trying one delivery first", now + 1.0)
+        self._probing = True
+        return True
+
+    async def _send(
+        self, item: StoredItem, idempotency_key: str, now: float, probe: bool
+    ) -> Receipt:
         body = self.envelope(item, now)
         headers = signed_headers(
             self._key, idempotency_key, body, timestamp=int(now), family="webhook"
         )
         headers["idempotency-key"] = idempotency_key
         headers["content-type"] = "application/json"
-        async with self._slots:
-            if self._limiter is not None:
-                await self._limiter.acquire()
-            started = time.monotonic()
-            try:
-                async with asyncio.timeout(self.destination.timeout * 3):
-                    response = await self._http.post(
-                        self.destination.url, content=body, headers=headers
-                    )
-                    content = response.content
-            except (httpx.HTTPError, TimeoutError) as exc:
-                latency = (time.monotonic() - started) * 1000
-                reason = f"{self.name}: {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
-                self._failed(reason)
-                raise DeliveryFailed(reason[:300], Receipt(latency_ms=latency)) from exc
+        self._make_room()
+        self._queued += 1
+        waiting = True
+        try:
+            async with self._slots:
+                self._queued, waiting = self._queued - 1, False
+                await self._wait_turn()
+                return await self._post(body, headers, probe)
+        finally:
+            if waiting:  # cancelled (a shutdown) while waiting for a slot
+                self._queued -= 1
+
+    def _make_room(self) -> None:
+        """Refuse (as a pause: no attempt counted) a delivery that would wait long for a slot
+        or its turn of the rate: it would hold a worker's place meanwhile, which the deliveries
+        to other destinations need."""
+        busy = self._queued >= self.destination.concurrency * 2
+        wait = 0.0
+        if self._capacity and len(self._sent) == self._capacity:
+            turns_ahead = self._queued // self._capacity
+            wait = self._sent[0] + self._window * (1 + turns_ahead) - time.monotonic()
+        if busy or wait > _MAX_QUEUE_WAIT:
+            until = self._clock() + max(wait, 0.5)
+            raise DestinationPaused(f"{self.name} is at its concurrency or rate limit", until)
+
+    async def _wait_turn(self) -> None:
+        if not self._capacity:
+            return
+        while len(self._sent) == self._capacity:
+            wait = self._sent[0] + self._window - time.monotonic()
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
+        self._sent.append(time.monotonic())
+
+    async def _post(self, body: bytes, headers: dict[str, str], probe: bool) -> Receipt:
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.destination.timeout * 3):
+                response = await self._http.post(
+                    self.destination.url, content=body, headers=headers
+                )
+                content = response.content
+        except (httpx.HTTPError, TimeoutError) as exc:
+            latency = (time.monotonic() - started) * 1000
+            reason = f"{self.name}: {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
+            self._failed(reason, probe)
+            raise DeliveryFailed(reason[:300], Receipt(latency_ms=latency)) from exc
         latency = (time.monotonic() - started) * 1000
         receipt = Receipt(
             status_code=response.status_code,
@@ -428,8 +481,9 @@ class HttpOutput:
             record_id=_record_id(content, response.headers, self.destination.record_id_field),
         )
         status = response.status_code
-        if 200 <= status < 300:
+        if 200 <= status < 300 or status in _PERMANENT:  # it answered about the item: it is up
             self._failures, self._pause, self.last_error = 0, 0.0, None
+        if 200 <= status < 300:
             return receipt
         reason = f"{self.name}: HTTP {status}"
         if 300 <= status < 400:
@@ -437,7 +491,7 @@ class HttpOutput:
         if status in _PERMANENT:
             raise DeliveryFailed(reason, receipt, permanent=True)
         retry_after = parse_retry_after(response.headers.get("retry-after"), now=self._clock())
-        self._failed(reason)
+        self._failed(reason, probe)
         raise DeliveryFailed(reason, receipt, retry_after=retry_after)
 
     def envelope(self, item: StoredItem, now: float) -> bytes:
@@ -459,12 +513,17 @@ class HttpOutput:
         text = json.dumps(head, separators=(",", ":"))
         return f'{text[:-1]},"data":{fields}}}'.encode()
 
-    def _failed(self, reason: str) -> None:
+    def _failed(self, reason: str, probe: bool) -> None:
         self.last_error = reason
         self._failures += 1
-        if self._failures >= _FAILURES_BEFORE_PAUSE:
-            self._pause = min(_MAX_PAUSE, max(10.0, self._pause * 2))
-            self._paused_until = self._clock() + self._pause
+        if probe:  # the one try after a pause failed too: a longer pause
+            self._pause = min(_MAX_PAUSE, self._pause * 2)
+        elif self._failures >= _FAILURES_BEFORE_PAUSE:
+            self._pause = self.destination.pause_seconds
+        else:
+            return
+        self._failures = 0
+        self._paused_until = self._clock() + self._pause
 
     async def aclose(self) -> None:
         await self._http.aclose()

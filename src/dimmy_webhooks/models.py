@@ -212,6 +212,18 @@ class SaveResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the receiving side answered to one delivery (kept in the ledger); ``note`` says why
+    nothing was sent (a destination's filter)."""
+
+    status_code: int | None = None
+    latency_ms: float | None = None
+    excerpt: str | None = None
+    record_id: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryAttempt:
     """One attempt to hand one item revision to one output, as the ledger keeps it.
 

@@ -35,14 +35,15 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TextIO, TypeVar
 
 from .errors import ConfigError, OutputError
+from .forward import Destination, HttpOutput, check_url
 from .items import format_timestamp, to_api_dict
-from .models import StoredItem
+from .models import Receipt, StoredItem
 
 T = TypeVar("T")
 
@@ -63,7 +64,8 @@ class Output(Protocol):
     name: str
     """Stable identifier, e.g. ``console``, ``jsonl:/abs/path``, ``python:mod:func``."""
 
-    async def deliver(self, item: StoredItem, idempotency_key: str) -> None: ...
+    async def deliver(self, item: StoredItem, idempotency_key: str) -> Receipt | None:
+        """``None`` or what the receiving side answered (:class:`Receipt`, for the ledger)."""
 
     async def aclose(self) -> None: ...
 
@@ -72,7 +74,7 @@ class Output(Protocol):
 
 async def deliver_within(
     output: Output, item: StoredItem, idempotency_key: str, timeout: float
-) -> None:
+) -> Receipt | None:
     """Hand one item version to ``output``, taking at most ``timeout`` seconds.
 
     Returns once the output took it. Every other outcome is an :class:`OutputError` (a failed
@@ -86,7 +88,7 @@ async def deliver_within(
     deadline = asyncio.timeout(timeout)
     try:
         async with deadline:
-            await output.deliver(item, idempotency_key)
+            return await output.deliver(item, idempotency_key)
     except OutputError:
         raise
     except asyncio.CancelledError as exc:
@@ -495,27 +497,45 @@ def _is_async_callable(func: Callable[..., Any]) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputContext:
+    """What building an output may need beyond its argument: our signing secret for forwards
+    and the destinations of ``DIMMY_DESTINATIONS_FILE``."""
+
+    forward_secret: str | None = None
+    destinations: Sequence[Destination] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class OutputKind:
     """One row of the ``DIMMY_OUTPUTS`` syntax: ``kind`` or ``kind:argument``."""
 
     usage: str
-    build: Callable[[str | None], Output]
+    build: Callable[[str | None, OutputContext], Output]
     """Gets the text after ``kind:`` (``None`` when absent); raises ConfigError when unusable."""
 
 
-def _console(argument: str | None) -> Output:
+def _http(argument: str | None, context: OutputContext) -> Output:
+    if not argument:
+        raise ConfigError("output 'http' needs a URL: http:https://wms.example.com/path")
+    url = check_url(argument, "DIMMY_OUTPUTS: http:URL")
+    listed = {destination.name: destination for destination in context.destinations}
+    destination = listed.get(Destination(url=url).name, Destination(url=url))
+    return HttpOutput(destination, forward_secret=context.forward_secret)
+
+
+def _console(argument: str | None, context: OutputContext) -> Output:
     if argument:
         raise ConfigError(f"output 'console' takes no argument (got {argument!r})")
     return ConsoleOutput()
 
 
-def _jsonl(argument: str | None) -> Output:
+def _jsonl(argument: str | None, context: OutputContext) -> Output:
     if not argument:
         raise ConfigError("output 'jsonl' needs a file: jsonl:PATH")
     return JsonlOutput(argument)
 
 
-def _python(argument: str | None) -> Output:
+def _python(argument: str | None, context: OutputContext) -> Output:
     if not argument:
         raise ConfigError("output 'python' needs a target: python:module:function")
     return PythonOutput(argument)
@@ -525,17 +545,21 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
     "console": OutputKind("console", _console),
     "jsonl": OutputKind("jsonl:PATH", _jsonl),
     "python": OutputKind("python:module:function", _python),
+    "http": OutputKind("http:URL", _http),
 }
 """Every kind ``DIMMY_OUTPUTS`` knows, by the word before the first ``:``."""
 
 
-def parse_outputs(spec: str) -> list[Output]:
-    """Build the outputs a ``DIMMY_OUTPUTS`` value lists, in order.
+def parse_outputs(spec: str, context: OutputContext | None = None) -> list[Output]:
+    """Build the outputs a ``DIMMY_OUTPUTS`` value lists, in order, then one for each of
+    ``context.destinations`` it did not list.
 
-    Entries are separated by commas (so paths cannot contain one); blank entries are ignored, so
-    an empty or blank ``spec`` means no outputs. Raises :class:`ConfigError` for an unknown kind
-    (naming the valid ones), a missing or unusable argument, or two entries with the same name.
+    Entries are separated by commas (so paths and URLs cannot contain one: such a URL goes in
+    the destinations file); blank entries are ignored, so an empty or blank ``spec`` means no
+    outputs. Raises :class:`ConfigError` for an unknown kind (naming the valid ones), a missing
+    or unusable argument, or two entries with the same name.
     """
+    context = context or OutputContext()
     outputs: list[Output] = []
     seen: set[str] = set()
     for entry in (part.strip() for part in spec.split(",")):
@@ -546,9 +570,13 @@ def parse_outputs(spec: str) -> list[Output]:
         if kind is None:
             valid = ", ".join(k.usage for k in OUTPUT_KINDS.values())
             raise ConfigError(f"unknown output kind {word.strip()!r} in {entry!r}; valid: {valid}")
-        output = kind.build(argument.strip() if colon else None)
+        output = kind.build(argument.strip() if colon else None, context)
         if output.name in seen:
             raise ConfigError(f"output {output.name!r} is listed twice in DIMMY_OUTPUTS")
         seen.add(output.name)
         outputs.append(output)
+    for destination in context.destinations:
+        if destination.name not in seen:
+            seen.add(destination.name)
+            outputs.append(HttpOutput(destination, forward_secret=context.forward_secret))
     return outputs

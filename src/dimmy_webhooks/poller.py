@@ -39,9 +39,10 @@ from typing import Any
 
 from .client import DimmyClient, backoff_delay
 from .errors import StoreError, TransientUpstream, UpstreamError
-from .items import format_timestamp, to_stored_item
+from .items import format_timestamp
 from .models import Source, StoredItem
 from .store import Store
+from .validation import Intake
 
 log = logging.getLogger("dimmy_webhooks.poller")
 
@@ -67,8 +68,7 @@ class PollPolicy:
     yield_seconds: float = 30.0
     page_attempts: int = 5
     reconcile_grace: float = 900.0
-    dimension_unit: str = "cm"
-    weight_unit: str = "kg"
+    intake: Intake = field(default_factory=Intake)
 
 
 @dataclass
@@ -219,12 +219,10 @@ class RangeReader:
         for doc in docs:
             try:
                 items.append(
-                    to_stored_item(
+                    self.policy.intake.prepare(
                         doc,
                         json.dumps(doc, ensure_ascii=False, separators=(",", ":")),
                         fetched_at=now,
-                        dimension_unit=self.policy.dimension_unit,
-                        weight_unit=self.policy.weight_unit,
                     )
                 )
             except ValueError as exc:

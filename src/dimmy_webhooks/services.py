@@ -24,10 +24,12 @@ from .client import DimmyClient
 from .config import Settings
 from .errors import ConfigError, StoreError
 from .failpoints import Failpoints
+from .forward import HttpOutput, load_destinations
 from .models import ReplayMode
-from .outputs import Output, parse_outputs
+from .outputs import Output, OutputContext, parse_outputs
 from .poller import Poller, PollPolicy, Reconciliation, reconciliation
 from .store import Store, create_store
+from .validation import Intake
 from .worker import Worker, WorkerPolicy
 
 log = logging.getLogger("dimmy_webhooks.services")
@@ -42,8 +44,21 @@ def worker_policy(settings: Settings) -> WorkerPolicy:
         retry_max_seconds=settings.retry_max_seconds,
         grace_seconds=settings.shutdown_grace_seconds,
         output_timeout_seconds=settings.output_timeout_seconds,
-        dimension_unit=settings.dimension_unit,
-        weight_unit=settings.weight_unit,
+        intake=Intake.from_settings(settings),
+    )
+
+
+def build_outputs(settings: Settings) -> list[Output]:
+    """The outputs ``DIMMY_OUTPUTS`` lists and the destinations of ``DIMMY_DESTINATIONS_FILE``
+    (:class:`ConfigError` naming what is wrong)."""
+    destinations = (
+        load_destinations(settings.destinations_file)
+        if settings.destinations_file is not None
+        else []
+    )
+    secret = settings.forward_secret.get_secret_value() if settings.forward_secret else None
+    return parse_outputs(
+        settings.outputs, OutputContext(forward_secret=secret, destinations=destinations)
     )
 
 
@@ -57,8 +72,7 @@ def poll_policy(settings: Settings) -> PollPolicy:
         sweep_interval=settings.poll_sweep_interval_hours * 3600,
         page_size=settings.poll_page_size,
         reconcile_grace=settings.reconcile_grace_seconds,
-        dimension_unit=settings.dimension_unit,
-        weight_unit=settings.weight_unit,
+        intake=Intake.from_settings(settings),
     )
 
 
@@ -128,13 +142,17 @@ class Services:
         jobs in flight; ``store`` and ``clock`` are for tests.
         """
         crash = Failpoints(settings.failpoint)
+        outputs = build_outputs(settings)
         services = cls(
             settings=settings,
             store=store or create_store(settings.database_url, max_attempts=settings.max_attempts),
-            outputs=parse_outputs(settings.outputs),
+            outputs=outputs,
             clock=clock,
             crash=crash,
         )
+        services.store.output_attempts = {
+            output.name: output.max_attempts for output in outputs if isinstance(output, HttpOutput)
+        }
         if run_workers:
             policy = worker_policy(settings)
             if concurrency:

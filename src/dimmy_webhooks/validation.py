@@ -13,10 +13,13 @@ The rules are settings (``DIMMY_VALIDATE_*``), in the stored units (``DIMMY_DIME
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .config import Settings
-from .models import NormalisedItem
+from .items import to_stored_item
+from .models import NormalisedItem, StoredItem
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +80,38 @@ class Rules:
         if self.max_weight is not None and weight > self.max_weight:
             return [f"weight {weight:g} {unit} is over {self.max_weight:g}"]
         return []
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """How a document read from the Dimmy API becomes a stored item version: the stored units,
+    the dimensional-weight divisor and the plausibility rules (the worker and the poller share
+    one)."""
+
+    dimension_unit: str = "cm"
+    weight_unit: str = "kg"
+    dim_weight_divisor: float | None = None
+    rules: Rules = field(default_factory=Rules)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Intake:
+        return cls(
+            dimension_unit=settings.dimension_unit,
+            weight_unit=settings.weight_unit,
+            dim_weight_divisor=settings.dim_weight_divisor,
+            rules=Rules.from_settings(settings),
+        )
+
+    def prepare(self, doc: Mapping[str, Any], raw: str, *, fetched_at: float) -> StoredItem:
+        """The item version to store (held, with the reasons, when it breaks a rule). Raises
+        ``ValueError`` for a document that is not an item."""
+        item = to_stored_item(
+            doc,
+            raw,
+            fetched_at=fetched_at,
+            dimension_unit=self.dimension_unit,
+            weight_unit=self.weight_unit,
+            dim_weight_divisor=self.dim_weight_divisor,
+        )
+        reason = self.rules.check(item.item)
+        return replace(item, hold_reason=reason) if reason is not None else item

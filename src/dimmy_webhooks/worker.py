@@ -18,29 +18,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from . import failpoints
 from .client import DimmyClient, backoff_delay
 from .errors import (
     LeaseLost,
+    OutputError,
     PermanentUpstream,
     StoreError,
     StoreUnavailable,
     TransientUpstream,
     UpstreamAuthError,
 )
-from .items import to_stored_item
+from .forward import DeliveryFailed, DestinationPaused
 from .models import (
     FULL_PAYLOAD,
     ITEMS_SCANNED,
+    DeliveryAttempt,
     Job,
     JobKind,
     StoredItem,
@@ -49,6 +50,7 @@ from .models import (
 )
 from .outputs import Output, deliver_within, idempotency_key
 from .store import Lease, Store
+from .validation import Intake
 
 log = logging.getLogger("dimmy_webhooks.worker")
 
@@ -56,6 +58,10 @@ AUTH_PAUSE_SECONDS = 60.0
 CANCEL_WAIT_SECONDS = 5.0
 """How long a stopping worker waits for its cancelled jobs to end before it releases its claims
 (a cancelled job first lets its store write in flight end, which takes milliseconds)."""
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)
 
 
 def _is_delivered_version(item: StoredItem, job: Job) -> bool:
@@ -95,8 +101,10 @@ class WorkerPolicy:
     lease of ``lease_seconds`` (renewed every third of it while the job runs); a failed attempt
     waits a jittered ``retry_base_seconds * 2 ** (attempt - 1)``, at most ``retry_max_seconds``;
     an idle worker looks for due work every ``poll_seconds`` (sooner when woken); on stop,
-    running jobs get ``grace_seconds`` to finish. A delivery to one output that takes longer than
-    ``output_timeout_seconds`` fails. Items are stored in ``dimension_unit`` and ``weight_unit``.
+    running jobs get ``grace_seconds`` to finish. A delivery to one output that takes longer
+    than ``output_timeout_seconds`` (an ``http:`` one: its own timeout) fails. ``intake`` turns
+    a fetched document into the stored item version (units, dimensional weight, and the
+    plausibility rules that hold it in quarantine).
     """
 
     concurrency: int = 128
@@ -106,8 +114,7 @@ class WorkerPolicy:
     poll_seconds: float = 0.5
     grace_seconds: float = 10.0
     output_timeout_seconds: float = 30.0
-    dimension_unit: str = "cm"
-    weight_unit: str = "kg"
+    intake: Intake = field(default_factory=Intake)
     claim_batch: int = 100
 
 
@@ -300,6 +307,7 @@ class Worker:
         permanent: bool = False,
         retry_after: float | None = None,
         fields: dict[str, object],
+        attempt: DeliveryAttempt | None = None,
     ) -> None:
         now = self.clock()
         retry_at = None
@@ -312,7 +320,7 @@ class Worker:
                 retry_after=retry_after,
             )
         try:
-            dead = await self.store.fail(job, reason, retry_at, now)
+            dead = await self.store.fail(job, reason, retry_at, now, attempt)
         except (LeaseLost, StoreError) as exc:
             log.warning("failure not recorded", extra={"fields": {**fields, "reason": str(exc)}})
             return
@@ -387,20 +395,14 @@ class Worker:
     async def _store_item(self, job: Job, raw: str, doc: dict[str, object]) -> None:
         now = self.clock()
         try:
-            item = to_stored_item(
-                doc,
-                raw,
-                fetched_at=now,
-                dimension_unit=self.policy.dimension_unit,
-                weight_unit=self.policy.weight_unit,
-            )
+            item = self.policy.intake.prepare(doc, raw, fetched_at=now)
         except ValueError as exc:
             raise PermanentUpstream(f"not an item: {exc}") from exc
         lease = Lease(self.owner, self.policy.lease_seconds)
         saved = await self.store.save_item(job, item, list(self.outputs), now, lease)
         # the new version's deliveries are ours already: hand it on without a claim or a read
         if saved.deliveries:
-            item = dataclasses.replace(item, revision=saved.revision)
+            item = replace(item, revision=saved.revision)
             await asyncio.gather(*(self._handle(d, item) for d in saved.deliveries))
 
     async def _deliver(self, job: Job, item: StoredItem | None) -> None:
@@ -411,9 +413,67 @@ class Worker:
             raise PermanentUpstream(f"output {job.output!r} is no longer configured")
         if item is None:
             item = await self.store.get_item(job.item_id)
+        key = idempotency_key(item.id, item.version, output.name, item.revision) if item else ""
+        attempt = DeliveryAttempt(
+            item_id=job.item_id,
+            output=output.name,
+            idempotency_key=key,
+            attempt=job.attempts,
+            started_at=self.clock(),
+            outcome="delivered",
+            revision=job.revision,
+            version=job.version,
+        )
         if item is None or not _is_delivered_version(item, job):
-            await self.store.finish(job, self.clock(), note="superseded by a newer version")
+            # a newer revision exists: never send an older one after it (it is delivered on
+            # its own, after this one's turn)
+            why = "superseded by a newer version"
+            superseded = replace(attempt, outcome="superseded", error=why)
+            await self.store.finish(job, self.clock(), note=why, attempt=superseded)
             return
-        key = idempotency_key(item.id, item.version, output.name, item.revision)
-        await deliver_within(output, item, key, self.policy.output_timeout_seconds)
-        await self.store.finish(job, self.clock())
+        timeout = getattr(output, "delivery_timeout", None) or self.policy.output_timeout_seconds
+        started = time.monotonic()
+        try:
+            receipt = await deliver_within(output, item, key, timeout)
+        except DestinationPaused as exc:  # not this item's fault: wait, uncounted
+            await self.store.postpone(job, str(exc), exc.until, self.clock())
+            return
+        except DeliveryFailed as exc:
+            answer = exc.receipt
+            failed = replace(
+                attempt,
+                latency_ms=answer.latency_ms,
+                status_code=answer.status_code,
+                error=str(exc),
+                response_excerpt=answer.excerpt,
+                record_id=answer.record_id,
+            )
+            await self._fail(
+                job,
+                str(exc),
+                permanent=exc.permanent,
+                retry_after=exc.retry_after,
+                fields={"job": job.id, "kind": job.kind.value, "item": job.item_id},
+                attempt=failed,
+            )
+            return
+        except OutputError as exc:
+            failed = replace(attempt, latency_ms=_ms_since(started), error=str(exc))
+            await self._fail(
+                job,
+                str(exc),
+                fields={"job": job.id, "kind": job.kind.value, "item": job.item_id},
+                attempt=failed,
+            )
+            return
+        note = receipt.note if receipt is not None else None
+        done = replace(
+            attempt,
+            outcome="filtered" if note and note.startswith("filtered") else "delivered",
+            latency_ms=receipt.latency_ms if receipt and receipt.latency_ms else _ms_since(started),
+            status_code=receipt.status_code if receipt else None,
+            response_excerpt=receipt.excerpt if receipt else None,
+            record_id=receipt.record_id if receipt else None,
+            error=note,
+        )
+        await self.store.finish(job, self.clock(), note=note, attempt=done)

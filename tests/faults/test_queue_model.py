@@ -161,6 +161,16 @@ class Model:
             if event.id == event_id:
                 event.status = status
 
+    def delivery_busy(self, job: MJob) -> bool:
+        """Whether ``job`` is a delivery that must wait: another delivery of its item to its
+        output is running (one in flight per item and output keeps revisions in order)."""
+        return job.kind == "deliver" and any(
+            other.kind == "deliver"
+            and other.status == "running"
+            and (other.item_id, other.output) == (job.item_id, job.output)
+            for other in self.jobs.values()
+        )
+
     def live(self, handle: Job) -> bool:
         """Whether a write with ``handle`` must succeed (its token is the job's current one)."""
         job = self.by_id(handle.id)
@@ -388,7 +398,11 @@ class QueueMachine(RuleBasedStateMachine):
         for event_id in died:
             model.refresh(event_id)
         due = sorted(
-            (j for j in model.jobs.values() if j.status == "pending" and j.run_at <= now),
+            (
+                j
+                for j in model.jobs.values()
+                if j.status == "pending" and j.run_at <= now and not model.delivery_busy(j)
+            ),
             key=lambda j: (j.run_at, j.id or 0),
         )[:limit]
         claimed = self.run(self.store.claim(owner, limit, lease, now))
@@ -481,7 +495,9 @@ class QueueMachine(RuleBasedStateMachine):
                 assert result.deliveries == []
             else:
                 assert len({d.lease_token for d in result.deliveries}) <= 1
-                for key, delivery in zip(new_keys, result.deliveries, strict=True):
+                # a delivery whose item is on its way to that output already stays pending
+                leased_keys = [k for k in new_keys if not model.delivery_busy(model.jobs[k])]
+                for key, delivery in zip(leased_keys, result.deliveries, strict=True):
                     leased = model.jobs[key]
                     leased.id = delivery.id
                     leased.status, leased.attempts = "running", 1

@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from ..models import (
@@ -77,6 +77,13 @@ class Store(abc.ABC):
     """What the receiver, the worker, the JSON API and the commands need from a database."""
 
     max_attempts: int
+    output_attempts: Mapping[str, int] = {}
+    """Attempts of the deliveries to some outputs, by name (``http:`` destinations' own)."""
+
+    @property
+    def job_attempts(self) -> ops.Attempts:
+        """What new jobs get: :attr:`max_attempts`, or an output's number for its deliveries."""
+        return ops.Attempts(self.max_attempts, self.output_attempts)
 
     # what a backend provides -------------------------------------------------------------------
 
@@ -163,7 +170,7 @@ class Store(abc.ABC):
         lease was taken over.
         """
         return await self._write(
-            lambda tx: ops.save_item(tx, job, item, outputs, self.max_attempts, now, lease),
+            lambda tx: ops.save_item(tx, job, item, outputs, self.job_attempts, now, lease),
             # deliveries leased to the caller need nobody woken
             lambda saved: saved.changed and bool(outputs) and lease is None,
         )
@@ -175,7 +182,7 @@ class Store(abc.ABC):
         one absent or strictly newer (by ``updated_at``) is stored with its deliveries queued.
         Returns each item's new revision, 0 where nothing changed."""
         return await self._write(
-            lambda tx: ops.save_polled(tx, items, source, outputs, self.max_attempts, now),
+            lambda tx: ops.save_polled(tx, items, source, outputs, self.job_attempts, now),
             lambda revisions: bool(outputs) and any(revisions),
         )
 
@@ -261,7 +268,7 @@ class Store(abc.ABC):
         """Release a held item (its deliveries are queued: returns how many) or reject it,
         with the operator's ``note``. ``LookupError`` when the item is not held."""
         return await self._write(
-            lambda tx: ops.decide_hold(tx, item_id, release, note, outputs, self.max_attempts, now),
+            lambda tx: ops.decide_hold(tx, item_id, release, note, outputs, self.job_attempts, now),
             lambda queued: queued > 0,
         )
 
@@ -324,7 +331,7 @@ class Store(abc.ABC):
         """Put an event's work back in the queue; returns the number of jobs queued.
         ``LookupError`` when the event does not exist."""
         return await self._write(
-            lambda tx: ops.replay_event(tx, event_id, mode, outputs, self.max_attempts, now),
+            lambda tx: ops.replay_event(tx, event_id, mode, outputs, self.job_attempts, now),
             lambda n: n > 0,
         )
 
@@ -334,7 +341,7 @@ class Store(abc.ABC):
         """Fetch one item again, or deliver its stored version again (``LookupError`` when
         redelivering an item that is not stored); returns the number of jobs queued."""
         return await self._write(
-            lambda tx: ops.replay_item(tx, item_id, mode, outputs, self.max_attempts, now),
+            lambda tx: ops.replay_item(tx, item_id, mode, outputs, self.job_attempts, now),
             lambda n: n > 0,
         )
 

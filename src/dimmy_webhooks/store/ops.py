@@ -15,6 +15,7 @@ import dataclasses
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import LeaseLost
@@ -112,13 +113,25 @@ def _job_row(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Attempts:
+    """How many attempts a new job gets: ``default``, or for a delivery to one of the outputs
+    in ``by_output`` (an ``http:`` destination's ``max_attempts``) that output's number."""
+
+    default: int
+    by_output: Mapping[str, int] = field(default_factory=dict)
+
+    def for_output(self, output: str) -> int:
+        return self.by_output.get(output, self.default)
+
+
 def _deliveries(
     item_id: str,
     version: str,
     revision: int,
     outputs: Sequence[str],
     event_id: int | None,
-    max_attempts: int,
+    max_attempts: Attempts,
     now: float,
 ) -> list[dict[str, Any]]:
     """One delivery per output of one revision of an item: its dedupe key names the revision,
@@ -126,7 +139,7 @@ def _deliveries(
     return [
         _job_row(
             JobKind.DELIVER,
-            max_attempts=max_attempts,
+            max_attempts=max_attempts.for_output(output),
             now=now,
             event_id=event_id,
             item_id=item_id,
@@ -294,7 +307,7 @@ def save_item(
     job: Job,
     item: StoredItem,
     outputs: Sequence[str],
-    max_attempts: int,
+    max_attempts: Attempts,
     now: float,
     lease: Lease | None = None,
 ) -> SaveResult:
@@ -322,6 +335,10 @@ def save_item(
                 "expires": now + lease.seconds,
             }
             for row in rows:
+                busy = {"item_id": row["item_id"], "output": row["output"]}
+                if tx.all(tx.sql("delivery_busy"), busy):
+                    _new_jobs(tx, [row])  # an earlier revision is on its way: this one waits
+                    continue
                 leased += [_job(r) for r in tx.all(tx.sql("new_leased_job"), {**row, **extra})]
     _refresh(tx, [job.event_id], now)
     return SaveResult(changed=changed, deliveries=leased, revision=revision)
@@ -332,7 +349,7 @@ def save_polled(
     items: Sequence[StoredItem],
     source: Source,
     outputs: Sequence[str],
-    max_attempts: int,
+    max_attempts: Attempts,
     now: float,
 ) -> list[int]:
     """Store what the poller (or a backfill) read: each item if absent or strictly newer (see
@@ -516,7 +533,7 @@ def replay_event(
     event_id: int,
     mode: ReplayMode,
     outputs: Sequence[str],
-    max_attempts: int,
+    max_attempts: Attempts,
     now: float,
 ) -> int:
     if not tx.all(tx.sql("event_type"), {"id": event_id}):
@@ -543,12 +560,13 @@ def replay_item(
     item_id: str,
     mode: ReplayMode,
     outputs: Sequence[str],
-    max_attempts: int,
+    max_attempts: Attempts,
     now: float,
 ) -> int:
     if mode is ReplayMode.REFETCH:
         _new_jobs(
-            tx, [_job_row(JobKind.FETCH, max_attempts=max_attempts, now=now, item_id=item_id)]
+            tx,
+            [_job_row(JobKind.FETCH, max_attempts=max_attempts.default, now=now, item_id=item_id)],
         )
         return 1
     rows = tx.all(tx.sql("item_version"), {"id": item_id})
@@ -604,7 +622,7 @@ def decide_hold(
     release: bool,
     note: str,
     outputs: Sequence[str],
-    max_attempts: int,
+    max_attempts: Attempts,
     now: float,
 ) -> int:
     """Release (queue its deliveries) or reject a held item; ``LookupError`` when it is not

@@ -57,9 +57,10 @@ _LISTEN_CHECK_SECONDS = 5.0  # how often the idle listener checks that its conne
 
 _CLAIM = f"""
     WITH due AS MATERIALIZED (
-        SELECT id FROM jobs WHERE status = 'pending' AND run_at <= :now
-        ORDER BY run_at, id LIMIT :limit
-        FOR UPDATE SKIP LOCKED)
+        SELECT j.id FROM jobs AS j WHERE j.status = 'pending' AND j.run_at <= :now
+        AND {sql.NOT_BUSY}
+        ORDER BY j.run_at, j.id LIMIT :limit
+        FOR UPDATE OF j SKIP LOCKED)
     UPDATE jobs SET status = 'running', lease_owner = :owner, lease_token = :token,
         lease_expires_at = :expires, attempts = attempts + 1, updated_at = :now
     WHERE id IN (SELECT id FROM due)

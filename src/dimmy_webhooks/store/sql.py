@@ -8,6 +8,9 @@ from __future__ import annotations
 
 JOB_COLUMNS = "id, kind, event_id, item_id, output, version, revision, attempts, lease_token"
 RELEASED = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+NOT_BUSY = """(j.kind != 'deliver' OR NOT EXISTS (
+    SELECT 1 FROM jobs AS busy WHERE busy.item_id = j.item_id AND busy.kind = 'deliver'
+    AND busy.status = 'running' AND busy.output = j.output))"""
 _NEW_JOB = """
 INSERT INTO jobs (kind, event_id, item_id, output, version, revision, dedupe_key, status,
                   attempts, max_attempts, run_at, created_at, updated_at)
@@ -82,12 +85,18 @@ SQL: dict[str, str] = {
             run_at = :now, updated_at = :now, {RELEASED}
         WHERE status = 'running' AND lease_expires_at < :now
         RETURNING event_id, status""",
+    # a delivery waits while another of the same item to the same output runs: one in flight per
+    # item and output, so an older revision can never arrive after a newer one
     "claim": f"""
         UPDATE jobs SET status = 'running', lease_owner = :owner, lease_token = :token,
             lease_expires_at = :expires, attempts = attempts + 1, updated_at = :now
-        WHERE id IN (SELECT id FROM jobs WHERE status = 'pending' AND run_at <= :now
-                     ORDER BY run_at, id LIMIT :limit)
+        WHERE id IN (SELECT j.id FROM jobs AS j WHERE j.status = 'pending' AND j.run_at <= :now
+                     AND {NOT_BUSY} ORDER BY j.run_at, j.id LIMIT :limit)
         RETURNING {JOB_COLUMNS}""",
+    "delivery_busy": """
+        SELECT 1 AS busy FROM jobs
+        WHERE item_id = :item_id AND kind = 'deliver' AND status = 'running' AND output = :output
+        LIMIT 1""",
     "heartbeat": """
         UPDATE jobs SET lease_expires_at = :expires
         WHERE lease_owner = :owner AND status = 'running'""",
