@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -246,7 +247,11 @@ async def browse_items(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[
         str | None,
-        Query(max_length=200, pattern=r"^[0-9.eE+-]+:[A-Za-z0-9_-]{1,128}$", description="cursor"),
+        Query(
+            max_length=200,
+            pattern=r"^-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,2})?:[A-Za-z0-9_-]{1,128}$",
+            description="cursor",
+        ),
     ] = None,
 ) -> Response:
     """The items page: items most recently stored first (``fetched_at`` in ``[since,
@@ -257,7 +262,13 @@ async def browse_items(
         try:
             cursor = (float(at), item_id)
         except ValueError:
-            raise HTTPException(status_code=422, detail="before: not a cursor") from None
+            error = {
+                "loc": ("query", "before"),
+                "msg": "not a cursor: pass back the `next` of the previous page",
+                "type": "value_error",
+                "input": before,
+            }
+            raise RequestValidationError([error]) from None
     where = _filter(q, since, until, scanner, has_dimensions)
     items = await _services(request).store.browse_items(where, limit=limit, before=cursor)
     last = items[-1] if len(items) == limit else None

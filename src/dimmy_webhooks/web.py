@@ -82,7 +82,12 @@ def create_app(
             "`dimmy-webhooks serve --poll` to read items from the Dimmy API instead (pull mode)"
         )
     services = Services.from_settings(
-        settings, run_workers=run_worker, run_poller=run_poller, store=store, clock=clock
+        settings,
+        run_workers=run_worker,
+        run_poller=run_poller,
+        store=store,
+        clock=clock,
+        alerts=True,
     )
 
     @contextlib.asynccontextmanager
