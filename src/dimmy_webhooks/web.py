@@ -15,12 +15,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, dashboard
 from .access import AccessGuard, TokenCheck, allowed_hosts, retry_after_header
+from .api import require_admin
 from .api import router as api_router
 from .api_reports import router as reports_router
 from .config import Settings
@@ -163,6 +165,7 @@ def create_app(
     dashboard.install(app, settings)
     # outermost last: the webhook goes straight to the receiver (its signature is its access
     # control); everything else passes the Host and cross-site checks, under the headers
+    app.add_middleware(TokenFirst)
     app.add_middleware(
         AccessGuard,
         allowed_hosts=allowed_hosts(
@@ -172,6 +175,33 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     app.add_middleware(WebhookRoute, receiver=receiver, path=settings.webhook_path)
     return app
+
+
+class TokenFirst:
+    """ASGI middleware asking ``/api/*`` for the admin token (or a dashboard session) before
+    the app reads anything: a caller without it learns nothing, not even that its body or
+    parameters are invalid (the routes' own dependency runs after FastAPI has parsed the
+    body)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        credentials = None
+        if scheme.lower() == "bearer" and given.strip():
+            credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=given.strip())
+        try:
+            await require_admin(request, credentials)
+        except HTTPException as exc:
+            refusal = JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _metrics_refusal(request: Request, settings: Settings) -> Response | None:

@@ -43,7 +43,7 @@ LOST_AFTER = 8.0  # seconds before scans are made whose webhooks never arrive
 LOST_SCANS = 3
 LOST_GRACE = 5.0  # the demo's reconciliation grace (DIMMY_RECONCILE_GRACE_SECONDS)
 LATE_AFTER = 4.0  # seconds before a scan's webhook comes before its item can be read
-LATE_READABLE = 8.0  # ... and how long after that the item can be read (replay it then)
+LATE_READABLE = 5.0  # ... and how long after that the item can be read (replay it then)
 MAX_SIDE = 100.0  # cm: items with a longer side are held in quarantine (a pallet on the table?)
 JSONL = "dimmy-demo-items.jsonl"
 
