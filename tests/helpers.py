@@ -680,3 +680,45 @@ class FakeWms:
         out += [(k.encode(), v.encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": content})
+
+
+# the dashboard, as a browser uses it -----------------------------------------------------------
+
+
+def dashboard_login(client: httpx.Client, token: str = ADMIN_TOKEN) -> str:
+    """Log ``client`` in to the dashboard as its login page's script does (the login form's
+    double-submit token, then a JSON post); returns the session's CSRF token."""
+    client.get("/ui/login")
+    nonce = client.cookies.get("dimmy_login", path="/ui/login") or ""
+    answer = client.post("/ui/login", json={"token": token}, headers={"x-csrf-token": nonce})
+    if answer.status_code != 200:
+        raise AssertionError(f"login refused: {answer.status_code} {answer.text}")
+    return csrf_of(client.get("/").text)
+
+
+def csrf_of(page: str) -> str:
+    """The CSRF token a dashboard page carries for its script."""
+    found = re.search(r'<meta name="csrf-token" content="([^"]*)">', page)
+    return found.group(1) if found else ""
+
+
+def hold_item(db_url: str, item_id: str, reason: str = "side over 100 cm") -> None:
+    """Put a stored item in quarantine behind the store's back (as a validation rule would)."""
+    sql = (
+        "UPDATE items SET hold_state = 'held', hold_reason = '{reason}', held_at = {now} "
+        "WHERE id = '{item}'"
+    ).format(reason=reason.replace("'", "''"), now=time.time(), item=_literal(item_id))
+    if db_url.startswith("sqlite:///"):
+        import sqlite3
+
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=10)
+        try:
+            with conn:
+                conn.execute(sql)
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True, connect_timeout=5) as pg:
+        pg.execute(sql)  # type: ignore[call-overload,unused-ignore]

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from pydantic import Field as PydanticField
 
 from .access import TokenCheck, retry_after_header
+from .dashboard.sessions import api_session_admits
 from .items import to_api_json
 from .models import ITEM_ID_PATTERN, DeliveryAttempt, EventRecord, StoredItem
 from .services import Services
@@ -42,10 +43,14 @@ async def require_admin(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """When ``DIMMY_ADMIN_TOKEN`` is set, demand ``Authorization: Bearer <token>`` (401), and
-    answer 429 to a client that keeps giving wrong ones (:mod:`.access`)."""
+    """When ``DIMMY_ADMIN_TOKEN`` is set, demand ``Authorization: Bearer <token>`` (401) or a
+    dashboard session (:mod:`.dashboard.sessions`), and answer 429 to a client that keeps
+    giving wrong tokens (:mod:`.access`)."""
     tokens: TokenCheck = request.app.state.tokens
     if not tokens.required:
+        return
+    # a dashboard session stands for the token (a POST also needs its CSRF header, else 403)
+    if getattr(request.app.state, "sessions", None) is not None and api_session_admits(request):
         return
     client = request.client.host if request.client else "-"
     verdict = tokens.check(credentials.credentials if credentials is not None else "", client)

@@ -647,6 +647,16 @@ def fake_api(
     default=0.0,
     help="Stop after this many seconds (default: run until Ctrl-C).",
 )
+@click.option(
+    "--admin-token",
+    metavar="TOKEN",
+    help="Protect the dashboard and API with this token (a login), as a deployment does.",
+)
+@click.option(
+    "--browser/--no-browser",
+    default=None,
+    help="Open the dashboard in the web browser (default: when run in a terminal).",
+)
 @friendly_errors
 def demo(**options: Any) -> None:
     """Run everything offline in one process: a fake Dimmy API, the service, and devices whose

@@ -168,6 +168,7 @@ class DimmyClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
+        observe: Callable[[str, str, float], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -209,6 +210,8 @@ class DimmyClient:
         self._live_idle = asyncio.Event()
         self._live_idle.set()
         self.auth_failed: str | None = None
+        # (path, status or "timeout"/"transport_error", seconds) of every request: /metrics
+        self._observe = observe
 
     def __repr__(self) -> str:
         return f"DimmyClient({urlsplit(self.base_url).hostname!r})"  # never the user-info
@@ -353,16 +356,20 @@ class DimmyClient:
             await self._wait_out_pause()  # a 429 may have arrived while this waited its turn
             if on_turn is not None:
                 on_turn()
+            started = time.monotonic()
             try:
                 async with asyncio.timeout(self._total_timeout):
                     http = next(self._next_pool)
                     response = await http.request(method, path, params=params, json=body)
             except (httpx.TimeoutException, TimeoutError) as exc:
+                self._observed(path, "timeout", started)
                 reason = f"{method} {path}: timed out ({type(exc).__name__})"
                 raise TransientUpstream(self._redact(reason)) from exc
             except httpx.RequestError as exc:
+                self._observed(path, "transport_error", started)
                 reason = self._redact(f"{method} {path}: {type(exc).__name__}: {exc}")
                 raise TransientUpstream(reason[: DETAIL_LIMIT + 100]) from exc
+            self._observed(path, str(response.status_code), started)
         self._classify(method, path, response)
         return response
 
@@ -390,6 +397,13 @@ class DimmyClient:
         if status == 408 or status >= 500:
             raise TransientUpstream(reason, status=status)
         raise PermanentUpstream(reason, status=status)
+
+    def _observed(self, path: str, status: str, started: float) -> None:
+        if self._observe is not None:
+            # the template, not the id: one series per endpoint
+            self._observe(
+                "/items" if path == "/items" else "/items/{id}", status, time.monotonic() - started
+            )
 
     async def _wait_out_pause(self) -> None:
         while (remaining := self._paused_until - self._clock()) > 0:

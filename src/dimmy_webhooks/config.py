@@ -266,6 +266,72 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Lowest level written to the log."
     )
+    # the operator's view: dashboard sessions, /metrics, alerts --------------------------------
+    session_hours: float = Field(
+        default=12.0,
+        gt=0,
+        le=24 * 30,
+        description="How long a dashboard login lasts (its session cookie expires then). "
+        "Changing DIMMY_ADMIN_TOKEN ends every session at once.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for `/metrics` alone, so a Prometheus scraper needs no admin "
+        "token (the admin token is accepted too). Unset: `/metrics` wants the admin token when "
+        "one is set, else it is open like the rest (loopback only).",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The dashboard's address as people open it (e.g. "
+        "`https://dimmy.example.com`): alert messages link to it.",
+    )
+    alert_url: SecretStr | None = Field(
+        default=None,
+        description="Where alerts go: a Slack or Teams incoming webhook, or any URL that takes "
+        "a JSON POST. One message when something needs a person (work went dead, the API key "
+        "was refused, signature failures, a failing destination, webhooks being lost), one "
+        "when it clears. Unset: no alerts.",
+    )
+    alert_format: Literal["slack", "json"] = Field(
+        default="slack",
+        description='`slack`: `{"text": ...}` (Slack, Teams and Mattermost incoming webhooks); '
+        "`json`: an object with `condition`, `state` (`firing`/`resolved`), `summary`, `at`.",
+    )
+    alert_interval_seconds: float = Field(
+        default=15.0, ge=1, le=3600, description="How often the alert conditions are checked."
+    )
+    alert_repeat_minutes: float = Field(
+        default=30.0,
+        gt=0,
+        description="At most one message per condition per this many minutes (a condition that "
+        "keeps getting worse is told again after this; a resolved message always goes out).",
+    )
+    alert_signature_failures: int = Field(
+        default=20,
+        ge=1,
+        description="Webhooks refused for their signature within 5 minutes that raise an alert "
+        "(a wrong or rotated secret, or someone probing the endpoint).",
+    )
+    alert_destination_minutes: float = Field(
+        default=10.0,
+        gt=0,
+        description="An output whose deliveries have all failed for this long (no success "
+        "since its first failure) raises an alert.",
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else None
+
+    @field_validator("alert_url")
+    @classmethod
+    def _alert_url_is_http(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
 
     @field_validator("api_url")
     @classmethod
@@ -328,8 +394,16 @@ class Settings(BaseSettings):
         value = self.admin_token.get_secret_value().strip()
         return value or None
 
+    def metrics_token_value(self) -> str | None:
+        """The token for ``/metrics`` alone, or ``None`` when unset or blank."""
+        if self.metrics_token is None:
+            return None
+        return self.metrics_token.get_secret_value().strip() or None
 
-SECRET_SETTINGS = frozenset({"webhook_secret", "api_key", "admin_token", "forward_secret"})
+
+SECRET_SETTINGS = frozenset(
+    {"webhook_secret", "api_key", "admin_token", "forward_secret", "metrics_token", "alert_url"}
+)
 """Settings never printed (``config`` shows them as set or not)."""
 
 

@@ -108,6 +108,7 @@ class Answer:
     status: int
     reason: str | None = None  # sent as {"error": reason}
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    outcome: str | None = None  # a 204's InsertOutcome, for the metrics
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -167,8 +168,11 @@ class Receiver:
         on_accepted: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         crash: Failpoints = NO_FAILPOINTS,
+        observe: Callable[[int, str | None, str | None], None] | None = None,
     ) -> None:
         self.crash = crash
+        # (status, outcome, reason) of every answer: /metrics and the dashboard
+        self.observe = observe
         self.store = store
         self.verifier = verifier
         self.max_body_bytes = max_body_bytes
@@ -184,6 +188,8 @@ class Receiver:
         except Exception:  # a bug must not become a 500 or a lost event: the sender retries
             log.exception("webhook failed unexpectedly")
             answer = Answer(503, "internal error, retry later", tuple(_RETRY))
+        if self.observe is not None:
+            self.observe(answer.status, answer.outcome, answer.reason)
         headers = [*SECURITY_HEADERS, *answer.headers]
         body = b""
         if answer.reason is not None:
@@ -293,7 +299,7 @@ class Receiver:
         log.info(f"webhook {outcome.value}", extra={"fields": fields})
         if outcome is not InsertOutcome.DUPLICATE:
             self.on_accepted()
-        return Answer(204)
+        return Answer(204, outcome=outcome.value)
 
 
 async def _pull_mode(scope: Scope, receive: Receive, send: Send) -> None:

@@ -25,6 +25,7 @@ from .config import Settings
 from .errors import ConfigError, StoreError
 from .failpoints import Failpoints
 from .forward import HttpOutput, load_destinations
+from .metrics import Metrics
 from .models import ReplayMode
 from .outputs import Output, OutputContext, parse_outputs
 from .poller import Poller, PollPolicy, Reconciliation, reconciliation
@@ -76,8 +77,9 @@ def poll_policy(settings: Settings) -> PollPolicy:
     )
 
 
-def create_client(settings: Settings) -> DimmyClient | None:
-    """The Dimmy API client, or ``None`` when no API key is configured."""
+def create_client(settings: Settings, metrics: Metrics | None = None) -> DimmyClient | None:
+    """The Dimmy API client (counting its requests in ``metrics``), or ``None`` when no API
+    key is configured."""
     if settings.api_key is None or not settings.api_key.get_secret_value().strip():
         return None
     return DimmyClient(
@@ -87,6 +89,7 @@ def create_client(settings: Settings) -> DimmyClient | None:
         concurrency=settings.api_concurrency,
         rate_limit=settings.api_rate_limit,
         max_json_depth=settings.max_json_depth,
+        observe=metrics.api_request if metrics is not None else None,
     )
 
 
@@ -122,6 +125,7 @@ class Services:
     clock: Callable[[], float] = time.time
     crash: Failpoints = field(default_factory=Failpoints)
     started_at: float = field(default_factory=time.time)
+    metrics: Metrics = field(default_factory=Metrics)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     @classmethod
@@ -134,12 +138,14 @@ class Services:
         concurrency: int | None = None,
         store: Store | None = None,
         clock: Callable[[], float] = time.time,
+        alerts: bool = False,
     ) -> Services:
         """Build every part from ``settings``; raises :class:`ConfigError` for unusable ones.
 
         ``run_workers=False`` is a receiver only (``serve --no-worker``); ``run_poller`` adds the
         poller (``serve --poll``, which needs an API key); ``concurrency`` overrides the workers'
-        jobs in flight; ``store`` and ``clock`` are for tests.
+        jobs in flight; ``alerts`` adds the notifier when ``DIMMY_ALERT_URL`` is set (``serve``
+        only: a one-off command must not alert); ``store`` and ``clock`` are for tests.
         """
         crash = Failpoints(settings.failpoint)
         outputs = build_outputs(settings)
@@ -149,6 +155,7 @@ class Services:
             outputs=outputs,
             clock=clock,
             crash=crash,
+            metrics=Metrics(clock),
         )
         services.store.output_attempts = {
             output.name: output.max_attempts for output in outputs if isinstance(output, HttpOutput)
@@ -157,7 +164,7 @@ class Services:
             policy = worker_policy(settings)
             if concurrency:
                 policy = replace(policy, concurrency=concurrency)
-            services.client = create_client(settings)
+            services.client = create_client(settings, services.metrics)
             worker = Worker(
                 services.store, services.client, services.outputs, policy, clock=clock, crash=crash
             )
@@ -166,12 +173,16 @@ class Services:
         if run_poller:
             services.poller = services.new_poller()
             services.parts.append(Part("poller", services.poller.run))
+        if alerts and settings.alert_url is not None:
+            from .alerts import notifier_part
+
+            services.parts.append(Part("notifier", notifier_part(services)))
         return services
 
     def new_poller(self) -> Poller:
         """A poller on this process's store and client (``poll --once`` and ``backfill`` run
         its passes themselves; ``serve --poll`` runs it as a part). Needs an API key."""
-        self.client = self.client or create_client(self.settings)
+        self.client = self.client or create_client(self.settings, self.metrics)
         if self.client is None:
             raise ConfigError("polling needs the Dimmy API: set DIMMY_API_KEY")
         return Poller(

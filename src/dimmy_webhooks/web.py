@@ -1,33 +1,46 @@
-"""The ASGI app: receiver, JSON API, health checks.
+"""The ASGI app: receiver, JSON API, dashboard, health checks, ``/metrics``.
 
 :func:`create_app` builds the service's parts (:class:`~dimmy_webhooks.services.Services`) and
 serves them: the app's lifespan is :meth:`Services.running`, so the store is open and (unless told
 otherwise) the workers run in the same process while the app serves. Every response carries
-``nosniff``, a strict Content-Security-Policy and ``no-referrer``.
+``nosniff``, a strict Content-Security-Policy and ``no-referrer``; the dashboard's pages a
+policy that also lets item photos load from https hosts (:data:`.dashboard.PAGE_CSP`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__
-from .access import AccessGuard, TokenCheck, allowed_hosts
+from . import __version__, dashboard
+from .access import AccessGuard, TokenCheck, allowed_hosts, retry_after_header
+from .api import require_admin
 from .api import router as api_router
+from .api_reports import router as reports_router
 from .config import Settings
 from .errors import ConfigError, StoreError
+from .metrics import CONTENT_TYPE
+from .overview import take_overview
 from .receiver import PULL_MODE, SECURITY_HEADERS, Receiver, WebhookRoute
 from .services import Services
 from .signatures import Verifier, parse_secrets
 from .store import Store
 
 log = logging.getLogger("dimmy_webhooks.web")
+
+
+_PAGE_HEADERS = [
+    (name, dashboard.PAGE_CSP.encode() if name == b"content-security-policy" else value)
+    for name, value in SECURITY_HEADERS
+]
 
 
 class SecurityHeaders:
@@ -40,10 +53,11 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        added = _PAGE_HEADERS if dashboard.is_page(scope["path"]) else SECURITY_HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+                message["headers"] = [*message.get("headers", []), *added]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -70,7 +84,12 @@ def create_app(
             "`dimmy-webhooks serve --poll` to read items from the Dimmy API instead (pull mode)"
         )
     services = Services.from_settings(
-        settings, run_workers=run_worker, run_poller=run_poller, store=store, clock=clock
+        settings,
+        run_workers=run_worker,
+        run_poller=run_poller,
+        store=store,
+        clock=clock,
+        alerts=True,
     )
 
     @contextlib.asynccontextmanager
@@ -107,6 +126,7 @@ def create_app(
             on_accepted=services.wake_workers,
             clock=clock,
             crash=services.crash,
+            observe=services.metrics.webhook,
         )
     # the webhook bypasses the framework (see WebhookRoute, added outermost below)
 
@@ -129,9 +149,23 @@ def create_app(
         log.warning("store error in API", extra={"fields": {"reason": str(exc)}})
         return JSONResponse({"detail": "store unavailable, retry later"}, status_code=503)
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format; the admin token (or ``DIMMY_METRICS_TOKEN``) when set."""
+        refusal = _metrics_refusal(request, settings)
+        if refusal is not None:
+            return refusal
+        overview = await take_overview(services, services.metrics)
+        deliveries = await services.metrics.ledger.counts(services.store)
+        body = services.metrics.render(overview, deliveries)
+        return Response(body, media_type=CONTENT_TYPE, headers={"cache-control": "no-store"})
+
     app.include_router(api_router)
+    app.include_router(reports_router)
+    dashboard.install(app, settings)
     # outermost last: the webhook goes straight to the receiver (its signature is its access
     # control); everything else passes the Host and cross-site checks, under the headers
+    app.add_middleware(TokenFirst)
     app.add_middleware(
         AccessGuard,
         allowed_hosts=allowed_hosts(
@@ -141,3 +175,59 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     app.add_middleware(WebhookRoute, receiver=receiver, path=settings.webhook_path)
     return app
+
+
+class TokenFirst:
+    """ASGI middleware asking ``/api/*`` for the admin token (or a dashboard session) before
+    the app reads anything: a caller without it learns nothing, not even that its body or
+    parameters are invalid (the routes' own dependency runs after FastAPI has parsed the
+    body)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        credentials = None
+        if scheme.lower() == "bearer" and given.strip():
+            credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=given.strip())
+        try:
+            await require_admin(request, credentials)
+        except HTTPException as exc:
+            refusal = JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _metrics_refusal(request: Request, settings: Settings) -> Response | None:
+    """``None`` when ``/metrics`` may answer: no token configured, or the bearer is
+    ``DIMMY_METRICS_TOKEN`` or the admin token (wrong ones count against the same per-address
+    throttle as the API's)."""
+    accepted = [t for t in (settings.metrics_token_value(), settings.admin_token_value()) if t]
+    if not accepted:
+        return None
+    throttle = request.app.state.tokens.throttle
+    client = request.client.host if request.client else "-"
+    wait = throttle.retry_after(client)
+    if wait is not None:
+        return JSONResponse(
+            {"detail": "too many wrong tokens from this address: retry later"},
+            429,
+            headers={"Retry-After": retry_after_header(wait)},
+        )
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and any(
+        hmac.compare_digest(given.strip().encode(), token.encode()) for token in accepted
+    ):
+        throttle.succeeded(client)
+        return None
+    throttle.failed(client)
+    log.warning("metrics request refused", extra={"fields": {"client": client}})
+    return JSONResponse(
+        {"detail": "missing or wrong token"}, 401, headers={"WWW-Authenticate": "Bearer"}
+    )

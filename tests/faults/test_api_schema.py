@@ -210,6 +210,11 @@ def _run_operation(operation: Any, api_url: str, exclude: set[str]) -> list[int]
         response = case.call(base_url=api_url, headers=AUTH, timeout=10)
         statuses.append(response.status_code)
         assert response.status_code < 500, f"{case.method} {case.formatted_path}: 5xx"
+        if response.status_code == 431:
+            # a generated query (2,000 four-byte characters, percent-encoded) can make the
+            # request head larger than DIMMY_MAX_HEADER_BYTES: refused before the app (S5)
+            assert len(response.request.url or "") > 8 * 1024, response.request.url
+            return
         lax = _framework_leniency(case.query or {})
         case.validate_response(
             response,

@@ -6,8 +6,11 @@ override and a NUL go through the whole path (Dimmy fake -> signed webhook -> wo
 session must carry ``nosniff`` and a Content-Security-Policy; any response whose body contains a
 payload unescaped must be ``application/json``, never ``text/html``; and the JSON gives the values
 back exactly (text, not markup; a normalised field may drop a NUL, the raw document keeps it).
-There is no dashboard yet: the only HTML the service could serve is FastAPI's ``/docs`` and
-``/redoc``; if served they must carry the same headers and work under the CSP.
+The dashboard's pages (and their live parts, and the exports) show the same values: an HTML page
+may carry a payload only as inert text (:func:`inert`: no script of its own inline, no event
+handler attribute, no ``javascript:`` link or image, no element a payload names), CSV and JSON
+Lines exports only as data. FastAPI's ``/docs`` and ``/redoc`` are not served; if they were,
+they would have to carry the same headers and work under the CSP.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import quote
 
@@ -26,7 +30,15 @@ from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 
-from ..helpers import ADMIN_TOKEN, API_KEY, AUTH, make_settings, signed
+from ..helpers import (
+    ADMIN_TOKEN,
+    API_KEY,
+    AUTH,
+    dashboard_login,
+    hold_item,
+    make_settings,
+    signed,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -126,18 +138,75 @@ def check_headers(response: httpx.Response) -> None:
     assert "frame-ancestors 'none'" in csp, where
 
 
+_LIVE_TAGS = frozenset({"svg", "iframe", "object", "embed", "textarea", "math", "base", "frame"})
+_URL_ATTRIBUTES = frozenset({"href", "src", "action", "formaction", "xlink:href", "srcset"})
+
+
+class _Markup(HTMLParser):
+    """What a page would run or render as markup: what :func:`inert` refuses."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.live: list[str] = []
+        self.in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag in _LIVE_TAGS:
+            self.live.append(f"<{tag}>")
+        if tag == "script":
+            src = values.get("src") or ""
+            if not src.startswith("/ui/static/"):
+                self.live.append(f"script src={src!r}")
+            self.in_script = True
+        for name, value in attrs:
+            if name.startswith("on"):
+                self.live.append(f"<{tag} {name}>")
+            text = re.sub(r"[\x00-\x20]", "", value or "").lower()
+            if name in _URL_ATTRIBUTES and text.startswith(("javascript:", "data:", "vbscript:")):
+                self.live.append(f"<{tag} {name}={value!r}>")
+        if tag == "img" and not (values.get("src") or "").startswith(("https://", "http://", "/")):
+            self.live.append(f"<img src={values.get('src')!r}>")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self.in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self.in_script and data.strip():
+            self.live.append("inline script")
+
+
+def inert(page: str) -> list[str]:
+    """What in ``page`` a browser would run or render as markup ([]: only text)."""
+    parser = _Markup()
+    parser.feed(page)
+    parser.close()
+    return parser.live
+
+
 def check_all(responses: list[httpx.Response]) -> int:
-    """Headers on every response; markup only inside JSON. Returns how many carried a payload."""
+    """Headers on every response; markup only inside JSON, exports or inert HTML. Returns how
+    many carried a payload."""
     carrying = 0
     for response in responses:
         check_headers(response)
         found = unescaped(response.text)
         if found:
             carrying += 1
-            kind = response.headers.get("content-type", "")
+            kind = response.headers.get("content-type", "").split(";")[0].strip()
             where = f"{response.request.method} {response.request.url.path}"
-            assert kind.split(";")[0].strip() == "application/json", (where, kind, found)
-            json.loads(response.text)  # well-formed: the payload is inside a JSON string
+            if kind == "text/html":
+                assert inert(response.text) == [], (where, inert(response.text))
+                assert "<script>alert" not in response.text, where
+            elif kind == "application/x-ndjson":
+                for line in response.text.splitlines():
+                    json.loads(line)
+            elif kind == "text/csv":
+                assert response.headers["content-disposition"].startswith("attachment"), where
+            else:
+                assert kind == "application/json", (where, kind, found)
+                json.loads(response.text)  # well-formed: the payload is inside a JSON string
     return carrying
 
 
@@ -226,6 +295,47 @@ def test_hostile_values_come_back_as_json_text(
     assert {r.request.url.path for r in html} <= set(HTML_PAGES)
     for response in html:
         assert not unescaped(response.text), response.request.url.path
+
+    # the dashboard shows the same values: as text on its pages, as data in its exports
+    hold_item(db_url, ids[0], reason=PAYLOADS[2])  # a hostile reason on the quarantine page
+    shown = browse_dashboard(str(service.client.base_url), docs, full, events)
+    assert shown >= len(payloads) * 4, "the dashboard should have shown the payloads"
+
+
+def browse_dashboard(
+    base_url: str, docs: dict[str, dict[str, Any]], full: dict[str, Any], events: list[Any]
+) -> int:
+    """Every dashboard page, live part, twin and export that can show the payloads, logged in;
+    returns how many responses carried one (each checked by :func:`check_all`)."""
+    dashboard = Session(base_url)
+    try:
+        assert dashboard_login(dashboard.client)
+        pages = ["/", "/ui/events", "/ui/items", "/ui/quarantine", "/?live=1", "/ui/items?live=1"]
+        for doc in [*docs.values(), full]:
+            pages += [f"/ui/items/{doc['_id']}", f"/ui/items/{doc['_id']}?live=1"]
+        for event in events:
+            pages += [f"/ui/events/{event['id']}", f"/ui/events/{event['id']}?live=1"]
+        for page in pages:
+            answer = dashboard.request("GET", page)
+            assert answer.status_code == 200, (page, answer.status_code)
+        for payload in ASCII_PAYLOADS:
+            for name in ("q", "scanner", "since", "until", "dims", "before"):
+                dashboard.request("GET", "/ui/items", params={name: payload})
+            for name in ("status", "type", "since"):
+                dashboard.request("GET", "/ui/events", params={name: payload})
+            dashboard.request("GET", "/ui/login", params={"next": payload})
+            dashboard.request("GET", "/api/items.json", params={"q": payload})
+        for path in ("/api/items.csv", "/api/items.jsonl", "/api/items.json", "/api/overview"):
+            dashboard.request("GET", path)
+        for event in events:
+            dashboard.request("GET", f"/api/events/{event['id']}/work")
+            dashboard.request("GET", f"/api/events/{event['id']}/body")
+        first = docs[PAYLOADS[0]]
+        found = dashboard.request("GET", "/ui/items", params={"q": first["barcode"]})
+        assert f'href="/ui/items/{first["_id"]}"' in found.text
+        return check_all(dashboard.responses)
+    finally:
+        dashboard.close()
 
 
 def test_nul_in_one_item_does_not_lose_the_event(

@@ -14,7 +14,9 @@ import contextlib
 import random
 import secrets
 import signal
+import sys
 import time
+import webbrowser
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,9 @@ DUPLICATE_RATE = 0.1
 LOST_AFTER = 8.0  # seconds before scans are made whose webhooks never arrive
 LOST_SCANS = 3
 LOST_GRACE = 5.0  # the demo's reconciliation grace (DIMMY_RECONCILE_GRACE_SECONDS)
+LATE_AFTER = 4.0  # seconds before a scan's webhook comes before its item can be read
+LATE_READABLE = 5.0  # ... and how long after that the item can be read (replay it then)
+MAX_SIDE = 100.0  # cm: items with a longer side are held in quarantine (a pallet on the table?)
 JSONL = "dimmy-demo-items.jsonl"
 
 
@@ -52,8 +57,14 @@ def run_demo(
     speed: float,
     database: Path,
     duration: float,
+    browser: bool | None = None,
+    admin_token: str | None = None,
 ) -> None:
     """Run the demo until Ctrl-C or ``duration`` seconds (0: no limit).
+
+    The dashboard's URL is printed first and, when ``browser`` (default: stdout is a
+    terminal), opened in the default web browser. With ``admin_token`` the dashboard and
+    the API want it (a login), as a real deployment does.
 
     Raises :class:`ConfigError` when a port is taken or ``database`` is the service's own.
     """
@@ -96,7 +107,8 @@ def run_demo(
             host="127.0.0.1",
             port=port,
             webhook_path="/webhook",
-            admin_token=None,
+            admin_token=admin_token,
+            validate_max_side=MAX_SIDE,
             worker_enabled=True,
             log_level="WARNING",
             # the poller reconciles: scans whose webhook was lost arrive through it
@@ -108,9 +120,12 @@ def run_demo(
         )
         app = create_app(settings, run_poller=True)
         url = _serve(stack, app, port, "--port")
+        access = "log in with the admin token" if admin_token else "open on this machine only"
         click.echo(
+            f"dashboard: {url}/\n"
             "dimmy-webhooks demo: a fake Dimmy API, the service and simulated devices, "
             "all offline in this process\n"
+            f"  dashboard    {url}/  ({access})\n"
             f"  service      {url}\n"
             f"  webhooks     {url}/webhook  (throwaway secret of this run: {secret})\n"
             f"  events       {url}/api/events\n"
@@ -123,10 +138,14 @@ def run_demo(
             f"  JSON Lines   {jsonl}\n"
             f"{DEVICES} devices upload 1-5 items every ~2 s; an offline device uploads "
             f"{big_batch} items after ~{BIG_BATCH_AFTER:g} s; after ~{LOST_AFTER:g} s the "
-            f"receiver misses {LOST_SCANS} scans, which the poller finds; retry schedule "
+            f"receiver misses {LOST_SCANS} scans, which the poller finds; a scan whose item "
+            f"cannot be read yet goes dead (replay it from the dashboard once it can); items "
+            f"with a side over {MAX_SIDE:g} cm are held in quarantine; retry schedule "
             f"{speed:g}x faster. "
             + (f"Stopping after {duration:g} s." if duration else "Ctrl-C to stop.")
         )
+        if browser if browser is not None else sys.stdout.isatty():
+            webbrowser.open(f"{url}/")
         demo = DemoRun(
             url=url,
             key=parse_secrets(secret)[0],
@@ -231,6 +250,7 @@ class DemoRun:
             background = [asyncio.create_task(self._device(sender)) for _ in range(DEVICES)]
             background.append(asyncio.create_task(self._offline_device(sender)))
             background.append(asyncio.create_task(self._lost_webhooks()))
+            background.append(asyncio.create_task(self._late_item(sender)))
             background.append(asyncio.create_task(self._progress(sender)))
             await self.stop.wait()
             for task in background:
@@ -283,6 +303,25 @@ class DemoRun:
         click.echo(
             f"{self._elapsed()} the receiver was down: {LOST_SCANS} scans' webhooks were lost "
             f"({', '.join(self.lost)}); the poller will find them"
+        )
+
+    async def _late_item(self, sender: SimulatedSender) -> None:
+        """A webhook that names an item Dimmy cannot serve yet: its fetch gets 404 and the
+        event is dead; the item becomes readable a little later, for a replay to succeed."""
+        await asyncio.sleep(LATE_AFTER)
+        [item_id] = _scan(self.fake, 1)
+        doc = self.fake.items[item_id]
+        self.fake.remove_item(item_id)
+        self._upload(sender, [item_id])
+        click.echo(
+            f"{self._elapsed()} a scan's webhook came before its item could be read "
+            f"({item_id}): its event goes dead (404)"
+        )
+        await asyncio.sleep(LATE_READABLE)
+        self.fake.add_item(doc)
+        click.echo(
+            f"{self._elapsed()} item {item_id} is now readable: replay its dead event from "
+            f"the dashboard ({self.url}/ui/events?status=dead)"
         )
 
     async def _reconciled(self) -> int:

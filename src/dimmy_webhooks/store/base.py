@@ -348,3 +348,65 @@ class Store(abc.ABC):
     async def replay_dead(self, since: float, now: float) -> int:
         """Put every job that died since ``since`` back in the queue."""
         return await self._write(lambda tx: ops.replay_dead(tx, since, now), lambda n: n > 0)
+
+    # the operator's view (dashboard, /metrics, alerts): reads only -----------------------------
+
+    async def browse_items(
+        self, where: ops.ItemFilter, *, limit: int = 50, before: tuple[float, str] | None = None
+    ) -> list[StoredItem]:
+        """Items matching ``where``, most recently stored first; ``before`` is the
+        ``(fetched_at, id)`` of the last item of the previous page."""
+        return await self._read(lambda tx: ops.browse_items(tx, where, limit, before))
+
+    async def export_items(
+        self, where: ops.ItemFilter, *, limit: int = 500, after: str | None = None
+    ) -> list[StoredItem]:
+        """Items matching ``where`` in id order (``after``: the last id of the previous page)."""
+        return await self._read(lambda tx: ops.export_items(tx, where, limit, after))
+
+    async def browse_events(
+        self,
+        *,
+        status: str | None = None,
+        event_type: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[EventRecord]:
+        """Events newest first, by status, type and time received (``[since, until)``)."""
+        return await self._read(
+            lambda tx: ops.browse_events(tx, status, event_type, since, until, before, limit)
+        )
+
+    async def event_work(self, event_id: int, *, limit: int = 500) -> ops.EventWork:
+        """An event's headers, jobs (each with its last error) and delivery attempts
+        (``LookupError`` when the event does not exist)."""
+        return await self._read(lambda tx: ops.event_work(tx, event_id, limit))
+
+    async def item_history(
+        self, item_id: str, *, limit: int = 100
+    ) -> tuple[list[ops.ItemRevision], list[int]]:
+        """The revisions of an item that were handed to the outputs (newest first) and the
+        inbox events that named it (newest first)."""
+        return await self._read(lambda tx: ops.item_history(tx, item_id, limit))
+
+    async def operator_counts(
+        self, *, since: float, now: float, seen_before: float
+    ) -> ops.OperatorCounts:
+        """Events and items since ``since``, open events, held items, the queue by kind,
+        output and status, and the items only polling found (first seen before
+        ``seen_before``)."""
+        return await self._read(lambda tx: ops.operator_counts(tx, since, now, seen_before))
+
+    async def recent_attempts(
+        self, output: str, *, limit: int = 50
+    ) -> list[tuple[str, float, str | None]]:
+        """``(outcome, started_at, error)`` of ``output``'s latest ledger rows, newest first."""
+        rows = await self._read(lambda tx: ops.recent_attempts(tx, output, limit))
+        return [(str(r["outcome"]), float(r["started_at"]), r["error"]) for r in rows]
+
+    async def attempt_counts(self, *, after: int, upto: int | None = None) -> list[ops.Row]:
+        """Ledger rows with ids in ``(after, upto]`` counted by ``output`` and ``outcome``
+        (``n``), each group with its highest id (``top``)."""
+        return await self._read(lambda tx: ops.attempt_counts(tx, after, upto))

@@ -709,3 +709,201 @@ def attempts(
         },
     )
     return [_attempt(row) for row in rows]
+
+
+# the operator's view (dashboard, /metrics, alerts) -------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ItemFilter:
+    """What the items page and the item exports select: fetched in ``[since, until)``, by
+    scanner account, with or without dimensions (``None``: either), and ``q`` an exact item id
+    or barcode (main or any scanned one)."""
+
+    since: float | None = None
+    until: float | None = None
+    scanner: str | None = None
+    has_dimensions: bool | None = None
+    q: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        pattern = None
+        if self.q is not None:
+            escaped = self.q.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+            pattern = "%" + json.dumps(escaped) + "%"
+        dims = None if self.has_dimensions is None else int(self.has_dimensions)
+        return {
+            "since": self.since,
+            "until": self.until,
+            "scanner": self.scanner,
+            "has_dimensions": dims,
+            "q": self.q,
+            "q_pattern": pattern,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """Jobs of one kind (and output, for deliveries) in one status; ``due_since`` is the
+    ``run_at`` of the oldest one due now (pending only)."""
+
+    kind: str
+    output: str | None
+    status: str
+    count: int
+    due_since: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OperatorCounts:
+    """The counts of the overview and the gauges of ``/metrics``, read in one transaction."""
+
+    events_since: dict[str, int]  # received at or after ``since``, by status
+    events_open: dict[str, int]  # pending, processing and dead, whenever received
+    items_since: int
+    items: int
+    held: int
+    queue: list[QueueDepth]
+    unwebhooked: int  # the reconciliation gap
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobRow:
+    """One job as the event page lists it."""
+
+    id: int
+    kind: str
+    item_id: str | None
+    output: str | None
+    status: str
+    attempts: int
+    max_attempts: int
+    run_at: float
+    last_error: str | None
+    updated_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventWork:
+    """An event's stored headers, how often the sender delivered it, its jobs and the ledger
+    rows of its deliveries (newest first)."""
+
+    headers: dict[str, str]
+    deliveries: int
+    jobs: list[JobRow]
+    attempts: list[DeliveryAttempt]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ItemRevision:
+    """A revision of an item that was handed to the outputs (its deliveries queued)."""
+
+    revision: int
+    version: str
+    first_queued: float
+    deliveries: int
+
+
+def browse_items(
+    tx: Tx, where: ItemFilter, limit: int, before: tuple[float, str] | None
+) -> list[StoredItem]:
+    before_at, before_id = before if before is not None else (None, None)
+    params = {**where.params(), "before_at": before_at, "before_id": before_id, "limit": limit}
+    return [_stored_item(row) for row in tx.all(tx.sql("browse_items"), params)]
+
+
+def export_items(tx: Tx, where: ItemFilter, limit: int, after: str | None) -> list[StoredItem]:
+    params = {**where.params(), "after": after, "limit": limit}
+    return [_stored_item(row) for row in tx.all(tx.sql("export_items"), params)]
+
+
+def browse_events(
+    tx: Tx,
+    status: str | None,
+    event_type: str | None,
+    since: float | None,
+    until: float | None,
+    before: int | None,
+    limit: int,
+) -> list[EventRecord]:
+    params = {
+        "status": status,
+        "event_type": event_type,
+        "since": since,
+        "until": until,
+        "before": before,
+        "limit": limit,
+    }
+    return [_event_record(row) for row in tx.all(tx.sql("browse_events"), params)]
+
+
+def event_work(tx: Tx, event_id: int, limit: int) -> EventWork:
+    rows = tx.all(tx.sql("event_headers"), {"id": event_id})
+    if not rows:
+        raise LookupError(f"event {event_id} does not exist")
+    headers = json.loads(rows[0]["headers"])
+    jobs = [
+        JobRow(
+            id=int(r["id"]),
+            kind=r["kind"],
+            item_id=r["item_id"],
+            output=r["output"],
+            status=r["status"],
+            attempts=int(r["attempts"]),
+            max_attempts=int(r["max_attempts"]),
+            run_at=r["run_at"],
+            last_error=r["last_error"],
+            updated_at=r["updated_at"],
+        )
+        for r in tx.all(tx.sql("event_work"), {"id": event_id, "limit": limit})
+    ]
+    attempts = [
+        _attempt(r) for r in tx.all(tx.sql("event_attempts"), {"id": event_id, "limit": limit})
+    ]
+    return EventWork(headers, int(rows[0]["deliveries"]), jobs, attempts)
+
+
+def item_history(tx: Tx, item_id: str, limit: int) -> tuple[list[ItemRevision], list[int]]:
+    revisions = [
+        ItemRevision(
+            revision=int(r["revision"]),
+            version=r["version"],
+            first_queued=r["first_queued"],
+            deliveries=int(r["deliveries"]),
+        )
+        for r in tx.all(tx.sql("item_revisions"), {"id": item_id, "limit": limit})
+    ]
+    events = [
+        int(r["event_id"]) for r in tx.all(tx.sql("item_events"), {"id": item_id, "limit": limit})
+    ]
+    return revisions, events
+
+
+def operator_counts(tx: Tx, since: float, now: float, seen_before: float) -> OperatorCounts:
+    def by_key(name: str, params: Mapping[str, Any] | None = None) -> dict[str, int]:
+        return {r["key"]: int(r["n"]) for r in tx.all(tx.sql(name), params)}
+
+    def count(name: str, params: Mapping[str, Any] | None = None) -> int:
+        return int(tx.all(tx.sql(name), params)[0]["n"])
+
+    queue = [
+        QueueDepth(r["kind"], r["output"], r["status"], int(r["n"]), r["due_since"])
+        for r in tx.all(tx.sql("queue_depth"), {"now": now})
+    ]
+    return OperatorCounts(
+        events_since=by_key("events_since", {"since": since}),
+        events_open=by_key("events_open"),
+        items_since=count("items_since", {"since": since}),
+        items=count("item_count"),
+        held=count("held_count"),
+        queue=queue,
+        unwebhooked=count("unwebhooked_count", {"seen_before": seen_before}),
+    )
+
+
+def recent_attempts(tx: Tx, output: str, limit: int) -> list[Row]:
+    return tx.all(tx.sql("recent_attempts"), {"output": output, "limit": limit})
+
+
+def attempt_counts(tx: Tx, after: int, upto: int | None) -> list[Row]:
+    return tx.all(tx.sql("attempt_counts"), {"after": after, "upto": upto})

@@ -230,3 +230,85 @@ SQL: dict[str, str] = {
         ORDER BY created_at, id""",
     "oldest_pending": "SELECT min(created_at) AS t FROM jobs WHERE status = 'pending'",
 }
+
+# the operator's view (dashboard, /metrics, alerts): reads only, each on an index ------------
+
+# the filters of the items page and its exports; :has_dimensions is 1, 0 or NULL (either)
+_ITEM_FILTERS = """
+        WHERE (:since IS NULL OR fetched_at >= :since)
+          AND (:until IS NULL OR fetched_at < :until)
+          AND (:scanner IS NULL OR scanner_account_id = :scanner)
+          AND (:has_dimensions IS NULL OR (:has_dimensions = 1 AND width IS NOT NULL)
+               OR (:has_dimensions = 0 AND width IS NULL))
+          AND (:q IS NULL OR id = :q OR barcode = :q OR barcodes LIKE :q_pattern ESCAPE '!')"""
+
+SQL.update(
+    {
+        "browse_items": "SELECT * FROM items"
+        + _ITEM_FILTERS
+        + """
+          AND (:before_at IS NULL OR fetched_at < :before_at
+               OR (fetched_at = :before_at AND id < :before_id))
+        ORDER BY fetched_at DESC, id DESC LIMIT :limit""",
+        "export_items": "SELECT * FROM items"
+        + _ITEM_FILTERS
+        + """
+          AND (:after IS NULL OR id > :after)
+        ORDER BY id LIMIT :limit""",
+        "browse_events": """
+        SELECT id, message_id, event_type, status, received_at, item_count, last_error
+        FROM events
+        WHERE (:status IS NULL OR status = :status)
+          AND (:event_type IS NULL OR event_type = :event_type)
+          AND (:since IS NULL OR received_at >= :since)
+          AND (:until IS NULL OR received_at < :until)
+          AND (:before IS NULL OR id < :before)
+        ORDER BY id DESC LIMIT :limit""",
+        "event_headers": "SELECT headers, deliveries FROM events WHERE id = :id",
+        "event_work": """
+        SELECT id, kind, item_id, output, status, attempts, max_attempts, run_at, last_error,
+            updated_at
+        FROM jobs WHERE event_id = :id ORDER BY id LIMIT :limit""",
+        "event_attempts": """
+        SELECT * FROM delivery_attempts
+        WHERE item_id IN (SELECT item_id FROM jobs WHERE event_id = :id AND item_id IS NOT NULL)
+          AND job_id IN (SELECT id FROM jobs WHERE event_id = :id)
+        ORDER BY id DESC LIMIT :limit""",
+        "item_revisions": """
+        SELECT revision, version, min(created_at) AS first_queued, count(*) AS deliveries
+        FROM jobs WHERE item_id = :id AND kind = 'deliver' AND revision IS NOT NULL
+        GROUP BY revision, version ORDER BY revision DESC LIMIT :limit""",
+        "item_events": """
+        SELECT DISTINCT event_id FROM jobs
+        WHERE item_id = :id AND kind = 'fetch' AND event_id IS NOT NULL
+        ORDER BY event_id DESC LIMIT :limit""",
+        "events_since": """
+        SELECT status AS key, count(*) AS n FROM events WHERE received_at >= :since
+        GROUP BY status""",
+        "events_open": """
+        SELECT status AS key, count(*) AS n FROM events
+        WHERE status IN ('pending', 'processing', 'dead') GROUP BY status""",
+        "items_since": "SELECT count(*) AS n FROM items WHERE fetched_at >= :since",
+        "held_count": "SELECT count(*) AS n FROM items WHERE hold_state = 'held'",
+        # due_since: the run_at of the oldest job that is due now (not one waiting for a retry)
+        "queue_depth": """
+        SELECT kind, output, status, count(*) AS n,
+            min(CASE WHEN status = 'pending' AND run_at <= :now THEN run_at END) AS due_since
+        FROM jobs WHERE status IN ('pending', 'running', 'dead')
+        GROUP BY kind, output, status""",
+        "unwebhooked_count": """
+        SELECT count(*) AS n FROM items
+        WHERE first_source IN ('poll', 'backfill') AND webhook_seen_at IS NULL
+          AND first_seen_at < :seen_before
+          AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.item_id = items.id
+                          AND jobs.kind = 'fetch' AND jobs.event_id IS NOT NULL)""",
+        "recent_attempts": """
+        SELECT outcome, started_at, status_code, error FROM delivery_attempts
+        WHERE output = :output ORDER BY started_at DESC LIMIT :limit""",
+        # ledger rows by output and outcome in a range of ids (the metrics add up new rows only)
+        "attempt_counts": """
+        SELECT output, outcome, count(*) AS n, max(id) AS top FROM delivery_attempts
+        WHERE id > :after AND (:upto IS NULL OR id <= :upto)
+        GROUP BY output, outcome""",
+    }
+)
