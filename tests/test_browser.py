@@ -177,7 +177,7 @@ def api(url: str, path: str, **params: Any) -> Any:
 def test_an_operator_works_the_demo_in_a_browser(
     browser: Any, demo: tuple[str, Path, Path]
 ) -> None:
-    url, database, log = demo
+    url, _database, log = demo
     problems: list[str] = []
     page = new_page(browser, problems)
     timings: dict[str, float] = {}
