@@ -88,6 +88,9 @@ def create_client(settings: Settings, metrics: Metrics | None = None) -> DimmyCl
         timeout=settings.api_timeout_seconds,
         concurrency=settings.api_concurrency,
         rate_limit=settings.api_rate_limit,
+        rate_mode=settings.api_rate_mode,
+        rate_min=settings.api_rate_min,
+        rate_max=settings.api_rate_max,
         max_json_depth=settings.max_json_depth,
         observe=metrics.api_request if metrics is not None else None,
     )
