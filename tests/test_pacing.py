@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.exposition import generate_latest
 
 from dimmy_webhooks.client import DimmyClient, RateMode
 from dimmy_webhooks.config import load_settings
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.errors import ConfigError, TransientUpstream
+from dimmy_webhooks.overview import take_overview
 from dimmy_webhooks.pacing import THROTTLE_CUT, AdaptiveRate
+from dimmy_webhooks.services import RATE_STATE, Services
 
-from .helpers import API_KEY, FakeTime
+from .helpers import API_KEY, FakeTime, make_settings, migrated_sqlite_url, scalar
 
 KEY = "s3cret-key-0123456789"
 ITEM_ID = "6592008029c8c3e4dc76256c"
@@ -291,3 +296,54 @@ async def test_fake_api_hidden_limit_adaptive_backs_off_fixed_keeps_hitting_it(
     assert refused["fixed"] >= 8
     assert refused["adaptive"] < refused["fixed"] / 2
     assert fetched["adaptive"] >= 0.5 * 40 * 4
+
+
+async def test_the_learned_rate_survives_a_restart(
+    fake: FakeDimmy, fake_url: str, tmp_path: Path
+) -> None:
+    ids = fake.generate_items(20)
+    fake.config.hidden_rate_limit = 30
+    db_url = migrated_sqlite_url(tmp_path / "dimmy.sqlite3")
+    settings = make_settings(
+        db_url,
+        api_key=API_KEY,
+        api_url=fake_url,
+        api_rate_mode="adaptive",
+        api_rate_limit=200,
+        api_rate_max=400,
+    )
+
+    first = Services.from_settings(settings)
+    first.parts = [p for p in first.parts if p.name != "worker"]
+    async with first.running():
+        assert first.client is not None
+        assert first.client.rate_limit == 200
+        await hammer(first.client, ids, 3)
+        learned = first.client.rate_limit
+    assert learned < 150
+    saved = saved_rate(db_url)
+    assert saved == {"rate": round(learned, 1), "api_url": fake_url}
+
+    second = Services.from_settings(settings)
+    second.parts = [p for p in second.parts if p.name != "worker"]
+    async with second.running():
+        assert second.client is not None
+        assert second.client.rate_limit == pytest.approx(learned, abs=0.1)  # not 200 again
+        overview = (await take_overview(second)).as_json()
+        assert overview["api_rate"]["mode"] == "adaptive"
+        assert overview["api_rate"]["restored"] is True
+        assert overview["api_rate"]["per_second"] == pytest.approx(learned, abs=0.1)
+        exposition = generate_latest(second.metrics.registry).decode()
+        assert f"dimmy_api_rate_limit_per_second {round(learned, 1)}" in exposition
+
+    elsewhere = Services.from_settings(settings.model_copy(update={"api_url": fake_url + "/v2"}))
+    elsewhere.parts = [p for p in elsewhere.parts if p.name != "worker"]
+    async with elsewhere.running():
+        assert elsewhere.client is not None
+        assert elsewhere.client.rate_limit == 200  # learned against another API: not used
+
+
+def saved_rate(db_url: str) -> object:
+    """The learned rate as the store keeps it, read straight from the database."""
+    value = scalar(db_url, f"SELECT value FROM sync_state WHERE name = '{RATE_STATE}'")
+    return json.loads(value) if value else None
