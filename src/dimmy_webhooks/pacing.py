@@ -12,7 +12,7 @@ requests with a :class:`Pacer` whose rate an :class:`AdaptiveRate` controller mo
   rate does not creep up to the ceiling and then burst);
 - **multiplicative decrease**: on a 429, times 0.7, once per congestion episode (a 429 to a
   request sent before the last cut is part of the episode that cut, as TCP counts losses); when the
-  median latency of a window rises well above its running baseline (twice it, and 50 ms more),
+  median latency of a window rises well above its running baseline (twice it, and 250 ms more),
   times 0.85. A cut that did not bring latency down was not ours to fix: the baseline then moves
   to the new latency instead of cutting again and again;
 - never below ``floor`` nor above ``ceiling`` (requests per second).
@@ -38,7 +38,7 @@ STEP_SHARE = 0.05  # additive step: this share of the rate at the last cut, per 
 THROTTLE_CUT = 0.7  # rate times this on a 429
 LATENCY_CUT = 0.85  # rate times this when latency rose
 LATENCY_FACTOR = 2.0  # "well above the baseline": at least this many times it...
-LATENCY_SLACK = 0.05  # ...and at least this many seconds more (loopback jitter is no signal)
+LATENCY_SLACK = 0.25  # ...and this many seconds more (jitter, a busy client: no signal)
 BASELINE_GAIN = 0.05  # how fast the baseline follows a higher median (a lower one: at once)
 BUSY_SHARE = 0.8  # the client "uses the whole rate" when it sent at least this share of it
 MIN_SAMPLES = 5  # answers a window needs before it says anything about latency
