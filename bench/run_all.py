@@ -3,7 +3,8 @@
 ``python bench/run_all.py [--quick|--default|--full] [--no-postgres] [--no-memory]
 [--json-dir DIR]``
 
-ack.py, drain.py, then memory.py: about 4 minutes with ``--quick`` on 2 cores. ack and drain
+ack.py, drain.py, adaptive_rate.py, then memory.py: about 5 minutes with ``--quick`` on 2
+cores (adaptive_rate.py: about 75 s, six rows of 10 s). ack and drain
 run their own default backends: SQLite, plus PostgreSQL when it answers at ``$BENCH_PG_URL``
 (default ``postgresql://postgres@127.0.0.1:5432/postgres``; they print a note otherwise), i.e.
 the rows ``ours postgres 1 rcv`` and ``2 rcv`` in ack, ``ours postgres 1 wkr`` and ``3 wkr`` in
@@ -40,12 +41,18 @@ def main() -> int:
         "--no-memory", action="store_true", help="leave memory.py out (about 1 minute less)"
     )
     parser.add_argument(
-        "--json-dir", type=Path, help="write ack.json, drain.json and memory.json here"
+        "--json-dir",
+        type=Path,
+        help="write ack.json, drain.json, adaptive_rate.json and memory.json here",
     )
     args = parser.parse_args()
     preset = [] if args.default else ["--full"] if args.full else ["--quick"]
     backend = ["--backend", "sqlite"] if args.no_postgres else []
-    runs = [("ack", [*preset, *backend]), ("drain", [*preset, *backend])]
+    runs = [
+        ("ack", [*preset, *backend]),
+        ("drain", [*preset, *backend]),
+        ("adaptive_rate", preset),  # SQLite only: it compares client pacing, not backends
+    ]
     if not args.no_memory:
         runs.append(("memory", []))  # one size: it measures a bound, not a rate
     status = 0
