@@ -4,7 +4,7 @@
 [--json-dir DIR]``
 
 ack.py, drain.py, adaptive_rate.py, then memory.py: about 5 minutes with ``--quick`` on 2
-cores (adaptive_rate.py: about 75 s, six rows of 10 s). ack and drain
+cores (adaptive_rate.py: about 85 s, six rows of 10 s). ack and drain
 run their own default backends: SQLite, plus PostgreSQL when it answers at ``$BENCH_PG_URL``
 (default ``postgresql://postgres@127.0.0.1:5432/postgres``; they print a note otherwise), i.e.
 the rows ``ours postgres 1 rcv`` and ``2 rcv`` in ack, ``ours postgres 1 wkr`` and ``3 wkr`` in
