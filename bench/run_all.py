@@ -3,7 +3,7 @@
 ``python bench/run_all.py [--quick|--default|--full] [--no-postgres] [--no-memory]
 [--json-dir DIR]``
 
-ack.py, drain.py, then memory.py: about 4 minutes with ``--quick`` on 2 cores. ack and drain
+ack.py, drain.py, fairness.py, then memory.py: about 8 minutes with ``--quick`` on 2 cores. ack and drain
 run their own default backends: SQLite, plus PostgreSQL when it answers at ``$BENCH_PG_URL``
 (default ``postgresql://postgres@127.0.0.1:5432/postgres``; they print a note otherwise), i.e.
 the rows ``ours postgres 1 rcv`` and ``2 rcv`` in ack, ``ours postgres 1 wkr`` and ``3 wkr`` in
@@ -45,7 +45,11 @@ def main() -> int:
     args = parser.parse_args()
     preset = [] if args.default else ["--full"] if args.full else ["--quick"]
     backend = ["--backend", "sqlite"] if args.no_postgres else []
-    runs = [("ack", [*preset, *backend]), ("drain", [*preset, *backend])]
+    runs = [
+        ("ack", [*preset, *backend]),
+        ("drain", [*preset, *backend]),
+        ("fairness", [*preset, *backend]),
+    ]
     if not args.no_memory:
         runs.append(("memory", []))  # one size: it measures a bound, not a rate
     status = 0

@@ -27,6 +27,7 @@ from ..models import (
     InsertOutcome,
     Job,
     JobKind,
+    Lane,
     Lease,
     NormalisedItem,
     QueueStats,
@@ -64,6 +65,8 @@ def _job(row: Row) -> Job:
         attempts=int(row["attempts"]),
         lease_token=str(row["lease_token"]),
         revision=row["revision"],
+        lane=Lane(row["lane"]),
+        seq=int(row["seq"]),
     )
 
 
@@ -98,9 +101,13 @@ def _job_row(
     revision: int | None = None,
     dedupe_key: str | None = None,
     run_at: float | None = None,
+    lane: Lane = Lane.LIVE,
+    seq: int = 0,
 ) -> dict[str, Any]:
     return {
         "run_at": now if run_at is None else run_at,
+        "lane": int(lane),
+        "seq": seq,
         "kind": kind.value,
         "event_id": event_id,
         "item_id": item_id,
@@ -133,9 +140,12 @@ def _deliveries(
     event_id: int | None,
     max_attempts: Attempts,
     now: float,
+    lane: Lane,
+    seq: int = 0,
 ) -> list[dict[str, Any]]:
     """One delivery per output of one revision of an item: its dedupe key names the revision,
-    so content that comes back to an earlier version (A, B, A) is delivered again."""
+    so content that comes back to an earlier version (A, B, A) is delivered again. ``lane``
+    and ``seq`` are those of the work that stored the revision."""
     return [
         _job_row(
             JobKind.DELIVER,
@@ -147,6 +157,8 @@ def _deliveries(
             version=version,
             revision=revision,
             dedupe_key=f"d:{output}:{item_id}:r{revision}",
+            lane=lane,
+            seq=seq,
         )
         for output in outputs
     ]
@@ -251,8 +263,10 @@ def expand_event(
             item_id=item_id,
             dedupe_key=f"f:{job.event_id}:{item_id}",
             run_at=run_at,
+            lane=job.lane,
+            seq=seq,
         )
-        for item_id in dict.fromkeys(item_ids)
+        for seq, item_id in enumerate(dict.fromkeys(item_ids))
     ]
     _new_jobs(tx, rows)
     _refresh(tx, [job.event_id], now)
@@ -324,7 +338,15 @@ def save_item(
         tx.run(tx.sql("mark_webhook_seen"), {"id": item.id, "now": now})
     if changed and item.hold_reason is None:  # a held version reaches no output
         rows = _deliveries(
-            item.id, item.version, revision, outputs, job.event_id, max_attempts, now
+            item.id,
+            item.version,
+            revision,
+            outputs,
+            job.event_id,
+            max_attempts,
+            now,
+            job.lane,
+            job.seq,
         )
         if lease is None:
             _new_jobs(tx, rows)
@@ -360,9 +382,10 @@ def save_polled(
         stored = tx.all(tx.sql("upsert_polled_item"), _item_params(item, source, None, now))
         revision = int(stored[0]["revision"]) if stored else 0
         if revision and item.hold_reason is None:
-            _new_jobs(
-                tx, _deliveries(item.id, item.version, revision, outputs, None, max_attempts, now)
+            rows = _deliveries(
+                item.id, item.version, revision, outputs, None, max_attempts, now, Lane.POLL
             )
+            _new_jobs(tx, rows)
         revisions.append(revision)
     return revisions
 
@@ -546,7 +569,14 @@ def replay_event(
             job
             for row in rows
             for job in _deliveries(
-                row["id"], row["version"], row["revision"], outputs, event_id, max_attempts, now
+                row["id"],
+                row["version"],
+                row["revision"],
+                outputs,
+                event_id,
+                max_attempts,
+                now,
+                Lane.REPLAY,
             )
         ]
         _new_jobs(tx, jobs, reset=True)
@@ -566,14 +596,22 @@ def replay_item(
     if mode is ReplayMode.REFETCH:
         _new_jobs(
             tx,
-            [_job_row(JobKind.FETCH, max_attempts=max_attempts.default, now=now, item_id=item_id)],
+            [
+                _job_row(
+                    JobKind.FETCH,
+                    max_attempts=max_attempts.default,
+                    now=now,
+                    item_id=item_id,
+                    lane=Lane.REPLAY,
+                )
+            ],
         )
         return 1
     rows = tx.all(tx.sql("item_version"), {"id": item_id})
     if not rows:
         raise LookupError(f"item {item_id} is not stored")
     version, revision = rows[0]["version"], rows[0]["revision"]
-    jobs = _deliveries(item_id, version, revision, outputs, None, max_attempts, now)
+    jobs = _deliveries(item_id, version, revision, outputs, None, max_attempts, now, Lane.REPLAY)
     _new_jobs(tx, jobs, reset=True)
     return len(jobs)
 
@@ -636,7 +674,8 @@ def decide_hold(
     if not release:
         return 0
     version, revision = rows[0]["version"], rows[0]["revision"]
-    jobs = _deliveries(item_id, version, revision, outputs, None, max_attempts, now)
+    # a person just decided: its deliveries go with live work, not behind a replay
+    jobs = _deliveries(item_id, version, revision, outputs, None, max_attempts, now, Lane.LIVE)
     _new_jobs(tx, jobs, reset=True)
     return len(jobs)
 

@@ -56,17 +56,17 @@ _LISTEN_CHECK_SECONDS = 5.0  # how often the idle listener checks that its conne
 # PostgreSQL versions of the blocks whose portable form is not right under concurrency -------
 
 _CLAIM = f"""
-    WITH due AS MATERIALIZED (
-        SELECT j.id FROM jobs AS j WHERE j.status = 'pending' AND j.run_at <= :now
-        AND {sql.NOT_BUSY}
-        ORDER BY j.run_at, j.id LIMIT :limit
-        FOR UPDATE OF j SKIP LOCKED)
+    WITH work AS MATERIALIZED ({sql.WORK_DUE} FOR UPDATE OF j SKIP LOCKED),
+    deliveries AS MATERIALIZED ({sql.DELIVERIES_DUE} FOR UPDATE OF j SKIP LOCKED),
+    due AS (SELECT id FROM (SELECT * FROM work UNION ALL SELECT * FROM deliveries) AS candidates
+            ORDER BY {sql.FAIR} LIMIT :limit)
     UPDATE jobs SET status = 'running', lease_owner = :owner, lease_token = :token,
         lease_expires_at = :expires, attempts = attempts + 1, updated_at = :now
     WHERE id IN (SELECT id FROM due)
     RETURNING {sql.JOB_COLUMNS}"""
 """Rows another transaction holds (being claimed, reaped, finished) are skipped, not waited for;
-the CTE is materialised so the locked set is computed exactly once."""
+the CTEs are materialised so each locked set is computed exactly once; candidates locked but
+not chosen are free again when the claim commits."""
 
 _REAP = f"""
     WITH expired AS MATERIALIZED (
