@@ -2,12 +2,13 @@
 ``POST``), CPU time of the client process per request and requests per second.
 
 ``python bench/http_clients.py [--quick] [--concurrency 16,64,128] [--rounds 5]
-[--requests 1500] [--json out.json]``
+[--requests 1000] [--round-seconds 5] [--json out.json]``
 
 The servers run in processes of their own on 127.0.0.1: ``dimmy-webhooks fake-api`` (latency 0)
 for the GETs, and a minimal keep-alive HTTP/1.1 server (``--serve-post PORT``, this file, on
 uvloop) that reads each request and answers ``200 {"id": ...}`` for the POSTs. The clients run
-in this process on uvloop, as the workers do; ``concurrency`` tasks share ``requests`` calls.
+in this process on uvloop, as the workers do; ``concurrency`` tasks share ``requests`` calls,
+none started after ``--round-seconds`` (the figures are per request made).
 
 Candidates, for the fetch:
 
@@ -81,8 +82,8 @@ from dimmy_webhooks.signatures import parse_secrets, signed_headers
 
 FORWARD_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
 PRESETS = {
-    "quick": {"rounds": 3, "requests": 600, "concurrency": "16,128"},
-    "default": {"rounds": 5, "requests": 1500, "concurrency": "16,64,128"},
+    "quick": {"rounds": 3, "requests": 500, "concurrency": "64"},
+    "default": {"rounds": 5, "requests": 1000, "concurrency": "16,64,128"},
 }
 ITEMS = 1000
 
@@ -197,7 +198,7 @@ class Candidate:
 
     name: str
     open: Callable[[int], tuple[Call, Callable[[], Awaitable[None]]]]
-    rounds: list[tuple[float, float]] = field(default_factory=list)  # (cpu s, wall s)
+    rounds: list[tuple[float, float, int]] = field(default_factory=list)  # cpu s, wall s, made
     errors: int = 0
 
 
@@ -388,25 +389,37 @@ def forward_candidates(url: str, raw: bytes) -> list[Candidate]:
 # -- measuring -------------------------------------------------------------------------------
 
 
-async def burst(call: Call, start: int, count: int, concurrency: int) -> int:
-    """``count`` calls over ``concurrency`` tasks; the number that raised."""
+async def burst(
+    call: Call, start: int, count: int, concurrency: int, seconds: float = 60.0
+) -> tuple[int, int]:
+    """``count`` calls over ``concurrency`` tasks, none started after ``seconds``; the number
+    made and the number that raised."""
     numbers = iter(range(start, start + count))
-    errors = 0
+    deadline = time.monotonic() + seconds
+    made = errors = 0
 
     async def task() -> None:
-        nonlocal errors
+        nonlocal made, errors
         for i in numbers:
+            if time.monotonic() > deadline:
+                return
+            made += 1
             try:
                 await call(i)
             except Exception:
                 errors += 1
 
     await asyncio.gather(*(task() for _ in range(concurrency)))
-    return errors
+    return made, errors
 
 
 async def measure(
-    candidates: list[Candidate], concurrency: int, rounds: int, requests: int, server_pid: int
+    candidates: list[Candidate],
+    concurrency: int,
+    rounds: int,
+    requests: int,
+    seconds: float,
+    server_pid: int,
 ) -> dict[str, Any]:
     opened = [(c, *c.open(concurrency)) for c in candidates]
     counter = itertools.count(step=requests + concurrency)
@@ -414,7 +427,7 @@ async def measure(
     other: list[float] = []
     try:
         for candidate, call, _ in opened:  # connections up, code paths warm
-            candidate.errors += await burst(call, next(counter), 2 * concurrency, concurrency)
+            candidate.errors += (await burst(call, next(counter), 2 * concurrency, concurrency))[1]
         for r in range(rounds):
             shift = r % len(opened)
             for candidate, call, _ in opened[shift:] + opened[:shift]:
@@ -422,10 +435,11 @@ async def measure(
                 busy = machine_busy_seconds()
                 srv = pids_cpu_seconds([server_pid]).get(server_pid, 0.0)
                 cpu, wall = time.process_time(), time.perf_counter()
-                candidate.errors += await burst(call, next(counter), requests, concurrency)
+                made, errors = await burst(call, next(counter), requests, concurrency, seconds)
                 cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
                 srv = pids_cpu_seconds([server_pid]).get(server_pid, 0.0) - srv
-                candidate.rounds.append((cpu, wall))
+                candidate.errors += errors
+                candidate.rounds.append((cpu, wall, made))
                 server_cpu.append(srv / wall)
                 other.append(max(0.0, (machine_busy_seconds() - busy - srv - cpu) / wall))
     finally:
@@ -436,14 +450,19 @@ async def measure(
 
 
 def report(
-    title: str, candidates: list[Candidate], concurrency: int, requests: int, extra: dict[str, Any]
+    title: str,
+    candidates: list[Candidate],
+    concurrency: int,
+    requests: int,
+    seconds: float,
+    extra: dict[str, Any],
 ) -> tuple[str, list[dict[str, Any]]]:
     rows, out = [], []
     base_cpu = base_rate = None
     for c in candidates:
-        cpu_us = statistics.median(cpu / requests * 1e6 for cpu, _ in c.rounds)
-        best_us = min(cpu / requests * 1e6 for cpu, _ in c.rounds)
-        rate = statistics.median(requests / wall for _, wall in c.rounds)
+        cpu_us = statistics.median(cpu / made * 1e6 for cpu, _, made in c.rounds)
+        best_us = min(cpu / made * 1e6 for cpu, _, made in c.rounds)
+        rate = statistics.median(made / wall for _, wall, made in c.rounds)
         if base_cpu is None:
             base_cpu, base_rate = cpu_us, rate
         assert base_rate is not None
@@ -473,7 +492,7 @@ def report(
         )
     head = (
         f"{title}, concurrency {concurrency}: {len(candidates[0].rounds)} rounds of {requests} "
-        f"requests each; server cpu {extra['server_cpu']:.2f}, other cpu "
+        f"requests (or {seconds:g} s) each; server cpu {extra['server_cpu']:.2f}, other cpu "
         f"{extra['other_cpu']:.2f} (CPU s per wall s, medians)"
     )
     headers = [
@@ -509,8 +528,12 @@ async def run(args: argparse.Namespace, procs: Procs) -> list[dict[str, Any]]:
     ):
         for concurrency in args.concurrency:
             candidates = make()
-            extra = await measure(candidates, concurrency, args.rounds, args.requests, server.pid)
-            text, rows = report(path, candidates, concurrency, args.requests, extra)
+            extra = await measure(
+                candidates, concurrency, args.rounds, args.requests, args.round_seconds, server.pid
+            )
+            text, rows = report(
+                path, candidates, concurrency, args.requests, args.round_seconds, extra
+            )
             print(text + "\n", flush=True)
             results += rows
     return results
@@ -521,7 +544,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (make bench)")
     parser.add_argument("--concurrency", help="comma separated (default 16,64,128)")
     parser.add_argument("--rounds", type=int, help="rounds per candidate (default 5)")
-    parser.add_argument("--requests", type=int, help="requests per round (default 1500)")
+    parser.add_argument("--requests", type=int, help="requests per round (default 1000)")
+    parser.add_argument(
+        "--round-seconds",
+        type=float,
+        default=5.0,
+        help="no request of a round starts after this (a slow candidate's round is shorter)",
+    )
     parser.add_argument("--json", help="write every round here")
     parser.add_argument("--serve-post", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

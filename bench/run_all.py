@@ -9,7 +9,7 @@ ack and drain run their own default backends: SQLite, plus PostgreSQL when it an
 otherwise), i.e. the rows ``ours postgres 1 rcv`` and ``2 rcv`` in ack, ``ours postgres 1 wkr``
 and ``3 wkr`` in drain, a fresh database each. ``--no-postgres`` leaves those out (about 1.2
 minutes less), ``--no-memory`` leaves memory.py out (about 1 minute less). http_clients.py
-(about 40 s with ``--quick``) measures the HTTP client libraries on their own.
+(about a minute with ``--quick``) measures the HTTP client libraries on their own.
 
 Each benchmark runs in its own process, one after the other (never two at once: the machine's
 cores are part of what is measured). The exit status is non-zero when any of them fails a check.
