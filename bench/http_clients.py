@@ -130,6 +130,48 @@ async def serve_post(port: int) -> None:
         await server.serve_forever()
 
 
+class _ResetSecond(asyncio.Protocol):
+    """Answers the first request of a connection, resets the connection on the second."""
+
+    seen = 0
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport, self.requests = transport, 0
+
+    def data_received(self, data: bytes) -> None:
+        for _ in range(data.count(b"\r\n\r\n")):
+            _ResetSecond.seen += 1
+            self.requests += 1
+            if self.requests == 1:
+                self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            else:
+                self.transport.abort()
+
+
+async def requests_per_reset_get() -> dict[str, int]:
+    """How many requests the server sees for two GETs on one keep-alive connection whose
+    second is reset unanswered, per library (2: the library does not retry by itself)."""
+    seen = {}
+    for name in ("httpx", "aiohttp"):
+        _ResetSecond.seen = 0
+        server = await asyncio.get_running_loop().create_server(_ResetSecond, HOST, 0)
+        url = f"http://{HOST}:{server.sockets[0].getsockname()[1]}/items/x"
+        with contextlib.suppress(Exception):
+            if name == "httpx":
+                async with httpx.AsyncClient() as http:
+                    await http.get(url)
+                    await http.get(url)
+            else:
+                async with aiohttp.ClientSession() as session:
+                    for _ in range(2):
+                        async with session.get(url) as response:
+                            await response.read()
+        server.close()
+        await server.wait_closed()
+        seen[name] = _ResetSecond.seen
+    return seen
+
+
 # -- an aiohttp session behind the few httpx calls the client and the output make ---------------
 
 
@@ -521,6 +563,13 @@ async def run(args: argparse.Namespace, procs: Procs) -> list[dict[str, Any]]:
     wait_ready(sink, post_port)
     base_url = f"http://{HOST}:{api_port}"
     post_url = f"http://{HOST}:{post_port}/api/dimmy-items"
+    seen = await requests_per_reset_get()
+    print(
+        "requests a server sees for 2 GETs, the second reset on a reused connection: "
+        + ", ".join(f"{name} {n}" for name, n in seen.items())
+        + " (more than 2: the library retried by itself)\n",
+        flush=True,
+    )
     results = []
     for path, server, make in (
         ("fetch GET /items/{id}", fake, lambda: fetch_candidates(base_url, ids)),
