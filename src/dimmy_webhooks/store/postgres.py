@@ -81,6 +81,17 @@ _REAP = f"""
 """Two workers reaping at once take disjoint rows and never wait on each other (a plain
 ``UPDATE`` would serialise them on the row locks and could deadlock on many rows)."""
 
+_HEARTBEAT = """
+    UPDATE jobs SET lease_expires_at = :expires
+    WHERE id IN (SELECT id FROM jobs WHERE lease_owner = :owner AND status = 'running'
+                 FOR UPDATE SKIP LOCKED)
+      AND status = 'running'"""
+"""A lease that a batch of this worker is finishing right now is skipped, not waited for: the
+batch holds several of the owner's job rows, so waiting could deadlock (the heartbeat takes
+them in scan order, the batch in the order its jobs finished). The skipped job is done or
+failed by that batch, or its lease is extended by the next heartbeat, a third of a lease
+later."""
+
 _REFRESH_EVENT = (
     "SELECT 1 FROM events WHERE id = :id FOR UPDATE;\n" + sql.SQL["refresh_event"].strip()
 )
@@ -101,6 +112,7 @@ def _derive(name: str, old: str, new: str) -> str:
 _OVERRIDES = {
     "claim": _CLAIM,
     "reap": _REAP,
+    "heartbeat": _HEARTBEAT,
     "refresh_event": _REFRESH_EVENT,
     # "newer updated_at wins" compares ISO text bytewise as SQLite does, whatever the
     # database's collation (en_US ignores punctuation in its first pass)
@@ -142,6 +154,8 @@ class _PostgresTx:
 
     def __init__(self, cursor: psycopg.ClientCursor[DictRow]) -> None:
         self.cursor = cursor
+        self.deferred: ops.Deferred | None = None
+        """Set while a job batch runs: its event-row writes wait for the batch's end."""
 
     def sql(self, name: str) -> str:
         return SQL[name]
@@ -187,6 +201,8 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
     psycopg.errors.ReadOnlySqlTransaction,  # a standby after a failover
 )
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+_BATCH_FAILS: tuple[type[Exception], ...] = (*_RETRYABLE, *_UNAVAILABLE)
+"""What fails a whole batch of job writes, not only the operation it came from."""
 
 
 class _Listener:
@@ -261,6 +277,10 @@ class _Listener:
 
 _INBOX_LANE = 2
 _MAX_BATCH = 256
+_JOB_LANE = 2
+_MAX_JOB_BATCH = 128
+
+JobWrite = tuple[Callable[[ops.Tx], Any], Due[Any] | None]
 
 
 class PostgresStore(Store):
@@ -279,6 +299,7 @@ class PostgresStore(Store):
         connect_timeout: float = 10.0,
         pool_timeout: float = 5.0,
         statement_timeout: float = 30.0,
+        job_threads: int = _JOB_LANE,
     ) -> None:
         self.database_url = database_url
         self.location, self._password = describe(database_url)
@@ -299,6 +320,8 @@ class PostgresStore(Store):
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._listener: _Listener | None = None
         self._inbox: GroupCommit[Callable[[ops.Tx], Any]] | None = None
+        self._jobs: GroupCommit[JobWrite] | None = None
+        self.job_threads = max(1, job_threads)
         self._lane: ThreadPoolExecutor | None = None
         self._wait_lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -333,7 +356,7 @@ class PostgresStore(Store):
             self.database_url,
             kwargs={**self._kwargs, "autocommit": True},
             min_size=min(2, self.pool_size),
-            max_size=self.pool_size + _INBOX_LANE,
+            max_size=self.pool_size + _INBOX_LANE + self.job_threads,
             open=False,
             configure=self._configure,
             check=ConnectionPool.check_connection,  # a connection broken meanwhile is replaced
@@ -371,9 +394,18 @@ class PostgresStore(Store):
             self._inbox = GroupCommit(
                 self._run_inbox_batch, threads=_INBOX_LANE, max_batch=_MAX_BATCH, name="pg-inbox"
             )
+            self._jobs = GroupCommit(
+                self._run_job_batch,
+                threads=self.job_threads,
+                max_batch=_MAX_JOB_BATCH,
+                name="pg-jobs",
+            )
             self._lane = ThreadPoolExecutor(self.pool_size, thread_name_prefix="pg")
 
     async def close(self) -> None:
+        if self._jobs is not None:  # the job writes queued still commit
+            await asyncio.to_thread(self._jobs.stop)
+            self._jobs = None
         pool, listener = self._pool, self._listener
         self._pool, self._listener = None, None
         await asyncio.to_thread(self._close_sync, pool, listener)
@@ -431,10 +463,57 @@ class PostgresStore(Store):
         results = self._run_sync(run_all, lambda results: any(queued for _, queued in results))
         return [(result, None) for result in results]
 
+    async def _write_job(self, op: Callable[[ops.Tx], T], due: Due[T] | None = None) -> T:
+        """A worker's job write, committed with the others waiting (:meth:`_run_job_batch`)."""
+        if self._jobs is None:
+            raise StoreUnavailable("store is closed")
+        result: T = await settled(self._jobs.submit((op, due)))
+        return result
+
+    def _run_job_batch(self, batch: Sequence[JobWrite]) -> list[Outcome]:
+        """The waiting job writes in one transaction, a savepoint each: one that fails (its
+        lease was taken over, the database refused its data) is undone alone and fails alone.
+        Their event-row writes come last, in event id order (:class:`ops.Deferred`), so
+        concurrent batches, here and in other processes, never lock event rows in different
+        orders. A deadlock or a lost connection fails the whole batch: it runs again from the
+        start (:meth:`_run_sync`), or every write of it gets :class:`StoreUnavailable`."""
+
+        def run_all(tx: ops.Tx) -> tuple[list[Outcome], bool]:
+            assert isinstance(tx, _PostgresTx)
+            conn = tx.cursor.connection
+            outcomes: list[Outcome] = []
+            deferred = ops.Deferred()
+            notify = False
+            for op, due in batch:
+                tx.deferred = ops.Deferred()
+                try:
+                    with conn.transaction():  # a savepoint
+                        value = op(tx)
+                except _BATCH_FAILS:
+                    raise  # the transaction is in trouble, not this operation
+                except psycopg.Error as exc:
+                    error = StoreError(f"postgresql: {reason(exc, self._password)}")
+                    outcomes.append((None, error))
+                except Exception as exc:  # LeaseLost, LookupError: this operation's own
+                    outcomes.append((None, exc))
+                else:
+                    deferred.merge(tx.deferred)
+                    outcomes.append((value, None))
+                    notify = notify or (due is not None and bool(due(value)))
+            tx.deferred = None
+            ops.write_deferred(tx, deferred)
+            return outcomes, notify
+
+        outcomes, _ = self._run_sync(run_all, lambda result: result[1])
+        return outcomes
+
     def failures(self) -> list[str]:
+        problems = []
         if self._inbox is not None and not self._inbox.alive:
-            return ["postgresql webhook lane stopped: webhooks cannot commit"]
-        return []
+            problems.append("postgresql webhook lane stopped: webhooks cannot commit")
+        if self._jobs is not None and not self._jobs.alive:
+            problems.append("postgresql job lane stopped: workers cannot record their work")
+        return problems
 
     # wake-up hint ------------------------------------------------------------------------
 
