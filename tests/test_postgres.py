@@ -480,3 +480,41 @@ async def test_a_lost_lease_in_a_batch_fails_only_that_write(pg: PostgresStore) 
     event = await pg.get_event(event_job.event_id or 0)
     assert event is not None
     assert event.status == "dead"
+
+
+async def test_a_write_refused_half_way_in_a_batch_is_undone_alone(pg: PostgresStore) -> None:
+    """A batch runs without a savepoint per write first; a write that fails after it wrote
+    something (the database refused a later statement) must leave nothing behind, and the
+    other writes of its batch still commit."""
+    await pg.insert_event(scanned("m1", ["a", "b"]))
+    [event_job] = await pg.claim("w", 1, LEASE, T0)
+    await pg.expand_event(event_job, ["a", "b"], T0)
+    jobs = await pg.claim("w", 10, LEASE, T0)
+    lane = pg._jobs
+    assert lane is not None
+
+    def half_then_refused(tx: ops.Tx) -> None:
+        tx.run("INSERT INTO sync_state (name, value, updated_at) VALUES ('half', 'x', 0)")
+        tx.all("SELECT 1 / 0 AS boom")
+
+    def hold(tx: ops.Tx) -> None:
+        time.sleep(0.3)
+
+    blockers = [asyncio.wrap_future(lane.submit((hold, None))) for _ in range(pg.job_threads)]
+    await asyncio.sleep(0.05)
+    refused = asyncio.wrap_future(lane.submit((half_then_refused, None)))
+    outcomes = await asyncio.gather(
+        pg.finish(jobs[0], T0),
+        refused,
+        pg.save_item(jobs[1], _stored("b"), [], T0),
+        return_exceptions=True,
+    )
+    await asyncio.gather(*blockers)
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], StoreError)
+    assert "division by zero" in str(outcomes[1])
+    assert isinstance(outcomes[2], SaveResult)
+    assert await pg.get_state("half") is None
+    event = await pg.get_event(event_job.event_id or 0)
+    assert event is not None
+    assert event.status == "done"
