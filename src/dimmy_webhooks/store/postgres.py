@@ -1,9 +1,11 @@
-"""PostgreSQL backend: a connection pool, one transaction per operation, SKIP LOCKED claims.
+"""PostgreSQL backend: a connection pool, group commits for hot writes, SKIP LOCKED claims.
 
 Many receivers and workers on many machines share one database. Every operation of
-:mod:`.ops` runs unchanged in a thread of the store's own pool as one transaction on one pooled
-connection; the commit (``synchronous_commit = on``) has returned before the caller is answered,
-and a caller cancelled during a write hears of it only once the write ended (:func:`.settled`).
+:mod:`.ops` runs unchanged on a pooled connection: most as one transaction each in a thread of
+the store's own pool; webhook inserts, and a worker's writes about its jobs, in lanes of their
+own where the operations waiting share one transaction (:class:`.GroupCommit`). The commit
+(``synchronous_commit = on``) has returned before the caller is answered, and a caller
+cancelled during a write hears of it only once the write ended (:func:`.settled`).
 Claims lock the rows they take with ``FOR UPDATE SKIP LOCKED``, so concurrent workers never wait
 for each other and never take the same job.
 
