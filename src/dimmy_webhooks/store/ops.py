@@ -1,9 +1,10 @@
 """The store's operations, written once for every backend.
 
 Each function runs inside one transaction the backend opened (SQLite: a savepoint inside a
-group commit; PostgreSQL: its own transaction) and talks to the database only through
-:class:`Tx`. The SQL lives in :mod:`.sql`, in named blocks; a backend may override a block
-for its dialect (the claim uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL).
+group commit; PostgreSQL: its own transaction, or for a worker's job writes a savepoint inside
+a batch, whose event-row writes wait for the batch's end: :class:`Deferred`) and talks to the
+database only through :class:`Tx`. The SQL lives in :mod:`.sql`, in named blocks; a backend
+may override a block for its dialect (the claim uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL).
 
 Every write about a claimed job starts with the lease check, so a worker whose lease was taken
 over changes nothing (:class:`LeaseLost`).
@@ -70,9 +71,58 @@ def _job(row: Row) -> Job:
     )
 
 
+@dataclass(slots=True)
+class Deferred:
+    """The event-row writes of the operations of one batch, kept for its end (PostgreSQL's
+    worker lane): ``last_error`` to set and status to recompute, by event id.
+
+    Each job's completion updates its event's row (status, ``last_error``). Written as each
+    operation goes, concurrent batches lock event rows in whatever order their jobs come and
+    deadlock; written together at the end of the batch, in event id order, every transaction
+    takes event-row locks in one order, held only from there to its commit.
+    """
+
+    refresh: dict[int, float] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+
+    def merge(self, other: Deferred) -> None:
+        for event_id, now in other.refresh.items():
+            self.refresh[event_id] = max(now, self.refresh.get(event_id, now))
+        self.errors.update(other.errors)
+
+
+def _deferred(tx: Tx) -> Deferred | None:
+    """Where ``tx`` keeps event-row writes for the end of its batch (``None``: write them now)."""
+    deferred: Deferred | None = getattr(tx, "deferred", None)
+    return deferred
+
+
 def _refresh(tx: Tx, event_ids: Iterable[int | None], now: float) -> None:
-    for event_id in {e for e in event_ids if e is not None}:
+    ids = sorted({e for e in event_ids if e is not None})  # one lock order for everyone
+    deferred = _deferred(tx)
+    if deferred is not None:
+        deferred.merge(Deferred(refresh=dict.fromkeys(ids, now)))
+        return
+    for event_id in ids:
         tx.run(tx.sql("refresh_event"), {"id": event_id, "now": now})
+
+
+def _event_error(tx: Tx, event_id: int | None, reason: str) -> None:
+    deferred = _deferred(tx)
+    if deferred is not None and event_id is not None:
+        deferred.errors[event_id] = reason
+    else:
+        tx.run(tx.sql("event_error"), {"id": event_id, "reason": reason})
+
+
+def write_deferred(tx: Tx, deferred: Deferred) -> None:
+    """The event-row writes a batch kept for its end, in event id order, each event's
+    ``last_error`` before its status."""
+    for event_id in sorted(deferred.refresh.keys() | deferred.errors.keys()):
+        if event_id in deferred.errors:
+            tx.run(tx.sql("event_error"), {"id": event_id, "reason": deferred.errors[event_id]})
+        if event_id in deferred.refresh:
+            tx.run(tx.sql("refresh_event"), {"id": event_id, "now": deferred.refresh[event_id]})
 
 
 def _guard_finish(tx: Tx, job: Job, now: float, note: str | None = None) -> None:
@@ -248,7 +298,7 @@ def expand_event(
 ) -> None:
     _guard_finish(tx, job, now, note)
     if note is not None:
-        tx.run(tx.sql("event_error"), {"id": job.event_id, "reason": note[:1000]})
+        _event_error(tx, job.event_id, note[:1000])
     # The fetches are due as of the event's arrival, not the expansion: with a backlog of
     # events, the items of the oldest events go before the expansion of newer ones (else
     # nothing reaches the warehouse until every event of the backlog has been expanded).
@@ -424,7 +474,7 @@ def fail(
     if attempt is not None:
         record_attempt(tx, job, dataclasses.replace(attempt, outcome="dead" if dead else "failed"))
     if dead and job.event_id is not None:
-        tx.run(tx.sql("event_error"), {"id": job.event_id, "reason": reason[:1000]})
+        _event_error(tx, job.event_id, reason[:1000])
         _refresh(tx, [job.event_id], now)
     return dead
 
