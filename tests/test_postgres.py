@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import logging
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,9 +21,18 @@ import pytest
 from psycopg.rows import dict_row
 
 from dimmy_webhooks import schema
-from dimmy_webhooks.errors import SchemaBehind, StoreError, StoreUnavailable
-from dimmy_webhooks.models import ITEMS_SCANNED, UNKNOWN, IncomingEvent, InsertOutcome, Job
-from dimmy_webhooks.store import create_store, ops
+from dimmy_webhooks.errors import LeaseLost, SchemaBehind, StoreError, StoreUnavailable
+from dimmy_webhooks.models import (
+    ITEMS_SCANNED,
+    UNKNOWN,
+    IncomingEvent,
+    InsertOutcome,
+    Job,
+    NormalisedItem,
+    SaveResult,
+    StoredItem,
+)
+from dimmy_webhooks.store import Lease, create_store, ops
 from dimmy_webhooks.store.postgres import CHANNEL, PostgresStore, _PostgresTx, to_pyformat
 
 pytestmark = pytest.mark.postgres
@@ -322,3 +334,187 @@ async def test_wait_for_work_returns_early_when_work_is_announced(
     await asyncio.sleep(0.3)
     assert await timed(pg.wait_for_work(10)) < 1
     assert await timed(pg.wait_for_work(0.2)) >= 0.2  # and used up
+
+
+# the workers' writes, committed in batches -------------------------------------------------
+
+
+def _stored(item_id: str) -> StoredItem:
+    fields = NormalisedItem(id=item_id, updated_at="2026-01-01T00:00:00Z")
+    raw = json.dumps({"_id": item_id})
+    return StoredItem(item=fields, raw=raw, version=f"v-{item_id}", fetched_at=T0)
+
+
+def _deadlocks_retried(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("DeadlockDetected" in record.getMessage() for record in caplog.records)
+
+
+async def test_concurrent_batched_completions_never_deadlock_and_events_end_right(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three workers (three stores: three processes, as far as the server knows) finish the
+    jobs of the same events at once, in whatever order their claims and writes come, many
+    writes per transaction. No transaction ever deadlocks (each would cost the server's
+    one-second detection and a retry of the whole batch), and every event ends with the right
+    status as soon as its last write returned: ``done``, or ``dead`` if one of its jobs died."""
+    caplog.set_level(logging.DEBUG, logger="dimmy_webhooks.store.postgres")
+    stores = [PostgresStore(pg_url, max_attempts=8, pool_size=4) for _ in range(3)]
+    for store in stores:
+        await store.open()
+    try:
+        n_events, per_event = 12, 10
+        first = stores[0]
+        for e in range(n_events):
+            ids = [f"e{e:02d}i{i:02d}" for i in range(per_event)]
+            await first.insert_event(scanned(f"m{e}", ids))
+        for job in await first.claim("w0", 100, LEASE, T0):
+            body = json.loads(await first.get_event_body(job.event_id or 0))
+            await first.expand_event(job, body["item_ids"], T0)
+        doomed = {f"e{e:02d}i03" for e in range(0, n_events, 3)}  # one job dies in these
+        rng = random.Random(14)
+
+        async def complete(store: PostgresStore, owner: str, job: Job) -> None:
+            await asyncio.sleep(rng.random() * 0.02)
+            assert job.item_id is not None
+            if job.item_id in doomed:
+                assert await store.fail(job, "404 from the API", None, T0) is True
+                return
+            saved = await store.save_item(
+                job, _stored(job.item_id), ["out"], T0, Lease(owner, LEASE)
+            )
+            await asyncio.gather(*(store.finish(d, T0) for d in saved.deliveries))
+
+        async def work(store: PostgresStore, owner: str) -> int:
+            done = 0
+            while jobs := await store.claim(owner, 7, LEASE, T0):
+                await asyncio.gather(*(complete(store, owner, job) for job in jobs))
+                done += len(jobs)
+            return done
+
+        counts = await asyncio.gather(*(work(s, f"w{n}") for n, s in enumerate(stores)))
+        assert sum(counts) == n_events * per_event
+        for e, event in enumerate(sorted(await first.list_events(limit=100), key=lambda x: x.id)):
+            expected = "dead" if e % 3 == 0 else "done"
+            assert event.status == expected, (event, await first.get_event(event.id))
+            if expected == "dead":
+                assert event.last_error == "404 from the API"
+        stats = await first.stats(T0)
+        assert stats.jobs == {
+            "done": n_events * (1 + 2 * per_event) - 2 * len(doomed),
+            "dead": len(doomed),
+        }
+    finally:
+        for store in stores:
+            await store.close()
+    assert _deadlocks_retried(caplog) == 0
+
+
+async def test_a_lost_lease_in_a_batch_fails_only_that_write(pg: PostgresStore) -> None:
+    """Writes waiting together share one transaction, a savepoint each: the write whose lease
+    was taken over is refused and changes nothing, the others in the same batch commit."""
+    ids = [f"i{n}" for n in range(6)]
+    await pg.insert_event(scanned("m1", ids))
+    [event_job] = await pg.claim("w", 1, LEASE, T0)
+    await pg.expand_event(event_job, ids, T0)
+    jobs = await pg.claim("w", 10, LEASE, T0)
+    assert len(jobs) == 6
+    lane = pg._jobs
+    assert lane is not None
+    sizes: list[int] = []
+    commit = lane._commit
+
+    def counted(batch: Any) -> Any:
+        sizes.append(len(batch))
+        return commit(batch)
+
+    lane._commit = counted
+
+    def hold(tx: ops.Tx) -> None:
+        time.sleep(0.3)
+
+    # both threads of the lane busy, so the writes below queue and go as one batch
+    blockers = [asyncio.wrap_future(lane.submit((hold, None))) for _ in range(pg.job_threads)]
+    await asyncio.sleep(0.05)
+    stale = dataclasses.replace(jobs[1], lease_token="taken-over")
+    outcomes = await asyncio.gather(
+        pg.save_item(jobs[0], _stored("i0"), ["out"], T0, Lease("w", LEASE)),
+        pg.finish(stale, T0),
+        pg.finish(jobs[2], T0),
+        pg.fail(jobs[3], "gone", None, T0),
+        pg.fail(dataclasses.replace(jobs[4], lease_token="taken-over"), "x", T0 + 5, T0),
+        pg.save_item(jobs[5], _stored("i5"), ["out"], T0),
+        return_exceptions=True,
+    )
+    await asyncio.gather(*blockers)
+    assert max(sizes) == 6, sizes
+    saved, lost, finished, dead, lost_too, saved_too = outcomes
+    assert isinstance(lost, LeaseLost)
+    assert isinstance(lost_too, LeaseLost)
+    assert finished is None
+    assert dead is True
+    assert isinstance(saved, SaveResult)
+    assert len(saved.deliveries) == 1
+    assert isinstance(saved_too, SaveResult)
+    assert saved_too.changed
+    assert await pg.get_item("i0") is not None
+    assert await pg.get_item("i5") is not None
+    # the refused writes changed nothing: their jobs are still running under the real lease
+    event = await pg.get_event(event_job.event_id or 0)
+    assert event is not None
+    assert event.jobs == {
+        "event:done": 1,
+        "fetch:done": 3,
+        "fetch:dead": 1,
+        "fetch:running": 2,
+        "deliver:running": 1,
+        "deliver:pending": 1,
+    }
+    assert event.status == "processing"
+    assert event.last_error == "gone"
+    await pg.finish(jobs[1], T0)
+    await pg.finish(jobs[4], T0)
+    await pg.finish(saved.deliveries[0], T0)
+    await pg.release("w", T0)
+    [pending] = await pg.claim("w2", 5, LEASE, T0)
+    await pg.finish(pending, T0)
+    event = await pg.get_event(event_job.event_id or 0)
+    assert event is not None
+    assert event.status == "dead"
+
+
+async def test_a_write_refused_half_way_in_a_batch_is_undone_alone(pg: PostgresStore) -> None:
+    """A batch runs without a savepoint per write first; a write that fails after it wrote
+    something (the database refused a later statement) must leave nothing behind, and the
+    other writes of its batch still commit."""
+    await pg.insert_event(scanned("m1", ["a", "b"]))
+    [event_job] = await pg.claim("w", 1, LEASE, T0)
+    await pg.expand_event(event_job, ["a", "b"], T0)
+    jobs = await pg.claim("w", 10, LEASE, T0)
+    lane = pg._jobs
+    assert lane is not None
+
+    def half_then_refused(tx: ops.Tx) -> None:
+        tx.run("INSERT INTO sync_state (name, value, updated_at) VALUES ('half', 'x', 0)")
+        tx.all("SELECT 1 / 0 AS boom")
+
+    def hold(tx: ops.Tx) -> None:
+        time.sleep(0.3)
+
+    blockers = [asyncio.wrap_future(lane.submit((hold, None))) for _ in range(pg.job_threads)]
+    await asyncio.sleep(0.05)
+    refused = asyncio.wrap_future(lane.submit((half_then_refused, None)))
+    outcomes = await asyncio.gather(
+        pg.finish(jobs[0], T0),
+        refused,
+        pg.save_item(jobs[1], _stored("b"), [], T0),
+        return_exceptions=True,
+    )
+    await asyncio.gather(*blockers)
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], StoreError)
+    assert "division by zero" in str(outcomes[1])
+    assert isinstance(outcomes[2], SaveResult)
+    assert await pg.get_state("half") is None
+    event = await pg.get_event(event_job.event_id or 0)
+    assert event is not None
+    assert event.status == "done"

@@ -16,6 +16,7 @@ from dimmy_webhooks.models import (
     InsertOutcome,
     JobKind,
     NormalisedItem,
+    Source,
     StoredItem,
 )
 from dimmy_webhooks.store import Lease, ReplayMode, Store
@@ -327,3 +328,56 @@ async def test_a_write_cancelled_in_flight_has_ended_when_the_cancellation_arriv
         blocker.release()
     assert await store.release("w", T0) == 1
     assert (await store.stats(T0)).jobs == {"done": 2, "pending": 1}
+
+
+async def test_a_new_event_is_not_held_behind_an_earlier_upload(store: Store) -> None:
+    """A device back after a shift uploads 300 ids; a scan one second later goes next, not
+    after the 300 (its fetch is claimed before the upload's remaining ones)."""
+    big = [f"big{n:03}" for n in range(300)]
+    await store.insert_event(scanned("m_big", big))
+    [upload] = await store.claim("w", 1, LEASE, T0)
+    await store.expand_event(upload, big, T0)
+    first = await store.claim("w", 40, LEASE, T0 + 0.5)
+    assert [j.item_id for j in first] == big[:40]  # an event's own ids in their order
+    await store.insert_event(scanned("m_live", ["live"], at=T0 + 1))
+    [live_event] = await store.claim("w", 1, LEASE, T0 + 1)
+    assert (live_event.kind, live_event.event_id) == (JobKind.EVENT, 2)
+    await store.expand_event(live_event, ["live"], T0 + 1)
+    batch = {j.item_id: j for j in await store.claim("w", 5, LEASE, T0 + 1)}
+    assert sorted(batch) == [*big[40:44], "live"]
+    live_fetch = batch["live"]
+    # its delivery is next too, while the upload still has 256 fetches waiting
+    saved = await store.save_item(live_fetch, item("live", "2026-01-01"), ["out"], T0 + 1.1)
+    assert saved.changed
+    [delivery] = await store.claim("w", 1, LEASE, T0 + 1.2)
+    assert (delivery.kind, delivery.item_id) == (JobKind.DELIVER, "live")
+    # two uploads drain side by side, neither waits for the other to end
+    other = [f"two{n:03}" for n in range(100)]
+    await store.insert_event(scanned("m_two", other, at=T0 + 2))
+    [second] = await store.claim("w", 1, LEASE, T0 + 2)
+    await store.expand_event(second, other, T0 + 2)
+    batch = await store.claim("w", 44, LEASE, T0 + 2)  # its first ids catch up with the upload
+    assert sorted(j.item_id for j in batch) == other[:44]
+    batch = await store.claim("w", 20, LEASE, T0 + 2)  # then they take turns
+    assert sorted(j.item_id for j in batch) == [*big[44:54], *other[44:54]]
+
+
+async def test_live_work_goes_before_polled_and_replayed_work(store: Store) -> None:
+    """Deliveries of a backfill and a replay wait while a webhook's work is due, however
+    much older they are."""
+    polled = [item(f"p{n}", "2026-01-01") for n in range(5)]
+    assert await store.save_polled(polled, Source.BACKFILL, ["out"], T0) == [1] * 5
+    await store.replay_item("r1", ReplayMode.REFETCH, [], T0)
+    await store.insert_event(scanned("m_live", ["live"], at=T0 + 60))
+    order = []
+    while jobs := await store.claim("w", 1, LEASE, T0 + 60):
+        [job] = jobs
+        order.append((job.kind.value, job.item_id))
+        if job.kind is JobKind.EVENT:
+            await store.expand_event(job, ["live"], T0 + 60)
+    assert order == [
+        ("event", None),
+        ("fetch", "live"),
+        *[("deliver", f"p{n}") for n in range(5)],
+        ("fetch", "r1"),
+    ]

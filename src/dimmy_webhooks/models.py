@@ -95,6 +95,14 @@ class JobKind(enum.StrEnum):
     DELIVER = "deliver"  # hand one item version to one output
 
 
+class Lane(enum.IntEnum):
+    """Which work is claimed first: a lower lane before a higher one, whatever their age."""
+
+    LIVE = 0  # a webhook's work as it arrives: someone on the dock may be waiting for it
+    POLL = 1  # deliveries of what the poller or a backfill read
+    REPLAY = 2  # put back by an operator's replay or a sender's resend of dead work
+
+
 class JobStatus(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
@@ -115,6 +123,8 @@ class Job:
     attempts: int
     lease_token: str
     revision: int | None = None  # deliveries: the item revision they hand on
+    lane: Lane = Lane.LIVE
+    seq: int = 0  # a fetch's position in its event; its deliveries take it over
 
 
 @dataclass(frozen=True, slots=True)

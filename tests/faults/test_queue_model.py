@@ -47,6 +47,7 @@ from dimmy_webhooks.models import (
     InsertOutcome,
     Job,
     JobKind,
+    Lane,
     NormalisedItem,
     StoredItem,
 )
@@ -111,6 +112,8 @@ class MJob:
     expires: float | None = None
     permanent: bool = False  # dead by a permanent failure (fail with retry_at None)
     id: int | None = None  # learned from the database once inserted
+    lane: int = 0  # Lane: live work first, then polled, then replayed
+    seq: int = 0  # a fetch's position in its event, which its deliveries take over
 
 
 @dataclass
@@ -376,6 +379,7 @@ class QueueMachine(RuleBasedStateMachine):
             for job in model.jobs.values():
                 if job.event_id == existing.id and job.status == "dead":
                     job.status, job.attempts, job.run_at = "pending", 0, model.now
+                    job.lane = Lane.REPLAY  # a sender's resend of dead work is a replay
                     job.permanent = False
                     model.release_lease(job)
             model.refresh(existing.id)
@@ -397,14 +401,21 @@ class QueueMachine(RuleBasedStateMachine):
                     died.add(job.event_id)
         for event_id in died:
             model.refresh(event_id)
-        due = sorted(
-            (
-                j
-                for j in model.jobs.values()
-                if j.status == "pending" and j.run_at <= now and not model.delivery_busy(j)
-            ),
-            key=lambda j: (j.run_at, j.id or 0),
+        due = [
+            j
+            for j in model.jobs.values()
+            if j.status == "pending" and j.run_at <= now and not model.delivery_busy(j)
+        ]
+        # the best due expansions and fetches (live before replayed, an event's first ids
+        # before another's later ones), and the oldest due deliveries; the best of both
+        work = sorted(
+            (j for j in due if j.kind != "deliver"),
+            key=lambda j: (j.lane, j.seq, j.run_at, j.id or 0),
         )[:limit]
+        deliveries = sorted(
+            (j for j in due if j.kind == "deliver"), key=lambda j: (j.run_at, j.id or 0)
+        )[:limit]
+        due = sorted(work + deliveries, key=lambda j: (j.lane, j.seq, j.run_at, j.id or 0))[:limit]
         claimed = self.run(self.store.claim(owner, limit, lease, now))
         assert [j.id for j in claimed] == sorted(j.id or 0 for j in due)
         for handle in claimed:
@@ -419,6 +430,7 @@ class QueueMachine(RuleBasedStateMachine):
                 job.item_id,
             )
             assert (handle.output, handle.version) == (job.output, job.version)
+            assert (handle.lane, handle.seq) == (job.lane, job.seq)
         self.handles.extend(claimed)
 
     def expand(self, handle: Job, ids: list[str]) -> None:
@@ -427,13 +439,15 @@ class QueueMachine(RuleBasedStateMachine):
         job = model.guard_finish(handle)
         # fetches are due as of the event's arrival, so a backlog's oldest items go first
         run_at = min(model.now, model.event(job.event_id).received_at)
-        for item_id in dict.fromkeys(ids):
+        for seq, item_id in enumerate(dict.fromkeys(ids)):
             model.new_job(
                 MJob(
                     key=f"f:{job.event_id}:{item_id}",
                     kind="fetch",
                     event_id=job.event_id,
                     item_id=item_id,
+                    lane=job.lane,
+                    seq=seq,
                 ),
                 run_at,
             )
@@ -489,6 +503,8 @@ class QueueMachine(RuleBasedStateMachine):
                             item_id=handle.item_id,
                             output=output,
                             version=item.version,
+                            lane=job.lane,
+                            seq=job.seq,
                         )
                     )
             if lease is None:
@@ -553,7 +569,14 @@ class QueueMachine(RuleBasedStateMachine):
                 "SELECT id FROM jobs WHERE dedupe_key IS NULL ORDER BY id DESC LIMIT 1"
             )
             job_id = int(row["id"])
-            job = MJob(key=f"r:{job_id}", kind="fetch", event_id=None, item_id=item_id, id=job_id)
+            job = MJob(
+                key=f"r:{job_id}",
+                kind="fetch",
+                event_id=None,
+                item_id=item_id,
+                id=job_id,
+                lane=Lane.REPLAY,
+            )
             model.new_job(job)
             return
         if item_id not in model.items:
@@ -575,10 +598,12 @@ class QueueMachine(RuleBasedStateMachine):
                         item_id=item_id,
                         output=output,
                         version=version,
+                        lane=Lane.REPLAY,
                     )
                 )
             elif existing.status in ("done", "dead"):
                 existing.status, existing.attempts, existing.run_at = "pending", 0, now
+                existing.lane = Lane.REPLAY
                 existing.permanent = False
                 model.release_lease(existing)
 

@@ -118,6 +118,11 @@ class Store(abc.ABC):
     async def _read(self, op: Callable[[ops.Tx], T]) -> T:
         """Run ``op`` in a read-only transaction."""
 
+    async def _write_job(self, op: Callable[[ops.Tx], T], due: Due[T] | None = None) -> T:
+        """A worker's write about one claimed job (its outcome, the item it stored), as
+        :meth:`_write`; a backend may commit many of them together (PostgreSQL does)."""
+        return await self._write(op, due)
+
     # health ------------------------------------------------------------------------------------
 
     async def ping(self) -> None:
@@ -149,7 +154,7 @@ class Store(abc.ABC):
     ) -> None:
         """Finish an ``event`` job by queueing one fetch per item id (idempotent); ``note``
         (ids that were refused) is kept on the job and as the event's ``last_error``."""
-        await self._write(
+        await self._write_job(
             lambda tx: ops.expand_event(tx, job, item_ids, self.max_attempts, now, note),
             lambda _: bool(item_ids),
         )
@@ -169,7 +174,7 @@ class Store(abc.ABC):
         expires like any other). Raises :class:`LeaseLost` (nothing written) when the job's
         lease was taken over.
         """
-        return await self._write(
+        return await self._write_job(
             lambda tx: ops.save_item(tx, job, item, outputs, self.job_attempts, now, lease),
             # deliveries leased to the caller need nobody woken
             lambda saved: saved.changed and bool(outputs) and lease is None,
@@ -195,7 +200,7 @@ class Store(abc.ABC):
     ) -> None:
         """Mark a job done (lease-checked); a delivery's ``attempt`` goes into the ledger in the
         same transaction."""
-        await self._write(lambda tx: ops.finish(tx, job, now, note, attempt))
+        await self._write_job(lambda tx: ops.finish(tx, job, now, note, attempt))
 
     async def fail(
         self,
@@ -209,14 +214,14 @@ class Store(abc.ABC):
         delivery's ``attempt`` goes into the ledger (``failed`` or ``dead``) in the same
         transaction. Returns ``True`` when the job is now dead.
         """
-        return await self._write(
+        return await self._write_job(
             lambda tx: ops.fail(tx, job, reason, retry_at, now, attempt),
             lambda dead: not dead and retry_at is not None and retry_at <= now,
         )
 
     async def postpone(self, job: Job, reason: str, retry_at: float, now: float) -> None:
         """Put a job back without counting the attempt (configuration error, shutdown)."""
-        await self._write(
+        await self._write_job(
             lambda tx: ops.postpone(tx, job, reason, retry_at, now), lambda _: retry_at <= now
         )
 

@@ -1,9 +1,10 @@
 """The store's operations, written once for every backend.
 
 Each function runs inside one transaction the backend opened (SQLite: a savepoint inside a
-group commit; PostgreSQL: its own transaction) and talks to the database only through
-:class:`Tx`. The SQL lives in :mod:`.sql`, in named blocks; a backend may override a block
-for its dialect (the claim uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL).
+group commit; PostgreSQL: its own transaction, or for a worker's job writes a savepoint inside
+a batch, whose event-row writes wait for the batch's end: :class:`Deferred`) and talks to the
+database only through :class:`Tx`. The SQL lives in :mod:`.sql`, in named blocks; a backend
+may override a block for its dialect (the claim uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL).
 
 Every write about a claimed job starts with the lease check, so a worker whose lease was taken
 over changes nothing (:class:`LeaseLost`).
@@ -27,6 +28,7 @@ from ..models import (
     InsertOutcome,
     Job,
     JobKind,
+    Lane,
     Lease,
     NormalisedItem,
     QueueStats,
@@ -64,12 +66,63 @@ def _job(row: Row) -> Job:
         attempts=int(row["attempts"]),
         lease_token=str(row["lease_token"]),
         revision=row["revision"],
+        lane=Lane(row["lane"]),
+        seq=int(row["seq"]),
     )
 
 
+@dataclass(slots=True)
+class Deferred:
+    """The event-row writes of the operations of one batch, kept for its end (PostgreSQL's
+    worker lane): ``last_error`` to set and status to recompute, by event id.
+
+    Each job's completion updates its event's row (status, ``last_error``). Written as each
+    operation goes, concurrent batches lock event rows in whatever order their jobs come and
+    deadlock; written together at the end of the batch, in event id order, every transaction
+    takes event-row locks in one order, held only from there to its commit.
+    """
+
+    refresh: dict[int, float] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+
+    def merge(self, other: Deferred) -> None:
+        for event_id, now in other.refresh.items():
+            self.refresh[event_id] = max(now, self.refresh.get(event_id, now))
+        self.errors.update(other.errors)
+
+
+def _deferred(tx: Tx) -> Deferred | None:
+    """Where ``tx`` keeps event-row writes for the end of its batch (``None``: write them now)."""
+    deferred: Deferred | None = getattr(tx, "deferred", None)
+    return deferred
+
+
 def _refresh(tx: Tx, event_ids: Iterable[int | None], now: float) -> None:
-    for event_id in {e for e in event_ids if e is not None}:
+    ids = sorted({e for e in event_ids if e is not None})  # one lock order for everyone
+    deferred = _deferred(tx)
+    if deferred is not None:
+        deferred.merge(Deferred(refresh=dict.fromkeys(ids, now)))
+        return
+    for event_id in ids:
         tx.run(tx.sql("refresh_event"), {"id": event_id, "now": now})
+
+
+def _event_error(tx: Tx, event_id: int | None, reason: str) -> None:
+    deferred = _deferred(tx)
+    if deferred is not None and event_id is not None:
+        deferred.errors[event_id] = reason
+    else:
+        tx.run(tx.sql("event_error"), {"id": event_id, "reason": reason})
+
+
+def write_deferred(tx: Tx, deferred: Deferred) -> None:
+    """The event-row writes a batch kept for its end, in event id order, each event's
+    ``last_error`` before its status."""
+    for event_id in sorted(deferred.refresh.keys() | deferred.errors.keys()):
+        if event_id in deferred.errors:
+            tx.run(tx.sql("event_error"), {"id": event_id, "reason": deferred.errors[event_id]})
+        if event_id in deferred.refresh:
+            tx.run(tx.sql("refresh_event"), {"id": event_id, "now": deferred.refresh[event_id]})
 
 
 def _guard_finish(tx: Tx, job: Job, now: float, note: str | None = None) -> None:
@@ -98,9 +151,13 @@ def _job_row(
     revision: int | None = None,
     dedupe_key: str | None = None,
     run_at: float | None = None,
+    lane: Lane = Lane.LIVE,
+    seq: int = 0,
 ) -> dict[str, Any]:
     return {
         "run_at": now if run_at is None else run_at,
+        "lane": int(lane),
+        "seq": seq,
         "kind": kind.value,
         "event_id": event_id,
         "item_id": item_id,
@@ -133,9 +190,12 @@ def _deliveries(
     event_id: int | None,
     max_attempts: Attempts,
     now: float,
+    lane: Lane,
+    seq: int = 0,
 ) -> list[dict[str, Any]]:
     """One delivery per output of one revision of an item: its dedupe key names the revision,
-    so content that comes back to an earlier version (A, B, A) is delivered again."""
+    so content that comes back to an earlier version (A, B, A) is delivered again. ``lane``
+    and ``seq`` are those of the work that stored the revision."""
     return [
         _job_row(
             JobKind.DELIVER,
@@ -147,6 +207,8 @@ def _deliveries(
             version=version,
             revision=revision,
             dedupe_key=f"d:{output}:{item_id}:r{revision}",
+            lane=lane,
+            seq=seq,
         )
         for output in outputs
     ]
@@ -236,7 +298,7 @@ def expand_event(
 ) -> None:
     _guard_finish(tx, job, now, note)
     if note is not None:
-        tx.run(tx.sql("event_error"), {"id": job.event_id, "reason": note[:1000]})
+        _event_error(tx, job.event_id, note[:1000])
     # The fetches are due as of the event's arrival, not the expansion: with a backlog of
     # events, the items of the oldest events go before the expansion of newer ones (else
     # nothing reaches the warehouse until every event of the backlog has been expanded).
@@ -251,8 +313,10 @@ def expand_event(
             item_id=item_id,
             dedupe_key=f"f:{job.event_id}:{item_id}",
             run_at=run_at,
+            lane=job.lane,
+            seq=seq,
         )
-        for item_id in dict.fromkeys(item_ids)
+        for seq, item_id in enumerate(dict.fromkeys(item_ids))
     ]
     _new_jobs(tx, rows)
     _refresh(tx, [job.event_id], now)
@@ -324,7 +388,15 @@ def save_item(
         tx.run(tx.sql("mark_webhook_seen"), {"id": item.id, "now": now})
     if changed and item.hold_reason is None:  # a held version reaches no output
         rows = _deliveries(
-            item.id, item.version, revision, outputs, job.event_id, max_attempts, now
+            item.id,
+            item.version,
+            revision,
+            outputs,
+            job.event_id,
+            max_attempts,
+            now,
+            job.lane,
+            job.seq,
         )
         if lease is None:
             _new_jobs(tx, rows)
@@ -360,9 +432,10 @@ def save_polled(
         stored = tx.all(tx.sql("upsert_polled_item"), _item_params(item, source, None, now))
         revision = int(stored[0]["revision"]) if stored else 0
         if revision and item.hold_reason is None:
-            _new_jobs(
-                tx, _deliveries(item.id, item.version, revision, outputs, None, max_attempts, now)
+            rows = _deliveries(
+                item.id, item.version, revision, outputs, None, max_attempts, now, Lane.POLL
             )
+            _new_jobs(tx, rows)
         revisions.append(revision)
     return revisions
 
@@ -401,7 +474,7 @@ def fail(
     if attempt is not None:
         record_attempt(tx, job, dataclasses.replace(attempt, outcome="dead" if dead else "failed"))
     if dead and job.event_id is not None:
-        tx.run(tx.sql("event_error"), {"id": job.event_id, "reason": reason[:1000]})
+        _event_error(tx, job.event_id, reason[:1000])
         _refresh(tx, [job.event_id], now)
     return dead
 
@@ -546,7 +619,14 @@ def replay_event(
             job
             for row in rows
             for job in _deliveries(
-                row["id"], row["version"], row["revision"], outputs, event_id, max_attempts, now
+                row["id"],
+                row["version"],
+                row["revision"],
+                outputs,
+                event_id,
+                max_attempts,
+                now,
+                Lane.REPLAY,
             )
         ]
         _new_jobs(tx, jobs, reset=True)
@@ -566,14 +646,22 @@ def replay_item(
     if mode is ReplayMode.REFETCH:
         _new_jobs(
             tx,
-            [_job_row(JobKind.FETCH, max_attempts=max_attempts.default, now=now, item_id=item_id)],
+            [
+                _job_row(
+                    JobKind.FETCH,
+                    max_attempts=max_attempts.default,
+                    now=now,
+                    item_id=item_id,
+                    lane=Lane.REPLAY,
+                )
+            ],
         )
         return 1
     rows = tx.all(tx.sql("item_version"), {"id": item_id})
     if not rows:
         raise LookupError(f"item {item_id} is not stored")
     version, revision = rows[0]["version"], rows[0]["revision"]
-    jobs = _deliveries(item_id, version, revision, outputs, None, max_attempts, now)
+    jobs = _deliveries(item_id, version, revision, outputs, None, max_attempts, now, Lane.REPLAY)
     _new_jobs(tx, jobs, reset=True)
     return len(jobs)
 
@@ -636,7 +724,8 @@ def decide_hold(
     if not release:
         return 0
     version, revision = rows[0]["version"], rows[0]["revision"]
-    jobs = _deliveries(item_id, version, revision, outputs, None, max_attempts, now)
+    # a person just decided: its deliveries go with live work, not behind a replay
+    jobs = _deliveries(item_id, version, revision, outputs, None, max_attempts, now, Lane.LIVE)
     _new_jobs(tx, jobs, reset=True)
     return len(jobs)
 

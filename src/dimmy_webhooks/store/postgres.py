@@ -1,9 +1,11 @@
-"""PostgreSQL backend: a connection pool, one transaction per operation, SKIP LOCKED claims.
+"""PostgreSQL backend: a connection pool, group commits for hot writes, SKIP LOCKED claims.
 
 Many receivers and workers on many machines share one database. Every operation of
-:mod:`.ops` runs unchanged in a thread of the store's own pool as one transaction on one pooled
-connection; the commit (``synchronous_commit = on``) has returned before the caller is answered,
-and a caller cancelled during a write hears of it only once the write ended (:func:`.settled`).
+:mod:`.ops` runs unchanged on a pooled connection: most as one transaction each in a thread of
+the store's own pool; webhook inserts, and a worker's writes about its jobs, in lanes of their
+own where the operations waiting share one transaction (:class:`.GroupCommit`). The commit
+(``synchronous_commit = on``) has returned before the caller is answered, and a caller
+cancelled during a write hears of it only once the write ended (:func:`.settled`).
 Claims lock the rows they take with ``FOR UPDATE SKIP LOCKED``, so concurrent workers never wait
 for each other and never take the same job.
 
@@ -36,7 +38,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
-from ..errors import ConfigError, StoreError, StoreUnavailable
+from ..errors import ConfigError, LeaseLost, StoreError, StoreUnavailable
 from ..models import UNKNOWN, IncomingEvent, InsertOutcome
 from . import ops, sql
 from .base import Due, Store, settled
@@ -56,17 +58,17 @@ _LISTEN_CHECK_SECONDS = 5.0  # how often the idle listener checks that its conne
 # PostgreSQL versions of the blocks whose portable form is not right under concurrency -------
 
 _CLAIM = f"""
-    WITH due AS MATERIALIZED (
-        SELECT j.id FROM jobs AS j WHERE j.status = 'pending' AND j.run_at <= :now
-        AND {sql.NOT_BUSY}
-        ORDER BY j.run_at, j.id LIMIT :limit
-        FOR UPDATE OF j SKIP LOCKED)
+    WITH work AS MATERIALIZED ({sql.WORK_DUE} FOR UPDATE OF j SKIP LOCKED),
+    deliveries AS MATERIALIZED ({sql.DELIVERIES_DUE} FOR UPDATE OF j SKIP LOCKED),
+    due AS (SELECT id FROM (SELECT * FROM work UNION ALL SELECT * FROM deliveries) AS candidates
+            ORDER BY {sql.FAIR} LIMIT :limit)
     UPDATE jobs SET status = 'running', lease_owner = :owner, lease_token = :token,
         lease_expires_at = :expires, attempts = attempts + 1, updated_at = :now
     WHERE id IN (SELECT id FROM due)
     RETURNING {sql.JOB_COLUMNS}"""
 """Rows another transaction holds (being claimed, reaped, finished) are skipped, not waited for;
-the CTE is materialised so the locked set is computed exactly once."""
+the CTEs are materialised so each locked set is computed exactly once; candidates locked but
+not chosen are free again when the claim commits."""
 
 _REAP = f"""
     WITH expired AS MATERIALIZED (
@@ -80,6 +82,17 @@ _REAP = f"""
     RETURNING event_id, status"""
 """Two workers reaping at once take disjoint rows and never wait on each other (a plain
 ``UPDATE`` would serialise them on the row locks and could deadlock on many rows)."""
+
+_HEARTBEAT = """
+    UPDATE jobs SET lease_expires_at = :expires
+    WHERE id IN (SELECT id FROM jobs WHERE lease_owner = :owner AND status = 'running'
+                 FOR UPDATE SKIP LOCKED)
+      AND status = 'running'"""
+"""A lease that a batch of this worker is finishing right now is skipped, not waited for: the
+batch holds several of the owner's job rows, so waiting could deadlock (the heartbeat takes
+them in scan order, the batch in the order its jobs finished). The skipped job is done or
+failed by that batch, or its lease is extended by the next heartbeat, a third of a lease
+later."""
 
 _REFRESH_EVENT = (
     "SELECT 1 FROM events WHERE id = :id FOR UPDATE;\n" + sql.SQL["refresh_event"].strip()
@@ -101,6 +114,7 @@ def _derive(name: str, old: str, new: str) -> str:
 _OVERRIDES = {
     "claim": _CLAIM,
     "reap": _REAP,
+    "heartbeat": _HEARTBEAT,
     "refresh_event": _REFRESH_EVENT,
     # "newer updated_at wins" compares ISO text bytewise as SQLite does, whatever the
     # database's collation (en_US ignores punctuation in its first pass)
@@ -142,6 +156,8 @@ class _PostgresTx:
 
     def __init__(self, cursor: psycopg.ClientCursor[DictRow]) -> None:
         self.cursor = cursor
+        self.deferred: ops.Deferred | None = None
+        """Set while a job batch runs: its event-row writes wait for the batch's end."""
 
     def sql(self, name: str) -> str:
         return SQL[name]
@@ -187,6 +203,16 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
     psycopg.errors.ReadOnlySqlTransaction,  # a standby after a failover
 )
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+_BATCH_FAILS: tuple[type[Exception], ...] = (*_RETRYABLE, *_UNAVAILABLE)
+"""What fails a whole batch of job writes, not only the operation it came from."""
+
+
+class _Isolate(Exception):
+    """A job write of a batch run without savepoints failed: run the batch again with them."""
+
+
+def _notify(result: tuple[Any, bool]) -> bool:
+    return result[1]
 
 
 class _Listener:
@@ -261,6 +287,10 @@ class _Listener:
 
 _INBOX_LANE = 2
 _MAX_BATCH = 256
+_JOB_LANE = 2
+_MAX_JOB_BATCH = 128
+
+JobWrite = tuple[Callable[[ops.Tx], Any], Due[Any] | None]
 
 
 class PostgresStore(Store):
@@ -279,6 +309,7 @@ class PostgresStore(Store):
         connect_timeout: float = 10.0,
         pool_timeout: float = 5.0,
         statement_timeout: float = 30.0,
+        job_threads: int = _JOB_LANE,
     ) -> None:
         self.database_url = database_url
         self.location, self._password = describe(database_url)
@@ -299,6 +330,8 @@ class PostgresStore(Store):
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._listener: _Listener | None = None
         self._inbox: GroupCommit[Callable[[ops.Tx], Any]] | None = None
+        self._jobs: GroupCommit[JobWrite] | None = None
+        self.job_threads = max(1, job_threads)
         self._lane: ThreadPoolExecutor | None = None
         self._wait_lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -333,7 +366,7 @@ class PostgresStore(Store):
             self.database_url,
             kwargs={**self._kwargs, "autocommit": True},
             min_size=min(2, self.pool_size),
-            max_size=self.pool_size + _INBOX_LANE,
+            max_size=self.pool_size + _INBOX_LANE + self.job_threads,
             open=False,
             configure=self._configure,
             check=ConnectionPool.check_connection,  # a connection broken meanwhile is replaced
@@ -371,9 +404,18 @@ class PostgresStore(Store):
             self._inbox = GroupCommit(
                 self._run_inbox_batch, threads=_INBOX_LANE, max_batch=_MAX_BATCH, name="pg-inbox"
             )
+            self._jobs = GroupCommit(
+                self._run_job_batch,
+                threads=self.job_threads,
+                max_batch=_MAX_JOB_BATCH,
+                name="pg-jobs",
+            )
             self._lane = ThreadPoolExecutor(self.pool_size, thread_name_prefix="pg")
 
     async def close(self) -> None:
+        if self._jobs is not None:  # the job writes queued still commit
+            await asyncio.to_thread(self._jobs.stop)
+            self._jobs = None
         pool, listener = self._pool, self._listener
         self._pool, self._listener = None, None
         await asyncio.to_thread(self._close_sync, pool, listener)
@@ -431,10 +473,75 @@ class PostgresStore(Store):
         results = self._run_sync(run_all, lambda results: any(queued for _, queued in results))
         return [(result, None) for result in results]
 
+    async def _write_job(self, op: Callable[[ops.Tx], T], due: Due[T] | None = None) -> T:
+        """A worker's job write, committed with the others waiting (:meth:`_run_job_batch`)."""
+        if self._jobs is None:
+            raise StoreUnavailable("store is closed")
+        result: T = await settled(self._jobs.submit((op, due)))
+        return result
+
+    def _run_job_batch(self, batch: Sequence[JobWrite]) -> list[Outcome]:
+        """The waiting job writes in one transaction: one that fails (its lease was taken over,
+        the database refused its data) fails alone, the others commit.
+
+        Their event-row writes come last, in event id order (:class:`ops.Deferred`), so
+        concurrent batches, here and in other processes, never lock event rows in different
+        orders. A deadlock or a lost connection fails the whole batch: it runs again from the
+        start (:meth:`_run_sync`), or every write of it gets :class:`StoreUnavailable`.
+
+        A write whose lease was taken over has changed nothing (the lease check is the first
+        statement of every job write, see :mod:`.ops`), so the batch runs first without a
+        savepoint per write, two round trips fewer each. If a write fails any other way, the
+        transaction may hold half of it: it is rolled back and the batch runs again with a
+        savepoint per write, so that write alone is undone.
+        """
+        try:
+            return self._run_sync(functools.partial(self._job_batch, batch, False), _notify)[0]
+        except _Isolate:
+            return self._run_sync(functools.partial(self._job_batch, batch, True), _notify)[0]
+
+    def _job_batch(
+        self, batch: Sequence[JobWrite], savepoints: bool, tx: ops.Tx
+    ) -> tuple[list[Outcome], bool]:
+        assert isinstance(tx, _PostgresTx)
+        conn = tx.cursor.connection
+        outcomes: list[Outcome] = []
+        deferred = ops.Deferred()
+        notify = False
+        for op, due in batch:
+            tx.deferred = ops.Deferred()
+            try:
+                if savepoints:
+                    with conn.transaction():
+                        value = op(tx)
+                else:
+                    value = op(tx)
+            except _BATCH_FAILS:
+                raise  # the transaction is in trouble, not this operation
+            except LeaseLost as exc:  # refused before it wrote anything
+                outcomes.append((None, exc))
+            except Exception as exc:
+                if not savepoints:
+                    raise _Isolate from exc
+                error = exc
+                if isinstance(exc, psycopg.Error):
+                    error = StoreError(f"postgresql: {reason(exc, self._password)}")
+                outcomes.append((None, error))
+            else:
+                deferred.merge(tx.deferred)
+                outcomes.append((value, None))
+                notify = notify or (due is not None and bool(due(value)))
+        tx.deferred = None
+        ops.write_deferred(tx, deferred)
+        return outcomes, notify
+
     def failures(self) -> list[str]:
+        problems = []
         if self._inbox is not None and not self._inbox.alive:
-            return ["postgresql webhook lane stopped: webhooks cannot commit"]
-        return []
+            problems.append("postgresql webhook lane stopped: webhooks cannot commit")
+        if self._jobs is not None and not self._jobs.alive:
+            problems.append("postgresql job lane stopped: workers cannot record their work")
+        return problems
 
     # wake-up hint ------------------------------------------------------------------------
 

@@ -6,16 +6,38 @@ Values are always bound as parameters; the only text put together is these const
 
 from __future__ import annotations
 
-JOB_COLUMNS = "id, kind, event_id, item_id, output, version, revision, attempts, lease_token"
+from ..models import Lane
+
+JOB_COLUMNS = (
+    "id, kind, event_id, item_id, output, version, revision, attempts, lease_token, lane, seq"
+)
+FAIR = "lane, seq, run_at, id"
+"""The claim's order: live work before polled before replayed
+(:class:`~dimmy_webhooks.models.Lane`), then by position within its event, so a new event's
+first items go before the rest of an earlier upload; oldest due first among equals."""
+WORK_DUE = """
+        SELECT j.id, j.lane, j.seq, j.run_at FROM jobs AS j
+        WHERE j.status = 'pending' AND j.kind != 'deliver' AND j.run_at <= :now
+        ORDER BY j.lane, j.seq, j.run_at, j.id LIMIT :limit"""
+"""Due expansions and fetches in the fair order (partial index ``jobs_fair``)."""
+DELIVERIES_DUE = """
+        SELECT j.id, j.lane, j.seq, j.run_at FROM jobs AS j
+        WHERE j.status = 'pending' AND j.kind = 'deliver' AND j.run_at <= :now
+        AND NOT EXISTS (SELECT 1 FROM jobs AS busy WHERE busy.item_id = j.item_id
+            AND busy.kind = 'deliver' AND busy.status = 'running' AND busy.output = j.output)
+        ORDER BY j.run_at, j.id LIMIT :limit"""
+"""Due deliveries, oldest first (partial index ``jobs_deliveries_due``). They are found apart
+from fetches because many may wait for a destination that is down: in the fair order every
+claim would step over all of them; by due time it stops at the first one not due. A delivery
+waits while another of the same item to the same output runs: one in flight per item and
+output, so an older revision can never arrive after a newer one."""
+REPLAY_LANE = int(Lane.REPLAY)
 RELEASED = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
-NOT_BUSY = """(j.kind != 'deliver' OR NOT EXISTS (
-    SELECT 1 FROM jobs AS busy WHERE busy.item_id = j.item_id AND busy.kind = 'deliver'
-    AND busy.status = 'running' AND busy.output = j.output))"""
 _NEW_JOB = """
 INSERT INTO jobs (kind, event_id, item_id, output, version, revision, dedupe_key, status,
-                  attempts, max_attempts, run_at, created_at, updated_at)
+                  attempts, max_attempts, run_at, lane, seq, created_at, updated_at)
 VALUES (:kind, :event_id, :item_id, :output, :version, :revision, :dedupe_key, 'pending', 0,
-        :max_attempts, :run_at, :now, :now)
+        :max_attempts, :run_at, :lane, :seq, :now, :now)
 """
 
 # "upsert_item": a fetched version meets the stored one (updated_at normalised, so text order is
@@ -67,16 +89,16 @@ SQL: dict[str, str] = {
     "new_job": _NEW_JOB + " ON CONFLICT (dedupe_key) DO NOTHING",
     "new_leased_job": f"""
         INSERT INTO jobs (kind, event_id, item_id, output, version, revision, dedupe_key, status,
-                          attempts, max_attempts, run_at, lease_owner, lease_token,
+                          attempts, max_attempts, run_at, lane, seq, lease_owner, lease_token,
                           lease_expires_at, created_at, updated_at)
         VALUES (:kind, :event_id, :item_id, :output, :version, :revision, :dedupe_key, 'running',
-                1, :max_attempts, :run_at, :owner, :token, :expires, :now, :now)
+                1, :max_attempts, :run_at, :lane, :seq, :owner, :token, :expires, :now, :now)
         ON CONFLICT (dedupe_key) DO NOTHING
         RETURNING {JOB_COLUMNS}""",
     "new_job_or_reset": _NEW_JOB
     + f"""
         ON CONFLICT (dedupe_key) DO UPDATE SET status = 'pending', attempts = 0, run_at = :now,
-            last_error = NULL, updated_at = :now, {RELEASED}
+            lane = :lane, last_error = NULL, updated_at = :now, {RELEASED}
         WHERE jobs.status IN ('done', 'dead')""",
     "reap": f"""
         UPDATE jobs SET
@@ -85,13 +107,14 @@ SQL: dict[str, str] = {
             run_at = :now, updated_at = :now, {RELEASED}
         WHERE status = 'running' AND lease_expires_at < :now
         RETURNING event_id, status""",
-    # a delivery waits while another of the same item to the same output runs: one in flight per
-    # item and output, so an older revision can never arrive after a newer one
+    # the best of due work and of due deliveries, in the fair order
     "claim": f"""
         UPDATE jobs SET status = 'running', lease_owner = :owner, lease_token = :token,
             lease_expires_at = :expires, attempts = attempts + 1, updated_at = :now
-        WHERE id IN (SELECT j.id FROM jobs AS j WHERE j.status = 'pending' AND j.run_at <= :now
-                     AND {NOT_BUSY} ORDER BY j.run_at, j.id LIMIT :limit)
+        WHERE id IN (
+            SELECT id FROM (SELECT * FROM ({WORK_DUE})
+                            UNION ALL SELECT * FROM ({DELIVERIES_DUE}))
+            ORDER BY {FAIR} LIMIT :limit)
         RETURNING {JOB_COLUMNS}""",
     "delivery_busy": """
         SELECT 1 AS busy FROM jobs
@@ -188,7 +211,7 @@ SQL: dict[str, str] = {
     "event_type": "SELECT event_type FROM events WHERE id = :id",
     "reset_event_jobs": f"""
         UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, last_error = NULL,
-            updated_at = :now, {RELEASED}
+            lane = {REPLAY_LANE}, updated_at = :now, {RELEASED}
         WHERE event_id = :id AND kind IN ('event', 'fetch') AND status IN ('done', 'dead')""",
     "event_items": """
         SELECT DISTINCT items.id, items.version, items.revision
@@ -197,11 +220,11 @@ SQL: dict[str, str] = {
     "item_version": "SELECT version, revision FROM items WHERE id = :id",
     "requeue_dead_of_event": f"""
         UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, last_error = NULL,
-            updated_at = :now, {RELEASED}
+            lane = {REPLAY_LANE}, updated_at = :now, {RELEASED}
         WHERE event_id = :id AND status = 'dead'""",
     "replay_dead": f"""
         UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, last_error = NULL,
-            updated_at = :now, {RELEASED}
+            lane = {REPLAY_LANE}, updated_at = :now, {RELEASED}
         WHERE status = 'dead' AND updated_at >= :since
         RETURNING event_id""",
     "event_counts": "SELECT status AS key, count(*) AS n FROM events GROUP BY status",
