@@ -266,8 +266,15 @@ def machine_busy_seconds() -> float:
 
 
 def start_fake_api(
-    procs: Procs, *, items: int, latency: float, seed: int = 7, name: str = "fake-api"
+    procs: Procs,
+    *,
+    items: int,
+    latency: float,
+    seed: int = 7,
+    name: str = "fake-api",
+    extra: Sequence[str] = (),
 ) -> tuple[Proc, int]:
+    """``dimmy-webhooks fake-api`` with ``items`` items (``extra``: more of its options)."""
     port = free_port()
     proc = procs.start(
         name,
@@ -286,6 +293,7 @@ def start_fake_api(
             str(seed),
             "--api-key",
             API_KEY,
+            *extra,
         ],
         base_env(DIMMY_LOG_LEVEL="WARNING"),
     )

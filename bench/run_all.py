@@ -3,15 +3,16 @@
 ``python bench/run_all.py [--quick|--default|--full] [--no-postgres] [--no-memory]
 [--json-dir DIR]``
 
-ack.py, drain.py, fairness.py, http_clients.py, then memory.py: about 9 minutes with ``--quick``
-on 2 cores. ack, drain and fairness run their own default backends: SQLite, plus PostgreSQL
-when it answers at ``$BENCH_PG_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``;
-they print a note otherwise), i.e. the rows ``ours postgres 1 rcv`` and ``2 rcv`` in ack,
-``ours postgres 1 wkr`` and ``3 wkr`` in drain, a fresh database each. ``--no-postgres`` leaves
-those out (about 2 minutes less), ``--no-memory`` leaves memory.py out (about 1 minute less).
-fairness.py also runs the code before fair claims (from a git worktree) as its baseline;
-http_clients.py (about a minute with ``--quick``) measures the HTTP client libraries on their
-own.
+ack.py, drain.py, fairness.py, http_clients.py, adaptive_rate.py, then memory.py: about 10
+minutes with ``--quick`` on 2 cores. ack, drain and fairness run their own default backends:
+SQLite, plus PostgreSQL when it answers at ``$BENCH_PG_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/postgres``; they print a note otherwise), i.e. the rows
+``ours postgres 1 rcv`` and ``2 rcv`` in ack, ``ours postgres 1 wkr`` and ``3 wkr`` in drain, a
+fresh database each. ``--no-postgres`` leaves those out (about 2 minutes less), ``--no-memory``
+leaves memory.py out (about 1 minute less). fairness.py also runs the code before fair claims
+(from a git worktree) as its baseline; http_clients.py (about a minute with ``--quick``)
+measures the HTTP client libraries on their own; adaptive_rate.py (about 85 s with ``--quick``,
+SQLite only) the fixed against the adaptive API rate.
 
 Each benchmark runs in its own process, one after the other (never two at once: the machine's
 cores are part of what is measured). The exit status is non-zero when any of them fails a check.
@@ -45,7 +46,8 @@ def main() -> int:
     parser.add_argument(
         "--json-dir",
         type=Path,
-        help="write ack.json, drain.json, http_clients.json and memory.json here",
+        help="write ack.json, drain.json, http_clients.json, adaptive_rate.json and memory.json "
+        "here",
     )
     args = parser.parse_args()
     preset = [] if args.default else ["--full"] if args.full else ["--quick"]
@@ -56,6 +58,7 @@ def main() -> int:
         ("fairness", [*preset, *backend]),
     ]
     runs.append(("http_clients", ["--quick"] if preset == ["--quick"] else []))
+    runs.append(("adaptive_rate", preset))  # SQLite only: it compares client pacing, not backends
     if not args.no_memory:
         runs.append(("memory", []))  # one size: it measures a bound, not a rate
     status = 0

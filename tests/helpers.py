@@ -83,6 +83,21 @@ def make_settings(db_url: str, **overrides: Any) -> Settings:
     return load_settings(None, **values)
 
 
+class FakeTime:
+    """A monotonic clock that only moves when the client sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
 def reset_fake(fake: FakeDimmy, config: FakeDimmyConfig) -> FakeDimmy:
     """``fake`` as new under ``config``: no items, no failing ids, no counts (for a fake served
     once per module and shared by its tests)."""

@@ -32,28 +32,13 @@ from dimmy_webhooks.errors import (
     UpstreamError,
 )
 
-from .helpers import reset_fake
+from .helpers import FakeTime, reset_fake
 
 KEY = "s3cret-key-0123456789"
 ITEM_ID = "6592008029c8c3e4dc76256c"
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 Handler = Callable[[httpx.Request], httpx.Response]
-
-
-class FakeTime:
-    """A monotonic clock that only moves when the client sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def mock_client(handler: Handler, **options: Any) -> DimmyClient:

@@ -217,6 +217,26 @@ def test_every_nth_request_is_rate_limited(fake: FakeDimmy, http: httpx.Client) 
     assert responses[2].headers["retry-after"] == "7"
 
 
+def test_a_hidden_rate_limit_refuses_what_goes_over_it(fake: FakeDimmy, http: httpx.Client) -> None:
+    (item_id,) = fake.generate_items(1)
+    fake.config.hidden_rate_limit = 10
+    fake.config.retry_after_seconds = 2
+    started = time.monotonic()
+    responses = [http.get(f"/items/{item_id}") for _ in range(40)]
+    took = time.monotonic() - started
+    statuses = [r.status_code for r in responses]
+    # a second's worth (10) at once, then 10 per second: however slow this machine is, what
+    # got through is bounded by the time the 40 requests took
+    assert 10 <= statuses.count(200) <= 10 + 10 * took + 1
+    assert statuses.count(429) == fake.throttled == 40 - statuses.count(200)
+    assert {r.headers.get("retry-after") for r in responses if r.status_code == 429} == {"2"}
+    fake.config.hidden_rate_limit = None
+    assert http.get(f"/items/{item_id}").status_code == 200
+    time.sleep(0.3)
+    fake.config.hidden_rate_limit = 10
+    assert http.get(f"/items/{item_id}").status_code == 200  # refilled meanwhile
+
+
 def test_latency_and_hang_delay_the_answer(fake: FakeDimmy, http: httpx.Client) -> None:
     fake.config.latency_seconds = 0.2
     started = time.monotonic()

@@ -568,6 +568,12 @@ async def _with_store(settings: Settings, use: Callable[[Any], Any]) -> Any:
 @click.option(
     "--error-rate", type=float, default=0.0, show_default=True, help="Share of calls answered 503."
 )
+@click.option(
+    "--hidden-rate-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Requests per second over which calls get 429 with Retry-After (unset: no limit).",
+)
 @click.option("--seed", type=int, default=None)
 @friendly_errors
 def fake_api(
@@ -577,6 +583,7 @@ def fake_api(
     n_items: int,
     latency: float,
     error_rate: float,
+    hidden_rate_limit: float | None,
     seed: int | None,
 ) -> None:
     """Run a local fake of the Dimmy API (for development, tests and the demo)."""
@@ -586,7 +593,13 @@ def fake_api(
 
     logs.configure()
     fake = FakeDimmy(
-        FakeDimmyConfig(api_key=api_key, latency_seconds=latency, error_rate=error_rate, seed=seed)
+        FakeDimmyConfig(
+            api_key=api_key,
+            latency_seconds=latency,
+            error_rate=error_rate,
+            hidden_rate_limit=hidden_rate_limit,
+            seed=seed,
+        )
     )
     ids = fake.generate_items(n_items)
     click.echo(

@@ -13,6 +13,10 @@ the caller sees (all from :mod:`dimmy_webhooks.errors`)::
     └── UpstreamAuthError     stop fetching and tell an operator: the key was refused (401/403).
                               ``client.auth_failed`` keeps the reason until a request succeeds.
 
+The pace: at most ``rate_limit`` requests start per second (``rate_mode="fixed"``, the default),
+or, with ``rate_mode="adaptive"``, a rate learned from the answers between ``rate_min`` and
+``rate_max`` (:mod:`dimmy_webhooks.pacing`), starting at ``rate_limit``.
+
 Reasons are short, name the method and path, include at most ~200 characters of the server's
 ``detail``, and never contain the API key (it is redacted even when a server echoes it).
 """
@@ -32,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 import certifi
@@ -41,11 +45,13 @@ from aiolimiter import AsyncLimiter
 
 from .errors import PermanentUpstream, TransientUpstream, UpstreamAuthError
 from .models import nested_deeper_than, valid_item_id
+from .pacing import AdaptiveRate, Pacer
 
 logger = logging.getLogger(__name__)
 
 DETAIL_LIMIT = 200
 DEFAULT_429_PAUSE = 1.0  # seconds the client holds requests after a 429 without Retry-After
+RateMode = Literal["fixed", "adaptive"]
 
 
 def backoff_delay(
@@ -149,7 +155,9 @@ class DimmyClient:
 
     ``timeout`` (seconds) bounds each phase of a request (connect, write, each read) and the
     whole request at three times that. At most ``concurrency`` requests are in flight and at most
-    ``rate_limit`` start per second (bursts up to that many). ``clock``/``sleep`` (monotonic) and
+    ``rate_limit`` start per second (bursts up to that many); with ``rate_mode="adaptive"`` the
+    rate starts there and moves between ``rate_min`` and ``rate_max`` (:attr:`adaptive`, bursts
+    of a tenth of a second's worth). ``clock``/``sleep`` (monotonic) and
     ``wall_clock`` (Unix time, for HTTP-date Retry-After) are injectable for tests;
     ``transport`` lets tests answer with :class:`httpx.MockTransport`. Use as ``async with``.
     """
@@ -162,6 +170,9 @@ class DimmyClient:
         timeout: float = 10.0,
         concurrency: int = 64,
         rate_limit: float = 100.0,
+        rate_mode: RateMode = "fixed",
+        rate_min: float = 1.0,
+        rate_max: float = 1000.0,
         max_retry_after: float = 900.0,
         max_json_depth: int = 64,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -204,7 +215,15 @@ class DimmyClient:
         ]
         self._next_pool = itertools.cycle(self._pools)
         self._semaphore = asyncio.Semaphore(concurrency)
-        self._limiter = AsyncLimiter(rate_limit, 1)
+        self._fixed_rate = rate_limit
+        self._limiter: AsyncLimiter | Pacer
+        self.adaptive: AdaptiveRate | None = None
+        if rate_mode == "adaptive":
+            self.adaptive = AdaptiveRate(rate_limit, floor=rate_min, ceiling=rate_max, clock=clock)
+            adaptive = self.adaptive
+            self._limiter = Pacer(lambda: adaptive.rate, clock=clock, sleep=sleep)
+        else:
+            self._limiter = AsyncLimiter(rate_limit, 1)
         self._paused_until = 0.0
         self._live_waiting = 0  # get_item calls waiting for their turn
         self._live_idle = asyncio.Event()
@@ -231,6 +250,11 @@ class DimmyClient:
         """Close the connection pool."""
         for pool in self._pools:
             await pool.aclose()
+
+    @property
+    def rate_limit(self) -> float:
+        """Requests per second allowed now (the fixed rate, or the adaptive one)."""
+        return self.adaptive.rate if self.adaptive is not None else self._fixed_rate
 
     @property
     def pause_remaining(self) -> float:
@@ -357,12 +381,18 @@ class DimmyClient:
             if on_turn is not None:
                 on_turn()
             started = time.monotonic()
+            adaptive = self.adaptive
+            if adaptive is not None:
+                adaptive.sent()
+            sent_at = self._clock()
             try:
                 async with asyncio.timeout(self._total_timeout):
                     http = next(self._next_pool)
                     response = await http.request(method, path, params=params, json=body)
             except (httpx.TimeoutException, TimeoutError) as exc:
                 self._observed(path, "timeout", started)
+                if adaptive is not None:  # a timeout is the slowest answer of all
+                    adaptive.answered(self._clock() - sent_at)
                 reason = f"{method} {path}: timed out ({type(exc).__name__})"
                 raise TransientUpstream(self._redact(reason)) from exc
             except httpx.RequestError as exc:
@@ -370,10 +400,14 @@ class DimmyClient:
                 reason = self._redact(f"{method} {path}: {type(exc).__name__}: {exc}")
                 raise TransientUpstream(reason[: DETAIL_LIMIT + 100]) from exc
             self._observed(path, str(response.status_code), started)
-        self._classify(method, path, response)
+            if adaptive is not None and response.status_code != 429:
+                adaptive.answered(self._clock() - sent_at)
+        self._classify(method, path, response, sent_at)
         return response
 
-    def _classify(self, method: str, path: str, response: httpx.Response) -> None:
+    def _classify(
+        self, method: str, path: str, response: httpx.Response, sent_at: float = 0.0
+    ) -> None:
         status = response.status_code
         if 200 <= status < 300:
             self.auth_failed = None
@@ -392,6 +426,9 @@ class DimmyClient:
                 retry_after = min(retry_after, self._max_retry_after)
             pause = DEFAULT_429_PAUSE if retry_after is None else retry_after
             self._paused_until = max(self._paused_until, self._clock() + pause)
+            if self.adaptive is not None and isinstance(self._limiter, Pacer):
+                self._limiter.hold(self._paused_until)
+                self.adaptive.throttled(sent_at, self._paused_until)
             logger.warning("Dimmy API rate limit: holding requests for %.1f s", pause)
             raise TransientUpstream(reason, status=status, retry_after=retry_after)
         if status == 408 or status >= 500:

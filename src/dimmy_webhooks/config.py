@@ -136,7 +136,25 @@ class Settings(BaseSettings):
     api_rate_limit: float = Field(
         default=100.0,
         gt=0,
-        description="Dimmy API requests per second at most (before any 429 from the API).",
+        description="Dimmy API requests per second at most (before any 429 from the API); "
+        "with DIMMY_API_RATE_MODE=adaptive, the rate it starts from when none was learned yet.",
+    )
+    api_rate_mode: Literal["fixed", "adaptive"] = Field(
+        default="fixed",
+        description="`fixed`: DIMMY_API_RATE_LIMIT requests per second. `adaptive`: learn the "
+        "rate from the answers (raise it while they are fast, cut it on a 429 or when latency "
+        "rises), between DIMMY_API_RATE_MIN and DIMMY_API_RATE_MAX, and keep the learned rate "
+        "in the database for the next start.",
+    )
+    api_rate_min: float = Field(
+        default=1.0,
+        gt=0,
+        description="Adaptive mode: the rate (requests per second) is never cut below this.",
+    )
+    api_rate_max: float = Field(
+        default=1000.0,
+        gt=0,
+        description="Adaptive mode: the rate (requests per second) never grows above this.",
     )
     max_attempts: int = Field(
         default=8,
@@ -358,6 +376,18 @@ class Settings(BaseSettings):
                 f"must be at least {least_budget(max_body)} (DIMMY_MAX_BODY_BYTES, plus "
                 f"{SMALL_BODY_RESERVE} above {SMALL_BODY_BYTES}), or a body of the largest size "
                 "would never fit"
+            )
+        return value
+
+    @field_validator("api_rate_max")
+    @classmethod
+    def _rates_in_order(cls, value: float, info: ValidationInfo) -> float:
+        low, start = info.data.get("api_rate_min"), info.data.get("api_rate_limit")
+        adaptive = info.data.get("api_rate_mode") == "adaptive"
+        if adaptive and low is not None and start is not None and not low <= start <= value:
+            raise ValueError(
+                "adaptive mode needs DIMMY_API_RATE_MIN <= DIMMY_API_RATE_LIMIT <= "
+                f"DIMMY_API_RATE_MAX (now {low:g}, {start:g}, {value:g})"
             )
         return value
 

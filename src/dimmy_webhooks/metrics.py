@@ -5,7 +5,8 @@ of this process's own, so that several apps in one process never share counters)
 
 - **counted here**, as things happen in this process: webhooks by outcome and signature
   failures (the receiver calls :meth:`Metrics.webhook`), Dimmy API requests by status and their
-  latency (the client calls :meth:`Metrics.api_request`);
+  latency (the client calls :meth:`Metrics.api_request`), and the client's rate limit now
+  (fixed or adaptive, read from the client at scrape time: :meth:`Metrics.watch_api_rate`);
 - **read from the store at scrape time**, the same for every process on the database: jobs
   by kind and status, the age of the oldest due job per kind, the delivery backlog per output,
   items stored, the quarantine, the reconciliation gap (:class:`~.overview.Overview`), and
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -89,6 +90,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.api_rate = Gauge(
+            "dimmy_api_rate_limit_per_second",
+            "Dimmy API requests per second this process allows now: DIMMY_API_RATE_LIMIT, or the "
+            "rate adaptive mode has learned.",
+            registry=self.registry,
+        )
         self.rejections: collections.deque[Rejection] = collections.deque(maxlen=20)
         self._signature_times: collections.deque[float] = collections.deque(maxlen=100_000)
         self.ledger = LedgerTally(clock=clock)
@@ -113,6 +120,10 @@ class Metrics:
         endpoint = "items" if path == "/items" else "item"
         self.api_requests.labels(endpoint, status).inc()
         self.api_latency.labels(endpoint).observe(seconds)
+
+    def watch_api_rate(self, rate: Callable[[], float]) -> None:
+        """Report ``rate()`` (requests per second) as the API rate gauge at every scrape."""
+        self.api_rate.set_function(rate)
 
     # reads ----------------------------------------------------------------------------------
 

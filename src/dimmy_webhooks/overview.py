@@ -16,6 +16,7 @@ from .items import format_timestamp
 from .store.ops import OperatorCounts
 
 if TYPE_CHECKING:
+    from .client import DimmyClient
     from .metrics import Metrics
     from .services import Services
 
@@ -54,6 +55,7 @@ class Overview:
     webhooks: dict[str, int] = field(default_factory=dict)
     signature_failures_recent: int = 0
     rejections: list[dict[str, Any]] = field(default_factory=list)
+    api_rate: dict[str, Any] | None = None  # the client's pace (None: no API key here)
 
     @property
     def items_total(self) -> int:
@@ -127,6 +129,7 @@ class Overview:
             "webhooks": self.webhooks,
             "signature_failures_last_5_minutes": self.signature_failures_recent,
             "recent_rejections": self.rejections,
+            "api_rate": self.api_rate,
         }
 
 
@@ -160,7 +163,24 @@ async def take_overview(services: Services, metrics: Metrics | None = None) -> O
             {"at": _iso(r.at), "status": r.status, "reason": r.reason}
             for r in (metrics.rejections if metrics is not None else ())
         ],
+        api_rate=None if client is None else _api_rate(client),
     )
+
+
+def _api_rate(client: DimmyClient) -> dict[str, Any]:
+    """The client's rate: ``mode``, ``per_second`` now, and in adaptive mode its bounds,
+    whether it started from a learned rate and how many times it was cut."""
+    adaptive = client.adaptive
+    if adaptive is None:
+        return {"mode": "fixed", "per_second": client.rate_limit}
+    return {
+        "mode": "adaptive",
+        "per_second": round(adaptive.rate, 1),
+        "min": adaptive.floor,
+        "max": adaptive.ceiling,
+        "restored": adaptive.restored,
+        "cuts": adaptive.cuts,
+    }
 
 
 def _queued_outputs(counts: OperatorCounts) -> list[str]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -28,12 +30,17 @@ from .forward import HttpOutput, load_destinations
 from .metrics import Metrics
 from .models import ReplayMode
 from .outputs import Output, OutputContext, parse_outputs
+from .pacing import AdaptiveRate
 from .poller import Poller, PollPolicy, Reconciliation, reconciliation
 from .store import Store, create_store
 from .validation import Intake
 from .worker import Worker, WorkerPolicy
 
 log = logging.getLogger("dimmy_webhooks.services")
+
+RATE_STATE = "api.rate"
+"""``sync_state`` key of the adaptive client's learned rate: ``{"rate": ..., "api_url": ...}``."""
+RATE_SAVE_SECONDS = 30.0  # how often a changed learned rate is written (and once at stop)
 
 
 def worker_policy(settings: Settings) -> WorkerPolicy:
@@ -82,15 +89,21 @@ def create_client(settings: Settings, metrics: Metrics | None = None) -> DimmyCl
     key is configured."""
     if settings.api_key is None or not settings.api_key.get_secret_value().strip():
         return None
-    return DimmyClient(
+    client = DimmyClient(
         settings.api_url,
         settings.api_key.get_secret_value().strip(),
         timeout=settings.api_timeout_seconds,
         concurrency=settings.api_concurrency,
         rate_limit=settings.api_rate_limit,
+        rate_mode=settings.api_rate_mode,
+        rate_min=settings.api_rate_min,
+        rate_max=settings.api_rate_max,
         max_json_depth=settings.max_json_depth,
         observe=metrics.api_request if metrics is not None else None,
     )
+    if metrics is not None:
+        metrics.watch_api_rate(lambda: client.rate_limit)
+    return client
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +224,12 @@ class Services:
                 stack.push_async_callback(self._close_output, output)
             if self.client is not None:
                 await stack.enter_async_context(self.client)
-            for part in self.parts:
+            parts = list(self.parts)
+            adaptive = self.client.adaptive if self.client is not None else None
+            if adaptive is not None:
+                await self._recall_rate(adaptive)
+                parts.append(Part("rate", functools.partial(self._keep_rate, adaptive)))
+            for part in parts:
                 self._tasks[part.name] = asyncio.create_task(part.run(stop), name=part.name)
             try:
                 yield self
@@ -219,6 +237,45 @@ class Services:
                 stop.set()
                 if self._tasks:
                     await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _recall_rate(self, adaptive: AdaptiveRate) -> None:
+        """Start the adaptive client at the rate a previous run learned against the same API."""
+        try:
+            saved = await self.store.get_state(RATE_STATE)
+        except StoreError as exc:
+            log.warning("learned API rate not read", extra={"fields": {"reason": str(exc)}})
+            return
+        try:
+            state = json.loads(saved) if saved else {}
+            rate = float(state["rate"]) if state.get("api_url") == self.settings.api_url else None
+        except (ValueError, TypeError, KeyError, AttributeError):
+            rate = None
+        if rate is not None and rate > 0:
+            adaptive.restore(rate)
+            log.info(
+                "Dimmy API rate restored",
+                extra={"fields": {"rate": round(adaptive.rate, 1), "learned": round(rate, 1)}},
+            )
+
+    async def _keep_rate(self, adaptive: AdaptiveRate, stop: asyncio.Event) -> None:
+        """Write the adaptive client's rate every :data:`RATE_SAVE_SECONDS` when it changed,
+        and once more at stop, so that the next start begins there."""
+        saved = None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RATE_SAVE_SECONDS)
+            rate = round(adaptive.rate, 1)
+            if rate != saved:
+                value = json.dumps({"rate": rate, "api_url": self.settings.api_url})
+                try:
+                    await self.store.set_state(RATE_STATE, value, self.clock())
+                    saved = rate
+                except StoreError as exc:
+                    log.warning(
+                        "learned API rate not saved", extra={"fields": {"reason": str(exc)}}
+                    )
+            if stop.is_set():
+                return
 
     async def drain(self, timeout: float) -> int:
         """Wait until no job is due or running (this process's workers, and any others on the

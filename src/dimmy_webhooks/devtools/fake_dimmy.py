@@ -5,8 +5,9 @@ serves it as a FastAPI app with the documented endpoints the service calls (``GE
 ``GET /items`` with ``skip``, ``limit``, ``start_date`` and ``end_date``), so validation errors are
 real FastAPI 422 bodies. Every request first checks ``X-API-KEY`` (401
 ``{"message": "Unauthorized"}``), then goes through the faults of :class:`FakeDimmyConfig`
-(hang, latency, 429 every Nth request, random 503). The config is read on every request: assign
-``fake.config`` or change its fields at run time and the next request follows it.
+(a hidden rate limit, hang, latency, 429 every Nth request, random 503). The config is read on
+every request: assign ``fake.config`` or change its fields at run time and the next request
+follows it.
 
 The fake is driven from two threads (the test thread mutates items and config, the server thread
 answers); items are replaced, never mutated in place, so a reader always sees a whole document.
@@ -58,7 +59,11 @@ class FakeDimmyConfig:
     hang_rate: float = 0.0  # probability of waiting hang_seconds (or until the client leaves)
     hang_seconds: float = 30.0
     rate_limit_every: int | None = None  # every Nth authorised request answers 429
-    retry_after_seconds: int = 1  # Retry-After of those 429s
+    # authorised requests per second over which the fake answers 429 at once (before any
+    # latency), as an undocumented limit on the key would: a token bucket holding one second's
+    # worth; the requests refused take no token
+    hidden_rate_limit: float | None = None
+    retry_after_seconds: int = 1  # Retry-After of those 429s (both kinds)
     seed: int | None = None  # reproducible items and fault draws (read when FakeDimmy is built)
 
 
@@ -82,10 +87,11 @@ class FakeDimmy:
     """In-memory Dimmy: ``items`` (id -> item document) plus what was asked of it.
 
     ``counts`` counts ``GET /items/{id}`` answered 200 per id (an item "fetched"), ``attempts``
-    every authorised ``GET /items/{id}`` including injected failures; ``requests`` logs every
-    request (newest 100 000); ``max_in_flight`` is the most requests being answered at once.
-    Ids in ``fail_ids`` always answer 500. ``list_hook``, when set, is called with ``skip``
-    before every ``GET /items`` page is answered (to create items while a poller pages).
+    every authorised ``GET /items/{id}`` including injected failures; ``throttled`` counts the
+    429s of the hidden rate limit; ``requests`` logs every request (newest 100 000);
+    ``max_in_flight`` is the most requests being answered at once. Ids in ``fail_ids`` always
+    answer 500. ``list_hook``, when set, is called with ``skip`` before every ``GET /items``
+    page is answered (to create items while a poller pages).
     """
 
     def __init__(self, config: FakeDimmyConfig | None = None) -> None:
@@ -97,8 +103,11 @@ class FakeDimmy:
         self.attempts: Counter[str] = Counter()
         self.requests: deque[FakeRequest] = deque(maxlen=100_000)
         self.requests_total = 0
+        self.throttled = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self._tokens: float | None = None  # the hidden limit's bucket (None: full)
+        self._tokens_at = 0.0
         seed = self.config.seed
         self._rng = random.Random(seed)
         self.fault_rng = random.Random(None if seed is None else seed + 1)
@@ -165,8 +174,10 @@ class FakeDimmy:
         self.attempts.clear()
         self.requests.clear()
         self.requests_total = 0
+        self.throttled = 0
         self.max_in_flight = self.in_flight
         self._authorised = 0
+        self._tokens = None
 
     def snapshot(self) -> list[dict[str, Any]]:
         """All items sorted by ``created_at`` then ``_id``."""
@@ -175,6 +186,22 @@ class FakeDimmy:
         return sorted(items, key=lambda item: (_created(item) or DEFAULT_START, item["_id"]))
 
     # -- request bookkeeping (called by the app) -------------------------------------------
+
+    def _over_hidden_limit(self, now: float) -> bool:
+        """Take a token of the hidden rate limit; ``True`` when there was none (answer 429)."""
+        limit = self.config.hidden_rate_limit
+        if not limit:
+            return False
+        with self._lock:
+            tokens = limit if self._tokens is None else self._tokens
+            tokens = min(limit, tokens + (now - self._tokens_at) * limit)
+            self._tokens_at = now
+            if tokens < 1:
+                self._tokens = tokens
+                self.throttled += 1
+                return True
+            self._tokens = tokens - 1
+            return False
 
     def _arrive(self) -> None:
         self.requests_total += 1
@@ -368,6 +395,10 @@ class _Gate:
         body = await _read_body(receive)
         if body is None:
             return  # the client left
+        if fake._over_hidden_limit(time.monotonic()):
+            headers = {"Retry-After": str(config.retry_after_seconds)}
+            await JSONResponse({"detail": "Too Many Requests"}, 429, headers)(scope, receive, send)
+            return
         rng = fake.fault_rng
         hang = config.hang_rate and rng.random() < config.hang_rate
         if hang and not await _wait_unless_disconnected(config.hang_seconds, receive):
