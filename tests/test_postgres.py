@@ -409,6 +409,45 @@ async def test_concurrent_batched_completions_never_deadlock_and_events_end_righ
     assert _deadlocks_retried(caplog) == 0
 
 
+async def test_batches_storing_the_same_items_never_deadlock(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One item named by several events drained at once (a device uploading again what it sent
+    before, in another order): the batches of three workers store the same items, each item
+    once, and never wait for each other in a circle."""
+    caplog.set_level(logging.DEBUG, logger="dimmy_webhooks.store.postgres")
+    stores = [PostgresStore(pg_url, max_attempts=8, pool_size=4) for _ in range(3)]
+    for store in stores:
+        await store.open()
+    try:
+        items = [f"shared{i:02d}" for i in range(16)]
+        rng = random.Random(3)
+        first = stores[0]
+        for e in range(9):
+            await first.insert_event(scanned(f"m{e}", rng.sample(items, len(items))))
+        for job in await first.claim("w0", 100, LEASE, T0):
+            body = json.loads(await first.get_event_body(job.event_id or 0))
+            await first.expand_event(job, body["item_ids"], T0)
+
+        async def work(store: PostgresStore, owner: str) -> int:
+            changed = 0
+            while jobs := await store.claim(owner, 16, LEASE, T0):
+                rng.shuffle(jobs)
+                saved = await asyncio.gather(
+                    *(store.save_item(j, _stored(j.item_id or ""), [], T0) for j in jobs)
+                )
+                changed += sum(s.changed for s in saved)
+            return changed
+
+        changed = await asyncio.gather(*(work(s, f"w{n}") for n, s in enumerate(stores)))
+        assert sum(changed) == len(items)  # each item stored once, whichever event came first
+        assert {e.status for e in await first.list_events(limit=100)} == {"done"}
+    finally:
+        for store in stores:
+            await store.close()
+    assert _deadlocks_retried(caplog) == 0
+
+
 async def test_a_lost_lease_in_a_batch_fails_only_that_write(pg: PostgresStore) -> None:
     """Writes waiting together share one transaction, a savepoint each: the write whose lease
     was taken over is refused and changes nothing, the others in the same batch commit."""
@@ -433,7 +472,7 @@ async def test_a_lost_lease_in_a_batch_fails_only_that_write(pg: PostgresStore) 
         time.sleep(0.3)
 
     # both threads of the lane busy, so the writes below queue and go as one batch
-    blockers = [asyncio.wrap_future(lane.submit((hold, None))) for _ in range(pg.job_threads)]
+    blockers = [asyncio.wrap_future(lane.submit((hold, None, ""))) for _ in range(pg.job_threads)]
     await asyncio.sleep(0.05)
     stale = dataclasses.replace(jobs[1], lease_token="taken-over")
     outcomes = await asyncio.gather(
@@ -500,9 +539,9 @@ async def test_a_write_refused_half_way_in_a_batch_is_undone_alone(pg: PostgresS
     def hold(tx: ops.Tx) -> None:
         time.sleep(0.3)
 
-    blockers = [asyncio.wrap_future(lane.submit((hold, None))) for _ in range(pg.job_threads)]
+    blockers = [asyncio.wrap_future(lane.submit((hold, None, ""))) for _ in range(pg.job_threads)]
     await asyncio.sleep(0.05)
-    refused = asyncio.wrap_future(lane.submit((half_then_refused, None)))
+    refused = asyncio.wrap_future(lane.submit((half_then_refused, None, "")))
     outcomes = await asyncio.gather(
         pg.finish(jobs[0], T0),
         refused,

@@ -118,9 +118,13 @@ class Store(abc.ABC):
     async def _read(self, op: Callable[[ops.Tx], T]) -> T:
         """Run ``op`` in a read-only transaction."""
 
-    async def _write_job(self, op: Callable[[ops.Tx], T], due: Due[T] | None = None) -> T:
+    async def _write_job(
+        self, op: Callable[[ops.Tx], T], due: Due[T] | None = None, *, item: str | None = None
+    ) -> T:
         """A worker's write about one claimed job (its outcome, the item it stored), as
-        :meth:`_write`; a backend may commit many of them together (PostgreSQL does)."""
+        :meth:`_write`; a backend may commit many of them together (PostgreSQL does, in the
+        order of the ``item`` each one locks, so that batches never wait for each other in a
+        circle)."""
         return await self._write(op, due)
 
     # health ------------------------------------------------------------------------------------
@@ -178,6 +182,7 @@ class Store(abc.ABC):
             lambda tx: ops.save_item(tx, job, item, outputs, self.job_attempts, now, lease),
             # deliveries leased to the caller need nobody woken
             lambda saved: saved.changed and bool(outputs) and lease is None,
+            item=item.id,
         )
 
     async def save_polled(
@@ -200,7 +205,7 @@ class Store(abc.ABC):
     ) -> None:
         """Mark a job done (lease-checked); a delivery's ``attempt`` goes into the ledger in the
         same transaction."""
-        await self._write_job(lambda tx: ops.finish(tx, job, now, note, attempt))
+        await self._write_job(lambda tx: ops.finish(tx, job, now, note, attempt), item=job.item_id)
 
     async def fail(
         self,
@@ -217,12 +222,15 @@ class Store(abc.ABC):
         return await self._write_job(
             lambda tx: ops.fail(tx, job, reason, retry_at, now, attempt),
             lambda dead: not dead and retry_at is not None and retry_at <= now,
+            item=job.item_id,
         )
 
     async def postpone(self, job: Job, reason: str, retry_at: float, now: float) -> None:
         """Put a job back without counting the attempt (configuration error, shutdown)."""
         await self._write_job(
-            lambda tx: ops.postpone(tx, job, reason, retry_at, now), lambda _: retry_at <= now
+            lambda tx: ops.postpone(tx, job, reason, retry_at, now),
+            lambda _: retry_at <= now,
+            item=job.item_id,
         )
 
     async def release(self, owner: str, now: float) -> int:

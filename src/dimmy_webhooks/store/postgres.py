@@ -290,7 +290,8 @@ _MAX_BATCH = 256
 _JOB_LANE = 2
 _MAX_JOB_BATCH = 128
 
-JobWrite = tuple[Callable[[ops.Tx], Any], Due[Any] | None]
+JobWrite = tuple[Callable[[ops.Tx], Any], Due[Any] | None, str]
+"""A job write, what to wake when it commits, and the item whose row it may lock ("" none)."""
 
 
 class PostgresStore(Store):
@@ -473,21 +474,25 @@ class PostgresStore(Store):
         results = self._run_sync(run_all, lambda results: any(queued for _, queued in results))
         return [(result, None) for result in results]
 
-    async def _write_job(self, op: Callable[[ops.Tx], T], due: Due[T] | None = None) -> T:
+    async def _write_job(
+        self, op: Callable[[ops.Tx], T], due: Due[T] | None = None, *, item: str | None = None
+    ) -> T:
         """A worker's job write, committed with the others waiting (:meth:`_run_job_batch`)."""
         if self._jobs is None:
             raise StoreUnavailable("store is closed")
-        result: T = await settled(self._jobs.submit((op, due)))
+        result: T = await settled(self._jobs.submit((op, due, item or "")))
         return result
 
     def _run_job_batch(self, batch: Sequence[JobWrite]) -> list[Outcome]:
         """The waiting job writes in one transaction: one that fails (its lease was taken over,
         the database refused its data) fails alone, the others commit.
 
-        Their event-row writes come last, in event id order (:class:`ops.Deferred`), so
-        concurrent batches, here and in other processes, never lock event rows in different
-        orders. A deadlock or a lost connection fails the whole batch: it runs again from the
-        start (:meth:`_run_sync`), or every write of it gets :class:`StoreUnavailable`.
+        They run in the order of the item each one stores or finishes, and their event-row
+        writes come last, in event id order (:class:`ops.Deferred`), so concurrent batches, here
+        and in other processes, never lock item rows or event rows in different orders (one
+        item named by two events drained at once is stored by two batches). A deadlock or a
+        lost connection fails the whole batch: it runs again from the start
+        (:meth:`_run_sync`), or every write of it gets :class:`StoreUnavailable`.
 
         A write whose lease was taken over has changed nothing (the lease check is the first
         statement of every job write, see :mod:`.ops`), so the batch runs first without a
@@ -505,10 +510,11 @@ class PostgresStore(Store):
     ) -> tuple[list[Outcome], bool]:
         assert isinstance(tx, _PostgresTx)
         conn = tx.cursor.connection
-        outcomes: list[Outcome] = []
+        outcomes: list[Outcome | None] = [None] * len(batch)
         deferred = ops.Deferred()
         notify = False
-        for op, due in batch:
+        for index in sorted(range(len(batch)), key=lambda n: batch[n][2]):
+            op, due, _ = batch[index]
             tx.deferred = ops.Deferred()
             try:
                 if savepoints:
@@ -519,21 +525,21 @@ class PostgresStore(Store):
             except _BATCH_FAILS:
                 raise  # the transaction is in trouble, not this operation
             except LeaseLost as exc:  # refused before it wrote anything
-                outcomes.append((None, exc))
+                outcomes[index] = (None, exc)
             except Exception as exc:
                 if not savepoints:
                     raise _Isolate from exc
                 error = exc
                 if isinstance(exc, psycopg.Error):
                     error = StoreError(f"postgresql: {reason(exc, self._password)}")
-                outcomes.append((None, error))
+                outcomes[index] = (None, error)
             else:
                 deferred.merge(tx.deferred)
-                outcomes.append((value, None))
+                outcomes[index] = (value, None)
                 notify = notify or (due is not None and bool(due(value)))
         tx.deferred = None
         ops.write_deferred(tx, deferred)
-        return outcomes, notify
+        return [outcome for outcome in outcomes if outcome is not None], notify
 
     def failures(self) -> list[str]:
         problems = []
