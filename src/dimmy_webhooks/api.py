@@ -85,16 +85,25 @@ class Problem(BaseModel):
     detail: str
 
 
-router = APIRouter(
-    prefix="/api",
-    dependencies=[Depends(require_admin)],
-    tags=["api"],
-    responses={
-        401: {"model": Problem, "description": "missing or wrong admin token"},
-        429: {"model": Problem, "description": "too many wrong admin tokens from this address"},
-        503: {"model": Problem, "description": "store unavailable, retry later"},
-    },
-)
+def api_router() -> APIRouter:
+    """A router under ``/api``, behind the admin token, with the answers every route shares
+    (this module's routes and :mod:`.api_reports`')."""
+    return APIRouter(
+        prefix="/api",
+        dependencies=[Depends(require_admin)],
+        tags=["api"],
+        responses={
+            401: {"model": Problem, "description": "missing or wrong admin token"},
+            429: {
+                "model": Problem,
+                "description": "too many wrong admin tokens from this address",
+            },
+            503: {"model": Problem, "description": "store unavailable, retry later"},
+        },
+    )
+
+
+router = api_router()
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "not found"}}
 
 

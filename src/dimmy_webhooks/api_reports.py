@@ -17,7 +17,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
@@ -30,7 +30,6 @@ from .api import (
     EventId,
     ItemId,
     ItemOut,
-    Problem,
     _attempt_dict,
     _csv_cell,
     _event_dict,
@@ -39,7 +38,7 @@ from .api import (
     _Output,
     _Since,
     _timestamp,
-    require_admin,
+    api_router,
 )
 from .items import api_fields, to_api_json
 from .models import StoredItem
@@ -47,16 +46,7 @@ from .overview import take_overview
 from .services import Services
 from .store.ops import ItemFilter
 
-router = APIRouter(
-    prefix="/api",
-    dependencies=[Depends(require_admin)],
-    tags=["api"],
-    responses={
-        401: {"model": Problem, "description": "missing or wrong admin token"},
-        429: {"model": Problem, "description": "too many wrong admin tokens from this address"},
-        503: {"model": Problem, "description": "store unavailable, retry later"},
-    },
-)
+router = api_router()
 PAGE = 500  # rows per store read of an export
 
 

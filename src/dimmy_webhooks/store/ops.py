@@ -299,9 +299,10 @@ def expand_event(
     _guard_finish(tx, job, now, note)
     if note is not None:
         _event_error(tx, job.event_id, note[:1000])
-    # The fetches are due as of the event's arrival, not the expansion: with a backlog of
-    # events, the items of the oldest events go before the expansion of newer ones (else
-    # nothing reaches the warehouse until every event of the backlog has been expanded).
+    # The fetches are due as of the event's arrival, not the expansion: claims go by lane and
+    # position in the event first (sql.FAIR), then by due time, so among the first ids of a
+    # backlog of events the oldest events' go before the expansion of newer ones (else nothing
+    # reaches the warehouse until every event of the backlog has been expanded).
     received = tx.all(tx.sql("event_received"), {"id": job.event_id})
     run_at = min(now, received[0]["received_at"]) if received else now
     rows = [
