@@ -165,13 +165,21 @@ def measure(
 
 
 @contextlib.contextmanager
-def baseline_tree(rev: str) -> Iterator[str]:
-    """The ``src`` of ``rev`` in a temporary worktree (removed afterwards)."""
+def baseline_tree(rev: str) -> Iterator[str | None]:
+    """The ``src`` of ``rev`` in a temporary worktree (removed afterwards); ``None``, with a
+    note, outside a git checkout that has ``rev``."""
     where = Path(tempfile.mkdtemp(prefix="dimmy-fair-baseline-"))
     tree = where / "tree"
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), rev], check=True
-    )
+    try:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), rev],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"note: no baseline rows (cannot check out {rev}: {exc})", file=sys.stderr)
+        yield None
+        return
     try:
         yield str(tree / "src")
     finally:

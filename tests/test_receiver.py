@@ -14,11 +14,16 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dimmy_webhooks.devtools.runner import serve_in_thread
+from dimmy_webhooks.models import ITEMS_SCANNED, classify_event, nested_deeper_than
+from dimmy_webhooks.receiver import BodyRejected, parse_event
 from dimmy_webhooks.web import create_app
 
 from .helpers import (
+    AUTH,
     SECRET,
     closed_by_peer,
     make_settings,
@@ -144,6 +149,96 @@ def test_invalid_json_after_valid_signature_is_400(service: str, db_url: str, bo
     assert response.status_code == 400
     assert response.json() == {"error": "body is not JSON"}
     assert rows(db_url) == []
+
+
+def reference_parse(body: bytes, limit: int) -> tuple[str, int | None] | str:
+    """What the receiver decided before the depth bound: parse, walk, classify, count."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return "body is not JSON"
+    except RecursionError:
+        return f"JSON nested deeper than {limit} levels"
+    if nested_deeper_than(payload, limit):
+        return f"JSON nested deeper than {limit} levels"
+    kind = classify_event(payload)
+    return kind, len(payload["item_ids"]) if kind == ITEMS_SCANNED else None
+
+
+def decided(body: bytes, limit: int) -> tuple[str, int | None] | str:
+    try:
+        return parse_event(body, limit)
+    except BodyRejected as exc:
+        return exc.answer
+
+
+# JSON values with brackets and quotes inside strings, shaped like events now and then
+_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text('[]{}"\\ab\u00e9')
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(["item_ids", "_id", "k", "[{"]), inner, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=_values,
+    encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-be", "utf-32"]),
+    limit=st.integers(1, 6),
+    cut=st.none() | st.integers(0, 200),
+)
+def test_the_receiver_decides_every_body_as_a_full_parse_and_walk_does(
+    value: object, encoding: str, limit: int, cut: int | None
+) -> None:
+    """The depth bound only skips walks that cannot find anything: answers, event types and id
+    counts stay those of ``json.loads`` and ``nested_deeper_than`` (NaN, other encodings, a cut
+    body, brackets in strings included)."""
+    body = json.dumps(value, ensure_ascii=False).encode(encoding)
+    if cut is not None:
+        body = body[:cut]
+    assert decided(body, limit) == reference_parse(body, limit)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"item_ids":["a","b"],"x":NaN,"y":-Infinity}', (ITEMS_SCANNED, 2)),
+        (b'{"item_ids":["a"],"n":' + b"9" * 4300 + b"}", (ITEMS_SCANNED, 1)),
+        (b'{"item_ids":["a"],"n":' + b"9" * 4301 + b"}", "body is not JSON"),  # int digit cap
+        (b'{"item_ids":["a"],"x":1e400}', (ITEMS_SCANNED, 1)),
+        (b'{"item_ids":["a"],"item_ids":["a","b","c"]}', (ITEMS_SCANNED, 3)),  # last key wins
+        (b'{"item_ids":["\\ud800"]}', (ITEMS_SCANNED, 1)),  # lone surrogate, escaped
+        (b'{"item_ids":["\xed\xa0\x80"]}', (ITEMS_SCANNED, 1)),  # and encoded
+        (b'\xef\xbb\xbf{"item_ids":["a"]}', (ITEMS_SCANNED, 1)),  # UTF-8 byte order mark
+        ('{"item_ids":["a","b"]}'.encode("utf-16"), (ITEMS_SCANNED, 2)),
+        ('{"item_ids":["a"]}'.encode("utf-32-le"), (ITEMS_SCANNED, 1)),
+        (b'{"item_ids":["\xff"]}', "body is not JSON"),  # not UTF-8
+        (b'{"item_ids":["a"]} x', "body is not JSON"),
+        (b'{"item_ids":["' + b"[{" * 100 + b'"]}', (ITEMS_SCANNED, 1)),  # brackets in a string
+        (b'{"item_ids":[' + b"[" * 64 + b"]" * 64 + b"]}", "JSON nested deeper than 64 levels"),
+        (b'{"item_ids":[' + b"[" * 62 + b"]" * 62 + b"]}", (ITEMS_SCANNED, 1)),  # 64 levels
+        (b"[" * 100_000 + b"]" * 100_000, "JSON nested deeper than 64 levels"),
+    ],
+)
+def test_bodies_a_sender_may_send_get_the_answer_they_always_got(
+    body: bytes, expected: tuple[str, int | None] | str
+) -> None:
+    assert decided(body, 64) == expected
+    assert reference_parse(body, 64) == expected
+
+
+def test_item_count_of_a_big_body_in_the_api(service: str, db_url: str) -> None:
+    ids = [f"{0x6592008029C8C3E4DC760000 + n:024x}" for n in range(500)]
+    body = json.dumps({"item_ids": ids, "note": "[{" * 40}, separators=(",", ":")).encode()
+    assert post(service, body, signed(body, "msg_big")).status_code == 204
+    assert post(service, body, signed(body, "msg_big")).status_code == 204  # a duplicate
+    listed = httpx.get(service + "/api/events", headers=AUTH, timeout=10).json()
+    [event] = listed["events"]
+    assert (event["event_type"], event["item_count"]) == (ITEMS_SCANNED, 500)
 
 
 def test_unknown_shape_is_kept_and_marked(service: str, db_url: str) -> None:

@@ -33,7 +33,14 @@ from .config import SMALL_BODY_BYTES, SMALL_BODY_RESERVE
 from .errors import StoreError, VerificationError
 from .failpoints import NONE as NO_FAILPOINTS
 from .failpoints import Failpoints
-from .models import ITEMS_SCANNED, IncomingEvent, InsertOutcome, classify_event, nested_deeper_than
+from .models import (
+    ITEMS_SCANNED,
+    IncomingEvent,
+    InsertOutcome,
+    classify_event,
+    nested_deeper_than,
+    nesting_bound,
+)
 from .signatures import SignedHeaders, VerifiedMessage, Verifier
 from .store import Store
 
@@ -59,6 +66,38 @@ _JSON = [(b"content-type", b"application/json")]
 _CLOSE = [(b"connection", b"close")]
 _RETRY = [(b"retry-after", b"5")]
 _TOO_DEEP = object()
+
+
+class BodyRejected(Exception):
+    """A verified body that is no event: the 400's reason, and the log line's."""
+
+    def __init__(self, answer: str, log_reason: str) -> None:
+        super().__init__(answer)
+        self.answer = answer
+        self.log_reason = log_reason
+
+
+def parse_event(body: bytes, max_depth: int) -> tuple[str, int | None]:
+    """The event type of a verified body, and for ``items.scanned`` how many ids it carries.
+
+    Raises :class:`BodyRejected` when ``body`` is not JSON as :func:`json.loads` reads it (the
+    worker parses the stored body again with it), or nests arrays and objects deeper than
+    ``max_depth``. The depth is walked only when :func:`nesting_bound` cannot rule it out, which
+    a body of ids always does.
+    """
+    try:
+        payload = json.loads(body)
+    except ValueError:  # includes UnicodeDecodeError
+        raise BodyRejected("body is not JSON", "invalid JSON") from None
+    except RecursionError:  # nested beyond what the parser follows: a 400 too, not a 503
+        payload = _TOO_DEEP
+    if payload is _TOO_DEEP or (
+        nesting_bound(body) > max_depth and nested_deeper_than(payload, max_depth)
+    ):
+        reason = f"JSON nested deeper than {max_depth} levels"
+        raise BodyRejected(reason, reason)
+    event_type = classify_event(payload)
+    return event_type, len(payload["item_ids"]) if event_type == ITEMS_SCANNED else None
 
 
 class BodyTooLarge(Exception):
@@ -264,20 +303,11 @@ class Receiver:
     ) -> Answer:
         fields: dict[str, object] = {"msg_id": message.msg_id}
         try:
-            payload = json.loads(body)
-        except ValueError:  # includes UnicodeDecodeError
-            log.info("webhook rejected", extra={"fields": {**fields, "reason": "invalid JSON"}})
-            return Answer(400, "body is not JSON")
-        except RecursionError:  # nested beyond what the parser follows: a 400 too, not a 503
-            payload = _TOO_DEEP
-        if payload is _TOO_DEEP or nested_deeper_than(payload, self.max_json_depth):
+            event_type, item_count = parse_event(body, self.max_json_depth)
+        except BodyRejected as exc:
             # retrying cannot help: a 4xx tells the sender so (a 5xx would be retried for 27 h)
-            reason = f"JSON nested deeper than {self.max_json_depth} levels"
-            log.info("webhook rejected", extra={"fields": {**fields, "reason": reason}})
-            return Answer(400, reason)
-
-        event_type = classify_event(payload)
-        item_count = len(payload["item_ids"]) if event_type == ITEMS_SCANNED else None
+            log.info("webhook rejected", extra={"fields": {**fields, "reason": exc.log_reason}})
+            return Answer(400, exc.answer)
         event = IncomingEvent(
             message_id=message.msg_id,
             event_type=event_type,

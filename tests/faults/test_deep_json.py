@@ -14,9 +14,12 @@ import time
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
-from dimmy_webhooks.models import FULL_PAYLOAD, IncomingEvent, nested_deeper_than
+from dimmy_webhooks.models import FULL_PAYLOAD, IncomingEvent, nested_deeper_than, nesting_bound
+from dimmy_webhooks.receiver import BodyRejected, parse_event
 from dimmy_webhooks.store import create_store
 
 from ..helpers import AUTH, query, signed, wait_until
@@ -59,6 +62,42 @@ def test_too_deep_a_webhook_is_a_400_with_the_reason(
     )
     assert post(service_url, items_scanned, f"msg_deep_ids_{depth}").status_code == 400
     assert query(db_url, "SELECT count(*) AS n FROM events")[0]["n"] == 0
+
+
+def depth_of(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    return 0
+
+
+_json = st.recursive(
+    st.none() | st.integers() | st.text("[]{}ab"),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text("[{a"), inner, max_size=3),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_json, encoding=st.sampled_from(["utf-8", "utf-16-le", "utf-16-be", "utf-32"]))
+def test_the_bracket_count_never_underestimates_the_depth(value: object, encoding: str) -> None:
+    """The receiver skips the depth walk when the count of ``[`` and ``{`` is within the limit:
+    sound only because no body can nest deeper than that count, in any encoding json reads."""
+    body = json.dumps(value, ensure_ascii=False).encode(encoding)
+    assert nesting_bound(body) >= depth_of(value)
+    assert nested_deeper_than(json.loads(body), nesting_bound(body)) is False
+
+
+@pytest.mark.parametrize("depth", [64, 100, 2_000])
+def test_one_level_over_the_limit_is_refused_however_few_brackets_it_has_to_spare(
+    depth: int,
+) -> None:
+    # 64: 65 levels with the item object, one over the limit, and 65 brackets: none to spare
+    body = full_payload("overthelimit", depth)
+    with pytest.raises(BodyRejected, match="JSON nested deeper than 64 levels"):
+        parse_event(body, 64)
+    assert parse_event(full_payload("atthelimit", 62), 64) == (FULL_PAYLOAD, None)
 
 
 def test_a_payload_at_the_limit_is_stored(service_url: str, db_url: str) -> None:
