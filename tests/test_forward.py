@@ -169,8 +169,38 @@ async def test_the_rate_limit_is_never_exceeded(wms: FakeWms) -> None:
     times = sorted(r.at for r in wms.requests)
     assert len(times) == 40
     most = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    assert most <= 10, most
+    assert most <= 10, (most, " ".join(f"{t - times[0]:.3f}" for t in times))
     assert times[-1] - times[0] >= 3.0  # 40 at 10 a second: three seconds at least
+
+
+async def test_how_many_may_wait_follows_how_fast_the_destination_answers(wms: FakeWms) -> None:
+    """A worker hands a burst of deliveries to one destination of concurrency 2. While it
+    answers at once, the whole burst waits its turn here (sending deliveries back to the queue
+    for a while would cut a fast WMS's throughput to a trickle); once it takes 0.45 s a request,
+    only what it answers within two seconds may wait, the rest are sent back as a pause."""
+
+    async def burst(out: HttpOutput, n: int, tag: str) -> int:
+        results = await asyncio.gather(
+            *(out.deliver(stored(), f"dmy_{tag}{i}") for i in range(n)), return_exceptions=True
+        )
+        assert all(
+            r is None or isinstance(r, DestinationPaused) or r.status_code == 200 for r in results
+        ), results
+        return sum(isinstance(r, DestinationPaused) for r in results)
+
+    out = output(wms.url, concurrency=2)
+    try:
+        await burst(out, 2, "warm")  # it has answered: now its latency is known
+        for _ in range(10):
+            await burst(out, 2, "warm")
+        assert await burst(out, 60, "fast") == 0
+        wms.delay = 0.45
+        for _ in range(12):  # its latency rises to what it now takes
+            await burst(out, 2, "slow")
+        # 2 in flight, and 2 s / 0.45 s = 4 whole turns of 2 waiting: 10 of 20 may go
+        assert await burst(out, 20, "late") == 10
+    finally:
+        await out.aclose()
 
 
 async def test_what_each_answer_means(wms: FakeWms) -> None:

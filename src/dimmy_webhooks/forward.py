@@ -61,6 +61,8 @@ _RATE_MARGIN = 0.05
 _MAX_QUEUE_WAIT = 2.0
 """Seconds a delivery may wait here for a connection slot or its turn of the rate limit; a
 longer wait is a pause of the job (uncounted), so other destinations keep the worker's places."""
+_MAX_QUEUED = 1024  # deliveries waiting here at most, however fast the destination answers
+_FIRST_LATENCY = 0.25  # seconds per request assumed until the destination has answered
 _FIELD_NAMES = frozenset(
     [
         "id",
@@ -340,6 +342,27 @@ def _field(name: Any, where: str, key: str) -> str:
     return str(name)
 
 
+class _Sent:
+    """One request's place in a destination's rate window: when its body went out to the
+    connection (until then, when it was let go), and whether it has."""
+
+    __slots__ = ("at", "done")
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.done = asyncio.Event()
+
+    async def trace(self, name: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: the body is on its way once it has been written."""
+        if name == "http11.send_request_body.complete":
+            self.finish()
+
+    def finish(self) -> None:
+        if not self.done.is_set():
+            self.at = time.monotonic()
+            self.done.set()
+
+
 class HttpOutput:
     """One destination as an output: signed POSTs with their own connections, concurrency,
     rate limit and pause (see the module docstring)."""
@@ -376,13 +399,14 @@ class HttpOutput:
         )
         self._slots = asyncio.Semaphore(destination.concurrency)
         self._queued = 0  # deliveries waiting for a slot or their turn
+        self._latency = _FIRST_LATENCY  # a moving average of the seconds per request
         # a sliding window: at most `capacity` requests within any `window` seconds (a little
         # longer than the rate asks, so jitter on the way cannot put one more in the WMS's
         # second); a token bucket the size of the rate would allow twice that at a burst's edge
         rate = destination.rate
         self._window = (max(1.0, 1 / rate) if rate else 1.0) + _RATE_MARGIN
         self._capacity = max(1, math.floor(rate * (self._window - _RATE_MARGIN))) if rate else 0
-        self._sent: collections.deque[float] = collections.deque(maxlen=self._capacity or 1)
+        self._sent: collections.deque[_Sent] = collections.deque(maxlen=self._capacity or 1)
         self.delivery_timeout = destination.timeout * 3 + _MAX_QUEUE_WAIT + 5
         self._failures = 0  # in a row
         self._paused_until = 0.0
@@ -431,8 +455,8 @@ class HttpOutput:
         try:
             async with self._slots:
                 self._queued, waiting = self._queued - 1, False
-                await self._wait_turn()
-                return await self._post(body, headers, probe)
+                sent = await self._wait_turn()
+                return await self._post(body, headers, probe, sent)
         finally:
             if waiting:  # cancelled (a shutdown) while waiting for a slot
                 self._queued -= 1
@@ -440,39 +464,63 @@ class HttpOutput:
     def _make_room(self) -> None:
         """Refuse (as a pause: no attempt counted) a delivery that would wait long for a slot
         or its turn of the rate: it would hold a worker's place meanwhile, which the deliveries
-        to other destinations need."""
-        busy = self._queued >= self.destination.concurrency * 2
+        to other destinations need. How many may wait is what the destination, at the latency
+        it has shown, answers within :data:`_MAX_QUEUE_WAIT` (at least twice its
+        concurrency) and its rate limit lets go in that time: a WMS that answers in 5 ms takes a
+        worker's whole backlog, one that takes a second a few at a time."""
+        concurrency = self.destination.concurrency
+        turns = max(2, int(_MAX_QUEUE_WAIT / max(self._latency, 0.001)))
+        room = min(_MAX_QUEUED, concurrency * turns)
+        if self.destination.rate:  # nor more than its rate lets go within that time
+            room = min(room, max(concurrency, int(self.destination.rate * _MAX_QUEUE_WAIT)))
+        busy = self._queued >= room
         wait = 0.0
         if self._capacity and len(self._sent) == self._capacity:
             turns_ahead = self._queued // self._capacity
-            wait = self._sent[0] + self._window * (1 + turns_ahead) - time.monotonic()
+            wait = self._sent[0].at + self._window * (1 + turns_ahead) - time.monotonic()
         if busy or wait > _MAX_QUEUE_WAIT:
             until = self._clock() + max(wait, 0.5)
             raise DestinationPaused(f"{self.name} is at its concurrency or rate limit", until)
 
-    async def _wait_turn(self) -> None:
+    async def _wait_turn(self) -> _Sent | None:
+        """Wait until one more request keeps within the rate: the one ``capacity`` requests
+        back was written to its connection a window ago. Timed from when a request's body
+        has gone out, not from when it was handed to the HTTP client: opening a connection
+        can take longer than the margin, and the WMS counts what arrives."""
         if not self._capacity:
-            return
+            return None
         while len(self._sent) == self._capacity:
-            wait = self._sent[0] + self._window - time.monotonic()
+            oldest = self._sent[0]
+            await oldest.done.wait()
+            wait = oldest.at + self._window - time.monotonic()
             if wait <= 0:
                 break
             await asyncio.sleep(wait)
-        self._sent.append(time.monotonic())
+        sent = _Sent(time.monotonic())
+        self._sent.append(sent)
+        return sent
 
-    async def _post(self, body: bytes, headers: dict[str, str], probe: bool) -> Receipt:
+    async def _post(
+        self, body: bytes, headers: dict[str, str], probe: bool, sent: _Sent | None
+    ) -> Receipt:
         started = time.monotonic()
+        extensions = {} if sent is None else {"trace": sent.trace}
         try:
             async with asyncio.timeout(self.destination.timeout * 3):
                 response = await self._http.post(
-                    self.destination.url, content=body, headers=headers
+                    self.destination.url, content=body, headers=headers, extensions=extensions
                 )
                 content = response.content
         except (httpx.HTTPError, TimeoutError) as exc:
+            self._took(time.monotonic() - started)
             latency = (time.monotonic() - started) * 1000
             reason = f"{self.name}: {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
             self._failed(reason, probe)
             raise DeliveryFailed(reason[:300], Receipt(latency_ms=latency)) from exc
+        finally:
+            if sent is not None:  # not written (refused, cancelled): counted from now
+                sent.finish()
+        self._took(time.monotonic() - started)
         latency = (time.monotonic() - started) * 1000
         receipt = Receipt(
             status_code=response.status_code,
@@ -493,6 +541,9 @@ class HttpOutput:
         retry_after = parse_retry_after(response.headers.get("retry-after"), now=self._clock())
         self._failed(reason, probe)
         raise DeliveryFailed(reason, receipt, retry_after=retry_after)
+
+    def _took(self, seconds: float) -> None:
+        self._latency += 0.2 * (seconds - self._latency)
 
     def envelope(self, item: StoredItem, now: float) -> bytes:
         """The JSON body of one forward (``raw`` written as stored, never re-serialised)."""
