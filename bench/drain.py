@@ -39,10 +39,12 @@ from benchlib import (
     BenchDB,
     Proc,
     Procs,
+    base_env,
     bench_database,
     count_lines,
     cpu_delta,
     fake_item_ids,
+    free_port,
     group_cpu_seconds,
     machine_busy_seconds,
     machine_lines,
@@ -52,6 +54,7 @@ from benchlib import (
     start_fake_api,
     table,
     tool,
+    wait_ready,
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -83,7 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, help="give up on a drain after this (s)")
     parser.add_argument("--seed-duration", type=float, help="seconds of load on the seed example")
-    parser.add_argument("--targets", default="ours,seed", help="subset of ours,seed")
+    parser.add_argument(
+        "--targets",
+        default="ours,http,seed",
+        help="subset of ours,http,seed (http: SQLite, 1 worker, also handing every item to a "
+        "local WMS endpoint)",
+    )
     add_backend_args(parser, "--workers", "workers", "dimmy-webhooks worker processes", "1,3")
     args = parser.parse_args(argv)
     args.preset = "quick" if args.quick else "full" if args.full else "default"
@@ -143,30 +151,49 @@ def drain_ours(
     concurrency: int,
     backend: str,
     n_workers: int,
+    wms_port: int | None = None,
 ) -> dict[str, Any]:
     tag = f"{backend}-w{n_workers}-{latency * 1000:.0f}ms-c{concurrency}"
+    if wms_port is not None:
+        tag += "-http"
     run_dir = workdir / f"ours-{tag}"
     out = run_dir / "out.jsonl"
+    outputs = f"jsonl:{out}"
+    extra = {}
+    if wms_port is not None:  # the signed hand-off too, as a warehouse would configure it
+        outputs += f",http:http://{HOST}:{wms_port}/dimmy-items"
+        extra["DIMMY_FORWARD_SECRET"] = SECRET
+    handed = None
     with bench_database(backend, run_dir, admin_url=args.pg_url) as db:
         fill_inbox(procs, workdir, db, ids, args.events, tag)
         env = service_env(
             db,
             DIMMY_API_KEY=API_KEY,
             DIMMY_API_URL=f"http://{HOST}:{api[1]}",
-            DIMMY_OUTPUTS=f"jsonl:{out}",
+            DIMMY_OUTPUTS=outputs,
             DIMMY_API_RATE_LIMIT="100000",
             DIMMY_API_CONCURRENCY=str(concurrency),
+            **extra,
         )
         measured = _drain(args, procs, db, env, run_dir, api, len(ids), n_workers, tag)
+        if wms_port is not None:
+            handed = int(
+                db.scalar(
+                    "SELECT count(DISTINCT item_id) FROM delivery_attempts "
+                    "WHERE output LIKE 'http:%' AND outcome = 'delivered'"
+                )
+            )
     lines = out.read_bytes().splitlines() if out.exists() else []
     delivered = [json.loads(line)["item_id"] for line in lines if line.strip()]
     one_each = len(delivered) == len(ids) and set(delivered) == set(ids)
+    if handed is not None:
+        one_each = one_each and handed == len(ids)
     theory = n_workers * concurrency / latency if latency else None
     elapsed, first, finished = measured["elapsed"], measured["first"], measured["finished"]
     items = measured["items"]
     rate = items / elapsed
     return {
-        "target": f"ours {backend} {n_workers} wkr",
+        "target": f"ours {backend} {n_workers} wkr" + (" +http" if wms_port else ""),
         "backend": backend,
         "workers": n_workers,
         "latency_ms": latency * 1000,
@@ -185,6 +212,7 @@ def drain_ours(
         "of_theory": rate / theory if theory else None,
         "jsonl_lines": len(delivered),
         "jsonl_ok": one_each,
+        "http_delivered": handed,
         "cpu": measured["cpu"],
         "other_cpu": measured["other_cpu"],
     }
@@ -253,6 +281,16 @@ def _drain(
         "cpu": cpu,
         "other_cpu": max(0.0, busy - worker_cpu - api_cpu - db_cpu) / elapsed,
     }
+
+
+def start_wms(procs: Procs, name: str) -> tuple[Proc, int]:
+    """A local WMS endpoint (``http_clients.py --serve-post``: answers every request 200 with
+    a record id) for the hand-off rows."""
+    port = free_port()
+    argv = [sys.executable, str(Path(__file__).resolve().parent / "http_clients.py")]
+    proc = procs.start(name, [*argv, "--serve-post", str(port)], base_env())
+    wait_ready(proc, port, "/")
+    return proc, port
 
 
 def drain_seed(
@@ -340,6 +378,16 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         rows.append(row)
                         print(f"  {_progress(row)}", flush=True)
+                if "http" in args.targets:
+                    wms = start_wms(procs, f"wms-{latency}")
+                    try:
+                        row = drain_ours(
+                            args, procs, workdir, api, ids, latency, 64, "sqlite", 1, wms[1]
+                        )
+                    finally:
+                        procs.stop(wms[0])
+                    rows.append(row)
+                    print(f"  {_progress(row)}", flush=True)
                 if "seed" in args.targets:
                     rows.append(drain_seed(args, procs, workdir, api, ids, latency))
                     print(f"  {_progress(rows[-1])}", flush=True)
@@ -386,8 +434,11 @@ def render(rows: list[dict[str, Any]]) -> str:
     out = []
     for r in rows:
         if r["target"].startswith("ours"):
+            handed = r.get("http_delivered")
             check = (
-                f"jsonl {r['jsonl_lines']} lines, one per item: "
+                f"jsonl {r['jsonl_lines']} lines"
+                + ("" if handed is None else f", WMS {handed} items")
+                + ", one per item: "
                 + ("ok" if r["jsonl_ok"] else "FAIL")
                 + (f", {r['dead_jobs']} dead" if r["dead_jobs"] else "")
                 + (", TIMED OUT" if r["timed_out"] else "")
