@@ -200,7 +200,8 @@ class _AiohttpAsHttpx:
         async with self._session.request(method, self._base + path, params=params) as response:
             return _Answer(response.status, response.headers, await response.read())
 
-    async def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> _Answer:
+    async def post(self, url: str, *, content: bytes, headers: dict[str, str], **_: Any) -> _Answer:
+        # httpx's extensions (the output's trace hook of the rate window) have no aiohttp twin
         async with self._session.post(url, data=content, headers=headers) as response:
             return _Answer(response.status, response.headers, await response.read())
 

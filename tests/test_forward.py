@@ -203,6 +203,37 @@ async def test_how_many_may_wait_follows_how_fast_the_destination_answers(wms: F
         await out.aclose()
 
 
+async def test_a_destination_that_turns_slow_holds_no_delivery_past_the_wait(
+    wms: FakeWms,
+) -> None:
+    """Let in by how fast it was, a burst meets a destination that now takes 1.5 s a request:
+    a delivery waits at most two seconds for a connection, then goes back to the queue
+    (uncounted), so no worker's place is held for the whole burst's time."""
+    out = output(wms.url, concurrency=2)
+    try:
+        for i in range(10):
+            await asyncio.gather(*(out.deliver(stored(), f"dmy_w{i}{n}") for n in range(2)))
+        wms.delay = 1.5
+
+        async def timed(n: int) -> tuple[float, bool]:
+            started = time.monotonic()
+            try:
+                await out.deliver(stored(), f"dmy_s{n}")
+                return time.monotonic() - started, False
+            except DestinationPaused:
+                return time.monotonic() - started, True
+
+        results = await asyncio.gather(*(timed(n) for n in range(20)))
+    finally:
+        await out.aclose()
+    paused = [took for took, was_paused in results if was_paused]
+    delivered = [took for took, was_paused in results if not was_paused]
+    assert len(delivered) == 4, results  # 2 slots: two turns of 1.5 s start within 2 s
+    assert len(paused) == 16, results
+    assert max(paused) < 3.0, results  # given back after the two seconds, not 15
+    assert max(delivered) < 5.0, results
+
+
 async def test_what_each_answer_means(wms: FakeWms) -> None:
     out = output(wms.url, timeout=0.5)
     try:

@@ -451,15 +451,21 @@ class HttpOutput:
         headers["content-type"] = "application/json"
         self._make_room()
         self._queued += 1
-        waiting = True
         try:
-            async with self._slots:
-                self._queued, waiting = self._queued - 1, False
-                sent = await self._wait_turn()
-                return await self._post(body, headers, probe, sent)
+            # however many were let in, none waits here longer than it was let in for (a
+            # destination that turned slow): the rest go back to the queue, uncounted
+            async with asyncio.timeout(_MAX_QUEUE_WAIT):
+                await self._slots.acquire()
+        except TimeoutError:
+            until = self._clock() + 0.5
+            raise DestinationPaused(f"{self.name} is at its concurrency limit", until) from None
         finally:
-            if waiting:  # cancelled (a shutdown) while waiting for a slot
-                self._queued -= 1
+            self._queued -= 1  # got a slot, gave up, or cancelled (a shutdown)
+        try:
+            sent = await self._wait_turn()
+            return await self._post(body, headers, probe, sent)
+        finally:
+            self._slots.release()
 
     def _make_room(self) -> None:
         """Refuse (as a pause: no attempt counted) a delivery that would wait long for a slot
