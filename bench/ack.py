@@ -91,7 +91,7 @@ class Target:
     connections: int | None = None  # None: --connections
     db_dir: Path | None = None  # SQLite file elsewhere than the run's temp dir (tmpfs)
     #: ours: serve on uvicorn's own protocol (bench/plain_serve.py); bare: the bare app on
-    #: dimmy_webhooks.httpserver's protocol (bench/bare_app.py)
+    #: dimmy_webhooks.intake.httpserver's protocol (bench/bare_app.py)
     plain_http: bool = False
 
 
@@ -236,7 +236,7 @@ def start_ours(
 
 def start_bare(procs: Procs, name: str, *, our_protocol: bool = False) -> tuple[Any, int]:
     port = free_port()
-    if our_protocol:  # same options, on dimmy_webhooks.httpserver's protocol
+    if our_protocol:  # same options, on dimmy_webhooks.intake.httpserver's protocol
         argv = [sys.executable, str(Path(__file__).resolve().parent / "bare_app.py"), str(port)]
         proc = procs.start(name, argv, base_env())
         wait_ready(proc, port, "/")

@@ -46,11 +46,10 @@ from benchlib import (
     start_fake_api,
     table,
 )
-from dimmy_webhooks import schema
 from dimmy_webhooks.config import load_settings
 from dimmy_webhooks.models import ITEMS_SCANNED, IncomingEvent
 from dimmy_webhooks.services import Services
-from dimmy_webhooks.store import create_store
+from dimmy_webhooks.store import create_store, schema
 
 PRESETS = {"quick": 10.0, "default": 20.0, "full": 40.0}  # seconds per row
 IDS_PER_EVENT = 50

@@ -4,7 +4,7 @@ Served by the same uvicorn (same loop and HTTP parser) with the options ``dimmy-
 uses, it shows what the server alone costs; our service's figures are read as a ratio to it.
 It still reads the request body, as any endpoint must before answering.
 
-``python bench/bare_app.py PORT`` serves it on dimmy_webhooks.httpserver's protocol (the head and
+``python bench/bare_app.py PORT`` serves it on the intake.httpserver protocol (the head and
 connection limits ``serve`` runs with) and otherwise the same options: the ``bare uvicorn (our
 protocol)`` row of ``ack.py --http-baseline``, i.e. what those limits cost a request that does
 nothing else.
@@ -36,7 +36,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 if __name__ == "__main__":
     import uvicorn
 
-    from dimmy_webhooks.httpserver import default_limits, protocol
+    from dimmy_webhooks.intake.httpserver import default_limits, protocol
 
     uvicorn.run(
         app,

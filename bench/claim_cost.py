@@ -19,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dimmy_webhooks import schema
-from dimmy_webhooks.store import sql
+from dimmy_webhooks.store import schema, sql
 
 NOW = 1000.0
 _INSERT = (

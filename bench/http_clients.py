@@ -59,7 +59,7 @@ import httpx
 import uvloop
 from httpx_aiohttp import AiohttpTransport
 
-import dimmy_webhooks.client as client_module
+import dimmy_webhooks.upstream.client as client_module
 from benchlib import (
     API_KEY,
     HOST,
@@ -75,10 +75,10 @@ from benchlib import (
     table,
     wait_ready,
 )
-from dimmy_webhooks.client import DimmyClient
-from dimmy_webhooks.forward import Destination, HttpOutput
 from dimmy_webhooks.items import to_stored_item
+from dimmy_webhooks.outputs.http import Destination, HttpOutput
 from dimmy_webhooks.signatures import parse_secrets, signed_headers
+from dimmy_webhooks.upstream.client import DimmyClient
 
 FORWARD_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
 PRESETS = {

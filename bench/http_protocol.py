@@ -1,5 +1,5 @@
 """CPU per request of the HTTP protocol alone: uvicorn's httptools protocol against
-dimmy_webhooks.httpserver's (the same, plus the head and connection limits).
+dimmy_webhooks.intake.httpserver's (the same, plus the head and connection limits).
 
 ``python bench/http_protocol.py [--rounds 40] [--requests 4000]``
 
@@ -27,7 +27,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from dimmy_webhooks.httpserver import default_limits, protocol
+from dimmy_webhooks.intake.httpserver import default_limits, protocol
 
 BODY = b'{"item_ids":["6592008029c8c3e4dc76256c","6592008029c8c3e4dc76256d"]}'
 REQUEST = (
@@ -96,7 +96,7 @@ async def one_round(cls: type[asyncio.Protocol], requests: int) -> float:
 async def main(rounds: int, requests: int) -> None:
     protocols: dict[str, type[asyncio.Protocol]] = {
         "uvicorn's httptools protocol": HttpToolsProtocol,
-        "dimmy_webhooks.httpserver": protocol(default_limits()),
+        "dimmy_webhooks.intake.httpserver": protocol(default_limits()),
     }
     results: dict[str, list[float]] = {name: [] for name in protocols}
     for _ in range(rounds):

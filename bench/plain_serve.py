@@ -1,5 +1,5 @@
 """``dimmy-webhooks`` with one thing changed: ``serve`` runs on uvicorn's own httptools protocol
-instead of :mod:`dimmy_webhooks.httpserver`'s, which adds the head and connection limits.
+instead of :mod:`dimmy_webhooks.intake.httpserver`'s, which adds the head and connection limits.
 
 ``python bench/plain_serve.py serve --no-worker ...`` is the baseline of ``ack.py
 --http-baseline``: the same command, settings and code path as ``dimmy-webhooks serve``, so
@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from dimmy_webhooks import cli, httpserver
+from dimmy_webhooks import cli
+from dimmy_webhooks.intake import httpserver
 
 
 def _uvicorns_own(limits: Any) -> Any:

@@ -46,7 +46,7 @@ from drain import IDS_PER_EVENT, fill_inbox
 HTTP_STACK = {"httpx", "httpcore", "h11", "anyio", "sniffio", "certifi"}
 ENTRY_POINTS = {
     "httpx AsyncClient.send (the whole HTTP request, client side)": ("httpx/_client.py", "send"),
-    "DimmyClient.get_item": ("dimmy_webhooks/client.py", "get_item"),
+    "DimmyClient.get_item": ("dimmy_webhooks/upstream/client.py", "get_item"),
     "json (parse and dump, stdlib)": ("/json/", None),
 }
 

@@ -47,19 +47,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import dimmy_webhooks.receiver as receiver_module
+import dimmy_webhooks.intake.receiver as receiver_module
 from benchlib import SECRET, machine_lines
-from dimmy_webhooks.logs import KeyValueFormatter
+from dimmy_webhooks.intake.receiver import Receiver
 from dimmy_webhooks.models import (
     ITEMS_SCANNED,
     IncomingEvent,
     classify_event,
     nested_deeper_than,
 )
-from dimmy_webhooks.receiver import Receiver
-from dimmy_webhooks.schema import upgrade
+from dimmy_webhooks.observe.logs import KeyValueFormatter
 from dimmy_webhooks.signatures import Verifier, parse_secrets, signed_headers
 from dimmy_webhooks.store import SQLiteStore
+from dimmy_webhooks.store.schema import upgrade
 
 CONCURRENCY = 16
 ID_LIST = re.compile(

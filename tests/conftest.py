@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from dimmy_webhooks import schema
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
 from dimmy_webhooks.devtools.runner import serve_in_thread
+from dimmy_webhooks.store import schema
 from dimmy_webhooks.web import create_app as create_web_app
 
 from .helpers import (

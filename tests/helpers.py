@@ -30,12 +30,12 @@ from typing import Any
 import httpx
 import pytest
 
-from dimmy_webhooks import schema
 from dimmy_webhooks.config import Settings, load_settings
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig
 from dimmy_webhooks.devtools.runner import free_port
 from dimmy_webhooks.devtools.sender import items_scanned_body
 from dimmy_webhooks.signatures import parse_secrets, signed_headers
+from dimmy_webhooks.store import schema
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 KEY = parse_secrets(SECRET)[0]

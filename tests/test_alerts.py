@@ -15,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dimmy_webhooks.alerts import AlertPolicy, HttpPoster, Notifier, conditions
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
-from dimmy_webhooks.overview import Destination, Overview
+from dimmy_webhooks.observe.alerts import AlertPolicy, HttpPoster, Notifier, conditions
+from dimmy_webhooks.observe.overview import Destination, Overview
 from dimmy_webhooks.store.ops import OperatorCounts, QueueDepth
 from dimmy_webhooks.web import create_app
 

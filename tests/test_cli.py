@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dimmy_webhooks import schema
+from dimmy_webhooks.store import schema
 
 from .helpers import ADMIN_TOKEN, CLI, SECRET, clean_env, signed
 

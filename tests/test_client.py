@@ -17,12 +17,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dimmy_webhooks.client import (
-    DEFAULT_429_PAUSE,
-    DimmyClient,
-    backoff_delay,
-    parse_retry_after,
-)
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
 from dimmy_webhooks.devtools.runner import free_port, serve_in_thread
 from dimmy_webhooks.errors import (
@@ -30,6 +24,12 @@ from dimmy_webhooks.errors import (
     TransientUpstream,
     UpstreamAuthError,
     UpstreamError,
+)
+from dimmy_webhooks.upstream.client import (
+    DEFAULT_429_PAUSE,
+    DimmyClient,
+    backoff_delay,
+    parse_retry_after,
 )
 
 from .helpers import FakeTime, reset_fake

@@ -20,13 +20,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from dimmy_webhooks import schema
-from dimmy_webhooks.client import DimmyClient
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.models import ITEMS_SCANNED, UNKNOWN, IncomingEvent
 from dimmy_webhooks.outputs import parse_outputs
-from dimmy_webhooks.store import SQLiteStore
-from dimmy_webhooks.worker import Worker, WorkerPolicy
+from dimmy_webhooks.pipeline.worker import Worker, WorkerPolicy
+from dimmy_webhooks.store import SQLiteStore, schema
+from dimmy_webhooks.upstream.client import DimmyClient
 
 from .helpers import API_KEY, CLI, clean_env
 

@@ -17,7 +17,8 @@ import pytest
 from standardwebhooks import Webhook
 
 from dimmy_webhooks.errors import ConfigError
-from dimmy_webhooks.forward import (
+from dimmy_webhooks.items import to_api_dict, to_stored_item
+from dimmy_webhooks.outputs.http import (
     DeliveryFailed,
     Destination,
     DestinationPaused,
@@ -25,7 +26,6 @@ from dimmy_webhooks.forward import (
     HttpOutput,
     load_destinations,
 )
-from dimmy_webhooks.items import to_api_dict, to_stored_item
 
 from .helpers import FakeWms
 

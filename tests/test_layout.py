@@ -97,7 +97,7 @@ def test_the_systemd_units_raise_the_open_file_limit() -> None:
     left after the database, outputs and API connections; the shipped units lift the limit so
     that serve gets the full default cap and the worker its API connections."""
     from dimmy_webhooks.config import load_settings
-    from dimmy_webhooks.httpserver import CONNECTION_CEILING, connection_cap
+    from dimmy_webhooks.intake.httpserver import CONNECTION_CEILING, connection_cap
 
     deploy = Path(__file__).resolve().parent.parent / "deploy"
     units = sorted(deploy.glob("*.service"))

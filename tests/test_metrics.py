@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
-from dimmy_webhooks.metrics import LedgerTally
+from dimmy_webhooks.observe.metrics import LedgerTally
 from dimmy_webhooks.web import create_app
 
 from .helpers import ADMIN_TOKEN, API_KEY, AUTH, make_settings, signed, wait_until

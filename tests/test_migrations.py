@@ -10,8 +10,8 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, text
 
-from dimmy_webhooks import schema
 from dimmy_webhooks.items import normalise, version_of
+from dimmy_webhooks.store import schema
 
 from .helpers import query
 

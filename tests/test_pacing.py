@@ -17,13 +17,13 @@ import httpx
 import pytest
 from prometheus_client.exposition import generate_latest
 
-from dimmy_webhooks.client import DimmyClient, RateMode
 from dimmy_webhooks.config import load_settings
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.errors import ConfigError, TransientUpstream
-from dimmy_webhooks.overview import take_overview
-from dimmy_webhooks.pacing import THROTTLE_CUT, AdaptiveRate
+from dimmy_webhooks.observe.overview import take_overview
 from dimmy_webhooks.services import RATE_STATE, Services
+from dimmy_webhooks.upstream.client import DimmyClient, RateMode
+from dimmy_webhooks.upstream.pacing import THROTTLE_CUT, AdaptiveRate
 
 from .helpers import API_KEY, FakeTime, make_settings, migrated_sqlite_url, scalar
 
@@ -238,7 +238,7 @@ def test_the_429s_of_one_episode_cut_once_and_a_big_change_is_logged(
     clock = Clock()
     rate = AdaptiveRate(100, floor=1, ceiling=1000, clock=clock)
     sent = clock.now
-    with caplog.at_level(logging.INFO, logger="dimmy_webhooks.pacing"):
+    with caplog.at_level(logging.INFO, logger="dimmy_webhooks.upstream.pacing"):
         for _ in range(10):  # the requests in flight when the limit was hit all come back 429
             clock.now += 0.01
             rate.throttled(sent, paused_until=clock.now + 1)

@@ -20,7 +20,6 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from dimmy_webhooks import schema
 from dimmy_webhooks.errors import LeaseLost, SchemaBehind, StoreError, StoreUnavailable
 from dimmy_webhooks.models import (
     ITEMS_SCANNED,
@@ -32,7 +31,7 @@ from dimmy_webhooks.models import (
     SaveResult,
     StoredItem,
 )
-from dimmy_webhooks.store import Lease, create_store, ops
+from dimmy_webhooks.store import Lease, create_store, ops, schema
 from dimmy_webhooks.store.postgres import CHANNEL, PostgresStore, _PostgresTx, to_pyformat
 
 pytestmark = pytest.mark.postgres

@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dimmy_webhooks.devtools.runner import serve_in_thread
+from dimmy_webhooks.intake.receiver import BodyRejected, parse_event
 from dimmy_webhooks.models import ITEMS_SCANNED, classify_event, nested_deeper_than
-from dimmy_webhooks.receiver import BodyRejected, parse_event
 from dimmy_webhooks.web import create_app
 
 from .helpers import (
@@ -373,7 +373,7 @@ def test_bodies_beyond_the_unverified_budget_get_503_and_the_others_go_on(
 def test_the_last_mib_of_the_budget_is_kept_for_small_bodies() -> None:
     """Requests declaring more than 64 KiB stop at budget - 1 MiB; small ones may use it all,
     and what is given back can be taken again."""
-    from dimmy_webhooks.receiver import UnverifiedBodies
+    from dimmy_webhooks.intake.receiver import UnverifiedBodies
 
     budget = UnverifiedBodies(16 * 1024 * 1024)
     assert budget.take(15 * 1024 * 1024, small=False)
@@ -428,7 +428,7 @@ def test_log_lines_name_the_message_and_never_the_secret(
     lines = [
         (r.getMessage(), getattr(r, "fields", {}))
         for r in caplog.records
-        if r.name == "dimmy_webhooks.receiver"
+        if r.name == "dimmy_webhooks.intake.receiver"
     ]
     assert ("webhook accepted", "msg_log1") in [(m, f.get("msg_id")) for m, f in lines]
     assert ("webhook duplicate", "msg_log1") in [(m, f.get("msg_id")) for m, f in lines]

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from dimmy_webhooks.client import DimmyClient
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.models import FULL_PAYLOAD, ITEMS_SCANNED, IncomingEvent, InsertOutcome
 from dimmy_webhooks.outputs import JsonlOutput, Output, parse_outputs
+from dimmy_webhooks.pipeline.worker import Worker, WorkerPolicy
 from dimmy_webhooks.store import ReplayMode, Store, create_store
-from dimmy_webhooks.worker import Worker, WorkerPolicy
+from dimmy_webhooks.upstream.client import DimmyClient
 
 from . import handlers_for_tests
 from .helpers import API_KEY, query

@@ -1,5 +1,5 @@
 """``python -m dimmy_webhooks``: the same command as ``dimmy-webhooks``."""
 
-from .cli import main
+from dimmy_webhooks.cli import main
 
 main(prog_name="dimmy-webhooks")

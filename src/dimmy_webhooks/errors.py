@@ -15,7 +15,7 @@
     │   └── UpstreamAuthError     stop fetching: the API key is wrong (401/403)
     └── OutputError               an output could not take an item; retry that delivery
 
-HTTP status mapping for webhooks lives in :mod:`dimmy_webhooks.receiver`, nowhere else; the
+HTTP status mapping for webhooks lives in :mod:`dimmy_webhooks.intake.receiver`, nowhere else; the
 JSON API maps :class:`StoreError` to 503 in :mod:`dimmy_webhooks.web`.
 """
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import signal
 
-from .errors import ConfigError
+from dimmy_webhooks.errors import ConfigError
 
 POINTS = frozenset({"after_claim", "after_fetch", "after_commit", "after_insert"})
 

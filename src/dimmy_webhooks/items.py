@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .models import NormalisedItem, StoredItem, valid_item_id
+from dimmy_webhooks.models import NormalisedItem, StoredItem, valid_item_id
 
 # Length units, in metres. Keys are the canonical names; aliases map onto them.
 _LENGTH_IN_METRES: dict[str, float] = {

@@ -22,19 +22,19 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .client import DimmyClient
-from .config import Settings
-from .errors import ConfigError, StoreError
-from .failpoints import Failpoints
-from .forward import HttpOutput, load_destinations
-from .metrics import Metrics
-from .models import ReplayMode
-from .outputs import Output, OutputContext, parse_outputs
-from .pacing import AdaptiveRate
-from .poller import Poller, PollPolicy, Reconciliation, reconciliation
-from .store import Store, create_store
-from .validation import Intake
-from .worker import Worker, WorkerPolicy
+from dimmy_webhooks.config import Settings
+from dimmy_webhooks.errors import ConfigError, StoreError
+from dimmy_webhooks.failpoints import Failpoints
+from dimmy_webhooks.models import ReplayMode
+from dimmy_webhooks.observe.metrics import Metrics
+from dimmy_webhooks.outputs import Output, OutputContext, parse_outputs
+from dimmy_webhooks.outputs.http import HttpOutput, load_destinations
+from dimmy_webhooks.pipeline.poller import Poller, PollPolicy, Reconciliation, reconciliation
+from dimmy_webhooks.pipeline.validation import Intake
+from dimmy_webhooks.pipeline.worker import Worker, WorkerPolicy
+from dimmy_webhooks.store import Store, create_store
+from dimmy_webhooks.upstream.client import DimmyClient
+from dimmy_webhooks.upstream.pacing import AdaptiveRate
 
 log = logging.getLogger("dimmy_webhooks.services")
 
@@ -187,7 +187,7 @@ class Services:
             services.poller = services.new_poller()
             services.parts.append(Part("poller", services.poller.run))
         if alerts and settings.alert_url is not None:
-            from .alerts import notifier_part
+            from dimmy_webhooks.observe.alerts import notifier_part
 
             services.parts.append(Part("notifier", notifier_part(services)))
         return services
@@ -375,7 +375,7 @@ class Services:
         return failures
 
     async def reconciliation(self) -> Reconciliation:
-        """The reconciliation report (:func:`dimmy_webhooks.poller.reconciliation`)."""
+        """The reconciliation report (:func:`dimmy_webhooks.pipeline.poller.reconciliation`)."""
         return await reconciliation(
             self.store,
             self.clock(),

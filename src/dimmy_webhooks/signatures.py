@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .errors import ConfigError, VerificationError
+from dimmy_webhooks.errors import ConfigError, VerificationError
 
 __all__ = [
     "MAX_MSG_ID_CHARS",

@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dimmy_webhooks.access import FailureThrottle
 from dimmy_webhooks.config import MIN_TOKEN_LENGTH
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
+from dimmy_webhooks.web.auth import FailureThrottle
 
 from ..helpers import ADMIN_TOKEN, CLI, SECRET, make_settings, query, run, signed
 

@@ -27,12 +27,12 @@ from schemathesis.checks import CHECKS, load_all_checks
 from schemathesis.generation import GenerationMode
 from schemathesis.generation.case import Case
 
-from dimmy_webhooks import schema as db_schema
-from dimmy_webhooks.access import FailureThrottle, TokenCheck
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.models import JobKind, NormalisedItem, StoredItem
 from dimmy_webhooks.store import SQLiteStore
+from dimmy_webhooks.store import schema as db_schema
 from dimmy_webhooks.web import create_app
+from dimmy_webhooks.web.auth import FailureThrottle, TokenCheck
 
 from ..helpers import ADMIN_TOKEN, AUTH, FULL, make_settings, signed
 

@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
+from dimmy_webhooks.intake.receiver import BodyRejected, parse_event
 from dimmy_webhooks.models import FULL_PAYLOAD, IncomingEvent, nested_deeper_than, nesting_bound
-from dimmy_webhooks.receiver import BodyRejected, parse_event
 from dimmy_webhooks.store import create_store
 
 from ..helpers import AUTH, query, signed, wait_until

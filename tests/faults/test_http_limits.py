@@ -28,7 +28,7 @@ import pytest
 
 from dimmy_webhooks.devtools.sender import items_scanned_body
 from dimmy_webhooks.errors import ConfigError
-from dimmy_webhooks.httpserver import connection_cap
+from dimmy_webhooks.intake.httpserver import connection_cap
 
 from ..helpers import (
     SECRET,

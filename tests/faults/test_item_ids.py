@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dimmy_webhooks.client import DimmyClient
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.errors import PermanentUpstream
+from dimmy_webhooks.upstream.client import DimmyClient
 
 from ..helpers import ADMIN_TOKEN, API_KEY, AUTH, CLI, SECRET, query, run, signed, wait_until
 

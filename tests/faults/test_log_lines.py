@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dimmy_webhooks.logs import JsonFormatter, KeyValueFormatter, redact_urls
+from dimmy_webhooks.observe.logs import JsonFormatter, KeyValueFormatter, redact_urls
 
 from ..helpers import ADMIN_TOKEN, CLI, SECRET, ServiceProcess, clean_env, run, wait_until
 
@@ -73,7 +73,7 @@ def _record(
     message: str, fields: dict[str, object], exc: BaseException | None = None
 ) -> logging.LogRecord:
     record = logging.LogRecord(
-        "dimmy_webhooks.api", logging.WARNING, __file__, 1, message, None, None
+        "dimmy_webhooks.web.api", logging.WARNING, __file__, 1, message, None, None
     )
     record.fields = fields
     if exc is not None:
@@ -138,7 +138,7 @@ def test_the_log_format_is_one_line_per_record_in_json_too(tmp_path: Path) -> No
         [
             sys.executable,
             "-c",
-            "import logging; from dimmy_webhooks import logs; "
+            "import logging; from dimmy_webhooks.observe import logs; "
             "logs.configure('json'); logging.getLogger('dimmy_webhooks.x').warning("
             "'a\\nb', extra={'fields': {'url': 'postgresql://u:pw-secret@h/d'}})",
         ],

@@ -21,12 +21,12 @@ from typing import Any
 import httpx
 import pytest
 
-from dimmy_webhooks import schema
 from dimmy_webhooks.config import load_settings
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import free_port
 from dimmy_webhooks.errors import ConfigError
 from dimmy_webhooks.signatures import parse_secrets, signed_headers
+from dimmy_webhooks.store import schema
 
 from ..helpers import ADMIN_TOKEN, API_KEY, CLI, KEY, SECRET, clean_env, query, signed, wait_until
 

@@ -39,7 +39,6 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from dimmy_webhooks import schema
 from dimmy_webhooks.errors import LeaseLost
 from dimmy_webhooks.models import (
     ITEMS_SCANNED,
@@ -51,7 +50,7 @@ from dimmy_webhooks.models import (
     NormalisedItem,
     StoredItem,
 )
-from dimmy_webhooks.store import Lease, ReplayMode, SQLiteStore, Store
+from dimmy_webhooks.store import Lease, ReplayMode, SQLiteStore, Store, schema
 
 from ..helpers import FULL
 

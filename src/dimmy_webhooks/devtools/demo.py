@@ -23,16 +23,15 @@ from typing import Any
 
 import click
 
-from .. import schema
-from ..config import load_settings
-from ..errors import ConfigError
-from ..services import Services
-from ..signatures import parse_secrets
-from ..store import QueueStats
-from .fake_dimmy import FakeDimmy, FakeDimmyConfig
-from .fake_dimmy import create_app as create_fake_app
-from .runner import free_port, port_free, serve_in_thread
-from .sender import SimulatedSender, items_scanned_body
+from dimmy_webhooks.config import load_settings
+from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig
+from dimmy_webhooks.devtools.fake_dimmy import create_app as create_fake_app
+from dimmy_webhooks.devtools.runner import free_port, port_free, serve_in_thread
+from dimmy_webhooks.devtools.sender import SimulatedSender, items_scanned_body
+from dimmy_webhooks.errors import ConfigError
+from dimmy_webhooks.services import Services
+from dimmy_webhooks.signatures import parse_secrets
+from dimmy_webhooks.store import QueueStats, schema
 
 DEVICES = 3
 BIG_BATCH_AFTER = 5.0  # seconds before the offline device comes back
@@ -68,7 +67,7 @@ def run_demo(
 
     Raises :class:`ConfigError` when a port is taken or ``database`` is the service's own.
     """
-    from ..web import create_app
+    from dimmy_webhooks.web import create_app
 
     database = database.resolve()
     _refuse_real_database(database)

@@ -1,5 +1,5 @@
 """Run an ASGI app under uvicorn in a background thread (demo, simulators and tests), with the
-same HTTP protocol and limits as ``serve`` (:mod:`dimmy_webhooks.httpserver`)."""
+same HTTP protocol and limits as ``serve`` (:mod:`dimmy_webhooks.intake.httpserver`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from ..httpserver import HttpLimits, default_limits, protocol
+from dimmy_webhooks.intake.httpserver import HttpLimits, default_limits, protocol
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -33,8 +33,8 @@ from typing import Any, Self
 
 import httpx
 
-from .. import __version__
-from ..signatures import signed_headers
+from dimmy_webhooks import __version__
+from dimmy_webhooks.signatures import signed_headers
 
 __all__ = [
     "RETRY_SCHEDULE",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..config import postgres_driver_missing
-from ..errors import ConfigError
-from ..models import Lease, QueueStats, ReplayMode, SaveResult
-from .base import Store
-from .sqlite import SQLiteStore
+from dimmy_webhooks.config import postgres_driver_missing
+from dimmy_webhooks.errors import ConfigError
+from dimmy_webhooks.models import Lease, QueueStats, ReplayMode, SaveResult
+from dimmy_webhooks.store.base import Store
+from dimmy_webhooks.store.sqlite import SQLiteStore
 
 
 def create_store(database_url: str, *, max_attempts: int = 8) -> Store:
@@ -16,7 +16,9 @@ def create_store(database_url: str, *, max_attempts: int = 8) -> Store:
     if database_url.startswith(("postgresql://", "postgres://")):
         if (missing := postgres_driver_missing(database_url)) is not None:
             raise ConfigError(f"DIMMY_DATABASE_URL: {missing}")
-        from .postgres import PostgresStore  # psycopg is imported only when used
+        from dimmy_webhooks.store.postgres import (
+            PostgresStore,  # psycopg is imported only when used
+        )
 
         return PostgresStore(database_url, max_attempts=max_attempts)
     raise ConfigError(

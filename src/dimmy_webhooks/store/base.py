@@ -27,7 +27,7 @@ import concurrent.futures
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
-from ..models import (
+from dimmy_webhooks.models import (
     DeliveryAttempt,
     EventRecord,
     IncomingEvent,
@@ -40,7 +40,7 @@ from ..models import (
     Source,
     StoredItem,
 )
-from . import ops
+from dimmy_webhooks.store import ops
 
 T = TypeVar("T")
 Due = Callable[[T], bool]
@@ -89,7 +89,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def open(self) -> None:
-        """Connect; the schema must be current (see :mod:`dimmy_webhooks.schema`)."""
+        """Connect; the schema must be current (see :mod:`dimmy_webhooks.store.schema`)."""
 
     @abc.abstractmethod
     async def close(self) -> None:

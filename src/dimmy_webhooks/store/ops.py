@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import LeaseLost
-from ..models import (
+from dimmy_webhooks.errors import LeaseLost
+from dimmy_webhooks.models import (
     UNKNOWN,
     DeliveryAttempt,
     EventRecord,

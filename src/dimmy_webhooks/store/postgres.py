@@ -38,11 +38,11 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
-from ..errors import ConfigError, LeaseLost, StoreError, StoreUnavailable
-from ..models import UNKNOWN, IncomingEvent, InsertOutcome
-from . import ops, sql
-from .base import Due, Store, settled
-from .batching import GroupCommit, Outcome
+from dimmy_webhooks.errors import ConfigError, LeaseLost, StoreError, StoreUnavailable
+from dimmy_webhooks.models import UNKNOWN, IncomingEvent, InsertOutcome
+from dimmy_webhooks.store import ops, sql
+from dimmy_webhooks.store.base import Due, Store, settled
+from dimmy_webhooks.store.batching import GroupCommit, Outcome
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

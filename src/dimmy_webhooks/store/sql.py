@@ -6,7 +6,7 @@ Values are always bound as parameters; the only text put together is these const
 
 from __future__ import annotations
 
-from ..models import Lane
+from dimmy_webhooks.models import Lane
 
 JOB_COLUMNS = (
     "id, kind, event_id, item_id, output, version, revision, attempts, lease_token, lane, seq"

@@ -26,11 +26,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import ConfigError, StoreUnavailable
-from ..models import IncomingEvent, InsertOutcome
-from . import ops, sql
-from .base import Due, Store, settled
-from .batching import GroupCommit, Outcome
+from dimmy_webhooks.errors import ConfigError, StoreUnavailable
+from dimmy_webhooks.models import IncomingEvent, InsertOutcome
+from dimmy_webhooks.store import ops, sql
+from dimmy_webhooks.store.base import Due, Store, settled
+from dimmy_webhooks.store.batching import GroupCommit, Outcome
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

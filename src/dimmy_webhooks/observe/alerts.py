@@ -1,0 +1,299 @@
+"""Alerts: one message when something needs a person, one when it clears.
+
+The :class:`Notifier` (a long-running part, ``DIMMY_ALERT_URL``) looks at the overview every
+``DIMMY_ALERT_INTERVAL_SECONDS`` and derives the conditions that are active now
+(:func:`conditions`, pure):
+
+==========================  ==================================================================
+``dead_work``               jobs are dead (until they are replayed or none is left)
+``api_key``                 the Dimmy API refuses the API key
+``unavailable``             a part of the service stopped (the store's writer, a background part)
+``signature_failures``      at least ``DIMMY_ALERT_SIGNATURE_FAILURES`` webhooks refused for their
+                            signature in the last 5 minutes (this process)
+``destination:<output>``    an output's attempts have all failed for
+                            ``DIMMY_ALERT_DESTINATION_MINUTES``
+``reconciliation_gap``      the poller found items whose webhooks never came, within the last
+                            :data:`GAP_QUIET` seconds (the gap grew)
+==========================  ==================================================================
+
+A condition that becomes active is told once (``firing``); told again only when its summary
+changed and ``DIMMY_ALERT_REPEAT_MINUTES`` passed since its last message; when it is no longer
+active, ``resolved`` is told. A new ``firing`` of the same condition waits for the repeat
+window after its last message, so a flapping condition sends at most a few messages per window.
+A message that cannot be posted is tried again at the next check. The URL is a secret (an
+incoming webhook's URL is its credential): it is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from dimmy_webhooks.items import format_timestamp
+from dimmy_webhooks.observe.logs import redact_urls
+from dimmy_webhooks.observe.overview import Overview
+
+if TYPE_CHECKING:
+    from dimmy_webhooks.services import Services
+
+log = logging.getLogger("dimmy_webhooks.observe.alerts")
+
+GAP_QUIET = 900.0
+"""Seconds without a new missed webhook after which ``reconciliation_gap`` is resolved."""
+
+
+@dataclass(frozen=True, slots=True)
+class AlertPolicy:
+    """Thresholds and pacing of the alerts (seconds unless said otherwise)."""
+
+    interval: float = 15.0
+    repeat: float = 1800.0
+    signature_failures: int = 20
+    destination_failing: float = 600.0
+    gap_quiet: float = GAP_QUIET
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """Something that needs a person: ``key`` names it, ``summary`` says it in one line."""
+
+    key: str
+    summary: str
+
+
+@dataclass
+class _State:
+    notified: bool = False  # a firing message went out, its resolved one not yet
+    last_sent: float = float("-inf")
+    summary: str = ""
+
+
+def conditions(
+    overview: Overview,
+    policy: AlertPolicy,
+    *,
+    signature_failures: int,
+    gap_grew_at: float | None,
+) -> list[Condition]:
+    """The conditions active in ``overview`` (``gap_grew_at``: when the reconciliation gap
+    last grew; ``signature_failures``: those of the last 5 minutes)."""
+    found = []
+    if overview.failures:
+        found.append(
+            Condition("unavailable", "service part stopped: " + "; ".join(overview.failures))
+        )
+    if overview.api_key_refused:
+        refused = next((p for p in overview.problems if "refused the key" in p), "")
+        found.append(Condition("api_key", refused or "the Dimmy API refuses DIMMY_API_KEY"))
+    dead = {k: n for (k, s), n in overview.jobs_by_kind().items() if s == "dead" and n}
+    if dead:
+        detail = ", ".join(f"{n} {kind}" for kind, n in sorted(dead.items()))
+        found.append(
+            Condition("dead_work", f"work went dead: {sum(dead.values())} jobs ({detail})")
+        )
+    if signature_failures >= policy.signature_failures:
+        found.append(
+            Condition(
+                "signature_failures",
+                f"{signature_failures} webhooks refused for their signature in 5 minutes "
+                "(wrong DIMMY_WEBHOOK_SECRET, a rotation, or someone probing)",
+            )
+        )
+    for dest in overview.destinations:
+        since = dest.failing_since
+        if since is not None and overview.at - since >= policy.destination_failing:
+            minutes = (overview.at - since) / 60
+            found.append(
+                Condition(
+                    f"destination:{dest.output}",
+                    f"output {redact_urls(dest.output)} failing for {minutes:.0f} min "
+                    f"({dest.backlog} waiting)"
+                    + (f": {redact_urls(dest.last_error)[:200]}" if dest.last_error else ""),
+                )
+            )
+    if gap_grew_at is not None and overview.at - gap_grew_at < policy.gap_quiet:
+        found.append(
+            Condition(
+                "reconciliation_gap",
+                f"webhooks are being lost: {overview.reconciliation_gap} items reached the "
+                "service only through polling",
+            )
+        )
+    return found
+
+
+Post = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
+
+
+class Notifier:
+    """Checks the conditions and posts the messages (see the module docstring).
+
+    ``look`` returns the overview and the signature failures of the last 5 minutes; ``post``
+    sends one JSON body (tests pass a recorder; :meth:`http_post` is the real one).
+    """
+
+    def __init__(
+        self,
+        look: Callable[[], Coroutine[Any, Any, tuple[Overview, int]]],
+        post: Post,
+        policy: AlertPolicy,
+        *,
+        fmt: str = "slack",
+        link: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.look = look
+        self.post = post
+        self.policy = policy
+        self.fmt = fmt
+        self.link = link
+        self.clock = clock
+        self.states: dict[str, _State] = {}
+        self.sent: int = 0
+        self._gap: int | None = None
+        self._gap_grew_at: float | None = None
+        self._failing = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.check()
+            except Exception:
+                log.exception("alert check failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.policy.interval)
+
+    async def check(self) -> list[dict[str, Any]]:
+        """One round: look, compare with what was told, post what changed; returns the
+        bodies posted."""
+        overview, signature_failures = await self.look()
+        now = self.clock()
+        if self._gap is not None and overview.reconciliation_gap > self._gap:
+            self._gap_grew_at = now
+        self._gap = overview.reconciliation_gap
+        active = {
+            c.key: c
+            for c in conditions(
+                overview,
+                self.policy,
+                signature_failures=signature_failures,
+                gap_grew_at=self._gap_grew_at,
+            )
+        }
+        posted = []
+        for key in sorted(set(active) | set(self.states)):
+            state = self.states.setdefault(key, _State())
+            condition = active.get(key)
+            if condition is not None:
+                quiet = now - state.last_sent >= self.policy.repeat
+                news = not state.notified or condition.summary != state.summary
+                if quiet and news:
+                    state_name = "firing" if not state.notified else "still firing"
+                    if await self._send(key, state_name, condition.summary, now):
+                        posted.append(self._body(key, state_name, condition.summary, now))
+                        state.notified, state.last_sent = True, now
+                        state.summary = condition.summary
+            elif state.notified:
+                summary = f"resolved: {state.summary}"
+                if await self._send(key, "resolved", summary, now):
+                    posted.append(self._body(key, "resolved", summary, now))
+                    state.notified, state.last_sent = False, now
+        return posted
+
+    async def _send(self, key: str, state: str, summary: str, now: float) -> bool:
+        try:
+            await self.post(self._body(key, state, summary, now))
+        except Exception as exc:
+            if not self._failing:
+                log.warning(
+                    "alert not sent",
+                    extra={"fields": {"condition": key, "reason": type(exc).__name__}},
+                )
+            self._failing = True
+            return False
+        self._failing = False
+        self.sent += 1
+        log.info("alert sent", extra={"fields": {"condition": key, "state": state}})
+        return True
+
+    def _body(self, key: str, state: str, summary: str, now: float) -> dict[str, Any]:
+        if self.fmt == "json":
+            return {
+                "source": "dimmy-webhooks",
+                "condition": key,
+                "state": "firing" if state == "still firing" else state,
+                "summary": summary,
+                "at": format_timestamp(now),
+                "dashboard": self.link,
+            }
+        mark = "RESOLVED" if state == "resolved" else "ALERT"
+        text = f"[dimmy-webhooks] {mark}: {summary}"
+        if self.link:
+            text += f" <{self.link}|open the dashboard>"
+        return {"text": text}
+
+
+@dataclass
+class HttpPoster:
+    """Posts alert bodies to ``url`` with its own client (10 s timeout, no redirects)."""
+
+    url: str
+    timeout: float = 10.0
+    _client: httpx.AsyncClient | None = field(default=None, repr=False)
+
+    async def __call__(self, body: dict[str, Any]) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+        response = await self._client.post(self.url, json=body)
+        if response.status_code >= 300:
+            raise RuntimeError(f"alert URL answered HTTP {response.status_code}")
+
+    def __repr__(self) -> str:
+        return "HttpPoster(***)"  # the URL is a credential
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+def notifier_part(services: Services) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
+    """The notifier of ``services`` (``DIMMY_ALERT_URL`` must be set), as a part's ``run``:
+    it posts with its own HTTP client, closed when the part stops."""
+    from dimmy_webhooks.observe.overview import take_overview
+
+    settings = services.settings
+    assert settings.alert_url is not None
+    poster = HttpPoster(settings.alert_url.get_secret_value())
+
+    async def look() -> tuple[Overview, int]:
+        overview = await take_overview(services, services.metrics)
+        return overview, services.metrics.signature_failures_within()
+
+    notifier = Notifier(
+        look,
+        poster,
+        AlertPolicy(
+            interval=settings.alert_interval_seconds,
+            repeat=settings.alert_repeat_minutes * 60,
+            signature_failures=settings.alert_signature_failures,
+            destination_failing=settings.alert_destination_minutes * 60,
+        ),
+        fmt=settings.alert_format,
+        link=settings.public_url,
+        clock=services.clock,
+    )
+
+    async def run(stop: asyncio.Event) -> None:
+        try:
+            await notifier.run(stop)
+        finally:
+            await poster.aclose()
+
+    return run

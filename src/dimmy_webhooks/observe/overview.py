@@ -1,0 +1,215 @@
+"""The operator's overview: what arrived today, what is stuck, what needs a person.
+
+:func:`take_overview` reads it in a few cheap queries (each on an index) plus what the running
+process knows (problems, this process's refused webhooks). The dashboard's first page, its JSON
+twin ``GET /api/overview``, the gauges of ``/metrics`` and the alert conditions all read this one
+picture, so they never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from dimmy_webhooks.items import format_timestamp
+from dimmy_webhooks.store.ops import OperatorCounts
+
+if TYPE_CHECKING:
+    from dimmy_webhooks.observe.metrics import Metrics
+    from dimmy_webhooks.services import Services
+    from dimmy_webhooks.upstream.client import DimmyClient
+
+RECENT_ATTEMPTS = 50  # ledger rows read per output to tell whether it is failing
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """One output: its backlog, dead deliveries and how its latest attempts went.
+
+    ``failing_since`` is the start of the run of failed attempts since its last success
+    (``None``: its latest attempt succeeded, or it has none).
+    """
+
+    output: str
+    backlog: int = 0
+    dead: int = 0
+    oldest_due_age: float | None = None
+    last_success_at: float | None = None
+    failing_since: float | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """One picture of the service at ``at`` (Unix seconds); "today" starts at ``day_start``
+    (midnight, the server's local time)."""
+
+    at: float
+    day_start: float
+    counts: OperatorCounts
+    destinations: list[Destination]
+    problems: list[str]
+    failures: list[str]
+    api_key_refused: bool
+    webhooks: dict[str, int] = field(default_factory=dict)
+    signature_failures_recent: int = 0
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+    api_rate: dict[str, Any] | None = None  # the client's pace (None: no API key here)
+
+    @property
+    def items_total(self) -> int:
+        return self.counts.items
+
+    @property
+    def held(self) -> int:
+        return self.counts.held
+
+    @property
+    def reconciliation_gap(self) -> int:
+        return self.counts.unwebhooked
+
+    @property
+    def dead_jobs(self) -> int:
+        return sum(q.count for q in self.counts.queue if q.status == "dead")
+
+    def jobs_by_kind(self) -> dict[tuple[str, str], int]:
+        """Jobs by ``(kind, status)`` (pending, running, dead), every kind and status listed."""
+        out = {
+            (k, s): 0 for k in ("event", "fetch", "deliver") for s in ("pending", "running", "dead")
+        }
+        for row in self.counts.queue:
+            out[(row.kind, row.status)] = out.get((row.kind, row.status), 0) + row.count
+        return out
+
+    def oldest_due_by_kind(self) -> dict[str, float]:
+        """Seconds the oldest due job of each kind has waited (0 when none is due)."""
+        out = dict.fromkeys(("event", "fetch", "deliver"), 0.0)
+        for row in self.counts.queue:
+            if row.due_since is not None:
+                out[row.kind] = max(out.get(row.kind, 0.0), 0.0, self.at - row.due_since)
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON twin of the overview page (``GET /api/overview``)."""
+        jobs: dict[str, dict[str, int]] = {}
+        for (kind, status), count in self.jobs_by_kind().items():
+            jobs.setdefault(kind, {})[status] = count
+        return {
+            "at": _iso(self.at),
+            "day_start": _iso(self.day_start),
+            "today": {
+                "events": sum(self.counts.events_since.values()),
+                "events_by_status": self.counts.events_since,
+                "items": self.counts.items_since,
+            },
+            "events": {
+                s: self.counts.events_open.get(s, 0) for s in ("pending", "processing", "dead")
+            },
+            "items": self.counts.items,
+            "quarantine": self.counts.held,
+            "jobs": jobs,
+            "oldest_due_age_seconds": self.oldest_due_by_kind(),
+            "destinations": [
+                {
+                    "output": d.output,
+                    "backlog": d.backlog,
+                    "dead": d.dead,
+                    "oldest_due_age_seconds": d.oldest_due_age,
+                    "last_success_at": _iso(d.last_success_at),
+                    "failing_since": _iso(d.failing_since),
+                    "last_error": d.last_error,
+                }
+                for d in self.destinations
+            ],
+            "reconciliation_gap": self.counts.unwebhooked,
+            "problems": self.problems,
+            "failures": self.failures,
+            "api_key_refused": self.api_key_refused,
+            "webhooks": self.webhooks,
+            "signature_failures_last_5_minutes": self.signature_failures_recent,
+            "recent_rejections": self.rejections,
+            "api_rate": self.api_rate,
+        }
+
+
+def local_midnight(at: float) -> float:
+    """The start of the day of ``at`` in the server's local time."""
+    moment = datetime.fromtimestamp(at).astimezone()
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+async def take_overview(services: Services, metrics: Metrics | None = None) -> Overview:
+    """Read the overview from the store and the running process (raises ``StoreError``)."""
+    now = services.clock()
+    day_start = local_midnight(now)
+    counts = await services.store.operator_counts(
+        since=day_start, now=now, seen_before=now - services.settings.reconcile_grace_seconds
+    )
+    names = list(dict.fromkeys([*services.output_names(), *_queued_outputs(counts)]))
+    destinations = [await _destination(services, counts, name, now) for name in names]
+    client = services.client
+    return Overview(
+        at=now,
+        day_start=day_start,
+        counts=counts,
+        destinations=destinations,
+        problems=services.problems(),
+        failures=services.failures(),
+        api_key_refused=client is not None and client.auth_failed is not None,
+        webhooks=metrics.webhook_counts() if metrics is not None else {},
+        signature_failures_recent=metrics.signature_failures_within() if metrics else 0,
+        rejections=[
+            {"at": _iso(r.at), "status": r.status, "reason": r.reason}
+            for r in (metrics.rejections if metrics is not None else ())
+        ],
+        api_rate=None if client is None else _api_rate(client),
+    )
+
+
+def _api_rate(client: DimmyClient) -> dict[str, Any]:
+    """The client's rate: ``mode``, ``per_second`` now, and in adaptive mode its bounds,
+    whether it started from a learned rate and how many times it was cut."""
+    adaptive = client.adaptive
+    if adaptive is None:
+        return {"mode": "fixed", "per_second": client.rate_limit}
+    return {
+        "mode": "adaptive",
+        "per_second": round(adaptive.rate, 1),
+        "min": adaptive.floor,
+        "max": adaptive.ceiling,
+        "restored": adaptive.restored,
+        "cuts": adaptive.cuts,
+    }
+
+
+def _queued_outputs(counts: OperatorCounts) -> list[str]:
+    return [q.output for q in counts.queue if q.kind == "deliver" and q.output is not None]
+
+
+async def _destination(
+    services: Services, counts: OperatorCounts, name: str, now: float
+) -> Destination:
+    rows = [q for q in counts.queue if q.kind == "deliver" and q.output == name]
+    due = [q.due_since for q in rows if q.due_since is not None]
+    recent = await services.store.recent_attempts(name, limit=RECENT_ATTEMPTS)
+    last_success = next((at for outcome, at, _ in recent if outcome == "delivered"), None)
+    failures = [
+        (at, error)
+        for outcome, at, error in recent
+        if outcome in ("failed", "dead") and (last_success is None or at > last_success)
+    ]
+    latest_failed = bool(recent) and recent[0][0] in ("failed", "dead")
+    return Destination(
+        output=name,
+        backlog=sum(q.count for q in rows if q.status in ("pending", "running")),
+        dead=sum(q.count for q in rows if q.status == "dead"),
+        oldest_due_age=max(0.0, now - min(due)) if due else None,
+        last_success_at=last_success,
+        failing_since=min(at for at, _ in failures) if latest_failed and failures else None,
+        last_error=failures[0][1] if failures else None,
+    )
+
+
+def _iso(seconds: float | None) -> str | None:
+    return None if seconds is None else format_timestamp(seconds)

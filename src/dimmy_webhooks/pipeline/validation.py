@@ -1,0 +1,117 @@
+"""Plausibility rules applied to every stored item version before it is handed to any output.
+
+Dimensional weight drives shipping cost: a wrong unit or a 0 x 0 x 0 box reaching the
+warehouse system costs money. An item version that breaks a rule is stored (the raw document is
+kept, as always) but held in quarantine with its reasons: no output sees it until an operator
+releases it, with a note (``dimmy-webhooks quarantine release``, ``POST
+/api/quarantine/{id}/release``), or rejects it. A newer version of the item is checked again on
+its own.
+
+The rules are settings (``DIMMY_VALIDATE_*``), in the stored units (``DIMMY_DIMENSION_UNIT``,
+``DIMMY_WEIGHT_UNIT``). One rule always holds: measured sides are larger than 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from dimmy_webhooks.config import Settings
+from dimmy_webhooks.items import to_stored_item
+from dimmy_webhooks.models import NormalisedItem, StoredItem
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What a deliverable item version must satisfy; ``None`` bounds are not checked."""
+
+    min_side: float | None = None
+    max_side: float | None = None
+    min_weight: float | None = None
+    max_weight: float | None = None
+    require_dimensions: bool = False
+    require_weight: bool = False
+    require_barcode: bool = False
+    require_photo: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Rules:
+        return cls(
+            min_side=settings.validate_min_side,
+            max_side=settings.validate_max_side,
+            min_weight=settings.validate_min_weight,
+            max_weight=settings.validate_max_weight,
+            require_dimensions=settings.validate_require_dimensions,
+            require_weight=settings.validate_require_weight,
+            require_barcode=settings.validate_require_barcode,
+            require_photo=settings.validate_require_photo,
+        )
+
+    def check(self, item: NormalisedItem) -> str | None:
+        """Why ``item`` must be held (every broken rule, ``; ``-separated), or ``None``."""
+        reasons = [*self._dimensions(item), *self._weight(item)]
+        if self.require_barcode and item.barcode is None:
+            reasons.append("no barcode")
+        if self.require_photo and not item.photo_urls:
+            reasons.append("no photo")
+        return "; ".join(reasons) or None
+
+    def _dimensions(self, item: NormalisedItem) -> list[str]:
+        sides = [side for side in (item.width, item.height, item.depth) if side is not None]
+        if not sides:
+            return ["no dimensions"] if self.require_dimensions else []
+        unit, smallest, largest = item.dimension_unit or "", min(sides), max(sides)
+        reasons = []
+        if smallest <= 0:
+            reasons.append(f"a side of {smallest:g} {unit}".rstrip())
+        elif self.min_side is not None and smallest < self.min_side:
+            reasons.append(f"a side of {smallest:g} {unit} is under {self.min_side:g}")
+        if self.max_side is not None and largest > self.max_side:
+            reasons.append(f"a side of {largest:g} {unit} is over {self.max_side:g}")
+        return reasons
+
+    def _weight(self, item: NormalisedItem) -> list[str]:
+        if item.weight is None:
+            return ["no weight"] if self.require_weight else []
+        weight, unit = item.weight, item.weight_unit or ""
+        if self.min_weight is not None and weight < self.min_weight:
+            return [f"weight {weight:g} {unit} is under {self.min_weight:g}"]
+        if self.max_weight is not None and weight > self.max_weight:
+            return [f"weight {weight:g} {unit} is over {self.max_weight:g}"]
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """How a document read from the Dimmy API becomes a stored item version: the stored units,
+    the dimensional-weight divisor and the plausibility rules (the worker and the poller share
+    one)."""
+
+    dimension_unit: str = "cm"
+    weight_unit: str = "kg"
+    dim_weight_divisor: float | None = None
+    rules: Rules = field(default_factory=Rules)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Intake:
+        return cls(
+            dimension_unit=settings.dimension_unit,
+            weight_unit=settings.weight_unit,
+            dim_weight_divisor=settings.dim_weight_divisor,
+            rules=Rules.from_settings(settings),
+        )
+
+    def prepare(self, doc: Mapping[str, Any], raw: str, *, fetched_at: float) -> StoredItem:
+        """The item version to store (held, with the reasons, when it breaks a rule). Raises
+        ``ValueError`` for a document that is not an item."""
+        item = to_stored_item(
+            doc,
+            raw,
+            fetched_at=fetched_at,
+            dimension_unit=self.dimension_unit,
+            weight_unit=self.weight_unit,
+            dim_weight_divisor=self.dim_weight_divisor,
+        )
+        reason = self.rules.check(item.item)
+        return replace(item, hold_reason=reason) if reason is not None else item

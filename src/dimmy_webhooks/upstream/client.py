@@ -1,0 +1,450 @@
+"""Async client of the Dimmy REST API: one HTTP request per call, every failure classified.
+
+The client never retries; the durable job queue above it does, with :func:`backoff_delay`. What
+the caller sees (all from :mod:`dimmy_webhooks.errors`)::
+
+    UpstreamError
+    ├── TransientUpstream     retry later with backoff. ``status`` is None for a transport error
+    │                         or timeout, else 408, 429 or 5xx; ``retry_after`` (seconds) is set
+    │                         from a 429's Retry-After, and the whole client then holds every
+    │                         request until that time has passed (the limit is on the key).
+    ├── PermanentUpstream     give up on this id or request: 404, 422, any other 4xx, a 3xx, or a
+    │                         200 whose body is not the expected JSON (``status`` 200).
+    └── UpstreamAuthError     stop fetching and tell an operator: the key was refused (401/403).
+                              ``client.auth_failed`` keeps the reason until a request succeeds.
+
+The pace: at most ``rate_limit`` requests start per second (``rate_mode="fixed"``, the default),
+or, with ``rate_mode="adaptive"``, a rate learned from the answers between ``rate_min`` and
+``rate_max`` (:mod:`dimmy_webhooks.upstream.pacing`), starting at ``rate_limit``.
+
+Reasons are short, name the method and path, include at most ~200 characters of the server's
+``detail``, and never contain the API key (it is redacted even when a server echoes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import itertools
+import json
+import logging
+import math
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from importlib import metadata
+from types import TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import urlsplit
+
+import certifi
+import httpx
+from aiolimiter import AsyncLimiter
+
+from dimmy_webhooks.errors import PermanentUpstream, TransientUpstream, UpstreamAuthError
+from dimmy_webhooks.models import nested_deeper_than, valid_item_id
+from dimmy_webhooks.upstream.pacing import AdaptiveRate, Pacer
+
+logger = logging.getLogger(__name__)
+
+DETAIL_LIMIT = 200
+DEFAULT_429_PAUSE = 1.0  # seconds the client holds requests after a 429 without Retry-After
+RateMode = Literal["fixed", "adaptive"]
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    rng: random.Random | None = None,
+    retry_after: float | None = None,
+) -> float:
+    """Seconds to wait before attempt ``attempt + 1``, after ``attempt`` (>= 1) failures.
+
+    Exponential backoff with *equal jitter*: ``d = min(cap, base * 2 ** (attempt - 1))``, and the
+    result is uniform in ``[d / 2, d]``, so delays grow but never bunch up at zero. When the
+    server asked for ``retry_after`` seconds, the result is at least that (even above ``cap``).
+    Raises :class:`ValueError` for ``attempt < 1``.
+    """
+    if attempt < 1:
+        raise ValueError("attempt counts from 1")
+    delay = min(cap, base * 2.0 ** min(attempt - 1, 1023))
+    uniform = rng.uniform if rng is not None else random.uniform
+    result = delay / 2 + uniform(0, delay / 2)
+    if retry_after is not None:
+        result = max(result, retry_after)
+    return result
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds from ``now`` (Unix time) asked by a ``Retry-After`` header, or ``None``.
+
+    Accepts delta-seconds (``"2"``) and an HTTP-date (``"Wed, 21 Oct 2026 07:28:00 GMT"``); a date
+    in the past gives 0; anything unreadable gives ``None``.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = moment.timestamp() - now
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _user_agent() -> str:
+    try:
+        return f"dimmy-webhooks/{metadata.version('dimmy-webhooks')}"
+    except metadata.PackageNotFoundError:
+        return "dimmy-webhooks"
+
+
+def _format_time(moment: datetime) -> str:
+    """UTC with ``Z``; a naive datetime is taken as UTC."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat() + "Z"
+
+
+def _detail(response: httpx.Response, redact: Callable[[str], str]) -> str:
+    """The server's explanation (FastAPI ``detail``, string or list; ``message``; or the text),
+    redacted, then shortened to about :data:`DETAIL_LIMIT` characters."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        text = response.text.strip()
+    else:
+        if isinstance(body, dict) and "detail" in body:
+            detail = body["detail"]
+            if isinstance(detail, list):
+                text = "; ".join(_validation_entry(entry) for entry in detail)
+            else:
+                text = str(detail)
+        elif isinstance(body, dict) and "message" in body:
+            text = str(body["message"])
+        else:
+            text = response.text.strip()
+    text = redact(" ".join(text.split()))
+    return text if len(text) <= DETAIL_LIMIT else text[: DETAIL_LIMIT - 3] + "..."
+
+
+def _validation_entry(entry: object) -> str:
+    if isinstance(entry, dict):
+        loc = ".".join(str(part) for part in entry.get("loc") or ())
+        msg = str(entry.get("msg", ""))
+        return f"{loc}: {msg}" if loc else msg
+    return str(entry)
+
+
+_CONNECTIONS_PER_POOL = 4
+
+
+class DimmyClient:
+    """One connection pool to the Dimmy API, shared by every worker task of a process.
+
+    ``timeout`` (seconds) bounds each phase of a request (connect, write, each read) and the
+    whole request at three times that. At most ``concurrency`` requests are in flight and at most
+    ``rate_limit`` start per second (bursts up to that many); with ``rate_mode="adaptive"`` the
+    rate starts there and moves between ``rate_min`` and ``rate_max`` (:attr:`adaptive`, bursts
+    of a tenth of a second's worth). ``clock``/``sleep`` (monotonic) and
+    ``wall_clock`` (Unix time, for HTTP-date Retry-After) are injectable for tests;
+    ``transport`` lets tests answer with :class:`httpx.MockTransport`. Use as ``async with``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 10.0,
+        concurrency: int = 64,
+        rate_limit: float = 100.0,
+        rate_mode: RateMode = "fixed",
+        rate_min: float = 1.0,
+        rate_max: float = 1000.0,
+        max_retry_after: float = 900.0,
+        max_json_depth: int = 64,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall_clock: Callable[[], float] = time.time,
+        observe: Callable[[str, str, float], None] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._total_timeout = 3 * timeout
+        self._max_retry_after = max_retry_after
+        self._max_json_depth = max_json_depth
+        self._clock = clock
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+        # httpcore's pool does work proportional to its size on every request state change
+        # (encode/httpcore#1035): at 64 connections in one pool the worker spent most of its
+        # CPU there. Many small pools, used in turn, keep that cost flat (4 measured faster
+        # than 16 per pool: bench/drain.py).
+        shards = -(-concurrency // _CONNECTIONS_PER_POOL)
+        tls = ssl.create_default_context(cafile=certifi.where())
+        per_pool = -(-concurrency // shards)
+        self._pools = [
+            httpx.AsyncClient(
+                base_url=self.base_url,
+                headers={
+                    "X-API-KEY": api_key,
+                    "Accept": "application/json",
+                    "User-Agent": _user_agent(),
+                },
+                timeout=httpx.Timeout(timeout),
+                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+                transport=transport,
+                verify=tls,  # one TLS context (and CA bundle in memory) for all the pools
+            )
+            for _ in range(shards)
+        ]
+        self._next_pool = itertools.cycle(self._pools)
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._fixed_rate = rate_limit
+        self._limiter: AsyncLimiter | Pacer
+        self.adaptive: AdaptiveRate | None = None
+        if rate_mode == "adaptive":
+            self.adaptive = AdaptiveRate(rate_limit, floor=rate_min, ceiling=rate_max, clock=clock)
+            adaptive = self.adaptive
+            self._limiter = Pacer(lambda: adaptive.rate, clock=clock, sleep=sleep)
+        else:
+            self._limiter = AsyncLimiter(rate_limit, 1)
+        self._paused_until = 0.0
+        self._live_waiting = 0  # get_item calls waiting for their turn
+        self._live_idle = asyncio.Event()
+        self._live_idle.set()
+        self.auth_failed: str | None = None
+        # (path, status or "timeout"/"transport_error", seconds) of every request: /metrics
+        self._observe = observe
+
+    def __repr__(self) -> str:
+        return f"DimmyClient({urlsplit(self.base_url).hostname!r})"  # never the user-info
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        for pool in self._pools:
+            await pool.aclose()
+
+    @property
+    def rate_limit(self) -> float:
+        """Requests per second allowed now (the fixed rate, or the adaptive one)."""
+        return self.adaptive.rate if self.adaptive is not None else self._fixed_rate
+
+    @property
+    def pause_remaining(self) -> float:
+        """Seconds left of a 429 pause (0 when requests may go)."""
+        return max(0.0, self._paused_until - self._clock())
+
+    # -- the API ---------------------------------------------------------------------------
+
+    async def get_item(self, item_id: str) -> bytes:
+        """``GET /items/{id}``: the response body exactly as received.
+
+        Checked to be a JSON object whose ``_id`` is ``item_id`` (else :class:`PermanentUpstream`).
+        An ``item_id`` that :func:`~dimmy_webhooks.models.valid_item_id` refuses is a
+        :class:`PermanentUpstream` without any request.
+        """
+        if not valid_item_id(item_id):  # never let an id choose another path
+            raise PermanentUpstream(f"GET /items/{{id}}: {item_id[:80]!r} is not a valid item id")
+        path = f"/items/{item_id}"
+        response = await self._request("GET", path)
+        document = self._json(response, "GET", path)
+        if not isinstance(document, dict) or document.get("_id") != item_id:
+            raise PermanentUpstream(
+                self._redact(f"GET {path}: unexpected body (not an item with this _id)"),
+                status=response.status_code,
+            )
+        return response.content
+
+    async def list_items(
+        self,
+        *,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+        skip: int = 0,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """``GET /items``: one page of items created between the dates (naive means UTC).
+
+        A bulk read: it waits while any :meth:`get_item` of this client waits for its turn
+        (live work first), then shares the same rate limit, concurrency cap and 429 pause.
+        """
+        params: dict[str, str | int] = {"skip": skip, "limit": limit}
+        if start_date is not None:
+            params["start_date"] = _format_time(start_date)
+        if end_date is not None:
+            params["end_date"] = _format_time(end_date)
+        return await self._items("GET", "/items", params=params, bulk=True)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _items(
+        self, method: str, path: str, *, params: dict[str, Any] | None = None, bulk: bool = False
+    ) -> list[dict[str, Any]]:
+        response = await self._request(method, path, params=params, bulk=bulk)
+        items = self._json(response, method, path)
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise PermanentUpstream(
+                f"{method} {path}: unexpected body (not an array of items)", status=200
+            )
+        return items
+
+    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
+        """The body parsed; :class:`PermanentUpstream` when it is not JSON or nests deeper than
+        ``max_json_depth`` (such an item could not be stored, served or delivered)."""
+        try:
+            document = json.loads(response.content)
+        except ValueError:
+            raise PermanentUpstream(
+                self._redact(f"{method} {path}: body is not JSON"), status=response.status_code
+            ) from None
+        except RecursionError:
+            document = None
+            deep = True
+        else:
+            deep = nested_deeper_than(document, self._max_json_depth)
+        if deep:
+            raise PermanentUpstream(
+                f"{method} {path}: body nested deeper than {self._max_json_depth} levels",
+                status=response.status_code,
+            )
+        return document
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        bulk: bool = False,
+    ) -> httpx.Response:
+        if bulk:
+            await self._live_idle.wait()  # a live request waiting for its turn goes first
+            return await self._in_turn(method, path, params, body)
+        self._live_waiting += 1
+        self._live_idle.clear()
+        waiting = True
+
+        def turn() -> None:
+            nonlocal waiting
+            if waiting:
+                waiting = False
+                self._live_waiting -= 1
+                if not self._live_waiting:
+                    self._live_idle.set()
+
+        try:
+            return await self._in_turn(method, path, params, body, on_turn=turn)
+        finally:
+            turn()
+
+    async def _in_turn(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        body: Any,
+        on_turn: Callable[[], None] | None = None,
+    ) -> httpx.Response:
+        """One request once the concurrency cap, the rate limit and any 429 pause allow it."""
+        async with self._semaphore:
+            await self._wait_out_pause()
+            await self._limiter.acquire()
+            await self._wait_out_pause()  # a 429 may have arrived while this waited its turn
+            if on_turn is not None:
+                on_turn()
+            started = time.monotonic()
+            adaptive = self.adaptive
+            if adaptive is not None:
+                adaptive.sent()
+            sent_at = self._clock()
+            try:
+                async with asyncio.timeout(self._total_timeout):
+                    http = next(self._next_pool)
+                    response = await http.request(method, path, params=params, json=body)
+            except (httpx.TimeoutException, TimeoutError) as exc:
+                self._observed(path, "timeout", started)
+                if adaptive is not None:  # a timeout is the slowest answer of all
+                    adaptive.answered(self._clock() - sent_at)
+                reason = f"{method} {path}: timed out ({type(exc).__name__})"
+                raise TransientUpstream(self._redact(reason)) from exc
+            except httpx.RequestError as exc:
+                self._observed(path, "transport_error", started)
+                reason = self._redact(f"{method} {path}: {type(exc).__name__}: {exc}")
+                raise TransientUpstream(reason[: DETAIL_LIMIT + 100]) from exc
+            self._observed(path, str(response.status_code), started)
+            if adaptive is not None and response.status_code != 429:
+                adaptive.answered(self._clock() - sent_at)
+        self._classify(method, path, response, sent_at)
+        return response
+
+    def _classify(
+        self, method: str, path: str, response: httpx.Response, sent_at: float = 0.0
+    ) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            self.auth_failed = None
+            return
+        detail = _detail(response, self._redact)
+        reason = self._redact(f"{method} {path}: HTTP {status}" + (f" {detail}" if detail else ""))
+        if status in (401, 403):
+            self.auth_failed = reason
+            logger.error("Dimmy API refused the API key (check DIMMY_API_KEY): %s", reason)
+            raise UpstreamAuthError(reason, status=status)
+        if status == 429:
+            retry_after = parse_retry_after(
+                response.headers.get("retry-after"), now=self._wall_clock()
+            )
+            if retry_after is not None:
+                retry_after = min(retry_after, self._max_retry_after)
+            pause = DEFAULT_429_PAUSE if retry_after is None else retry_after
+            self._paused_until = max(self._paused_until, self._clock() + pause)
+            if self.adaptive is not None and isinstance(self._limiter, Pacer):
+                self._limiter.hold(self._paused_until)
+                self.adaptive.throttled(sent_at, self._paused_until)
+            logger.warning("Dimmy API rate limit: holding requests for %.1f s", pause)
+            raise TransientUpstream(reason, status=status, retry_after=retry_after)
+        if status == 408 or status >= 500:
+            raise TransientUpstream(reason, status=status)
+        raise PermanentUpstream(reason, status=status)
+
+    def _observed(self, path: str, status: str, started: float) -> None:
+        if self._observe is not None:
+            # the template, not the id: one series per endpoint
+            self._observe(
+                "/items" if path == "/items" else "/items/{id}", status, time.monotonic() - started
+            )
+
+    async def _wait_out_pause(self) -> None:
+        while (remaining := self._paused_until - self._clock()) > 0:
+            await self._sleep(remaining)
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
