@@ -11,7 +11,7 @@ pending events under 150 MB; it must not grow with the backlog"). Figures come f
 * ``ack``: ``serve --no-worker`` on a fresh SQLite file under ack.py's quick load (16
   connections, signed bodies of ``--ack-sizes`` ids, <= 3,000 requests or 8 s after a warm-up).
 * ``backlog``: a fresh SQLite file gets ``N`` pending ``items.scanned`` events of one id each,
-  written with the store's own operation (``ops.insert_event``: the event row and its first
+  written with the store's own operation (``inbox.insert_event``: the event row and its first
   job, exactly as a webhook leaves them) in one transaction, before anything is timed. Then
   ``serve`` starts WITH its workers, pointed at a local ``dimmy-webhooks fake-api``
   (``--api-latency``, 50 ms by default; ``DIMMY_API_RATE_LIMIT=100000`` so that the workers are
@@ -204,7 +204,7 @@ def fill_backlog(db: BenchDB, n: int, ids: list[str], tag: str) -> float:
     (signed headers kept, the event row and its ``event`` job), committed at once."""
     from dimmy_webhooks.models import ITEMS_SCANNED, IncomingEvent
     from dimmy_webhooks.signatures import parse_secrets, signed_headers
-    from dimmy_webhooks.store import ops
+    from dimmy_webhooks.store import inbox
     from dimmy_webhooks.store.sqlite import SQLiteTx, connect
 
     assert db.path is not None
@@ -231,7 +231,7 @@ def fill_backlog(db: BenchDB, n: int, ids: list[str], tag: str) -> float:
                 received_at=time.time(),
                 item_count=1,
             )
-            ops.insert_event(tx, event, 8)
+            inbox.insert_event(tx, event, 8)
         conn.execute("COMMIT")
     finally:
         conn.close()

@@ -19,7 +19,7 @@ from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.observe.alerts import AlertPolicy, HttpPoster, Notifier, conditions
 from dimmy_webhooks.observe.overview import Destination, Overview
-from dimmy_webhooks.store.ops import OperatorCounts, QueueDepth
+from dimmy_webhooks.store import OperatorCounts, QueueDepth
 from dimmy_webhooks.web import create_app
 
 from .helpers import API_KEY, make_settings, signed, wait_until

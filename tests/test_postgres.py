@@ -31,8 +31,9 @@ from dimmy_webhooks.models import (
     SaveResult,
     StoredItem,
 )
-from dimmy_webhooks.store import Lease, create_store, ops, schema
-from dimmy_webhooks.store.postgres import CHANNEL, PostgresStore, _PostgresTx, to_pyformat
+from dimmy_webhooks.store import Lease, create_store, ops, queue, schema
+from dimmy_webhooks.store.postgres import CHANNEL, PostgresStore
+from dimmy_webhooks.store.postgres_sql import PostgresTx, to_pyformat
 
 pytestmark = pytest.mark.postgres
 
@@ -177,14 +178,16 @@ async def test_finishing_an_events_last_jobs_at_once_completes_it(
     await pg.expand_event(event_job, ["a", "b"], T0)
     job_a, job_b = await pg.claim("w", 10, LEASE, T0)
     with psycopg.connect(pg_url) as conn_a, psycopg.connect(pg_url) as conn_b:
-        ops.finish(_PostgresTx(psycopg.ClientCursor(conn_a, row_factory=dict_row)), job_a, T0, None)
+        queue.finish(
+            PostgresTx(psycopg.ClientCursor(conn_a, row_factory=dict_row)), job_a, T0, None
+        )
         pid_b = conn_b.info.backend_pid
         failure: list[BaseException] = []
 
         def finish_b() -> None:
             try:
-                tx = _PostgresTx(psycopg.ClientCursor(conn_b, row_factory=dict_row))
-                ops.finish(tx, job_b, T0, None)
+                tx = PostgresTx(psycopg.ClientCursor(conn_b, row_factory=dict_row))
+                queue.finish(tx, job_b, T0, None)
                 conn_b.commit()
             except BaseException as exc:
                 failure.append(exc)

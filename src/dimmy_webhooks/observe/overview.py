@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from dimmy_webhooks.items import format_timestamp
-from dimmy_webhooks.store.ops import OperatorCounts
+from dimmy_webhooks.store import OperatorCounts
 
 if TYPE_CHECKING:
     from dimmy_webhooks.observe.metrics import Metrics

@@ -1,11 +1,27 @@
-"""The store: inbox, work queue and item store behind one interface (:class:`.base.Store`)."""
+"""The store: the inbox, the work queue, the item store, the delivery ledger and the operator's
+read models, behind one interface (:class:`.base.Store`, the union of five seams).
+
+Outside code imports what it needs from here, never from the modules below: the interface and
+its seams, :func:`create_store`, and the records the seams answer with.
+
+May import: the shared root modules (``errors``, ``models``, ``items``) and
+:mod:`dimmy_webhooks.config`. Never a stage that uses the store.
+"""
 
 from __future__ import annotations
 
 from dimmy_webhooks.config import postgres_driver_missing
 from dimmy_webhooks.errors import ConfigError
 from dimmy_webhooks.models import Lease, QueueStats, ReplayMode, SaveResult
-from dimmy_webhooks.store.base import Store
+from dimmy_webhooks.store.base import Inbox, Items, Ledger, Queue, Reports, Store
+from dimmy_webhooks.store.reports import (
+    EventWork,
+    ItemFilter,
+    ItemRevision,
+    JobRow,
+    OperatorCounts,
+    QueueDepth,
+)
 from dimmy_webhooks.store.sqlite import SQLiteStore
 
 
@@ -27,9 +43,20 @@ def create_store(database_url: str, *, max_attempts: int = 8) -> Store:
 
 
 __all__ = [
+    "EventWork",
+    "Inbox",
+    "ItemFilter",
+    "ItemRevision",
+    "Items",
+    "JobRow",
     "Lease",
+    "Ledger",
+    "OperatorCounts",
+    "Queue",
+    "QueueDepth",
     "QueueStats",
     "ReplayMode",
+    "Reports",
     "SQLiteStore",
     "SaveResult",
     "Store",

@@ -24,186 +24,39 @@ import contextlib
 import functools
 import logging
 import random
-import re
 import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import psycopg
-import psycopg.errors
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from dimmy_webhooks.errors import ConfigError, LeaseLost, StoreError, StoreUnavailable
 from dimmy_webhooks.models import UNKNOWN, IncomingEvent, InsertOutcome
-from dimmy_webhooks.store import ops, sql
+from dimmy_webhooks.store import inbox, ops
 from dimmy_webhooks.store.base import Due, Store, settled
 from dimmy_webhooks.store.batching import GroupCommit, Outcome
+from dimmy_webhooks.store.postgres_conn import (
+    APPLICATION_NAME,
+    CHANNEL,
+    RETRYABLE,
+    UNAVAILABLE,
+    Listener,
+    describe,
+    reason,
+)
+from dimmy_webhooks.store.postgres_sql import SQL, PostgresTx, to_pyformat
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-APPLICATION_NAME = "dimmy-webhooks"
-CHANNEL = "dimmy_jobs"
-"""The ``LISTEN/NOTIFY`` channel announcing due work (per database)."""
-
 _MIN_SERVER_VERSION = 120000  # AS MATERIALIZED (12+)
 _DEADLOCK_RETRIES = 3
-_LISTEN_CHECK_SECONDS = 5.0  # how often the idle listener checks that its connection lives
 
-# PostgreSQL versions of the blocks whose portable form is not right under concurrency -------
-
-_CLAIM = f"""
-    WITH work AS MATERIALIZED ({sql.WORK_DUE} FOR UPDATE OF j SKIP LOCKED),
-    deliveries AS MATERIALIZED ({sql.DELIVERIES_DUE} FOR UPDATE OF j SKIP LOCKED),
-    due AS (SELECT id FROM (SELECT * FROM work UNION ALL SELECT * FROM deliveries) AS candidates
-            ORDER BY {sql.FAIR} LIMIT :limit)
-    UPDATE jobs SET status = 'running', lease_owner = :owner, lease_token = :token,
-        lease_expires_at = :expires, attempts = attempts + 1, updated_at = :now
-    WHERE id IN (SELECT id FROM due)
-    RETURNING {sql.JOB_COLUMNS}"""
-"""Rows another transaction holds (being claimed, reaped, finished) are skipped, not waited for;
-the CTEs are materialised so each locked set is computed exactly once; candidates locked but
-not chosen are free again when the claim commits."""
-
-_REAP = f"""
-    WITH expired AS MATERIALIZED (
-        SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < :now
-        FOR UPDATE SKIP LOCKED)
-    UPDATE jobs SET
-        status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
-        last_error = 'lease expired: the worker stopped or was killed',
-        run_at = :now, updated_at = :now, {sql.RELEASED}
-    WHERE id IN (SELECT id FROM expired) AND status = 'running'
-    RETURNING event_id, status"""
-"""Two workers reaping at once take disjoint rows and never wait on each other (a plain
-``UPDATE`` would serialise them on the row locks and could deadlock on many rows)."""
-
-_HEARTBEAT = """
-    UPDATE jobs SET lease_expires_at = :expires
-    WHERE id IN (SELECT id FROM jobs WHERE lease_owner = :owner AND status = 'running'
-                 FOR UPDATE SKIP LOCKED)
-      AND status = 'running'"""
-"""A lease that a batch of this worker is finishing right now is skipped, not waited for: the
-batch holds several of the owner's job rows, so waiting could deadlock (the heartbeat takes
-them in scan order, the batch in the order its jobs finished). The skipped job is done or
-failed by that batch, or its lease is extended by the next heartbeat, a third of a lease
-later."""
-
-_REFRESH_EVENT = (
-    "SELECT 1 FROM events WHERE id = :id FOR UPDATE;\n" + sql.SQL["refresh_event"].strip()
-)
-"""Lock the event row first, in its own statement, so the ``UPDATE`` that follows takes its
-snapshot after any concurrent finisher of the same event committed. Otherwise two workers
-finishing an event's last two jobs at once each see the other's job still running (READ
-COMMITTED snapshot of the ``EXISTS``) and the event stays ``processing`` for ever. Run as one
-multi-statement string (client-side binding allows it)."""
-
-
-def _derive(name: str, old: str, new: str) -> str:
-    text = sql.SQL[name]
-    if old not in text:  # ops.py changed: fail at import, loudly, rather than diverge quietly
-        raise RuntimeError(f"postgres: cannot adapt SQL block {name!r}: {old!r} not found")
-    return text.replace(old, new)
-
-
-_OVERRIDES = {
-    "claim": _CLAIM,
-    "reap": _REAP,
-    "heartbeat": _HEARTBEAT,
-    "refresh_event": _REFRESH_EVENT,
-    # "newer updated_at wins" compares ISO text bytewise as SQLite does, whatever the
-    # database's collation (en_US ignores punctuation in its first pass)
-    **{
-        name: _derive(
-            name,
-            "excluded.updated_at > items.updated_at",
-            'excluded.updated_at COLLATE "C" > items.updated_at',
-        )
-        for name in ("upsert_item", "upsert_polled_item")
-    },
-}
-
-_TOKEN = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|::|%|:([A-Za-z_][A-Za-z0-9_]*)""")
-
-
-def to_pyformat(sql: str) -> str:
-    """``:name`` parameters as psycopg's ``%(name)s``; ``::`` casts, quoted text and ``%`` kept."""
-
-    def replace(match: re.Match[str]) -> str:
-        token = match.group(0)
-        if match.group(1) is not None:
-            return f"%({match.group(1)})s"
-        return token.replace("%", "%%")
-
-    return _TOKEN.sub(replace, sql)
-
-
-SQL: dict[str, str] = {name: to_pyformat(text) for name, text in {**sql.SQL, **_OVERRIDES}.items()}
-"""Every block of :data:`sql.SQL` in psycopg's parameter style, PostgreSQL overrides applied."""
-
-
-class _PostgresTx:
-    """:class:`ops.Tx` over a cursor of a connection inside a transaction.
-
-    Client-side binding (:class:`psycopg.ClientCursor`): values are merged as literals, so
-    ``(:since IS NULL OR ...)`` works with ``None`` and a block may hold several statements.
-    """
-
-    def __init__(self, cursor: psycopg.ClientCursor[DictRow]) -> None:
-        self.cursor = cursor
-        self.deferred: ops.Deferred | None = None
-        """Set while a job batch runs: its event-row writes wait for the batch's end."""
-
-    def sql(self, name: str) -> str:
-        return SQL[name]
-
-    def all(self, sql: str, params: Mapping[str, Any] | None = None) -> list[ops.Row]:
-        self.cursor.execute(sql, params or {})
-        if self.cursor.description is None:
-            return []
-        rows: list[ops.Row] = list(self.cursor.fetchall())
-        return rows
-
-    def run(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
-        self.cursor.execute(sql, params or {})
-        return self.cursor.rowcount
-
-    def many(self, sql: str, params: Sequence[Mapping[str, Any]]) -> None:
-        self.cursor.executemany(sql, params)
-
-
-def describe(database_url: str) -> tuple[str, str | None]:
-    """``host:port/dbname`` for messages (never the password), and the password to redact."""
-    try:
-        params = conninfo_to_dict(database_url)
-    except psycopg.Error as exc:
-        raise ConfigError("DIMMY_DATABASE_URL is not a valid PostgreSQL URL") from exc
-    host = params.get("host") or params.get("hostaddr") or "(default host)"
-    port = params.get("port") or "5432"
-    dbname = params.get("dbname") or params.get("user") or "(default database)"
-    password = params.get("password")
-    return f"{host}:{port}/{dbname}", None if password in (None, "") else str(password)
-
-
-def reason(exc: BaseException, password: str | None) -> str:
-    """A driver error as one line, ``password`` (when given) replaced by ``***``."""
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    text = text or exc.__class__.__name__
-    return text.replace(password, "***") if password else text
-
-
-_UNAVAILABLE: tuple[type[Exception], ...] = (
-    psycopg.OperationalError,  # connection lost, pool timeout/closed, deadlock, query canceled
-    psycopg.InterfaceError,  # the connection is closed
-    psycopg.errors.ReadOnlySqlTransaction,  # a standby after a failover
-)
-_RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
-_BATCH_FAILS: tuple[type[Exception], ...] = (*_RETRYABLE, *_UNAVAILABLE)
+_BATCH_FAILS: tuple[type[Exception], ...] = (*RETRYABLE, *UNAVAILABLE)
 """What fails a whole batch of job writes, not only the operation it came from."""
 
 
@@ -213,76 +66,6 @@ class _Isolate(Exception):
 
 def _notify(result: tuple[Any, bool]) -> bool:
     return result[1]
-
-
-class _Listener:
-    """A thread holding one ``LISTEN`` connection; reconnects by itself, never raises."""
-
-    def __init__(
-        self,
-        conninfo: str,
-        kwargs: dict[str, Any],
-        on_notify: Callable[[], None],
-        connect_timeout: float,
-    ) -> None:
-        self.conninfo = conninfo
-        self.kwargs = kwargs
-        self.on_notify = on_notify
-        self.connect_timeout = connect_timeout
-        self.control = f"dimmy_stop_{uuid.uuid4().hex}"  # private channel to wake the thread
-        self.ready = threading.Event()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="dimmy-pg-listener", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self, poke: Callable[[str], None]) -> None:
-        self.stopping.set()
-        if self.ready.is_set():
-            try:
-                poke(self.control)  # ends the listener's wait at once
-            except Exception as exc:  # the wait ends by itself within _LISTEN_CHECK_SECONDS
-                log.debug("could not wake the listener: %s", exc)
-        self.thread.join(timeout=self.connect_timeout + _LISTEN_CHECK_SECONDS + 1)
-
-    def _run(self) -> None:
-        delay = 0.1
-        connected_before = False
-        failing = False
-        while not self.stopping.is_set():
-            try:
-                with psycopg.connect(self.conninfo, autocommit=True, **self.kwargs) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    conn.execute(f"LISTEN {self.control}")
-                    self.ready.set()
-                    if connected_before or failing:
-                        log.info("listening for %s again", CHANNEL)
-                        self.on_notify()  # announcements may have been missed meanwhile
-                    connected_before, failing, delay = True, False, 0.1
-                    self._listen(conn)
-            except psycopg.Error as exc:
-                self.ready.clear()
-                if not self.stopping.is_set():
-                    level = logging.DEBUG if failing else logging.WARNING
-                    log.log(level, "LISTEN %s failed, reconnecting: %s", CHANNEL, reason(exc, None))
-                failing = True
-            except Exception:  # never let the thread die: the hint must come back
-                self.ready.clear()
-                log.exception("LISTEN %s: unexpected error", CHANNEL)
-                failing = True
-            self.stopping.wait(delay)
-            delay = min(delay * 2, 5.0)
-        self.ready.clear()
-
-    def _listen(self, conn: psycopg.Connection[Any]) -> None:
-        while not self.stopping.is_set():
-            for note in conn.notifies(timeout=_LISTEN_CHECK_SECONDS):
-                if self.stopping.is_set():
-                    return
-                if note.channel == CHANNEL:
-                    self.on_notify()
-            conn.execute("SELECT 1")  # a dead connection fails here and is replaced
 
 
 _INBOX_LANE = 2
@@ -329,7 +112,7 @@ class PostgresStore(Store):
             "keepalives_count": 3,
         }
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
         self._inbox: GroupCommit[Callable[[ops.Tx], Any]] | None = None
         self._jobs: GroupCommit[JobWrite] | None = None
         self.job_threads = max(1, job_threads)
@@ -380,14 +163,14 @@ class PostgresStore(Store):
         except psycopg.Error as exc:
             pool.close()
             raise self._unavailable(exc) from exc
-        listener = _Listener(self.database_url, self._kwargs, self._notified, self.connect_timeout)
+        listener = Listener(self.database_url, self._kwargs, self._notified, self.connect_timeout)
         listener.start()
         # not fatal: without the listener workers still poll; it keeps trying by itself
         if not listener.ready.wait(self.connect_timeout):
             log.warning("LISTEN %s not established yet; workers poll meanwhile", CHANNEL)
         self._pool, self._listener = pool, listener
 
-    def _close_sync(self, pool: ConnectionPool[Any] | None, listener: _Listener | None) -> None:
+    def _close_sync(self, pool: ConnectionPool[Any] | None, listener: Listener | None) -> None:
         if listener is not None:
 
             def poke(channel: str) -> None:
@@ -436,16 +219,16 @@ class PostgresStore(Store):
         for attempt in range(1, _DEADLOCK_RETRIES + 1):
             try:
                 with pool.connection() as conn, conn.transaction():
-                    result = op(_PostgresTx(psycopg.ClientCursor(conn, row_factory=dict_row)))
+                    result = op(PostgresTx(psycopg.ClientCursor(conn, row_factory=dict_row)))
                     if notify is not None and notify(result):
                         conn.execute(f"NOTIFY {CHANNEL}")  # delivered on commit
                 return result
-            except _RETRYABLE as exc:  # rolled back entirely: safe to run again
+            except RETRYABLE as exc:  # rolled back entirely: safe to run again
                 if attempt == _DEADLOCK_RETRIES:
                     raise StoreUnavailable(f"postgresql: {reason(exc, self._password)}") from exc
                 log.debug("postgresql: %s; retrying", exc.__class__.__name__)
                 time.sleep(random.uniform(0.01, 0.05) * attempt)
-            except _UNAVAILABLE as exc:
+            except UNAVAILABLE as exc:
                 raise StoreUnavailable(f"postgresql: {reason(exc, self._password)}") from exc
             except psycopg.Error as exc:
                 raise StoreError(f"postgresql: {reason(exc, self._password)}") from exc
@@ -508,7 +291,7 @@ class PostgresStore(Store):
     def _job_batch(
         self, batch: Sequence[JobWrite], savepoints: bool, tx: ops.Tx
     ) -> tuple[list[Outcome], bool]:
-        assert isinstance(tx, _PostgresTx)
+        assert isinstance(tx, PostgresTx)
         conn = tx.cursor.connection
         outcomes: list[Outcome | None] = [None] * len(batch)
         deferred = ops.Deferred()
@@ -613,10 +396,22 @@ class PostgresStore(Store):
             raise StoreUnavailable("store is closed")
 
         def insert(tx: ops.Tx) -> tuple[InsertOutcome, bool]:
-            outcome = ops.insert_event(tx, event, self.max_attempts)
+            outcome = inbox.insert_event(tx, event, self.max_attempts)
             if outcome is InsertOutcome.ACCEPTED:
                 return outcome, event.event_type != UNKNOWN
             return outcome, outcome is InsertOutcome.REQUEUED
 
         result: tuple[InsertOutcome, bool] = await settled(self._inbox.submit(insert))
         return result[0]
+
+
+__all__ = [
+    "APPLICATION_NAME",
+    "CHANNEL",
+    "SQL",
+    "PostgresStore",
+    "PostgresTx",
+    "describe",
+    "reason",
+    "to_pyformat",
+]

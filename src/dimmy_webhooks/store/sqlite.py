@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from dimmy_webhooks.errors import ConfigError, StoreUnavailable
 from dimmy_webhooks.models import IncomingEvent, InsertOutcome
-from dimmy_webhooks.store import ops, sql
+from dimmy_webhooks.store import inbox, ops, sql
 from dimmy_webhooks.store.base import Due, Store, settled
 from dimmy_webhooks.store.batching import GroupCommit, Outcome
 
@@ -222,5 +222,5 @@ class SQLiteStore(Store):
 
     async def insert_event(self, event: IncomingEvent) -> InsertOutcome:
         return await self._submit(
-            lambda tx: ops.insert_event(tx, event, self.max_attempts), savepoint=False
+            lambda tx: inbox.insert_event(tx, event, self.max_attempts), savepoint=False
         )

@@ -26,7 +26,7 @@ from dimmy_webhooks.items import api_fields, to_api_json
 from dimmy_webhooks.models import StoredItem
 from dimmy_webhooks.observe.overview import take_overview
 from dimmy_webhooks.services import Services
-from dimmy_webhooks.store.ops import ItemFilter
+from dimmy_webhooks.store import ItemFilter
 from dimmy_webhooks.web.api import (
     _NOT_FOUND,
     _ROW_ID,

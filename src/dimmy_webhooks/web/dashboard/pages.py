@@ -20,7 +20,7 @@ from dimmy_webhooks.items import format_timestamp
 from dimmy_webhooks.models import ITEM_ID_PATTERN, StoredItem
 from dimmy_webhooks.observe.overview import take_overview
 from dimmy_webhooks.services import Services
-from dimmy_webhooks.store.ops import ItemFilter
+from dimmy_webhooks.store import ItemFilter
 from dimmy_webhooks.web.auth import TokenCheck, retry_after_header
 from dimmy_webhooks.web.dashboard.render import http_url, render
 from dimmy_webhooks.web.dashboard.sessions import (

@@ -1,0 +1,138 @@
+"""PostgreSQL's dialect of the store's SQL, and the transaction the operations run on.
+
+Every block of :data:`.sql.SQL` is taken as it is, in psycopg's parameter style, except the few
+whose portable form is not right under concurrency: those are overridden here, and an override
+derived from a base block fails at import if that block drifted (:func:`_derive`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import DictRow
+
+from dimmy_webhooks.store import ops, sql
+
+# PostgreSQL versions of the blocks whose portable form is not right under concurrency -------
+
+_CLAIM = f"""
+    WITH work AS MATERIALIZED ({sql.WORK_DUE} FOR UPDATE OF j SKIP LOCKED),
+    deliveries AS MATERIALIZED ({sql.DELIVERIES_DUE} FOR UPDATE OF j SKIP LOCKED),
+    due AS (SELECT id FROM (SELECT * FROM work UNION ALL SELECT * FROM deliveries) AS candidates
+            ORDER BY {sql.FAIR} LIMIT :limit)
+    UPDATE jobs SET status = 'running', lease_owner = :owner, lease_token = :token,
+        lease_expires_at = :expires, attempts = attempts + 1, updated_at = :now
+    WHERE id IN (SELECT id FROM due)
+    RETURNING {sql.JOB_COLUMNS}"""
+"""Rows another transaction holds (being claimed, reaped, finished) are skipped, not waited for;
+the CTEs are materialised so each locked set is computed exactly once; candidates locked but
+not chosen are free again when the claim commits."""
+
+_REAP = f"""
+    WITH expired AS MATERIALIZED (
+        SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < :now
+        FOR UPDATE SKIP LOCKED)
+    UPDATE jobs SET
+        status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'pending' END,
+        last_error = 'lease expired: the worker stopped or was killed',
+        run_at = :now, updated_at = :now, {sql.RELEASED}
+    WHERE id IN (SELECT id FROM expired) AND status = 'running'
+    RETURNING event_id, status"""
+"""Two workers reaping at once take disjoint rows and never wait on each other (a plain
+``UPDATE`` would serialise them on the row locks and could deadlock on many rows)."""
+
+_HEARTBEAT = """
+    UPDATE jobs SET lease_expires_at = :expires
+    WHERE id IN (SELECT id FROM jobs WHERE lease_owner = :owner AND status = 'running'
+                 FOR UPDATE SKIP LOCKED)
+      AND status = 'running'"""
+"""A lease that a batch of this worker is finishing right now is skipped, not waited for: the
+batch holds several of the owner's job rows, so waiting could deadlock (the heartbeat takes
+them in scan order, the batch in the order its jobs finished). The skipped job is done or
+failed by that batch, or its lease is extended by the next heartbeat, a third of a lease
+later."""
+
+_REFRESH_EVENT = (
+    "SELECT 1 FROM events WHERE id = :id FOR UPDATE;\n" + sql.SQL["refresh_event"].strip()
+)
+"""Lock the event row first, in its own statement, so the ``UPDATE`` that follows takes its
+snapshot after any concurrent finisher of the same event committed. Otherwise two workers
+finishing an event's last two jobs at once each see the other's job still running (READ
+COMMITTED snapshot of the ``EXISTS``) and the event stays ``processing`` for ever. Run as one
+multi-statement string (client-side binding allows it)."""
+
+
+def _derive(name: str, old: str, new: str) -> str:
+    text = sql.SQL[name]
+    if old not in text:  # ops.py changed: fail at import, loudly, rather than diverge quietly
+        raise RuntimeError(f"postgres: cannot adapt SQL block {name!r}: {old!r} not found")
+    return text.replace(old, new)
+
+
+_OVERRIDES = {
+    "claim": _CLAIM,
+    "reap": _REAP,
+    "heartbeat": _HEARTBEAT,
+    "refresh_event": _REFRESH_EVENT,
+    # "newer updated_at wins" compares ISO text bytewise as SQLite does, whatever the
+    # database's collation (en_US ignores punctuation in its first pass)
+    **{
+        name: _derive(
+            name,
+            "excluded.updated_at > items.updated_at",
+            'excluded.updated_at COLLATE "C" > items.updated_at',
+        )
+        for name in ("upsert_item", "upsert_polled_item")
+    },
+}
+
+_TOKEN = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|::|%|:([A-Za-z_][A-Za-z0-9_]*)""")
+
+
+def to_pyformat(sql: str) -> str:
+    """``:name`` parameters as psycopg's ``%(name)s``; ``::`` casts, quoted text and ``%`` kept."""
+
+    def replace(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if match.group(1) is not None:
+            return f"%({match.group(1)})s"
+        return token.replace("%", "%%")
+
+    return _TOKEN.sub(replace, sql)
+
+
+SQL: dict[str, str] = {name: to_pyformat(text) for name, text in {**sql.SQL, **_OVERRIDES}.items()}
+"""Every block of :data:`sql.SQL` in psycopg's parameter style, PostgreSQL overrides applied."""
+
+
+class PostgresTx:
+    """:class:`ops.Tx` over a cursor of a connection inside a transaction.
+
+    Client-side binding (:class:`psycopg.ClientCursor`): values are merged as literals, so
+    ``(:since IS NULL OR ...)`` works with ``None`` and a block may hold several statements.
+    """
+
+    def __init__(self, cursor: psycopg.ClientCursor[DictRow]) -> None:
+        self.cursor = cursor
+        self.deferred: ops.Deferred | None = None
+        """Set while a job batch runs: its event-row writes wait for the batch's end."""
+
+    def sql(self, name: str) -> str:
+        return SQL[name]
+
+    def all(self, sql: str, params: Mapping[str, Any] | None = None) -> list[ops.Row]:
+        self.cursor.execute(sql, params or {})
+        if self.cursor.description is None:
+            return []
+        rows: list[ops.Row] = list(self.cursor.fetchall())
+        return rows
+
+    def run(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        self.cursor.execute(sql, params or {})
+        return self.cursor.rowcount
+
+    def many(self, sql: str, params: Sequence[Mapping[str, Any]]) -> None:
+        self.cursor.executemany(sql, params)

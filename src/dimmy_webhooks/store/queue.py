@@ -1,0 +1,318 @@
+"""The work queue: jobs leased to workers, their outcomes, and the replays that queue them again.
+
+Work moves ``pending -> running -> done | dead``; a ``running`` job whose lease expired is due
+again (its worker died) and counts the lost attempt. :class:`Queue` is the seam the worker, the
+poller's yielding and the replay commands need; the operations below it run inside a
+transaction the backend opened (:mod:`.ops`).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import uuid
+from collections.abc import Sequence
+
+from dimmy_webhooks.errors import LeaseLost
+from dimmy_webhooks.models import DeliveryAttempt, Job, JobKind, Lane, QueueStats, ReplayMode
+from dimmy_webhooks.store import ops
+from dimmy_webhooks.store.ledger import record_attempt
+from dimmy_webhooks.store.ops import Attempts, Tx
+
+
+class Queue(ops.Transactions):
+    """What the worker and the replays need from the work queue."""
+
+    @abc.abstractmethod
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when new work may be due (a hint from another process) or after ``timeout``.
+
+        Never raises; a missed hint only costs the worker's next poll.
+        """
+
+    async def claim(self, owner: str, limit: int, lease_seconds: float, now: float) -> list[Job]:
+        """Lease up to ``limit`` due jobs to ``owner``; expired leases are due again."""
+        return await self._write(lambda tx: claim(tx, owner, limit, lease_seconds, now))
+
+    async def heartbeat(self, owner: str, lease_seconds: float, now: float) -> int:
+        """Extend every lease ``owner`` still holds; returns how many."""
+        return await self._write(
+            lambda tx: tx.run(tx.sql("heartbeat"), {"owner": owner, "expires": now + lease_seconds})
+        )
+
+    async def expand_event(
+        self, job: Job, item_ids: Sequence[str], now: float, note: str | None = None
+    ) -> None:
+        """Finish an ``event`` job by queueing one fetch per item id (idempotent); ``note``
+        (ids that were refused) is kept on the job and as the event's ``last_error``."""
+        await self._write_job(
+            lambda tx: expand_event(tx, job, item_ids, self.max_attempts, now, note),
+            lambda _: bool(item_ids),
+        )
+
+    async def finish(
+        self,
+        job: Job,
+        now: float,
+        note: str | None = None,
+        attempt: DeliveryAttempt | None = None,
+    ) -> None:
+        """Mark a job done (lease-checked); a delivery's ``attempt`` goes into the ledger in the
+        same transaction."""
+        await self._write_job(lambda tx: finish(tx, job, now, note, attempt), item=job.item_id)
+
+    async def fail(
+        self,
+        job: Job,
+        reason: str,
+        retry_at: float | None,
+        now: float,
+        attempt: DeliveryAttempt | None = None,
+    ) -> bool:
+        """Reschedule at ``retry_at``, or mark dead when ``None`` or out of attempts; a
+        delivery's ``attempt`` goes into the ledger (``failed`` or ``dead``) in the same
+        transaction. Returns ``True`` when the job is now dead.
+        """
+        return await self._write_job(
+            lambda tx: fail(tx, job, reason, retry_at, now, attempt),
+            lambda dead: not dead and retry_at is not None and retry_at <= now,
+            item=job.item_id,
+        )
+
+    async def postpone(self, job: Job, reason: str, retry_at: float, now: float) -> None:
+        """Put a job back without counting the attempt (configuration error, shutdown)."""
+        await self._write_job(
+            lambda tx: postpone(tx, job, reason, retry_at, now),
+            lambda _: retry_at <= now,
+            item=job.item_id,
+        )
+
+    async def release(self, owner: str, now: float) -> int:
+        """Give back every job ``owner`` holds, uncounted (graceful stop)."""
+        return await self._write(
+            lambda tx: tx.run(tx.sql("release"), {"owner": owner, "now": now}), lambda n: n > 0
+        )
+
+    async def stats(self, now: float) -> QueueStats:
+        """Events and jobs by status, items stored, the oldest pending job's age."""
+        return await self._read(lambda tx: stats(tx, now))
+
+    async def due_work(self, now: float) -> int:
+        """Jobs running or due now (not those waiting for a later retry)."""
+        return int((await self._rows("due_work", {"now": now}))[0]["n"])
+
+    async def live_fetch_due(self, now: float) -> bool:
+        """Whether a fetch a webhook asked for is waiting to run (bulk reads give way to it)."""
+        return bool(await self._rows("live_fetch_due", {"now": now}))
+
+    # replay ------------------------------------------------------------------------------------
+
+    async def replay_event(
+        self, event_id: int, mode: ReplayMode, outputs: Sequence[str], now: float
+    ) -> int:
+        """Put an event's work back in the queue; returns the number of jobs queued.
+        ``LookupError`` when the event does not exist."""
+        return await self._write(
+            lambda tx: replay_event(tx, event_id, mode, outputs, self.job_attempts, now),
+            lambda n: n > 0,
+        )
+
+    async def replay_item(
+        self, item_id: str, mode: ReplayMode, outputs: Sequence[str], now: float
+    ) -> int:
+        """Fetch one item again, or deliver its stored version again (``LookupError`` when
+        redelivering an item that is not stored); returns the number of jobs queued."""
+        return await self._write(
+            lambda tx: replay_item(tx, item_id, mode, outputs, self.job_attempts, now),
+            lambda n: n > 0,
+        )
+
+    async def replay_dead(self, since: float, now: float) -> int:
+        """Put every job that died since ``since`` back in the queue."""
+        return await self._write(lambda tx: replay_dead(tx, since, now), lambda n: n > 0)
+
+
+def claim(tx: Tx, owner: str, limit: int, lease_seconds: float, now: float) -> list[Job]:
+    reaped = tx.all(tx.sql("reap"), {"now": now})
+    dead_events = {row["event_id"] for row in reaped if row["status"] == "dead"} - {None}
+    for event_id in dead_events:
+        reason = "out of attempts: its worker kept stopping or being killed while on it"
+        tx.run(tx.sql("event_error"), {"id": event_id, "reason": reason})
+    ops.refresh(tx, dead_events, now)
+    rows = tx.all(
+        tx.sql("claim"),
+        {
+            "owner": owner,
+            "token": uuid.uuid4().hex,
+            "expires": now + lease_seconds,
+            "now": now,
+            "limit": limit,
+        },
+    )
+    return sorted((ops.job(row) for row in rows), key=lambda job: job.id)
+
+
+def expand_event(
+    tx: Tx,
+    job: Job,
+    item_ids: Sequence[str],
+    max_attempts: int,
+    now: float,
+    note: str | None = None,
+) -> None:
+    ops.guard_finish(tx, job, now, note)
+    if note is not None:
+        ops.event_error(tx, job.event_id, note[:1000])
+    # The fetches are due as of the event's arrival, not the expansion: claims go by lane and
+    # position in the event first (sql.FAIR), then by due time, so among the first ids of a
+    # backlog of events the oldest events' go before the expansion of newer ones (else nothing
+    # reaches the warehouse until every event of the backlog has been expanded).
+    received = tx.all(tx.sql("event_received"), {"id": job.event_id})
+    run_at = min(now, received[0]["received_at"]) if received else now
+    rows = [
+        ops.job_row(
+            JobKind.FETCH,
+            max_attempts=max_attempts,
+            now=now,
+            event_id=job.event_id,
+            item_id=item_id,
+            dedupe_key=f"f:{job.event_id}:{item_id}",
+            run_at=run_at,
+            lane=job.lane,
+            seq=seq,
+        )
+        for seq, item_id in enumerate(dict.fromkeys(item_ids))
+    ]
+    ops.new_jobs(tx, rows)
+    ops.refresh(tx, [job.event_id], now)
+
+
+def finish(
+    tx: Tx, job: Job, now: float, note: str | None, attempt: DeliveryAttempt | None = None
+) -> None:
+    ops.guard_finish(tx, job, now, note)
+    if attempt is not None:
+        record_attempt(tx, job, attempt)
+    ops.refresh(tx, [job.event_id], now)
+
+
+def fail(
+    tx: Tx,
+    job: Job,
+    reason: str,
+    retry_at: float | None,
+    now: float,
+    attempt: DeliveryAttempt | None = None,
+) -> bool:
+    rows = tx.all(
+        tx.sql("fail"),
+        {
+            "id": job.id,
+            "token": job.lease_token,
+            "dead": retry_at is None,
+            "retry_at": now if retry_at is None else retry_at,
+            "reason": reason[:1000],
+            "now": now,
+        },
+    )
+    if not rows:
+        raise LeaseLost(f"job {job.id}: lease taken over, failure not recorded")
+    dead = bool(rows[0]["status"] == "dead")
+    if attempt is not None:
+        record_attempt(tx, job, dataclasses.replace(attempt, outcome="dead" if dead else "failed"))
+    if dead and job.event_id is not None:
+        ops.event_error(tx, job.event_id, reason[:1000])
+        ops.refresh(tx, [job.event_id], now)
+    return dead
+
+
+def postpone(tx: Tx, job: Job, reason: str, retry_at: float, now: float) -> None:
+    params = {
+        "id": job.id,
+        "token": job.lease_token,
+        "retry_at": retry_at,
+        "reason": reason[:1000],
+        "now": now,
+    }
+    if tx.run(tx.sql("postpone"), params) != 1:
+        raise LeaseLost(f"job {job.id}: lease taken over")
+
+
+def stats(tx: Tx, now: float) -> QueueStats:
+    events = {r["key"]: int(r["n"]) for r in tx.all(tx.sql("event_counts"))}
+    jobs = {r["key"]: int(r["n"]) for r in tx.all(tx.sql("job_counts"))}
+    items = int(tx.all(tx.sql("item_count"))[0]["n"])
+    oldest = tx.all(tx.sql("oldest_pending"))[0]["t"]
+    return QueueStats(
+        events=events,
+        jobs=jobs,
+        items=items,
+        oldest_pending_age=None if oldest is None else now - oldest,
+    )
+
+
+def replay_event(
+    tx: Tx,
+    event_id: int,
+    mode: ReplayMode,
+    outputs: Sequence[str],
+    max_attempts: Attempts,
+    now: float,
+) -> int:
+    if not tx.all(tx.sql("event_type"), {"id": event_id}):
+        raise LookupError(f"event {event_id} does not exist")
+    if mode is ReplayMode.REFETCH:
+        queued = tx.run(tx.sql("reset_event_jobs"), {"id": event_id, "now": now})
+    else:
+        rows = tx.all(tx.sql("event_items"), {"id": event_id})
+        jobs = [
+            job
+            for row in rows
+            for job in ops.deliveries(
+                row["id"],
+                row["version"],
+                row["revision"],
+                outputs,
+                event_id,
+                max_attempts,
+                now,
+                Lane.REPLAY,
+            )
+        ]
+        ops.new_jobs(tx, jobs, reset=True)
+        queued = len(jobs)
+    ops.refresh(tx, [event_id], now)
+    return queued
+
+
+def replay_item(
+    tx: Tx,
+    item_id: str,
+    mode: ReplayMode,
+    outputs: Sequence[str],
+    max_attempts: Attempts,
+    now: float,
+) -> int:
+    if mode is ReplayMode.REFETCH:
+        fetch = ops.job_row(
+            JobKind.FETCH,
+            max_attempts=max_attempts.default,
+            now=now,
+            item_id=item_id,
+            lane=Lane.REPLAY,
+        )
+        ops.new_jobs(tx, [fetch])
+        return 1
+    rows = tx.all(tx.sql("item_version"), {"id": item_id})
+    if not rows:
+        raise LookupError(f"item {item_id} is not stored")
+    version, revision = rows[0]["version"], rows[0]["revision"]
+    jobs = ops.deliveries(item_id, version, revision, outputs, None, max_attempts, now, Lane.REPLAY)
+    ops.new_jobs(tx, jobs, reset=True)
+    return len(jobs)
+
+
+def replay_dead(tx: Tx, since: float, now: float) -> int:
+    rows = tx.all(tx.sql("replay_dead"), {"since": since, "now": now})
+    ops.refresh(tx, (row["event_id"] for row in rows), now)
+    return len(rows)
