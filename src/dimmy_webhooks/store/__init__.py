@@ -1,11 +1,19 @@
 """The store: the inbox, the work queue, the item store, the delivery ledger and the operator's
 read models, behind one interface (:class:`.base.Store`, the union of five seams).
 
-Outside code imports what it needs from here, never from the modules below: the interface and
-its seams, :func:`create_store`, and the records the seams answer with.
+Where each part lives: the seams with their operations (:mod:`.inbox`, :mod:`.queue`,
+:mod:`.items`, :mod:`.ledger`, :mod:`.reports`), what they share and the transaction both
+backends implement (:mod:`.ops`), the SQL in named blocks (:mod:`.sql`), the backends
+(:mod:`.sqlite`; :mod:`.postgres` with its dialect :mod:`.postgres_sql` and connections
+:mod:`.postgres_conn`), their group commit (:mod:`.batching`), the schema and its migrations
+(:mod:`.schema`, ``migrations/``) and the move from SQLite to PostgreSQL (:mod:`.export`).
 
-May import: the shared root modules (``errors``, ``models``, ``items``) and
-:mod:`dimmy_webhooks.config`. Never a stage that uses the store.
+Outside code imports what it needs from here, never from the modules below (the schema, the
+backends and the export aside): the interface and its seams, :func:`create_store`, and the
+records the seams answer with.
+
+May import: the shared root modules (``errors``, ``models``) and :mod:`dimmy_webhooks.config`.
+Never a stage that uses the store.
 """
 
 from __future__ import annotations

@@ -16,10 +16,12 @@ whose lease was taken over changes nothing (:class:`LeaseLost`).
 from __future__ import annotations
 
 import abc
+import dataclasses
+import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dimmy_webhooks.errors import LeaseLost
 from dimmy_webhooks.models import (
@@ -32,7 +34,11 @@ from dimmy_webhooks.models import (
     StoredItem,
 )
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 T = TypeVar("T")
+R = TypeVar("R", bound="DataclassInstance")
 Row = Mapping[str, Any]
 Due = Callable[[T], bool]
 """Whether the result of a write says it queued work that is due now (someone may be woken)."""
@@ -267,86 +273,45 @@ def like_pattern(barcode: str) -> str:
     return "%" + json.dumps(escaped) + "%"
 
 
+def record(cls: type[R], row: Row, **given: Any) -> R:
+    """The record ``cls`` (a dataclass) from the columns of ``row`` named like its fields;
+    ``given`` are the fields converted or computed by the caller."""
+    columns = {name: row[name] for name in _field_names(cls) if name not in given}
+    return cls(**columns, **given)
+
+
+@functools.cache
+def _field_names(cls: type[DataclassInstance]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def job(row: Row) -> Job:
-    return Job(
+    return record(
+        Job,
+        row,
         id=int(row["id"]),
         kind=JobKind(row["kind"]),
-        event_id=row["event_id"],
-        item_id=row["item_id"],
-        output=row["output"],
-        version=row["version"],
         attempts=int(row["attempts"]),
         lease_token=str(row["lease_token"]),
-        revision=row["revision"],
         lane=Lane(row["lane"]),
         seq=int(row["seq"]),
     )
 
 
 def stored_item(row: Row) -> StoredItem:
-    fields = NormalisedItem(
-        id=row["id"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        owner_id=row["owner_id"],
-        scanner_account_id=row["scanner_account_id"],
-        flow_id=row["flow_id"],
-        width=row["width"],
-        height=row["height"],
-        depth=row["depth"],
-        dimension_unit=row["dimension_unit"],
-        volume=row["volume"],
-        volume_unit=row["volume_unit"],
-        weight=row["weight"],
-        weight_unit=row["weight_unit"],
-        dim_weight=row["dim_weight"],
-        billable_weight=row["billable_weight"],
-        barcode=row["barcode"],
+    fields = record(
+        NormalisedItem,
+        row,
         barcodes=tuple(json.loads(row["barcodes"])),
         photo_urls=tuple(json.loads(row["photo_urls"])),
     )
-    return StoredItem(
-        item=fields,
-        raw=row["raw"],
-        version=row["version"],
-        fetched_at=row["fetched_at"],
-        revision=int(row["revision"]),
-        hold_state=row["hold_state"],
-        hold_reason=row["hold_reason"],
-        hold_note=row["hold_note"],
-    )
+    return record(StoredItem, row, item=fields, revision=int(row["revision"]))
 
 
 def event_record(row: Row, jobs: dict[str, int] | None = None) -> EventRecord:
-    return EventRecord(
-        id=int(row["id"]),
-        message_id=row["message_id"],
-        event_type=row["event_type"],
-        status=row["status"],
-        received_at=row["received_at"],
-        item_count=row["item_count"],
-        last_error=row["last_error"],
-        jobs=jobs or {},
-    )
+    return record(EventRecord, row, id=int(row["id"]), jobs=jobs or {})
 
 
 def attempt(row: Row) -> DeliveryAttempt:
-    return DeliveryAttempt(
-        id=int(row["id"]),
-        job_id=int(row["job_id"]),
-        item_id=row["item_id"],
-        output=row["output"],
-        idempotency_key=row["idempotency_key"],
-        attempt=int(row["attempt"]),
-        started_at=row["started_at"],
-        outcome=row["outcome"],
-        revision=row["revision"],
-        version=row["version"],
-        latency_ms=row["latency_ms"],
-        status_code=row["status_code"],
-        error=row["error"],
-        response_excerpt=row["response_excerpt"],
-        record_id=row["record_id"],
-    )
+    ints = ("id", "job_id", "attempt")
+    return record(DeliveryAttempt, row, **{name: int(row[name]) for name in ints})

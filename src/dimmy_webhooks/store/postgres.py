@@ -1,17 +1,18 @@
 """PostgreSQL backend: a connection pool, group commits for hot writes, SKIP LOCKED claims.
 
-Many receivers and workers on many machines share one database. Every operation of
-:mod:`.ops` runs unchanged on a pooled connection: most as one transaction each in a thread of
-the store's own pool; webhook inserts, and a worker's writes about its jobs, in lanes of their
-own where the operations waiting share one transaction (:class:`.GroupCommit`). The commit
-(``synchronous_commit = on``) has returned before the caller is answered, and a caller
-cancelled during a write hears of it only once the write ended (:func:`.settled`).
-Claims lock the rows they take with ``FOR UPDATE SKIP LOCKED``, so concurrent workers never wait
-for each other and never take the same job.
+Many receivers and workers on many machines share one database. Every operation of the
+store's seams runs unchanged on a pooled connection, in the dialect of :mod:`.postgres_sql`:
+most as one transaction each in a thread of the store's own pool; webhook inserts, and a
+worker's writes about its jobs, in lanes of their own where the operations waiting share one
+transaction (:class:`.GroupCommit`). The commit (``synchronous_commit = on``) has returned
+before the caller is answered, and a caller cancelled during a write hears of it only once the
+write ended (:func:`.settled`). Claims lock the rows they take with ``FOR UPDATE SKIP
+LOCKED``, so concurrent workers never wait for each other and never take the same job.
 
 ``LISTEN/NOTIFY`` is a wake-up hint only: a transaction that made work due sends
-``NOTIFY dimmy_jobs`` (delivered on commit), and :meth:`PostgresStore.wait_for_work` returns early
-when one arrives. Workers poll anyway, so a lost notification costs one poll interval.
+``NOTIFY dimmy_jobs`` (delivered on commit), and :meth:`PostgresStore.wait_for_work` returns
+early when one arrives (the listener thread: :mod:`.postgres_conn`). Workers poll anyway, so a
+lost notification costs one poll interval.
 
 Driver exceptions never leave this module: connection trouble, timeouts and aborted
 transactions become :class:`StoreUnavailable` (retry later), anything else :class:`StoreError`.

@@ -67,7 +67,7 @@ multi-statement string (client-side binding allows it)."""
 
 def _derive(name: str, old: str, new: str) -> str:
     text = sql.SQL[name]
-    if old not in text:  # ops.py changed: fail at import, loudly, rather than diverge quietly
+    if old not in text:  # sql.py changed: fail at import, loudly, rather than diverge quietly
         raise RuntimeError(f"postgres: cannot adapt SQL block {name!r}: {old!r} not found")
     return text.replace(old, new)
 

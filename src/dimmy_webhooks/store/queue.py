@@ -202,7 +202,7 @@ def fail(
     reason: str,
     retry_at: float | None,
     now: float,
-    attempt: DeliveryAttempt | None = None,
+    attempt: DeliveryAttempt | None,
 ) -> bool:
     rows = tx.all(
         tx.sql("fail"),

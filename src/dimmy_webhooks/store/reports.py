@@ -176,19 +176,9 @@ def event_work(tx: Tx, event_id: int, limit: int) -> EventWork:
     if not rows:
         raise LookupError(f"event {event_id} does not exist")
     headers = json.loads(rows[0]["headers"])
+    ints = ("id", "attempts", "max_attempts")
     jobs = [
-        JobRow(
-            id=int(r["id"]),
-            kind=r["kind"],
-            item_id=r["item_id"],
-            output=r["output"],
-            status=r["status"],
-            attempts=int(r["attempts"]),
-            max_attempts=int(r["max_attempts"]),
-            run_at=r["run_at"],
-            last_error=r["last_error"],
-            updated_at=r["updated_at"],
-        )
+        ops.record(JobRow, r, **{name: int(r[name]) for name in ints})
         for r in tx.all(tx.sql("event_work"), {"id": event_id, "limit": limit})
     ]
     attempts = [
