@@ -9,7 +9,9 @@ Two shapes of limit, each built once and used by every stage that needs it:
   ``window`` seconds. A forward's rate limit (counted when a request's body has reached the
   connection, since the WMS counts what arrives) and the throttle of wrong admin tokens (counted
   when a guess failed) both use one. A pacer cannot do either: it decides before the event, and
-  these know the event's time only afterwards.
+  these know the event's time only afterwards. Nor can a window pace the client: it would let a
+  second's worth go in a bunch every window instead of spacing them, and its size cannot follow
+  a rate that moves at every answer.
 
 And what the other side asks: :func:`parse_retry_after` reads a ``Retry-After`` header, for the
 Dimmy client and the HTTP output alike.

@@ -5,8 +5,7 @@ and the worker's way in are in :mod:`.base`; ``console``, ``jsonl`` and ``python
 the ``DIMMY_OUTPUTS`` syntax in :mod:`.registry`; signed HTTP forwards to a WMS in :mod:`.http`.
 Import from here: this module is the stage's public face.
 
-May import: the shared root modules and :mod:`dimmy_webhooks.config` (never the store, the
-pipeline or the web layer).
+May import: the shared root modules and :mod:`dimmy_webhooks.config`; never store, pipeline, web.
 """
 
 from dimmy_webhooks.outputs.base import (
