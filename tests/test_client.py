@@ -25,11 +25,11 @@ from dimmy_webhooks.errors import (
     UpstreamAuthError,
     UpstreamError,
 )
+from dimmy_webhooks.ratelimit import parse_retry_after
 from dimmy_webhooks.upstream.client import (
     DEFAULT_429_PAUSE,
     DimmyClient,
     backoff_delay,
-    parse_retry_after,
 )
 
 from .helpers import FakeTime, reset_fake

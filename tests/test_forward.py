@@ -326,6 +326,32 @@ basic_auth = "user:pw"
             load_destinations(bad)
 
 
+def test_a_destinations_error_is_one_line_naming_file_destination_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    head = "[[destination]]\nurl = 'https://user:pw@wms.example/in'\n"
+    where = f"{bad}: destination #1 (http:https://wms.example/in)"
+    cases = {
+        "concurrency = 0\n": f"{where}: concurrency must be a number from 1 to 256",
+        "[destination.filter]\nowners = 'x'\n": f"{where}: filter.owners is a list of ids",
+        "[destination.filter]\nwho = 1\n": f"{where}: unknown filter key(s) ['who']; valid: [",
+        'headers = { X = "a\\nb" }\n': f"{where}: headers.X must be one line",
+        "basic_auth = 'nopass'\n": f"{where}: basic_auth is 'user:password'",
+        "[destination.fields]\ninclude = []\n": (
+            f"{where}: fields.include is a non-empty list of field names"
+        ),
+        "[destination.fields]\nrename = { nope = 'x' }\n": (
+            f"{where}: fields.rename: 'nope' is not an item field; fields: ["
+        ),
+        "timeout = 3\n": f"{bad}: destination #1: unknown key(s) ['timeout']; valid: [",
+    }
+    for text, message in cases.items():
+        bad.write_text(head + text)
+        with pytest.raises(ConfigError) as raised:
+            load_destinations(bad)
+        assert str(raised.value).startswith(message)
+        assert "\n" not in str(raised.value)
+
+
 def test_a_forward_needs_a_secret() -> None:
     with pytest.raises(ConfigError, match="DIMMY_FORWARD_SECRET"):
         HttpOutput(Destination(url="https://wms.example/x"), forward_secret=None)

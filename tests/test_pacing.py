@@ -21,6 +21,7 @@ from dimmy_webhooks.config import load_settings
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.errors import ConfigError, TransientUpstream
 from dimmy_webhooks.observe.overview import take_overview
+from dimmy_webhooks.ratelimit import SlidingWindow
 from dimmy_webhooks.services import RATE_STATE, Services
 from dimmy_webhooks.upstream.client import DimmyClient, RateMode
 from dimmy_webhooks.upstream.pacing import THROTTLE_CUT, AdaptiveRate
@@ -157,6 +158,51 @@ async def test_fixed_mode_keeps_its_rate_whatever_the_answers() -> None:
             with pytest.raises(TransientUpstream):
                 await client.get_item(ITEM_ID)
         assert client.rate_limit == 100
+
+
+@pytest.mark.parametrize("rate", [0.5, 20.0])
+async def test_fixed_mode_lets_a_second_of_requests_go_then_spaces_them(rate: float) -> None:
+    clock = FakeTime()
+    sent: list[float] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(clock.now)
+        return item_response()
+
+    async with DimmyClient(
+        "https://dimmy.test",
+        KEY,
+        transport=httpx.MockTransport(answer),
+        clock=clock.clock,
+        sleep=clock.sleep,
+        rate_limit=rate,
+        concurrency=1,
+    ) as client:
+        for _ in range(30):
+            await client.get_item(ITEM_ID)
+    burst = max(1, int(rate))
+    assert sent[:burst] == [sent[0]] * burst  # one second's worth at once (one at least)
+    gaps = [b - a for a, b in zip(sent[burst - 1 :], sent[burst:], strict=False)]
+    assert gaps == pytest.approx([1 / rate] * len(gaps))
+
+
+async def test_a_sliding_window_counts_events_from_when_they_are_settled() -> None:
+    now = [0.0]
+    window = SlidingWindow(2, 1.0, clock=lambda: now[0])
+    first = await window.turn()
+    await window.turn()
+    assert window.wait() == pytest.approx(1.0)
+    assert window.wait(ahead=2) == pytest.approx(2.0)  # two more waiting: one window more
+    third = asyncio.ensure_future(window.turn())
+    await asyncio.sleep(0)
+    assert not third.done()  # the oldest has not happened yet: its time is not known
+    now[0] = 0.4
+    first.settle(0.4)  # it happened later than it was let go: counted from then
+    assert window.wait() == pytest.approx(1.0)
+    now[0] = 1.4
+    await asyncio.wait_for(third, 1)
+    window.add(at=1.4)
+    assert window.wait() > 0
 
 
 # -- the rule alone ----------------------------------------------------------------------------

@@ -27,8 +27,7 @@ from dimmy_webhooks.errors import ConfigError, StoreError
 from dimmy_webhooks.failpoints import Failpoints
 from dimmy_webhooks.models import ReplayMode
 from dimmy_webhooks.observe.metrics import Metrics
-from dimmy_webhooks.outputs import Output, OutputContext, parse_outputs
-from dimmy_webhooks.outputs.http import HttpOutput, load_destinations
+from dimmy_webhooks.outputs import Output, OutputContext, load_destinations, parse_outputs
 from dimmy_webhooks.pipeline.poller import Poller, PollPolicy, Reconciliation, reconciliation
 from dimmy_webhooks.pipeline.validation import Intake
 from dimmy_webhooks.pipeline.worker import Worker, WorkerPolicy
@@ -171,7 +170,9 @@ class Services:
             metrics=Metrics(clock),
         )
         services.store.output_attempts = {
-            output.name: output.max_attempts for output in outputs if isinstance(output, HttpOutput)
+            output.name: output.max_attempts
+            for output in outputs
+            if output.max_attempts is not None
         }
         if run_workers:
             policy = worker_policy(settings)

@@ -9,10 +9,12 @@ default, description); ``docs/configuration.md`` lists them and ``.env.example``
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dimmy_webhooks.errors import ConfigError
@@ -497,11 +499,18 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
     try:
         return Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            name = "DIMMY_" + "_".join(str(part) for part in err["loc"]).upper()
-            lines.append(f"{name}: {err['msg']}")
+        lines = error_lines(exc, lambda err: "DIMMY_" + "_".join(map(str, err["loc"])).upper())
         raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+def error_lines(
+    exc: ValidationError,
+    name: Callable[[ErrorDetails], str],
+    message: Callable[[ErrorDetails], str] = lambda err: err["msg"],
+) -> list[str]:
+    """One line per error of ``exc``: ``<name>: <message>``, each read from the error (by
+    default pydantic's own message): what a person must change, and where."""
+    return [f"{name(err)}: {message(err)}" for err in exc.errors()]
 
 
 def require_loopback_or_token(settings: Settings, host: str) -> None:

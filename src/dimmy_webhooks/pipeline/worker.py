@@ -46,8 +46,13 @@ from dimmy_webhooks.models import (
     classify_event,
     valid_item_id,
 )
-from dimmy_webhooks.outputs import Output, deliver_within, idempotency_key
-from dimmy_webhooks.outputs.http import DeliveryFailed, DestinationPaused
+from dimmy_webhooks.outputs import (
+    DeliveryFailed,
+    DestinationPaused,
+    Output,
+    deliver_within,
+    idempotency_key,
+)
 from dimmy_webhooks.pipeline.validation import Intake
 from dimmy_webhooks.store import Lease, Store
 from dimmy_webhooks.upstream.client import DimmyClient, backoff_delay
@@ -431,7 +436,7 @@ class Worker:
             superseded = replace(attempt, outcome="superseded", error=why)
             await self.store.finish(job, self.clock(), note=why, attempt=superseded)
             return
-        timeout = getattr(output, "delivery_timeout", None) or self.policy.output_timeout_seconds
+        timeout = output.delivery_timeout or self.policy.output_timeout_seconds
         started = time.monotonic()
         try:
             receipt = await deliver_within(output, item, key, timeout)

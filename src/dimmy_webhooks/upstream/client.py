@@ -24,11 +24,9 @@ Reasons are short, name the method and path, include at most ~200 characters of 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import itertools
 import json
 import logging
-import math
 import random
 import ssl
 import time
@@ -41,11 +39,11 @@ from urllib.parse import urlsplit
 
 import certifi
 import httpx
-from aiolimiter import AsyncLimiter
 
 from dimmy_webhooks.errors import PermanentUpstream, TransientUpstream, UpstreamAuthError
 from dimmy_webhooks.models import nested_deeper_than, valid_item_id
-from dimmy_webhooks.upstream.pacing import AdaptiveRate, Pacer
+from dimmy_webhooks.ratelimit import Pacer, parse_retry_after
+from dimmy_webhooks.upstream.pacing import AdaptiveRate
 
 logger = logging.getLogger(__name__)
 
@@ -77,30 +75,6 @@ def backoff_delay(
     if retry_after is not None:
         result = max(result, retry_after)
     return result
-
-
-def parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """Seconds from ``now`` (Unix time) asked by a ``Retry-After`` header, or ``None``.
-
-    Accepts delta-seconds (``"2"``) and an HTTP-date (``"Wed, 21 Oct 2026 07:28:00 GMT"``); a date
-    in the past gives 0; anything unreadable gives ``None``.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            moment = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        seconds = moment.timestamp() - now
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def _user_agent() -> str:
@@ -216,14 +190,14 @@ class DimmyClient:
         self._next_pool = itertools.cycle(self._pools)
         self._semaphore = asyncio.Semaphore(concurrency)
         self._fixed_rate = rate_limit
-        self._limiter: AsyncLimiter | Pacer
         self.adaptive: AdaptiveRate | None = None
         if rate_mode == "adaptive":
             self.adaptive = AdaptiveRate(rate_limit, floor=rate_min, ceiling=rate_max, clock=clock)
             adaptive = self.adaptive
             self._limiter = Pacer(lambda: adaptive.rate, clock=clock, sleep=sleep)
-        else:
-            self._limiter = AsyncLimiter(rate_limit, 1)
+        else:  # bursts of up to one second's worth of requests, then rate_limit per second
+            burst = max(0.0, 1.0 - 1.0 / rate_limit)
+            self._limiter = Pacer(lambda: rate_limit, clock=clock, sleep=sleep, burst=burst)
         self._paused_until = 0.0
         self._live_waiting = 0  # get_item calls waiting for their turn
         self._live_idle = asyncio.Event()
@@ -426,7 +400,7 @@ class DimmyClient:
                 retry_after = min(retry_after, self._max_retry_after)
             pause = DEFAULT_429_PAUSE if retry_after is None else retry_after
             self._paused_until = max(self._paused_until, self._clock() + pause)
-            if self.adaptive is not None and isinstance(self._limiter, Pacer):
+            if self.adaptive is not None:
                 self._limiter.hold(self._paused_until)
                 self.adaptive.throttled(sent_at, self._paused_until)
             logger.warning("Dimmy API rate limit: holding requests for %.1f s", pause)

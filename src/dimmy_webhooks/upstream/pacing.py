@@ -1,8 +1,9 @@
 """How fast the Dimmy client may send: a fixed rate, or one learned from the API's answers.
 
 Dimmy does not document its rate limits. In ``DIMMY_API_RATE_MODE=adaptive`` the client paces its
-requests with a :class:`Pacer` whose rate an :class:`AdaptiveRate` controller moves by AIMD
-(additive increase, multiplicative decrease), the way TCP finds a link's capacity:
+requests with a :class:`~dimmy_webhooks.ratelimit.Pacer` whose rate an :class:`AdaptiveRate`
+controller moves by AIMD (additive increase, multiplicative decrease), the way TCP finds a link's
+capacity:
 
 - **slow start** (no learned rate yet): while answers are fast and the client uses the whole rate,
   the rate grows by half every :attr:`AdaptiveRate.window` seconds, until the first sign of
@@ -20,16 +21,15 @@ requests with a :class:`Pacer` whose rate an :class:`AdaptiveRate` controller mo
 The learned rate is meant to be kept (:meth:`AdaptiveRate.restore`, see ``services.py``), so a
 restart starts where the last run ended, in additive increase.
 
-Clocks and sleeps are injectable (monotonic seconds); nothing here does IO.
+The clock is injectable (monotonic seconds); nothing here does IO.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import statistics
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -174,37 +174,3 @@ class AdaptiveRate:
         self._sent = 0
         self._samples = []
         self._throttled = False
-
-
-class Pacer:
-    """Spaces requests at ``rate()`` per second (read at every turn, so it may change), with
-    bursts of at most ``burst`` seconds' worth; :meth:`hold` keeps everyone waiting until a time.
-
-    Turns are taken in arrival order (one waiter at a time measures the gap), on ``clock``.
-    """
-
-    def __init__(
-        self,
-        rate: Callable[[], float],
-        *,
-        clock: Callable[[], float],
-        sleep: Callable[[float], Awaitable[None]],
-        burst: float = 0.1,
-    ) -> None:
-        self._rate = rate
-        self._clock = clock
-        self._sleep = sleep
-        self._burst = burst
-        self._next = clock()  # the theoretical time of the next request (GCRA)
-        self._lock = asyncio.Lock()
-
-    def hold(self, until: float) -> None:
-        """No turn before ``until`` (a 429 pause), and no burst right after it."""
-        self._next = max(self._next, until + self._burst)
-
-    async def acquire(self) -> None:
-        """Wait for this caller's turn."""
-        async with self._lock:
-            while (wait := self._next - self._burst - self._clock()) > 0:
-                await self._sleep(wait)
-            self._next = max(self._next, self._clock()) + 1.0 / self._rate()

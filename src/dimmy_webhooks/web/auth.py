@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dimmy_webhooks.config import LOOPBACK_HOSTS, MIN_TOKEN_LENGTH, host_name
+from dimmy_webhooks.ratelimit import SlidingWindow
 
 log = logging.getLogger("dimmy_webhooks.web.auth")
 
@@ -60,29 +61,26 @@ class FailureThrottle:
         self.window = window
         self.max_clients = max_clients
         self._clock = clock
-        self._failures: collections.OrderedDict[str, list[float]] = collections.OrderedDict()
+        self._failures: collections.OrderedDict[str, SlidingWindow] = collections.OrderedDict()
 
     def retry_after(self, client: str) -> float | None:
         """Seconds ``client`` must wait before it is heard again, or ``None``."""
-        times = self._recent(client)
-        if len(times) < self.limit:
-            return None
-        return max(0.0, times[0] + self.window - self._clock())
+        failures = self._failures.get(client)
+        wait = failures.wait() if failures is not None else 0.0
+        return wait if wait > 0 else None
 
     def failed(self, client: str) -> None:
-        times = self._recent(client)
-        times.append(self._clock())
-        self._failures[client] = times
+        failures = self._failures.get(client)
+        if failures is None:
+            failures = SlidingWindow(self.limit, self.window, clock=self._clock)
+            self._failures[client] = failures
+        failures.add()
         self._failures.move_to_end(client)
         while len(self._failures) > self.max_clients:
             self._failures.popitem(last=False)
 
     def succeeded(self, client: str) -> None:
         self._failures.pop(client, None)
-
-    def _recent(self, client: str) -> list[float]:
-        horizon = self._clock() - self.window
-        return [t for t in self._failures.get(client, ()) if t > horizon]
 
 
 def retry_after_header(seconds: float) -> str:
