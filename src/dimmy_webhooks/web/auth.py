@@ -49,6 +49,9 @@ from dimmy_webhooks.config import LOOPBACK_HOSTS, MIN_TOKEN_LENGTH, Settings, ho
 from dimmy_webhooks.web.sessions import CSRF_HEADER, Session, Sessions
 
 log = logging.getLogger("dimmy_webhooks.web.auth")
+# the refusals of /api and /metrics keep the logger names their log lines have always carried
+api_log = logging.getLogger("dimmy_webhooks.web.api")
+metrics_log = logging.getLogger("dimmy_webhooks.web")
 
 __all__ = [
     "MIN_TOKEN_LENGTH",
@@ -288,7 +291,7 @@ async def require_admin(
     throttled = verdict.retry_after is not None
     reason = "too many wrong admin tokens" if throttled else "missing or wrong admin token"
     fields = {"reason": reason, "client": client, "path": request.url.path}
-    log.warning("API request refused", extra={"fields": fields})
+    api_log.warning("API request refused", extra={"fields": fields})
     raise refusal(reason, verdict.retry_after)
 
 
@@ -306,7 +309,7 @@ def metrics_guard(settings: Settings) -> Callable[[Request], None]:
         if verdict.ok:
             return
         if verdict.retry_after is None:
-            log.warning("metrics request refused", extra={"fields": {"client": client}})
+            metrics_log.warning("metrics request refused", extra={"fields": {"client": client}})
             raise refusal("missing or wrong token", None)
         raise refusal("too many wrong tokens", verdict.retry_after)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +23,7 @@ from dimmy_webhooks.models import ITEM_ID_PATTERN, DeliveryAttempt, EventRecord
 from dimmy_webhooks.store.ops import ItemFilter
 from dimmy_webhooks.web.deps import Admin
 
+T = TypeVar("T")
 ROW_ID = 2**63 - 1  # the largest id a row can have (and SQLite can bind)
 EventId = Annotated[int, Path(ge=1, le=ROW_ID)]
 ItemId = Annotated[
@@ -52,7 +53,8 @@ OutcomeStatus = Annotated[
     Query(
         max_length=64,
         description="an attempt's outcome: delivered, failed, dead, filtered or superseded "
-        "(the same filter as `outcome`)",
+        "(the same filter as `outcome`; any other value is a 400)",
+        json_schema_extra={"enum": list(OUTCOMES)},
     ),
 ]
 Output = Annotated[str | None, Query(max_length=2000, description="an output's name")]
@@ -117,19 +119,23 @@ def invalid_query(name: str, value: str, message: str, kind: str) -> RequestVali
     )
 
 
-def outcome_filter(status: str | None, outcome: str | None) -> str | None:
-    """The ledger's outcome filter from ``status`` (the documented name) or ``outcome``: an
-    unknown ``status`` is a 400, never an unfiltered list."""
+def check_status(status: str | None) -> str | None:
+    """``status`` when it is an outcome or absent: else a 400 naming the outcomes, never an
+    unfiltered list."""
     if status is not None and status not in OUTCOMES:
         raise HTTPException(
             status_code=400,
             detail=f"unknown status {status[:64]!r}: use one of {', '.join(OUTCOMES)}",
         )
-    if status is not None and outcome is not None and status != outcome:
-        raise HTTPException(
-            status_code=400, detail="status and outcome are the same filter: give one of them"
-        )
-    return status or outcome
+    return status
+
+
+async def or_404(lookup: Awaitable[T], detail: str) -> T:
+    """What ``lookup`` answers; 404 with ``detail`` when it raises :class:`LookupError`."""
+    try:
+        return await lookup
+    except LookupError:
+        raise HTTPException(status_code=404, detail=detail) from None
 
 
 # answers --------------------------------------------------------------------------------------
@@ -291,12 +297,23 @@ ItemWhere = Annotated[ItemFilter, Depends(item_filter)]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LedgerFilter:
-    """Which delivery attempts a ledger list or export selects (times as Unix seconds)."""
+    """Which delivery attempts a ledger list or export selects (times as Unix seconds);
+    ``matches_none`` when ``status`` and ``outcome`` name two outcomes (no attempt has both)."""
 
     output: str | None
     outcome: str | None
     since: float | None
     until: float | None
+    matches_none: bool = False
+
+    def params(self) -> dict[str, Any]:
+        """The filter as :meth:`~dimmy_webhooks.store.Store.attempts`' keyword arguments."""
+        return {
+            "output": self.output,
+            "outcome": self.outcome,
+            "since": self.since,
+            "until": self.until,
+        }
 
 
 def ledger_filter(
@@ -306,13 +323,15 @@ def ledger_filter(
     until: Since = None,
     status: OutcomeStatus = None,
 ) -> LedgerFilter:
-    """The ledger's filters as query parameters: by output, outcome (``status`` or
-    ``outcome``) and start time in ``[since, until)``."""
+    """The ledger's filters as query parameters: by output, outcome (``status``, as the README
+    names it, or ``outcome``: both given, both apply) and start time in ``[since, until)``."""
+    status = check_status(status)
     return LedgerFilter(
         output=output,
-        outcome=outcome_filter(status, outcome),
+        outcome=status or outcome,
         since=timestamp(since),
         until=timestamp(until, "until"),
+        matches_none=status is not None and outcome is not None and status != outcome,
     )
 
 

@@ -37,14 +37,9 @@ async def list_deliveries(
     """The delivery ledger, newest first: every attempt to hand an item to an output, with its
     outcome, HTTP status, latency, an excerpt of the answer and the record id. "We never got
     parcel X" is ``?barcode=X`` (or ``?item=ID``)."""
+    if where.matches_none:
+        return attempt_page([], limit)
     rows = await store.attempts(
-        item_id=item,
-        barcode=barcode,
-        output=where.output,
-        outcome=where.outcome,
-        since=where.since,
-        until=where.until,
-        before=before,
-        limit=limit,
+        item_id=item, barcode=barcode, before=before, limit=limit, **where.params()
     )
     return attempt_page(rows, limit)

@@ -30,6 +30,7 @@ from dimmy_webhooks.web.api.common import (
     event_dict,
     event_page,
     iso,
+    or_404,
     timestamp,
 )
 from dimmy_webhooks.web.deps import ServicesDep, StoreDep
@@ -69,10 +70,7 @@ async def replay_event(
     event_id: EventId, services: ServicesDep, mode: ReplayMode = ReplayMode.REFETCH
 ) -> dict[str, Any]:
     """Put an event's work back in the queue: ``refetch`` from Dimmy or ``redeliver``."""
-    try:
-        queued = await services.replay_event(event_id, mode)
-    except LookupError:
-        raise HTTPException(status_code=404, detail="event not found") from None
+    queued = await or_404(services.replay_event(event_id, mode), "event not found")
     return {"event_id": event_id, "mode": mode.value, "queued": queued}
 
 
@@ -152,8 +150,5 @@ async def event_work(event_id: EventId, store: StoreDep) -> dict[str, Any]:
 )
 async def event_body(event_id: EventId, store: StoreDep) -> Response:
     """The event's body exactly as received (verified JSON)."""
-    try:
-        body = await store.get_event_body(event_id)
-    except LookupError:
-        raise HTTPException(status_code=404, detail="event not found") from None
+    body = await or_404(store.get_event_body(event_id), "event not found")
     return Response(body, media_type="application/json")

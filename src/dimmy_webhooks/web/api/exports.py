@@ -60,15 +60,8 @@ _CSV_COLUMNS = list(AttemptOut.model_fields)
 async def _ledger(store: Store, where: LedgerFilter) -> AsyncIterator[list[DeliveryAttempt]]:
     """The ledger's rows ``where`` selects, newest first, a page at a time."""
     before = None
-    while True:
-        page = await store.attempts(
-            output=where.output,
-            outcome=where.outcome,
-            since=where.since,
-            until=where.until,
-            before=before,
-            limit=PAGE,
-        )
+    while not where.matches_none:
+        page = await store.attempts(before=before, limit=PAGE, **where.params())
         yield page
         if len(page) < PAGE:
             return

@@ -31,6 +31,7 @@ from dimmy_webhooks.web.api.common import (
     iso,
     item_page,
     json_response,
+    or_404,
     timestamp,
 )
 from dimmy_webhooks.web.deps import ServicesDep, StoreDep
@@ -110,10 +111,7 @@ async def replay_item(
     item_id: ItemId, services: ServicesDep, mode: ReplayMode = ReplayMode.REFETCH
 ) -> dict[str, Any]:
     """Fetch one item again, or deliver its stored version to the outputs again."""
-    try:
-        queued = await services.replay_item(item_id, mode)
-    except LookupError:
-        raise HTTPException(status_code=404, detail="item not found") from None
+    queued = await or_404(services.replay_item(item_id, mode), "item not found")
     return {"item_id": item_id, "mode": mode.value, "queued": queued}
 
 

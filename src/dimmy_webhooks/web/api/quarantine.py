@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import HTTPException
 from pydantic import BaseModel, Field
 
 from dimmy_webhooks.items import to_api_json
 from dimmy_webhooks.services import Services
-from dimmy_webhooks.web.api.common import NOT_FOUND, ItemId, ItemOut, Limit, api_router
+from dimmy_webhooks.web.api.common import NOT_FOUND, ItemId, ItemOut, Limit, api_router, or_404
 from dimmy_webhooks.web.deps import ServicesDep, StoreDep
 
 router = api_router()
@@ -67,8 +66,6 @@ async def reject_held(item_id: ItemId, decision: Decision, services: ServicesDep
 async def _decide(
     services: Services, item_id: str, decision: Decision, *, release: bool
 ) -> dict[str, Any]:
-    try:
-        queued = await services.decide_hold(item_id, release=release, note=decision.note)
-    except LookupError:
-        raise HTTPException(status_code=404, detail="item is not held in quarantine") from None
+    decided = services.decide_hold(item_id, release=release, note=decision.note)
+    queued = await or_404(decided, "item is not held in quarantine")
     return {"item_id": item_id, "state": "released" if release else "rejected", "queued": queued}
