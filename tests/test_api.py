@@ -105,3 +105,30 @@ def test_refused_api_key_shows_in_readyz(db_url: str, fake_url: str, fake: FakeD
         assert ready.status_code == 200  # the receiver still takes webhooks
         assert any("refused" in p for p in ready.json()["problems"])
         assert "wrong" not in ready.text
+
+
+def test_the_ledger_filters_by_status_as_documented(service_url: str, fake: FakeDimmy) -> None:
+    """The README's ``/api/deliveries?status=`` filters by outcome (``outcome`` too); a value
+    that is no outcome is a 400 naming the valid ones, never the whole ledger."""
+    ids = fake.generate_items(2)
+    send(service_url, "msg_ledger", ids)
+
+    def ledger(**params: str) -> httpx.Response:
+        return httpx.get(service_url + "/api/deliveries", params=params, headers=AUTH)
+
+    assert wait_until(lambda: len(ledger(status="delivered").json()["deliveries"]) == 2, 15)
+    assert ledger(status="delivered").json() == ledger(outcome="delivered").json()
+    assert ledger(status="dead").json()["deliveries"] == []
+    assert ledger(status="dead", outcome="dead").json()["deliveries"] == []
+    for path in ("/api/deliveries", "/api/deliveries.csv", "/api/deliveries.jsonl"):
+        bad = httpx.get(service_url + path, params={"status": "DEAD"}, headers=AUTH)
+        assert bad.status_code == 400, (path, bad.text)
+        assert "delivered, failed, dead, filtered, superseded" in bad.json()["detail"]
+    assert ledger(status="delivered", outcome="dead").json()["deliveries"] == []  # both apply
+    assert ledger(outcome="nope").status_code == 422  # as it always was
+    assert (
+        httpx.get(
+            service_url + "/api/deliveries.csv", params={"status": "dead"}, headers=AUTH
+        ).text.count("\n")
+        == 1
+    )

@@ -331,6 +331,9 @@ def _refused_without_token(operation: Any, api_url: str) -> None:
     @given(case=_cases(operation))
     def run(case: Case[Any]) -> None:
         answer = case.call(base_url=api_url, headers={"Authorization": "Bearer"}, timeout=10)
+        if answer.status_code == 431:  # a head too large is refused before the app (S5)
+            assert len(answer.request.url or "") > 8 * 1024, answer.request.url
+            return
         assert answer.status_code == 401, (
             f"{operation.method} {case.formatted_path}: {answer.status_code}"
         )

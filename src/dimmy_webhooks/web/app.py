@@ -1,22 +1,23 @@
 """The ASGI app: receiver, JSON API, dashboard, health checks, ``/metrics``.
 
-:func:`create_app` builds the service's parts (:class:`~dimmy_webhooks.services.Services`) and
-serves them: the app's lifespan is :meth:`Services.running`, so the store is open and (unless told
-otherwise) the workers run in the same process while the app serves. Every response carries
-``nosniff``, a strict Content-Security-Policy and ``no-referrer``; the dashboard's pages a
-policy that also lets item photos load from https hosts (:data:`.dashboard.PAGE_CSP`).
+:func:`create_app` is the web layer's composition root: it builds the service's parts
+(:class:`~dimmy_webhooks.services.Services`), the receiver and its verifier, the admin token
+check and the dashboard's sessions, once, and keeps them in ``app.state`` for the routes'
+dependencies (:mod:`.deps`). The app's lifespan is :meth:`Services.running`, so the store is
+open and (unless told otherwise) the workers run in the same process while the app serves.
+Every response carries ``nosniff``, a strict Content-Security-Policy and ``no-referrer``; the
+dashboard's pages a policy that also lets item photos load from https hosts
+(:data:`.dashboard.PAGE_CSP`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.security import HTTPAuthorizationCredentials
+from fastapi import APIRouter, Depends, FastAPI
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,15 +26,20 @@ from dimmy_webhooks.config import Settings
 from dimmy_webhooks.errors import ConfigError, StoreError
 from dimmy_webhooks.intake.receiver import PULL_MODE, SECURITY_HEADERS, Receiver, WebhookRoute
 from dimmy_webhooks.observe.metrics import CONTENT_TYPE
-from dimmy_webhooks.observe.overview import take_overview
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.signatures import Verifier, parse_secrets
 from dimmy_webhooks.store import Store
 from dimmy_webhooks.web import dashboard
-from dimmy_webhooks.web.api import require_admin
 from dimmy_webhooks.web.api import router as api_router
-from dimmy_webhooks.web.auth import AccessGuard, TokenCheck, allowed_hosts, retry_after_header
-from dimmy_webhooks.web.reports import router as reports_router
+from dimmy_webhooks.web.auth import (
+    AccessGuard,
+    TokenCheck,
+    TokenFirst,
+    allowed_hosts,
+    metrics_guard,
+)
+from dimmy_webhooks.web.deps import OverviewDep, ServicesDep
+from dimmy_webhooks.web.sessions import Sessions
 
 log = logging.getLogger("dimmy_webhooks.web")
 
@@ -110,60 +116,17 @@ def create_app(
     )
     app.state.services = services
     app.state.tokens = TokenCheck(settings.admin_token_value())
-    receiver: ASGIApp = PULL_MODE
-    if settings.webhook_secret is not None:
-        verifier = Verifier(
-            parse_secrets(settings.webhook_secret.get_secret_value()),
-            tolerance_seconds=settings.timestamp_tolerance_seconds,
-            clock=clock,
-        )
-        receiver = Receiver(
-            services.store,
-            verifier,
-            max_body_bytes=settings.max_body_bytes,
-            body_timeout=settings.body_timeout_seconds,
-            unverified_body_bytes=settings.unverified_body_budget,
-            max_json_depth=settings.max_json_depth,
-            on_accepted=services.wake_workers,
-            clock=clock,
-            crash=services.crash,
-            observe=services.metrics.webhook,
-        )
-    # the webhook bypasses the framework (see WebhookRoute, added outermost below)
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        """The process is up (no dependency checked)."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["health"])
-    async def readyz() -> Response:
-        """503 when the store does not answer or a background part stopped; 200 otherwise,
-        ``degraded`` with the problems found (a refused API key stops fetching but must not take
-        the receiver out of a load balancer: webhooks are still stored)."""
-        ready = await services.readiness()
-        status = 503 if ready.status == "unavailable" else 200
-        return JSONResponse({"status": ready.status, "problems": ready.problems}, status)
+    app.state.sessions = Sessions(settings.admin_token_value(), hours=settings.session_hours)
+    receiver = _receiver(settings, services, clock)
 
     @app.exception_handler(StoreError)
     async def store_unavailable(request: object, exc: StoreError) -> Response:
         log.warning("store error in API", extra={"fields": {"reason": str(exc)}})
         return JSONResponse({"detail": "store unavailable, retry later"}, status_code=503)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
-        """Prometheus text format; the admin token (or ``DIMMY_METRICS_TOKEN``) when set."""
-        refusal = _metrics_refusal(request, settings)
-        if refusal is not None:
-            return refusal
-        overview = await take_overview(services, services.metrics)
-        deliveries = await services.metrics.ledger.counts(services.store)
-        body = services.metrics.render(overview, deliveries)
-        return Response(body, media_type=CONTENT_TYPE, headers={"cache-control": "no-store"})
-
+    app.include_router(_operations_router(settings))
     app.include_router(api_router)
-    app.include_router(reports_router)
-    dashboard.install(app, settings)
+    dashboard.install(app)
     # outermost last: the webhook goes straight to the receiver (its signature is its access
     # control); everything else passes the Host and cross-site checks, under the headers
     app.add_middleware(TokenFirst)
@@ -178,57 +141,54 @@ def create_app(
     return app
 
 
-class TokenFirst:
-    """ASGI middleware asking ``/api/*`` for the admin token (or a dashboard session) before
-    the app reads anything: a caller without it learns nothing, not even that its body or
-    parameters are invalid (the routes' own dependency runs after FastAPI has parsed the
-    body)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope)
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        credentials = None
-        if scheme.lower() == "bearer" and given.strip():
-            credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=given.strip())
-        try:
-            await require_admin(request, credentials)
-        except HTTPException as exc:
-            refusal = JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
-            await refusal(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-def _metrics_refusal(request: Request, settings: Settings) -> Response | None:
-    """``None`` when ``/metrics`` may answer: no token configured, or the bearer is
-    ``DIMMY_METRICS_TOKEN`` or the admin token (wrong ones count against the same per-address
-    throttle as the API's)."""
-    accepted = [t for t in (settings.metrics_token_value(), settings.admin_token_value()) if t]
-    if not accepted:
-        return None
-    throttle = request.app.state.tokens.throttle
-    client = request.client.host if request.client else "-"
-    wait = throttle.retry_after(client)
-    if wait is not None:
-        return JSONResponse(
-            {"detail": "too many wrong tokens from this address: retry later"},
-            429,
-            headers={"Retry-After": retry_after_header(wait)},
-        )
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and any(
-        hmac.compare_digest(given.strip().encode(), token.encode()) for token in accepted
-    ):
-        throttle.succeeded(client)
-        return None
-    throttle.failed(client)
-    log.warning("metrics request refused", extra={"fields": {"client": client}})
-    return JSONResponse(
-        {"detail": "missing or wrong token"}, 401, headers={"WWW-Authenticate": "Bearer"}
+def _receiver(settings: Settings, services: Services, clock: Callable[[], float]) -> ASGIApp:
+    """``POST /webhook``: the signature-checking receiver, or the pull mode's 404."""
+    if settings.webhook_secret is None:
+        return PULL_MODE
+    verifier = Verifier(
+        parse_secrets(settings.webhook_secret.get_secret_value()),
+        tolerance_seconds=settings.timestamp_tolerance_seconds,
+        clock=clock,
     )
+    return Receiver(
+        services.store,
+        verifier,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.body_timeout_seconds,
+        unverified_body_bytes=settings.unverified_body_budget,
+        max_json_depth=settings.max_json_depth,
+        on_accepted=services.wake_workers,
+        clock=clock,
+        crash=services.crash,
+        observe=services.metrics.webhook,
+    )
+
+
+def _operations_router(settings: Settings) -> APIRouter:
+    """What a load balancer and Prometheus ask: ``/healthz``, ``/readyz``, ``/metrics``."""
+    router = APIRouter()
+
+    @router.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is up (no dependency checked)."""
+        return {"status": "ok"}
+
+    @router.get("/readyz", tags=["health"])
+    async def readyz(services: ServicesDep) -> Response:
+        """503 when the store does not answer or a background part stopped; 200 otherwise,
+        ``degraded`` with the problems found (a refused API key stops fetching but must not take
+        the receiver out of a load balancer: webhooks are still stored)."""
+        ready = await services.readiness()
+        status = 503 if ready.status == "unavailable" else 200
+        return JSONResponse({"status": ready.status, "problems": ready.problems}, status)
+
+    @router.get(
+        "/metrics", include_in_schema=False, dependencies=[Depends(metrics_guard(settings))]
+    )
+    async def metrics(services: ServicesDep, overview: OverviewDep) -> Response:
+        """Prometheus text format; the admin token (or ``DIMMY_METRICS_TOKEN``) when set."""
+        deliveries = await services.metrics.ledger.counts(services.store)
+        body = services.metrics.render(overview, deliveries)
+        return Response(body, media_type=CONTENT_TYPE, headers={"cache-control": "no-store"})
+
+    return router

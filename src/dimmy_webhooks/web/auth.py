@@ -1,4 +1,4 @@
-"""Who may use the JSON API (and the dashboard): token, throttling, Host and cross-site checks.
+"""Who may use the JSON API, ``/metrics`` and the dashboard: every access rule of the web layer.
 
 ``POST /webhook`` is not governed here: its signature is its access control. Everything else:
 
@@ -16,6 +16,15 @@
   this host, ``Sec-Fetch-Site: cross-site``) or when it has a body type an HTML form can send
   (``text/plain``, ``application/x-www-form-urlencoded``, ``multipart/form-data``). Programs
   (curl, scripts) send neither and pass.
+- **Sessions** (:mod:`.sessions`): a dashboard login stands for the admin token on ``/api/*``
+  too; a state-changing request with the cookie also needs the session's ``X-CSRF-Token``.
+- **Metrics**: ``/metrics`` takes ``DIMMY_METRICS_TOKEN`` or the admin token, when one is set.
+
+The rules are applied by the ASGI middlewares :class:`AccessGuard` (Host, cross-site) and
+:class:`TokenFirst` (``/api/*`` before anything is parsed), and by the dependencies
+:func:`require_admin`, :func:`metrics_guard` and :func:`require_login`, which the routes
+receive through :mod:`.deps`. The app's :class:`TokenCheck` and :class:`.sessions.Sessions`
+are built once, by :func:`~dimmy_webhooks.web.app.create_app`.
 """
 
 from __future__ import annotations
@@ -26,22 +35,45 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 from urllib.parse import urlsplit
 
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dimmy_webhooks.config import LOOPBACK_HOSTS, MIN_TOKEN_LENGTH, host_name
+from dimmy_webhooks.config import LOOPBACK_HOSTS, MIN_TOKEN_LENGTH, Settings, host_name
 from dimmy_webhooks.ratelimit import SlidingWindow
+from dimmy_webhooks.web.sessions import CSRF_HEADER, Session, Sessions
 
 log = logging.getLogger("dimmy_webhooks.web.auth")
+# the refusals of /api and /metrics keep the logger names their log lines have always carried
+api_log = logging.getLogger("dimmy_webhooks.web.api")
+metrics_log = logging.getLogger("dimmy_webhooks.web")
 
-__all__ = ["MIN_TOKEN_LENGTH", "AccessGuard", "FailureThrottle", "TokenCheck", "allowed_hosts"]
+__all__ = [
+    "MIN_TOKEN_LENGTH",
+    "AccessGuard",
+    "FailureThrottle",
+    "LoginRequired",
+    "TokenCheck",
+    "TokenFirst",
+    "allowed_hosts",
+    "metrics_guard",
+    "require_admin",
+    "require_login",
+    "sessions_of",
+    "tokens_of",
+]
 
 _CHECKED_HEADERS = frozenset({b"host", b"origin", b"sec-fetch-site", b"content-type"})
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _FORM_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_bearer = HTTPBearer(auto_error=False)
 
 
 class FailureThrottle:
@@ -107,15 +139,17 @@ class TokenCheck:
     def required(self) -> bool:
         return self._token is not None
 
-    def check(self, given: str, client: str) -> Verdict:
-        """Whether ``given`` (from ``client``) is the token; a throttled client is refused
-        without looking at what it gave."""
-        if self._token is None:
+    def check(self, given: str, client: str, *, accepted: Sequence[str] | None = None) -> Verdict:
+        """Whether ``given`` (from ``client``) is the token (or one of ``accepted``, when
+        given: none accepted means none required); a throttled client is refused without
+        looking at what it gave."""
+        tokens = [self._token] if accepted is None else [t.encode() for t in accepted]
+        if not any(tokens):
             return Verdict(ok=True)
         wait = self.throttle.retry_after(client)
         if wait is not None:
             return Verdict(ok=False, retry_after=wait)
-        if hmac.compare_digest(given.encode(), self._token):
+        if any(token and hmac.compare_digest(given.encode(), token) for token in tokens):
             self.throttle.succeeded(client)
             return Verdict(ok=True)
         self.throttle.failed(client)
@@ -136,11 +170,7 @@ class AccessGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {
-            k: v
-            for k, v in scope["headers"]
-            if k in (b"host", b"origin", b"sec-fetch-site", b"content-type")
-        }
+        headers = {k: v for k, v in scope["headers"] if k in _CHECKED_HEADERS}
         host = headers.get(b"host", b"").decode("latin-1")
         refusal = None
         if self.allowed_hosts is not None and host_name(host) not in self.allowed_hosts:
@@ -188,3 +218,139 @@ def allowed_hosts(extra: frozenset[str], *, token_set: bool) -> frozenset[str] |
     if token_set:
         return extra or None
     return LOOPBACK_HOSTS | extra
+
+
+# the app's token check and sessions, and the dependencies that apply them ---------------------
+
+
+def tokens_of(request: Request) -> TokenCheck:
+    """The admin token check the app was built with (``app.state.tokens``)."""
+    tokens: TokenCheck = request.app.state.tokens
+    return tokens
+
+
+def sessions_of(request: Request) -> Sessions:
+    """The dashboard sessions the app was built with (``app.state.sessions``)."""
+    sessions: Sessions = request.app.state.sessions
+    return sessions
+
+
+def client_of(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
+def refusal(reason: str, retry_after: float | None, *, challenge: bool = True) -> HTTPException:
+    """The answer to a wrong token: 429 with ``Retry-After`` when the client is throttled,
+    else 401 (with a ``WWW-Authenticate: Bearer`` challenge unless told otherwise)."""
+    if retry_after is not None:
+        return HTTPException(
+            status_code=429,
+            detail=f"{reason} from this address: retry later",
+            headers={"Retry-After": retry_after_header(retry_after)},
+        )
+    headers = {"WWW-Authenticate": "Bearer"} if challenge else None
+    return HTTPException(status_code=401, detail=reason, headers=headers)
+
+
+def _session_admits(request: Request, sessions: Sessions) -> bool:
+    """Whether ``request`` to ``/api/*`` is admitted by a dashboard session instead of the
+    bearer token. A state-changing request with the cookie but without the session's
+    ``X-CSRF-Token`` is refused (403): a page of another site cannot have sent that header."""
+    session = sessions.current(request)
+    if session is None:
+        return False
+    if request.method in _SAFE_METHODS:
+        return True
+    if sessions.csrf_ok(session, request.headers.get(CSRF_HEADER)):
+        return True
+    raise HTTPException(
+        status_code=403,
+        detail="CSRF token missing or wrong: the dashboard sends X-CSRF-Token with its "
+        "session; programs use Authorization: Bearer",
+    )
+
+
+async def require_admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """When ``DIMMY_ADMIN_TOKEN`` is set, demand ``Authorization: Bearer <token>`` (401) or a
+    dashboard session, and answer 429 to a client that keeps giving wrong tokens."""
+    tokens = tokens_of(request)
+    if not tokens.required:
+        return
+    # a dashboard session stands for the token (a POST also needs its CSRF header, else 403)
+    if _session_admits(request, sessions_of(request)):
+        return
+    client = client_of(request)
+    verdict = tokens.check(credentials.credentials if credentials is not None else "", client)
+    if verdict.ok:
+        return
+    throttled = verdict.retry_after is not None
+    reason = "too many wrong admin tokens" if throttled else "missing or wrong admin token"
+    fields = {"reason": reason, "client": client, "path": request.url.path}
+    api_log.warning("API request refused", extra={"fields": fields})
+    raise refusal(reason, verdict.retry_after)
+
+
+def metrics_guard(settings: Settings) -> Callable[[Request], None]:
+    """The dependency guarding ``/metrics``: it answers when no token is configured, or the
+    bearer is ``DIMMY_METRICS_TOKEN`` or the admin token (wrong ones count against the same
+    per-address throttle as the API's)."""
+    accepted = [t for t in (settings.metrics_token_value(), settings.admin_token_value()) if t]
+
+    def require_metrics_token(request: Request) -> None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        given = given.strip() if scheme.lower() == "bearer" else ""
+        client = client_of(request)
+        verdict = tokens_of(request).check(given, client, accepted=accepted)
+        if verdict.ok:
+            return
+        if verdict.retry_after is None:
+            metrics_log.warning("metrics request refused", extra={"fields": {"client": client}})
+            raise refusal("missing or wrong token", None)
+        raise refusal("too many wrong tokens", verdict.retry_after)
+
+    return require_metrics_token
+
+
+class LoginRequired(Exception):
+    """A dashboard page needs a session: answered with a redirect to the login page."""
+
+
+def require_login(request: Request) -> Session | None:
+    """The request's session (``None`` when no admin token is set: the dashboard is open)."""
+    sessions = sessions_of(request)
+    if not sessions.required:
+        return None
+    session = sessions.current(request)
+    if session is None:
+        raise LoginRequired
+    return session
+
+
+class TokenFirst:
+    """ASGI middleware asking ``/api/*`` for the admin token (or a dashboard session) before
+    the app reads anything: a caller without it learns nothing, not even that its body or
+    parameters are invalid (the routes' own dependency runs after FastAPI has parsed the
+    body)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        credentials = None
+        if scheme.lower() == "bearer" and given.strip():
+            credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=given.strip())
+        try:
+            await require_admin(request, credentials)
+        except HTTPException as exc:
+            answer = JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+            await answer(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

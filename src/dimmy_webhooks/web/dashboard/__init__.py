@@ -1,9 +1,10 @@
 """The operator's dashboard: server-rendered pages at ``/`` and under ``/ui``.
 
-:func:`install` adds the pages (:mod:`.pages`), their stylesheet and script (``/ui/static``,
-written for this package: no third-party front-end code) and the login (:mod:`.sessions`) to
-the app. Pages are served with :data:`~.render.PAGE_CSP` (:func:`is_page`), every other
-response with the service's strict policy.
+:func:`install` adds the pages (:mod:`.pages`, the login included) and their stylesheet and
+script (``/ui/static``, written for this package: no third-party front-end code) to the app;
+the sessions they use are built by ``create_app`` (:mod:`dimmy_webhooks.web.sessions`). Pages
+are served with :data:`~.render.PAGE_CSP` (:func:`is_page`), every other response with the
+service's strict policy.
 """
 
 from __future__ import annotations
@@ -13,20 +14,18 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
-from dimmy_webhooks.config import Settings
-from dimmy_webhooks.web.dashboard.pages import LoginRequired, login_required, router
+from dimmy_webhooks.web.auth import LoginRequired
+from dimmy_webhooks.web.dashboard.pages import login_required, router
 from dimmy_webhooks.web.dashboard.render import PAGE_CSP
-from dimmy_webhooks.web.dashboard.sessions import Sessions, api_session_admits
 
 STATIC = Path(__file__).parent / "static"
 
-__all__ = ["PAGE_CSP", "api_session_admits", "install", "is_page"]
+__all__ = ["PAGE_CSP", "install", "is_page"]
 
 
-def install(app: FastAPI, settings: Settings) -> None:
-    """Serve the dashboard from ``app`` (whose ``state.services`` and ``state.tokens`` are
-    set): logins need ``DIMMY_ADMIN_TOKEN`` when it is set, and last ``DIMMY_SESSION_HOURS``."""
-    app.state.sessions = Sessions(settings.admin_token_value(), hours=settings.session_hours)
+def install(app: FastAPI) -> None:
+    """Serve the dashboard from ``app``, whose parts ``create_app`` built (logins need
+    ``DIMMY_ADMIN_TOKEN`` when it is set, and last ``DIMMY_SESSION_HOURS``)."""
     app.add_exception_handler(LoginRequired, login_required)
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="static")

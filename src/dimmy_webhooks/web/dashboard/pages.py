@@ -1,16 +1,21 @@
-"""The dashboard's pages: overview at ``/``, events, items and quarantine under ``/ui``.
+"""The dashboard's pages: overview at ``/``, events, items and quarantine under ``/ui``, the login.
 
 Server-rendered (:mod:`.render`), each with its JSON twin in the API linked at its foot. The
 parts that change (counts, lists, an event's work) refresh themselves without a reload: the
 script asks the same URL with ``?live=1`` every few seconds. Actions (replay, release, reject)
-are the API's own routes, posted as JSON by the script with the session's CSRF token.
+are the API's own routes, posted as JSON by the script with the session's CSRF token. Pages get
+the service's parts through the same dependencies as the API (:mod:`dimmy_webhooks.web.deps`).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+import secrets
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -18,21 +23,26 @@ from pydantic import BaseModel, Field
 
 from dimmy_webhooks.items import format_timestamp
 from dimmy_webhooks.models import ITEM_ID_PATTERN, StoredItem
-from dimmy_webhooks.observe.overview import take_overview
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.store import ItemFilter
-from dimmy_webhooks.web.auth import TokenCheck, retry_after_header
-from dimmy_webhooks.web.dashboard.render import http_url, render
-from dimmy_webhooks.web.dashboard.sessions import (
+from dimmy_webhooks.web.auth import client_of, refusal
+from dimmy_webhooks.web.dashboard.render import http_url, query, render
+from dimmy_webhooks.web.deps import (
+    Login,
+    OverviewDep,
+    ServicesDep,
+    SessionsDep,
+    StoreDep,
+    TokensDep,
+)
+from dimmy_webhooks.web.sessions import (
     CSRF_HEADER,
     LOGIN_COOKIE,
     Session,
-    current_session,
+    Sessions,
     end_session,
     local_path,
-    sessions_of,
     set_cookie,
-    start_session,
 )
 
 log = logging.getLogger("dimmy_webhooks.web.dashboard")
@@ -42,52 +52,56 @@ _ROW_ID = 2**63 - 1
 _Text = Annotated[str | None, Query(max_length=200)]
 
 
-class LoginRequired(Exception):
-    """The page needs a session: answered with a redirect to the login page."""
-
-
 def login_required(request: Request, exc: Exception) -> Response:
+    """A page asked without a session: the login page, then back (a live part: 401)."""
     if request.query_params.get("live") == "1":
         return JSONResponse({"detail": "login required"}, status_code=401)
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/ui/login?next={_quote(target)}", status_code=303)
+    return RedirectResponse(f"/ui/login?next={quote(target, safe='/')}", status_code=303)
 
 
-def _quote(text: str) -> str:
-    from urllib.parse import quote
+@dataclass
+class Page:
+    """A page being rendered: its request and the values every template shows."""
 
-    return quote(text, safe="/")
+    request: Request
+    context: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def errors(self) -> list[str]:
+        errors: list[str] = self.context["errors"]
+        return errors
 
-def require_login(request: Request) -> Session | None:
-    """The request's session (``None`` when no admin token is set: the dashboard is open)."""
-    if not sessions_of(request).required:
-        return None
-    session = current_session(request)
-    if session is None:
-        raise LoginRequired
-    return session
+    def render(self, name: str, *, live: str | None = None, status_code: int = 200) -> Response:
+        return render(self.request, name, self.context, live=live, status_code=status_code)
 
-
-Login = Annotated[Session | None, Depends(require_login)]
-
-
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
+    def missing(self, what: str) -> Response:
+        self.context["what"] = what
+        return self.render("missing.html", status_code=404)
 
 
-def _context(request: Request, session: Session | None, nav: str, twin: str) -> dict[str, Any]:
-    services = _services(request)
-    sessions = sessions_of(request)
-    return {
-        "nav": nav,
-        "twin": twin,
-        "csrf": sessions.csrf(session) if session is not None else "",
-        "login_required": sessions.required,
-        "problems": services.failures() + services.problems(),
-        "errors": [],
-    }
+def _page(
+    request: Request, services: Services, sessions: Sessions, session: Session | None
+) -> Page:
+    return Page(
+        request,
+        {
+            "nav": "",
+            "twin": "",
+            "csrf": sessions.csrf(session) if session is not None else "",
+            "login_required": sessions.required,
+            "problems": services.failures() + services.problems(),
+            "errors": [],
+        },
+    )
+
+
+def page_of(request: Request, session: Login, services: ServicesDep, sessions: SessionsDep) -> Page:
+    """A page for a logged-in person (or anyone, with no admin token set)."""
+    return _page(request, services, sessions, session)
+
+
+PageDep = Annotated[Page, Depends(page_of)]
 
 
 def _moment(value: str | None, name: str, errors: list[str]) -> float | None:
@@ -103,16 +117,21 @@ def _moment(value: str | None, name: str, errors: list[str]) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
+def _twin(path: str, params: dict[str, Any], **extra: Any) -> str:
+    """The URL of a page's JSON twin (or export) with the page's filters."""
+    text = query(params, **extra)
+    return f"{path}?{text}" if text else path
+
+
 # overview -------------------------------------------------------------------------------------
 
 
 @router.get("/")
-async def overview_page(request: Request, session: Login) -> Response:
-    services = _services(request)
-    overview = await take_overview(services, services.metrics)
-    context = _context(request, session, "overview", "/api/overview")
-    context.update(o=overview, outputs=services.output_names())
-    return render(request, "overview.html", context, live="overview_live.html")
+async def overview_page(page: PageDep, services: ServicesDep, overview: OverviewDep) -> Response:
+    page.context.update(
+        nav="overview", twin="/api/overview", o=overview, outputs=services.output_names()
+    )
+    return page.render("overview.html", live="overview_live.html")
 
 
 # events ---------------------------------------------------------------------------------------
@@ -123,20 +142,18 @@ _TYPES = ("items.scanned", "item.scanned.full_payload", "unknown")
 
 @router.get("/ui/events")
 async def events_page(
-    request: Request,
-    session: Login,
+    page: PageDep,
+    store: StoreDep,
     status: _Text = None,
     type: _Text = None,
     since: _Text = None,
     until: _Text = None,
     before: Annotated[int | None, Query(ge=1, le=_ROW_ID)] = None,
 ) -> Response:
-    context = _context(request, session, "events", "")
-    errors: list[str] = context["errors"]
     status = status if status in _STATUSES else None
     event_type = type if type in _TYPES else None
-    low, high = _moment(since, "since", errors), _moment(until, "until", errors)
-    events = await _services(request).store.browse_events(
+    low, high = _moment(since, "since", page.errors), _moment(until, "until", page.errors)
+    events = await store.browse_events(
         status=status,
         event_type=event_type,
         since=low,
@@ -145,7 +162,8 @@ async def events_page(
         limit=PAGE_SIZE,
     )
     params = {"status": status, "type": event_type, "since": since, "until": until}
-    context.update(
+    page.context.update(
+        nav="events",
         events=events,
         params=params,
         statuses=_STATUSES,
@@ -154,28 +172,26 @@ async def events_page(
         next=events[-1].id if len(events) == PAGE_SIZE else None,
         twin=_twin("/api/events.json", params, before=before),
     )
-    return render(request, "events.html", context, live="events_live.html")
+    return page.render("events.html", live="events_live.html")
 
 
 @router.get("/ui/events/{event_id}")
 async def event_page(
-    request: Request, session: Login, event_id: Annotated[int, Path(ge=1, le=_ROW_ID)]
+    page: PageDep, store: StoreDep, event_id: Annotated[int, Path(ge=1, le=_ROW_ID)]
 ) -> Response:
-    store = _services(request).store
-    context = _context(request, session, "events", f"/api/events/{event_id}/work")
+    page.context.update(nav="events", twin=f"/api/events/{event_id}/work")
     event = await store.get_event(event_id)
     if event is None:
-        context["what"] = f"event {event_id}"
-        return render(request, "missing.html", context, status_code=404)
+        return page.missing(f"event {event_id}")
     work = await store.event_work(event_id)
     body = await store.get_event_body(event_id)
-    context.update(
+    page.context.update(
         event=event,
         work=work,
         body=body,
         verification=_verification(work.headers, event.received_at),
     )
-    return render(request, "event.html", context, live="event_live.html")
+    return page.render("event.html", live="event_live.html")
 
 
 def _verification(headers: dict[str, str], received_at: float) -> dict[str, Any]:
@@ -209,8 +225,8 @@ def item_filter(
 
 @router.get("/ui/items")
 async def items_page(
-    request: Request,
-    session: Login,
+    page: PageDep,
+    store: StoreDep,
     q: _Text = None,
     since: _Text = None,
     until: _Text = None,
@@ -218,14 +234,12 @@ async def items_page(
     dims: _Text = None,
     before: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
-    context = _context(request, session, "items", "")
-    errors: list[str] = context["errors"]
-    where = item_filter(q, since, until, scanner, dims, errors)
-    cursor = _cursor(before)
-    items = await _services(request).store.browse_items(where, limit=PAGE_SIZE, before=cursor)
+    where = item_filter(q, since, until, scanner, dims, page.errors)
+    items = await store.browse_items(where, limit=PAGE_SIZE, before=_cursor(before))
     params = {"q": q, "since": since, "until": until, "scanner": scanner, "dims": dims}
     last = items[-1] if len(items) == PAGE_SIZE else None
-    context.update(
+    page.context.update(
+        nav="items",
         items=[_row(item) for item in items],
         params=params,
         before=before,
@@ -233,7 +247,7 @@ async def items_page(
         twin=_twin("/api/items.json", params, before=before),
         exports={kind: _twin(f"/api/items.{kind}", params) for kind in ("csv", "jsonl")},
     )
-    return render(request, "items.html", context, live="items_live.html")
+    return page.render("items.html", live="items_live.html")
 
 
 def _cursor(before: str | None) -> tuple[float, str] | None:
@@ -246,13 +260,6 @@ def _cursor(before: str | None) -> tuple[float, str] | None:
         return None
 
 
-def _twin(path: str, params: dict[str, Any], **extra: Any) -> str:
-    from dimmy_webhooks.web.dashboard.render import query
-
-    text = query(params, **extra)
-    return f"{path}?{text}" if text else path
-
-
 def _row(item: StoredItem) -> dict[str, Any]:
     photos = [url for url in map(http_url, item.item.photo_urls) if url is not None]
     return {"item": item, "fields": item.item, "thumb": photos[0] if photos else None}
@@ -260,20 +267,18 @@ def _row(item: StoredItem) -> dict[str, Any]:
 
 @router.get("/ui/items/{item_id}")
 async def item_page(
-    request: Request,
-    session: Login,
+    page: PageDep,
+    store: StoreDep,
     item_id: Annotated[str, Path(pattern=ITEM_ID_PATTERN, max_length=128)],
 ) -> Response:
-    store = _services(request).store
-    context = _context(request, session, "items", f"/api/items/{item_id}")
+    page.context.update(nav="items", twin=f"/api/items/{item_id}")
     item = await store.get_item(item_id)
     if item is None:
-        context["what"] = f"item {item_id}"
-        return render(request, "missing.html", context, status_code=404)
+        return page.missing(f"item {item_id}")
     revisions, event_ids = await store.item_history(item_id)
     ledger = await store.attempts(item_id=item_id, limit=200)
     photos = [{"url": http_url(url), "text": url} for url in item.item.photo_urls]
-    context.update(
+    page.context.update(
         item=item,
         fields=item.item,
         photos=photos,
@@ -282,32 +287,32 @@ async def item_page(
         ledger=ledger,
         fetched=format_timestamp(item.fetched_at),
     )
-    return render(request, "item.html", context, live="item_live.html")
+    return page.render("item.html", live="item_live.html")
 
 
 @router.get("/ui/quarantine")
-async def quarantine_page(request: Request, session: Login) -> Response:
-    held = await _services(request).store.held_items(limit=200)
-    context = _context(request, session, "quarantine", "/api/quarantine")
-    context.update(rows=[_row(item) for item in held])
-    return render(request, "quarantine.html", context)
+async def quarantine_page(page: PageDep, store: StoreDep) -> Response:
+    held = await store.held_items(limit=200)
+    page.context.update(
+        nav="quarantine", twin="/api/quarantine", rows=[_row(item) for item in held]
+    )
+    return page.render("quarantine.html")
 
 
 # login ----------------------------------------------------------------------------------------
 
 
 @router.get("/ui/login")
-async def login_page(request: Request, next: _Text = None) -> Response:
+async def login_page(
+    request: Request, services: ServicesDep, sessions: SessionsDep, next: _Text = None
+) -> Response:
     target = local_path(next)
-    sessions = sessions_of(request)
-    if not sessions.required or current_session(request) is not None:
+    if not sessions.required or sessions.current(request) is not None:
         return RedirectResponse(target, status_code=303)
-    import secrets
-
     nonce = secrets.token_urlsafe(24)
-    context = _context(request, None, "login", "")
-    context.update(login_csrf=nonce, next=target)
-    response = render(request, "login.html", context)
+    page = _page(request, services, sessions, None)
+    page.context.update(nav="login", login_csrf=nonce, next=target)
+    response = page.render("login.html")
     set_cookie(request, response, LOGIN_COOKIE, nonce, max_age=3600, path="/ui/login")
     return response
 
@@ -318,10 +323,9 @@ class LoginForm(BaseModel):
 
 
 @router.post("/ui/login")
-async def login(request: Request, form: LoginForm) -> Response:
-    import hmac
-
-    sessions = sessions_of(request)
+async def login(
+    request: Request, form: LoginForm, sessions: SessionsDep, tokens: TokensDep
+) -> Response:
     if not sessions.required:
         return JSONResponse({"next": local_path(form.next)})
     expected = request.cookies.get(LOGIN_COOKIE, "")
@@ -330,8 +334,7 @@ async def login(request: Request, form: LoginForm) -> Response:
         return JSONResponse(
             {"detail": "login form expired or sent from elsewhere: reload the page"}, 403
         )
-    tokens: TokenCheck = request.app.state.tokens
-    client = request.client.host if request.client else "-"
+    client = client_of(request)
     verdict = tokens.check(form.token.strip(), client)
     if not verdict.ok:
         throttled = verdict.retry_after is not None
@@ -339,24 +342,17 @@ async def login(request: Request, form: LoginForm) -> Response:
         log.warning(
             "dashboard login refused", extra={"fields": {"reason": reason, "client": client}}
         )
-        if verdict.retry_after is not None:
-            return JSONResponse(
-                {"detail": f"{reason} from this address: retry later"},
-                429,
-                headers={"Retry-After": retry_after_header(verdict.retry_after)},
-            )
-        return JSONResponse({"detail": reason}, 401)
+        raise refusal(reason, verdict.retry_after, challenge=False)
     log.info("dashboard login", extra={"fields": {"client": client}})
     response = JSONResponse({"next": local_path(form.next)})
-    start_session(request, response)
+    sessions.start(request, response)
     response.delete_cookie(LOGIN_COOKIE, path="/ui/login")
     return response
 
 
 @router.post("/ui/logout")
-async def logout(request: Request) -> Response:
-    session = current_session(request)
-    sessions = sessions_of(request)
+async def logout(request: Request, sessions: SessionsDep) -> Response:
+    session = sessions.current(request)
     if session is not None and not sessions.csrf_ok(session, request.headers.get(CSRF_HEADER)):
         return JSONResponse({"detail": "CSRF token missing or wrong"}, 403)
     response = JSONResponse({"next": "/ui/login" if sessions.required else "/"})

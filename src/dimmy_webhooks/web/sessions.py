@@ -1,4 +1,4 @@
-"""Dashboard logins: a signed session cookie and the CSRF token that goes with it.
+"""Logins: a signed session cookie and the CSRF token that goes with it (dashboard and API).
 
 When ``DIMMY_ADMIN_TOKEN`` is set, a person logs in once with it (``POST /ui/login``, throttled
 per address like the API's bearer token) and gets a session cookie:
@@ -14,7 +14,8 @@ per address like the API's bearer token) and gets a session cookie:
 **CSRF**: every state-changing request a browser makes with the cookie carries
 ``X-CSRF-Token``: the session's token (an HMAC of its nonce), which pages put in
 ``<meta name="csrf-token">`` for the dashboard's script. ``/api/*`` accepts the cookie instead of
-the bearer token, and then wants that header on every POST (:func:`api_session_admits`). The
+the bearer token, and then wants that header on every POST
+(:func:`~dimmy_webhooks.web.auth.require_admin`). The
 login itself is guarded by a double-submit token (a short-lived cookie and the same value in the
 page). The service's :class:`~dimmy_webhooks.web.auth.AccessGuard` refuses, besides, every
 cross-site and every form-encoded POST: the dashboard only posts JSON, from its own script.
@@ -29,13 +30,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastapi import HTTPException, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 SESSION_COOKIE = "dimmy_session"
 LOGIN_COOKIE = "dimmy_login"
 CSRF_HEADER = "x-csrf-token"
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _CLOCK_SKEW = 60.0  # a cookie issued this far in the future (another process's clock) is fine
 
 
@@ -91,33 +91,15 @@ class Sessions:
     def csrf_ok(self, session: Session, given: str | None) -> bool:
         return bool(given) and hmac.compare_digest(str(given), self.csrf(session))
 
+    def current(self, request: Request) -> Session | None:
+        """The valid session ``request`` carries, or ``None``."""
+        return self.verify(request.cookies.get(SESSION_COOKIE))
 
-def sessions_of(request: Request) -> Sessions:
-    sessions: Sessions = request.app.state.sessions
-    return sessions
-
-
-def current_session(request: Request) -> Session | None:
-    """The request's valid session, or ``None``."""
-    return sessions_of(request).verify(request.cookies.get(SESSION_COOKIE))
-
-
-def api_session_admits(request: Request) -> bool:
-    """Whether ``request`` to ``/api/*`` is admitted by a dashboard session instead of the
-    bearer token. A state-changing request with the cookie but without the session's
-    ``X-CSRF-Token`` is refused (403): a page of another site cannot have sent that header."""
-    session = current_session(request)
-    if session is None:
-        return False
-    if request.method in _SAFE_METHODS:
-        return True
-    if sessions_of(request).csrf_ok(session, request.headers.get(CSRF_HEADER)):
-        return True
-    raise HTTPException(
-        status_code=403,
-        detail="CSRF token missing or wrong: the dashboard sends X-CSRF-Token with its "
-        "session; programs use Authorization: Bearer",
-    )
+    def start(self, request: Request, response: Response) -> None:
+        """Log the browser in: a new session cookie on ``response``."""
+        set_cookie(
+            request, response, SESSION_COOKIE, self.issue(), max_age=int(self.lifetime), path="/"
+        )
 
 
 def set_cookie(
@@ -132,18 +114,6 @@ def set_cookie(
         samesite="strict",
         secure=request.url.scheme == "https",
         **options,  # type: ignore[arg-type]
-    )
-
-
-def start_session(request: Request, response: Response) -> None:
-    sessions = sessions_of(request)
-    set_cookie(
-        request,
-        response,
-        SESSION_COOKIE,
-        sessions.issue(),
-        max_age=int(sessions.lifetime),
-        path="/",
     )
 
 
