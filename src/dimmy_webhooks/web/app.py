@@ -25,7 +25,6 @@ from dimmy_webhooks.config import Settings
 from dimmy_webhooks.errors import ConfigError, StoreError
 from dimmy_webhooks.intake.receiver import PULL_MODE, SECURITY_HEADERS, Receiver, WebhookRoute
 from dimmy_webhooks.observe.metrics import CONTENT_TYPE
-from dimmy_webhooks.observe.overview import take_overview
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.signatures import Verifier, parse_secrets
 from dimmy_webhooks.store import Store
@@ -156,7 +155,7 @@ def create_app(
         refusal = _metrics_refusal(request, settings)
         if refusal is not None:
             return refusal
-        overview = await take_overview(services, services.metrics)
+        overview = await services.overview()
         deliveries = await services.metrics.ledger.counts(services.store)
         body = services.metrics.render(overview, deliveries)
         return Response(body, media_type=CONTENT_TYPE, headers={"cache-control": "no-store"})

@@ -24,7 +24,6 @@ from pydantic import BaseModel, Field
 
 from dimmy_webhooks.items import api_fields, to_api_json
 from dimmy_webhooks.models import StoredItem
-from dimmy_webhooks.observe.overview import take_overview
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.store.ops import ItemFilter
 from dimmy_webhooks.web.api import (
@@ -84,7 +83,7 @@ async def get_overview(request: Request) -> dict[str, Any]:
     """The counts of the dashboard's first page (cheap: every figure is one indexed query or
     held by this process)."""
     services = _services(request)
-    overview = await take_overview(services, services.metrics)
+    overview = await services.overview()
     return overview.as_json()
 
 

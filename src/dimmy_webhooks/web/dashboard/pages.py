@@ -18,7 +18,6 @@ from pydantic import BaseModel, Field
 
 from dimmy_webhooks.items import format_timestamp
 from dimmy_webhooks.models import ITEM_ID_PATTERN, StoredItem
-from dimmy_webhooks.observe.overview import take_overview
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.store.ops import ItemFilter
 from dimmy_webhooks.web.auth import TokenCheck, retry_after_header
@@ -109,7 +108,7 @@ def _moment(value: str | None, name: str, errors: list[str]) -> float | None:
 @router.get("/")
 async def overview_page(request: Request, session: Login) -> Response:
     services = _services(request)
-    overview = await take_overview(services, services.metrics)
+    overview = await services.overview()
     context = _context(request, session, "overview", "/api/overview")
     context.update(o=overview, outputs=services.output_names())
     return render(request, "overview.html", context, live="overview_live.html")
