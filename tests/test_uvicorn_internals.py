@@ -21,11 +21,8 @@ import uvicorn
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.server import ServerState
 
-from dimmy_webhooks.intake.httpserver import (
-    GuardedHttpToolsProtocol,
-    default_limits,
-    server_config,
-)
+from dimmy_webhooks.intake.httpserver import GuardedHttpToolsProtocol, default_limits
+from dimmy_webhooks.intake.serving import server_config
 
 VERSION = uvicorn.__version__
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import uvicorn
 
-from dimmy_webhooks.intake.httpserver import HttpLimits, default_limits, server_config
+from dimmy_webhooks.intake.httpserver import HttpLimits, default_limits
+from dimmy_webhooks.intake.serving import server_config
 
 
 def free_port(host: str = "127.0.0.1") -> int:

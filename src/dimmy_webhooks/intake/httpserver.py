@@ -6,8 +6,8 @@ kernel hands it (``limit_concurrency`` answers 503 but still accepts). A 64 MB h
 full; a client that never finishes its headers keeps its connection, and a file descriptor,
 forever; about a thousand of them exhaust the open-file limit (1,024 under systemd's default), and
 from then on every webhook and ``/healthz`` fails with nothing logged. ``serve``, the demo and
-the tests all run :func:`protocol` (through :func:`server_config`, the one place uvicorn is
-configured), which keeps everything of uvicorn's (keep-alive, pipelining,
+the tests all run :func:`protocol` (through :mod:`dimmy_webhooks.intake.serving`, the one place
+uvicorn is configured), which keeps everything of uvicorn's (keep-alive, pipelining,
 flow control, the ASGI cycle) and adds, as :class:`HttpLimits` sets them:
 
 * **Head size**: the request line and headers may take ``max_header_bytes`` and
@@ -39,7 +39,6 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
@@ -56,7 +55,6 @@ __all__ = [
     "connection_cap",
     "default_limits",
     "protocol",
-    "server_config",
 ]
 
 log = logging.getLogger("dimmy_webhooks.http")
@@ -136,26 +134,6 @@ def connection_cap(settings: Settings, nofile: int | None = None) -> int:
             "(LimitNOFILE= in the systemd unit, ulimit -n) or lower DIMMY_API_CONCURRENCY"
         )
     return min(CONNECTION_CEILING, room)
-
-
-def server_config(
-    app: Any, *, host: str, port: int, limits: HttpLimits, **options: Any
-) -> uvicorn.Config:
-    """uvicorn's configuration for ``app`` on ``host:port``: httptools with :func:`protocol`'s
-    limits, our own logging (no access log, no uvicorn logging config), no ``server`` header,
-    15 s keep-alive and 30 s graceful shutdown. ``serve``, ``fake-api``, the demo and the tests
-    all start uvicorn from here; ``options`` (``log_level``, ``interface``...) are added to
-    these."""
-    settings: dict[str, Any] = {
-        "http": protocol(limits),
-        "log_config": None,
-        "access_log": False,
-        "timeout_keep_alive": 15,
-        "timeout_graceful_shutdown": 30,
-        "server_header": False,
-        "lifespan": "on",
-    }
-    return uvicorn.Config(app, host=host, port=port, **(settings | options))
 
 
 def protocol(limits: HttpLimits) -> type[GuardedHttpToolsProtocol]:
