@@ -2,17 +2,13 @@
 
 :meth:`Services.from_settings` builds the store, the Dimmy API client, the outputs, the
 workers, the poller and the alert notifier (nothing is opened or started);
-:meth:`Services.opened` opens the store and the client (the one-off commands), and
-:meth:`Services.running` also starts every part, under one async context manager that undoes
-it all on the way out. ``serve`` (through the web app's lifespan), ``worker``, the operator
-commands and the demo all go through here, so a new long-running part is added in one place: a
-:class:`Part` with a ``run(stop)`` coroutine.
+:meth:`Services.opened` opens the store and the client (one-off commands), and
+:meth:`Services.running` also starts every part, undoing it all on the way out. ``serve``
+(through the web app's lifespan), ``worker``, the operator commands and the demo all go through
+here, so a new long-running part is added in one place: a :class:`Part` with a ``run(stop)``.
 
-The observers never see this object: :meth:`Services.status` hands them a snapshot
-(:class:`~dimmy_webhooks.observe.overview.Status`) and :meth:`Services.overview` reads the
-overview with it. May import every stage; nothing imports this module but the web app, the
-commands and the development tools. Nothing here imports the web stack: the ``worker`` command
-runs without FastAPI or Starlette.
+Observers never see this object: they get a :meth:`Services.status` snapshot. May import every
+stage but the web layer: the ``worker`` command runs without FastAPI or Starlette.
 """
 
 from __future__ import annotations
