@@ -19,7 +19,7 @@ def _uvicorns_own(limits: Any) -> Any:
     return "httptools"
 
 
-# serve imports httpserver.protocol when it runs, so it picks this up
+# intake.serving.server_config looks up httpserver.protocol when serve runs: it picks this up
 httpserver.protocol = _uvicorns_own  # type: ignore[assignment]
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from prometheus_client.exposition import generate_latest
 from dimmy_webhooks.config import load_settings
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.errors import ConfigError, TransientUpstream
-from dimmy_webhooks.observe.overview import take_overview
 from dimmy_webhooks.ratelimit import SlidingWindow
 from dimmy_webhooks.services import RATE_STATE, Services
 from dimmy_webhooks.upstream.client import DimmyClient, RateMode
@@ -375,7 +374,7 @@ async def test_the_learned_rate_survives_a_restart(
     async with second.running():
         assert second.client is not None
         assert second.client.rate_limit == pytest.approx(learned, abs=0.1)  # not 200 again
-        overview = (await take_overview(second)).as_json()
+        overview = (await second.overview()).as_json()
         assert overview["api_rate"]["mode"] == "adaptive"
         assert overview["api_rate"]["restored"] is True
         assert overview["api_rate"]["per_second"] == pytest.approx(learned, abs=0.1)

@@ -1,12 +1,14 @@
 """The composition root: every long-running part of the service, built from the settings.
 
-:meth:`Services.from_settings` builds the store, the Dimmy API client, the outputs and the
-workers (nothing is opened or started); :meth:`Services.running` opens and starts them under one
-async context manager and undoes it all on the way out. ``serve`` (through the web app's
-lifespan), ``worker`` and the demo all go through here, so a new long-running part is added in
-one place: a :class:`Part` with a ``run(stop)`` coroutine.
+:meth:`Services.from_settings` builds the store, the Dimmy API client, the outputs, the
+workers, the poller and the alert notifier (nothing is opened or started);
+:meth:`Services.opened` opens the store and the client (one-off commands), and
+:meth:`Services.running` also starts every part, undoing it all on the way out. ``serve``
+(through the web app's lifespan), ``worker``, the operator commands and the demo all go through
+here, so a new long-running part is added in one place: a :class:`Part` with a ``run(stop)``.
 
-Nothing here imports the web stack: the ``worker`` command runs without FastAPI or Starlette.
+Observers never see this object: they get a :meth:`Services.status` snapshot. May import every
+stage but the web layer: the ``worker`` command runs without FastAPI or Starlette.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from dimmy_webhooks.config import Settings
 from dimmy_webhooks.errors import ConfigError, StoreError
 from dimmy_webhooks.failpoints import Failpoints
 from dimmy_webhooks.models import ReplayMode
+from dimmy_webhooks.observe.alerts import AlertPolicy, HttpPoster, Notifier
+from dimmy_webhooks.observe.health import Readiness, check_readiness
 from dimmy_webhooks.observe.metrics import Metrics
+from dimmy_webhooks.observe.overview import Overview, Status, take_overview
 from dimmy_webhooks.outputs import Output, OutputContext, load_destinations, parse_outputs
 from dimmy_webhooks.pipeline.poller import Poller, PollPolicy, Reconciliation, reconciliation
 from dimmy_webhooks.pipeline.validation import Intake
@@ -113,16 +118,6 @@ class Part:
     run: Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
-@dataclass(frozen=True, slots=True)
-class Readiness:
-    """What ``/readyz`` answers: ``ready``, ``degraded`` (working, with problems an operator
-    should see) or ``unavailable`` (the store does not answer: take this process out of a load
-    balancer)."""
-
-    status: str
-    problems: list[str]
-
-
 @dataclass
 class Services:
     """The parts of one process (build with :meth:`from_settings`, run with :meth:`running`)."""
@@ -138,6 +133,7 @@ class Services:
     crash: Failpoints = field(default_factory=Failpoints)
     started_at: float = field(default_factory=time.time)
     metrics: Metrics = field(default_factory=Metrics)
+    alert_poster: HttpPoster | None = None
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     @classmethod
@@ -188,10 +184,22 @@ class Services:
             services.poller = services.new_poller()
             services.parts.append(Part("poller", services.poller.run))
         if alerts and settings.alert_url is not None:
-            from dimmy_webhooks.observe.alerts import notifier_part
-
-            services.parts.append(Part("notifier", notifier_part(services)))
+            # the notifier posts with its own HTTP client, closed when the service stops
+            services.alert_poster = HttpPoster(settings.alert_url.get_secret_value())
+            notifier = Notifier(
+                services._alert_look,
+                services.alert_poster,
+                AlertPolicy.from_settings(settings),
+                fmt=settings.alert_format,
+                link=settings.public_url,
+                clock=clock,
+            )
+            services.parts.append(Part("notifier", notifier.run))
         return services
+
+    async def _alert_look(self) -> tuple[Overview, int]:
+        """What the notifier looks at: the overview and the signature failures of 5 minutes."""
+        return await self.overview(), self.metrics.signature_failures_within()
 
     def new_poller(self) -> Poller:
         """A poller on this process's store and client (``poll --once`` and ``backfill`` run
@@ -210,21 +218,30 @@ class Services:
         )
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[Services]:
-        """Open the store and the client, start every part; on exit stop the parts (each
-        within its grace period), then close outputs, client and store."""
+    async def opened(self) -> AsyncIterator[Services]:
+        """Open the store and the client (no part is started: the one-off commands); on exit
+        close the alert poster, the outputs, the client and the store."""
         await self.store.open()
-        # everything loaded so far lives as long as the process: keep it out of the cyclic
-        # GC's full collections, which otherwise stall every request in flight for 50-100 ms
-        gc.collect()
-        gc.freeze()
-        stop = asyncio.Event()
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(self.store.close)
             for output in self.outputs:
                 stack.push_async_callback(self._close_output, output)
             if self.client is not None:
                 await stack.enter_async_context(self.client)
+            if self.alert_poster is not None:
+                stack.push_async_callback(self.alert_poster.aclose)
+            yield self
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Services]:
+        """:meth:`opened`, and every part started; on exit stop the parts (each within its
+        grace period) before closing what :meth:`opened` opened."""
+        async with self.opened():
+            # everything loaded so far lives as long as the process: keep it out of the cyclic
+            # GC's full collections, which otherwise stall every request in flight for 50-100 ms
+            gc.collect()
+            gc.freeze()
+            stop = asyncio.Event()
             parts = list(self.parts)
             adaptive = self.client.adaptive if self.client is not None else None
             if adaptive is not None:
@@ -375,6 +392,28 @@ class Services:
         ]
         return failures
 
+    def status(self) -> Status:
+        """What this process knows now, for the observers (overview, metrics, alerts)."""
+        client = self.client
+        return Status(
+            at=self.clock(),
+            started_at=self.started_at,
+            reconcile_grace=self.settings.reconcile_grace_seconds,
+            outputs=tuple(self.output_names()),
+            problems=tuple(self.problems()),
+            failures=tuple(self.failures()),
+            api_key_refused=client is not None and client.auth_failed is not None,
+            api_rate=None if client is None else _api_rate(client),
+            webhooks=self.metrics.webhook_counts(),
+            signature_failures_recent=self.metrics.signature_failures_within(),
+            rejections=self.metrics.recent_rejections(),
+        )
+
+    async def overview(self) -> Overview:
+        """The operator's overview (:func:`~dimmy_webhooks.observe.overview.take_overview`):
+        the dashboard, ``/api/overview``, ``/metrics`` and the alerts all read this one."""
+        return await take_overview(self.store, self.status())
+
     async def reconciliation(self) -> Reconciliation:
         """The reconciliation report (:func:`dimmy_webhooks.pipeline.poller.reconciliation`)."""
         return await reconciliation(
@@ -385,16 +424,8 @@ class Services:
         )
 
     async def readiness(self) -> Readiness:
-        """Ask the store for a round trip, then collect :meth:`failures` and :meth:`problems`."""
-        failures = self.failures()
-        try:
-            await self.store.ping()
-        except StoreError as exc:
-            failures.insert(0, f"store unreachable: {exc}")
-        if failures:
-            return Readiness("unavailable", failures + self.problems())
-        problems = self.problems()
-        return Readiness("degraded" if problems else "ready", problems)
+        """What ``/readyz`` answers (:func:`~dimmy_webhooks.observe.health.check_readiness`)."""
+        return await check_readiness(self.store, self.status())
 
 
 def _ending(task: asyncio.Task[None]) -> str:
@@ -402,3 +433,19 @@ def _ending(task: asyncio.Task[None]) -> str:
         return "cancelled"
     exc = task.exception()
     return "returned" if exc is None else f"{type(exc).__name__}: {exc}"
+
+
+def _api_rate(client: DimmyClient) -> dict[str, Any]:
+    """The client's rate: ``mode``, ``per_second`` now, and in adaptive mode its bounds,
+    whether it started from a learned rate and how many times it was cut."""
+    adaptive = client.adaptive
+    if adaptive is None:
+        return {"mode": "fixed", "per_second": client.rate_limit}
+    return {
+        "mode": "adaptive",
+        "per_second": round(adaptive.rate, 1),
+        "min": adaptive.floor,
+        "max": adaptive.ceiling,
+        "restored": adaptive.restored,
+        "cuts": adaptive.cuts,
+    }

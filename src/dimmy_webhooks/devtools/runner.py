@@ -12,7 +12,8 @@ from typing import Any
 
 import uvicorn
 
-from dimmy_webhooks.intake.httpserver import HttpLimits, default_limits, protocol
+from dimmy_webhooks.intake.httpserver import HttpLimits, default_limits
+from dimmy_webhooks.intake.serving import server_config
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -44,17 +45,17 @@ def serve_in_thread(
 ) -> Iterator[str]:
     """Serve ``app`` until the block ends; yields its base URL (``http://host:port``).
 
-    ``limits`` default to those of the default settings.
+    ``limits`` default to those of the default settings; the server is configured as
+    ``serve``'s (:func:`~dimmy_webhooks.intake.httpserver.server_config`), with uvicorn's own
+    lines at warning level and ``uvicorn_options`` added.
     """
     port = port or free_port(host)
-    config = uvicorn.Config(
+    config = server_config(
         app,
         host=host,
         port=port,
-        log_level="warning",
-        lifespan="on",
-        http=protocol(limits or default_limits()),
-        **uvicorn_options,
+        limits=limits or default_limits(),
+        **({"log_level": "warning"} | uvicorn_options),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)

@@ -6,7 +6,8 @@ kernel hands it (``limit_concurrency`` answers 503 but still accepts). A 64 MB h
 full; a client that never finishes its headers keeps its connection, and a file descriptor,
 forever; about a thousand of them exhaust the open-file limit (1,024 under systemd's default), and
 from then on every webhook and ``/healthz`` fails with nothing logged. ``serve``, the demo and
-the tests all run :func:`protocol`, which keeps everything of uvicorn's (keep-alive, pipelining,
+the tests all run :func:`protocol` (through :mod:`dimmy_webhooks.intake.serving`, the one place
+uvicorn is configured), which keeps everything of uvicorn's (keep-alive, pipelining,
 flow control, the ASGI cycle) and adds, as :class:`HttpLimits` sets them:
 
 * **Head size**: the request line and headers may take ``max_header_bytes`` and

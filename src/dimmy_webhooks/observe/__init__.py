@@ -1,7 +1,8 @@
-"""Observing the service: logs, the overview, Prometheus metrics and alerts.
+"""Observing the service: logs, the overview, health, Prometheus metrics and alerts.
 
-Owns the log format and redaction (:mod:`.logs`), the overview every status page and
-``/readyz`` read (:mod:`.overview`), ``/metrics`` (:mod:`.metrics`) and the alert notifier
+Owns the log format and redaction (:mod:`.logs`), the overview every status page reads
+(:mod:`.overview`, with the :class:`~.overview.Status` snapshot the observers are given), what
+``/readyz`` answers (:mod:`.health`), ``/metrics`` (:mod:`.metrics`) and the alert notifier
 (:mod:`.alerts`). Observers take the store and a status snapshot, not the whole service.
 
 May import: the shared root modules, :mod:`dimmy_webhooks.config` and

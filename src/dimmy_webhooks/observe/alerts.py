@@ -32,16 +32,14 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
+from dimmy_webhooks.config import Settings
 from dimmy_webhooks.items import format_timestamp
 from dimmy_webhooks.observe.logs import redact_urls
 from dimmy_webhooks.observe.overview import Overview
-
-if TYPE_CHECKING:
-    from dimmy_webhooks.services import Services
 
 log = logging.getLogger("dimmy_webhooks.observe.alerts")
 
@@ -58,6 +56,16 @@ class AlertPolicy:
     signature_failures: int = 20
     destination_failing: float = 600.0
     gap_quiet: float = GAP_QUIET
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AlertPolicy:
+        """The ``DIMMY_ALERT_*`` thresholds and pacing."""
+        return cls(
+            interval=settings.alert_interval_seconds,
+            repeat=settings.alert_repeat_minutes * 60,
+            signature_failures=settings.alert_signature_failures,
+            destination_failing=settings.alert_destination_minutes * 60,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,39 +269,3 @@ class HttpPoster:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
-
-
-def notifier_part(services: Services) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
-    """The notifier of ``services`` (``DIMMY_ALERT_URL`` must be set), as a part's ``run``:
-    it posts with its own HTTP client, closed when the part stops."""
-    from dimmy_webhooks.observe.overview import take_overview
-
-    settings = services.settings
-    assert settings.alert_url is not None
-    poster = HttpPoster(settings.alert_url.get_secret_value())
-
-    async def look() -> tuple[Overview, int]:
-        overview = await take_overview(services, services.metrics)
-        return overview, services.metrics.signature_failures_within()
-
-    notifier = Notifier(
-        look,
-        poster,
-        AlertPolicy(
-            interval=settings.alert_interval_seconds,
-            repeat=settings.alert_repeat_minutes * 60,
-            signature_failures=settings.alert_signature_failures,
-            destination_failing=settings.alert_destination_minutes * 60,
-        ),
-        fmt=settings.alert_format,
-        link=settings.public_url,
-        clock=services.clock,
-    )
-
-    async def run(stop: asyncio.Event) -> None:
-        try:
-            await notifier.run(stop)
-        finally:
-            await poster.aclose()
-
-    return run

@@ -23,18 +23,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from dimmy_webhooks.items import format_timestamp
 from dimmy_webhooks.observe.logs import redact_urls
-
-if TYPE_CHECKING:
-    from dimmy_webhooks.observe.overview import Overview
-    from dimmy_webhooks.store import Store
+from dimmy_webhooks.observe.overview import Overview
+from dimmy_webhooks.store import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SIGNATURE_WINDOW = 300.0  # seconds over which signature failures are counted for alerts
@@ -143,6 +142,13 @@ class Metrics:
                 if sample.name.endswith("_total"):
                     counts[sample.labels["outcome"]] = int(sample.value)
         return counts
+
+    def recent_rejections(self) -> tuple[dict[str, Any], ...]:
+        """The webhooks this process refused lately, newest first (for the overview)."""
+        return tuple(
+            {"at": format_timestamp(r.at), "status": r.status, "reason": r.reason}
+            for r in list(self.rejections)
+        )
 
     def render(self, overview: Overview, deliveries: dict[tuple[str, str], int]) -> bytes:
         """The exposition: this process's counters, then the store's figures."""

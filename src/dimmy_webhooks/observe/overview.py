@@ -10,17 +10,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dimmy_webhooks.items import format_timestamp
-from dimmy_webhooks.store import OperatorCounts
-
-if TYPE_CHECKING:
-    from dimmy_webhooks.observe.metrics import Metrics
-    from dimmy_webhooks.services import Services
-    from dimmy_webhooks.upstream.client import DimmyClient
+from dimmy_webhooks.store import OperatorCounts, Store
 
 RECENT_ATTEMPTS = 50  # ledger rows read per output to tell whether it is failing
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What the running process knows at ``at`` (Unix seconds), taken by the composition root
+    (:meth:`dimmy_webhooks.services.Services.status`) for the observers.
+
+    ``outputs`` are this process's output names; ``problems`` and ``failures`` are what
+    ``/readyz`` lists; ``webhooks``, ``signature_failures_recent`` and ``rejections`` are this
+    process's counts (:class:`~dimmy_webhooks.observe.metrics.Metrics`); ``api_rate`` the Dimmy
+    API client's pace (``None``: no API key here).
+    """
+
+    at: float
+    started_at: float
+    reconcile_grace: float
+    outputs: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+    failures: tuple[str, ...] = ()
+    api_key_refused: bool = False
+    api_rate: dict[str, Any] | None = None
+    webhooks: dict[str, int] = field(default_factory=dict)
+    signature_failures_recent: int = 0
+    rejections: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,60 +158,38 @@ def local_midnight(at: float) -> float:
     return moment.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
-async def take_overview(services: Services, metrics: Metrics | None = None) -> Overview:
-    """Read the overview from the store and the running process (raises ``StoreError``)."""
-    now = services.clock()
+async def take_overview(store: Store, status: Status) -> Overview:
+    """Read the overview from ``store`` and the process's ``status`` (raises ``StoreError``)."""
+    now = status.at
     day_start = local_midnight(now)
-    counts = await services.store.operator_counts(
-        since=day_start, now=now, seen_before=now - services.settings.reconcile_grace_seconds
+    counts = await store.operator_counts(
+        since=day_start, now=now, seen_before=now - status.reconcile_grace
     )
-    names = list(dict.fromkeys([*services.output_names(), *_queued_outputs(counts)]))
-    destinations = [await _destination(services, counts, name, now) for name in names]
-    client = services.client
+    names = list(dict.fromkeys([*status.outputs, *_queued_outputs(counts)]))
+    destinations = [await _destination(store, counts, name, now) for name in names]
     return Overview(
         at=now,
         day_start=day_start,
         counts=counts,
         destinations=destinations,
-        problems=services.problems(),
-        failures=services.failures(),
-        api_key_refused=client is not None and client.auth_failed is not None,
-        webhooks=metrics.webhook_counts() if metrics is not None else {},
-        signature_failures_recent=metrics.signature_failures_within() if metrics else 0,
-        rejections=[
-            {"at": _iso(r.at), "status": r.status, "reason": r.reason}
-            for r in (metrics.rejections if metrics is not None else ())
-        ],
-        api_rate=None if client is None else _api_rate(client),
+        problems=list(status.problems),
+        failures=list(status.failures),
+        api_key_refused=status.api_key_refused,
+        webhooks=dict(status.webhooks),
+        signature_failures_recent=status.signature_failures_recent,
+        rejections=list(status.rejections),
+        api_rate=status.api_rate,
     )
-
-
-def _api_rate(client: DimmyClient) -> dict[str, Any]:
-    """The client's rate: ``mode``, ``per_second`` now, and in adaptive mode its bounds,
-    whether it started from a learned rate and how many times it was cut."""
-    adaptive = client.adaptive
-    if adaptive is None:
-        return {"mode": "fixed", "per_second": client.rate_limit}
-    return {
-        "mode": "adaptive",
-        "per_second": round(adaptive.rate, 1),
-        "min": adaptive.floor,
-        "max": adaptive.ceiling,
-        "restored": adaptive.restored,
-        "cuts": adaptive.cuts,
-    }
 
 
 def _queued_outputs(counts: OperatorCounts) -> list[str]:
     return [q.output for q in counts.queue if q.kind == "deliver" and q.output is not None]
 
 
-async def _destination(
-    services: Services, counts: OperatorCounts, name: str, now: float
-) -> Destination:
+async def _destination(store: Store, counts: OperatorCounts, name: str, now: float) -> Destination:
     rows = [q for q in counts.queue if q.kind == "deliver" and q.output == name]
     due = [q.due_since for q in rows if q.due_since is not None]
-    recent = await services.store.recent_attempts(name, limit=RECENT_ATTEMPTS)
+    recent = await store.recent_attempts(name, limit=RECENT_ATTEMPTS)
     last_success = next((at for outcome, at, _ in recent if outcome == "delivered"), None)
     failures = [
         (at, error)

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from dimmy_webhooks.config import Settings
-from dimmy_webhooks.observe.overview import Overview, take_overview
+from dimmy_webhooks.observe.overview import Overview
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.store import Store
 from dimmy_webhooks.web.auth import TokenCheck, require_admin, require_login, sessions_of, tokens_of
@@ -52,7 +52,7 @@ def settings_of(services: ServicesDep) -> Settings:
 
 async def overview_of(services: ServicesDep) -> Overview:
     """One picture of the service, for ``/``, ``/api/overview`` and ``/metrics``."""
-    return await take_overview(services, services.metrics)
+    return await services.overview()
 
 
 StoreDep = Annotated[Store, Depends(store_of)]
