@@ -8,7 +8,8 @@ import pytest
 
 from dimmy_webhooks.config import Settings
 
-from .helpers import CLI, run
+from .support.constants import CLI
+from .support.processes import run
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,11 @@ from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 from dimmy_webhooks.web.auth import FailureThrottle
 
-from ..helpers import ADMIN_TOKEN, CLI, SECRET, make_settings, query, run, signed
+from ..support.builders import make_settings
+from ..support.constants import ADMIN_TOKEN, CLI, SECRET
+from ..support.databases import query
+from ..support.processes import run
+from ..support.senders import signed
 
 pytestmark = pytest.mark.faults
 

@@ -34,7 +34,9 @@ from dimmy_webhooks.store import schema as db_schema
 from dimmy_webhooks.web import create_app
 from dimmy_webhooks.web.auth import FailureThrottle, TokenCheck
 
-from ..helpers import ADMIN_TOKEN, AUTH, FULL, make_settings, signed
+from ..support.builders import make_settings
+from ..support.constants import ADMIN_TOKEN, AUTH, FULL
+from ..support.senders import signed
 
 pytestmark = pytest.mark.faults
 

@@ -22,7 +22,10 @@ from dimmy_webhooks.intake.receiver import BodyRejected, parse_event
 from dimmy_webhooks.models import FULL_PAYLOAD, IncomingEvent, nested_deeper_than, nesting_bound
 from dimmy_webhooks.store import create_store
 
-from ..helpers import AUTH, query, signed, wait_until
+from ..support.constants import AUTH
+from ..support.databases import query
+from ..support.processes import wait_until
+from ..support.senders import signed
 
 pytestmark = pytest.mark.faults
 

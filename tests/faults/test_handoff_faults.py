@@ -15,7 +15,10 @@ from standardwebhooks import Webhook
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 
-from ..helpers import API_KEY, SECRET, FakeWms, ServiceProcess, clean_env, signed, wait_until
+from ..support.constants import API_KEY, SECRET
+from ..support.fakes import FakeWms
+from ..support.processes import ServiceProcess, clean_env, wait_until
+from ..support.senders import signed
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -30,15 +30,11 @@ from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 
-from ..helpers import (
-    ADMIN_TOKEN,
-    API_KEY,
-    AUTH,
-    dashboard_login,
-    hold_item,
-    make_settings,
-    signed,
-)
+from ..support.builders import make_settings
+from ..support.constants import ADMIN_TOKEN, API_KEY, AUTH
+from ..support.dashboard import dashboard_login
+from ..support.databases import hold_item
+from ..support.senders import signed
 
 pytestmark = pytest.mark.faults
 

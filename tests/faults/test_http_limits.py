@@ -30,18 +30,12 @@ from dimmy_webhooks.devtools.sender import items_scanned_body
 from dimmy_webhooks.errors import ConfigError
 from dimmy_webhooks.intake.httpserver import connection_cap
 
-from ..helpers import (
-    SECRET,
-    ServiceProcess,
-    closed_by_peer,
-    make_settings,
-    query,
-    raw_connection,
-    read_status,
-    signed,
-    wait_until,
-    webhook_head,
-)
+from ..support.builders import make_settings
+from ..support.constants import SECRET
+from ..support.databases import query
+from ..support.processes import ServiceProcess, wait_until
+from ..support.rawhttp import closed_by_peer, raw_connection, read_status, webhook_head
+from ..support.senders import signed
 
 pytestmark = pytest.mark.faults
 

@@ -19,7 +19,10 @@ from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.errors import PermanentUpstream
 from dimmy_webhooks.upstream.client import DimmyClient
 
-from ..helpers import ADMIN_TOKEN, API_KEY, AUTH, CLI, SECRET, query, run, signed, wait_until
+from ..support.constants import ADMIN_TOKEN, API_KEY, AUTH, CLI, SECRET
+from ..support.databases import query
+from ..support.processes import run, wait_until
+from ..support.senders import signed
 
 pytestmark = pytest.mark.faults
 

@@ -52,7 +52,7 @@ from dimmy_webhooks.models import (
 )
 from dimmy_webhooks.store import Lease, ReplayMode, SQLiteStore, Store, schema
 
-from ..helpers import FULL
+from ..support.constants import FULL
 
 pytestmark = pytest.mark.faults
 

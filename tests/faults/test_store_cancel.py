@@ -21,7 +21,8 @@ from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.models import ITEMS_SCANNED, IncomingEvent, InsertOutcome
 from dimmy_webhooks.web import create_app
 
-from ..helpers import make_settings, query
+from ..support.builders import make_settings
+from ..support.databases import query
 
 pytestmark = pytest.mark.faults
 

@@ -18,16 +18,12 @@ from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 
-from .helpers import (
-    ADMIN_TOKEN,
-    AUTH,
-    csrf_of,
-    dashboard_login,
-    hold_item,
-    make_settings,
-    signed,
-    wait_until,
-)
+from ..support.builders import make_settings
+from ..support.constants import ADMIN_TOKEN, AUTH
+from ..support.dashboard import csrf_of, dashboard_login
+from ..support.databases import hold_item
+from ..support.processes import wait_until
+from ..support.senders import signed
 
 PAGES = ["/", "/ui/events", "/ui/items", "/ui/quarantine"]
 

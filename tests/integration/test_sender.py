@@ -25,7 +25,9 @@ from dimmy_webhooks.devtools.sender import (
 from dimmy_webhooks.signatures import Verifier
 from dimmy_webhooks.web import create_app
 
-from .helpers import KEY, make_settings, query
+from ..support.builders import make_settings
+from ..support.constants import KEY
+from ..support.databases import query
 
 BODY = items_scanned_body(["6592008029c8c3e4dc76256c", "6592008029c8c3e4dc76256d"])
 

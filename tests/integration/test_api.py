@@ -13,7 +13,10 @@ from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.outputs import JsonlOutput
 from dimmy_webhooks.web import create_app
 
-from .helpers import AUTH, make_settings, signed, wait_until
+from ..support.builders import make_settings
+from ..support.constants import AUTH
+from ..support.processes import wait_until
+from ..support.senders import signed
 
 
 def send(url: str, msg_id: str, ids: list[str]) -> None:

@@ -16,7 +16,7 @@ import pytest
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app, iso
 from dimmy_webhooks.devtools.runner import serve_in_thread
 
-from .helpers import reset_fake
+from ..support.fakes import reset_fake
 
 KEY = "test-key"
 HEX24 = re.compile(r"^[0-9a-f]{24}$")

@@ -30,18 +30,11 @@ from dimmy_webhooks.pipeline.poller import WATERMARK, PollPolicy, backfill, pars
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.web import create_app
 
-from .helpers import (
-    API_KEY,
-    CLI,
-    SECRET,
-    ServiceProcess,
-    clean_env,
-    make_settings,
-    query,
-    run,
-    signed,
-    wait_until,
-)
+from ..support.builders import make_settings
+from ..support.constants import API_KEY, CLI, SECRET
+from ..support.databases import query
+from ..support.processes import ServiceProcess, clean_env, run, wait_until
+from ..support.senders import signed
 
 FAST = PollPolicy(
     page_size=7,

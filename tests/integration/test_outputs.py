@@ -34,12 +34,10 @@ from dimmy_webhooks.outputs import (
     parse_outputs,
 )
 
-from .helpers import clean_env, wait_until
+from ..support.processes import clean_env, wait_until
 
-# the helper module sits beside this one: "tests.handlers_for_tests" or, without a
-# tests/__init__.py, plain "handlers_for_tests"
-_package = __name__.rpartition(".")[0]
-HANDLERS = f"{_package}.handlers_for_tests" if _package else "handlers_for_tests"
+# the helper module the ``python:`` outputs name: "tests.support.handlers"
+HANDLERS = "tests.support.handlers"
 handlers = importlib.import_module(HANDLERS)
 
 

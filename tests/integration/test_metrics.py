@@ -16,7 +16,10 @@ from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.observe.metrics import LedgerTally
 from dimmy_webhooks.web import create_app
 
-from .helpers import ADMIN_TOKEN, API_KEY, AUTH, make_settings, signed, wait_until
+from ..support.builders import make_settings
+from ..support.constants import ADMIN_TOKEN, API_KEY, AUTH
+from ..support.processes import wait_until
+from ..support.senders import signed
 
 METRICS_TOKEN = "scraper-token-789"
 

@@ -14,7 +14,9 @@ import pytest
 
 from dimmy_webhooks.store import schema
 
-from .helpers import ADMIN_TOKEN, CLI, SECRET, clean_env, signed
+from ..support.constants import ADMIN_TOKEN, CLI, SECRET
+from ..support.processes import clean_env
+from ..support.senders import signed
 
 
 def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

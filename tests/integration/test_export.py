@@ -27,7 +27,8 @@ from dimmy_webhooks.pipeline.worker import Worker, WorkerPolicy
 from dimmy_webhooks.store import SQLiteStore, schema
 from dimmy_webhooks.upstream.client import DimmyClient
 
-from .helpers import API_KEY, CLI, clean_env
+from ..support.constants import API_KEY, CLI
+from ..support.processes import clean_env
 
 pytestmark = pytest.mark.postgres
 

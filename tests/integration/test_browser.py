@@ -28,13 +28,15 @@ import pytest
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import free_port
 
-from .faults.test_hostile_payloads import PAYLOADS, hostile_item
-from .helpers import ADMIN_TOKEN, AUTH, CLI, clean_env, signed, wait_until
+from ..faults.test_hostile_payloads import PAYLOADS, hostile_item
+from ..support.constants import ADMIN_TOKEN, AUTH, CLI, ROOT
+from ..support.processes import clean_env, wait_until
+from ..support.senders import signed
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = os.environ.get("DIMMY_TEST_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "out" / "screenshots"
+SCREENSHOTS = ROOT / "out" / "screenshots"
 ARGS = [
     "--headless",
     "--no-sandbox",

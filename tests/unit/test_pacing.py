@@ -25,7 +25,10 @@ from dimmy_webhooks.services import RATE_STATE, Services
 from dimmy_webhooks.upstream.client import DimmyClient, RateMode
 from dimmy_webhooks.upstream.pacing import THROTTLE_CUT, AdaptiveRate
 
-from .helpers import API_KEY, FakeTime, make_settings, migrated_sqlite_url, scalar
+from ..support.builders import make_settings
+from ..support.constants import API_KEY
+from ..support.databases import migrated_sqlite_url, scalar
+from ..support.fakes import FakeTime
 
 KEY = "s3cret-key-0123456789"
 ITEM_ID = "6592008029c8c3e4dc76256c"

@@ -32,7 +32,7 @@ from dimmy_webhooks.upstream.client import (
     parse_retry_after,
 )
 
-from .helpers import FakeTime, reset_fake
+from ..support.fakes import FakeTime, reset_fake
 
 KEY = "s3cret-key-0123456789"
 ITEM_ID = "6592008029c8c3e4dc76256c"

@@ -22,7 +22,10 @@ from dimmy_webhooks.observe.overview import Destination, Overview
 from dimmy_webhooks.store.ops import OperatorCounts, QueueDepth
 from dimmy_webhooks.web import create_app
 
-from .helpers import API_KEY, make_settings, signed, wait_until
+from ..support.builders import make_settings
+from ..support.constants import API_KEY
+from ..support.processes import wait_until
+from ..support.senders import signed
 
 
 class Recorder:

@@ -20,8 +20,9 @@ from dimmy_webhooks.pipeline.worker import Worker, WorkerPolicy
 from dimmy_webhooks.store import ReplayMode, Store, create_store
 from dimmy_webhooks.upstream.client import DimmyClient
 
-from . import handlers_for_tests
-from .helpers import API_KEY, query
+from ..support import handlers
+from ..support.constants import API_KEY
+from ..support.databases import query
 
 FAST = WorkerPolicy(
     concurrency=32,
@@ -223,17 +224,17 @@ async def test_newer_version_replaces_and_is_delivered_once_more(
 
 async def test_a_poison_output_dies_alone(pipeline_factory: Any, fake: FakeDimmy) -> None:
     ids = fake.generate_items(5)
-    handlers_for_tests.calls.clear()
-    handlers_for_tests.poison.clear()
+    handlers.calls.clear()
+    handlers.poison.clear()
     p = await pipeline_factory(
-        extra_outputs="python:tests.handlers_for_tests:explode_on_first", max_attempts=2
+        extra_outputs="python:tests.support.handlers:explode_on_first", max_attempts=2
     )
     await p.store.insert_event(event("msg_poison", ids))
     await p.run_until_idle()
     assert sorted(line["item_id"] for line in p.lines()) == sorted(ids)
     dead = p.table("SELECT output, attempts FROM jobs WHERE status = 'dead'")
-    assert dead == [("python:tests.handlers_for_tests:explode_on_first", 2)]
-    assert len(handlers_for_tests.calls) == 4  # the other items reached the handler
+    assert dead == [("python:tests.support.handlers:explode_on_first", 2)]
+    assert len(handlers.calls) == 4  # the other items reached the handler
 
 
 async def test_refused_api_key_pauses_without_burning_attempts(
@@ -307,17 +308,17 @@ async def test_graceful_stop_releases_claims(pipeline_factory: Any, fake: FakeDi
     assert {row[0] for row in p.table("SELECT id FROM items")} == set(ids)
 
 
-BLOCKING = "python:tests.handlers_for_tests:block_forever"
+BLOCKING = "python:tests.support.handlers:block_forever"
 
 
 @pytest.fixture
 def blocking_handlers() -> Any:
     """The test handlers, with :func:`block_forever` blocking until the test is over."""
-    handlers_for_tests.calls.clear()
-    handlers_for_tests.release.clear()
-    yield handlers_for_tests
-    handlers_for_tests.release.set()
-    handlers_for_tests.calls.clear()
+    handlers.calls.clear()
+    handlers.release.clear()
+    yield handlers
+    handlers.release.set()
+    handlers.calls.clear()
 
 
 async def test_a_blocking_output_times_out_is_retried_and_holds_up_nothing(
@@ -346,7 +347,7 @@ async def test_stopping_with_a_blocked_output_takes_the_grace_period_only(
     """The worker's own cancellation of a blocked delivery is not the delivery's failure: the
     claim goes back with its attempt."""
     ids = fake.generate_items(2)
-    output = f"python:tests.handlers_for_tests:{handler}"
+    output = f"python:tests.support.handlers:{handler}"
     policy = replace(FAST, output_timeout_seconds=60, grace_seconds=0.3)
     p = await pipeline_factory(extra_outputs=output, policy=policy)
     await p.store.insert_event(event("msg_stop_blocked", ids))
@@ -369,11 +370,11 @@ async def test_stopping_with_a_blocked_output_takes_the_grace_period_only(
 
 @pytest.fixture
 def raising_handlers() -> Any:
-    handlers_for_tests.calls.clear()
-    handlers_for_tests.raised.clear()
-    yield handlers_for_tests
-    handlers_for_tests.calls.clear()
-    handlers_for_tests.raised.clear()
+    handlers.calls.clear()
+    handlers.raised.clear()
+    yield handlers
+    handlers.calls.clear()
+    handlers.raised.clear()
 
 
 @pytest.mark.parametrize("handler", ["raise_base_exception", "async_raise_base_exception"])
@@ -383,7 +384,7 @@ async def test_an_output_raising_system_exit_and_the_like_fails_counted_attempts
     """SystemExit, KeyboardInterrupt, GeneratorExit, a stray CancelledError, any BaseException
     from an output: a failed delivery that counts its attempt; the worker keeps working."""
     ids = fake.generate_items(2)
-    output = f"python:tests.handlers_for_tests:{handler}"
+    output = f"python:tests.support.handlers:{handler}"
     attempts = len(raising_handlers.RAISED)
     p = await pipeline_factory(extra_outputs=output, max_attempts=attempts)
     await p.store.insert_event(event("msg_raise", ids))
@@ -401,7 +402,7 @@ async def test_an_output_raising_system_exit_and_the_like_fails_counted_attempts
     assert later[0] in {line["item_id"] for line in p.lines()}
 
 
-@pytest.mark.parametrize("kind", [SystemExit, handlers_for_tests.Fatal])
+@pytest.mark.parametrize("kind", [SystemExit, handlers.Fatal])
 async def test_any_job_raising_a_base_exception_is_a_logged_counted_failure(
     kind: type[BaseException],
     pipeline_factory: Any,

@@ -16,7 +16,11 @@ from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 
-from .helpers import API_KEY, make_settings, scalar, signed, wait_until
+from ..support.builders import make_settings
+from ..support.constants import API_KEY
+from ..support.databases import scalar
+from ..support.processes import wait_until
+from ..support.senders import signed
 
 RATE = 40.0  # requests per second: the 400-id upload takes 10 s on its own
 

@@ -22,18 +22,12 @@ from dimmy_webhooks.intake.receiver import BodyRejected, parse_event
 from dimmy_webhooks.models import ITEMS_SCANNED, classify_event, nested_deeper_than
 from dimmy_webhooks.web import create_app
 
-from .helpers import (
-    AUTH,
-    SECRET,
-    closed_by_peer,
-    make_settings,
-    query,
-    raw_request,
-    read_status,
-    signed,
-    wait_until,
-    webhook_head,
-)
+from ..support.builders import make_settings
+from ..support.constants import AUTH, SECRET
+from ..support.databases import query
+from ..support.processes import wait_until
+from ..support.rawhttp import closed_by_peer, raw_request, read_status, webhook_head
+from ..support.senders import signed
 
 BODY = json.dumps({"item_ids": ["6592008029c8c3e4dc76256c", "6592008029c8c3e4dc76256d"]}).encode()
 

@@ -1,12 +1,12 @@
 """Scale-out acceptance test: 2 receivers and 3 workers on one PostgreSQL, under faults.
 
-``dimmy-webhooks serve --no-worker`` twice and ``dimmy-webhooks worker`` three times, as users
-start them, share one private PostgreSQL cluster (:mod:`.pgcluster`: the shared test server must
-not be stopped under other tests). A retrying sender posts a few thousand signed ``items.scanned``
-events (a few hundred distinct item ids, 1-5 per event, repeated across events), alternating
-between the receivers and retrying any non-2xx or connection error with the same message id.
-Meanwhile workers are SIGKILLed (and restarted at once, as a supervisor would), and PostgreSQL is
-crashed (``pg_ctl stop -m immediate``) and started again in the middle of the load (R1, R3, R13).
+``dimmy-webhooks serve --no-worker`` twice and ``dimmy-webhooks worker`` three times, as users start
+them, share one private PostgreSQL cluster (:mod:`tests.support.pgcluster`: the shared test server
+must not be stopped under other tests). A retrying sender posts a few thousand signed
+``items.scanned`` events (a few hundred distinct item ids, 1-5 per event, repeated across events),
+alternating between the receivers and retrying any non-2xx or connection error with the same message
+id. Meanwhile workers are SIGKILLed (and restarted at once, as a supervisor would), and PostgreSQL
+is crashed (``pg_ctl stop -m immediate``) and started again in the middle of the load (R1, R3, R13).
 One worker, the witness, is never killed: it has to come through the outage by itself. After the
 queue drained, each worker alone (the others SIGSTOPped) must process a few new events.
 
@@ -37,25 +37,12 @@ import pytest
 
 from dimmy_webhooks.outputs import JsonlOutput
 
-from .helpers import (
-    API_KEY,
-    CLI,
-    FULL,
-    SECRET,
-    RetryingSender,
-    ServiceProcess,
-    clean_env,
-    job_counts,
-    logs_tail,
-    make_events,
-    rows,
-    scalar,
-    scaled,
-    signed,
-    wait_until,
-    work_left,
-)
-from .pgcluster import PgCluster, unavailable_reason
+from ..support.builders import make_events
+from ..support.constants import API_KEY, CLI, FULL, SECRET, scaled
+from ..support.databases import job_counts, rows, scalar, work_left
+from ..support.pgcluster import PgCluster, unavailable_reason
+from ..support.processes import ServiceProcess, clean_env, logs_tail, wait_until
+from ..support.senders import RetryingSender, signed
 
 SCALE = scaled(1)
 N_EVENTS = scaled(2000)

@@ -13,7 +13,8 @@ import pytest
 
 from dimmy_webhooks.devtools.runner import free_port
 
-from .helpers import CLI, run
+from ..support.constants import CLI
+from ..support.processes import run
 
 
 def run_demo(tmp_path: Path, *args: str, timeout: float = 60, **env: str) -> tuple[int, str, str]:

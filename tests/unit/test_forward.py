@@ -27,10 +27,10 @@ from dimmy_webhooks.outputs.http import (
     load_destinations,
 )
 
-from .helpers import FakeWms
+from ..support.constants import ROOT
+from ..support.fakes import FakeWms
 
 FORWARD_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
-ROOT = Path(__file__).resolve().parent.parent
 DOC = {
     "_id": "6592008029c8c3e4dc76256c",
     "created_at": "2026-01-05T09:00:05Z",

@@ -19,7 +19,12 @@ from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 
-from .helpers import API_KEY, FakeWms, WmsRequest, make_settings, query, signed, wait_until
+from ..support.builders import make_settings
+from ..support.constants import API_KEY
+from ..support.databases import query
+from ..support.fakes import FakeWms, WmsRequest
+from ..support.processes import wait_until
+from ..support.senders import signed
 
 FORWARD_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
 TOKEN = "t" * 40

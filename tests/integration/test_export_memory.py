@@ -14,7 +14,9 @@ import pytest
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig
 
-from .helpers import ADMIN_TOKEN, AUTH, SECRET, migrated_sqlite_url, proc_status_kb
+from ..support.constants import ADMIN_TOKEN, AUTH, SECRET
+from ..support.databases import migrated_sqlite_url
+from ..support.processes import proc_status_kb
 
 ITEMS = 100_000
 GROWTH_LIMIT_KB = 48 * 1024  # the JSON Lines export alone is ~180 MB

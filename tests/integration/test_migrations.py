@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 from dimmy_webhooks.items import normalise, version_of
 from dimmy_webhooks.store import schema
 
-from .helpers import query
+from ..support.databases import query
 
 DOC = {"_id": "6592008029c8c3e4dc76256c", "updated_at": "2026-01-05T09:00:05Z", "b": [1, 2]}
 RAW = '{"_id": "6592008029c8c3e4dc76256c",  "updated_at": "2026-01-05T09:00:05Z", "b": [1,2]}'

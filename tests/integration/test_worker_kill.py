@@ -16,7 +16,9 @@ from typing import Any
 from dimmy_webhooks.devtools.sender import items_scanned_body
 from dimmy_webhooks.outputs import JsonlOutput
 
-from .helpers import API_KEY, insert_events, rows, running_jobs, unfinished_jobs, wait_until
+from ..support.constants import API_KEY
+from ..support.databases import insert_events, rows, running_jobs, unfinished_jobs
+from ..support.processes import wait_until
 
 SEED = 20261128
 
