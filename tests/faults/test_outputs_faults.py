@@ -35,7 +35,7 @@ from dimmy_webhooks.outputs import JsonlOutput
 from ..support.constants import ADMIN_TOKEN, API_KEY, AUTH, ROOT, SECRET
 from ..support.databases import backend, db_state, rows, running_jobs
 from ..support.processes import ServiceProcess, wait_until
-from ..support.senders import signed
+from ..support.senders import post_signed
 from .procs import exit_code, summary
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -75,7 +75,7 @@ def post_webhook(client: httpx.Client, msg_id: str, ids: list[str]) -> tuple[int
     """POST a signed ``items.scanned``; its status and how long the answer took."""
     body = items_scanned_body(ids)
     started = time.monotonic()
-    response = client.post("/webhook", content=body, headers=signed(body, msg_id))
+    response = post_signed(client, msg_id, body)
     return response.status_code, time.monotonic() - started
 
 

@@ -25,7 +25,7 @@ from dimmy_webhooks.web import create_app
 from ..support.builders import make_settings
 from ..support.constants import API_KEY
 from ..support.processes import wait_until
-from ..support.senders import signed
+from ..support.senders import post_signed
 
 
 class Recorder:
@@ -184,10 +184,7 @@ def test_serve_alerts_when_work_dies_and_says_when_it_is_replayed(
     missing = "6592008029c8c3e4dc76aaaa"
     with serve_in_thread(create_app(settings)) as url:
         body = json.dumps({"item_ids": [missing]}).encode()
-        assert (
-            httpx.post(url + "/webhook", content=body, headers=signed(body, "m1")).status_code
-            == 204
-        )
+        assert post_signed(url, "m1", body).status_code == 204
         assert wait_until(lambda: any("work went dead" in t for t in record.texts()), 20), (
             record.texts()
         )

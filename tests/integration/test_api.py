@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,7 @@ from dimmy_webhooks.web import create_app
 from ..support.builders import make_settings
 from ..support.constants import AUTH
 from ..support.processes import wait_until
-from ..support.senders import signed
-
-
-def send(url: str, msg_id: str, ids: list[str]) -> None:
-    body = json.dumps({"item_ids": ids}).encode()
-    response = httpx.post(url + "/webhook", content=body, headers=signed(body, msg_id))
-    assert response.status_code == 204
+from ..support.senders import post_signed
 
 
 def events(url: str, **params: Any) -> list[dict[str, Any]]:
@@ -34,7 +27,7 @@ def events(url: str, **params: Any) -> list[dict[str, Any]]:
 
 def test_scan_to_item_through_the_api(service_url: str, fake: FakeDimmy, tmp_path: Path) -> None:
     ids = fake.generate_items(3)
-    send(service_url, "msg_e2e", ids)
+    post_signed(service_url, "msg_e2e", ids, expect=204)
     assert wait_until(lambda: [e["status"] for e in events(service_url)] == ["done"], 15)
     response = httpx.get(f"{service_url}/api/items/{ids[0]}", headers=AUTH)
     assert response.status_code == 200
@@ -55,7 +48,7 @@ def test_scan_to_item_through_the_api(service_url: str, fake: FakeDimmy, tmp_pat
 def test_dead_work_listed_and_replayed(service_url: str, fake: FakeDimmy, tmp_path: Path) -> None:
     [item_id] = fake.generate_items(1)
     fake.fail_ids.add(item_id)
-    send(service_url, "msg_dead", [item_id])
+    post_signed(service_url, "msg_dead", [item_id], expect=204)
     assert wait_until(lambda: [e["status"] for e in events(service_url)] == ["dead"], 15)
     [dead] = events(service_url, status="dead")
     assert "500" in dead["last_error"]
@@ -97,7 +90,7 @@ def test_api_errors_are_clear_and_never_500(service_url: str) -> None:
 def test_refused_api_key_shows_in_readyz(db_url: str, fake_url: str, fake: FakeDimmy) -> None:
     settings = make_settings(db_url, api_key="wrong", api_url=fake_url)
     with serve_in_thread(create_app(settings)) as url:
-        send(url, "msg_badkey", fake.generate_items(1))
+        post_signed(url, "msg_badkey", fake.generate_items(1), expect=204)
 
         def degraded() -> bool:
             body = httpx.get(url + "/readyz").json()

@@ -31,7 +31,7 @@ from dimmy_webhooks.devtools.runner import free_port
 from ..faults.test_hostile_payloads import PAYLOADS, hostile_item
 from ..support.constants import ADMIN_TOKEN, AUTH, CLI, ROOT
 from ..support.processes import clean_env, wait_until
-from ..support.senders import signed
+from ..support.senders import post_signed
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -293,15 +293,10 @@ def test_hostile_payloads_stay_text_in_the_browser(
     dialog opens, no element or attribute they carry becomes live."""
     ids = [hostile_item(fake, payload)["_id"] for payload in PAYLOADS]
     body = json.dumps({"item_ids": ids}).encode()
-    assert (
-        httpx.post(
-            service_url + "/webhook", content=body, headers=signed(body, "m_hostile")
-        ).status_code
-        == 204
-    )
+    assert post_signed(service_url, "m_hostile", body).status_code == 204
     for n, payload in enumerate(p for p in PAYLOADS if p.isascii() and "\x00" not in p):
         doc = json.dumps({"comment": payload, "n": n}).encode()
-        httpx.post(service_url + "/webhook", content=doc, headers=signed(doc, f"m_{payload}"))
+        post_signed(service_url, f"m_{payload}", doc)
 
     def settled() -> bool:
         events = api(service_url, "/api/events", limit=500)["events"]

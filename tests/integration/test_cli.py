@@ -16,7 +16,7 @@ from dimmy_webhooks.store import schema
 
 from ..support.constants import ADMIN_TOKEN, CLI, SECRET
 from ..support.processes import clean_env
-from ..support.senders import signed
+from ..support.senders import post_signed
 
 
 def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -103,9 +103,7 @@ def test_send_and_kill_after_204_keeps_every_event(tmp_path: Path, service_facto
         for i in range(burst):
             msg_id = f"msg_kill_{round_}_{i}"
             body = json.dumps({"item_ids": [f"{rng.getrandbits(96):024x}"]}).encode()
-            response = httpx.post(
-                service.url + "/webhook", content=body, headers=signed(body, msg_id), timeout=10
-            )
+            response = post_signed(service.url, msg_id, body, timeout=10)
             assert response.status_code == 204
             answered.append(msg_id)
         service.kill()  # SIGKILL immediately after the last 204

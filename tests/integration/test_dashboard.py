@@ -23,15 +23,9 @@ from ..support.constants import ADMIN_TOKEN, AUTH
 from ..support.dashboard import csrf_of, dashboard_login
 from ..support.databases import hold_item
 from ..support.processes import wait_until
-from ..support.senders import signed
+from ..support.senders import post_signed
 
 PAGES = ["/", "/ui/events", "/ui/items", "/ui/quarantine"]
-
-
-def post_webhook(url: str, ids: list[str], msg_id: str) -> None:
-    body = json.dumps({"item_ids": ids}).encode()
-    answer = httpx.post(url + "/webhook", content=body, headers=signed(body, msg_id))
-    assert answer.status_code == 204, answer.text
 
 
 def stored(url: str, ids: list[str]) -> bool:
@@ -44,8 +38,8 @@ def scanned(service_url: str, fake: FakeDimmy) -> Iterator[tuple[str, list[str]]
     """The service with 6 items fetched and stored (one webhook), and the event of an id the
     fake does not know (dead: 404)."""
     ids = fake.generate_items(6)
-    post_webhook(service_url, ids, "msg_items")
-    post_webhook(service_url, ["6592008029c8c3e4dc76ffff"], "msg_missing")
+    post_signed(service_url, "msg_items", ids, expect=204)
+    post_signed(service_url, "msg_missing", ["6592008029c8c3e4dc76ffff"], expect=204)
     assert wait_until(lambda: stored(service_url, ids), 20)
     events = httpx.get(service_url + "/api/events", headers=AUTH).json()["events"]
     assert wait_until(
@@ -306,7 +300,7 @@ def test_a_refused_api_key_is_the_first_thing_the_overview_shows(
         sqlite_url, api_key="wrong-key", api_url=fake_url, admin_token=ADMIN_TOKEN
     )
     with serve_in_thread(create_app(settings)) as url, httpx.Client(base_url=url) as client:
-        post_webhook(url, ids, "msg_refused")
+        post_signed(url, "msg_refused", ids, expect=204)
         assert wait_until(
             lambda: httpx.get(url + "/api/overview", headers=AUTH).json()["api_key_refused"], 20
         )

@@ -21,12 +21,13 @@ import psycopg
 import pytest
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
-from dimmy_webhooks.models import ITEMS_SCANNED, UNKNOWN, IncomingEvent
+from dimmy_webhooks.models import UNKNOWN, IncomingEvent
 from dimmy_webhooks.outputs import parse_outputs
 from dimmy_webhooks.pipeline.worker import Worker, WorkerPolicy
 from dimmy_webhooks.store import SQLiteStore, schema
 from dimmy_webhooks.upstream.client import DimmyClient
 
+from ..support.builders import scanned_event
 from ..support.constants import API_KEY, CLI
 from ..support.processes import clean_env
 
@@ -34,11 +35,6 @@ pytestmark = pytest.mark.postgres
 
 FAST = WorkerPolicy(concurrency=16, lease_seconds=5, retry_base_seconds=0.02, poll_seconds=0.05)
 ODD_BODY = b"\x00\xff\xfe binary \x80 not utf-8 \r\n\x1b"
-
-
-def scanned(msg_id: str, ids: list[str]) -> IncomingEvent:
-    body = json.dumps({"item_ids": ids}).encode()
-    return IncomingEvent(msg_id, ITEMS_SCANNED, body, {"svix-id": msg_id}, time.time(), len(ids))
 
 
 async def _build(path: Path, fake: FakeDimmy, fake_url: str, jsonl: Path) -> list[str]:
@@ -51,7 +47,7 @@ async def _build(path: Path, fake: FakeDimmy, fake_url: str, jsonl: Path) -> lis
     try:
         ids = fake.generate_items(12)
         for n, batch in enumerate([ids[0:5], ids[3:9], ids[8:12], ids[0:2]]):
-            await store.insert_event(scanned(f"msg_done_{n}", batch))
+            await store.insert_event(scanned_event(f"msg_done_{n}", batch))
         full = json.dumps({**fake.items[ids[5]], "note": "grüße ✓"}, ensure_ascii=False)
         await store.insert_event(
             IncomingEvent("msg_full", "item.scanned.full_payload", full.encode(), {}, time.time())
@@ -72,10 +68,10 @@ async def _build(path: Path, fake: FakeDimmy, fake_url: str, jsonl: Path) -> lis
             stop.set()
             await task
         # work in flight when the site stops: one job claimed by a worker, one waiting
-        await store.insert_event(scanned("msg_claimed", ids[9:11]))
+        await store.insert_event(scanned_event("msg_claimed", ids[9:11]))
         claimed = await store.claim("worker-gone", 10, 600, time.time())
         assert len(claimed) == 1
-        await store.insert_event(scanned("msg_pending", ids[10:12]))
+        await store.insert_event(scanned_event("msg_pending", ids[10:12]))
         return ids
     finally:
         await store.close()
@@ -183,9 +179,9 @@ async def _use_the_copy(
             assert stored.raw == item["raw"]
             assert stored.version == item["version"]
         # a message already in the inbox is still a duplicate
-        assert await store.insert_event(scanned("msg_done_0", [])) is InsertOutcome.DUPLICATE
+        assert await store.insert_event(scanned_event("msg_done_0", [])) is InsertOutcome.DUPLICATE
         # new rows take ids after the copied ones (an event and its job)
-        assert await store.insert_event(scanned("msg_new", [items[0]["id"]])) is (
+        assert await store.insert_event(scanned_event("msg_new", [items[0]["id"]])) is (
             InsertOutcome.ACCEPTED
         )
         new = pg_rows(url, "events")[-1]

@@ -6,11 +6,8 @@ A correctness test with a generous bound; how fast, measured, is ``bench/fairnes
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-
-import httpx
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
@@ -20,15 +17,9 @@ from ..support.builders import make_settings
 from ..support.constants import API_KEY
 from ..support.databases import scalar
 from ..support.processes import wait_until
-from ..support.senders import signed
+from ..support.senders import post_signed
 
 RATE = 40.0  # requests per second: the 400-id upload takes 10 s on its own
-
-
-def send(url: str, ids: list[str], msg_id: str) -> None:
-    body = json.dumps({"item_ids": ids}).encode()
-    answer = httpx.post(f"{url}/webhook", content=body, headers=signed(body, msg_id))
-    assert answer.status_code == 204, answer.text
 
 
 def stored(db_url: str, like: str | None = None) -> int:
@@ -49,10 +40,10 @@ def test_a_live_scan_is_not_held_behind_a_big_upload(
         api_rate_limit=RATE,
     )
     with serve_in_thread(create_app(settings)) as url:
-        send(url, upload, "msg_upload")
+        post_signed(url, "msg_upload", upload, expect=204)
         assert wait_until(lambda: stored(db_url) >= 20, 30)  # the upload is draining
         sent = time.monotonic()
-        send(url, [live], "msg_live")
+        post_signed(url, "msg_live", [live], expect=204)
         assert wait_until(lambda: stored(db_url, f"'{live}'") == 1, 30)
         waited = time.monotonic() - sent
         left = len(upload) - stored(db_url) + 1

@@ -3,7 +3,6 @@ from the fake Dimmy API, signed forwards out to fake WMS endpoints on 127.0.0.1.
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 from collections import Counter, defaultdict
@@ -20,13 +19,12 @@ from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 
 from ..support.builders import make_settings
-from ..support.constants import API_KEY
+from ..support.constants import API_KEY, FORWARD_SECRET
 from ..support.databases import query
 from ..support.fakes import FakeWms, WmsRequest
 from ..support.processes import wait_until
-from ..support.senders import signed
+from ..support.senders import post_signed
 
-FORWARD_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
 TOKEN = "t" * 40
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -49,12 +47,6 @@ def start(db_url: str, fake_url: str, tmp_path: Path, outputs: str, **settings: 
     }
     values.update(settings)
     return serve_in_thread(create_app(make_settings(db_url, **values)))
-
-
-def send(url: str, ids: list[str], msg_id: str) -> None:
-    body = json.dumps({"item_ids": ids}).encode()
-    answer = httpx.post(f"{url}/webhook", content=body, headers=signed(body, msg_id))
-    assert answer.status_code == 204, answer.text
 
 
 def envelopes(requests: list[WmsRequest]) -> list[dict[str, Any]]:
@@ -87,7 +79,7 @@ def test_every_item_reaches_every_destination_signed_with_a_ledger(
     with start(
         db_url, fake_url, tmp_path, f"http:{first.url}", destinations_file=str(destinations)
     ) as url:
-        send(url, ids, "msg_handoff")
+        post_signed(url, "msg_handoff", ids, expect=204)
         assert wait_until(lambda: len(first.ok) >= 12 and len(second.ok) >= 12, 30)
         ledger = httpx.get(f"{url}/api/deliveries", headers=AUTH, params={"limit": 500}).json()
         item = httpx.get(f"{url}/api/items/{ids[0]}", headers=AUTH).json()
@@ -154,7 +146,7 @@ def test_an_outage_random_5xx_and_slow_answers_lose_nothing(
         f"http:{second.url}",
         destinations_file=str(destinations),
     ) as url:
-        send(url, ids, "msg_outage")
+        post_signed(url, "msg_outage", ids, expect=204)
         assert wait_until(lambda: len(second.ok) == 20, 20)  # the healthy one is not held up
         assert not first.ok
         with lock:
@@ -182,7 +174,7 @@ def test_a_destination_never_gets_an_older_revision_after_a_newer_one(
     with start(db_url, fake_url, tmp_path, f"http:{first.url}") as url:
         original = dict(fake.items[item_id])
         contents = [{"note": "b"}, {"note": None}, {"note": "c"}]
-        send(url, [item_id], "msg_rev_0")
+        post_signed(url, "msg_rev_0", [item_id], expect=204)
         for n, change in enumerate(contents, 1):
             assert wait_until(lambda n=n: len(first.requests) >= 1, 10)
             fake.add_item({**original, **change})  # same updated_at: content flips
@@ -215,7 +207,7 @@ def test_quarantined_items_reach_no_destination_until_released(
         validate_require_dimensions=True,
         validate_max_side=80,
     ) as url:
-        send(url, ids, "msg_quarantine")
+        post_signed(url, "msg_quarantine", ids, expect=204)
         stored = lambda: len(query(db_url, "SELECT id FROM items"))  # noqa: E731
         assert wait_until(lambda: stored() == 10, 20)
         held = httpx.get(f"{url}/api/quarantine", headers=AUTH).json()["items"]

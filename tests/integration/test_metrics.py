@@ -19,7 +19,7 @@ from dimmy_webhooks.web import create_app
 from ..support.builders import make_settings
 from ..support.constants import ADMIN_TOKEN, API_KEY, AUTH
 from ..support.processes import wait_until
-from ..support.senders import signed
+from ..support.senders import post_signed, signed
 
 METRICS_TOKEN = "scraper-token-789"
 
@@ -47,14 +47,8 @@ def test_metrics_parse_and_count_what_happened(
     )
     with serve_in_thread(create_app(settings)) as url:
         body = json.dumps({"item_ids": ids}).encode()
-        assert (
-            httpx.post(url + "/webhook", content=body, headers=signed(body, "m1")).status_code
-            == 204
-        )
-        assert (
-            httpx.post(url + "/webhook", content=body, headers=signed(body, "m1")).status_code
-            == 204
-        )
+        assert post_signed(url, "m1", body).status_code == 204
+        assert post_signed(url, "m1", body).status_code == 204
         for n in range(3):
             headers = signed(body, f"bad{n}")
             headers["svix-signature"] = "v1,AAAA"

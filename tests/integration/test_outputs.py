@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from dimmy_webhooks.errors import ConfigError, OutputError
-from dimmy_webhooks.items import normalise, to_api_dict, version_of
+from dimmy_webhooks.items import to_api_dict
 from dimmy_webhooks.models import StoredItem
 from dimmy_webhooks.outputs import (
     OUTPUT_KINDS,
@@ -34,6 +34,7 @@ from dimmy_webhooks.outputs import (
     parse_outputs,
 )
 
+from ..support.builders import stored_item
 from ..support.processes import clean_env, wait_until
 
 # the helper module the ``python:`` outputs name: "tests.support.handlers"
@@ -49,14 +50,7 @@ def make_item(item_id: str = "6592008029c8c3e4dc76256c", *, pretty: bool = False
         "dimensioning": [{"dimensions": {"width": 0.31, "height": 0.22, "depth": 0.15}}],
         "barcode_scanning": [{"barcodes": [{"value": "8712345678906"}]}],
     }
-    raw = json.dumps(doc, indent=2 if pretty else None, ensure_ascii=False)
-    normalised = normalise(doc)
-    return StoredItem(
-        item=normalised,
-        raw=raw,
-        version=version_of(json.loads(raw), normalised),
-        fetched_at=1767603606.0,
-    )
+    return stored_item(doc=doc, indent=2 if pretty else None, fetched_at=1767603606.0)
 
 
 @pytest.fixture(autouse=True)

@@ -34,7 +34,7 @@ from ..support.builders import make_settings
 from ..support.constants import API_KEY, CLI, SECRET
 from ..support.databases import query
 from ..support.processes import ServiceProcess, clean_env, run, wait_until
-from ..support.senders import signed
+from ..support.senders import post_signed
 
 FAST = PollPolicy(
     page_size=7,
@@ -169,7 +169,7 @@ async def test_webhooks_and_polling_together_store_and_deliver_once(
     auth = {"Authorization": "Bearer " + "t" * 40}
     with serve_in_thread(app) as url:
         body = json.dumps({"item_ids": ids[:12]}).encode()
-        answer = httpx.post(f"{url}/webhook", content=body, headers=signed(body, "msg_half"))
+        answer = post_signed(url, "msg_half", body)
         assert answer.status_code == 204
         assert wait_until(lambda: len(delivered(jsonl)) == 24, 30), delivered(jsonl)
         poller = app.state.services.poller
@@ -335,7 +335,7 @@ def test_pull_mode_serves_without_a_webhook_secret(
     )
     service = ServiceProcess(tmp_path, env, ["serve", "--poll"]).start()
     try:
-        answer = httpx.post(service.url + "/webhook", content=b"{}", headers=signed(b"{}", "m"))
+        answer = post_signed(service.url, "m", b"{}")
         assert answer.status_code == 404
         assert "pull mode" in answer.json()["error"]
         assert wait_until(lambda: len(delivered(tmp_path / "out.jsonl")) == 8, 30), service.log()

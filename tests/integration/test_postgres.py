@@ -22,27 +22,21 @@ from psycopg.rows import dict_row
 
 from dimmy_webhooks.errors import LeaseLost, SchemaBehind, StoreError, StoreUnavailable
 from dimmy_webhooks.models import (
-    ITEMS_SCANNED,
     UNKNOWN,
     IncomingEvent,
     InsertOutcome,
     Job,
-    NormalisedItem,
     SaveResult,
-    StoredItem,
 )
 from dimmy_webhooks.store import Lease, create_store, ops, schema
 from dimmy_webhooks.store.postgres import CHANNEL, PostgresStore, _PostgresTx, to_pyformat
 
+from ..support.builders import scanned_event, stored_item
+from ..support.constants import T0
+
 pytestmark = pytest.mark.postgres
 
-T0 = 1_800_000_000.0
 LEASE = 30.0
-
-
-def scanned(msg_id: str, ids: list[str], event_type: str = ITEMS_SCANNED) -> IncomingEvent:
-    body = json.dumps({"item_ids": ids}).encode()
-    return IncomingEvent(msg_id, event_type, body, {"svix-id": msg_id}, T0, len(ids))
 
 
 async def _opened_store(pg_url: str) -> AsyncIterator[PostgresStore]:
@@ -109,7 +103,9 @@ def test_create_store_picks_postgres_for_its_urls() -> None:
 async def test_concurrent_claims_from_many_workers_are_disjoint(
     pg: PostgresStore, other: PostgresStore
 ) -> None:
-    await asyncio.gather(*[pg.insert_event(scanned(f"m{n}", ["a"])) for n in range(300)])
+    await asyncio.gather(
+        *[pg.insert_event(scanned_event(f"m{n}", ["a"], at=T0)) for n in range(300)]
+    )
 
     async def drain(store: PostgresStore, owner: str) -> list[Job]:
         mine: list[Job] = []
@@ -129,7 +125,7 @@ async def test_claim_and_reap_skip_rows_another_transaction_holds(
     pg: PostgresStore, pg_url: str
 ) -> None:
     for n in range(10):
-        await pg.insert_event(scanned(f"m{n}", ["a"]))
+        await pg.insert_event(scanned_event(f"m{n}", ["a"], at=T0))
     with psycopg.connect(pg_url) as locker:  # a transaction left open on 3 due jobs
         held = [
             row[0] for row in locker.execute("SELECT id FROM jobs ORDER BY id LIMIT 3 FOR UPDATE")
@@ -150,7 +146,9 @@ async def test_claim_and_reap_skip_rows_another_transaction_holds(
 async def test_concurrent_reapers_take_each_expired_job_once(
     pg: PostgresStore, other: PostgresStore
 ) -> None:
-    await asyncio.gather(*[pg.insert_event(scanned(f"m{n}", ["a"])) for n in range(100)])
+    await asyncio.gather(
+        *[pg.insert_event(scanned_event(f"m{n}", ["a"], at=T0)) for n in range(100)]
+    )
     assert len(await pg.claim("killed", 100, LEASE, T0)) == 100
     later = T0 + LEASE + 1
     batches = await asyncio.gather(
@@ -172,7 +170,7 @@ async def test_finishing_an_events_last_jobs_at_once_completes_it(
     Each transaction must see the other's finished job when it recomputes the event's status,
     whichever commits first (READ COMMITTED snapshots would otherwise leave it "processing").
     """
-    await pg.insert_event(scanned("m1", ["a", "b"]))
+    await pg.insert_event(scanned_event("m1", ["a", "b"], at=T0))
     [event_job] = await pg.claim("w", 10, LEASE, T0)
     await pg.expand_event(event_job, ["a", "b"], T0)
     job_a, job_b = await pg.claim("w", 10, LEASE, T0)
@@ -216,7 +214,7 @@ async def test_finishing_an_events_last_jobs_at_once_completes_it(
 async def test_reconnects_by_itself_after_the_server_drops_every_connection(
     pg: PostgresStore, admin: psycopg.Connection[Any]
 ) -> None:
-    await pg.insert_event(scanned("before", ["a"]))
+    await pg.insert_event(scanned_event("before", ["a"], at=T0))
     killed = admin.execute(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
         "WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -226,7 +224,7 @@ async def test_reconnects_by_itself_after_the_server_drops_every_connection(
     with contextlib.suppress(StoreUnavailable):  # allowed once: the caller retries (503)
         await pg.ping()
     for n in range(5):
-        await pg.insert_event(scanned(f"after{n}", ["a"]))
+        await pg.insert_event(scanned_event(f"after{n}", ["a"], at=T0))
         await pg.ping()
     assert len(await pg.claim("w", 10, LEASE, T0)) == 6
     # the listener is back too: a notification wakes a waiter again
@@ -315,7 +313,7 @@ async def test_wait_for_work_returns_early_when_work_is_announced(
     # another process accepts a webhook
     waiter = asyncio.create_task(pg.wait_for_work(10))
     await asyncio.sleep(0.1)
-    await other.insert_event(scanned("m1", ["a"]))
+    await other.insert_event(scanned_event("m1", ["a"], at=T0))
     assert await timed(asyncio.wait_for(waiter, 5)) < 5
     # a plain NOTIFY (any client) wakes every waiter
     waiters = [asyncio.create_task(pg.wait_for_work(10)) for _ in range(3)]
@@ -325,8 +323,8 @@ async def test_wait_for_work_returns_early_when_work_is_announced(
     # nothing new to do: duplicates and unknown events announce nothing
     waiter = asyncio.create_task(pg.wait_for_work(0.5))
     await asyncio.sleep(0.05)
-    await other.insert_event(scanned("m1", ["a"]))
-    await other.insert_event(scanned("m2", [], UNKNOWN))
+    await other.insert_event(scanned_event("m1", ["a"], at=T0))
+    await other.insert_event(scanned_event("m2", [], at=T0, event_type=UNKNOWN))
     assert await timed(waiter) >= 0.4
     # an announcement nobody was waiting for is kept for the next wait
     admin.execute(f"NOTIFY {CHANNEL}")
@@ -336,12 +334,6 @@ async def test_wait_for_work_returns_early_when_work_is_announced(
 
 
 # the workers' writes, committed in batches -------------------------------------------------
-
-
-def _stored(item_id: str) -> StoredItem:
-    fields = NormalisedItem(id=item_id, updated_at="2026-01-01T00:00:00Z")
-    raw = json.dumps({"_id": item_id})
-    return StoredItem(item=fields, raw=raw, version=f"v-{item_id}", fetched_at=T0)
 
 
 def _deadlocks_retried(caplog: pytest.LogCaptureFixture) -> int:
@@ -365,7 +357,7 @@ async def test_concurrent_batched_completions_never_deadlock_and_events_end_righ
         first = stores[0]
         for e in range(n_events):
             ids = [f"e{e:02d}i{i:02d}" for i in range(per_event)]
-            await first.insert_event(scanned(f"m{e}", ids))
+            await first.insert_event(scanned_event(f"m{e}", ids, at=T0))
         for job in await first.claim("w0", 100, LEASE, T0):
             body = json.loads(await first.get_event_body(job.event_id or 0))
             await first.expand_event(job, body["item_ids"], T0)
@@ -379,7 +371,11 @@ async def test_concurrent_batched_completions_never_deadlock_and_events_end_righ
                 assert await store.fail(job, "404 from the API", None, T0) is True
                 return
             saved = await store.save_item(
-                job, _stored(job.item_id), ["out"], T0, Lease(owner, LEASE)
+                job,
+                stored_item(job.item_id, "2026-01-01T00:00:00Z"),
+                ["out"],
+                T0,
+                Lease(owner, LEASE),
             )
             await asyncio.gather(*(store.finish(d, T0) for d in saved.deliveries))
 
@@ -423,7 +419,7 @@ async def test_batches_storing_the_same_items_never_deadlock(
         rng = random.Random(3)
         first = stores[0]
         for e in range(9):
-            await first.insert_event(scanned(f"m{e}", rng.sample(items, len(items))))
+            await first.insert_event(scanned_event(f"m{e}", rng.sample(items, len(items)), at=T0))
         for job in await first.claim("w0", 100, LEASE, T0):
             body = json.loads(await first.get_event_body(job.event_id or 0))
             await first.expand_event(job, body["item_ids"], T0)
@@ -433,7 +429,12 @@ async def test_batches_storing_the_same_items_never_deadlock(
             while jobs := await store.claim(owner, 16, LEASE, T0):
                 rng.shuffle(jobs)
                 saved = await asyncio.gather(
-                    *(store.save_item(j, _stored(j.item_id or ""), [], T0) for j in jobs)
+                    *(
+                        store.save_item(
+                            j, stored_item(j.item_id or "", "2026-01-01T00:00:00Z"), [], T0
+                        )
+                        for j in jobs
+                    )
                 )
                 changed += sum(s.changed for s in saved)
             return changed
@@ -451,7 +452,7 @@ async def test_a_lost_lease_in_a_batch_fails_only_that_write(pg: PostgresStore) 
     """Writes waiting together share one transaction, a savepoint each: the write whose lease
     was taken over is refused and changes nothing, the others in the same batch commit."""
     ids = [f"i{n}" for n in range(6)]
-    await pg.insert_event(scanned("m1", ids))
+    await pg.insert_event(scanned_event("m1", ids, at=T0))
     [event_job] = await pg.claim("w", 1, LEASE, T0)
     await pg.expand_event(event_job, ids, T0)
     jobs = await pg.claim("w", 10, LEASE, T0)
@@ -475,12 +476,14 @@ async def test_a_lost_lease_in_a_batch_fails_only_that_write(pg: PostgresStore) 
     await asyncio.sleep(0.05)
     stale = dataclasses.replace(jobs[1], lease_token="taken-over")
     outcomes = await asyncio.gather(
-        pg.save_item(jobs[0], _stored("i0"), ["out"], T0, Lease("w", LEASE)),
+        pg.save_item(
+            jobs[0], stored_item("i0", "2026-01-01T00:00:00Z"), ["out"], T0, Lease("w", LEASE)
+        ),
         pg.finish(stale, T0),
         pg.finish(jobs[2], T0),
         pg.fail(jobs[3], "gone", None, T0),
         pg.fail(dataclasses.replace(jobs[4], lease_token="taken-over"), "x", T0 + 5, T0),
-        pg.save_item(jobs[5], _stored("i5"), ["out"], T0),
+        pg.save_item(jobs[5], stored_item("i5", "2026-01-01T00:00:00Z"), ["out"], T0),
         return_exceptions=True,
     )
     await asyncio.gather(*blockers)
@@ -524,7 +527,7 @@ async def test_a_write_refused_half_way_in_a_batch_is_undone_alone(pg: PostgresS
     """A batch runs without a savepoint per write first; a write that fails after it wrote
     something (the database refused a later statement) must leave nothing behind, and the
     other writes of its batch still commit."""
-    await pg.insert_event(scanned("m1", ["a", "b"]))
+    await pg.insert_event(scanned_event("m1", ["a", "b"], at=T0))
     [event_job] = await pg.claim("w", 1, LEASE, T0)
     await pg.expand_event(event_job, ["a", "b"], T0)
     jobs = await pg.claim("w", 10, LEASE, T0)
@@ -544,7 +547,7 @@ async def test_a_write_refused_half_way_in_a_batch_is_undone_alone(pg: PostgresS
     outcomes = await asyncio.gather(
         pg.finish(jobs[0], T0),
         refused,
-        pg.save_item(jobs[1], _stored("b"), [], T0),
+        pg.save_item(jobs[1], stored_item("b", "2026-01-01T00:00:00Z"), [], T0),
         return_exceptions=True,
     )
     await asyncio.gather(*blockers)

@@ -8,7 +8,6 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -28,6 +27,7 @@ from dimmy_webhooks.web import create_app
 from ..support.builders import make_settings
 from ..support.constants import KEY
 from ..support.databases import query
+from ..support.fakes import ticking_clock
 
 BODY = items_scanned_body(["6592008029c8c3e4dc76256c", "6592008029c8c3e4dc76256d"])
 
@@ -91,12 +91,6 @@ def endpoint(served: tuple[Endpoint, str]) -> Endpoint:
 @pytest.fixture
 def url(served: tuple[Endpoint, str], endpoint: Endpoint) -> str:
     return served[1]
-
-
-def ticking_clock() -> Any:
-    """A clock that moves one second per call, so every attempt gets another timestamp."""
-    ticks = itertools.count(int(time.time()) - 30)
-    return lambda: float(next(ticks))
 
 
 async def test_retries_with_the_same_id_and_fresh_signatures_until_a_2xx(

@@ -10,54 +10,33 @@ import pytest
 
 from dimmy_webhooks.errors import LeaseLost
 from dimmy_webhooks.models import (
-    ITEMS_SCANNED,
     UNKNOWN,
     IncomingEvent,
     InsertOutcome,
     JobKind,
-    NormalisedItem,
     Source,
-    StoredItem,
 )
 from dimmy_webhooks.store import Lease, ReplayMode, Store
 
-T0 = 1_800_000_000.0
+from ..support.builders import scanned_event, stored_item
+from ..support.constants import T0
+
 LEASE = 30.0
-
-
-def scanned(msg_id: str, ids: list[str], at: float = T0) -> IncomingEvent:
-    return IncomingEvent(
-        msg_id,
-        ITEMS_SCANNED,
-        json.dumps({"item_ids": ids}).encode(),
-        {"svix-id": msg_id},
-        at,
-        len(ids),
-    )
-
-
-def item(item_id: str, updated_at: str | None, content: str = "x", barcode: str = "") -> StoredItem:
-    raw = json.dumps({"_id": item_id, "updated_at": updated_at, "c": content})
-    fields = NormalisedItem(
-        id=item_id,
-        updated_at=updated_at,
-        barcode=barcode or None,
-        barcodes=(barcode,) if barcode else (),
-    )
-    return StoredItem(item=fields, raw=raw, version=f"{updated_at}#{content}", fetched_at=T0)
 
 
 async def expanded(store: Store, ids: list[str], msg: str = "m1") -> list:  # type: ignore[type-arg]
     """Insert an event, expand it, return the claimed fetch jobs."""
-    await store.insert_event(scanned(msg, ids))
+    await store.insert_event(scanned_event(msg, ids, at=T0))
     [job] = await store.claim("w", 10, LEASE, T0)
     await store.expand_event(job, ids, T0)
     return await store.claim("w", 100, LEASE, T0)
 
 
 async def test_insert_is_unique_on_message_id(store: Store) -> None:
-    assert await store.insert_event(scanned("m1", ["a"])) is InsertOutcome.ACCEPTED
-    outcomes = await asyncio.gather(*[store.insert_event(scanned("m1", ["a"])) for _ in range(10)])
+    assert await store.insert_event(scanned_event("m1", ["a"], at=T0)) is InsertOutcome.ACCEPTED
+    outcomes = await asyncio.gather(
+        *[store.insert_event(scanned_event("m1", ["a"], at=T0)) for _ in range(10)]
+    )
     assert set(outcomes) == {InsertOutcome.DUPLICATE}
     [event] = await store.list_events()
     assert event.message_id == "m1"
@@ -76,7 +55,7 @@ async def test_unknown_events_are_kept_without_work(store: Store) -> None:
 
 async def test_claims_are_disjoint_and_respect_run_at(store: Store) -> None:
     for n in range(20):
-        await store.insert_event(scanned(f"m{n}", ["a"]))
+        await store.insert_event(scanned_event(f"m{n}", ["a"], at=T0))
     long = 1000.0  # the other leases must outlive this test's clock
     batches = await asyncio.gather(*[store.claim(f"w{n}", 5, long, T0) for n in range(6)])
     claimed = [job.id for batch in batches for job in batch]
@@ -98,11 +77,13 @@ async def test_expired_lease_is_taken_over_and_the_old_owner_cannot_write(store:
     assert taken.lease_token != job.lease_token
     assert taken.attempts == 2
     with pytest.raises(LeaseLost):
-        await store.save_item(job, item("a", "2026-01-01"), ["console"], T0 + LEASE + 2)
+        await store.save_item(job, stored_item("a", "2026-01-01"), ["console"], T0 + LEASE + 2)
     assert await store.get_item("a") is None
     with pytest.raises(LeaseLost):
         await store.fail(job, "late", None, T0 + LEASE + 2)
-    saved = await store.save_item(taken, item("a", "2026-01-01"), ["console"], T0 + LEASE + 2)
+    saved = await store.save_item(
+        taken, stored_item("a", "2026-01-01"), ["console"], T0 + LEASE + 2
+    )
     assert saved.changed
 
 
@@ -132,7 +113,7 @@ async def test_failures_retry_then_die_with_the_reason(store: Store) -> None:
 async def test_permanent_failure_dies_at_once(store: Store) -> None:
     jobs = await expanded(store, ["a", "b"])
     assert await store.fail(jobs[0], "404 not found", None, T0) is True
-    await store.save_item(jobs[1], item("b", "2026-01-01"), [], T0)
+    await store.save_item(jobs[1], stored_item("b", "2026-01-01"), [], T0)
     [event] = await store.list_events()
     assert event.status == "dead"
     full = await store.get_event(event.id)
@@ -154,8 +135,10 @@ async def test_postpone_and_release_do_not_count_attempts(store: Store) -> None:
 async def test_newer_replaces_older_never_overwrites(store: Store) -> None:
     jobs = await expanded(store, ["a", "a", "b"])
     assert [j.item_id for j in jobs] == ["a", "b"]  # ids deduplicated within an event
-    assert (await store.save_item(jobs[0], item("a", "2026-01-02", "new"), ["out"], T0)).changed
-    older = await store.save_item(jobs[1], item("a", "2026-01-01", "old"), ["out"], T0)
+    assert (
+        await store.save_item(jobs[0], stored_item("a", "2026-01-02", "new"), ["out"], T0)
+    ).changed
+    older = await store.save_item(jobs[1], stored_item("a", "2026-01-01", "old"), ["out"], T0)
     assert not older.changed
     stored = await store.get_item("a")
     assert stored is not None
@@ -167,16 +150,20 @@ async def test_newer_replaces_older_never_overwrites(store: Store) -> None:
     # same updated_at, different content: the later fetch wins and is delivered
     await store.replay_item("a", ReplayMode.REFETCH, [], T0)
     [refetch] = [j for j in await store.claim("w", 10, LEASE, T0) if j.kind is JobKind.FETCH]
-    assert (await store.save_item(refetch, item("a", "2026-01-02", "fixed"), ["out"], T0)).changed
+    assert (
+        await store.save_item(refetch, stored_item("a", "2026-01-02", "fixed"), ["out"], T0)
+    ).changed
     # a dated version beats an undated one
     await store.replay_item("a", ReplayMode.REFETCH, [], T0)
     [undated] = [j for j in await store.claim("w", 10, LEASE, T0) if j.kind is JobKind.FETCH]
-    assert not (await store.save_item(undated, item("a", None, "undated"), ["out"], T0)).changed
+    assert not (
+        await store.save_item(undated, stored_item("a", None, "undated"), ["out"], T0)
+    ).changed
 
 
 async def test_one_delivery_per_output_and_version(store: Store) -> None:
     [job] = await expanded(store, ["a"])
-    await store.save_item(job, item("a", "2026-01-01"), ["console", "jsonl:/x"], T0)
+    await store.save_item(job, stored_item("a", "2026-01-01"), ["console", "jsonl:/x"], T0)
     deliveries = await store.claim("w", 10, LEASE, T0)
     assert sorted(d.output or "" for d in deliveries) == ["console", "jsonl:/x"]
     for d in deliveries:
@@ -192,7 +179,7 @@ async def test_one_delivery_per_output_and_version(store: Store) -> None:
 async def test_dead_work_comes_back_on_resend_and_replay(store: Store) -> None:
     [job] = await expanded(store, ["a"])
     await store.fail(job, "404", None, T0)
-    assert await store.insert_event(scanned("m1", ["a"])) is InsertOutcome.REQUEUED
+    assert await store.insert_event(scanned_event("m1", ["a"], at=T0)) is InsertOutcome.REQUEUED
     [job] = await store.claim("w", 10, LEASE, T0)
     assert job.attempts == 1
     await store.fail(job, "404", None, T0 + 5)
@@ -204,7 +191,7 @@ async def test_dead_work_comes_back_on_resend_and_replay(store: Store) -> None:
 
 async def test_replay_event_refetch(store: Store) -> None:
     [job] = await expanded(store, ["a"])
-    await store.save_item(job, item("a", "2026-01-01"), [], T0)
+    await store.save_item(job, stored_item("a", "2026-01-01"), [], T0)
     [event] = await store.list_events()
     assert await store.replay_event(event.id, ReplayMode.REFETCH, [], T0) == 2
     kinds = sorted(j.kind for j in await store.claim("w", 10, LEASE, T0))
@@ -220,7 +207,9 @@ async def test_reads_paginate_and_filter(store: Store) -> None:
     jobs = await expanded(store, ids)
     for n, job in enumerate(jobs):
         assert job.item_id is not None
-        await store.save_item(job, item(job.item_id, "2026-01-01", barcode=f"87{n % 2}"), [], T0)
+        await store.save_item(
+            job, stored_item(job.item_id, "2026-01-01", barcode=f"87{n % 2}"), [], T0
+        )
     page1 = await store.list_items(limit=4)
     page2 = await store.list_items(limit=4, after=page1[-1].id)
     assert [i.id for i in page1 + page2] == ids
@@ -228,7 +217,7 @@ async def test_reads_paginate_and_filter(store: Store) -> None:
     assert await store.list_items(barcode="8%") == []
     assert await store.list_items(since=T0 + 1) == []
     for n in range(5):
-        await store.insert_event(scanned(f"e{n}", []))
+        await store.insert_event(scanned_event(f"e{n}", [], at=T0))
     first = await store.list_events(limit=3)
     rest = await store.list_events(limit=10, before=first[-1].id)
     assert len(first) + len(rest) == 6
@@ -241,7 +230,7 @@ async def test_reads_paginate_and_filter(store: Store) -> None:
 async def test_deliveries_can_be_leased_to_the_saver(store: Store) -> None:
     [job] = await expanded(store, ["a"])
     saved = await store.save_item(
-        job, item("a", "2026-01-01"), ["console", "jsonl:/x"], T0, Lease("w", LEASE)
+        job, stored_item("a", "2026-01-01"), ["console", "jsonl:/x"], T0, Lease("w", LEASE)
     )
     assert saved.changed
     assert sorted((d.kind, d.output, d.attempts) for d in saved.deliveries) == [
@@ -259,9 +248,9 @@ async def test_deliveries_can_be_leased_to_the_saver(store: Store) -> None:
 
 async def test_an_older_events_items_go_before_newer_events(store: Store) -> None:
     """With a backlog, expansion must not starve the fetches of the events already expanded."""
-    await store.insert_event(scanned("old", ["a"], at=T0))
+    await store.insert_event(scanned_event("old", ["a"], at=T0))
     for n in range(3):
-        await store.insert_event(scanned(f"new{n}", ["b"], at=T0 + 10 + n))
+        await store.insert_event(scanned_event(f"new{n}", ["b"], at=T0 + 10 + n))
     [old_event] = await store.claim("w", 1, LEASE, T0 + 20)
     await store.expand_event(old_event, ["a"], T0 + 20)
     [next_job] = await store.claim("w", 1, LEASE, T0 + 21)
@@ -311,7 +300,7 @@ async def test_a_write_cancelled_in_flight_has_ended_when_the_cancellation_arriv
     blocker = _WriteBlocker(store, job.id)
     try:
         saving = asyncio.create_task(
-            store.save_item(job, item("a", "2026-01-01"), ["console"], T0, Lease("w", LEASE))
+            store.save_item(job, stored_item("a", "2026-01-01"), ["console"], T0, Lease("w", LEASE))
         )
         await asyncio.sleep(0.3)  # the transaction has started and waits for the lock
         assert not saving.done()
@@ -334,12 +323,12 @@ async def test_a_new_event_is_not_held_behind_an_earlier_upload(store: Store) ->
     """A device back after a shift uploads 300 ids; a scan one second later goes next, not
     after the 300 (its fetch is claimed before the upload's remaining ones)."""
     big = [f"big{n:03}" for n in range(300)]
-    await store.insert_event(scanned("m_big", big))
+    await store.insert_event(scanned_event("m_big", big, at=T0))
     [upload] = await store.claim("w", 1, LEASE, T0)
     await store.expand_event(upload, big, T0)
     first = await store.claim("w", 40, LEASE, T0 + 0.5)
     assert [j.item_id for j in first] == big[:40]  # an event's own ids in their order
-    await store.insert_event(scanned("m_live", ["live"], at=T0 + 1))
+    await store.insert_event(scanned_event("m_live", ["live"], at=T0 + 1))
     [live_event] = await store.claim("w", 1, LEASE, T0 + 1)
     assert (live_event.kind, live_event.event_id) == (JobKind.EVENT, 2)
     await store.expand_event(live_event, ["live"], T0 + 1)
@@ -347,13 +336,13 @@ async def test_a_new_event_is_not_held_behind_an_earlier_upload(store: Store) ->
     assert sorted(batch) == [*big[40:44], "live"]
     live_fetch = batch["live"]
     # its delivery is next too, while the upload still has 256 fetches waiting
-    saved = await store.save_item(live_fetch, item("live", "2026-01-01"), ["out"], T0 + 1.1)
+    saved = await store.save_item(live_fetch, stored_item("live", "2026-01-01"), ["out"], T0 + 1.1)
     assert saved.changed
     [delivery] = await store.claim("w", 1, LEASE, T0 + 1.2)
     assert (delivery.kind, delivery.item_id) == (JobKind.DELIVER, "live")
     # two uploads drain side by side, neither waits for the other to end
     other = [f"two{n:03}" for n in range(100)]
-    await store.insert_event(scanned("m_two", other, at=T0 + 2))
+    await store.insert_event(scanned_event("m_two", other, at=T0 + 2))
     [second] = await store.claim("w", 1, LEASE, T0 + 2)
     await store.expand_event(second, other, T0 + 2)
     batch = await store.claim("w", 44, LEASE, T0 + 2)  # its first ids catch up with the upload
@@ -365,10 +354,10 @@ async def test_a_new_event_is_not_held_behind_an_earlier_upload(store: Store) ->
 async def test_live_work_goes_before_polled_and_replayed_work(store: Store) -> None:
     """Deliveries of a backfill and a replay wait while a webhook's work is due, however
     much older they are."""
-    polled = [item(f"p{n}", "2026-01-01") for n in range(5)]
+    polled = [stored_item(f"p{n}", "2026-01-01") for n in range(5)]
     assert await store.save_polled(polled, Source.BACKFILL, ["out"], T0) == [1] * 5
     await store.replay_item("r1", ReplayMode.REFETCH, [], T0)
-    await store.insert_event(scanned("m_live", ["live"], at=T0 + 60))
+    await store.insert_event(scanned_event("m_live", ["live"], at=T0 + 60))
     order = []
     while jobs := await store.claim("w", 1, LEASE, T0 + 60):
         [job] = jobs

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -26,24 +26,38 @@ def signed(body: bytes, msg_id: str, **kwargs: Any) -> dict[str, str]:
     return headers
 
 
+class Poster(Protocol):
+    """What :func:`post_signed` can post with besides a URL: an ``httpx.Client`` with its
+    ``base_url`` set, or a wrapper with the same ``request`` method."""
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response: ...
+
+
 def post_signed(
-    target: str | httpx.Client,
+    target: str | Poster,
     msg_id: str,
     body: bytes | Sequence[str],
     *,
     timeout: float = 5.0,
     headers: dict[str, str] | None = None,
+    expect: int | None = None,
 ) -> httpx.Response:
-    """POST a signed webhook to ``target``'s ``/webhook`` (a base URL, or a client with its
-    ``base_url`` set, whose timeout then applies): ``body`` as given, or an ``items.scanned``
-    naming the ids ``body``; ``headers`` are added to (or replace) the signed ones."""
+    """POST a signed webhook to ``target``'s ``/webhook`` (a base URL, or a :class:`Poster`
+    whose own timeout then applies): ``body`` as given, or an ``items.scanned`` naming the ids
+    ``body``; ``headers`` are added to (or replace) the signed ones. With ``expect``, an answer
+    of another status raises ``AssertionError`` with the answer's text (for a test that only
+    needs the webhook in)."""
     if not isinstance(body, bytes):
         body = json.dumps({"item_ids": list(body)}).encode()
     sent = signed(body, msg_id)
     sent.update(headers or {})
-    if isinstance(target, httpx.Client):
-        return target.post("/webhook", content=body, headers=sent)
-    return httpx.post(target + "/webhook", content=body, headers=sent, timeout=timeout)
+    if isinstance(target, str):
+        answer = httpx.post(target + "/webhook", content=body, headers=sent, timeout=timeout)
+    else:
+        answer = target.request("POST", "/webhook", content=body, headers=sent)
+    if expect is not None and answer.status_code != expect:
+        raise AssertionError(f"webhook {msg_id}: {answer.status_code} {answer.text}")
+    return answer
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from dimmy_webhooks.errors import ConfigError
-from dimmy_webhooks.items import to_api_dict, to_stored_item
+from dimmy_webhooks.items import to_api_dict
 from dimmy_webhooks.outputs.http import (
     DeliveryFailed,
     Destination,
@@ -27,10 +26,10 @@ from dimmy_webhooks.outputs.http import (
     load_destinations,
 )
 
-from ..support.constants import ROOT
+from ..support.builders import stored_item
+from ..support.constants import FORWARD_SECRET, ROOT
 from ..support.fakes import FakeWms
 
-FORWARD_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
 DOC = {
     "_id": "6592008029c8c3e4dc76256c",
     "created_at": "2026-01-05T09:00:05Z",
@@ -43,9 +42,10 @@ DOC = {
 
 
 def stored(doc: dict[str, Any] = DOC, revision: int = 1) -> Any:
-    raw = json.dumps(doc, indent=1)  # the raw text as Dimmy sent it, with its own spacing
-    item = to_stored_item(doc, raw, fetched_at=1767603606.0, dim_weight_divisor=5000)
-    return replace(item, revision=revision)
+    # the raw text as Dimmy sent it, with its own spacing
+    return stored_item(
+        doc=doc, indent=1, fetched_at=1767603606.0, revision=revision, dim_weight_divisor=5000
+    )
 
 
 @pytest.fixture

@@ -165,15 +165,7 @@ async def test_fixed_mode_keeps_its_rate_whatever_the_answers() -> None:
 # -- the rule alone ----------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def window(rate: AdaptiveRate, clock: Clock, latency: float, *, sent: int | None = None) -> None:
+def window(rate: AdaptiveRate, clock: FakeTime, latency: float, *, sent: int | None = None) -> None:
     """One second of answers taking ``latency`` each, ``sent`` requests (default: the rate)."""
     n = int(rate.rate) if sent is None else sent
     answers = max(n, 5)
@@ -186,7 +178,7 @@ def window(rate: AdaptiveRate, clock: Clock, latency: float, *, sent: int | None
 
 
 def test_latency_rising_well_above_its_baseline_cuts_once_then_is_taken_as_normal() -> None:
-    clock = Clock()
+    clock = FakeTime(0.0)
     rate = AdaptiveRate(100, floor=1, ceiling=1000, clock=clock)
     rate.restore(100)  # additive from here
     for _ in range(3):
@@ -204,7 +196,7 @@ def test_latency_rising_well_above_its_baseline_cuts_once_then_is_taken_as_norma
 
 
 def test_noise_on_a_fast_api_is_not_a_latency_rise() -> None:
-    clock = Clock()
+    clock = FakeTime(0.0)
     rate = AdaptiveRate(100, floor=1, ceiling=1000, clock=clock)
     rate.restore(100)
     for latency in (0.002, 0.012, 0.004, 0.03, 0.003, 0.02):  # loopback jitter, many times 2 ms
@@ -214,7 +206,7 @@ def test_noise_on_a_fast_api_is_not_a_latency_rise() -> None:
 
 
 def test_an_idle_client_does_not_creep_up_to_the_ceiling() -> None:
-    clock = Clock()
+    clock = FakeTime(0.0)
     rate = AdaptiveRate(100, floor=1, ceiling=1000, clock=clock)
     for _ in range(30):
         window(rate, clock, 0.01, sent=10)  # 10 requests a second of the 100 allowed
@@ -222,7 +214,7 @@ def test_an_idle_client_does_not_creep_up_to_the_ceiling() -> None:
 
 
 def test_the_rate_stays_between_floor_and_ceiling() -> None:
-    clock = Clock()
+    clock = FakeTime(0.0)
     rate = AdaptiveRate(100, floor=20, ceiling=150, clock=clock)
     for _ in range(20):
         window(rate, clock, 0.01)
@@ -238,7 +230,7 @@ def test_the_rate_stays_between_floor_and_ceiling() -> None:
 def test_the_429s_of_one_episode_cut_once_and_a_big_change_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = Clock()
+    clock = FakeTime(0.0)
     rate = AdaptiveRate(100, floor=1, ceiling=1000, clock=clock)
     sent = clock.now
     with caplog.at_level(logging.INFO, logger="dimmy_webhooks.upstream.pacing"):

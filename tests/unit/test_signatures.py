@@ -29,6 +29,8 @@ from dimmy_webhooks.signatures import (
     signed_headers,
 )
 
+from ..support.fakes import frozen
+
 # Reference vectors from the rules document.
 V1_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 V1_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
@@ -45,10 +47,6 @@ V2_SIG = "v1,rAvfW3dJ/X/qxhsaXPOyyCGmRKsaKWcsNccKXlIktD0="
 V1_KEY = decode_secret(V1_SECRET)
 V1_MAC = V1_SIG.removeprefix("v1,")
 OTHER_KEY = b"another-key-with-enough-bytes!!"
-
-
-def frozen(at: float) -> Any:
-    return lambda: at
 
 
 def v1_verifier(**kwargs: Any) -> Verifier:

@@ -1,4 +1,5 @@
-"""The pipeline against the fake Dimmy API over real loopback HTTP, with a real SQLite file."""
+"""The pipeline against the fake Dimmy API over real loopback HTTP, on this test's own SQLite
+file (the store backends are tested by the store contract and PostgreSQL tests)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from typing import Any
 import pytest
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
-from dimmy_webhooks.models import FULL_PAYLOAD, ITEMS_SCANNED, IncomingEvent, InsertOutcome
+from dimmy_webhooks.models import FULL_PAYLOAD, IncomingEvent, InsertOutcome
 from dimmy_webhooks.outputs import JsonlOutput, Output, parse_outputs
 from dimmy_webhooks.pipeline.worker import Worker, WorkerPolicy
-from dimmy_webhooks.store import ReplayMode, Store, create_store
+from dimmy_webhooks.store import ReplayMode, Store
 from dimmy_webhooks.upstream.client import DimmyClient
 
 from ..support import handlers
+from ..support.builders import scanned_event
 from ..support.constants import API_KEY
 from ..support.databases import query
 
@@ -31,11 +33,6 @@ FAST = WorkerPolicy(
     retry_max_seconds=0.1,
     poll_seconds=0.05,
 )
-
-
-def event(msg_id: str, ids: list[str]) -> IncomingEvent:
-    body = json.dumps({"item_ids": ids}).encode()
-    return IncomingEvent(msg_id, ITEMS_SCANNED, body, {}, time.time(), len(ids))
 
 
 class Pipeline:
@@ -70,9 +67,11 @@ class Pipeline:
 
 @pytest.fixture
 async def pipeline_factory(
-    tmp_path: Path, db_url: str, fake_url: str
+    tmp_path: Path, sqlite_url: str, sqlite_store: Store, fake_url: str
 ) -> AsyncIterator[Callable[..., Any]]:
-    opened: list[tuple[Store, DimmyClient, list[Output]]] = []
+    """A worker on this test's SQLite store (the backends have their own contract tests),
+    fetching from the fake Dimmy API over loopback HTTP, delivering to ``out.jsonl``."""
+    opened: list[tuple[DimmyClient, list[Output]]] = []
 
     async def factory(
         *,
@@ -83,29 +82,31 @@ async def pipeline_factory(
         timeout: float = 2.0,
         api_concurrency: int = 16,
     ) -> Pipeline:
-        store = create_store(db_url, max_attempts=max_attempts)
-        await store.open()
+        store = sqlite_store
+        store.max_attempts = max_attempts
         client = DimmyClient(
             fake_url, api_key, timeout=timeout, concurrency=api_concurrency, rate_limit=10_000
         )
         jsonl = tmp_path / "out.jsonl"
         spec = f"jsonl:{jsonl}" + (f",{extra_outputs}" if extra_outputs else "")
         outputs = parse_outputs(spec)
-        opened.append((store, client, outputs))
-        return Pipeline(db_url, store, Worker(store, client, outputs, policy), jsonl)
+        opened.append((client, outputs))
+        return Pipeline(sqlite_url, store, Worker(store, client, outputs, policy), jsonl)
 
     yield factory
-    for store, client, outputs in opened:
+    for client, outputs in opened:
         await client.aclose()
         for output in outputs:
             await output.aclose()
-        await store.close()
 
 
 async def test_500_id_event_stores_every_item_once(pipeline_factory: Any, fake: FakeDimmy) -> None:
     ids = fake.generate_items(500)
     p = await pipeline_factory()
-    assert await p.store.insert_event(event("msg_big", ids)) is InsertOutcome.ACCEPTED
+    assert (
+        await p.store.insert_event(scanned_event("msg_big", ids, headers={}))
+        is InsertOutcome.ACCEPTED
+    )
     await p.run_until_idle()
     assert {row[0] for row in p.table("SELECT id FROM items")} == set(ids)
     assert fake.counts == Counter(dict.fromkeys(ids, 1))
@@ -114,7 +115,10 @@ async def test_500_id_event_stores_every_item_once(pipeline_factory: Any, fake: 
     assert len({line["idempotency_key"] for line in lines}) == 500
     assert p.table("SELECT status FROM events") == [("done",)]
     # the same message again (a sender retry) adds no work and no fetch
-    assert await p.store.insert_event(event("msg_big", ids)) is InsertOutcome.DUPLICATE
+    assert (
+        await p.store.insert_event(scanned_event("msg_big", ids, headers={}))
+        is InsertOutcome.DUPLICATE
+    )
     await p.run_until_idle()
     assert sum(fake.counts.values()) == 500
     assert len(p.lines()) == 500
@@ -126,7 +130,9 @@ async def test_404_and_422_ids_die_once_while_siblings_succeed(
     good = fake.generate_items(3)
     missing, malformed = "0" * 24, "not-an-object-id"
     p = await pipeline_factory(max_attempts=5)
-    await p.store.insert_event(event("msg_mixed", [good[0], missing, good[1], malformed, good[2]]))
+    await p.store.insert_event(
+        scanned_event("msg_mixed", [good[0], missing, good[1], malformed, good[2]], headers={})
+    )
     await p.run_until_idle()
     assert {row[0] for row in p.table("SELECT id FROM items")} == set(good)
     dead = {
@@ -150,7 +156,7 @@ async def test_5xx_and_hangs_retry_within_policy_then_die(
     fake.fail_ids.add(ids[0])  # always 500
     p = await pipeline_factory(max_attempts=3, timeout=0.3)
     fake.config.hang_seconds = 5
-    await p.store.insert_event(event("msg_fail", ids))
+    await p.store.insert_event(scanned_event("msg_fail", ids, headers={}))
     await p.run_until_idle()
     dead = p.table("SELECT item_id, attempts FROM jobs WHERE status = 'dead'")
     assert dead == [(ids[0], 3)]
@@ -160,7 +166,7 @@ async def test_5xx_and_hangs_retry_within_policy_then_die(
     # every call hangs past the client timeout: transient, retried, then dead
     hung = fake.generate_items(1)[0]
     fake.config.hang_rate = 1.0
-    await p.store.insert_event(event("msg_hang", [hung]))
+    await p.store.insert_event(scanned_event("msg_hang", [hung], headers={}))
     started = time.monotonic()
     await p.run_until_idle()
     fake.config.hang_rate = 0.0
@@ -174,7 +180,7 @@ async def test_429_retry_after_is_respected(pipeline_factory: Any, fake: FakeDim
     fake.config.retry_after_seconds = 2
     # one request at a time, so every request after a 429 was sent after the client saw it
     p = await pipeline_factory(max_attempts=8, api_concurrency=1)
-    await p.store.insert_event(event("msg_429", ids))
+    await p.store.insert_event(scanned_event("msg_429", ids, headers={}))
     await p.run_until_idle()
     fake.config.rate_limit_every = None
     assert {row[0] for row in p.table("SELECT id FROM items")} == set(ids)
@@ -205,7 +211,7 @@ async def test_newer_version_replaces_and_is_delivered_once_more(
 ) -> None:
     [item_id] = fake.generate_items(1)
     p = await pipeline_factory()
-    await p.store.insert_event(event("msg_v1", [item_id]))
+    await p.store.insert_event(scanned_event("msg_v1", [item_id], headers={}))
     await p.run_until_idle()
     first = await p.store.get_item(item_id)
     assert first is not None
@@ -229,7 +235,7 @@ async def test_a_poison_output_dies_alone(pipeline_factory: Any, fake: FakeDimmy
     p = await pipeline_factory(
         extra_outputs="python:tests.support.handlers:explode_on_first", max_attempts=2
     )
-    await p.store.insert_event(event("msg_poison", ids))
+    await p.store.insert_event(scanned_event("msg_poison", ids, headers={}))
     await p.run_until_idle()
     assert sorted(line["item_id"] for line in p.lines()) == sorted(ids)
     dead = p.table("SELECT output, attempts FROM jobs WHERE status = 'dead'")
@@ -242,7 +248,7 @@ async def test_refused_api_key_pauses_without_burning_attempts(
 ) -> None:
     ids = fake.generate_items(2)
     p = await pipeline_factory(api_key="wrong-key")
-    await p.store.insert_event(event("msg_auth", ids))
+    await p.store.insert_event(scanned_event("msg_auth", ids, headers={}))
     stop = asyncio.Event()
     task = asyncio.create_task(p.worker.run(stop))
     await asyncio.sleep(1.0)
@@ -261,11 +267,14 @@ async def test_dead_event_resent_by_the_sender_is_requeued(
     [item_id] = fake.generate_items(1)
     fake.fail_ids.add(item_id)
     p = await pipeline_factory(max_attempts=2)
-    await p.store.insert_event(event("msg_resend", [item_id]))
+    await p.store.insert_event(scanned_event("msg_resend", [item_id], headers={}))
     await p.run_until_idle()
     assert p.table("SELECT status FROM events") == [("dead",)]
     fake.fail_ids.clear()
-    assert await p.store.insert_event(event("msg_resend", [item_id])) is InsertOutcome.REQUEUED
+    assert (
+        await p.store.insert_event(scanned_event("msg_resend", [item_id], headers={}))
+        is InsertOutcome.REQUEUED
+    )
     await p.run_until_idle()
     assert p.table("SELECT status FROM events") == [("done",)]
     assert [line["item_id"] for line in p.lines()] == [item_id]
@@ -276,7 +285,7 @@ async def test_replay_redeliver_reuses_the_idempotency_key(
 ) -> None:
     ids = fake.generate_items(2)
     p = await pipeline_factory()
-    await p.store.insert_event(event("msg_redeliver", ids))
+    await p.store.insert_event(scanned_event("msg_redeliver", ids, headers={}))
     await p.run_until_idle()
     [(event_id,)] = p.table("SELECT id FROM events")
     queued = await p.store.replay_event(
@@ -294,7 +303,7 @@ async def test_graceful_stop_releases_claims(pipeline_factory: Any, fake: FakeDi
     ids = fake.generate_items(40)
     fake.config.latency_seconds = 0.5
     p = await pipeline_factory(policy=replace(FAST, grace_seconds=0.1))
-    await p.store.insert_event(event("msg_stop", ids))
+    await p.store.insert_event(scanned_event("msg_stop", ids, headers={}))
     stop = asyncio.Event()
     task = asyncio.create_task(p.worker.run(stop))
     await asyncio.sleep(0.8)
@@ -327,7 +336,7 @@ async def test_a_blocking_output_times_out_is_retried_and_holds_up_nothing(
     ids = fake.generate_items(3)
     policy = replace(FAST, output_timeout_seconds=0.3)
     p = await pipeline_factory(extra_outputs=BLOCKING, max_attempts=2, policy=policy)
-    await p.store.insert_event(event("msg_block", ids))
+    await p.store.insert_event(scanned_event("msg_block", ids, headers={}))
     await p.run_until_idle(timeout=20)
     # the other output got everything
     assert sorted(line["item_id"] for line in p.lines()) == sorted(ids)
@@ -350,7 +359,7 @@ async def test_stopping_with_a_blocked_output_takes_the_grace_period_only(
     output = f"python:tests.support.handlers:{handler}"
     policy = replace(FAST, output_timeout_seconds=60, grace_seconds=0.3)
     p = await pipeline_factory(extra_outputs=output, policy=policy)
-    await p.store.insert_event(event("msg_stop_blocked", ids))
+    await p.store.insert_event(scanned_event("msg_stop_blocked", ids, headers={}))
     stop = asyncio.Event()
     task = asyncio.create_task(p.worker.run(stop))
     deadline = time.monotonic() + 10
@@ -387,7 +396,7 @@ async def test_an_output_raising_system_exit_and_the_like_fails_counted_attempts
     output = f"python:tests.support.handlers:{handler}"
     attempts = len(raising_handlers.RAISED)
     p = await pipeline_factory(extra_outputs=output, max_attempts=attempts)
-    await p.store.insert_event(event("msg_raise", ids))
+    await p.store.insert_event(scanned_event("msg_raise", ids, headers={}))
     await p.run_until_idle()
     assert sorted(line["item_id"] for line in p.lines()) == sorted(ids)  # the other output
     dead = p.table(f"SELECT attempts FROM jobs WHERE output = '{output}' AND status = 'dead'")
@@ -397,7 +406,7 @@ async def test_an_output_raising_system_exit_and_the_like_fails_counted_attempts
     )
     # still working afterwards
     later = fake.generate_items(1)
-    await p.store.insert_event(event("msg_after", later))
+    await p.store.insert_event(scanned_event("msg_after", later, headers={}))
     await p.run_until_idle()
     assert later[0] in {line["item_id"] for line in p.lines()}
 
@@ -420,7 +429,7 @@ async def test_any_job_raising_a_base_exception_is_a_logged_counted_failure(
         return await real_get(item_id)
 
     p.worker.client.get_item = get_item  # type: ignore[method-assign]
-    await p.store.insert_event(event("msg_fetch_raise", [bad, good]))
+    await p.store.insert_event(scanned_event("msg_fetch_raise", [bad, good], headers={}))
     await p.run_until_idle()
     assert p.table(f"SELECT status, attempts, last_error FROM jobs WHERE item_id = '{bad}'") == [
         ("dead", 2, f"{kind.__name__}: raised inside the fetch")
