@@ -1,5 +1,5 @@
 """The pipeline against the fake Dimmy API over real loopback HTTP, on this test's own SQLite
-file (the store backends are tested by the store contract and PostgreSQL tests)."""
+file (``tests/integration/test_worker_postgres.py`` runs the same tests on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -66,11 +66,24 @@ class Pipeline:
 
 
 @pytest.fixture
+def pipeline_db(sqlite_url: str) -> str:
+    """The database the worker runs on: this test's SQLite file (on PostgreSQL in
+    ``tests/integration/test_worker_postgres.py``)."""
+    return sqlite_url
+
+
+@pytest.fixture
+def pipeline_store(sqlite_store: Store) -> Store:
+    """The opened store on :func:`pipeline_db`."""
+    return sqlite_store
+
+
+@pytest.fixture
 async def pipeline_factory(
-    tmp_path: Path, sqlite_url: str, sqlite_store: Store, fake_url: str
+    tmp_path: Path, pipeline_db: str, pipeline_store: Store, fake_url: str
 ) -> AsyncIterator[Callable[..., Any]]:
-    """A worker on this test's SQLite store (the backends have their own contract tests),
-    fetching from the fake Dimmy API over loopback HTTP, delivering to ``out.jsonl``."""
+    """A worker on :func:`pipeline_store`, fetching from the fake Dimmy API over loopback HTTP,
+    delivering to ``out.jsonl``."""
     opened: list[tuple[DimmyClient, list[Output]]] = []
 
     async def factory(
@@ -82,7 +95,7 @@ async def pipeline_factory(
         timeout: float = 2.0,
         api_concurrency: int = 16,
     ) -> Pipeline:
-        store = sqlite_store
+        store = pipeline_store
         store.max_attempts = max_attempts
         client = DimmyClient(
             fake_url, api_key, timeout=timeout, concurrency=api_concurrency, rate_limit=10_000
@@ -91,7 +104,7 @@ async def pipeline_factory(
         spec = f"jsonl:{jsonl}" + (f",{extra_outputs}" if extra_outputs else "")
         outputs = parse_outputs(spec)
         opened.append((client, outputs))
-        return Pipeline(sqlite_url, store, Worker(store, client, outputs, policy), jsonl)
+        return Pipeline(pipeline_db, store, Worker(store, client, outputs, policy), jsonl)
 
     yield factory
     for client, outputs in opened:
