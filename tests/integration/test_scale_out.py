@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from dimmy_webhooks.outputs import JsonlOutput
@@ -42,7 +41,7 @@ from ..support.constants import API_KEY, CLI, FULL, SECRET, scaled
 from ..support.databases import job_counts, rows, scalar, work_left
 from ..support.pgcluster import PgCluster, unavailable_reason
 from ..support.processes import ServiceProcess, clean_env, logs_tail, wait_until
-from ..support.senders import RetryingSender, signed
+from ..support.senders import RetryingSender, post_signed
 
 SCALE = scaled(1)
 N_EVENTS = scaled(2000)
@@ -276,12 +275,7 @@ class ScaleOut:
                 probe = make_events(rng, ids, PROBE_EVENTS, (1, 5), f"msg_probe{slot}")
                 for n_msg, (msg_id, body) in enumerate(probe):
                     receiver = self.receivers[n_msg % N_RECEIVERS]
-                    response = httpx.post(
-                        receiver.url + "/webhook",
-                        content=body,
-                        headers=signed(body, msg_id),
-                        timeout=REQUEST_TIMEOUT,
-                    )
+                    response = post_signed(receiver.url, msg_id, body, timeout=REQUEST_TIMEOUT)
                     assert response.status_code == 204, (response.status_code, receiver.log())
                 probed += probe
                 how = "ran through the outage" if slot == plan.witness else "restarted"
