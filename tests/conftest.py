@@ -1,12 +1,12 @@
 """Shared fixtures: real SQLite files, real HTTP servers on 127.0.0.1, the real CLI.
 
-The helpers they are built on (and that test modules import) are in :mod:`tests.helpers`.
+The helpers they are built on (and that test modules import) are in :mod:`tests.support`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +14,19 @@ import pytest
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
 from dimmy_webhooks.devtools.runner import serve_in_thread
-from dimmy_webhooks.store import schema
+from dimmy_webhooks.store import Store, schema
 from dimmy_webhooks.web import create_app as create_web_app
 
-from .helpers import (
-    ADMIN_TOKEN,
-    API_KEY,
-    STORE_BACKENDS,
-    ServiceProcess,
+from .support.builders import make_settings
+from .support.constants import ADMIN_TOKEN, API_KEY, STORE_BACKENDS
+from .support.databases import (
     admin_pg_url,
-    clean_env,
-    make_settings,
     migrated_sqlite_url,
     pg_database,
     pg_database_url,
     pg_execute,
 )
+from .support.processes import ServiceProcess, clean_env
 
 
 @pytest.fixture
@@ -135,6 +132,18 @@ def pg_url(pg_admin_url: str, pg_template: str) -> Iterator[str]:
     """A fresh, migrated database of its own for this test, dropped afterwards."""
     with pg_database(pg_admin_url, template=pg_template) as name:
         yield pg_database_url(pg_admin_url, name)
+
+
+@pytest.fixture
+async def sqlite_store(sqlite_url: str) -> AsyncIterator[Store]:
+    """An opened, empty store on this test's own migrated SQLite file (``sqlite_url``), closed
+    afterwards: for tests of what runs on a store, not of the store's backends."""
+    from dimmy_webhooks.store import create_store
+
+    opened = create_store(sqlite_url, max_attempts=8)
+    await opened.open()
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture(params=STORE_BACKENDS)

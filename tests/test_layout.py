@@ -7,7 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .helpers import SECRET, run
+from .support.constants import SECRET
+from .support.processes import run
 
 WEB_STACK = ("fastapi", "starlette", "uvicorn")
 

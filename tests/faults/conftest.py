@@ -1,9 +1,9 @@
 """The fault-injection suite (issue catalogue R1-R16, S1-S6): real processes, real databases.
 
 Sizes fit a normal CI run; ``DIMMY_FAULTS_FULL=1`` makes every loop 10x bigger (``scaled`` in
-:mod:`tests.helpers`). Each test prints its seed; ``DIMMY_FAULTS_SEED=N`` replays a run exactly
-(same kill schedule, same fault draws). Assertions are made on the database after every process
-has exited.
+:mod:`tests.support.constants`). Each test prints its seed; ``DIMMY_FAULTS_SEED=N`` replays a run
+exactly (same kill schedule, same fault draws). Assertions are made on the database after every
+process has exited.
 """
 
 from __future__ import annotations

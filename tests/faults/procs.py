@@ -1,5 +1,5 @@
 """Helpers of the fault tests: worker processes and their lease owners, what the outputs hold,
-summary lines (the queue state and the retrying sender are in :mod:`tests.helpers`).
+summary lines (the queue state and the retrying sender are in :mod:`tests.support`).
 
 Everything here is bounded: waits take a timeout. Nothing here asserts: the tests decide what is
 a failure.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dimmy_webhooks.outputs import JsonlOutput
 
-from ..helpers import ServiceProcess
+from ..support.processes import ServiceProcess
 
 # processes -----------------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ before they reach ``/api/*``; the webhook (signature-protected) and programs sti
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,11 @@ from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 from dimmy_webhooks.web.auth import FailureThrottle
 
-from ..helpers import ADMIN_TOKEN, CLI, SECRET, make_settings, query, run, signed
+from ..support.builders import ITEM_ID, make_settings
+from ..support.constants import ADMIN_TOKEN, CLI, SECRET
+from ..support.databases import query
+from ..support.processes import run
+from ..support.senders import post_signed
 
 pytestmark = pytest.mark.faults
 
@@ -45,11 +48,8 @@ def jobs(db_url: str) -> int:
 
 
 def store_an_event(url: str, host: str | None = None) -> None:
-    body = json.dumps({"item_ids": ["6592008029c8c3e4dc76256c"]}).encode()
-    headers = signed(body, f"msg_{host or 'plain'}")
-    if host is not None:
-        headers["host"] = host
-    assert httpx.post(f"{url}/webhook", content=body, headers=headers).status_code == 204
+    headers = None if host is None else {"host": host}
+    post_signed(url, f"msg_{host or 'plain'}", [ITEM_ID], headers=headers, expect=204)
 
 
 # S14 ---------------------------------------------------------------------------------------

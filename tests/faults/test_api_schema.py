@@ -28,13 +28,15 @@ from schemathesis.generation import GenerationMode
 from schemathesis.generation.case import Case
 
 from dimmy_webhooks.devtools.runner import serve_in_thread
-from dimmy_webhooks.models import JobKind, NormalisedItem, StoredItem
+from dimmy_webhooks.models import JobKind, StoredItem
 from dimmy_webhooks.store import SQLiteStore
 from dimmy_webhooks.store import schema as db_schema
 from dimmy_webhooks.web import create_app
 from dimmy_webhooks.web.auth import FailureThrottle, TokenCheck
 
-from ..helpers import ADMIN_TOKEN, AUTH, FULL, make_settings, signed
+from ..support.builders import make_settings, stored_item
+from ..support.constants import ADMIN_TOKEN, AUTH, FULL
+from ..support.senders import post_signed
 
 pytestmark = pytest.mark.faults
 
@@ -43,17 +45,17 @@ ITEM_IDS = [f"6592008029c8c3e4dc7625{n:02x}" for n in range(6)]
 
 
 def _item(item_id: str, n: int) -> StoredItem:
-    updated_at = f"2026-01-0{n + 1}T00:00:00.000Z"
-    doc = {"_id": item_id, "updated_at": updated_at, "n": n}
-    fields = NormalisedItem(
-        id=item_id,
-        updated_at=updated_at,
+    return stored_item(
+        item_id,
+        f"2026-01-0{n + 1}T00:00:00.000Z",
+        str(n),
         barcode=f"87{n % 2}",
         barcodes=(f"87{n % 2}", "12345"),
         width=1.5,
         dimension_unit="cm",
+        version=f"v{n}",
+        fetched_at=time.time(),
     )
-    return StoredItem(item=fields, raw=json.dumps(doc), version=f"v{n}", fetched_at=time.time())
 
 
 async def _store_items(db_path: Path) -> None:
@@ -95,9 +97,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ]
         for n, doc in enumerate(bodies):
             body = json.dumps(doc).encode()
-            answer = httpx.post(
-                base + "/webhook", content=body, headers=signed(body, f"msg_s1_{n}")
-            )
+            answer = post_signed(base, f"msg_s1_{n}", body)
             assert answer.status_code == 204, answer.text
         asyncio.run(_store_items(db_path))
         listed = httpx.get(base + "/api/events", headers=AUTH).json()["events"]

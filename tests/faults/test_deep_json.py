@@ -22,7 +22,10 @@ from dimmy_webhooks.intake.receiver import BodyRejected, parse_event
 from dimmy_webhooks.models import FULL_PAYLOAD, IncomingEvent, nested_deeper_than, nesting_bound
 from dimmy_webhooks.store import create_store
 
-from ..helpers import AUTH, query, signed, wait_until
+from ..support.constants import AUTH
+from ..support.databases import query
+from ..support.processes import wait_until
+from ..support.senders import post_signed
 
 pytestmark = pytest.mark.faults
 
@@ -46,21 +49,22 @@ def full_payload(item_id: str, depth: int) -> bytes:
     ).encode()
 
 
-def post(url: str, body: bytes, msg_id: str) -> httpx.Response:
-    return httpx.post(f"{url}/webhook", content=body, headers=signed(body, msg_id), timeout=30)
-
-
 @pytest.mark.parametrize("depth", [66, 300, 1_000, 5_000, 200_000])
 def test_too_deep_a_webhook_is_a_400_with_the_reason(
     service_url: str, db_url: str, depth: int
 ) -> None:
-    answer = post(service_url, full_payload("deepitem1", depth), f"msg_deep_{depth}")
+    answer = post_signed(
+        service_url, f"msg_deep_{depth}", full_payload("deepitem1", depth), timeout=30
+    )
     assert answer.status_code == 400, answer.text
     assert answer.json() == {"error": "JSON nested deeper than 64 levels"}
     items_scanned = (
         b'{"item_ids":["6592008029c8c3e4dc76256c"],"extra":' + deep_text(depth).encode() + b"}"
     )
-    assert post(service_url, items_scanned, f"msg_deep_ids_{depth}").status_code == 400
+    assert (
+        post_signed(service_url, f"msg_deep_ids_{depth}", items_scanned, timeout=30).status_code
+        == 400
+    )
     assert query(db_url, "SELECT count(*) AS n FROM events")[0]["n"] == 0
 
 
@@ -103,7 +107,7 @@ def test_one_level_over_the_limit_is_refused_however_few_brackets_it_has_to_spar
 def test_a_payload_at_the_limit_is_stored(service_url: str, db_url: str) -> None:
     body = full_payload("atthelimit", 62)  # 62 levels inside the item object and its field
     assert not nested_deeper_than(json.loads(body), 64)
-    assert post(service_url, body, "msg_at_limit").status_code == 204
+    assert post_signed(service_url, "msg_at_limit", body, timeout=30).status_code == 204
     assert wait_until(lambda: bool(query(db_url, "SELECT id FROM items")), 15)
     item = httpx.get(f"{service_url}/api/items/atthelimit", headers=AUTH).json()
     assert item["raw"] == json.loads(body)
@@ -115,7 +119,7 @@ def test_an_item_too_deep_from_the_api_is_dead_with_the_reason(
     (item_id,) = fake.generate_items(1)
     fake.add_item({**fake.items[item_id], "custom_inputs": nested(300)})
     body = json.dumps({"item_ids": [item_id]}).encode()
-    assert post(service_url, body, "msg_deep_fetch").status_code == 204
+    assert post_signed(service_url, "msg_deep_fetch", body, timeout=30).status_code == 204
     assert wait_until(lambda: query(db_url, "SELECT status FROM events")[0]["status"] == "dead", 15)
     job = query(db_url, "SELECT attempts, last_error FROM jobs WHERE kind = 'fetch'")[0]
     assert job["attempts"] == 1  # permanent: retrying cannot make it shallower

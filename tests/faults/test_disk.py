@@ -24,7 +24,10 @@ from typing import Any
 import httpx
 import pytest
 
-from ..helpers import API_KEY, SECRET, query, scaled, signed, unfinished_jobs, wait_until
+from ..support.constants import API_KEY, SECRET, scaled
+from ..support.databases import query, unfinished_jobs
+from ..support.processes import wait_until
+from ..support.senders import signed
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -9,17 +9,17 @@ import signal
 from collections import defaultdict
 from pathlib import Path
 
-import httpx
 import pytest
 from standardwebhooks import Webhook
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 
-from ..helpers import API_KEY, SECRET, FakeWms, ServiceProcess, clean_env, signed, wait_until
+from ..support.constants import API_KEY, FORWARD_SECRET, SECRET
+from ..support.fakes import FakeWms
+from ..support.processes import ServiceProcess, clean_env, wait_until
+from ..support.senders import post_signed
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
-
-FORWARD_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
 
 
 def test_sigkill_mid_delivery_loses_nothing_and_keeps_one_id_per_revision(
@@ -40,7 +40,7 @@ def test_sigkill_mid_delivery_loses_nothing_and_keeps_one_id_per_revision(
         )
         service = ServiceProcess(tmp_path, env, ["serve"]).start()
         body = json.dumps({"item_ids": ids}).encode()
-        answer = httpx.post(f"{service.url}/webhook", content=body, headers=signed(body, "m"))
+        answer = post_signed(service.url, "m", body)
         assert answer.status_code == 204
         assert wait_until(lambda: len(wms.requests) >= 8, 30), service.log()
         service.kill(signal.SIGKILL)

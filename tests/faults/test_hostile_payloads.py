@@ -30,15 +30,11 @@ from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 
-from ..helpers import (
-    ADMIN_TOKEN,
-    API_KEY,
-    AUTH,
-    dashboard_login,
-    hold_item,
-    make_settings,
-    signed,
-)
+from ..support.builders import make_settings
+from ..support.constants import ADMIN_TOKEN, API_KEY, AUTH
+from ..support.dashboard import dashboard_login
+from ..support.databases import hold_item
+from ..support.senders import post_signed, signed
 
 pytestmark = pytest.mark.faults
 
@@ -105,11 +101,6 @@ def wait_until_settled(session: Session, timeout: float = 30) -> list[dict[str, 
         if time.monotonic() > deadline:
             raise AssertionError(f"events still open: {events}")
         time.sleep(0.1)
-
-
-def post_webhook(session: Session, doc: Any, msg_id: str) -> httpx.Response:
-    body = json.dumps(doc).encode()
-    return session.request("POST", "/webhook", content=body, headers=signed(body, msg_id))
 
 
 @pytest.fixture
@@ -217,12 +208,14 @@ def test_hostile_values_come_back_as_json_text(
     docs = {payload: hostile_item(fake, payload) for payload in payloads}
     # 1. items with hostile fields, fetched by the worker after a signed webhook
     ids = [doc["_id"] for doc in docs.values()]
-    assert post_webhook(service, {"item_ids": ids}, "msg_hostile_items").status_code == 204
+    assert post_signed(service, "msg_hostile_items", ids).status_code == 204
     # 2. hostile strings as item ids (refused before any fetch, with a reason on the event)
-    assert post_webhook(service, {"item_ids": payloads}, "msg_hostile_ids").status_code == 204
+    assert post_signed(service, "msg_hostile_ids", payloads).status_code == 204
     # 3. hostile message ids, an unknown event with hostile content, a full payload with them
     for n, payload in enumerate(ASCII_PAYLOADS):
-        answer = post_webhook(service, {"comment": payload, "n": n}, f"msg_{payload}")
+        answer = post_signed(
+            service, f"msg_{payload}", json.dumps({"comment": payload, "n": n}).encode()
+        )
         assert answer.status_code == 204, answer.text
     # (a hostile _id is refused outright: tests/faults/test_item_ids.py)
     full = {
@@ -231,7 +224,7 @@ def test_hostile_values_come_back_as_json_text(
         "barcode": PAYLOADS[1] + "!",
         "note": PAYLOADS[3],
     }
-    assert post_webhook(service, full, "msg_full_payload").status_code == 204
+    assert post_signed(service, "msg_full_payload", json.dumps(full).encode()).status_code == 204
     # 4. rejected webhooks whose message id and body are hostile
     for payload in ASCII_PAYLOADS:
         body = json.dumps({"x": payload}).encode()
@@ -359,8 +352,8 @@ def test_nul_in_one_item_does_not_lose_the_event(
     with serve_in_thread(create_app(settings)) as url:
         session = Session(url)
         try:
-            assert post_webhook(session, {"item_ids": [good, "bad\x00id"]}, "m1").status_code == 204
-            assert post_webhook(session, {"item_ids": [nul_field]}, "m2").status_code == 204
+            assert post_signed(session, "m1", [good, "bad\x00id"]).status_code == 204
+            assert post_signed(session, "m2", [nul_field]).status_code == 204
             events = {e["message_id"]: e for e in wait_until_settled(session)}
             stored = session.request("GET", f"/api/items/{good}", headers=AUTH)
             nul_item = session.request("GET", f"/api/items/{nul_field}", headers=AUTH)

@@ -30,18 +30,12 @@ from dimmy_webhooks.devtools.sender import items_scanned_body
 from dimmy_webhooks.errors import ConfigError
 from dimmy_webhooks.intake.httpserver import connection_cap
 
-from ..helpers import (
-    SECRET,
-    ServiceProcess,
-    closed_by_peer,
-    make_settings,
-    query,
-    raw_connection,
-    read_status,
-    signed,
-    wait_until,
-    webhook_head,
-)
+from ..support.builders import make_settings
+from ..support.constants import SECRET
+from ..support.databases import query
+from ..support.processes import ServiceProcess, wait_until
+from ..support.rawhttp import closed_by_peer, raw_connection, read_status, webhook_head
+from ..support.senders import post_signed, signed
 
 pytestmark = pytest.mark.faults
 
@@ -68,12 +62,6 @@ def start_serve(
 
 def stored(db_url: str) -> set[str]:
     return {row["message_id"] for row in query(db_url, "SELECT message_id FROM events")}
-
-
-def post_signed(url: str, msg_id: str, timeout: float = 5.0) -> int:
-    return httpx.post(
-        url + "/webhook", content=BODY, headers=signed(BODY, msg_id), timeout=timeout
-    ).status_code
 
 
 # S5: head size ---------------------------------------------------------------------------------
@@ -115,7 +103,7 @@ def test_s5_oversized_headers_are_refused_without_being_read(
     if size > 16 * MIB:  # the server stopped reading: only the loopback's buffers took more
         assert sent < 16 * MIB
     assert growth_mib < 16
-    assert post_signed(service.url, "msg_after_big_header") == 204
+    assert post_signed(service.url, "msg_after_big_header", BODY).status_code == 204
     assert stored(db_url) == {"msg_after_big_header"}
     assert "http request refused: headers too large" in service.log()
 
@@ -169,7 +157,7 @@ def test_s5_heads_never_finished_are_closed_within_the_header_timeout(
     assert took is not None, "still open long after the header timeout"
     assert HEADER_TIMEOUT - 0.3 < took < HEADER_TIMEOUT + 1.5
     assert "http connection closed: headers not received in time" in service.log()
-    assert post_signed(service.url, "msg_after_slow_head") == 204
+    assert post_signed(service.url, "msg_after_slow_head", BODY).status_code == 204
 
 
 def test_s5_a_slow_head_that_ends_in_time_is_served(service_factory: Any, tmp_path: Path) -> None:
@@ -239,7 +227,7 @@ def test_s5_many_idle_half_open_connections_leave_the_service_working(
         time.sleep(0.5)
         assert service.proc is not None
         server_fds = len(os.listdir(f"/proc/{service.proc.pid}/fd"))
-        status = post_signed(service.url, "msg_beside_idle")
+        status = post_signed(service.url, "msg_beside_idle", BODY).status_code
         health = httpx.get(service.url + "/healthz", timeout=5).status_code
         still_open = sum(not closed_by_peer(sock) for sock in idle)
     finally:
@@ -287,7 +275,7 @@ def test_s5_at_the_cap_with_every_connection_busy_new_ones_are_refused(
         statuses.append(read_status(sock))
         sock.close()
     assert statuses == [408] * 8
-    assert post_signed(service.url, "msg_after_busy") == 204
+    assert post_signed(service.url, "msg_after_busy", BODY).status_code == 204
     assert stored(db_url) == {"msg_after_busy"}
 
 
@@ -365,7 +353,7 @@ async def test_s6_unsigned_large_bodies_hold_bounded_memory(
     and genuine signed webhooks sent meanwhile are all answered 204 and stored."""
     service, db_url = start_serve(service_factory, tmp_path, DIMMY_LOG_LEVEL="WARNING")
     for n in range(3):  # warm the request path up before the baseline
-        assert post_signed(service.url, f"msg_warm_{n}") == 204
+        assert post_signed(service.url, f"msg_warm_{n}", BODY).status_code == 204
     baseline = service.rss_kb()
     deadline = time.monotonic() + ATTACK_SECONDS
     outcomes: dict[str, int] = {}

@@ -19,7 +19,10 @@ from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.errors import PermanentUpstream
 from dimmy_webhooks.upstream.client import DimmyClient
 
-from ..helpers import ADMIN_TOKEN, API_KEY, AUTH, CLI, SECRET, query, run, signed, wait_until
+from ..support.constants import ADMIN_TOKEN, API_KEY, AUTH, CLI, SECRET
+from ..support.databases import query
+from ..support.processes import run, wait_until
+from ..support.senders import post_signed
 
 pytestmark = pytest.mark.faults
 
@@ -40,16 +43,12 @@ BAD_IDS = [
 ONE_ITEM_PATH = re.compile(r"^/items/[A-Za-z0-9_-]{1,128}$")
 
 
-def post_webhook(url: str, body: bytes, msg_id: str) -> httpx.Response:
-    return httpx.post(f"{url}/webhook", content=body, headers=signed(body, msg_id), timeout=10)
-
-
 def test_bad_ids_in_a_webhook_never_reach_another_path(
     service_url: str, fake: FakeDimmy, db_url: str
 ) -> None:
     (good,) = fake.generate_items(1)
     body = json.dumps({"item_ids": [*BAD_IDS, good]}).encode()
-    assert post_webhook(service_url, body, "msg_bad_ids").status_code == 204
+    assert post_signed(service_url, "msg_bad_ids", body, timeout=10).status_code == 204
     assert wait_until(lambda: bool(query(db_url, "SELECT id FROM items")), 15)
     assert wait_until(lambda: query(db_url, "SELECT status FROM events")[0]["status"] == "done", 15)
 
@@ -67,7 +66,7 @@ def test_a_full_payload_with_a_bad_id_is_dead_with_the_reason(
     service_url: str, fake: FakeDimmy, db_url: str
 ) -> None:
     body = json.dumps({"_id": "../../items", "updated_at": "2026-01-05T09:00:00Z"}).encode()
-    assert post_webhook(service_url, body, "msg_bad_full").status_code == 204
+    assert post_signed(service_url, "msg_bad_full", body, timeout=10).status_code == 204
     assert wait_until(lambda: query(db_url, "SELECT status FROM events")[0]["status"] == "dead", 15)
     event = query(db_url, "SELECT last_error FROM events")[0]
     assert "not a valid item id" in event["last_error"]

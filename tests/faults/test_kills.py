@@ -29,26 +29,21 @@ from typing import Any
 
 import pytest
 
-from ..helpers import (
-    API_KEY,
-    SECRET,
-    RetryingSender,
-    ServiceProcess,
+from ..support.builders import fetch_pairs, make_events
+from ..support.constants import API_KEY, SECRET, scaled
+from ..support.databases import (
     backend,
     db_state,
-    fetch_pairs,
     insert_events,
     integrity_check,
-    logs_tail,
-    make_events,
     rows,
     running_by_owner,
     running_jobs,
     scalar,
-    scaled,
-    wait_until,
     work_left,
 )
+from ..support.processes import ServiceProcess, logs_tail, wait_until
+from ..support.senders import RetryingSender
 from .procs import Deliveries, WorkerSlot, exit_code, read_deliveries, stop_all, summary
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(1200 if scaled(1) > 1 else 240)]

@@ -14,7 +14,8 @@ import pytest
 
 from dimmy_webhooks.observe.logs import JsonFormatter, KeyValueFormatter, redact_urls
 
-from ..helpers import ADMIN_TOKEN, CLI, SECRET, ServiceProcess, clean_env, run, wait_until
+from ..support.constants import ADMIN_TOKEN, CLI, SECRET
+from ..support.processes import ServiceProcess, clean_env, run, wait_until
 
 pytestmark = pytest.mark.faults
 

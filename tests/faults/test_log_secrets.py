@@ -28,7 +28,10 @@ from dimmy_webhooks.errors import ConfigError
 from dimmy_webhooks.signatures import parse_secrets, signed_headers
 from dimmy_webhooks.store import schema
 
-from ..helpers import ADMIN_TOKEN, API_KEY, CLI, KEY, SECRET, clean_env, query, signed, wait_until
+from ..support.constants import ADMIN_TOKEN, API_KEY, CLI, KEY, SECRET
+from ..support.databases import query
+from ..support.processes import clean_env, wait_until
+from ..support.senders import signed
 
 pytestmark = pytest.mark.faults
 

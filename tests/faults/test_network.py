@@ -22,17 +22,10 @@ import pytest
 from dimmy_webhooks.devtools.sender import items_scanned_body
 from dimmy_webhooks.pipeline.worker import WorkerPolicy
 
-from ..helpers import (
-    API_KEY,
-    SECRET,
-    backend,
-    insert_events,
-    query,
-    scaled,
-    signed,
-    unfinished_jobs,
-    wait_until,
-)
+from ..support.constants import API_KEY, SECRET, scaled
+from ..support.databases import backend, insert_events, query, unfinished_jobs
+from ..support.processes import wait_until
+from ..support.senders import signed
 from .proxy import FaultProxy
 
 pytestmark = pytest.mark.faults

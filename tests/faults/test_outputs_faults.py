@@ -13,7 +13,7 @@
   throughout (before, the first ``SystemExit`` ended it, the job went back uncounted, and every
   restart died the same way).
 
-The outputs' functions live in ``tests/handlers_for_tests.py``; the child process imports them
+The outputs' functions live in ``tests/support/handlers.py``; the child process imports them
 through ``PYTHONPATH``.
 """
 
@@ -32,28 +32,18 @@ import pytest
 from dimmy_webhooks.devtools.sender import items_scanned_body
 from dimmy_webhooks.outputs import JsonlOutput
 
-from ..helpers import (
-    ADMIN_TOKEN,
-    API_KEY,
-    AUTH,
-    SECRET,
-    ServiceProcess,
-    backend,
-    db_state,
-    rows,
-    running_jobs,
-    signed,
-    wait_until,
-)
+from ..support.constants import ADMIN_TOKEN, API_KEY, AUTH, ROOT, SECRET
+from ..support.databases import backend, db_state, rows, running_jobs
+from ..support.processes import ServiceProcess, wait_until
+from ..support.senders import post_signed
 from .procs import exit_code, summary
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(240)]
 
-ROOT = Path(__file__).resolve().parents[2]
-BLOCKING = "python:tests.handlers_for_tests:block_forever"
+BLOCKING = "python:tests.support.handlers:block_forever"
 RAISING = [
-    "python:tests.handlers_for_tests:raise_base_exception",
-    "python:tests.handlers_for_tests:async_raise_base_exception",
+    "python:tests.support.handlers:raise_base_exception",
+    "python:tests.support.handlers:async_raise_base_exception",
 ]
 KINDS = ["SystemExit", "KeyboardInterrupt", "Fatal", "GeneratorExit", "CancelledError"]
 SERVE_CLEAN_EXIT = (0, -signal.SIGTERM)  # uvicorn re-raises the SIGTERM it handled
@@ -85,7 +75,7 @@ def post_webhook(client: httpx.Client, msg_id: str, ids: list[str]) -> tuple[int
     """POST a signed ``items.scanned``; its status and how long the answer took."""
     body = items_scanned_body(ids)
     started = time.monotonic()
-    response = client.post("/webhook", content=body, headers=signed(body, msg_id))
+    response = post_signed(client, msg_id, body)
     return response.status_code, time.monotonic() - started
 
 

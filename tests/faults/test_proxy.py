@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ..helpers import API_KEY
+from ..support.constants import API_KEY
 from .proxy import FaultProxy
 
 pytestmark = pytest.mark.faults

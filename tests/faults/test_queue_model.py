@@ -20,7 +20,6 @@ database. Replay with ``--hypothesis-seed=N``; a failure prints its ``@reproduce
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -41,24 +40,20 @@ from hypothesis.stateful import (
 
 from dimmy_webhooks.errors import LeaseLost
 from dimmy_webhooks.models import (
-    ITEMS_SCANNED,
-    IncomingEvent,
     InsertOutcome,
     Job,
     JobKind,
     Lane,
-    NormalisedItem,
-    StoredItem,
 )
 from dimmy_webhooks.store import Lease, ReplayMode, SQLiteStore, Store, schema
 
-from ..helpers import FULL
+from ..support.builders import scanned_event, stored_item
+from ..support.constants import FULL, T0
 
 pytestmark = pytest.mark.faults
 
 T = TypeVar("T")
 
-T0 = 1_800_000_000.0
 MAX_ATTEMPTS = 2  # small, so that death by attempts is reachable in a short run
 MESSAGES = [f"msg_{n}" for n in range(5)]
 ITEM_IDS = ["a", "b", "c"]
@@ -196,17 +191,6 @@ class Model:
         if updated_at is None and old_at is None:
             return version != old_version
         return updated_at is not None  # a dated version beats an undated one
-
-
-def stored_item(item_id: str, updated_at: str | None, content: str) -> StoredItem:
-    raw = json.dumps({"_id": item_id, "updated_at": updated_at, "c": content})
-    fields = NormalisedItem(id=item_id, updated_at=updated_at)
-    return StoredItem(item=fields, raw=raw, version=f"{updated_at or '-'}#{content}", fetched_at=T0)
-
-
-def scanned(msg_id: str, ids: list[str], at: float) -> IncomingEvent:
-    body = json.dumps({"item_ids": ids}).encode()
-    return IncomingEvent(msg_id, ITEMS_SCANNED, body, {"svix-id": msg_id}, at, len(ids))
 
 
 # direct database access (bypassing the store) ------------------------------------------------
@@ -363,7 +347,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     def enqueue(self, msg: str, ids: list[str]) -> None:
         model = self.model
-        outcome = self.run(self.store.insert_event(scanned(msg, ids, model.now)))
+        outcome = self.run(self.store.insert_event(scanned_event(msg, ids, at=model.now)))
         existing = model.events.get(msg)
         if existing is None:
             assert outcome is InsertOutcome.ACCEPTED
@@ -805,7 +789,7 @@ async def test_content_flipping_back_is_delivered_again(backend: Backend) -> Non
     store = backend.make_store()
     await store.open()
     try:
-        await store.insert_event(scanned("m1", ["a"], T0))
+        await store.insert_event(scanned_event("m1", ["a"], at=T0))
         [event_job] = await store.claim("w", 10, 30, T0)
         await store.expand_event(event_job, ["a"], T0)
         for n, content in enumerate(["x", "y", "x"]):

@@ -10,7 +10,6 @@ answer 503.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -18,17 +17,17 @@ import httpx
 import pytest
 
 from dimmy_webhooks.devtools.runner import serve_in_thread
-from dimmy_webhooks.models import ITEMS_SCANNED, IncomingEvent, InsertOutcome
+from dimmy_webhooks.models import IncomingEvent, InsertOutcome
 from dimmy_webhooks.web import create_app
 
-from ..helpers import make_settings, query
+from ..support.builders import make_settings, scanned_event
+from ..support.databases import query
 
 pytestmark = pytest.mark.faults
 
 
 def event(n: int) -> IncomingEvent:
-    body = json.dumps({"item_ids": [f"{n:024x}"]}).encode()
-    return IncomingEvent(f"msg_cancel_{n}", ITEMS_SCANNED, body, {}, time.time(), 1)
+    return scanned_event(f"msg_cancel_{n}", [f"{n:024x}"], headers={})
 
 
 def _lane(store: Any) -> Any:
