@@ -107,7 +107,7 @@ def test_the_ledger_filters_by_status_as_documented(service_url: str, fake: Fake
     """The README's ``/api/deliveries?status=`` filters by outcome (``outcome`` too); a value
     that is no outcome is a 400 naming the valid ones, never the whole ledger."""
     ids = fake.generate_items(2)
-    send(service_url, "msg_ledger", ids)
+    post_signed(service_url, "msg_ledger", ids, expect=204)
 
     def ledger(**params: str) -> httpx.Response:
         return httpx.get(service_url + "/api/deliveries", params=params, headers=AUTH)
