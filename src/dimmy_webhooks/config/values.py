@@ -8,7 +8,7 @@ from __future__ import annotations
 
 #: Requests declaring a body of at most this many bytes may use the last
 #: :data:`SMALL_BODY_RESERVE` bytes of the unverified-body budget (every webhook Dimmy sends is
-#: far smaller); see ``receiver.py``.
+#: far smaller); see ``intake/receiver.py``.
 SMALL_BODY_BYTES = 64 * 1024
 SMALL_BODY_RESERVE = 1024 * 1024
 
