@@ -41,8 +41,9 @@ from dimmy_webhooks.errors import StoreError, TransientUpstream, UpstreamError
 from dimmy_webhooks.items import format_timestamp
 from dimmy_webhooks.models import Source, StoredItem
 from dimmy_webhooks.pipeline.validation import Intake
+from dimmy_webhooks.ratelimit import backoff_delay
 from dimmy_webhooks.store import Store
-from dimmy_webhooks.upstream.client import DimmyClient, backoff_delay
+from dimmy_webhooks.upstream.client import DimmyClient
 
 log = logging.getLogger("dimmy_webhooks.pipeline.poller")
 

@@ -54,8 +54,9 @@ from dimmy_webhooks.outputs import (
     idempotency_key,
 )
 from dimmy_webhooks.pipeline.validation import Intake
+from dimmy_webhooks.ratelimit import backoff_delay
 from dimmy_webhooks.store import Lease, Store
-from dimmy_webhooks.upstream.client import DimmyClient, backoff_delay
+from dimmy_webhooks.upstream.client import DimmyClient
 
 log = logging.getLogger("dimmy_webhooks.pipeline.worker")
 

@@ -1,6 +1,7 @@
 """Async client of the Dimmy REST API: one HTTP request per call, every failure classified.
 
-The client never retries; the durable job queue above it does, with :func:`backoff_delay`. What
+The client never retries; the durable job queue above it does, with
+:func:`~dimmy_webhooks.ratelimit.backoff_delay`. What
 the caller sees (all from :mod:`dimmy_webhooks.errors`)::
 
     UpstreamError
@@ -27,7 +28,6 @@ import asyncio
 import itertools
 import json
 import logging
-import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -50,31 +50,6 @@ logger = logging.getLogger(__name__)
 DETAIL_LIMIT = 200
 DEFAULT_429_PAUSE = 1.0  # seconds the client holds requests after a 429 without Retry-After
 RateMode = Literal["fixed", "adaptive"]
-
-
-def backoff_delay(
-    attempt: int,
-    *,
-    base: float,
-    cap: float,
-    rng: random.Random | None = None,
-    retry_after: float | None = None,
-) -> float:
-    """Seconds to wait before attempt ``attempt + 1``, after ``attempt`` (>= 1) failures.
-
-    Exponential backoff with *equal jitter*: ``d = min(cap, base * 2 ** (attempt - 1))``, and the
-    result is uniform in ``[d / 2, d]``, so delays grow but never bunch up at zero. When the
-    server asked for ``retry_after`` seconds, the result is at least that (even above ``cap``).
-    Raises :class:`ValueError` for ``attempt < 1``.
-    """
-    if attempt < 1:
-        raise ValueError("attempt counts from 1")
-    delay = min(cap, base * 2.0 ** min(attempt - 1, 1023))
-    uniform = rng.uniform if rng is not None else random.uniform
-    result = delay / 2 + uniform(0, delay / 2)
-    if retry_after is not None:
-        result = max(result, retry_after)
-    return result
 
 
 def _user_agent() -> str:
