@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import certifi
 import httpx
 
+from dimmy_webhooks.config import Settings
 from dimmy_webhooks.errors import PermanentUpstream, TransientUpstream, UpstreamAuthError
 from dimmy_webhooks.models import nested_deeper_than, valid_item_id
 from dimmy_webhooks.ratelimit import Pacer, parse_retry_after
@@ -397,3 +398,25 @@ class DimmyClient:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
+
+
+def client_from_settings(
+    settings: Settings, *, observe: Callable[[str, str, float], None] | None = None
+) -> DimmyClient | None:
+    """The client the ``DIMMY_API_*`` settings describe (``observe``: as :class:`DimmyClient`),
+    or ``None`` when no API key is configured."""
+    key = settings.api_key.get_secret_value().strip() if settings.api_key is not None else ""
+    if not key:
+        return None
+    return DimmyClient(
+        settings.api_url,
+        key,
+        timeout=settings.api_timeout_seconds,
+        concurrency=settings.api_concurrency,
+        rate_limit=settings.api_rate_limit,
+        rate_mode=settings.api_rate_mode,
+        rate_min=settings.api_rate_min,
+        rate_max=settings.api_rate_max,
+        max_json_depth=settings.max_json_depth,
+        observe=observe,
+    )
