@@ -14,7 +14,8 @@ Two shapes of limit, each built once and used by every stage that needs it:
   a rate that moves at every answer.
 
 And what the other side asks: :func:`parse_retry_after` reads a ``Retry-After`` header, for the
-Dimmy client and the HTTP output alike.
+Dimmy client and the HTTP output alike; :func:`backoff_delay` is how long a failed attempt waits
+before the next (never sooner than that header), for the worker's jobs and the poller's pages.
 
 Clocks and sleeps are injectable (monotonic seconds); nothing here does IO.
 """
@@ -25,6 +26,7 @@ import asyncio
 import collections
 import email.utils
 import math
+import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC
@@ -150,3 +152,28 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    rng: random.Random | None = None,
+    retry_after: float | None = None,
+) -> float:
+    """Seconds to wait before attempt ``attempt + 1``, after ``attempt`` (>= 1) failures.
+
+    Exponential backoff with *equal jitter*: ``d = min(cap, base * 2 ** (attempt - 1))``, and the
+    result is uniform in ``[d / 2, d]``, so delays grow but never bunch up at zero. When the
+    server asked for ``retry_after`` seconds, the result is at least that (even above ``cap``).
+    Raises :class:`ValueError` for ``attempt < 1``.
+    """
+    if attempt < 1:
+        raise ValueError("attempt counts from 1")
+    delay = min(cap, base * 2.0 ** min(attempt - 1, 1023))
+    uniform = rng.uniform if rng is not None else random.uniform
+    result = delay / 2 + uniform(0, delay / 2)
+    if retry_after is not None:
+        result = max(result, retry_after)
+    return result

@@ -33,11 +33,13 @@ from dimmy_webhooks.observe.health import Readiness, check_readiness
 from dimmy_webhooks.observe.metrics import Metrics
 from dimmy_webhooks.observe.overview import Overview, Status, take_overview
 from dimmy_webhooks.outputs import Output, OutputContext, load_destinations, parse_outputs
-from dimmy_webhooks.pipeline.poller import Poller, PollPolicy, Reconciliation, reconciliation
-from dimmy_webhooks.pipeline.validation import Intake
-from dimmy_webhooks.pipeline.worker import Worker, WorkerPolicy
+from dimmy_webhooks.pipeline.jobs import WorkerPolicy
+from dimmy_webhooks.pipeline.poller import Poller
+from dimmy_webhooks.pipeline.ranges import PollPolicy
+from dimmy_webhooks.pipeline.reconciliation import Reconciliation, reconciliation
+from dimmy_webhooks.pipeline.worker import Worker
 from dimmy_webhooks.store import Store, create_store
-from dimmy_webhooks.upstream.client import DimmyClient
+from dimmy_webhooks.upstream.client import DimmyClient, client_from_settings
 from dimmy_webhooks.upstream.pacing import AdaptiveRate
 
 log = logging.getLogger("dimmy_webhooks.services")
@@ -45,19 +47,6 @@ log = logging.getLogger("dimmy_webhooks.services")
 RATE_STATE = "api.rate"
 """``sync_state`` key of the adaptive client's learned rate: ``{"rate": ..., "api_url": ...}``."""
 RATE_SAVE_SECONDS = 30.0  # how often a changed learned rate is written (and once at stop)
-
-
-def worker_policy(settings: Settings) -> WorkerPolicy:
-    """The workers' pacing, from the settings."""
-    return WorkerPolicy(
-        concurrency=settings.api_concurrency * 2,
-        lease_seconds=settings.lease_seconds,
-        retry_base_seconds=settings.retry_base_seconds,
-        retry_max_seconds=settings.retry_max_seconds,
-        grace_seconds=settings.shutdown_grace_seconds,
-        output_timeout_seconds=settings.output_timeout_seconds,
-        intake=Intake.from_settings(settings),
-    )
 
 
 def build_outputs(settings: Settings) -> list[Output]:
@@ -72,42 +61,6 @@ def build_outputs(settings: Settings) -> list[Output]:
     return parse_outputs(
         settings.outputs, OutputContext(forward_secret=secret, destinations=destinations)
     )
-
-
-def poll_policy(settings: Settings) -> PollPolicy:
-    """The poller's pacing, from the settings."""
-    return PollPolicy(
-        interval=settings.poll_interval_seconds,
-        overlap=settings.poll_overlap_seconds,
-        first_lookback=settings.poll_lookback_hours * 3600,
-        sweep_days=settings.poll_sweep_days,
-        sweep_interval=settings.poll_sweep_interval_hours * 3600,
-        page_size=settings.poll_page_size,
-        reconcile_grace=settings.reconcile_grace_seconds,
-        intake=Intake.from_settings(settings),
-    )
-
-
-def create_client(settings: Settings, metrics: Metrics | None = None) -> DimmyClient | None:
-    """The Dimmy API client (counting its requests in ``metrics``), or ``None`` when no API
-    key is configured."""
-    if settings.api_key is None or not settings.api_key.get_secret_value().strip():
-        return None
-    client = DimmyClient(
-        settings.api_url,
-        settings.api_key.get_secret_value().strip(),
-        timeout=settings.api_timeout_seconds,
-        concurrency=settings.api_concurrency,
-        rate_limit=settings.api_rate_limit,
-        rate_mode=settings.api_rate_mode,
-        rate_min=settings.api_rate_min,
-        rate_max=settings.api_rate_max,
-        max_json_depth=settings.max_json_depth,
-        observe=metrics.api_request if metrics is not None else None,
-    )
-    if metrics is not None:
-        metrics.watch_api_rate(lambda: client.rate_limit)
-    return client
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,10 +124,10 @@ class Services:
             if output.max_attempts is not None
         }
         if run_workers:
-            policy = worker_policy(settings)
+            policy = WorkerPolicy.from_settings(settings)
             if concurrency:
                 policy = replace(policy, concurrency=concurrency)
-            services.client = create_client(settings, services.metrics)
+            services.client = services._new_client()
             worker = Worker(
                 services.store, services.client, services.outputs, policy, clock=clock, crash=crash
             )
@@ -197,6 +150,14 @@ class Services:
             services.parts.append(Part("notifier", notifier.run))
         return services
 
+    def _new_client(self) -> DimmyClient | None:
+        """The Dimmy API client, its requests and rate in this process's metrics (``None``:
+        no API key)."""
+        client = client_from_settings(self.settings, observe=self.metrics.api_request)
+        if client is not None:
+            self.metrics.watch_api_rate(lambda: client.rate_limit)
+        return client
+
     async def _alert_look(self) -> tuple[Overview, int]:
         """What the notifier looks at: the overview and the signature failures of 5 minutes."""
         return await self.overview(), self.metrics.signature_failures_within()
@@ -204,14 +165,14 @@ class Services:
     def new_poller(self) -> Poller:
         """A poller on this process's store and client (``poll --once`` and ``backfill`` run
         its passes themselves; ``serve --poll`` runs it as a part). Needs an API key."""
-        self.client = self.client or create_client(self.settings, self.metrics)
+        self.client = self.client or self._new_client()
         if self.client is None:
             raise ConfigError("polling needs the Dimmy API: set DIMMY_API_KEY")
         return Poller(
             self.store,
             self.client,
             self.output_names(),
-            poll_policy(self.settings),
+            PollPolicy.from_settings(self.settings),
             pull_mode=self.settings.webhook_secret is None,
             clock=self.clock,
             on_stored=self.wake_workers,
@@ -415,7 +376,8 @@ class Services:
         return await take_overview(self.store, self.status())
 
     async def reconciliation(self) -> Reconciliation:
-        """The reconciliation report (:func:`dimmy_webhooks.pipeline.poller.reconciliation`)."""
+        """The reconciliation report, with the settings' grace
+        (:func:`~dimmy_webhooks.pipeline.reconciliation.reconciliation`)."""
         return await reconciliation(
             self.store,
             self.clock(),

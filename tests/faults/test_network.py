@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from dimmy_webhooks.devtools.sender import items_scanned_body
-from dimmy_webhooks.pipeline.worker import WorkerPolicy
+from dimmy_webhooks.pipeline.jobs import WorkerPolicy
 
 from ..support.constants import API_KEY, SECRET, scaled
 from ..support.databases import backend, insert_events, query, unfinished_jobs

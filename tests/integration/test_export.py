@@ -23,7 +23,8 @@ import pytest
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.models import UNKNOWN, IncomingEvent
 from dimmy_webhooks.outputs import parse_outputs
-from dimmy_webhooks.pipeline.worker import Worker, WorkerPolicy
+from dimmy_webhooks.pipeline.jobs import WorkerPolicy
+from dimmy_webhooks.pipeline.worker import Worker
 from dimmy_webhooks.store import SQLiteStore, schema
 from dimmy_webhooks.upstream.client import DimmyClient
 

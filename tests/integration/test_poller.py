@@ -26,7 +26,9 @@ import pytest
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.outputs import JsonlOutput
-from dimmy_webhooks.pipeline.poller import WATERMARK, PollPolicy, backfill, parse_time
+from dimmy_webhooks.pipeline.backfill import backfill
+from dimmy_webhooks.pipeline.poller import WATERMARK
+from dimmy_webhooks.pipeline.ranges import PollPolicy, parse_time
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.web import create_app
 

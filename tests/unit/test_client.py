@@ -25,12 +25,8 @@ from dimmy_webhooks.errors import (
     UpstreamAuthError,
     UpstreamError,
 )
-from dimmy_webhooks.ratelimit import parse_retry_after
-from dimmy_webhooks.upstream.client import (
-    DEFAULT_429_PAUSE,
-    DimmyClient,
-    backoff_delay,
-)
+from dimmy_webhooks.ratelimit import backoff_delay, parse_retry_after
+from dimmy_webhooks.upstream.client import DEFAULT_429_PAUSE, DimmyClient
 
 from ..support.fakes import FakeTime, reset_fake
 

@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app, iso
+from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
+from dimmy_webhooks.devtools.fake_items import iso
 from dimmy_webhooks.devtools.runner import serve_in_thread
 
 from ..support.fakes import reset_fake

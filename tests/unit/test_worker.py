@@ -17,7 +17,8 @@ import pytest
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.models import FULL_PAYLOAD, IncomingEvent, InsertOutcome
 from dimmy_webhooks.outputs import JsonlOutput, Output, parse_outputs
-from dimmy_webhooks.pipeline.worker import Worker, WorkerPolicy
+from dimmy_webhooks.pipeline.jobs import WorkerPolicy
+from dimmy_webhooks.pipeline.worker import Worker
 from dimmy_webhooks.store import ReplayMode, Store
 from dimmy_webhooks.upstream.client import DimmyClient
 

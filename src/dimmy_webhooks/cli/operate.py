@@ -28,8 +28,9 @@ from dimmy_webhooks.config import Settings, postgres_driver_missing
 from dimmy_webhooks.errors import ConfigError
 from dimmy_webhooks.models import ReplayMode, valid_item_id
 from dimmy_webhooks.observe import logs
-from dimmy_webhooks.pipeline import poller
-from dimmy_webhooks.pipeline.poller import BackfillProgress
+from dimmy_webhooks.pipeline import ranges
+from dimmy_webhooks.pipeline.backfill import BackfillProgress
+from dimmy_webhooks.pipeline.backfill import backfill as backfill_range
 from dimmy_webhooks.services import Services
 
 
@@ -118,7 +119,7 @@ async def _backfill(
         loop.add_signal_handler(sig, stop.set)
     show = _BackfillProgress(start, end)
     async with services.running():
-        state = await poller.backfill(reader, start, end, restart=restart, progress=show, stop=stop)
+        state = await backfill_range(reader, start, end, restart=restart, progress=show, stop=stop)
         show.close()
         if state.resumed and state.finished and not show.updates:
             click.echo(f"already done up to {state.until} (--restart reads it again)", err=True)
@@ -140,9 +141,9 @@ class _BackfillProgress:
 
     def __call__(self, state: BackfillProgress) -> None:
         self.updates += 1
-        since, until = poller.parse_time(state.since), poller.parse_time(state.until)
+        since, until = ranges.parse_time(state.since), ranges.parse_time(state.until)
         span = max(1.0, (until - since).total_seconds())
-        done = (poller.parse_time(state.done_until) - since).total_seconds()
+        done = (ranges.parse_time(state.done_until) - since).total_seconds()
         elapsed = max(1e-3, time.monotonic() - self.started)
         rate = state.read / elapsed
         about = f"{state.read} read, {state.stored} stored, {rate:.0f} items/s"

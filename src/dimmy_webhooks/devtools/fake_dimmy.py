@@ -7,7 +7,7 @@ real FastAPI 422 bodies. Every request first checks ``X-API-KEY`` (401
 ``{"message": "Unauthorized"}``), then goes through the faults of :class:`FakeDimmyConfig`
 (a hidden rate limit, hang, latency, 429 every Nth request, random 503). The config is read on
 every request: assign ``fake.config`` or change its fields at run time and the next request
-follows it.
+follows it. The items it generates are :mod:`.fake_items`'.
 
 The fake is driven from two threads (the test thread mutates items and config, the server thread
 answers); items are replaced, never mutated in place, so a reader always sees a whole document.
@@ -33,19 +33,21 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dimmy_webhooks.devtools.fake_items import (
+    DEFAULT_START,
+    ItemFactory,
+    as_utc,
+    created_at,
+    iso,
+    parse_time,
+)
+
 OBJECT_ID_PATTERN = "^[0-9a-fA-F]{24}$"
-PHOTO_HOST = "https://media.fake-dimmy.test"
-DEFAULT_START = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
 _ITEM_PATH = re.compile(r"^/items/([0-9a-fA-F]{24})$")
 
-_PER_METRE = {"m": 1.0, "cm": 100.0, "mm": 1000.0, "in": 1 / 0.0254}
-_LENGTH_DIGITS = {"m": 3, "cm": 1, "mm": 0, "in": 2}
-_PER_KG = {"kg": 1.0, "g": 1000.0, "lb": 1 / 0.45359237}
-_WEIGHT_DIGITS = {"kg": 3, "g": 0, "lb": 2}
 _Skip = Annotated[int, Query(ge=0)]
 _Limit = Annotated[int, Query(ge=0)]
 _SECOND = timedelta(seconds=1)
-_STEP_KINDS = ("photographing", "dimensioning", "barcode_scanning", "weighing", "custom_inputs")
 
 
 @dataclass
@@ -75,12 +77,6 @@ class FakeRequest:
     method: str
     path: str
     status: int
-
-
-def iso(moment: datetime) -> str:
-    """``2026-01-05T09:00:05.123Z``: UTC, milliseconds, ``Z`` (the fake's one time format)."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{moment.microsecond // 1000:03d}Z"
 
 
 class FakeDimmy:
@@ -114,13 +110,7 @@ class FakeDimmy:
         self._lock = threading.Lock()
         self._authorised = 0
         self._last_created: datetime | None = None
-        self.owner_ids = [self._object_id(DEFAULT_START) for _ in range(2)]
-        self.scanner_account_ids = [self._object_id(DEFAULT_START) for _ in range(4)]
-        self.flow_ids = [self._object_id(DEFAULT_START) for _ in range(3)]
-        self._step_ids = {
-            flow: {kind: self._object_id(DEFAULT_START) for kind in _STEP_KINDS}
-            for flow in self.flow_ids
-        }
+        self._factory = ItemFactory(self._rng, taken=lambda item_id: item_id in self.items)
 
     # -- items -----------------------------------------------------------------------------
 
@@ -128,7 +118,7 @@ class FakeDimmy:
         """Create ``n`` varied items created a few seconds apart from ``start`` (by default
         right after the last generated one); returns their ids in creation order."""
         if start is not None:
-            created = _as_utc(start)
+            created = as_utc(start)
         elif self._last_created is not None:
             created = self._last_created + timedelta(seconds=self._rng.uniform(3, 90))
         else:
@@ -137,7 +127,7 @@ class FakeDimmy:
         for index in range(n):
             if index:
                 created += timedelta(seconds=self._rng.uniform(3, 90))
-            item = self._new_item(created)
+            item = self._factory.new_item(created)
             self.add_item(item)
             ids.append(item["_id"])
         self._last_created = max(created, self._last_created or created)
@@ -159,7 +149,7 @@ class FakeDimmy:
             new = {**old, **changes}
             if "updated_at" not in changes:
                 previous = old.get("updated_at") or old.get("created_at") or iso(DEFAULT_START)
-                new["updated_at"] = iso(_parse(previous) + timedelta(seconds=1))
+                new["updated_at"] = iso(parse_time(previous) + timedelta(seconds=1))
             self.items[item_id] = new
         return new
 
@@ -183,7 +173,7 @@ class FakeDimmy:
         """All items sorted by ``created_at`` then ``_id``."""
         with self._lock:
             items = list(self.items.values())
-        return sorted(items, key=lambda item: (_created(item) or DEFAULT_START, item["_id"]))
+        return sorted(items, key=lambda item: (created_at(item) or DEFAULT_START, item["_id"]))
 
     # -- request bookkeeping (called by the app) -------------------------------------------
 
@@ -212,148 +202,10 @@ class FakeDimmy:
         self.in_flight -= 1
         self.requests.append(FakeRequest(at, method, path, status))
 
-    # -- generation ------------------------------------------------------------------------
-
-    def _object_id(self, moment: datetime) -> str:
-        while True:
-            candidate = f"{int(moment.timestamp()):08x}{self._rng.getrandbits(64):016x}"
-            if candidate not in self.items:
-                return candidate
-
-    def _new_item(self, created: datetime) -> dict[str, Any]:
-        rng = self._rng
-        item_id = self._object_id(created)
-        flow = rng.choice(self.flow_ids)
-        started = created - timedelta(seconds=rng.uniform(10, 120))
-        ended = created - timedelta(seconds=rng.uniform(0.5, 5))
-        span = (ended - started) / len(_STEP_KINDS)
-        windows = {
-            kind: (started + span * i, started + span * (i + 0.8))
-            for i, kind in enumerate(_STEP_KINDS)
-        }
-        item: dict[str, Any] = {
-            "_id": item_id,
-            "created_at": iso(created),
-            "updated_at": iso(created),
-            "owner_id": rng.choice(self.owner_ids),
-            "scanner_account_id": rng.choice(self.scanner_account_ids),
-            "started_at": iso(started),
-            "ended_at": iso(ended),
-            "flow_id": flow,
-        }
-        builders = {
-            "photographing": self._photos,
-            "dimensioning": self._dimensions,
-            "barcode_scanning": self._barcodes,
-            "weighing": self._weights,
-        }
-        for kind, build in builders.items():
-            roll = rng.random()
-            if roll < 0.07:
-                continue  # the flow has no such step: the key is absent
-            step = {
-                "flow_step_id": self._step_ids[flow][kind],
-                "started_at": iso(windows[kind][0]),
-                "ended_at": iso(windows[kind][1]),
-            }
-            item[kind] = None if roll < 0.14 else [] if roll < 0.2 else build(item_id, step)
-        if rng.random() < 0.25:
-            item["custom_inputs"] = [
-                {
-                    "flow_step_id": self._step_ids[flow]["custom_inputs"],
-                    "label": "Damaged?",
-                    "value": rng.choice(["no", "no", "yes", None]),
-                }
-            ]
-        else:
-            item["custom_inputs"] = []
-        self._add_unknown_fields(item)
-        return item
-
-    def _photos(self, item_id: str, step: dict[str, Any]) -> list[dict[str, Any]]:
-        rng = self._rng
-        taken = _parse(step["started_at"])
-        photos = []
-        for n in range(rng.randint(1, 3)):
-            uploaded = rng.random() > 0.05  # a photo still uploading has no URL yet
-            url = f"{PHOTO_HOST}/items/{item_id}/photo-{n + 1}.jpg" if uploaded else None
-            photos.append({"date": iso(taken + timedelta(seconds=n * 0.7)), "url": url})
-        return [{**step, "photos": photos}]
-
-    def _dimensions(self, item_id: str, step: dict[str, Any]) -> list[dict[str, Any]]:
-        rng = self._rng
-        pallet = rng.random() < 0.1
-        scale = 1.2 if pallet else 0.6
-        unit = rng.choice(["m", "m", "cm", "cm", "mm", "in"])
-        size = [rng.uniform(0.04, scale) for _ in range(3)]
-        width, height, depth = (round(v * _PER_METRE[unit], _LENGTH_DIGITS[unit]) for v in size)
-        shown = _parse(step["started_at"]) + timedelta(seconds=rng.uniform(0.5, 2))
-        confirmed = None if rng.random() < 0.05 else iso(shown + timedelta(seconds=1.5))
-        dimensions = {
-            "prediction_shown_at": iso(shown),
-            "confirmed_at": confirmed,
-            "width": width,
-            "height": height,
-            "depth": depth,
-            "unit": unit,
-        }
-        mode = "pallet" if pallet else rng.choice(["box", "box", "box", "manual", None])
-        return [{**step, "mode": mode, "dimensions": dimensions}]
-
-    def _barcodes(self, item_id: str, step: dict[str, Any]) -> list[dict[str, Any]]:
-        rng = self._rng
-        barcodes = []
-        for fmt in rng.sample(["EAN_13", "EAN_13", "CODE_128", "QR"], rng.choice([1, 1, 2])):
-            if fmt == "EAN_13":
-                digits = rng.choice(["871", "540", "400"]) + f"{rng.randrange(10**9):09d}"
-                value = digits + _ean_check_digit(digits)
-            elif fmt == "CODE_128":
-                value = rng.choice(["PKG-", "JJD", "SSCC"]) + f"{rng.randrange(10**10):010d}"
-            else:
-                value = f"https://track.fake-carrier.test/p/{item_id[-10:]}"
-            barcodes.append({"value": value, "format": fmt})
-        return [{**step, "barcodes": barcodes}]
-
-    def _weights(self, item_id: str, step: dict[str, Any]) -> list[dict[str, Any]]:
-        unit = self._rng.choice(["kg", "kg", "kg", "g", "lb"])
-        value = round(self._rng.uniform(0.05, 25.0) * _PER_KG[unit], _WEIGHT_DIGITS[unit])
-        return [{**step, "weight": {"value": value, "unit": unit}}]
-
-    def _add_unknown_fields(self, item: dict[str, Any]) -> None:
-        rng = self._rng
-        if rng.random() < 0.4:
-            model = rng.choice(["iPhone15,3", "iPhone16,2", "iPad14,5"])
-            item["device"] = {"model": model, "app_version": "5.3.0", "lidar": rng.random() < 0.7}
-        if rng.random() < 0.3:
-            item["location"] = None
-        if rng.random() < 0.2:
-            item["reference"] = {"external_id": None, "tags": ["inbound"]}
-
-
-def _parse(value: str) -> datetime:
-    return _as_utc(datetime.fromisoformat(value))
-
-
-def _created(item: dict[str, Any]) -> datetime | None:
-    value = item.get("created_at")
-    try:
-        return _parse(value) if isinstance(value, str) else None
-    except ValueError:
-        return None
-
-
-def _ean_check_digit(digits: str) -> str:
-    total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(digits))
-    return str((10 - total % 10) % 10)
-
 
 def _page(items: list[dict[str, Any]], skip: int, limit: int) -> list[dict[str, Any]]:
     # MongoDB semantics (inferred for Dimmy): limit=0 means no limit
     return items[skip : skip + limit] if limit else items[skip:]
-
-
-def _as_utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class _Gate:
@@ -479,9 +331,9 @@ def create_app(fake: FakeDimmy) -> FastAPI:
             fake.list_hook(skip)  # tests: change the set between pages, as real uploads would
         items = fake.snapshot()
         if start_date is not None or end_date is not None:
-            low = _as_utc(start_date) if start_date else datetime.min.replace(tzinfo=UTC)
-            high = _as_utc(end_date) if end_date else datetime.max.replace(tzinfo=UTC)
-            items = [item for item in items if low <= (_created(item) or low - _SECOND) <= high]
+            low = as_utc(start_date) if start_date else datetime.min.replace(tzinfo=UTC)
+            high = as_utc(end_date) if end_date else datetime.max.replace(tzinfo=UTC)
+            items = [item for item in items if low <= (created_at(item) or low - _SECOND) <= high]
         return JSONResponse(_page(items, skip, limit))
 
     return app

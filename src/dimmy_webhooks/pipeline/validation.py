@@ -14,7 +14,7 @@ The rules are settings (``DIMMY_VALIDATE_*``), in the stored units (``DIMMY_DIME
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from dimmy_webhooks.config import Settings
@@ -37,15 +37,9 @@ class Rules:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Rules:
+        """Each rule is the setting of its name, ``DIMMY_VALIDATE_<RULE>``."""
         return cls(
-            min_side=settings.validate_min_side,
-            max_side=settings.validate_max_side,
-            min_weight=settings.validate_min_weight,
-            max_weight=settings.validate_max_weight,
-            require_dimensions=settings.validate_require_dimensions,
-            require_weight=settings.validate_require_weight,
-            require_barcode=settings.validate_require_barcode,
-            require_photo=settings.validate_require_photo,
+            **{rule.name: getattr(settings, f"validate_{rule.name}") for rule in fields(cls)}
         )
 
     def check(self, item: NormalisedItem) -> str | None:

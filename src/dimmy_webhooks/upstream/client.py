@@ -1,6 +1,7 @@
 """Async client of the Dimmy REST API: one HTTP request per call, every failure classified.
 
-The client never retries; the durable job queue above it does, with :func:`backoff_delay`. What
+The client never retries; the durable job queue above it does, with
+:func:`~dimmy_webhooks.ratelimit.backoff_delay`. What
 the caller sees (all from :mod:`dimmy_webhooks.errors`)::
 
     UpstreamError
@@ -27,7 +28,6 @@ import asyncio
 import itertools
 import json
 import logging
-import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import certifi
 import httpx
 
+from dimmy_webhooks.config import Settings
 from dimmy_webhooks.errors import PermanentUpstream, TransientUpstream, UpstreamAuthError
 from dimmy_webhooks.models import nested_deeper_than, valid_item_id
 from dimmy_webhooks.ratelimit import Pacer, parse_retry_after
@@ -50,31 +51,6 @@ logger = logging.getLogger(__name__)
 DETAIL_LIMIT = 200
 DEFAULT_429_PAUSE = 1.0  # seconds the client holds requests after a 429 without Retry-After
 RateMode = Literal["fixed", "adaptive"]
-
-
-def backoff_delay(
-    attempt: int,
-    *,
-    base: float,
-    cap: float,
-    rng: random.Random | None = None,
-    retry_after: float | None = None,
-) -> float:
-    """Seconds to wait before attempt ``attempt + 1``, after ``attempt`` (>= 1) failures.
-
-    Exponential backoff with *equal jitter*: ``d = min(cap, base * 2 ** (attempt - 1))``, and the
-    result is uniform in ``[d / 2, d]``, so delays grow but never bunch up at zero. When the
-    server asked for ``retry_after`` seconds, the result is at least that (even above ``cap``).
-    Raises :class:`ValueError` for ``attempt < 1``.
-    """
-    if attempt < 1:
-        raise ValueError("attempt counts from 1")
-    delay = min(cap, base * 2.0 ** min(attempt - 1, 1023))
-    uniform = rng.uniform if rng is not None else random.uniform
-    result = delay / 2 + uniform(0, delay / 2)
-    if retry_after is not None:
-        result = max(result, retry_after)
-    return result
 
 
 def _user_agent() -> str:
@@ -422,3 +398,25 @@ class DimmyClient:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
+
+
+def client_from_settings(
+    settings: Settings, *, observe: Callable[[str, str, float], None] | None = None
+) -> DimmyClient | None:
+    """The client the ``DIMMY_API_*`` settings describe (``observe``: as :class:`DimmyClient`),
+    or ``None`` when no API key is configured."""
+    key = settings.api_key.get_secret_value().strip() if settings.api_key is not None else ""
+    if not key:
+        return None
+    return DimmyClient(
+        settings.api_url,
+        key,
+        timeout=settings.api_timeout_seconds,
+        concurrency=settings.api_concurrency,
+        rate_limit=settings.api_rate_limit,
+        rate_mode=settings.api_rate_mode,
+        rate_min=settings.api_rate_min,
+        rate_max=settings.api_rate_max,
+        max_json_depth=settings.max_json_depth,
+        observe=observe,
+    )
