@@ -11,6 +11,7 @@ import asyncio
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -238,19 +239,23 @@ def quarantine_list(limit: int) -> None:
     click.echo(f"{len(held)} item(s) held", err=True)
 
 
-@quarantine.command("release")
-@click.argument("item_id")
-@click.option("--note", required=True, help="Why it may go (kept with the item).")
-@friendly_errors
+def _decision(name: str, why: str) -> Callable[[Callable[[str, str], None]], click.Command]:
+    """A quarantine decision command: ITEM_ID and a required ``--note`` saying ``why``."""
+
+    def declare(func: Callable[[str, str], None]) -> click.Command:
+        note = click.option("--note", required=True, help=f"{why} (kept with the item).")
+        return quarantine.command(name)(click.argument("item_id")(note(friendly_errors(func))))
+
+    return declare
+
+
+@_decision("release", "Why it may go")
 def quarantine_release(item_id: str, note: str) -> None:
     """Release a held item: it is delivered to every output."""
     _decide(item_id, note, release=True)
 
 
-@quarantine.command("reject")
-@click.argument("item_id")
-@click.option("--note", required=True, help="Why it must not go (kept with the item).")
-@friendly_errors
+@_decision("reject", "Why it must not go")
 def quarantine_reject(item_id: str, note: str) -> None:
     """Reject a held item: it is never delivered (a newer version is checked again)."""
     _decide(item_id, note, release=False)
