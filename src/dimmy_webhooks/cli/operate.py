@@ -2,7 +2,8 @@
 ``export-sqlite-to-postgres``.
 
 Each builds its parts with :meth:`Services.from_settings` and opens or runs them under
-:meth:`Services.opened` / :meth:`Services.running`: no command opens a store of its own.
+:meth:`Services.opened` / :meth:`Services.running` (the one-shot ``replay`` and ``quarantine``
+through :func:`~dimmy_webhooks.cli.common.with_services`): no command opens a store of its own.
 """
 
 from __future__ import annotations
