@@ -1,5 +1,6 @@
 """What every command family shares: settings read once, our errors as one line (exit 2), the
-database prepared, the event loop, signals and ISO-8601 times.
+database prepared, the services opened for one command, the event loop, signals and ISO-8601
+times.
 
 May import: the shared root modules, :mod:`dimmy_webhooks.config`, :mod:`dimmy_webhooks.store`,
 :mod:`dimmy_webhooks.observe` and :mod:`dimmy_webhooks.services`. Never the web stack: the
@@ -12,7 +13,7 @@ import asyncio
 import functools
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from dimmy_webhooks.services import Services
 from dimmy_webhooks.store import schema
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def friendly_errors(func: F) -> F:
@@ -61,6 +63,20 @@ def describe_db(settings: Settings) -> str:
     if settings.sqlite_path is not None:
         return str(settings.sqlite_path.resolve())
     return "PostgreSQL"
+
+
+def with_services(use: Callable[[Services], Awaitable[T]]) -> T:
+    """What a one-shot command does: the settings read, the database prepared, the services
+    built without workers and opened for the time ``use`` takes; returns what it returned."""
+    settings = command_settings()
+    prepare_database(settings)
+    services = Services.from_settings(settings, run_workers=False)
+
+    async def run() -> T:
+        async with services.opened():
+            return await use(services)
+
+    return asyncio.run(run())
 
 
 def run_until_signalled(services: Services) -> None:

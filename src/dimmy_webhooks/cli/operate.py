@@ -2,7 +2,8 @@
 ``export-sqlite-to-postgres``.
 
 Each builds its parts with :meth:`Services.from_settings` and opens or runs them under
-:meth:`Services.opened` / :meth:`Services.running`: no command opens a store of its own.
+:meth:`Services.opened` / :meth:`Services.running` (the one-shot ``replay`` and ``quarantine``
+through :func:`~dimmy_webhooks.cli.common.with_services`): no command opens a store of its own.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from dimmy_webhooks.cli.common import (
     parse_time,
     prepare_database,
     run_until_signalled,
+    with_services,
 )
 from dimmy_webhooks.config import Settings, postgres_driver_missing
 from dimmy_webhooks.errors import ConfigError
@@ -193,26 +196,22 @@ def replay(event_id: int | None, item_id: str | None, dead_since: str | None, mo
             "6592008029c8c3e4dc76256c)",
             param_hint="--item",
         )
-    settings = command_settings()
-    prepare_database(settings)
-    queued = asyncio.run(_replay(settings, event_id, item_id, dead_since, mode))
+    queued = with_services(lambda services: _replay(services, event_id, item_id, dead_since, mode))
     click.echo(f"queued {queued} job(s)")
 
 
 async def _replay(
-    settings: Settings, event_id: int | None, item_id: str | None, dead_since: str | None, mode: str
+    services: Services, event_id: int | None, item_id: str | None, dead_since: str | None, mode: str
 ) -> int:
-    services = Services.from_settings(settings, run_workers=False)
-    async with services.opened():
-        try:
-            if event_id is not None:
-                return await services.replay_event(event_id, ReplayMode(mode))
-            if item_id is not None:
-                return await services.replay_item(item_id, ReplayMode(mode))
-            assert dead_since is not None
-            return await services.replay_dead(parse_time(dead_since))
-        except LookupError as exc:
-            raise ConfigError(str(exc).strip("'\"")) from None
+    try:
+        if event_id is not None:
+            return await services.replay_event(event_id, ReplayMode(mode))
+        if item_id is not None:
+            return await services.replay_item(item_id, ReplayMode(mode))
+        assert dead_since is not None
+        return await services.replay_dead(parse_time(dead_since))
+    except LookupError as exc:
+        raise ConfigError(str(exc).strip("'\"")) from None
 
 
 @click.group()
@@ -225,33 +224,29 @@ def quarantine() -> None:
 @friendly_errors
 def quarantine_list(limit: int) -> None:
     """List held items, most recently held first: id, barcode, reason."""
-    settings = command_settings()
-    prepare_database(settings)
-    services = Services.from_settings(settings, run_workers=False)
-
-    async def held_items() -> list[Any]:
-        async with services.opened():
-            return await services.store.held_items(limit=limit)
-
-    held = asyncio.run(held_items())
+    held = with_services(lambda services: services.store.held_items(limit=limit))
     for item in held:
         click.echo(f"{item.id}  r{item.revision}  {item.item.barcode or '-'}  {item.hold_reason}")
     click.echo(f"{len(held)} item(s) held", err=True)
 
 
-@quarantine.command("release")
-@click.argument("item_id")
-@click.option("--note", required=True, help="Why it may go (kept with the item).")
-@friendly_errors
+def _decision(name: str, why: str) -> Callable[[Callable[[str, str], None]], click.Command]:
+    """A quarantine decision command: ITEM_ID and a required ``--note`` saying ``why``."""
+
+    def declare(func: Callable[[str, str], None]) -> click.Command:
+        note = click.option("--note", required=True, help=f"{why} (kept with the item).")
+        return quarantine.command(name)(click.argument("item_id")(note(friendly_errors(func))))
+
+    return declare
+
+
+@_decision("release", "Why it may go")
 def quarantine_release(item_id: str, note: str) -> None:
     """Release a held item: it is delivered to every output."""
     _decide(item_id, note, release=True)
 
 
-@quarantine.command("reject")
-@click.argument("item_id")
-@click.option("--note", required=True, help="Why it must not go (kept with the item).")
-@friendly_errors
+@_decision("reject", "Why it must not go")
 def quarantine_reject(item_id: str, note: str) -> None:
     """Reject a held item: it is never delivered (a newer version is checked again)."""
     _decide(item_id, note, release=False)
@@ -263,16 +258,10 @@ def _decide(item_id: str, note: str, *, release: bool) -> None:
     note = note.strip()[:1000]
     if not note:
         raise click.BadParameter("say why", param_hint="--note")
-    settings = command_settings()
-    prepare_database(settings)
-    services = Services.from_settings(settings, run_workers=False)
-
-    async def decide() -> int:
-        async with services.opened():
-            return await services.decide_hold(item_id, release=release, note=note)
-
     try:
-        queued = asyncio.run(decide())
+        queued = with_services(
+            lambda services: services.decide_hold(item_id, release=release, note=note)
+        )
     except LookupError:
         raise ConfigError(f"item {item_id} is not held in quarantine") from None
     done = "released" if release else "rejected"

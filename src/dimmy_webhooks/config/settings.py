@@ -20,6 +20,7 @@ from dimmy_webhooks.config.values import (
     SMALL_BODY_BYTES,
     SMALL_BODY_RESERVE,
     host_name,
+    http_url,
     least_budget,
     postgres_driver_missing,
 )
@@ -337,26 +338,17 @@ class Settings(BaseSettings):
         "since its first failure) raises an alert.",
     )
 
-    @field_validator("public_url")
+    @field_validator("api_url", "public_url")
     @classmethod
-    def _public_url_is_http(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/") if value else None
+    def _url_is_http(cls, value: str | None) -> str | None:
+        return None if value is None else http_url(value).rstrip("/")
 
     @field_validator("alert_url")
     @classmethod
     def _alert_url_is_http(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+        if value is not None:
+            http_url(value.get_secret_value())
         return value
-
-    @field_validator("api_url")
-    @classmethod
-    def _url_has_scheme(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
     @field_validator("database_url")
     @classmethod
@@ -419,16 +411,18 @@ class Settings(BaseSettings):
 
     def admin_token_value(self) -> str | None:
         """The admin token, or ``None`` when unset or blank."""
-        if self.admin_token is None:
-            return None
-        value = self.admin_token.get_secret_value().strip()
-        return value or None
+        return _token(self.admin_token)
 
     def metrics_token_value(self) -> str | None:
         """The token for ``/metrics`` alone, or ``None`` when unset or blank."""
-        if self.metrics_token is None:
-            return None
-        return self.metrics_token.get_secret_value().strip() or None
+        return _token(self.metrics_token)
+
+
+def _token(secret: SecretStr | None) -> str | None:
+    """A token setting's value without surrounding blanks, or ``None`` when unset or blank."""
+    if secret is None:
+        return None
+    return secret.get_secret_value().strip() or None
 
 
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:

@@ -1,5 +1,5 @@
-"""The rules a setting's value follows that others apply too: host names, the unverified-body
-budget's floor, whether a database URL can be used on this installation.
+"""The rules a setting's value follows that others apply too: host names, http(s) URLs, the
+unverified-body budget's floor, whether a database URL can be used on this installation.
 
 Imports nothing of the settings model (:mod:`.settings` uses these to validate).
 """
@@ -36,6 +36,13 @@ def postgres_driver_missing(database_url: str) -> str | None:
             "pip install 'dimmy-webhooks[postgres]'"
         )
     return None
+
+
+def http_url(url: str) -> str:
+    """``url`` itself; ``ValueError`` unless it starts with ``http://`` or ``https://``."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return url
 
 
 def host_name(host: str) -> str:

@@ -71,11 +71,9 @@ def decide_hold(
         raise LookupError(f"item {item_id} is not held in quarantine")
     if not release:
         return 0
-    version, revision = rows[0]["version"], rows[0]["revision"]
+    revision = (item_id, rows[0]["version"], rows[0]["revision"])
     # a person just decided: its deliveries go with live work, not behind a replay
-    jobs = ops.deliveries(item_id, version, revision, outputs, None, max_attempts, now, Lane.LIVE)
-    ops.new_jobs(tx, jobs, reset=True)
-    return len(jobs)
+    return ops.redeliver(tx, [revision], outputs, None, max_attempts, now, Lane.LIVE)
 
 
 def record_attempt(tx: Tx, job: Job, attempt: DeliveryAttempt) -> None:

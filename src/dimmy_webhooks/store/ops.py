@@ -261,6 +261,26 @@ def deliveries(
 # values in and rows out -----------------------------------------------------------------------
 
 
+def redeliver(
+    tx: Tx,
+    revisions: Iterable[tuple[str, str, int]],
+    outputs: Sequence[str],
+    event_id: int | None,
+    max_attempts: Attempts,
+    now: float,
+    lane: Lane,
+) -> int:
+    """Queue the :func:`deliveries` of stored ``(item_id, version, revision)`` revisions, again
+    if they ran before (a replay, a release from quarantine); returns how many."""
+    jobs = [
+        job
+        for item, version, revision in revisions
+        for job in deliveries(item, version, revision, outputs, event_id, max_attempts, now, lane)
+    ]
+    new_jobs(tx, jobs, reset=True)
+    return len(jobs)
+
+
 def text(value: str | None) -> str | None:
     """``value`` as PostgreSQL text can hold it: a NUL (decoded from JSON's \\u0000 in a
     normalised field) is dropped; the raw JSON keeps it, escaped."""

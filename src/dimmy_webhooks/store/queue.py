@@ -265,22 +265,8 @@ def replay_event(
         queued = tx.run(tx.sql("reset_event_jobs"), {"id": event_id, "now": now})
     else:
         rows = tx.all(tx.sql("event_items"), {"id": event_id})
-        jobs = [
-            job
-            for row in rows
-            for job in ops.deliveries(
-                row["id"],
-                row["version"],
-                row["revision"],
-                outputs,
-                event_id,
-                max_attempts,
-                now,
-                Lane.REPLAY,
-            )
-        ]
-        ops.new_jobs(tx, jobs, reset=True)
-        queued = len(jobs)
+        revisions = [(row["id"], row["version"], row["revision"]) for row in rows]
+        queued = ops.redeliver(tx, revisions, outputs, event_id, max_attempts, now, Lane.REPLAY)
     ops.refresh(tx, [event_id], now)
     return queued
 
@@ -306,10 +292,8 @@ def replay_item(
     rows = tx.all(tx.sql("item_version"), {"id": item_id})
     if not rows:
         raise LookupError(f"item {item_id} is not stored")
-    version, revision = rows[0]["version"], rows[0]["revision"]
-    jobs = ops.deliveries(item_id, version, revision, outputs, None, max_attempts, now, Lane.REPLAY)
-    ops.new_jobs(tx, jobs, reset=True)
-    return len(jobs)
+    revision = (item_id, rows[0]["version"], rows[0]["revision"])
+    return ops.redeliver(tx, [revision], outputs, None, max_attempts, now, Lane.REPLAY)
 
 
 def replay_dead(tx: Tx, since: float, now: float) -> int:

@@ -33,6 +33,9 @@ waits while another of the same item to the same output runs: one in flight per 
 output, so an older revision can never arrive after a newer one."""
 REPLAY_LANE = int(Lane.REPLAY)
 RELEASED = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+_REPLAY = f"""UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, last_error = NULL,
+            lane = {REPLAY_LANE}, updated_at = :now, {RELEASED}"""
+"""Put jobs back in the queue as new work in the replay lane (the replays add their ``WHERE``)."""
 _NEW_JOB = """
 INSERT INTO jobs (kind, event_id, item_id, output, version, revision, dedupe_key, status,
                   attempts, max_attempts, run_at, lane, seq, created_at, updated_at)
@@ -210,8 +213,7 @@ SQL: dict[str, str] = {
         GROUP BY kind, status""",
     "event_type": "SELECT event_type FROM events WHERE id = :id",
     "reset_event_jobs": f"""
-        UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, last_error = NULL,
-            lane = {REPLAY_LANE}, updated_at = :now, {RELEASED}
+        {_REPLAY}
         WHERE event_id = :id AND kind IN ('event', 'fetch') AND status IN ('done', 'dead')""",
     "event_items": """
         SELECT DISTINCT items.id, items.version, items.revision
@@ -219,12 +221,10 @@ SQL: dict[str, str] = {
         WHERE jobs.event_id = :id""",
     "item_version": "SELECT version, revision FROM items WHERE id = :id",
     "requeue_dead_of_event": f"""
-        UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, last_error = NULL,
-            lane = {REPLAY_LANE}, updated_at = :now, {RELEASED}
+        {_REPLAY}
         WHERE event_id = :id AND status = 'dead'""",
     "replay_dead": f"""
-        UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, last_error = NULL,
-            lane = {REPLAY_LANE}, updated_at = :now, {RELEASED}
+        {_REPLAY}
         WHERE status = 'dead' AND updated_at >= :since
         RETURNING event_id""",
     "event_counts": "SELECT status AS key, count(*) AS n FROM events GROUP BY status",
