@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,13 +18,13 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from dimmy_webhooks.config import error_lines
 from dimmy_webhooks.errors import ConfigError
 from dimmy_webhooks.models import StoredItem
-from dimmy_webhooks.signatures import parse_secrets
+from dimmy_webhooks.signatures import MIN_SECRET_BYTES, parse_secrets
 
 FIELD_NAMES = frozenset(
     [
@@ -56,7 +57,27 @@ FIELD_NAMES = frozenset(
 )
 """What ``fields.include`` and ``fields.rename`` may name: the keys of ``GET /api/items/{id}``."""
 
-_RESERVED_HEADERS = frozenset({"content-type", "host", "content-length"})
+_RESERVED_HEADERS = frozenset(
+    {
+        # what every forward carries already
+        "content-type",
+        "idempotency-key",
+        # framing and connection handling: the HTTP client's, never the file's
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")  # an RFC 9110 token
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")  # printable ASCII: what every server takes
+_FIXED_FIELDS = frozenset({"id", "raw"})  # what identifies the item: nothing is renamed onto them
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +172,17 @@ def _url(value: str) -> str:
 
 
 def _headers(value: dict[str, str]) -> dict[str, str]:
-    for name in value:
+    seen: set[str] = set()
+    for name, text in value.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise _problem(f".{name} is not a header name (letters, digits and -, no : or space)")
         if name.lower() in _RESERVED_HEADERS or name.lower().startswith("webhook-"):
             raise _problem(f".{name} is set by the service itself")
+        if name.lower() in seen:
+            raise _problem(f".{name} is given twice (header names ignore case)")
+        seen.add(name.lower())
+        if not _HEADER_VALUE.fullmatch(text):
+            raise _problem(f".{name} must be printable ASCII (no accents, tabs or emoji)")
     return value
 
 
@@ -164,7 +193,13 @@ def _basic_auth(value: str) -> str:
 
 
 def _secret(value: str) -> str:
-    parse_secrets(value)  # a bad secret stops here, with its own ConfigError
+    try:
+        parse_secrets(value)
+    except ConfigError:  # its text names DIMMY_WEBHOOK_SECRET: this is the file's key
+        raise _problem(
+            " is not a signing secret: whsec_ followed by standard base64 of at least "
+            f"{MIN_SECRET_BYTES} bytes (`dimmy-webhooks token --whsec` makes one)"
+        ) from None
     return value
 
 
@@ -218,6 +253,18 @@ class FieldsTable(BaseModel):
         default_factory=dict, description=_TABLE
     )
 
+    @model_validator(mode="after")
+    def _one_name_each(self) -> FieldsTable:
+        """Every field the envelope carries keeps a name of its own, and ``id`` and ``raw``
+        stay what they are: a rename onto another field's name would send one of them twice
+        or drop it."""
+        carried = FIELD_NAMES if self.include is None else frozenset(self.include)
+        for source, target in self.rename.items():
+            others = {self.rename.get(f, f) for f in carried if f != source}
+            if target in others or (target in _FIXED_FIELDS and target != source):
+                raise _problem(f".rename.{source}: {target!r} is the name of another field")
+        return self
+
 
 class DestinationTable(BaseModel):
     """One ``[[destination]]`` table, as written (fields in the order they are checked)."""
@@ -238,6 +285,14 @@ class DestinationTable(BaseModel):
     pause_seconds: float = _number(10.0, 0.1, 300)
     record_id_field: Text = Field("id", description=_TEXT)
     filter: FilterTable = Field(default_factory=FilterTable, description=_TABLE)
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> DestinationTable:
+        if self.basic_auth is not None:
+            for name in self.headers:
+                if name.lower() == "authorization":
+                    raise _problem(f"headers.{name} is given twice (basic_auth sets it)")
+        return self
 
     def destination(self) -> Destination:
         headers = dict(self.headers)

@@ -47,6 +47,8 @@ class HttpOutput:
         self.max_attempts: int | None = destination.max_attempts
         self.delivery_timeout: float | None = destination.timeout * 3 + MAX_QUEUE_WAIT + 5
         self._clock = clock
+        headers = httpx.Headers({"user-agent": "dimmy-webhooks"})
+        headers.update(destination.headers)  # theirs replace ours, whatever their case
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(destination.timeout),
             limits=httpx.Limits(
@@ -55,7 +57,7 @@ class HttpOutput:
             ),
             follow_redirects=False,
             transport=transport,
-            headers={"user-agent": "dimmy-webhooks", **destination.headers},
+            headers=headers,
         )
         self._gate = Gate(self.name, destination.concurrency, destination.rate, clock)
         self._breaker = Breaker(self.name, destination.pause_seconds, clock)
