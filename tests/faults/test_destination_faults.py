@@ -4,13 +4,18 @@ URL changes or it is removed."""
 
 from __future__ import annotations
 
+import gzip
+import socket
+import threading
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from dimmy_webhooks.errors import ConfigError
-from dimmy_webhooks.outputs.http import HttpOutput, load_destinations
+from dimmy_webhooks.outputs.http import DeliveryFailed, Destination, HttpOutput, load_destinations
 
 from ..support.builders import stored_item
 from ..support.constants import FORWARD_SECRET
@@ -109,3 +114,126 @@ async def test_s26_their_user_agent_replaces_ours(tmp_path: Path) -> None:
     finally:
         await output.aclose()
     assert sent == [["acme-gateway/2"]]
+
+
+# -- S16: a WMS answering hundreds of MB -----------------------------------------------------------
+
+STREAMED = 200 * 1024 * 1024
+
+
+class StreamingWms:
+    """A WMS on 127.0.0.1 that answers every POST with ``status`` and a 200 MiB body, sent as
+    fast as the connection takes it; ``sent`` counts the body bytes that left."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.sent = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/hook"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> StreamingWms:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.close()
+        self._thread.join(10)
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self._listener.accept()
+        except OSError:
+            return
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            while len(body) < length:
+                body += conn.recv(65536)
+            conn.sendall(
+                f"HTTP/1.1 {self.status} X\r\ncontent-type: application/json\r\n"
+                f"location: /records/r1\r\ncontent-length: {STREAMED}\r\n\r\n".encode()
+            )
+            chunk = b'{"id":"r1","pad":"' + b"x" * (1024 * 1024 - 18)
+            try:
+                while self.sent < STREAMED:
+                    conn.sendall(chunk)
+                    self.sent += len(chunk)
+            except OSError:
+                pass  # the reader hung up: what we want
+
+
+@pytest.fixture
+def traced() -> Iterator[None]:
+    tracemalloc.start()
+    try:
+        yield
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("status", [200, 503])
+async def test_s16_a_wms_streaming_hundreds_of_mb_is_read_no_further_than_the_cap(
+    traced: None, status: int
+) -> None:
+    with StreamingWms(status) as wms:
+        output = HttpOutput(Destination(url=wms.url), forward_secret=FORWARD_SECRET)
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        try:
+            if status == 200:
+                receipt = await output.deliver(stored_item(), "dmy_k")
+            else:
+                with pytest.raises(DeliveryFailed) as failed:
+                    await output.deliver(stored_item(), "dmy_k")
+                receipt = failed.value.receipt
+        finally:
+            await output.aclose()
+        peak = tracemalloc.get_traced_memory()[1] - before
+    # counted by its status, which came before the body; the excerpt and the record id kept
+    assert receipt.status_code == status
+    assert receipt.excerpt is not None
+    assert receipt.excerpt.startswith('{"id":"r1","pad":"xxx')
+    assert len(receipt.excerpt) == 500
+    assert receipt.record_id == "/records/r1"
+    # the answer was not read beyond the cap: memory and the bytes that left the WMS show it
+    assert peak < 8 * 1024 * 1024, f"{peak / 1e6:.1f} MB held while reading the answer"
+    assert wms.sent < STREAMED // 4, f"{wms.sent / 1e6:.1f} MB sent before we hung up"
+
+
+async def test_s16_a_compressed_answer_is_inflated_no_further_than_the_cap(traced: None) -> None:
+    inflated = b'{"id":"r2","pad":"' + b" " * (100 * 1024 * 1024)
+    bomb = gzip.compress(inflated, compresslevel=9)
+    asked: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers.get("accept-encoding"))
+        return httpx.Response(
+            200, headers={"content-encoding": "gzip"}, stream=httpx.ByteStream(bomb)
+        )
+
+    output = HttpOutput(
+        Destination(url="https://wms.example/in"),
+        forward_secret=FORWARD_SECRET,
+        transport=httpx.MockTransport(answer),
+    )
+    del inflated
+    tracemalloc.reset_peak()
+    before = tracemalloc.get_traced_memory()[0]
+    try:
+        receipt = await output.deliver(stored_item(), "dmy_k")
+    finally:
+        await output.aclose()
+    peak = tracemalloc.get_traced_memory()[1] - before
+    assert peak < 8 * 1024 * 1024, f"{peak / 1e6:.1f} MB held while inflating the answer"
+    assert receipt.status_code == 200
+    assert receipt.excerpt is not None
+    assert receipt.excerpt.startswith('{"id":"r2","pad":"   ')
+    assert asked == ["identity"]  # and we asked for no compression
