@@ -5,20 +5,32 @@ URL changes or it is removed."""
 from __future__ import annotations
 
 import gzip
+import json
+import logging
+import re
 import socket
 import threading
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
+from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.errors import ConfigError
+from dimmy_webhooks.outputs import OutputContext, parse_outputs
 from dimmy_webhooks.outputs.http import DeliveryFailed, Destination, HttpOutput, load_destinations
+from dimmy_webhooks.web import create_app
 
-from ..support.builders import stored_item
-from ..support.constants import FORWARD_SECRET
+from ..support.builders import make_settings, stored_item
+from ..support.constants import API_KEY, CLI, FORWARD_SECRET, SECRET
+from ..support.databases import query
+from ..support.fakes import FakeWms, WmsRequest
+from ..support.processes import run, wait_until
+from ..support.senders import post_signed
 
 HEAD = "[[destination]]\nurl = 'https://wms.example/in'\n"
 
@@ -237,3 +249,177 @@ async def test_s16_a_compressed_answer_is_inflated_no_further_than_the_cap(trace
     assert receipt.excerpt is not None
     assert receipt.excerpt.startswith('{"id":"r2","pad":"   ')
     assert asked == ["identity"]  # and we asked for no compression
+
+
+# -- S20: a destination's backlog when its URL changes or it is removed -------------------------
+
+TOKEN = "t" * 40
+
+
+def start(db_url: str, fake_url: str, **settings: Any) -> Any:
+    values: dict[str, Any] = {
+        "api_key": API_KEY,
+        "api_url": fake_url,
+        "admin_token": TOKEN,
+        "forward_secret": FORWARD_SECRET,
+        "retry_base_seconds": 0.05,
+        "retry_max_seconds": 0.5,
+        **settings,
+    }
+    return serve_in_thread(create_app(make_settings(db_url, **values)))
+
+
+def down(request: WmsRequest) -> Any:
+    return 503, {"error": "down for maintenance"}, {}
+
+
+def deliveries(db_url: str) -> list[dict[str, Any]]:
+    return query(db_url, "SELECT output, status, last_error FROM jobs WHERE kind = 'deliver'")
+
+
+def delivered_ids(wms: FakeWms) -> set[str]:
+    return {json.loads(r.body)["data"]["id"] for r in wms.ok}
+
+
+def test_s20_a_named_destination_keeps_its_backlog_when_its_url_changes(
+    db_url: str, fake: FakeDimmy, fake_url: str, tmp_path: Path
+) -> None:
+    ids = fake.generate_items(3)
+    destinations = tmp_path / "destinations.toml"
+    with FakeWms() as wms:
+
+        def configure(token: str) -> None:
+            destinations.write_text(
+                f'[[destination]]\nname = "wms-main"\nurl = "{wms.url}?token={token}"\n'
+                "pause_seconds = 0.1\n"
+            )
+
+        configure("one")
+        wms.answer = down
+        with start(db_url, fake_url, outputs="", destinations_file=str(destinations)) as url:
+            post_signed(url, "msg_s20_rotate", ids, expect=204)
+            assert wait_until(lambda: len(wms.requests) >= 3, 30)
+        # the token in the query rotated while the WMS was down: the backlog follows the name
+        configure("two")
+        wms.answer = None
+        with start(db_url, fake_url, outputs="", destinations_file=str(destinations)):
+            assert wait_until(lambda: delivered_ids(wms) == set(ids), 30), deliveries(db_url)
+    rows = deliveries(db_url)
+    assert {(row["output"], row["status"]) for row in rows} == {("wms-main", "done")}, rows
+
+
+def test_s20_a_removed_destination_keeps_its_backlog_reports_it_and_moves_in_one_command(
+    db_url: str, fake: FakeDimmy, fake_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = fake.generate_items(3)
+    with FakeWms() as old, FakeWms() as new:
+        old.answer = down
+        with start(db_url, fake_url, outputs=f"http:{old.url}") as url:
+            post_signed(url, "msg_s20_removed", ids, expect=204)
+            assert wait_until(lambda: len(old.requests) >= 3, 30)
+        gone = f"http:{old.url}"
+
+        def kept() -> bool:
+            rows = deliveries(db_url)
+            return all(
+                row["status"] == "pending" and "not configured" in (row["last_error"] or "")
+                for row in rows
+            )
+
+        with (
+            caplog.at_level(logging.WARNING, logger="dimmy_webhooks.services"),
+            start(db_url, fake_url, outputs=f"http:{new.url}") as url,
+        ):
+            # kept, not killed, however often a worker looks at them; said at start and in /readyz
+            assert wait_until(kept, 10), deliveries(db_url)
+            assert any(
+                "3 deliveries wait for output" in r.getMessage() and gone in r.getMessage()
+                for r in caplog.records
+                if r.levelno == logging.WARNING
+            )
+            ready = httpx.get(f"{url}/readyz").json()
+            assert ready["status"] == "degraded", ready
+            assert any(f"3 deliveries wait for output {gone}" in p for p in ready["problems"])
+            # one command hands them to the new destination, while the service runs
+            env = {
+                "DIMMY_DATABASE_URL": db_url,
+                "DIMMY_WEBHOOK_SECRET": SECRET,
+                "DIMMY_FORWARD_SECRET": FORWARD_SECRET,
+                "DIMMY_OUTPUTS": f"http:{new.url}",
+            }
+            moved = run(
+                [CLI, "move-deliveries", "--from", gone, "--to", f"http:{new.url}"], tmp_path, **env
+            )
+            assert moved.returncode == 0, moved.stderr
+            assert f"moved 3 delivery(ies) of {gone}" in moved.stdout
+            assert wait_until(lambda: delivered_ids(new) == set(ids), 30), deliveries(db_url)
+
+            def ready_again() -> bool:
+                return httpx.get(f"{url}/readyz").json()["status"] == "ready"
+
+            assert wait_until(ready_again, 15)
+    assert not [row for row in deliveries(db_url) if row["status"] != "done"]
+
+
+def test_s20_a_removed_destinations_backlog_can_be_dropped_deliberately(
+    db_url: str, fake: FakeDimmy, fake_url: str, tmp_path: Path
+) -> None:
+    ids = fake.generate_items(2)
+    with FakeWms() as old:
+        old.answer = down
+        with start(db_url, fake_url, outputs=f"http:{old.url}") as url:
+            post_signed(url, "msg_s20_drop", ids, expect=204)
+            assert wait_until(lambda: len(old.requests) >= 2, 30)
+    gone = f"http:{old.url}"
+    env = {"DIMMY_DATABASE_URL": db_url, "DIMMY_WEBHOOK_SECRET": SECRET, "DIMMY_OUTPUTS": ""}
+    both = run([CLI, "move-deliveries", "--from", gone, "--to", "x", "--drop"], tmp_path, **env)
+    assert both.returncode == 2, both.stdout
+    elsewhere = run([CLI, "move-deliveries", "--from", gone, "--to", "console"], tmp_path, **env)
+    assert elsewhere.returncode != 0
+    assert "not a configured output" in elsewhere.stderr
+    dropped = run([CLI, "move-deliveries", "--from", gone, "--drop"], tmp_path, **env)
+    assert dropped.returncode == 0, dropped.stderr
+    assert f"dropped 2 delivery(ies) of {gone}" in dropped.stdout
+    rows = deliveries(db_url)
+    assert [row["status"] for row in rows] == ["done", "done"]
+    assert all("dropped by the operator" in row["last_error"] for row in rows)
+
+
+def test_s20_a_destination_is_named_in_the_file_or_in_dimmy_outputs(tmp_path: Path) -> None:
+    file = tmp_path / "destinations.toml"
+    file.write_text(
+        "[[destination]]\nname = 'wms-main'\nurl = 'https://wms.example/in?token=two'\n"
+        "[[destination]]\nurl = 'https://erp.example/in'\n"
+    )
+    destinations = load_destinations(file)
+    assert [d.name for d in destinations] == ["wms-main", "http:https://erp.example/in"]
+    context = OutputContext(forward_secret=FORWARD_SECRET, destinations=destinations)
+    # http:URL of a named destination takes its name; NAME=http:URL names one in DIMMY_OUTPUTS
+    names = [
+        output.name
+        for output in parse_outputs(
+            "http:https://wms.example/in?token=two, shop=http:https://shop.example/x?k=1", context
+        )
+    ]
+    assert names == ["wms-main", "shop", "http:https://erp.example/in"]
+    # the name of old, written out, keeps a backlog queued under it
+    file.write_text(
+        "[[destination]]\nname = 'http:https://wms.example/in?token=one'\n"
+        "url = 'https://wms.example/in?token=two'\n"
+    )
+    assert load_destinations(file)[0].name == "http:https://wms.example/in?token=one"
+    refused = {
+        "[[destination]]\nname = 'a b'\nurl = 'https://x/1'\n": "name is 1-300 characters",
+        "[[destination]]\nname = 'a'\nurl = 'https://x/1'\n"
+        "[[destination]]\nname = 'a'\nurl = 'https://x/2'\n": "name a is also destination #1's",
+    }
+    for text, message in refused.items():
+        file.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_destinations(file)
+    for spec, message in {
+        "a=jsonl:/tmp/x": "only http:URL takes a name",
+        "a=http:https://x/1, a=http:https://x/2": "listed twice",
+    }.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_outputs(spec, context)

@@ -113,6 +113,8 @@ class Destination:
     """One WMS endpoint and how to talk to it (see :mod:`dimmy_webhooks.outputs.http`)."""
 
     url: str
+    label: str | None = None
+    """The ``name`` of the file's table: the output's name whatever the URL (S20)."""
     secret: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     timeout: float = 10.0
@@ -127,7 +129,14 @@ class Destination:
 
     @property
     def name(self) -> str:
-        """``http:`` + the URL without its user-info: the output's stable name (ledger, logs)."""
+        """The output's name (ledger, logs, the deliveries queued for it): its ``label``, else
+        :attr:`url_name`. A label keeps the backlog when the URL changes."""
+        return self.label or self.url_name
+
+    @property
+    def url_name(self) -> str:
+        """``http:`` + the URL without its user-info: what ``http:URL`` in ``DIMMY_OUTPUTS``
+        matches, and the name of a destination without a label."""
         parts = urlsplit(self.url)
         host = parts.netloc.rpartition("@")[2]
         return "http:" + urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
@@ -161,6 +170,17 @@ def _one_line(value: str) -> str:
         raise _problem(" " + _TEXT)
     if any(c in value for c in "\r\n\x00"):
         raise _problem(" must be one line")
+    return value
+
+
+OUTPUT_NAME = re.compile(r"[^\s,\x00-\x1f\x7f]{1,300}")
+"""What an output's ``name`` may be: no space, comma or control character (an ``http:URL``
+name of old included, to keep its backlog)."""
+
+
+def _output_name(value: str) -> str:
+    if not OUTPUT_NAME.fullmatch(value):
+        raise _problem(" is 1-300 characters without spaces or commas")
     return value
 
 
@@ -272,6 +292,7 @@ class DestinationTable(BaseModel):
     model_config = _STRICT
 
     url: Annotated[Text, AfterValidator(_url)] = Field(description=_TEXT)
+    name: Annotated[Text, AfterValidator(_output_name)] | None = Field(None, description=_TEXT)
     headers: Annotated[dict[str, Text], AfterValidator(_headers)] = Field(
         default_factory=dict, description=_TABLE
     )
@@ -302,6 +323,7 @@ class DestinationTable(BaseModel):
             )
         return Destination(
             url=self.url,
+            label=self.name,
             secret=self.secret,
             headers=headers,
             timeout=self.timeout_seconds,
@@ -344,7 +366,18 @@ def load_destinations(path: Path) -> list[Destination]:
     tables = data.get("destination", [])
     if not isinstance(tables, list):
         raise ConfigError(f"{path}: write each destination as a [[destination]] table")
-    return [_destination(table, f"{path}: destination #{n}") for n, table in enumerate(tables, 1)]
+    destinations: list[Destination] = []
+    named: dict[str, int] = {}
+    for number, table in enumerate(tables, 1):
+        destination = _destination(table, f"{path}: destination #{number}")
+        if destination.name in named:
+            raise ConfigError(
+                f"{path}: destination #{number}: name {destination.name} is also destination "
+                f"#{named[destination.name]}'s; give each a name of its own"
+            )
+        named[destination.name] = number
+        destinations.append(destination)
+    return destinations
 
 
 def _destination(table: Any, where: str) -> Destination:
@@ -359,7 +392,7 @@ def _destination(table: Any, where: str) -> Destination:
         url = table.get("url")
         if isinstance(url, str):
             with contextlib.suppress(ConfigError):
-                where = f"{where} ({Destination(check_url(url, where)).name})"
+                where = f"{where} ({Destination(check_url(url, where)).url_name})"
         if unknown is not None:
             raise ConfigError(f"{where}: {unknown[1]}") from None
         raise ConfigError(error_lines(exc, lambda err: where, _message)[0]) from None
