@@ -348,7 +348,10 @@ class Services:
 
     async def kept_backlogs(self) -> dict[str, int]:
         """Deliveries waiting for an output this process does not have (renamed or removed),
-        by output name; also what :meth:`problems` reports until the next look."""
+        by output name; also what :meth:`problems` reports until the next look. A process
+        without workers (``serve --no-worker``) does not judge: the workers' outputs are theirs."""
+        if not self.workers:
+            return {}
         configured = set(self.output_names())
         backlogs = await self.store.backlogs()
         self._kept = {name: n for name, n in sorted(backlogs.items()) if name not in configured}
