@@ -46,6 +46,7 @@ log = logging.getLogger("dimmy_webhooks.services")
 
 RATE_STATE = "api.rate"
 """``sync_state`` key of the adaptive client's learned rate: ``{"rate": ..., "api_url": ...}``."""
+KEPT_LOOK_SECONDS = 5.0  # how often /readyz counts the deliveries kept for unconfigured outputs
 RATE_SAVE_SECONDS = 30.0  # how often a changed learned rate is written (and once at stop)
 
 
@@ -88,6 +89,8 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     alert_poster: HttpPoster | None = None
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _kept: dict[str, int] = field(default_factory=dict)  # backlogs of outputs not configured
+    _kept_at: float = float("-inf")
 
     @classmethod
     def from_settings(
@@ -198,6 +201,14 @@ class Services:
         """:meth:`opened`, and every part started; on exit stop the parts (each within its
         grace period) before closing what :meth:`opened` opened."""
         async with self.opened():
+            for output, count in (await self.kept_backlogs()).items():
+                log.warning(
+                    "%s deliveries wait for output %s, which is not configured: they are kept "
+                    "(`dimmy-webhooks move-deliveries --from %s --to OUTPUT`, or --drop)",
+                    count,
+                    output,
+                    output,
+                )
             # everything loaded so far lives as long as the process: keep it out of the cyclic
             # GC's full collections, which otherwise stall every request in flight for 50-100 ms
             gc.collect()
@@ -296,6 +307,32 @@ class Services:
     def output_names(self) -> list[str]:
         return [output.name for output in self.outputs]
 
+    async def kept_backlogs(self) -> dict[str, int]:
+        """Deliveries waiting for an output this process does not have (renamed or removed),
+        by output name; also what :meth:`problems` reports until the next look. A process
+        without workers (``serve --no-worker``) does not judge: the workers' outputs are theirs."""
+        if not self.workers:
+            return {}
+        configured = set(self.output_names())
+        backlogs = await self.store.backlogs()
+        self._kept = {name: n for name, n in sorted(backlogs.items()) if name not in configured}
+        self._kept_at = self.clock()
+        return dict(self._kept)
+
+    async def move_deliveries(self, source: str, target: str | None) -> int:
+        """Hand the pending deliveries of output ``source`` to output ``target`` (one of this
+        process's outputs: :class:`ConfigError` if not), or drop them (``None``); returns how
+        many."""
+        if target is not None and target not in self.output_names():
+            raise ConfigError(
+                f"--to {target}: not a configured output; outputs: {self.output_names()}"
+            )
+        if target == source:
+            raise ConfigError("--from and --to name the same output")
+        moved = await self.store.move_backlog(source, target, self.clock())
+        self.wake_workers()
+        return moved
+
     async def replay_event(self, event_id: int, mode: ReplayMode) -> int:
         """Put an event's work back in the queue (``LookupError``: no such event); returns the
         number of jobs queued, which this process's workers start on at once."""
@@ -342,6 +379,11 @@ class Services:
             problems.append("DIMMY_API_KEY is not set: items cannot be fetched")
         if self.poller is not None:
             problems += self.poller.problems()
+        problems += [
+            f"{count} deliveries wait for output {output}, which is not configured: "
+            f"`dimmy-webhooks move-deliveries --from {output} --to OUTPUT` (or --drop)"
+            for output, count in self._kept.items()
+        ]
         return list(dict.fromkeys(problems))
 
     def failures(self) -> list[str]:
@@ -387,6 +429,9 @@ class Services:
 
     async def readiness(self) -> Readiness:
         """What ``/readyz`` answers (:func:`~dimmy_webhooks.observe.health.check_readiness`)."""
+        if self.clock() - self._kept_at >= KEPT_LOOK_SECONDS:
+            with contextlib.suppress(StoreError):  # the ping in check_readiness reports it
+                await self.kept_backlogs()
         return await check_readiness(self.store, self.status())
 
 

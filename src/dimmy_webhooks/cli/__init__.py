@@ -40,6 +40,7 @@ for command in (
     operate.poll,
     operate.backfill,
     operate.replay,
+    operate.move_deliveries,
     operate.quarantine,
     operate.export_sqlite_to_postgres,
     dev.send,

@@ -1,5 +1,5 @@
-"""Operating a running site: ``replay``, ``quarantine``, ``poll``, ``backfill`` and
-``export-sqlite-to-postgres``.
+"""Operating a running site: ``replay``, ``move-deliveries``, ``quarantine``, ``poll``,
+``backfill`` and ``export-sqlite-to-postgres``.
 
 Each builds its parts with :meth:`Services.from_settings` and opens or runs them under
 :meth:`Services.opened` / :meth:`Services.running` (the one-shot ``replay`` and ``quarantine``
@@ -212,6 +212,27 @@ async def _replay(
         return await services.replay_dead(parse_time(dead_since))
     except LookupError as exc:
         raise ConfigError(str(exc).strip("'\"")) from None
+
+
+@click.command("move-deliveries")
+@click.option("--from", "source", required=True, help="The output they wait for (its name).")
+@click.option("--to", "target", help="A configured output to give them to.")
+@click.option("--drop", is_flag=True, help="Drop them instead (they are never delivered).")
+@friendly_errors
+def move_deliveries(source: str, target: str | None, drop: bool) -> None:
+    """Hand the deliveries waiting for a renamed or removed output to another output."""
+    if (target is None) == (not drop):
+        raise click.UsageError("give exactly one of --to and --drop")
+    settings = command_settings()
+    prepare_database(settings)
+
+    async def move() -> int:
+        services = Services.from_settings(settings, run_workers=False)
+        async with services.opened():
+            return await services.move_deliveries(source, target)
+
+    moved = asyncio.run(move())
+    click.echo(f"{'dropped' if drop else 'moved'} {moved} delivery(ies) of {source}")
 
 
 @click.group()

@@ -6,14 +6,17 @@
     jsonl:PATH               append one JSON object per line to PATH
     python:module:function   call a function of yours with (item dict, idempotency key)
     http:URL                 a signed POST to a warehouse system (:mod:`.http`)
+    NAME=http:URL            the same, named NAME whatever the URL (its backlog stays when the
+                             URL changes: a token in its query, its host or port)
 
 A kind is one row of :data:`OUTPUT_KINDS`: the seam where more kinds plug in.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dimmy_webhooks.errors import ConfigError
 from dimmy_webhooks.outputs.base import Output
@@ -39,13 +42,24 @@ class OutputKind:
     """Gets the text after ``kind:`` (``None`` when absent); raises ConfigError when unusable."""
 
 
-def _http(argument: str | None, context: OutputContext) -> Output:
+def _http(argument: str | None, context: OutputContext, label: str | None = None) -> Output:
     if not argument:
         raise ConfigError("output 'http' needs a URL: http:https://wms.example.com/path")
     url = check_url(argument, "DIMMY_OUTPUTS: http:URL")
-    listed = {destination.name: destination for destination in context.destinations}
-    destination = listed.get(Destination(url=url).name, Destination(url=url))
+    listed = {destination.url_name: destination for destination in context.destinations}
+    destination = listed.get(Destination(url=url).url_name, Destination(url=url))
+    if label is not None:
+        if destination.label not in (None, label):
+            raise ConfigError(
+                f"DIMMY_OUTPUTS: {label}=http:{destination.url_name[5:]} is named "
+                f"{destination.label!r} in the destinations file: use one name"
+            )
+        destination = replace(destination, label=label)
     return HttpOutput(destination, forward_secret=context.forward_secret)
+
+
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+"""The NAME of ``NAME=http:URL``."""
 
 
 def _console(argument: str | None, context: OutputContext) -> Output:
@@ -90,18 +104,28 @@ def parse_outputs(spec: str, context: OutputContext | None = None) -> list[Outpu
     for entry in (part.strip() for part in spec.split(",")):
         if not entry:
             continue
-        word, colon, argument = entry.partition(":")
-        kind = OUTPUT_KINDS.get(word.strip().lower())
-        if kind is None:
-            valid = ", ".join(k.usage for k in OUTPUT_KINDS.values())
-            raise ConfigError(f"unknown output kind {word.strip()!r} in {entry!r}; valid: {valid}")
-        output = kind.build(argument.strip() if colon else None, context)
+        label, equals, rest = entry.partition("=")
+        if equals and _LABEL.fullmatch(label.strip()):  # NAME=http:URL
+            word, _, argument = rest.strip().partition(":")
+            if word.strip().lower() != "http":
+                raise ConfigError(f"{entry!r}: only http:URL takes a name (NAME=http:URL)")
+            output = _http(argument.strip(), context, label.strip())
+        else:
+            word, colon, argument = entry.partition(":")
+            kind = OUTPUT_KINDS.get(word.strip().lower())
+            if kind is None:
+                valid = ", ".join(k.usage for k in OUTPUT_KINDS.values())
+                raise ConfigError(
+                    f"unknown output kind {word.strip()!r} in {entry!r}; valid: {valid}"
+                )
+            output = kind.build(argument.strip() if colon else None, context)
         if output.name in seen:
             raise ConfigError(f"output {output.name!r} is listed twice in DIMMY_OUTPUTS")
         seen.add(output.name)
         outputs.append(output)
+    taken = {output.destination.url for output in outputs if isinstance(output, HttpOutput)}
     for destination in context.destinations:
-        if destination.name not in seen:
+        if destination.name not in seen and destination.url not in taken:
             seen.add(destination.name)
             outputs.append(HttpOutput(destination, forward_secret=context.forward_secret))
     return outputs

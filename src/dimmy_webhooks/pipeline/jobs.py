@@ -62,6 +62,18 @@ log = logging.getLogger("dimmy_webhooks.pipeline.worker")
 AUTH_PAUSE_SECONDS = 60.0
 
 
+KEPT_RECHECK = 300.0
+"""Seconds between looks at a delivery whose output this worker does not have."""
+
+
+def unconfigured(output: str) -> str:
+    """Why a delivery to ``output`` waits: what the job and ``/readyz`` say."""
+    return (
+        f"output {output} is not configured: its deliveries are kept; "
+        f"`dimmy-webhooks move-deliveries --from {output} --to OUTPUT` (or --drop) hands them on"
+    )
+
+
 def _ms_since(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 3)
 
@@ -310,7 +322,11 @@ class JobRunner:
         assert job.output is not None
         output = self.outputs.get(job.output)
         if output is None:
-            raise PermanentUpstream(f"output {job.output!r} is no longer configured")
+            # kept, never killed: the output was renamed or removed, or this worker is
+            # configured apart from the others; `move-deliveries` hands the backlog on (S20)
+            now = self.clock()
+            await self.store.postpone(job, unconfigured(job.output), now + KEPT_RECHECK, now)
+            return
         if item is None:
             item = await self.store.get_item(job.item_id)
         key = idempotency_key(item.id, item.version, output.name, item.revision) if item else ""

@@ -226,6 +226,11 @@ def job_row(
     }
 
 
+def delivery_key(output: str, item_id: str, revision: int) -> str:
+    """The dedupe key of one revision of an item to one output."""
+    return f"d:{output}:{item_id}:r{revision}"
+
+
 def deliveries(
     item_id: str,
     version: str,
@@ -250,7 +255,7 @@ def deliveries(
             output=output,
             version=version,
             revision=revision,
-            dedupe_key=f"d:{output}:{item_id}:r{revision}",
+            dedupe_key=delivery_key(output, item_id, revision),
             lane=lane,
             seq=seq,
         )

@@ -131,6 +131,20 @@ class Queue(ops.Transactions):
         """Put every job that died since ``since`` back in the queue."""
         return await self._write(lambda tx: replay_dead(tx, since, now), lambda n: n > 0)
 
+    # a destination's backlog ------------------------------------------------------------------
+
+    async def backlogs(self) -> dict[str, int]:
+        """Deliveries not done yet (pending or running), counted by output name."""
+        return {r["key"]: int(r["n"]) for r in await self._rows("backlog_counts", {})}
+
+    async def move_backlog(self, source: str, target: str | None, now: float) -> int:
+        """Give the pending deliveries of output ``source`` to output ``target``, due now (one
+        it already has for the same revision is done instead); with ``target`` ``None``, drop
+        them (done, with a note saying so). Returns how many were moved or dropped."""
+        return await self._write(
+            lambda tx: move_backlog(tx, source, target, now), lambda n: n > 0 and bool(target)
+        )
+
 
 def claim(tx: Tx, owner: str, limit: int, lease_seconds: float, now: float) -> list[Job]:
     reaped = tx.all(tx.sql("reap"), {"now": now})
@@ -298,5 +312,23 @@ def replay_item(
 
 def replay_dead(tx: Tx, since: float, now: float) -> int:
     rows = tx.all(tx.sql("replay_dead"), {"since": since, "now": now})
+    ops.refresh(tx, (row["event_id"] for row in rows), now)
+    return len(rows)
+
+
+def move_backlog(tx: Tx, source: str, target: str | None, now: float) -> int:
+    rows = tx.all(tx.sql("backlog_of"), {"output": source})
+    for row in rows:
+        params = {"id": row["id"], "now": now}
+        if target is None:
+            note = f"dropped by the operator: output {source} was removed"
+            tx.run(tx.sql("retire_delivery"), {**params, "note": note[:1000]})
+            continue
+        key = ops.delivery_key(target, row["item_id"], row["revision"])
+        if tx.all(tx.sql("queued_under"), {"dedupe_key": key}):
+            note = f"moved to {target}, which has this revision already"
+            tx.run(tx.sql("retire_delivery"), {**params, "note": note[:1000]})
+        else:
+            tx.run(tx.sql("move_delivery"), {**params, "output": target, "dedupe_key": key})
     ops.refresh(tx, (row["event_id"] for row in rows), now)
     return len(rows)

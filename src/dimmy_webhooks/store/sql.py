@@ -227,6 +227,21 @@ SQL: dict[str, str] = {
         {_REPLAY}
         WHERE status = 'dead' AND updated_at >= :since
         RETURNING event_id""",
+    # a destination's backlog: counted by output, moved to another output or dropped (S20)
+    "backlog_counts": """
+        SELECT output AS key, count(*) AS n FROM jobs
+        WHERE kind = 'deliver' AND status IN ('pending', 'running') GROUP BY output""",
+    "backlog_of": """
+        SELECT id, event_id, item_id, revision FROM jobs
+        WHERE kind = 'deliver' AND output = :output AND status = 'pending' ORDER BY id""",
+    "queued_under": "SELECT 1 AS queued FROM jobs WHERE dedupe_key = :dedupe_key",
+    "move_delivery": f"""
+        UPDATE jobs SET output = :output, dedupe_key = :dedupe_key, attempts = 0, run_at = :now,
+            last_error = NULL, updated_at = :now, {RELEASED}
+        WHERE id = :id AND status = 'pending'""",
+    "retire_delivery": f"""
+        UPDATE jobs SET status = 'done', last_error = :note, updated_at = :now, {RELEASED}
+        WHERE id = :id AND status = 'pending'""",
     "event_counts": "SELECT status AS key, count(*) AS n FROM events GROUP BY status",
     "job_counts": "SELECT status AS key, count(*) AS n FROM jobs GROUP BY status",
     "item_count": "SELECT count(*) AS n FROM items",

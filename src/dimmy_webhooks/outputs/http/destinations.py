@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,13 +18,13 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from dimmy_webhooks.config import error_lines
 from dimmy_webhooks.errors import ConfigError
 from dimmy_webhooks.models import StoredItem
-from dimmy_webhooks.signatures import parse_secrets
+from dimmy_webhooks.signatures import MIN_SECRET_BYTES, parse_secrets
 
 FIELD_NAMES = frozenset(
     [
@@ -56,7 +57,27 @@ FIELD_NAMES = frozenset(
 )
 """What ``fields.include`` and ``fields.rename`` may name: the keys of ``GET /api/items/{id}``."""
 
-_RESERVED_HEADERS = frozenset({"content-type", "host", "content-length"})
+_RESERVED_HEADERS = frozenset(
+    {
+        # what every forward carries already
+        "content-type",
+        "idempotency-key",
+        # framing and connection handling: the HTTP client's, never the file's
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")  # an RFC 9110 token
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")  # printable ASCII: what every server takes
+_FIXED_FIELDS = frozenset({"id", "raw"})  # what identifies the item: nothing is renamed onto them
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +113,8 @@ class Destination:
     """One WMS endpoint and how to talk to it (see :mod:`dimmy_webhooks.outputs.http`)."""
 
     url: str
+    label: str | None = None
+    """The ``name`` of the file's table: the output's name whatever the URL (S20)."""
     secret: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     timeout: float = 10.0
@@ -106,7 +129,14 @@ class Destination:
 
     @property
     def name(self) -> str:
-        """``http:`` + the URL without its user-info: the output's stable name (ledger, logs)."""
+        """The output's name (ledger, logs, the deliveries queued for it): its ``label``, else
+        :attr:`url_name`. A label keeps the backlog when the URL changes."""
+        return self.label or self.url_name
+
+    @property
+    def url_name(self) -> str:
+        """``http:`` + the URL without its user-info: what ``http:URL`` in ``DIMMY_OUTPUTS``
+        matches, and the name of a destination without a label."""
         parts = urlsplit(self.url)
         host = parts.netloc.rpartition("@")[2]
         return "http:" + urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
@@ -143,6 +173,17 @@ def _one_line(value: str) -> str:
     return value
 
 
+OUTPUT_NAME = re.compile(r"[^\s,\x00-\x1f\x7f]{1,300}")
+"""What an output's ``name`` may be: no space, comma or control character (an ``http:URL``
+name of old included, to keep its backlog)."""
+
+
+def _output_name(value: str) -> str:
+    if not OUTPUT_NAME.fullmatch(value):
+        raise _problem(" is 1-300 characters without spaces or commas")
+    return value
+
+
 def _url(value: str) -> str:
     try:
         return check_url(value, "")
@@ -151,9 +192,17 @@ def _url(value: str) -> str:
 
 
 def _headers(value: dict[str, str]) -> dict[str, str]:
-    for name in value:
+    seen: set[str] = set()
+    for name, text in value.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise _problem(f".{name} is not a header name (letters, digits and -, no : or space)")
         if name.lower() in _RESERVED_HEADERS or name.lower().startswith("webhook-"):
             raise _problem(f".{name} is set by the service itself")
+        if name.lower() in seen:
+            raise _problem(f".{name} is given twice (header names ignore case)")
+        seen.add(name.lower())
+        if not _HEADER_VALUE.fullmatch(text):
+            raise _problem(f".{name} must be printable ASCII (no accents, tabs or emoji)")
     return value
 
 
@@ -164,7 +213,13 @@ def _basic_auth(value: str) -> str:
 
 
 def _secret(value: str) -> str:
-    parse_secrets(value)  # a bad secret stops here, with its own ConfigError
+    try:
+        parse_secrets(value)
+    except ConfigError:  # its text names DIMMY_WEBHOOK_SECRET: this is the file's key
+        raise _problem(
+            " is not a signing secret: whsec_ followed by standard base64 of at least "
+            f"{MIN_SECRET_BYTES} bytes (`dimmy-webhooks token --whsec` makes one)"
+        ) from None
     return value
 
 
@@ -218,6 +273,18 @@ class FieldsTable(BaseModel):
         default_factory=dict, description=_TABLE
     )
 
+    @model_validator(mode="after")
+    def _one_name_each(self) -> FieldsTable:
+        """Every field the envelope carries keeps a name of its own, and ``id`` and ``raw``
+        stay what they are: a rename onto another field's name would send one of them twice
+        or drop it."""
+        carried = FIELD_NAMES if self.include is None else frozenset(self.include)
+        for source, target in self.rename.items():
+            others = {self.rename.get(f, f) for f in carried if f != source}
+            if target in others or (target in _FIXED_FIELDS and target != source):
+                raise _problem(f".rename.{source}: {target!r} is the name of another field")
+        return self
+
 
 class DestinationTable(BaseModel):
     """One ``[[destination]]`` table, as written (fields in the order they are checked)."""
@@ -225,6 +292,7 @@ class DestinationTable(BaseModel):
     model_config = _STRICT
 
     url: Annotated[Text, AfterValidator(_url)] = Field(description=_TEXT)
+    name: Annotated[Text, AfterValidator(_output_name)] | None = Field(None, description=_TEXT)
     headers: Annotated[dict[str, Text], AfterValidator(_headers)] = Field(
         default_factory=dict, description=_TABLE
     )
@@ -239,6 +307,14 @@ class DestinationTable(BaseModel):
     record_id_field: Text = Field("id", description=_TEXT)
     filter: FilterTable = Field(default_factory=FilterTable, description=_TABLE)
 
+    @model_validator(mode="after")
+    def _one_authorization(self) -> DestinationTable:
+        if self.basic_auth is not None:
+            for name in self.headers:
+                if name.lower() == "authorization":
+                    raise _problem(f"headers.{name} is given twice (basic_auth sets it)")
+        return self
+
     def destination(self) -> Destination:
         headers = dict(self.headers)
         if self.basic_auth is not None:
@@ -247,6 +323,7 @@ class DestinationTable(BaseModel):
             )
         return Destination(
             url=self.url,
+            label=self.name,
             secret=self.secret,
             headers=headers,
             timeout=self.timeout_seconds,
@@ -289,7 +366,18 @@ def load_destinations(path: Path) -> list[Destination]:
     tables = data.get("destination", [])
     if not isinstance(tables, list):
         raise ConfigError(f"{path}: write each destination as a [[destination]] table")
-    return [_destination(table, f"{path}: destination #{n}") for n, table in enumerate(tables, 1)]
+    destinations: list[Destination] = []
+    named: dict[str, int] = {}
+    for number, table in enumerate(tables, 1):
+        destination = _destination(table, f"{path}: destination #{number}")
+        if destination.name in named:
+            raise ConfigError(
+                f"{path}: destination #{number}: name {destination.name} is also destination "
+                f"#{named[destination.name]}'s; give each a name of its own"
+            )
+        named[destination.name] = number
+        destinations.append(destination)
+    return destinations
 
 
 def _destination(table: Any, where: str) -> Destination:
@@ -304,7 +392,7 @@ def _destination(table: Any, where: str) -> Destination:
         url = table.get("url")
         if isinstance(url, str):
             with contextlib.suppress(ConfigError):
-                where = f"{where} ({Destination(check_url(url, where)).name})"
+                where = f"{where} ({Destination(check_url(url, where)).url_name})"
         if unknown is not None:
             raise ConfigError(f"{where}: {unknown[1]}") from None
         raise ConfigError(error_lines(exc, lambda err: where, _message)[0]) from None

@@ -25,6 +25,9 @@ from dimmy_webhooks.signatures import signed_headers
 ENVELOPE_SCHEMA_VERSION = 1
 EXCERPT_LIMIT = 500
 """Characters of a WMS answer kept in the ledger."""
+ANSWER_LIMIT = 65_536
+"""Bytes of a WMS answer read at most: the excerpt and the record id come from them. The rest
+is never read (the connection is closed instead); the status, which came first, counts."""
 
 
 def envelope(
@@ -79,7 +82,7 @@ def _excerpt(content: bytes) -> str | None:
 
 
 def _record_id(content: bytes, headers: httpx.Headers, key: str) -> str | None:
-    if content and len(content) <= 65_536:
+    if content and len(content) <= ANSWER_LIMIT:
         try:
             value = json.loads(content)
         except (ValueError, RecursionError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,12 @@ from dimmy_webhooks.errors import ConfigError
 from dimmy_webhooks.models import Receipt, StoredItem
 from dimmy_webhooks.outputs.base import DeliveryFailed
 from dimmy_webhooks.outputs.http.destinations import Destination
-from dimmy_webhooks.outputs.http.envelope import envelope, read_answer, signed_request_headers
+from dimmy_webhooks.outputs.http.envelope import (
+    ANSWER_LIMIT,
+    envelope,
+    read_answer,
+    signed_request_headers,
+)
 from dimmy_webhooks.outputs.http.limits import MAX_QUEUE_WAIT, Breaker, Gate
 from dimmy_webhooks.ratelimit import Mark, parse_retry_after
 from dimmy_webhooks.signatures import parse_secrets
@@ -47,6 +53,8 @@ class HttpOutput:
         self.max_attempts: int | None = destination.max_attempts
         self.delivery_timeout: float | None = destination.timeout * 3 + MAX_QUEUE_WAIT + 5
         self._clock = clock
+        headers = httpx.Headers({"user-agent": "dimmy-webhooks", "accept-encoding": "identity"})
+        headers.update(destination.headers)  # theirs replace ours, whatever their case
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(destination.timeout),
             limits=httpx.Limits(
@@ -55,7 +63,7 @@ class HttpOutput:
             ),
             follow_redirects=False,
             transport=transport,
-            headers={"user-agent": "dimmy-webhooks", **destination.headers},
+            headers=headers,
         )
         self._gate = Gate(self.name, destination.concurrency, destination.rate, clock)
         self._breaker = Breaker(self.name, destination.pause_seconds, clock)
@@ -84,11 +92,17 @@ class HttpOutput:
         started = time.monotonic()
         extensions = {} if mark is None else {"trace": _settle_when_written(mark)}
         try:
-            async with asyncio.timeout(self.destination.timeout * 3):
-                response = await self._http.post(
-                    self.destination.url, content=body, headers=headers, extensions=extensions
-                )
-                content = response.content
+            async with (
+                asyncio.timeout(self.destination.timeout * 3),
+                self._http.stream(
+                    "POST",
+                    self.destination.url,
+                    content=body,
+                    headers=headers,
+                    extensions=extensions,
+                ) as response,
+            ):
+                content = await _read_capped(response, ANSWER_LIMIT)
         except (httpx.HTTPError, TimeoutError) as exc:
             self._gate.took(time.monotonic() - started)
             latency = (time.monotonic() - started) * 1000
@@ -125,6 +139,31 @@ class HttpOutput:
 
     def problems(self) -> list[str]:
         return self._breaker.problems()
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The first ``limit`` bytes of the answer at most: a WMS answering hundreds of MB costs a
+    connection, not the memory (S16); what is left unread closes the connection when the stream
+    ends. We ask for no compression; a gzip or deflate answer all the same is inflated no
+    further than ``limit`` (a small bomb stays small), any other encoding is kept as sent."""
+    if response.is_stream_consumed:  # a transport (a test's) that handed it over whole
+        return response.content[:limit]
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    inflate = None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib, by the header
+    content = bytearray()
+    async for raw in response.aiter_raw():
+        chunk = raw
+        if inflate is not None:
+            try:
+                chunk = inflate.decompress(raw, limit - len(content))
+            except zlib.error:
+                inflate = None  # not what it said: keep what came as it came
+        content += chunk[: limit - len(content)]
+        if len(content) >= limit:
+            break
+    return bytes(content)
 
 
 def _settle_when_written(mark: Mark) -> Callable[[str, dict[str, Any]], Any]:
