@@ -353,4 +353,10 @@ def test_urls_shown_by_the_service_mask_credentials_in_their_query(
     assert "api_key=***" in answers["/"].text
 
 
-_SHOWN_PATHS = ("/metrics", "/api/deliveries", "/api/overview", "/api/deliveries.jsonl")
+_SHOWN_PATHS = (
+    "/metrics",
+    "/api/deliveries",
+    "/api/overview",
+    "/api/deliveries.jsonl",
+    "/api/events/1/work",
+)
