@@ -103,6 +103,8 @@ def create_client(settings: Settings, metrics: Metrics | None = None) -> DimmyCl
         rate_min=settings.api_rate_min,
         rate_max=settings.api_rate_max,
         max_json_depth=settings.max_json_depth,
+        max_item_bytes=settings.max_item_bytes,
+        max_page_bytes=settings.max_page_bytes,
         observe=metrics.api_request if metrics is not None else None,
     )
     if metrics is not None:
