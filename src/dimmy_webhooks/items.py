@@ -165,6 +165,24 @@ def normalise(
     )
 
 
+def json_text(body: bytes) -> str:
+    """The JSON text of ``body`` as it came from outside, without a byte order mark: decoded as
+    :func:`json.loads` reads bytes (UTF-8, or UTF-16/UTF-32 told by a BOM or by the zero bytes
+    of the first characters; RFC 8259 section 8.1). Stored and spliced into our own JSON answers,
+    a BOM or an undecoded UTF-16 body would make them invalid. Raises ``ValueError``
+    (:class:`UnicodeDecodeError`) when ``body`` is not text in that encoding."""
+    return body.decode(json.detect_encoding(body)).removeprefix("\ufeff")
+
+
+def clean_json_bytes(body: bytes) -> bytes:
+    """``body`` as UTF-8 JSON text without a BOM (:func:`json_text`); the same object when it
+    already is (no BOM, not UTF-16/32), so the common case costs no copy. Raises
+    ``ValueError`` as :func:`json_text` does."""
+    if body[:1] not in (b"\xef", b"\xfe", b"\xff", b"\x00") and b"\x00" not in body[1:4]:
+        return body
+    return json_text(body).encode()
+
+
 def to_stored_item(
     doc: Mapping[str, Any],
     raw: str,
@@ -185,6 +203,7 @@ def to_stored_item(
     )
     if not valid_item_id(fields.id):
         raise ValueError(f"_id {fields.id[:80]!r} is not a valid item id")
+    raw = raw.removeprefix("\ufeff")  # spliced into JSON answers as it is: never with a BOM
     return StoredItem(item=fields, raw=raw, version=version_of(doc, fields), fetched_at=fetched_at)
 
 

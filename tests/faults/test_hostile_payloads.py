@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -31,9 +32,11 @@ from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
 
 from ..support.builders import make_settings
-from ..support.constants import ADMIN_TOKEN, API_KEY, AUTH
+from ..support.constants import ADMIN_TOKEN, API_KEY, AUTH, SECRET
 from ..support.dashboard import dashboard_login
 from ..support.databases import hold_item
+from ..support.fakes import FakeWms
+from ..support.processes import wait_until
 from ..support.senders import post_signed, signed
 
 pytestmark = pytest.mark.faults
@@ -393,3 +396,122 @@ def test_html_pages_work_under_their_own_csp(service: Session) -> None:
         if "text/html" in response.headers.get("content-type", ""):
             blocked[path] = _blocked_by_own_csp(response.text)
     assert {path: found for path, found in blocked.items() if found} == {}
+
+
+# --- S19: a byte order mark, or UTF-16, from the API or the sender ------------------------------
+
+
+class RawApi:
+    """A Dimmy API on 127.0.0.1 answering ``GET /items/{id}`` with the bytes stored for that id,
+    exactly as given (a BOM, UTF-16...), with ``Content-Type: application/json``."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[str, bytes] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = self.bodies.get(scope["path"].removeprefix("/items/"))
+        status = 200 if body is not None else 404
+        content = body if body is not None else b'{"detail":"Not Found"}'
+        head = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content))]
+        await send({"type": "http.response.start", "status": status, "headers": head})
+        await send({"type": "http.response.body", "body": content})
+
+
+def strict_json(body: bytes) -> Any:
+    """``body`` parsed as RFC 8259 JSON text exchanged between systems: UTF-8, no BOM (a
+    strict WMS's reading; ``json.loads`` of a ``str`` refuses a BOM)."""
+    return json.loads(body.decode("utf-8"))
+
+
+BOM_ENCODINGS = {
+    "utf-8 BOM": lambda text: b"\xef\xbb\xbf" + text.encode(),
+    "utf-16 BOM": lambda text: text.encode("utf-16"),
+    "utf-16-le": lambda text: text.encode("utf-16-le"),
+    "utf-16-be": lambda text: text.encode("utf-16-be"),
+    "utf-32 BOM": lambda text: text.encode("utf-32"),
+}
+
+
+def test_bom_and_utf16_items_are_stored_as_clean_json(
+    db_url: str, fake: FakeDimmy, tmp_path: Path
+) -> None:
+    """Items fetched with a BOM or in UTF-16/32, and webhook bodies sent so (signed over the
+    bytes as sent), are stored as UTF-8 JSON text: every read path and every delivery is valid
+    JSON, with the document's values (non-ASCII included) intact."""
+    api = RawApi()
+    docs: dict[str, dict[str, Any]] = {}
+    for name, encode in BOM_ENCODINGS.items():
+        [item_id] = fake.generate_items(1)
+        doc = {**fake.items[item_id], "note": f"{name}: caf\u00e9 \u2603"}
+        docs[item_id] = doc
+        api.bodies[item_id] = encode(json.dumps(doc, ensure_ascii=False))
+    sent: dict[str, dict[str, Any]] = {}  # items that come in the webhook body itself
+    for name in BOM_ENCODINGS:
+        [item_id] = fake.generate_items(1)
+        sent[item_id] = {**fake.items[item_id], "note": f"sent {name}: \u00fcber"}
+    with (
+        serve_in_thread(api, interface="asgi3") as api_url,
+        FakeWms() as wms,
+    ):
+        settings = make_settings(
+            db_url,
+            api_key=API_KEY,
+            api_url=api_url,
+            admin_token=ADMIN_TOKEN,
+            outputs=f"http:{wms.url},jsonl:{tmp_path / 'out.jsonl'}",
+            forward_secret=SECRET,
+        )
+        with serve_in_thread(create_app(settings)) as url, httpx.Client(base_url=url) as client:
+            ids_body = json.dumps({"item_ids": list(docs)})
+            for n, encode in enumerate(BOM_ENCODINGS.values()):
+                post_signed(url, f"ids-{n}", encode(ids_body), expect=204)
+            for n, (doc, encode) in enumerate(
+                zip(sent.values(), BOM_ENCODINGS.values(), strict=True)
+            ):
+                body = encode(json.dumps(doc, ensure_ascii=False))
+                post_signed(url, f"full-{n}", body, expect=204)
+            expected = {**docs, **sent}
+
+            def delivered() -> bool:
+                return len({r.headers.get("webhook-id") for r in wms.ok}) >= len(expected)
+
+            assert wait_until(delivered, 30, 0.1), client.get("/api/events", headers=AUTH).text
+            answers = {
+                f"/api/items/{item_id}": client.get(f"/api/items/{item_id}", headers=AUTH)
+                for item_id in expected
+            }
+            for path in ("/api/items", "/api/items.jsonl", "/api/events", "/api/deliveries"):
+                answers[path] = client.get(path, headers=AUTH, params={"limit": 500})
+            events = strict_json(answers["/api/events"].content)["events"]
+            for event in events:
+                path = f"/api/events/{event['id']}"
+                answers[path] = client.get(path, headers=AUTH)
+    for path, answer in answers.items():
+        assert answer.status_code == 200, (path, answer.text)
+        if path.endswith(".jsonl"):
+            lines = [strict_json(line) for line in answer.content.splitlines()]
+            assert {line["id"]: line["raw"] for line in lines} == expected
+        else:
+            strict_json(answer.content)
+    for item_id, doc in expected.items():
+        assert strict_json(answers[f"/api/items/{item_id}"].content)["raw"] == doc
+    listed = strict_json(answers["/api/items"].content)["items"]
+    assert {item["id"]: item["raw"] for item in listed} == expected
+    assert all(e["status"] == "done" for e in events), events
+    envelopes = [strict_json(r.body)["data"] for r in wms.ok]
+    assert {data["id"]: data["raw"] for data in envelopes} == expected
+    out = [strict_json(line) for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    assert {record["item_id"] for record in out} == set(expected)
+
+
+def test_a_signed_body_that_is_not_text_in_its_encoding_is_refused_with_the_reason(
+    sqlite_url: str,
+) -> None:
+    with serve_in_thread(create_app(make_settings(sqlite_url))) as url:
+        answer = post_signed(url, "bad-utf16", b'\xff\xfe{\x00"')  # a UTF-16 BOM, then odd bytes
+        good = post_signed(url, "bom-ids", b'\xef\xbb\xbf{"item_ids": []}')
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "body is not UTF-8, UTF-16 or UTF-32 text"}
+    assert good.status_code == 204

@@ -23,15 +23,21 @@ import pytest
 
 from dimmy_webhooks.config import load_settings
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
-from dimmy_webhooks.devtools.runner import free_port
+from dimmy_webhooks.devtools.runner import free_port, serve_in_thread
 from dimmy_webhooks.errors import ConfigError
+from dimmy_webhooks.observe.alerts import AlertPolicy, Notifier, conditions
+from dimmy_webhooks.observe.logs import redact_urls
+from dimmy_webhooks.observe.overview import Destination, Overview
 from dimmy_webhooks.signatures import parse_secrets, signed_headers
-from dimmy_webhooks.store import schema
+from dimmy_webhooks.store import OperatorCounts, schema
+from dimmy_webhooks.web import create_app
 
+from ..support.builders import make_settings
 from ..support.constants import ADMIN_TOKEN, API_KEY, CLI, KEY, SECRET
+from ..support.dashboard import dashboard_login
 from ..support.databases import query
-from ..support.processes import clean_env, wait_until
-from ..support.senders import signed
+from ..support.processes import clean_env, run, wait_until
+from ..support.senders import post_signed, signed
 
 pytestmark = pytest.mark.faults
 
@@ -227,3 +233,130 @@ def test_secret_errors_do_not_echo_the_secret(raw: str) -> None:
         return  # accepted (re-padding is allowed): nothing printed
     assert SECRET.removeprefix("whsec_")[:12] not in message, message
     assert raw not in message
+
+
+# --- S22: credentials in a URL's query ------------------------------------------------------
+
+QUERY_SECRETS = {
+    "api_key": "qs-api-key-111",
+    "token": "qs-token-222",
+    "access_token": "qs-access-333",
+    "key": "qs-key-444",
+    "secret": "qs-secret-555",
+    "signature": "qs-signature-666",
+    "sig": "qs-sig-777",
+    "password": "qs-password-888",
+    "auth": "qs-auth-999",
+}
+SECRET_QUERY = "&".join(f"{name}={value}" for name, value in QUERY_SECRETS.items())
+
+
+def query_leaks(text: str) -> list[str]:
+    return [name for name, value in QUERY_SECRETS.items() if value in text]
+
+
+@pytest.mark.parametrize("name", sorted(QUERY_SECRETS))
+def test_redact_urls_masks_every_credential_in_a_query(name: str) -> None:
+    url = f"https://wms.example/in?mode=a&{name}={QUERY_SECRETS[name]}#top"
+    assert redact_urls(url) == f"https://wms.example/in?mode=a&{name}=***#top"
+    first = f"http:https://wms.example/in?{name.upper()}={QUERY_SECRETS[name]}"
+    assert redact_urls(first) == f"http:https://wms.example/in?{name.upper()}=***"
+    assert redact_urls("items=500 msg_id=m1 reason=ok") == "items=500 msg_id=m1 reason=ok"
+
+
+def test_config_masks_credentials_in_url_queries(tmp_path: Path) -> None:
+    proc = run(
+        [CLI, "config"],
+        tmp_path,
+        DIMMY_API_URL=f"https://dimmy.api.example/v1?{SECRET_QUERY}",
+        DIMMY_OUTPUTS=f"http:https://wms.example/in?{SECRET_QUERY}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert query_leaks(out) == [], out
+    assert "DIMMY_API_URL=https://dimmy.api.example/v1?api_key=***&token=***" in out
+
+
+def test_alerts_mask_credentials_in_url_queries() -> None:
+    output = f"http:https://wms.example/in?{SECRET_QUERY}"
+    failing = Destination(
+        output, backlog=3, failing_since=0.0, last_error=f"POST {output}: ConnectError"
+    )
+    view = Overview(
+        at=10_000.0,
+        day_start=0,
+        counts=OperatorCounts({}, {}, 0, 0, 0, [], 0),
+        destinations=[failing],
+        problems=[f"destination {output} is failing: paused"],
+        failures=[],
+        api_key_refused=False,
+    )
+    policy = AlertPolicy(interval=1, repeat=600, signature_failures=5, destination_failing=300)
+    found = conditions(view, policy, signature_failures=0, gap_grew_at=None)
+    assert len(found) == 1
+    for fmt in ("slack", "json"):
+        notifier = Notifier(_no_look, _no_post, policy, fmt=fmt)
+        body = json.dumps(notifier._body(found[0].key, "firing", found[0].summary, 10_000.0))
+        assert query_leaks(body) == [], body
+        assert "api_key=***" in body
+
+
+async def _no_look() -> tuple[Overview, int]:  # pragma: no cover - never called
+    raise AssertionError
+
+
+async def _no_post(body: dict[str, Any]) -> None:  # pragma: no cover - never called
+    raise AssertionError
+
+
+def test_urls_shown_by_the_service_mask_credentials_in_their_query(
+    db_url: str, fake: FakeDimmy, fake_url: str
+) -> None:
+    """An output whose URL carries credentials in its query fails every delivery (nothing
+    listens): its name and its errors are in ``/metrics`` labels, the ledger, the overview,
+    the dashboard and the unauthenticated ``/readyz``; none shows a credential."""
+    ids = fake.generate_items(4)
+    output = f"http:http://127.0.0.1:{free_port()}/in?{SECRET_QUERY}"
+    settings = make_settings(
+        db_url,
+        api_key=API_KEY,
+        api_url=fake_url,
+        admin_token=ADMIN_TOKEN,
+        outputs=output,
+        forward_secret=SECRET,
+        retry_base_seconds=0.05,
+        max_attempts=2,
+    )
+    right = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with serve_in_thread(create_app(settings)) as url, httpx.Client(base_url=url) as client:
+        body = json.dumps({"item_ids": ids}).encode()
+        assert post_signed(url, "m-s22", body).status_code == 204
+
+        ready: list[httpx.Response] = []
+
+        def paused() -> bool:  # the destination's breaker opened: /readyz names it
+            ready[:] = [client.get("/readyz")]
+            return "failing" in ready[0].text
+
+        assert wait_until(paused, 30, 0.1), ready[0].text
+        answers = {path: client.get(path, headers=right) for path in _SHOWN_PATHS}
+        answers["/readyz"] = ready[0]
+        dashboard_login(client)
+        answers["/"] = client.get("/")
+        answers["/ui/items/{id}"] = client.get(f"/ui/items/{ids[0]}")
+    for path, answer in answers.items():
+        assert answer.status_code == 200, (path, answer.text)
+        assert query_leaks(answer.text) == [], (path, answer.text)
+    assert "api_key=***" in answers["/metrics"].text
+    assert "api_key=***" in answers["/readyz"].text
+    assert "api_key=***" in answers["/api/deliveries"].text
+    assert "api_key=***" in answers["/"].text
+
+
+_SHOWN_PATHS = (
+    "/metrics",
+    "/api/deliveries",
+    "/api/overview",
+    "/api/deliveries.jsonl",
+    "/api/events/1/work",
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import gzip
 import json
 import logging
 import random
@@ -26,7 +27,7 @@ from dimmy_webhooks.errors import (
     UpstreamError,
 )
 from dimmy_webhooks.ratelimit import backoff_delay, parse_retry_after
-from dimmy_webhooks.upstream.client import DEFAULT_429_PAUSE, DimmyClient
+from dimmy_webhooks.upstream.client import DEFAULT_429_PAUSE, ERROR_BODY_LIMIT, DimmyClient
 
 from ..support.fakes import FakeTime, reset_fake
 
@@ -440,3 +441,125 @@ async def test_list_items_window_and_paging(fake: FakeDimmy, url: str) -> None:
         assert [item["_id"] for item in page] == ids[10:15]
         with pytest.raises(PermanentUpstream, match="422"):
             await client.list_items(skip=-1)
+
+
+# -- answer size caps and text encodings (S16, S19) -------------------------------------------
+
+
+class Streamed:
+    """An answer body streamed in ``chunk``-byte pieces up to ``total`` bytes, counting what was
+    pulled from it (a body that is never read whole)."""
+
+    def __init__(self, head: bytes, total: int, chunk: int = 64 * 1024) -> None:
+        self.head, self.total, self.chunk = head, total, chunk
+        self.pulled = 0
+
+    async def __aiter__(self) -> Any:
+        yield self.head
+        self.pulled = len(self.head)
+        while self.pulled < self.total:
+            self.pulled += self.chunk
+            yield b" " * self.chunk
+
+
+@pytest.mark.parametrize("declared", [False, True])
+async def test_an_item_over_the_cap_is_permanent_and_read_no_further(declared: bool) -> None:
+    cap = 256 * 1024
+    body = Streamed(b'{"_id": "' + ITEM_ID.encode() + b'", "blob": "', total=200 * 1024 * 1024)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"content-length": str(body.total)} if declared else {}
+        return httpx.Response(200, content=body, headers=headers)
+
+    async with mock_client(handler, max_item_bytes=cap) as client:
+        with pytest.raises(PermanentUpstream) as caught:
+            await client.get_item(ITEM_ID)
+    assert caught.value.reason == (
+        f"GET /items/{ITEM_ID}: answer larger than {cap} bytes (the cap: DIMMY_MAX_ITEM_BYTES)"
+    )
+    assert body.pulled <= (0 if declared else cap + body.chunk)
+
+
+async def test_a_page_over_the_cap_is_permanent_and_read_no_further() -> None:
+    cap = 1024 * 1024
+    body = Streamed(b"[", total=200 * 1024 * 1024)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body)
+
+    async with mock_client(handler, max_page_bytes=cap) as client:
+        with pytest.raises(PermanentUpstream, match="DIMMY_MAX_PAGE_BYTES"):
+            await client.list_items(start_date=START, end_date=START + timedelta(hours=1))
+    assert body.pulled <= cap + body.chunk
+
+
+async def test_an_item_at_the_cap_is_read_and_a_compressed_one_counts_decoded() -> None:
+    doc = {"_id": ITEM_ID, "blob": "x" * 4000}
+    raw = json.dumps(doc).encode()
+
+    def plain(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=raw)
+
+    def gzipped(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=gzip.compress(raw), headers={"content-encoding": "gzip"})
+
+    async with mock_client(plain, max_item_bytes=len(raw)) as client:
+        assert await client.get_item(ITEM_ID) == raw
+    async with mock_client(gzipped, max_item_bytes=len(raw)) as client:
+        assert await client.get_item(ITEM_ID) == raw
+    async with mock_client(gzipped, max_item_bytes=len(raw) - 1) as client:
+        with pytest.raises(PermanentUpstream, match="larger than"):
+            await client.get_item(ITEM_ID)  # 4 KB on the wire, over the cap once decoded
+
+
+async def test_a_huge_error_answer_is_read_only_for_its_detail() -> None:
+    body = Streamed(b'{"detail": "overloaded', total=200 * 1024 * 1024)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, content=body)
+
+    async with mock_client(handler) as client:
+        with pytest.raises(TransientUpstream) as caught:
+            await client.get_item(ITEM_ID)
+    assert caught.value.status == 503
+    assert caught.value.reason.startswith(f'GET /items/{ITEM_ID}: HTTP 503 {{"detail": "overloaded')
+    assert body.pulled <= ERROR_BODY_LIMIT + body.chunk
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda text: b"\xef\xbb\xbf" + text.encode(),
+        lambda text: text.encode("utf-16"),
+        lambda text: text.encode("utf-16-le"),
+        lambda text: text.encode("utf-16-be"),
+        lambda text: text.encode("utf-32"),
+    ],
+    ids=["utf-8 BOM", "utf-16 BOM", "utf-16-le", "utf-16-be", "utf-32 BOM"],
+)
+async def test_an_item_with_a_bom_or_in_utf16_comes_back_as_utf8(
+    encode: Callable[[str], bytes],
+) -> None:
+    text = json.dumps({"_id": ITEM_ID, "note": "caf\u00e9 \u2603"}, ensure_ascii=False)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=encode(text))
+
+    async with mock_client(handler) as client:
+        raw = await client.get_item(ITEM_ID)
+    assert raw == text.encode()
+    assert json.loads(raw.decode("utf-8"))["note"] == "caf\u00e9 \u2603"  # a str: no BOM allowed
+
+
+async def test_an_item_that_is_not_text_in_its_encoding_is_permanent() -> None:
+    # UTF-16 with a lone surrogate escaped by json.loads' lenient decoding: not storable text
+    body = '{"_id": "ID", "x": "\ud800"}'.replace("ID", ITEM_ID).encode(
+        "utf-16-le", "surrogatepass"
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body)
+
+    async with mock_client(handler) as client:
+        with pytest.raises(PermanentUpstream, match="not UTF-8, UTF-16 or UTF-32"):
+            await client.get_item(ITEM_ID)

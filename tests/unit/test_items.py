@@ -14,10 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dimmy_webhooks.items import (
+    clean_json_bytes,
     format_timestamp,
+    json_text,
     normalise,
     normalise_timestamp,
     to_api_dict,
+    to_api_json,
+    to_stored_item,
     version_of,
 )
 from dimmy_webhooks.models import NormalisedItem, StoredItem
@@ -623,3 +627,37 @@ def test_normalise_never_raises_and_keeps_its_invariants(
     for value in (got.owner_id, got.scanner_account_id, got.flow_id):
         assert value is None or isinstance(value, str)
     assert version_of(document, got) == version_of(json.loads(json.dumps(document)), got)
+
+
+# -- JSON text from outside: a BOM, UTF-16, UTF-32 (S19) ----------------------------------------
+
+
+@given(
+    doc=st.dictionaries(st.text(max_size=5), st.text(max_size=10), max_size=4),
+    encoding=st.sampled_from(
+        ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"]
+    ),
+)
+def test_json_text_is_the_document_without_a_bom(doc: dict[str, str], encoding: str) -> None:
+    text = json.dumps(doc, ensure_ascii=False)
+    try:
+        body = text.encode(encoding)
+    except UnicodeEncodeError:  # a lone surrogate cannot be written in this encoding
+        return
+    assert json_text(body) == text
+    assert clean_json_bytes(body) == text.encode()
+    assert json.loads(clean_json_bytes(body).decode("utf-8")) == doc
+
+
+def test_clean_json_bytes_keeps_clean_utf8_as_it_is() -> None:
+    body = b'{"_id": "x", "a": "caf\xc3\xa9"}'
+    assert clean_json_bytes(body) is body
+    with pytest.raises(UnicodeDecodeError):
+        clean_json_bytes(b"\xff\xfe{")  # UTF-16 cut in the middle of a character
+
+
+def test_a_stored_item_never_keeps_a_bom() -> None:
+    raw = "\ufeff" + json.dumps(EXAMPLE)
+    item = to_stored_item(EXAMPLE, raw, fetched_at=0.0)
+    assert item.raw == raw[1:]
+    assert json.loads(to_api_json(item).decode("utf-8"))["raw"] == EXAMPLE

@@ -75,6 +75,7 @@ def poll(once: bool, deliver: bool, timeout: float) -> None:
     click.echo(
         f"read {result.read} items in {result.pages} pages, stored {result.stored} new or "
         f"newer; {report.missed} never arrived by webhook (GET /api/reconciliation)"
+        + (f"; {result.refused} refused (logged with the reason)" if result.refused else "")
         + (f"; {left} deliveries still queued" if left else "")
     )
 

@@ -131,6 +131,21 @@ class Settings(BaseSettings):
     api_timeout_seconds: float = Field(
         default=10.0, gt=0, description="Timeout of one Dimmy API request."
     )
+    max_item_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest item read from the Dimmy API (`GET /items/{id}`, or one item of a "
+        "`GET /items` page, as JSON text); the answer is streamed and reading stops past it. An "
+        "item over it is not stored: its fetch is dead with the reason (a polled one is logged "
+        "as refused).",
+    )
+    max_page_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Largest `GET /items` page read from the Dimmy API; the answer is streamed "
+        "and reading stops past it, and the poll pass fails with the reason (lower "
+        "DIMMY_POLL_PAGE_SIZE, or raise this). At least DIMMY_MAX_ITEM_BYTES.",
+    )
     api_concurrency: int = Field(
         default=64, ge=1, le=1024, description="Dimmy API requests in flight at most."
     )
@@ -369,6 +384,14 @@ class Settings(BaseSettings):
                 f"{SMALL_BODY_RESERVE} above {SMALL_BODY_BYTES}), or a body of the largest size "
                 "would never fit"
             )
+        return value
+
+    @field_validator("max_page_bytes")
+    @classmethod
+    def _page_fits_an_item(cls, value: int, info: ValidationInfo) -> int:
+        max_item = info.data.get("max_item_bytes")
+        if max_item is not None and value < max_item:
+            raise ValueError(f"must be at least DIMMY_MAX_ITEM_BYTES ({max_item})")
         return value
 
     @field_validator("api_rate_max")

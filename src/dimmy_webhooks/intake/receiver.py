@@ -3,7 +3,8 @@ verify its signature, commit to the inbox, then answer.
 
 Answers (the public contract, as the README's HTTP interface table lists it): 204 accepted or
 duplicate; 401 signature, timestamp or headers rejected; 400 not JSON (or nested deeper than
-``DIMMY_MAX_JSON_DEPTH``) after a valid signature;
+``DIMMY_MAX_JSON_DEPTH``) after a valid signature; a body with a byte order mark, or in UTF-16
+or UTF-32, is stored as UTF-8 JSON text without the mark (the signature is over the bytes sent);
 413 body over the cap (decided while reading, never after buffering it all); 408 body not
 received in time; 503 when the inbox cannot commit, or when the bodies held unverified would
 exceed their budget (both with ``Retry-After``: the sender retries). Nothing is fetched here:
@@ -33,6 +34,7 @@ from dimmy_webhooks.config import SMALL_BODY_BYTES, SMALL_BODY_RESERVE
 from dimmy_webhooks.errors import StoreError, VerificationError
 from dimmy_webhooks.failpoints import NONE as NO_FAILPOINTS
 from dimmy_webhooks.failpoints import Failpoints
+from dimmy_webhooks.items import clean_json_bytes
 from dimmy_webhooks.models import (
     ITEMS_SCANNED,
     IncomingEvent,
@@ -98,6 +100,18 @@ def parse_event(body: bytes, max_depth: int) -> tuple[str, int | None]:
         raise BodyRejected(reason, reason)
     event_type = classify_event(payload)
     return event_type, len(payload["item_ids"]) if event_type == ITEMS_SCANNED else None
+
+
+def clean_body(body: bytes) -> bytes:
+    """A verified body as UTF-8 without a byte order mark (a UTF-8 BOM is dropped, UTF-16 and
+    UTF-32 are decoded, as :func:`json.loads` would read them); the same bytes when it already
+    is. Raises :class:`BodyRejected` when it is not text in the encoding its first bytes tell.
+    """
+    try:
+        return clean_json_bytes(body)
+    except ValueError:  # UnicodeDecodeError
+        reason = "body is not UTF-8, UTF-16 or UTF-32 text"
+        raise BodyRejected(reason, reason) from None
 
 
 class BodyTooLarge(Exception):
@@ -303,6 +317,9 @@ class Receiver:
     ) -> Answer:
         fields: dict[str, object] = {"msg_id": message.msg_id}
         try:
+            # the signature was over the bytes as sent; what is stored (and later spliced into
+            # JSON answers and deliveries) is UTF-8 JSON text without a byte order mark
+            body = clean_body(body)
             event_type, item_count = parse_event(body, self.max_json_depth)
         except BodyRejected as exc:
             # retrying cannot help: a 4xx tells the sender so (a 5xx would be retried for 27 h)

@@ -232,6 +232,8 @@ class Notifier:
         return True
 
     def _body(self, key: str, state: str, summary: str, now: float) -> dict[str, Any]:
+        # a condition names an output by its URL, and a summary quotes errors: mask credentials
+        key, summary = redact_urls(key), redact_urls(summary)
         if self.fmt == "json":
             return {
                 "source": "dimmy-webhooks",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dimmy_webhooks.errors import StoreError
+from dimmy_webhooks.observe.logs import redact_urls
 from dimmy_webhooks.observe.overview import Status
 from dimmy_webhooks.store import Store
 
@@ -31,6 +32,8 @@ async def check_readiness(store: Store, status: Status) -> Readiness:
         await store.ping()
     except StoreError as exc:
         failures.insert(0, f"store unreachable: {exc}")
+    # unauthenticated: a problem quoting a URL never shows its credentials
+    problems = [redact_urls(p) for p in status.problems]
     if failures:
-        return Readiness("unavailable", failures + list(status.problems))
-    return Readiness("degraded" if status.problems else "ready", list(status.problems))
+        return Readiness("unavailable", [redact_urls(f) for f in failures] + problems)
+    return Readiness("degraded" if problems else "ready", problems)

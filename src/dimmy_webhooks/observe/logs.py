@@ -8,8 +8,11 @@ since values come from outside (paths, ids, headers, server answers):
 - one record is one line: control characters (newlines, carriage returns, escapes) in the
   message and the fields are written escaped, and the lines of a traceback are indented under a
   ``|``, so nothing a client sends can forge a line that looks like ours;
-- a password inside a URL (``scheme://user:password@host``, ``password=...`` in a query) is
-  written as ``***`` (:func:`redact_urls`).
+- a credential inside a URL (``scheme://user:password@host``, or a query parameter such as
+  ``api_key=``, ``token=``, ``access_token=``, ``key=``, ``secret=``, ``signature=``, ``sig=``,
+  ``password=``, ``auth=``) is written as ``***`` (:func:`redact_urls`, the one function every
+  place that shows a URL uses: ``config``, ``/metrics``, the ledger, the dashboard, alerts and
+  ``/readyz``).
 """
 
 from __future__ import annotations
@@ -23,14 +26,27 @@ from typing import Any
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/@:]*:)[^\s/]*@")
-_PASSWORD_PARAM = re.compile(r"(?i)([?&;\s]password=)[^&\s]*")
+_PASSWORD_PARAM = re.compile(r"(?i)(\spassword=)[^&\s]*")  # a libpq key=value string
+# a query parameter whose name says it carries a credential: api_key, apikey, key, token,
+# access_token, secret, client_secret, signature, sig, password, passwd, pwd, auth, oauth_*,
+# credential(s), session(id), x-amz-signature, ...; its value (up to the next ``&``, ``#``,
+# space or quote) is masked
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&;][^=&;#\s\"'<>]*(?:key|token|secret|sig|pass|pwd|auth|credential|session)"
+    r"[^=&;#\s\"'<>]*=)[^&;#\s\"'<>]*"
+)
 
 
 def redact_urls(text: str) -> str:
-    """``text`` with every password inside a URL replaced by ``***`` (user names are kept)."""
-    if "://" not in text and "password=" not in text.lower():
+    """``text`` with every credential inside a URL replaced by ``***``: the password of
+    ``user:password@`` (the user name is kept) and the value of a query parameter named like a
+    credential (``?api_key=``, ``&token=``, ``access_token``, ``key``, ``secret``,
+    ``signature``, ``sig``, ``password``, ``auth``... : any name containing ``key``, ``token``,
+    ``secret``, ``sig``, ``pass``, ``pwd``, ``auth``, ``credential`` or ``session``)."""
+    if "://" not in text and "=" not in text:
         return text
     text = _URL_PASSWORD.sub(r"\1***@", text)
+    text = _SECRET_PARAM.sub(r"\1***", text)
     return _PASSWORD_PARAM.sub(r"\1***", text)
 
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from dimmy_webhooks.items import format_timestamp
+from dimmy_webhooks.observe.logs import redact_urls
 from dimmy_webhooks.store import OperatorCounts, Store
 
 RECENT_ATTEMPTS = 50  # ledger rows read per output to tell whether it is failing
@@ -131,19 +132,19 @@ class Overview:
             "oldest_due_age_seconds": self.oldest_due_by_kind(),
             "destinations": [
                 {
-                    "output": d.output,
+                    "output": redact_urls(d.output),
                     "backlog": d.backlog,
                     "dead": d.dead,
                     "oldest_due_age_seconds": d.oldest_due_age,
                     "last_success_at": _iso(d.last_success_at),
                     "failing_since": _iso(d.failing_since),
-                    "last_error": d.last_error,
+                    "last_error": redact_urls(d.last_error) if d.last_error else d.last_error,
                 }
                 for d in self.destinations
             ],
             "reconciliation_gap": self.counts.unwebhooked,
-            "problems": self.problems,
-            "failures": self.failures,
+            "problems": [redact_urls(p) for p in self.problems],
+            "failures": [redact_urls(f) for f in self.failures],
             "api_key_refused": self.api_key_refused,
             "webhooks": self.webhooks,
             "signature_failures_last_5_minutes": self.signature_failures_recent,

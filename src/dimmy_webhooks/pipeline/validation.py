@@ -86,6 +86,7 @@ class Intake:
     weight_unit: str = "kg"
     dim_weight_divisor: float | None = None
     rules: Rules = field(default_factory=Rules)
+    max_item_bytes: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Intake:
@@ -94,11 +95,20 @@ class Intake:
             weight_unit=settings.weight_unit,
             dim_weight_divisor=settings.dim_weight_divisor,
             rules=Rules.from_settings(settings),
+            max_item_bytes=settings.max_item_bytes,
         )
 
     def prepare(self, doc: Mapping[str, Any], raw: str, *, fetched_at: float) -> StoredItem:
         """The item version to store (held, with the reasons, when it breaks a rule). Raises
-        ``ValueError`` for a document that is not an item."""
+        ``ValueError`` for a document that is not an item, or whose text ``raw`` is longer than
+        ``max_item_bytes`` in UTF-8 (``DIMMY_MAX_ITEM_BYTES``)."""
+        cap = self.max_item_bytes
+        if (
+            cap is not None
+            and len(raw) * 4 > cap
+            and (size := len(raw.encode(errors="surrogatepass"))) > cap
+        ):
+            raise ValueError(f"item of {size} bytes, larger than DIMMY_MAX_ITEM_BYTES ({cap})")
         item = to_stored_item(
             doc,
             raw,

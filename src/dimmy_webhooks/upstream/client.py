@@ -9,8 +9,11 @@ the caller sees (all from :mod:`dimmy_webhooks.errors`)::
     │                         or timeout, else 408, 429 or 5xx; ``retry_after`` (seconds) is set
     │                         from a 429's Retry-After, and the whole client then holds every
     │                         request until that time has passed (the limit is on the key).
-    ├── PermanentUpstream     give up on this id or request: 404, 422, any other 4xx, a 3xx, or a
-    │                         200 whose body is not the expected JSON (``status`` 200).
+    ├── PermanentUpstream     give up on this id or request: 404, 422, any other 4xx, a 3xx, a
+    │                         200 whose body is not the expected JSON (``status`` 200), or one
+    │                         larger than its cap (``max_item_bytes`` for an item,
+    │                         ``max_page_bytes`` for a page: the body is streamed and reading
+    │                         stops past the cap, so a huge answer never sits in memory).
     └── UpstreamAuthError     stop fetching and tell an operator: the key was refused (401/403).
                               ``client.auth_failed`` keeps the reason until a request succeeds.
 
@@ -42,6 +45,7 @@ import httpx
 
 from dimmy_webhooks.config import Settings
 from dimmy_webhooks.errors import PermanentUpstream, TransientUpstream, UpstreamAuthError
+from dimmy_webhooks.items import clean_json_bytes
 from dimmy_webhooks.models import nested_deeper_than, valid_item_id
 from dimmy_webhooks.ratelimit import Pacer, parse_retry_after
 from dimmy_webhooks.upstream.pacing import AdaptiveRate
@@ -49,6 +53,9 @@ from dimmy_webhooks.upstream.pacing import AdaptiveRate
 logger = logging.getLogger(__name__)
 
 DETAIL_LIMIT = 200
+ERROR_BODY_LIMIT = 64 * 1024  # bytes of a non-2xx answer read: its detail is all we keep
+DEFAULT_MAX_ITEM_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_PAGE_BYTES = 32 * 1024 * 1024
 DEFAULT_429_PAUSE = 1.0  # seconds the client holds requests after a 429 without Retry-After
 RateMode = Literal["fixed", "adaptive"]
 
@@ -97,6 +104,40 @@ def _validation_entry(entry: object) -> str:
     return str(entry)
 
 
+async def _read_capped(response: httpx.Response, limit: int) -> httpx.Response | None:
+    """The streamed ``response`` read into memory, at most ``limit`` bytes of its decoded
+    body. Past that (or a ``Content-Length`` over it), a 2xx gives ``None``, the rest never
+    read; any other answer is cut at :data:`ERROR_BODY_LIMIT` (only its detail is kept). The
+    answer returned carries the body read, without its content encoding."""
+    ok = 200 <= response.status_code < 300
+    if not ok:
+        limit = min(limit, ERROR_BODY_LIMIT)
+    declared = response.headers.get("content-length", "")
+    if ok and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            if ok:
+                return None
+            break
+    headers = [
+        (name, value)
+        for name, value in response.headers.multi_items()
+        if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    body = b"".join(chunks)
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=body[:limit] if size > limit else body,
+        request=response.request,
+    )
+
+
 _CONNECTIONS_PER_POOL = 4
 
 
@@ -109,6 +150,9 @@ class DimmyClient:
     rate starts there and moves between ``rate_min`` and ``rate_max`` (:attr:`adaptive`, bursts
     of a tenth of a second's worth). ``clock``/``sleep`` (monotonic) and
     ``wall_clock`` (Unix time, for HTTP-date Retry-After) are injectable for tests;
+    ``max_item_bytes`` and ``max_page_bytes`` cap the body of one ``GET /items/{id}`` and of one
+    ``GET /items`` page (decoded, after any content encoding); an error answer is read up to
+    :data:`ERROR_BODY_LIMIT` bytes.
     ``transport`` lets tests answer with :class:`httpx.MockTransport`. Use as ``async with``.
     """
 
@@ -125,6 +169,8 @@ class DimmyClient:
         rate_max: float = 1000.0,
         max_retry_after: float = 900.0,
         max_json_depth: int = 64,
+        max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
+        max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -138,6 +184,8 @@ class DimmyClient:
         self._total_timeout = 3 * timeout
         self._max_retry_after = max_retry_after
         self._max_json_depth = max_json_depth
+        self._max_item_bytes = max_item_bytes
+        self._max_page_bytes = max_page_bytes
         self._clock = clock
         self._sleep = sleep
         self._wall_clock = wall_clock
@@ -214,7 +262,8 @@ class DimmyClient:
     # -- the API ---------------------------------------------------------------------------
 
     async def get_item(self, item_id: str) -> bytes:
-        """``GET /items/{id}``: the response body exactly as received.
+        """``GET /items/{id}``: the response body as UTF-8 JSON text (as received, less a byte
+        order mark; a UTF-16 or UTF-32 body decoded), at most ``max_item_bytes`` long.
 
         Checked to be a JSON object whose ``_id`` is ``item_id`` (else :class:`PermanentUpstream`).
         An ``item_id`` that :func:`~dimmy_webhooks.models.valid_item_id` refuses is a
@@ -223,14 +272,19 @@ class DimmyClient:
         if not valid_item_id(item_id):  # never let an id choose another path
             raise PermanentUpstream(f"GET /items/{{id}}: {item_id[:80]!r} is not a valid item id")
         path = f"/items/{item_id}"
-        response = await self._request("GET", path)
+        response = await self._request("GET", path, limit=self._max_item_bytes)
         document = self._json(response, "GET", path)
         if not isinstance(document, dict) or document.get("_id") != item_id:
             raise PermanentUpstream(
                 self._redact(f"GET {path}: unexpected body (not an item with this _id)"),
                 status=response.status_code,
             )
-        return response.content
+        try:
+            return clean_json_bytes(response.content)
+        except ValueError:  # json.loads let lone surrogates pass; as text they cannot be stored
+            raise PermanentUpstream(
+                f"GET {path}: body is not UTF-8, UTF-16 or UTF-32 text", status=200
+            ) from None
 
     async def list_items(
         self,
@@ -257,7 +311,9 @@ class DimmyClient:
     async def _items(
         self, method: str, path: str, *, params: dict[str, Any] | None = None, bulk: bool = False
     ) -> list[dict[str, Any]]:
-        response = await self._request(method, path, params=params, bulk=bulk)
+        response = await self._request(
+            method, path, params=params, bulk=bulk, limit=self._max_page_bytes
+        )
         items = self._json(response, method, path)
         if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
             raise PermanentUpstream(
@@ -294,10 +350,11 @@ class DimmyClient:
         params: dict[str, Any] | None = None,
         body: Any = None,
         bulk: bool = False,
+        limit: int = ERROR_BODY_LIMIT,
     ) -> httpx.Response:
         if bulk:
             await self._live_idle.wait()  # a live request waiting for its turn goes first
-            return await self._in_turn(method, path, params, body)
+            return await self._in_turn(method, path, params, body, limit=limit)
         self._live_waiting += 1
         self._live_idle.clear()
         waiting = True
@@ -311,7 +368,7 @@ class DimmyClient:
                     self._live_idle.set()
 
         try:
-            return await self._in_turn(method, path, params, body, on_turn=turn)
+            return await self._in_turn(method, path, params, body, on_turn=turn, limit=limit)
         finally:
             turn()
 
@@ -322,8 +379,10 @@ class DimmyClient:
         params: dict[str, Any] | None,
         body: Any,
         on_turn: Callable[[], None] | None = None,
+        limit: int = ERROR_BODY_LIMIT,
     ) -> httpx.Response:
-        """One request once the concurrency cap, the rate limit and any 429 pause allow it."""
+        """One request once the concurrency cap, the rate limit and any 429 pause allow it,
+        its body read up to ``limit`` bytes (:func:`_read_capped`)."""
         async with self._semaphore:
             await self._wait_out_pause()
             await self._limiter.acquire()
@@ -338,7 +397,12 @@ class DimmyClient:
             try:
                 async with asyncio.timeout(self._total_timeout):
                     http = next(self._next_pool)
-                    response = await http.request(method, path, params=params, json=body)
+                    request = http.build_request(method, path, params=params, json=body)
+                    streamed = await http.send(request, stream=True)
+                    try:
+                        response = await _read_capped(streamed, limit)
+                    finally:
+                        await streamed.aclose()
             except (httpx.TimeoutException, TimeoutError) as exc:
                 self._observed(path, "timeout", started)
                 if adaptive is not None:  # a timeout is the slowest answer of all
@@ -349,9 +413,15 @@ class DimmyClient:
                 self._observed(path, "transport_error", started)
                 reason = self._redact(f"{method} {path}: {type(exc).__name__}: {exc}")
                 raise TransientUpstream(reason[: DETAIL_LIMIT + 100]) from exc
-            self._observed(path, str(response.status_code), started)
-            if adaptive is not None and response.status_code != 429:
+            self._observed(path, str(streamed.status_code), started)
+            if adaptive is not None and streamed.status_code != 429:
                 adaptive.answered(self._clock() - sent_at)
+        if response is None:  # a 2xx over the cap: the same answer will come next time
+            cap = "DIMMY_MAX_PAGE_BYTES" if path == "/items" else "DIMMY_MAX_ITEM_BYTES"
+            raise PermanentUpstream(
+                f"{method} {path}: answer larger than {limit} bytes (the cap: {cap})",
+                status=streamed.status_code,
+            )
         self._classify(method, path, response, sent_at)
         return response
 
@@ -418,5 +488,7 @@ def client_from_settings(
         rate_min=settings.api_rate_min,
         rate_max=settings.api_rate_max,
         max_json_depth=settings.max_json_depth,
+        max_item_bytes=settings.max_item_bytes,
+        max_page_bytes=settings.max_page_bytes,
         observe=observe,
     )

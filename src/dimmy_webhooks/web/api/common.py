@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, TypeAdapter
 
 from dimmy_webhooks.models import ITEM_ID_PATTERN, DeliveryAttempt, EventRecord
+from dimmy_webhooks.observe.logs import redact_urls
 from dimmy_webhooks.store import ItemFilter
 from dimmy_webhooks.web.deps import Admin
 
@@ -179,6 +180,9 @@ def attempt_dict(attempt: DeliveryAttempt) -> dict[str, Any]:
     out = dataclasses.asdict(attempt)
     out.pop("job_id")
     out["started_at"] = iso(attempt.started_at)
+    out["output"] = redact_urls(attempt.output)  # the name is the URL: never its credentials
+    if attempt.error is not None:
+        out["error"] = redact_urls(attempt.error)
     return out
 
 

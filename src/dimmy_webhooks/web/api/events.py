@@ -13,6 +13,7 @@ from fastapi import HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
 from dimmy_webhooks.models import EventRecord
+from dimmy_webhooks.observe.logs import redact_urls
 from dimmy_webhooks.store import ReplayMode, Store
 from dimmy_webhooks.web.api.common import (
     NOT_FOUND,
@@ -131,7 +132,14 @@ async def event_work(event_id: EventId, store: StoreDep) -> dict[str, Any]:
     event = await _event(store, event_id)
     work = await store.event_work(event_id)
     jobs = [
-        {**dataclasses.asdict(job), "run_at": iso(job.run_at), "updated_at": iso(job.updated_at)}
+        {
+            **dataclasses.asdict(job),
+            "run_at": iso(job.run_at),
+            "updated_at": iso(job.updated_at),
+            # an output's name is its URL: never show the credentials in it
+            "output": redact_urls(job.output) if job.output else job.output,
+            "last_error": redact_urls(job.last_error) if job.last_error else job.last_error,
+        }
         for job in work.jobs
     ]
     return {
@@ -149,6 +157,7 @@ async def event_work(event_id: EventId, store: StoreDep) -> dict[str, Any]:
     responses={200: {"content": {"application/json": {}}, "description": "the body"}, **NOT_FOUND},
 )
 async def event_body(event_id: EventId, store: StoreDep) -> Response:
-    """The event's body exactly as received (verified JSON)."""
+    """The event's body as received (verified JSON; stored as UTF-8 without a byte order mark
+    when it came with one, or in UTF-16/32)."""
     body = await or_404(store.get_event_body(event_id), "event not found")
     return Response(body, media_type="application/json")
