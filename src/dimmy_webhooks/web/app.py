@@ -39,6 +39,7 @@ from dimmy_webhooks.web.auth import (
     metrics_guard,
 )
 from dimmy_webhooks.web.deps import OverviewDep, ServicesDep
+from dimmy_webhooks.web.queries import QueryGuard
 from dimmy_webhooks.web.sessions import Sessions
 
 log = logging.getLogger("dimmy_webhooks.web")
@@ -128,7 +129,9 @@ def create_app(
     app.include_router(api_router)
     dashboard.install(app)
     # outermost last: the webhook goes straight to the receiver (its signature is its access
-    # control); everything else passes the Host and cross-site checks, under the headers
+    # control); everything else passes the Host and cross-site checks, under the headers, and
+    # the admin token before its query string is looked at
+    app.add_middleware(QueryGuard)
     app.add_middleware(TokenFirst)
     app.add_middleware(
         AccessGuard,
