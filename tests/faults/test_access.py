@@ -21,6 +21,7 @@ from dimmy_webhooks.web.auth import FailureThrottle
 
 from ..support.builders import ITEM_ID, make_settings
 from ..support.constants import ADMIN_TOKEN, CLI, SECRET
+from ..support.dashboard import dashboard_login
 from ..support.databases import query
 from ..support.processes import run
 from ..support.senders import post_signed
@@ -158,11 +159,72 @@ def test_repeated_wrong_tokens_are_slowed_down_per_client(guarded_service: str) 
         throttled = http.get("/api/events", headers=wrong)
         assert throttled.status_code == 429
         assert 1 <= int(throttled.headers["retry-after"]) <= 60
-        # meanwhile even the right token waits (a guess that happens to be right learns nothing)
-        assert http.get("/api/events", headers=right).status_code == 429
         # another client (its address as a loopback proxy reports it) is not held back
         elsewhere = {**right, "x-forwarded-for": "203.0.113.7"}
         assert http.get("/api/events", headers=elsewhere).status_code == 200
+
+
+# S24 ---------------------------------------------------------------------------------------
+
+METRICS_TOKEN = "metrics-token-abcdefghijklmnopqrstuvwxyz-0123456789"  # strong
+STRONG_TOKEN = "admin-token-ZYXWVUTSRQPONMLKJIHGFEDCBA-9876543210"
+
+
+@pytest.fixture
+def shared_address_service(sqlite_url: str) -> Iterator[str]:
+    """The service behind a proxy that does not forward addresses: every client is one."""
+    settings = make_settings(sqlite_url, admin_token=ADMIN_TOKEN, metrics_token=METRICS_TOKEN)
+    with serve_in_thread(create_app(settings, run_worker=False)) as url:
+        yield url
+
+
+def test_wrong_guesses_never_lock_the_operator_out(shared_address_service: str) -> None:
+    limit = FailureThrottle().limit
+    wrong = {"Authorization": "Bearer wrong-guess"}
+    right = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    metrics = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    with (
+        httpx.Client(base_url=shared_address_service) as operator,
+        httpx.Client(base_url=shared_address_service) as guesser,
+    ):
+        dashboard_login(operator)
+        codes = [guesser.get("/api/events", headers=wrong).status_code for _ in range(limit)]
+        assert codes == [401] * limit
+        # the guesser is slowed down, on /api, /metrics and the login alike
+        for path in ("/api/events", "/metrics"):
+            throttled = guesser.get(path, headers=wrong)
+            assert throttled.status_code == 429, path
+            assert 1 <= int(throttled.headers["retry-after"]) <= 60
+        # the operator, from the same address, is not: its token, its session, the scraper
+        assert guesser.get("/api/events", headers=right).status_code == 200
+        assert guesser.get("/metrics", headers=right).status_code == 200
+        assert guesser.get("/metrics", headers=metrics).status_code == 200
+        assert operator.get("/api/events").status_code == 200
+        assert operator.get("/ui/events").status_code == 200
+        fresh = httpx.Client(base_url=shared_address_service)
+        with fresh:
+            dashboard_login(fresh)  # logging in with the right token works too
+            assert fresh.get("/api/events").status_code == 200
+        # and every further wrong guess is still refused
+        assert guesser.get("/api/events", headers=wrong).status_code == 429
+
+
+@pytest.mark.parametrize("weak", ["1", "metrics", "m" * 40, "0123456789" * 3])
+def test_a_weak_metrics_token_is_refused_for_a_public_bind(tmp_path: Path, weak: str) -> None:
+    from dimmy_webhooks.config import require_loopback_or_token
+    from dimmy_webhooks.errors import ConfigError
+
+    settings = make_settings(
+        f"sqlite:///{tmp_path / 'x.sqlite3'}", admin_token=STRONG_TOKEN, metrics_token=weak
+    )
+    require_loopback_or_token(settings, "127.0.0.1")  # loopback: any token
+    with pytest.raises(ConfigError, match="DIMMY_METRICS_TOKEN is too weak") as refused:
+        require_loopback_or_token(settings, "0.0.0.0")
+    assert "dimmy-webhooks token" in str(refused.value)
+    strong = make_settings(
+        f"sqlite:///{tmp_path / 'x.sqlite3'}", admin_token=STRONG_TOKEN, metrics_token=METRICS_TOKEN
+    )
+    require_loopback_or_token(strong, "0.0.0.0")
 
 
 def test_the_throttle_forgets_after_its_window_and_stays_bounded() -> None:

@@ -7,7 +7,9 @@
   :data:`MIN_TOKEN_LENGTH` characters (``dimmy-webhooks token`` makes one).
 - **Throttling**: a client (by address, as uvicorn reports it, ``X-Forwarded-For`` from a
   loopback proxy included) that gives :data:`FailureThrottle.limit` wrong tokens within its window
-  is answered 429 with ``Retry-After`` until the window has passed, whatever it sends meanwhile.
+  is answered 429 with ``Retry-After`` until the window has passed, for every wrong token it
+  sends meanwhile. The right token (admin or metrics) and a valid session are always served:
+  an address may be every client of a proxy, and guesses must not lock the operator out.
 - **Host** (DNS rebinding): with no admin token, a request must name this machine in ``Host``
   (``127.0.0.1``, ``localhost``, ``::1``, any port) or one of ``DIMMY_ALLOWED_HOSTS``; else 400.
   With a token, only ``DIMMY_ALLOWED_HOSTS`` restricts it, when set.
@@ -111,9 +113,6 @@ class FailureThrottle:
         while len(self._failures) > self.max_clients:
             self._failures.popitem(last=False)
 
-    def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
-
 
 def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
@@ -146,12 +145,14 @@ class TokenCheck:
         tokens = [self._token] if accepted is None else [t.encode() for t in accepted]
         if not any(tokens):
             return Verdict(ok=True)
+        # the right token is always heard: clients behind a proxy that does not forward
+        # addresses share one, and wrong guesses there must not lock the operator out (S24);
+        # a guess's odds come from the token's strength, the throttle only slows the guessing
+        if any(token and hmac.compare_digest(given.encode(), token) for token in tokens):
+            return Verdict(ok=True)
         wait = self.throttle.retry_after(client)
         if wait is not None:
             return Verdict(ok=False, retry_after=wait)
-        if any(token and hmac.compare_digest(given.encode(), token) for token in tokens):
-            self.throttle.succeeded(client)
-            return Verdict(ok=True)
         self.throttle.failed(client)
         return Verdict(ok=False)
 
