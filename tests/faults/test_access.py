@@ -240,3 +240,38 @@ def test_the_throttle_forgets_after_its_window_and_stays_bounded() -> None:
     for n in range(1000):
         throttle.failed(f"client-{n}")
     assert len(throttle._failures) <= 100
+
+
+# S17 ---------------------------------------------------------------------------------------
+
+
+def test_logout_ends_the_session_in_every_process_at_once(db_url: str) -> None:
+    """Two ``serve`` processes on one store: a session cookie and its CSRF token, copied
+    before the logout, are refused by both right after it; a new login works again."""
+    settings = make_settings(db_url, admin_token=ADMIN_TOKEN)
+    with (
+        serve_in_thread(create_app(settings, run_worker=False)) as one,
+        serve_in_thread(create_app(settings, run_worker=False)) as two,
+    ):
+        store_an_event(one)
+        with httpx.Client(base_url=one) as browser:
+            csrf = dashboard_login(browser)
+            cookie = browser.cookies.get("dimmy_session") or ""
+            assert cookie
+            stolen = {"cookie": f"dimmy_session={cookie}", "x-csrf-token": csrf}
+            for url in (one, two):  # the copy works everywhere while the session lasts
+                assert httpx.get(f"{url}/api/events", headers=stolen).status_code == 200
+                replay = httpx.post(f"{url}/api/events/1/replay", headers=stolen)
+                assert replay.status_code == 200, replay.text
+            out = browser.post("/ui/logout", headers={"x-csrf-token": csrf})
+            assert out.status_code == 200, out.text
+        for url in (one, two):
+            assert httpx.get(f"{url}/api/events", headers=stolen).status_code == 401
+            replay = httpx.post(f"{url}/api/events/1/replay", headers=stolen)
+            assert replay.status_code == 401, replay.text
+            page = httpx.get(f"{url}/ui/events", headers=stolen)
+            assert page.status_code == 303
+            assert page.headers["location"].startswith("/ui/login")
+        with httpx.Client(base_url=two) as again:
+            dashboard_login(again)
+            assert again.get("/api/events").status_code == 200

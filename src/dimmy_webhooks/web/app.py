@@ -117,7 +117,9 @@ def create_app(
     )
     app.state.services = services
     app.state.tokens = TokenCheck(settings.admin_token_value())
-    app.state.sessions = Sessions(settings.admin_token_value(), hours=settings.session_hours)
+    app.state.sessions = Sessions(
+        settings.admin_token_value(), services.store, hours=settings.session_hours
+    )
     receiver = _receiver(settings, services, clock)
 
     @app.exception_handler(StoreError)

@@ -48,6 +48,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dimmy_webhooks.config import LOOPBACK_HOSTS, MIN_TOKEN_LENGTH, Settings, host_name
+from dimmy_webhooks.errors import StoreError
 from dimmy_webhooks.ratelimit import SlidingWindow
 from dimmy_webhooks.web.sessions import CSRF_HEADER, Session, Sessions
 
@@ -253,11 +254,11 @@ def refusal(reason: str, retry_after: float | None, *, challenge: bool = True) -
     return HTTPException(status_code=401, detail=reason, headers=headers)
 
 
-def _session_admits(request: Request, sessions: Sessions) -> bool:
+async def _session_admits(request: Request, sessions: Sessions) -> bool:
     """Whether ``request`` to ``/api/*`` is admitted by a dashboard session instead of the
     bearer token. A state-changing request with the cookie but without the session's
     ``X-CSRF-Token`` is refused (403): a page of another site cannot have sent that header."""
-    session = sessions.current(request)
+    session = await sessions.current(request)
     if session is None:
         return False
     if request.method in _SAFE_METHODS:
@@ -281,7 +282,7 @@ async def require_admin(
     if not tokens.required:
         return
     # a dashboard session stands for the token (a POST also needs its CSRF header, else 403)
-    if _session_admits(request, sessions_of(request)):
+    if await _session_admits(request, sessions_of(request)):
         return
     client = client_of(request)
     verdict = tokens.check(credentials.credentials if credentials is not None else "", client)
@@ -319,12 +320,12 @@ class LoginRequired(Exception):
     """A dashboard page needs a session: answered with a redirect to the login page."""
 
 
-def require_login(request: Request) -> Session | None:
+async def require_login(request: Request) -> Session | None:
     """The request's session (``None`` when no admin token is set: the dashboard is open)."""
     sessions = sessions_of(request)
     if not sessions.required:
         return None
-    session = sessions.current(request)
+    session = await sessions.current(request)
     if session is None:
         raise LoginRequired
     return session
@@ -353,5 +354,11 @@ class TokenFirst:
         except HTTPException as exc:
             answer = JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
             await answer(scope, receive, send)
+            return
+        except StoreError as exc:  # a session cookie, and the store cannot say if it ended
+            log.warning("store error checking a session", extra={"fields": {"reason": str(exc)}})
+            await JSONResponse({"detail": "store unavailable, retry later"}, 503)(
+                scope, receive, send
+            )
             return
         await self.app(scope, receive, send)
