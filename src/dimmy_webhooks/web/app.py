@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from starlette.responses import JSONResponse, Response
@@ -29,7 +30,7 @@ from dimmy_webhooks.observe.metrics import CONTENT_TYPE
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.signatures import Verifier, parse_secrets
 from dimmy_webhooks.store import Store
-from dimmy_webhooks.web import dashboard
+from dimmy_webhooks.web import dashboard, queries
 from dimmy_webhooks.web.api import router as api_router
 from dimmy_webhooks.web.auth import (
     AccessGuard,
@@ -116,6 +117,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return queries.document(build_openapi())  # the query rule of QueryGuard, written in
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.tokens = TokenCheck(settings.admin_token_value())
     app.state.sessions = Sessions(
         settings.admin_token_value(), services.store, hours=settings.session_hours

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,6 +33,26 @@ def control_character_in(query_string: bytes) -> str | None:
                 f"(U+{ord(found.group()):04X}): not accepted"
             )
     return None
+
+
+NO_CONTROLS = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
+"""The rule as a JSON Schema ``pattern``, for the OpenAPI document (:func:`document`)."""
+
+
+def document(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` (an OpenAPI document) with the rule written into every string query
+    parameter that has no pattern of its own (one that has names its values: none is a
+    control character), so a client generated from it knows what is refused."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") != "query":
+                    continue
+                spec = parameter.get("schema", {})
+                for variant in [spec, *spec.get("anyOf", [])]:
+                    if variant.get("type") == "string" and "pattern" not in variant:
+                        variant["pattern"] = NO_CONTROLS
+    return schema
 
 
 class QueryGuard:
