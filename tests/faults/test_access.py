@@ -8,6 +8,7 @@ before they reach ``/api/*``; the webhook (signature-protected) and programs sti
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +40,8 @@ def open_service(sqlite_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def guarded_service(sqlite_url: str) -> Iterator[str]:
-    settings = make_settings(sqlite_url, admin_token=ADMIN_TOKEN)
+    # strong: its test tells a client another address forwarded for (S18)
+    settings = make_settings(sqlite_url, admin_token=STRONG_TOKEN)
     with serve_in_thread(create_app(settings, run_worker=False)) as url:
         yield url
 
@@ -151,7 +153,7 @@ def test_the_token_command_makes_a_token_strong_enough(tmp_path: Path) -> None:
 def test_repeated_wrong_tokens_are_slowed_down_per_client(guarded_service: str) -> None:
     limit = FailureThrottle().limit
     wrong = {"Authorization": "Bearer wrong-guess"}
-    right = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    right = {"Authorization": f"Bearer {STRONG_TOKEN}"}
     with httpx.Client(base_url=guarded_service) as http:
         assert http.get("/api/events", headers=right).status_code == 200
         codes = [http.get("/api/events", headers=wrong).status_code for _ in range(limit)]
@@ -275,3 +277,88 @@ def test_logout_ends_the_session_in_every_process_at_once(db_url: str) -> None:
         with httpx.Client(base_url=two) as again:
             dashboard_login(again)
             assert again.get("/api/events").status_code == 200
+
+
+# S18 ---------------------------------------------------------------------------------------
+
+REMOTE_HEADERS = [
+    {"x-forwarded-for": "203.0.113.5"},
+    {"x-forwarded-for": "127.0.0.1, 203.0.113.5"},
+    {"forwarded": "for=203.0.113.5;proto=https"},
+    {"forwarded": 'for="[2001:db8::1]:4711"'},
+    {"forwarded": "for=_hidden"},  # an obfuscated client is not this machine
+    {"x-real-ip": "198.51.100.9"},
+]
+LOCAL_HEADERS = [{}, {"x-forwarded-for": "127.0.0.1"}, {"forwarded": 'for="[::1]"'}]
+OPEN_PATHS = ("/healthz", "/readyz")
+GUARDED = [
+    ("GET", "/api/items.csv"),
+    ("GET", "/api/events"),
+    ("POST", "/api/events/1/replay"),
+    ("GET", "/"),
+    ("GET", "/ui/items"),
+    ("GET", "/ui/login"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+]
+
+
+def _serve(url: str, **overrides: str) -> Iterator[str]:
+    with serve_in_thread(create_app(make_settings(url, **overrides), run_worker=False)) as base:
+        yield base
+
+
+@pytest.mark.parametrize("forwarded", REMOTE_HEADERS)
+def test_no_token_serves_nothing_but_the_webhook_and_health_to_a_forwarded_client(
+    sqlite_url: str, forwarded: dict[str, str]
+) -> None:
+    """A local reverse proxy (its own ``Host``) forwarding a remote client, no admin token."""
+    with contextlib.contextmanager(_serve)(sqlite_url) as url:
+        store_an_event(url)
+        before = jobs(sqlite_url)
+        for method, path in GUARDED:
+            answer = httpx.request(method, url + path, headers=forwarded)
+            assert answer.status_code == 401, (method, path, answer.text)
+            assert "DIMMY_ADMIN_TOKEN" in answer.json()["detail"]
+        assert jobs(sqlite_url) == before  # the replay did not happen
+        for path in OPEN_PATHS:
+            assert httpx.get(url + path, headers=forwarded).status_code == 200, path
+        post_signed(url, "msg_forwarded", [ITEM_ID], headers=forwarded, expect=204)
+        # this machine's own programs, through the proxy or not, are served as before
+        for local in LOCAL_HEADERS:
+            for method, path in (("GET", "/api/items.csv"), ("GET", "/ui/items")):
+                answer = httpx.request(method, url + path, headers=local)
+                assert answer.status_code == 200, (local, path, answer.text)
+
+
+@pytest.mark.parametrize("weak", ["admin", ADMIN_TOKEN, "ab" * 20])
+def test_a_weak_token_serves_no_forwarded_client(sqlite_url: str, weak: str) -> None:
+    """The strength rule of a public bind holds behind a proxy: ``admin`` is not a token for
+    the network, even given right."""
+    with contextlib.contextmanager(_serve)(sqlite_url, admin_token=weak) as url:
+        right = {"authorization": f"Bearer {weak}"}
+        forwarded = {"x-forwarded-for": "203.0.113.5", **right}
+        for method, path in GUARDED:
+            answer = httpx.request(method, url + path, headers=forwarded)
+            assert answer.status_code == 403, (method, path, answer.text)
+            assert "too weak" in answer.json()["detail"]
+            assert weak not in answer.text
+        assert httpx.get(url + "/readyz", headers=forwarded).status_code == 200
+        # on this machine the token is what it was
+        assert httpx.get(url + "/api/events", headers=right).status_code == 200
+
+
+def test_a_strong_token_serves_a_forwarded_client_that_gives_it(sqlite_url: str) -> None:
+    weak_metrics = "scrape"
+    with contextlib.contextmanager(_serve)(
+        sqlite_url, admin_token=STRONG_TOKEN, metrics_token=weak_metrics
+    ) as url:
+        forwarded = {"x-forwarded-for": "203.0.113.5"}
+        right = {**forwarded, "authorization": f"Bearer {STRONG_TOKEN}"}
+        assert httpx.get(url + "/api/events", headers=forwarded).status_code == 401
+        assert httpx.get(url + "/api/events", headers=right).status_code == 200
+        assert httpx.get(url + "/metrics", headers=right).status_code == 200
+        # a weak metrics token is for this machine only
+        scraper = {"authorization": f"Bearer {weak_metrics}"}
+        assert httpx.get(url + "/metrics", headers={**forwarded, **scraper}).status_code == 401
+        assert httpx.get(url + "/metrics", headers=scraper).status_code == 200

@@ -34,6 +34,7 @@ from dimmy_webhooks.web import dashboard, queries
 from dimmy_webhooks.web.api import router as api_router
 from dimmy_webhooks.web.auth import (
     AccessGuard,
+    RemoteRule,
     TokenCheck,
     TokenFirst,
     allowed_hosts,
@@ -147,6 +148,7 @@ def create_app(
         allowed_hosts=allowed_hosts(
             settings.allowed_host_names, token_set=settings.admin_token_value() is not None
         ),
+        remote=RemoteRule.of(settings, frozenset({"/healthz", "/readyz", settings.webhook_path})),
     )
     app.add_middleware(SecurityHeaders)
     app.add_middleware(WebhookRoute, receiver=receiver, path=settings.webhook_path)
