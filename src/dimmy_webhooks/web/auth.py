@@ -281,12 +281,11 @@ class AccessGuard:
             scope.setdefault("state", {})[REMOTE_CLIENT] = remote
         if remote is not None and self.remote is not None:
             refusal = self.remote.refusal(scope["path"])
-        if refusal is not None:
-            pass
-        elif self.allowed_hosts is not None and host_name(host) not in self.allowed_hosts:
-            refusal = (400, "unknown Host: set DIMMY_ALLOWED_HOSTS to serve this name")
-        elif scope["method"] in _STATE_CHANGING:
-            refusal = _cross_site(headers, host)
+        if refusal is None:
+            if self.allowed_hosts is not None and host_name(host) not in self.allowed_hosts:
+                refusal = (400, "unknown Host: set DIMMY_ALLOWED_HOSTS to serve this name")
+            elif scope["method"] in _STATE_CHANGING:
+                refusal = _cross_site(headers, host)
         if refusal is None:
             await self.app(scope, receive, send)
             return
