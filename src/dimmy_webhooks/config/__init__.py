@@ -16,6 +16,7 @@ from dimmy_webhooks.config.exposure import (
     LOOPBACK_HOSTS,
     MIN_TOKEN_LENGTH,
     require_loopback_or_token,
+    weak_token,
 )
 from dimmy_webhooks.config.settings import (
     DEFAULT_API_URL,
@@ -51,4 +52,5 @@ __all__ = [
     "load_settings",
     "postgres_driver_missing",
     "require_loopback_or_token",
+    "weak_token",
 ]

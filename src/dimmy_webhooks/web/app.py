@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from starlette.responses import JSONResponse, Response
@@ -29,16 +30,18 @@ from dimmy_webhooks.observe.metrics import CONTENT_TYPE
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.signatures import Verifier, parse_secrets
 from dimmy_webhooks.store import Store
-from dimmy_webhooks.web import dashboard
+from dimmy_webhooks.web import dashboard, queries
 from dimmy_webhooks.web.api import router as api_router
 from dimmy_webhooks.web.auth import (
     AccessGuard,
+    RemoteRule,
     TokenCheck,
     TokenFirst,
     allowed_hosts,
     metrics_guard,
 )
 from dimmy_webhooks.web.deps import OverviewDep, ServicesDep
+from dimmy_webhooks.web.queries import QueryGuard
 from dimmy_webhooks.web.sessions import Sessions
 
 log = logging.getLogger("dimmy_webhooks.web")
@@ -115,8 +118,16 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return queries.document(build_openapi())  # the query rule of QueryGuard, written in
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.tokens = TokenCheck(settings.admin_token_value())
-    app.state.sessions = Sessions(settings.admin_token_value(), hours=settings.session_hours)
+    app.state.sessions = Sessions(
+        settings.admin_token_value(), services.store, hours=settings.session_hours
+    )
     receiver = _receiver(settings, services, clock)
 
     @app.exception_handler(StoreError)
@@ -128,13 +139,16 @@ def create_app(
     app.include_router(api_router)
     dashboard.install(app)
     # outermost last: the webhook goes straight to the receiver (its signature is its access
-    # control); everything else passes the Host and cross-site checks, under the headers
+    # control); everything else passes the Host and cross-site checks, under the headers, and
+    # the admin token before its query string is looked at
+    app.add_middleware(QueryGuard)
     app.add_middleware(TokenFirst)
     app.add_middleware(
         AccessGuard,
         allowed_hosts=allowed_hosts(
             settings.allowed_host_names, token_set=settings.admin_token_value() is not None
         ),
+        remote=RemoteRule.of(settings, frozenset({"/healthz", "/readyz", settings.webhook_path})),
     )
     app.add_middleware(SecurityHeaders)
     app.add_middleware(WebhookRoute, receiver=receiver, path=settings.webhook_path)

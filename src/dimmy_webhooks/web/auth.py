@@ -7,7 +7,15 @@
   :data:`MIN_TOKEN_LENGTH` characters (``dimmy-webhooks token`` makes one).
 - **Throttling**: a client (by address, as uvicorn reports it, ``X-Forwarded-For`` from a
   loopback proxy included) that gives :data:`FailureThrottle.limit` wrong tokens within its window
-  is answered 429 with ``Retry-After`` until the window has passed, whatever it sends meanwhile.
+  is answered 429 with ``Retry-After`` until the window has passed, for every wrong token it
+  sends meanwhile. The right token (admin or metrics) and a valid session are always served:
+  an address may be every client of a proxy, and guesses must not lock the operator out.
+- **Forwarded clients** (S18): a request a proxy forwarded for another machine
+  (``X-Forwarded-For``, ``Forwarded: for=``, ``X-Real-IP`` naming an address that is not
+  loopback, or such a client address as uvicorn recorded it) is a remote request, whatever the
+  ``Host`` the proxy sent. Without an admin token it is answered 401 everywhere but the webhook,
+  ``/healthz`` and ``/readyz``; with a weak one (the rule of a public bind) 403, the right token
+  included; ``/metrics`` takes only a strong metrics token from it.
 - **Host** (DNS rebinding): with no admin token, a request must name this machine in ``Host``
   (``127.0.0.1``, ``localhost``, ``::1``, any port) or one of ``DIMMY_ALLOWED_HOSTS``; else 400.
   With a token, only ``DIMMY_ALLOWED_HOSTS`` restricts it, when set.
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -45,7 +54,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dimmy_webhooks.config import LOOPBACK_HOSTS, MIN_TOKEN_LENGTH, Settings, host_name
+from dimmy_webhooks.config import (
+    LOOPBACK_HOSTS,
+    MIN_TOKEN_LENGTH,
+    Settings,
+    host_name,
+    weak_token,
+)
+from dimmy_webhooks.errors import StoreError
 from dimmy_webhooks.ratelimit import SlidingWindow
 from dimmy_webhooks.web.sessions import CSRF_HEADER, Session, Sessions
 
@@ -70,6 +86,9 @@ __all__ = [
 ]
 
 _CHECKED_HEADERS = frozenset({b"host", b"origin", b"sec-fetch-site", b"content-type"})
+_FORWARDING_HEADERS = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip"})
+REMOTE_CLIENT = "dimmy_remote_client"
+"""``scope["state"]`` key: the remote address a request was forwarded for (:class:`AccessGuard`)."""
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _FORM_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -111,9 +130,6 @@ class FailureThrottle:
         while len(self._failures) > self.max_clients:
             self._failures.popitem(last=False)
 
-    def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
-
 
 def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
@@ -141,30 +157,117 @@ class TokenCheck:
 
     def check(self, given: str, client: str, *, accepted: Sequence[str] | None = None) -> Verdict:
         """Whether ``given`` (from ``client``) is the token (or one of ``accepted``, when
-        given: none accepted means none required); a throttled client is refused without
-        looking at what it gave."""
+        given: none accepted means none required). The right token is accepted even from a
+        throttled client; a wrong one from it is answered with the wait, uncounted."""
         tokens = [self._token] if accepted is None else [t.encode() for t in accepted]
         if not any(tokens):
+            return Verdict(ok=True)
+        # the right token is always heard: clients behind a proxy that does not forward
+        # addresses share one, and wrong guesses there must not lock the operator out (S24);
+        # a guess's odds come from the token's strength, the throttle only slows the guessing
+        if any(token and hmac.compare_digest(given.encode(), token) for token in tokens):
             return Verdict(ok=True)
         wait = self.throttle.retry_after(client)
         if wait is not None:
             return Verdict(ok=False, retry_after=wait)
-        if any(token and hmac.compare_digest(given.encode(), token) for token in tokens):
-            self.throttle.succeeded(client)
-            return Verdict(ok=True)
         self.throttle.failed(client)
         return Verdict(ok=False)
 
 
-class AccessGuard:
-    """ASGI middleware applying the Host and cross-site rules above to every HTTP request.
+@dataclass(frozen=True, slots=True)
+class RemoteRule:
+    """What a request forwarded for another machine may reach: ``open_paths`` always; the
+    rest only with a strong admin token (``/metrics`` with a strong metrics token too)."""
 
-    ``allowed_hosts`` is the set of names ``Host`` may carry, or ``None`` for any.
+    open_paths: frozenset[str]
+    admin_token: str | None
+    metrics_token: str | None
+
+    @classmethod
+    def of(cls, settings: Settings, open_paths: frozenset[str]) -> RemoteRule:
+        return cls(open_paths, settings.admin_token_value(), settings.metrics_token_value())
+
+    def refusal(self, path: str) -> tuple[int, str] | None:
+        if path in self.open_paths:
+            return None
+        if self.admin_token is not None and not weak_token(self.admin_token):
+            return None
+        if path == "/metrics" and self.metrics_token and not weak_token(self.metrics_token):
+            return None
+        if self.admin_token is None:
+            return 401, (
+                "this request was forwarded for another machine, and no DIMMY_ADMIN_TOKEN is "
+                "set: without one the service answers only this machine (set a strong one, "
+                "`dimmy-webhooks token` makes it, to serve clients through a proxy)"
+            )
+        return 403, (
+            "this request was forwarded for another machine, and DIMMY_ADMIN_TOKEN is too "
+            f"weak to face a network (at least {MIN_TOKEN_LENGTH} characters, not a repeated "
+            "few): `dimmy-webhooks token` makes a strong one"
+        )
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether a client address (as a proxy header gives it: a port, brackets or quotes
+    around it perhaps) is this machine; an unknown or obfuscated one is not."""
+    text = address.strip().strip('"').strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return text.lower() == "localhost"
+
+
+def forwarded_for(scope: Scope) -> str | None:
+    """The other machine a request comes from or was forwarded for, or ``None`` when it is
+    this machine's own: the client uvicorn recorded (``X-Forwarded-For`` from a proxy it
+    trusts included), then every address ``X-Forwarded-For``, ``X-Real-IP`` and
+    ``Forwarded: for=`` name."""
+    client = scope.get("client")
+    peer = str(client[0]) if client and client[0] else ""
+    if peer and not _is_loopback(peer):
+        return peer
+    for name, raw in scope["headers"]:
+        if name not in _FORWARDING_HEADERS:
+            continue
+        value: str = raw.decode("latin-1")
+        addresses: list[str]
+        if name == b"forwarded":
+            addresses = [
+                pair.partition("=")[2]
+                for element in value.split(",")
+                for pair in element.split(";")
+                if pair.partition("=")[0].strip().lower() == "for"
+            ]
+        else:
+            addresses = value.split(",")
+        for address in addresses:
+            if address.strip() and not _is_loopback(address):
+                return address.strip()[:100]
+    return None
+
+
+class AccessGuard:
+    """ASGI middleware applying the forwarded-client, Host and cross-site rules above to every
+    HTTP request.
+
+    ``allowed_hosts`` is the set of names ``Host`` may carry, or ``None`` for any; ``remote``
+    what a forwarded request may reach (``None``: no rule, as for a bare app in a test).
     """
 
-    def __init__(self, app: ASGIApp, *, allowed_hosts: frozenset[str] | None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allowed_hosts: frozenset[str] | None,
+        remote: RemoteRule | None = None,
+    ) -> None:
         self.app = app
         self.allowed_hosts = allowed_hosts
+        self.remote = remote
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -173,15 +276,21 @@ class AccessGuard:
         headers = {k: v for k, v in scope["headers"] if k in _CHECKED_HEADERS}
         host = headers.get(b"host", b"").decode("latin-1")
         refusal = None
-        if self.allowed_hosts is not None and host_name(host) not in self.allowed_hosts:
-            refusal = (400, "unknown Host: set DIMMY_ALLOWED_HOSTS to serve this name")
-        elif scope["method"] in _STATE_CHANGING:
-            refusal = _cross_site(headers, host)
+        remote = forwarded_for(scope)
+        if remote is not None:
+            scope.setdefault("state", {})[REMOTE_CLIENT] = remote
+        if remote is not None and self.remote is not None:
+            refusal = self.remote.refusal(scope["path"])
+        if refusal is None:
+            if self.allowed_hosts is not None and host_name(host) not in self.allowed_hosts:
+                refusal = (400, "unknown Host: set DIMMY_ALLOWED_HOSTS to serve this name")
+            elif scope["method"] in _STATE_CHANGING:
+                refusal = _cross_site(headers, host)
         if refusal is None:
             await self.app(scope, receive, send)
             return
         status, reason = refusal
-        client = scope["client"][0] if scope.get("client") else "-"
+        client = remote or (scope["client"][0] if scope.get("client") else "-")
         log.warning(
             "request refused",
             extra={"fields": {"reason": reason, "client": client, "host": host[:200]}},
@@ -252,11 +361,11 @@ def refusal(reason: str, retry_after: float | None, *, challenge: bool = True) -
     return HTTPException(status_code=401, detail=reason, headers=headers)
 
 
-def _session_admits(request: Request, sessions: Sessions) -> bool:
+async def _session_admits(request: Request, sessions: Sessions) -> bool:
     """Whether ``request`` to ``/api/*`` is admitted by a dashboard session instead of the
     bearer token. A state-changing request with the cookie but without the session's
     ``X-CSRF-Token`` is refused (403): a page of another site cannot have sent that header."""
-    session = sessions.current(request)
+    session = await sessions.current(request)
     if session is None:
         return False
     if request.method in _SAFE_METHODS:
@@ -280,7 +389,7 @@ async def require_admin(
     if not tokens.required:
         return
     # a dashboard session stands for the token (a POST also needs its CSRF header, else 403)
-    if _session_admits(request, sessions_of(request)):
+    if await _session_admits(request, sessions_of(request)):
         return
     client = client_of(request)
     verdict = tokens.check(credentials.credentials if credentials is not None else "", client)
@@ -298,12 +407,17 @@ def metrics_guard(settings: Settings) -> Callable[[Request], None]:
     bearer is ``DIMMY_METRICS_TOKEN`` or the admin token (wrong ones count against the same
     per-address throttle as the API's)."""
     accepted = [t for t in (settings.metrics_token_value(), settings.admin_token_value()) if t]
+    # a client a proxy forwarded is offered only the tokens strong enough for a network
+    strong = [t for t in accepted if not weak_token(t)]
 
     def require_metrics_token(request: Request) -> None:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         given = given.strip() if scheme.lower() == "bearer" else ""
         client = client_of(request)
-        verdict = tokens_of(request).check(given, client, accepted=accepted)
+        offered = strong if REMOTE_CLIENT in request.scope.get("state", {}) else accepted
+        if accepted and not offered:
+            raise refusal("missing or wrong token", None)
+        verdict = tokens_of(request).check(given, client, accepted=offered)
         if verdict.ok:
             return
         if verdict.retry_after is None:
@@ -318,12 +432,12 @@ class LoginRequired(Exception):
     """A dashboard page needs a session: answered with a redirect to the login page."""
 
 
-def require_login(request: Request) -> Session | None:
+async def require_login(request: Request) -> Session | None:
     """The request's session (``None`` when no admin token is set: the dashboard is open)."""
     sessions = sessions_of(request)
     if not sessions.required:
         return None
-    session = sessions.current(request)
+    session = await sessions.current(request)
     if session is None:
         raise LoginRequired
     return session
@@ -352,5 +466,11 @@ class TokenFirst:
         except HTTPException as exc:
             answer = JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
             await answer(scope, receive, send)
+            return
+        except StoreError as exc:  # a session cookie, and the store cannot say if it ended
+            log.warning("store error checking a session", extra={"fields": {"reason": str(exc)}})
+            await JSONResponse({"detail": "store unavailable, retry later"}, 503)(
+                scope, receive, send
+            )
             return
         await self.app(scope, receive, send)

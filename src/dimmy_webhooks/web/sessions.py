@@ -3,10 +3,15 @@
 When ``DIMMY_ADMIN_TOKEN`` is set, a person logs in once with it (``POST /ui/login``, throttled
 per address like the API's bearer token) and gets a session cookie:
 
-- ``v1.<issued>.<nonce>.<mac>``, the MAC an HMAC-SHA256 under a key derived from the admin
-  token: nothing is stored server-side, every ``serve`` process behind a load balancer accepts
-  it, and changing the token ends every session at once. It expires after
-  ``DIMMY_SESSION_HOURS``; logging out deletes it from the browser.
+- ``v2.<issued>.<nonce>.<epoch>.<mac>``, the MAC an HMAC-SHA256 under a key derived from the
+  admin token: every ``serve`` process sharing the store accepts it, and changing the token
+  ends every session at once. It expires after ``DIMMY_SESSION_HOURS``.
+- **Logging out ends it server-side, at once** (S17): a session is valid only while its
+  ``epoch`` is the one the store holds (:data:`EPOCH_STATE`, one row, read at each request a
+  cookie carries), and ``POST /ui/logout`` draws a new epoch, so the logged-out cookie and its
+  CSRF token are refused by every process, even when copied elsewhere. Every session ends with
+  it: the dashboard has one operator, one token, and a logout is the way to end a session one
+  fears was copied.
 - ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no other site's page sends it),
   ``Secure`` when the request came over https (``X-Forwarded-Proto`` from a proxy uvicorn
   trusts, by default one on loopback).
@@ -25,10 +30,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,45 +43,73 @@ from starlette.responses import Response
 SESSION_COOKIE = "dimmy_session"
 LOGIN_COOKIE = "dimmy_login"
 CSRF_HEADER = "x-csrf-token"
+EPOCH_STATE = "dashboard_session_epoch"
+"""The store's state row holding the sessions' epoch (absent: :data:`FIRST_EPOCH`)."""
+FIRST_EPOCH = "0"
 _CLOCK_SKEW = 60.0  # a cookie issued this far in the future (another process's clock) is fine
+_WORD = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CHECKED = "dimmy_session"  # the request's session, once looked up (request.state)
+
+
+class EpochStore(Protocol):
+    """Where the sessions' epoch is kept: the service's store (one row of its sync state)."""
+
+    async def get_state(self, name: str) -> str | None: ...
+
+    async def set_state(self, name: str, value: str, now: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """A logged-in browser: its nonce names it; it ends at ``expires_at`` (Unix seconds)."""
+    """A logged-in browser: its nonce names it; it ends at ``expires_at`` (Unix seconds), or
+    when the store's epoch is no longer ``epoch``."""
 
     nonce: str
     issued_at: float
     expires_at: float
+    epoch: str
 
 
 class Sessions:
     """Issues and checks session cookies and CSRF tokens; ``token`` ``None``: no login."""
 
     def __init__(
-        self, token: str | None, *, hours: float = 12.0, clock: Callable[[], float] = time.time
+        self,
+        token: str | None,
+        epochs: EpochStore,
+        *,
+        hours: float = 12.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.required = token is not None
         self.lifetime = hours * 3600
         self.clock = clock
+        self._epochs = epochs
         seed = (token or "").encode()
         self._key = hmac.new(seed, b"dimmy-webhooks dashboard session v1", hashlib.sha256).digest()
 
     def _mac(self, text: str) -> str:
         return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
 
-    def issue(self) -> str:
-        """A new session cookie value."""
-        payload = f"v1.{int(self.clock())}.{secrets.token_urlsafe(18)}"
+    async def epoch(self) -> str:
+        """The store's epoch now: sessions of another one have ended."""
+        return await self._epochs.get_state(EPOCH_STATE) or FIRST_EPOCH
+
+    async def issue(self) -> str:
+        """A new session cookie value, of the store's epoch."""
+        payload = f"v2.{int(self.clock())}.{secrets.token_urlsafe(18)}.{await self.epoch()}"
         return f"{payload}.{self._mac(payload)}"
 
     def verify(self, cookie: str | None) -> Session | None:
-        """The session ``cookie`` stands for, or ``None`` (absent, forged, expired)."""
-        if not self.required or not cookie or len(cookie) > 200:
+        """The session ``cookie`` stands for, or ``None`` (absent, forged, expired); whether
+        it was ended since is :meth:`current`'s to ask the store."""
+        if not self.required or not cookie or len(cookie) > 300:
             return None
         payload, _, mac = cookie.rpartition(".")
         parts = payload.split(".")
-        if len(parts) != 3 or parts[0] != "v1" or not parts[1].isdecimal():
+        if len(parts) != 4 or parts[0] != "v2" or not parts[1].isdecimal():
+            return None
+        if not all(_WORD.fullmatch(part) for part in parts[2:]):
             return None
         if not hmac.compare_digest(mac, self._mac(payload)):
             return None
@@ -82,7 +117,11 @@ class Sessions:
         now = self.clock()
         if issued > now + _CLOCK_SKEW or issued + self.lifetime <= now:
             return None
-        return Session(parts[2], issued, issued + self.lifetime)
+        return Session(parts[2], issued, issued + self.lifetime, parts[3])
+
+    async def end_all(self) -> None:
+        """End every session at once, in every process sharing the store: a new epoch."""
+        await self._epochs.set_state(EPOCH_STATE, secrets.token_urlsafe(12), self.clock())
 
     def csrf(self, session: Session) -> str:
         """The CSRF token of ``session`` (the same for its whole life)."""
@@ -91,15 +130,27 @@ class Sessions:
     def csrf_ok(self, session: Session, given: str | None) -> bool:
         return bool(given) and hmac.compare_digest(str(given), self.csrf(session))
 
-    def current(self, request: Request) -> Session | None:
-        """The valid session ``request`` carries, or ``None``."""
-        return self.verify(request.cookies.get(SESSION_COOKIE))
+    async def current(self, request: Request) -> Session | None:
+        """The valid session ``request`` carries, or ``None``: the store is asked whether it
+        was ended (once per request). Raises :class:`~dimmy_webhooks.errors.StoreError` when
+        the store does not answer (the caller refuses the request: it cannot tell)."""
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie is None:
+            return None  # a program with a bearer token: the store is not asked
+        state = request.scope.setdefault("state", {})
+        if _CHECKED in state:
+            checked: Session | None = state[_CHECKED]
+            return checked
+        session = self.verify(cookie)
+        if session is not None and not hmac.compare_digest(session.epoch, await self.epoch()):
+            session = None
+        state[_CHECKED] = session
+        return session
 
-    def start(self, request: Request, response: Response) -> None:
+    async def start(self, request: Request, response: Response) -> None:
         """Log the browser in: a new session cookie on ``response``."""
-        set_cookie(
-            request, response, SESSION_COOKIE, self.issue(), max_age=int(self.lifetime), path="/"
-        )
+        cookie = await self.issue()
+        set_cookie(request, response, SESSION_COOKIE, cookie, max_age=int(self.lifetime), path="/")
 
 
 def set_cookie(

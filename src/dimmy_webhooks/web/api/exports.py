@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -45,9 +45,12 @@ def _download(
     return StreamingResponse(rows, media_type=media_type, headers=headers)
 
 
-def _csv_line(row: list[object]) -> bytes:
+def csv_row(values: Sequence[object]) -> bytes:
+    """One CSV line of ``values``, every cell neutralised (:func:`csv_cell`): a list is joined
+    with spaces first, so its first value cannot start a formula either (S15)."""
+    cells = [csv_cell(" ".join(map(str, v)) if isinstance(v, list | tuple) else v) for v in values]
     buffer = io.StringIO()
-    csv.writer(buffer).writerow(row)
+    csv.writer(buffer).writerow(cells)
     return buffer.getvalue().encode()
 
 
@@ -77,10 +80,10 @@ async def export_deliveries(store: StoreDep, where: LedgerWhere) -> StreamingRes
     page: memory stays flat however long the range."""
 
     async def rows() -> AsyncIterator[bytes]:
-        yield _csv_line(list(_CSV_COLUMNS))
+        yield csv_row(_CSV_COLUMNS)
         async for page in _ledger(store, where):
             entries = (attempt_dict(attempt) for attempt in page)
-            yield b"".join(_csv_line([csv_cell(e[name]) for name in _CSV_COLUMNS]) for e in entries)
+            yield b"".join(csv_row([e[name] for name in _CSV_COLUMNS]) for e in entries)
 
     return _download(rows(), "deliveries.csv", "text/csv; charset=utf-8")
 
@@ -116,11 +119,7 @@ _ITEM_COLUMNS = [
 def _item_csv(item: StoredItem) -> bytes:
     fields = api_fields(item)
     fields["hold_state"] = item.hold_state
-    row = []
-    for name in _ITEM_COLUMNS:
-        value = fields[name]
-        row.append(" ".join(value) if isinstance(value, list) else csv_cell(value))
-    return _csv_line(row)
+    return csv_row([fields[name] for name in _ITEM_COLUMNS])
 
 
 def _jsonl(item: StoredItem) -> bytes:
@@ -148,8 +147,9 @@ async def _items(
 )
 async def export_items_csv(store: StoreDep, where: ItemWhere) -> StreamingResponse:
     """The items of a range (``fetched_at`` in ``[since, until)``, the items page's filters) as
-    CSV in id order, without ``raw``; lists are space separated. Streamed page by page."""
-    rows = _items(store, where, _item_csv, _csv_line(list(_ITEM_COLUMNS)))
+    CSV in id order, without ``raw``; lists are space separated; a cell a spreadsheet would run
+    as a formula starts with ``'``. Streamed page by page."""
+    rows = _items(store, where, _item_csv, csv_row(_ITEM_COLUMNS))
     return _download(rows, "items.csv", "text/csv; charset=utf-8")
 
 

@@ -307,7 +307,7 @@ async def login_page(
     request: Request, services: ServicesDep, sessions: SessionsDep, next: _Text = None
 ) -> Response:
     target = local_path(next)
-    if not sessions.required or sessions.current(request) is not None:
+    if not sessions.required or await sessions.current(request) is not None:
         return RedirectResponse(target, status_code=303)
     nonce = secrets.token_urlsafe(24)
     page = _page(request, services, sessions, None)
@@ -345,16 +345,20 @@ async def login(
         raise refusal(reason, verdict.retry_after, challenge=False)
     log.info("dashboard login", extra={"fields": {"client": client}})
     response = JSONResponse({"next": local_path(form.next)})
-    sessions.start(request, response)
+    await sessions.start(request, response)
     response.delete_cookie(LOGIN_COOKIE, path="/ui/login")
     return response
 
 
 @router.post("/ui/logout")
 async def logout(request: Request, sessions: SessionsDep) -> Response:
-    session = sessions.current(request)
+    session = await sessions.current(request)
     if session is not None and not sessions.csrf_ok(session, request.headers.get(CSRF_HEADER)):
         return JSONResponse({"detail": "CSRF token missing or wrong"}, 403)
+    if session is not None:
+        # ended in the store, not only in this browser: a copy of the cookie is refused too
+        await sessions.end_all()
+        log.info("dashboard logout", extra={"fields": {"client": client_of(request)}})
     response = JSONResponse({"next": "/ui/login" if sessions.required else "/"})
     end_session(request, response)
     return response
