@@ -11,11 +11,14 @@ page by page with ``skip`` / ``limit`` and an ``end_date`` in the past. Paging o
 grows while it is read repeats rows (an item created inside the slice shifts the rest by one),
 it does not skip them; repeats are dropped by id. The end of a slice is read twice: after a short
 page, the page after it is asked for once more, and taken if the set grew meanwhile. Every page is
-committed before the next is asked for.
+committed before the next is asked for. A slice is bounded: after ``slice_pages`` pages, or
+:data:`REPEATED_PAGES` pages in a row with nothing new (a source that ignores ``skip``), it is
+cut short with a WARNING and the range is read no further (:attr:`RangeResult.cut_at`).
 
 Passes (:class:`Poller`): every ``interval`` seconds, the window from the watermark minus
 ``overlap`` to ``now - settle``; the watermark moves to the window's end only once the whole
-window is committed, so a pass that dies is read again. Every ``sweep_interval`` a deeper pass
+window is committed, so a pass that dies is read again; a pass cut short at a slice moves it
+only to that slice's start and counts as failed. Every ``sweep_interval`` a deeper pass
 re-reads the last ``sweep_days``: ``start_date`` filters on creation time, so an item updated
 after its window was read (photos uploaded later, a re-scan) is only seen again by a sweep or a
 webhook (docs/operations.md says what reconciliation does and does not catch).
@@ -47,6 +50,9 @@ from dimmy_webhooks.upstream.client import DimmyClient, backoff_delay
 log = logging.getLogger("dimmy_webhooks.pipeline.poller")
 
 MAX_PAGES_PER_SLICE = 10_000
+REPEATED_PAGES = 3
+"""Pages in a row that bring nothing new after which a slice is cut short: the source repeats
+itself (it ignores ``skip``) and would never reach its end."""
 WATERMARK = "poll.watermark"
 SWEPT = "poll.swept"
 RECONCILED = "reconcile.missed"
@@ -67,6 +73,7 @@ class PollPolicy:
     sweep_slice_seconds: float = 21_600.0
     yield_seconds: float = 30.0
     page_attempts: int = 5
+    slice_pages: int = MAX_PAGES_PER_SLICE  # pages read from one slice at most
     reconcile_grace: float = 900.0
     intake: Intake = field(default_factory=Intake)
 
@@ -74,18 +81,21 @@ class PollPolicy:
 @dataclass
 class RangeResult:
     """What reading a range did: pages asked for, items read (repeats dropped), items stored
-    (new or newer: their deliveries are queued)."""
+    (new or newer: their deliveries are queued). ``cut_at``: the start of a slice that could
+    not be read whole (its page bound hit): the range was read up to there only."""
 
     pages: int = 0
     read: int = 0
     stored: int = 0
     refused: int = 0
+    cut_at: datetime | None = None
 
     def add(self, other: RangeResult) -> None:
         self.pages += other.pages
         self.read += other.read
         self.stored += other.stored
         self.refused += other.refused
+        self.cut_at = self.cut_at or other.cut_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +154,7 @@ class RangeReader:
 
         Raises :class:`UpstreamError` or :class:`StoreError` when a page cannot be read or
         stored (what was committed before stays). Stops early, between pages, when ``stop`` is
-        set (the totals say how far it got).
+        set (the totals say how far it got), or after a slice that was cut short (``cut_at``).
         """
         total = RangeResult()
         step = timedelta(seconds=slice_seconds or self.policy.slice_seconds)
@@ -152,7 +162,7 @@ class RangeReader:
         while low < end and not _stopped(stop):
             high = min(low + step, end)
             total.add(await self._read_slice(low, high, source, stop))
-            if _stopped(stop):
+            if _stopped(stop) or total.cut_at is not None:
                 break  # the slice was cut short: not reported as read
             if progress is not None:
                 await progress(high, total)
@@ -164,8 +174,8 @@ class RangeReader:
     ) -> RangeResult:
         result = RangeResult()
         seen: set[str] = set()
-        skip = 0
-        while not _stopped(stop) and result.pages < MAX_PAGES_PER_SLICE:
+        skip = repeated = 0
+        while not _stopped(stop):
             await self._give_way()
             page = await self._page(low, high, skip)
             result.pages += 1
@@ -184,12 +194,17 @@ class RangeReader:
             if not page:
                 break  # an empty page is the end: a short one is asked after once more, since
                 # the set may have grown while it was read (the boundary is read twice)
-        else:
-            if result.pages >= MAX_PAGES_PER_SLICE:
+            repeated = 0 if fresh else repeated + 1
+            if result.pages >= self.policy.slice_pages or repeated >= REPEATED_PAGES:
+                repeats = repeated >= REPEATED_PAGES
+                why = "pages repeat (skip ignored?)" if repeats else "pages never end"
                 log.warning(
-                    "poll slice cut short: it kept growing",
+                    "poll slice cut short: %s; read up to its start only",
+                    why,
                     extra={"fields": {"from": iso(low), "to": iso(high), "pages": result.pages}},
                 )
+                result.cut_at = low
+                break
         return result
 
     async def _page(self, low: datetime, high: datetime, skip: int) -> list[dict[str, Any]]:
@@ -303,6 +318,9 @@ class Poller:
             result = await reader.read_range(start, end, Source.POLL, stop=stop)
             if stop is not None and stop.is_set():
                 return result  # the watermark stays: the next pass reads this window again
+            if result.cut_at is not None:
+                await self._cut_short(mark, result.cut_at)
+                return None
             await self.store.set_state(WATERMARK, iso(end), self.clock())
             await self._sweep_if_due(reader, end, stop)
             report = await self.reconcile()
@@ -323,6 +341,18 @@ class Poller:
         log.info("poll pass", extra={"fields": dict(self.last_pass)})
         return result
 
+    async def _cut_short(self, mark: str | None, cut_at: datetime) -> None:
+        """A pass stopped at a slice it could not read whole: the watermark moves to that
+        slice's start at most (never back), the pass counts as failed (``problem``)."""
+        if mark is None or cut_at > parse_time(mark):
+            await self.store.set_state(WATERMARK, iso(cut_at), self.clock())
+        kept = cut_at if mark is None else max(cut_at, parse_time(mark))
+        self.problem = f"poller: a slice from {iso(cut_at)} could not be read whole"
+        log.warning(
+            "poll pass cut short: the watermark stays at what was read",
+            extra={"fields": {"watermark": iso(kept), "slice_from": iso(cut_at)}},
+        )
+
     async def _sweep_if_due(
         self, reader: RangeReader, end: datetime, stop: asyncio.Event | None
     ) -> None:
@@ -338,7 +368,7 @@ class Poller:
         result = await reader.read_range(
             start, end, Source.POLL, stop=stop, slice_seconds=self.policy.sweep_slice_seconds
         )
-        if stop is None or not stop.is_set():
+        if (stop is None or not stop.is_set()) and result.cut_at is None:
             await self.store.set_state(SWEPT, iso(end), self.clock())
             log.info(
                 "poll sweep",
