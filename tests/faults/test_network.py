@@ -69,6 +69,10 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
     (``retry_at`` is set after attempt ``j`` failed, which is after it was sent) and at most
     ``d_j`` plus how long attempt ``j`` could take plus one worker poll plus slack.
 
+    A 200 the fake sent after the client had given up (a loaded machine: the 0.5 s timeout ran
+    out while the answer was on its way) is not an answer the worker got: each such "late" 200
+    must show in the worker's log as a timed-out attempt of that id, and is counted.
+
     Every fault the test asserts on happens for every seed: one id (``doomed``) has each of its
     requests reset by the proxy, so it ends dead after the configured attempts and resets are
     seen; the first request the fake draws for hangs. The other draws are the seed's.
@@ -144,7 +148,8 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
         if request.path.startswith("/items/"):
             fake_log[request.path.removeprefix("/items/")].append(request.status)
 
-    dead, done, unexplained, hangs = [], [], 0, 0
+    worker_log = worker.log()
+    dead, done, unexplained, hangs, late = [], [], 0, 0, 0
     for item_id, job in fetches.items():
         attempts = int(job["attempts"])
         resets = sum(1 for _, action in seen[item_id] if action == "reset")
@@ -155,17 +160,20 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
         assert fake.attempts[item_id] + resets <= attempts, context
         unexplained += attempts - len(seen[item_id])
         hangs += fake_log[item_id].count(0)
+        # 200s the worker never got: each one is an attempt it saw time out
+        too_late = fake.counts[item_id] - (1 if job["status"] == "done" else 0)
+        timed_out = worker_log.count(f"/items/{item_id}: timed out")
+        assert 0 <= too_late <= timed_out, f"{context}; {timed_out} timeouts logged"
+        late += too_late
         if job["status"] == "dead":
             dead.append(item_id)
             assert attempts == R10_ATTEMPTS, context
-            assert fake.counts[item_id] == 0, context
             assert job["last_error"], context
             assert re.search(r"HTTP 503|timed out|Error", job["last_error"]), context
         else:
             done.append(item_id)
             assert job["status"] == "done", context
-            assert fake.counts[item_id] == 1, context  # exactly one 200, on the last attempt
-            assert fake_log[item_id][-1] == 200, context
+            assert fake_log[item_id][-1] == 200, context  # the last attempt got the 200
     stored = {row["id"] for row in query(db_url, "SELECT id FROM items")}
     assert stored == set(done)
     events = query(db_url, "SELECT status FROM events")
@@ -180,6 +188,8 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
     for item_id, attempts_seen in seen.items():
         statuses = iter(fake_log[item_id])
         outcomes = [action if action == "reset" else next(statuses) for _, action in attempts_seen]
+        # an attempt followed by another that got a 200 got it too late: it was not answered
+        outcomes = [0 if o == 200 else o for o in outcomes[:-1]] + outcomes[-1:]
         times = [at for at, _ in attempts_seen]
         for j in range(1, len(times)):
             gap = times[j] - times[j - 1]
@@ -210,7 +220,8 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
         f"R10 {backend(db_url)} seed={seed}: {n_ids} ids -> done {len(done)}, dead "
         f"{len(dead)} (all after exactly {R10_ATTEMPTS} attempts); upstream calls "
         f"{len(records)} (503 {sum(s.count(503) for s in fake_log.values())}, hang {hangs}, "
-        f"reset {resets_total}, 200 {len(done)}); attempts not seen by the proxy {unexplained}; "
+        f"reset {resets_total}, 200 {len(done)}, 200 too late {late}); attempts not seen by the "
+        f"proxy {unexplained}; "
         f"retry gap - d/2 min {min(gaps_low):.3f} s, excess over d median "
         f"{median_excess:.3f} s max {excess[-1]:.3f} s; "
         f"{elapsed:.1f} s"
