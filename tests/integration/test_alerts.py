@@ -17,7 +17,9 @@ from starlette.routing import Route
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
+from dimmy_webhooks.observe import health
 from dimmy_webhooks.observe.alerts import AlertPolicy, HttpPoster, Notifier, conditions
+from dimmy_webhooks.observe.health import public_label
 from dimmy_webhooks.observe.overview import Destination, Overview
 from dimmy_webhooks.store import OperatorCounts, QueueDepth
 from dimmy_webhooks.web import create_app
@@ -281,3 +283,26 @@ def test_a_refused_key_reason_is_escaped_in_the_alert_and_absent_from_readyz(
     for word in ("channel", "evil", "sign in", "401", "/items"):
         assert word not in ready.text
     assert any("<!channel>" in problem for problem in detail), detail
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "store unreachable: ",
+        "sqlite writer thread stopped: writes cannot commit ",
+        "Dimmy API refused the key: GET /items/x: HTTP 401 ",
+        "GET /items/x: HTTP 403 ",
+        "destination http:https://wms.test/in?token=s3cret is failing (HTTP 500 ",
+        "python:x:y: 8 of 8 threads stuck in calls that timed out ",
+        "poller: GET /items: HTTP 500 ",
+        "notifier stopped: RuntimeError: ",
+        "",  # a problem nobody taught the labels
+    ],
+)
+def test_readyz_labels_repeat_nothing_of_a_problem(problem: str) -> None:
+    """S21: whatever a problem's text carries after its fixed start, its public label is one of
+    a fixed set and carries none of it."""
+    label = public_label(problem + HOSTILE)
+    assert label in {label for _, label in health._LABELS} | {health.UNKNOWN_PROBLEM}
+    for part in ("channel", "evil", "s3cret", "wms.test", "HTTP", "/items", "python:"):
+        assert part not in label, (problem, label)
