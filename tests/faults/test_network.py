@@ -66,7 +66,9 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
     and it must stay small. The retry delays are measured on the proxy's log (it sees every
     attempt, including the reset ones the fake never sees; both use this process's monotonic
     clock): consecutive attempts ``j`` and ``j + 1`` of one id must be at least ``d_j / 2`` apart
-    (``retry_at`` is set after attempt ``j`` failed, which is after it was sent) and at most
+    (``retry_at`` is set after attempt ``j`` failed, which is after it was sent; less 50 ms the
+    proxy may be late to stamp a request on a loaded machine, while the median gap keeps
+    ``d_j / 2`` exactly) and at most
     ``d_j`` plus how long attempt ``j`` could take plus one worker poll plus slack.
 
     A 200 the fake sent after the client had given up (a loaded machine: the 0.5 s timeout ran
@@ -173,7 +175,9 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
         else:
             done.append(item_id)
             assert job["status"] == "done", context
-            assert fake_log[item_id][-1] == 200, context  # the last attempt got the 200
+            # it got a 200 (not necessarily the fake's last answer: on a loaded machine a request
+            # the worker gave up on can reach the fake after the next attempt's)
+            assert fake.counts[item_id] >= 1, context
     stored = {row["id"] for row in query(db_url, "SELECT id FROM items")}
     assert stored == set(done)
     events = query(db_url, "SELECT status FROM events")
@@ -184,6 +188,9 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
     # fake never answered (status 0); the retry is then claimed at retry_at or, at worst, at
     # the worker's next poll. "excess" is what the gap has beyond d_j and the attempt's time.
     slack = 1.0
+    # the proxy stamps a request when its loop reads it, which a loaded machine can delay (the
+    # loop shares this process with the fake); a retry cannot come earlier than d/2 less that
+    lag = 0.05
     gaps_low, excess = [], []
     for item_id, attempts_seen in seen.items():
         statuses = iter(fake_log[item_id])
@@ -195,7 +202,7 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
             gap = times[j] - times[j - 1]
             d = _policy_delay(j)
             took = 3 * R10_TIMEOUT if outcomes[j - 1] == 0 else R10_TIMEOUT
-            low, high = d / 2 - 0.01, d + took + R10_POLL + slack
+            low, high = d / 2 - lag, d + took + R10_POLL + slack
             assert low <= gap <= high, (
                 f"{item_id}: attempt {j} ({outcomes[j - 1]}) -> {j + 1} after {gap:.3f} s, "
                 f"policy [{d / 2:.3f}, {d:.3f}] s (+ attempt time, poll); {attempts_seen}"
@@ -204,6 +211,10 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
             excess.append(gap - d - (R10_TIMEOUT if outcomes[j - 1] == 0 else 0.0))
     excess.sort()
     median_excess = excess[len(excess) // 2]
+    gaps_low.sort()
+    # and the typical retry keeps the policy's lower bound exactly (a retry without its delay
+    # would put most gaps below it)
+    assert gaps_low[len(gaps_low) // 2] >= 0, f"retries come before d/2: {gaps_low}"
     # typical retries come at d_j plus part of a poll: a wrong base or cap shows here (with the
     # default base of 2 s the median excess would be over 1 s)
     assert median_excess < R10_POLL + 0.25, f"retries come {median_excess:.3f} s after policy"
