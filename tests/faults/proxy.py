@@ -13,6 +13,9 @@ switched at any time from the test thread with :meth:`FaultProxy.set`:
   ``reset_scope="connection"`` the draw is made once per connection (on its first data); with
   ``"request"`` it is made for every chunk the client sends, which for HTTP/1.1 without
   pipelining is one request (keep-alive connections then see resets too).
+- ``always_reset``: a chunk whose first line contains this text is reset whatever the draw (and
+  takes no draw): a fault a test can count on for every seed, e.g. one item id whose every
+  request is cut.
 - ``blackhole``: data from the client is read and dropped, nothing is forwarded, nothing is
   answered; the connection stays open until the client gives up. A connection that lost data
   stays blackholed even after the mode is switched off (its byte stream is broken).
@@ -80,6 +83,7 @@ class FaultProxy:
         reset_rate: float = 0.0,
         reset_scope: ResetScope = "connection",
         blackhole: bool = False,
+        always_reset: str | None = None,
         log_size: int = 100_000,
     ) -> None:
         if upstream_host not in ("127.0.0.1", "localhost", "::1"):
@@ -87,6 +91,7 @@ class FaultProxy:
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
         self.rng = random.Random(seed)
+        self.always_reset = always_reset
         self.latency = 0.0
         self.connect_latency = 0.0
         self.reset_rate = 0.0
@@ -321,15 +326,17 @@ class FaultProxy:
                     upstream_w.transport.abort()
                     return
                 self.chunks_up += 1
+                head = _first_line(data)
                 draw = first or self.reset_scope == "request"
                 first = False
-                if draw and self.reset_rate and self.rng.random() < self.reset_rate:
+                forced = self.always_reset is not None and self.always_reset in head
+                if forced or (draw and self.reset_rate and self.rng.random() < self.reset_rate):
                     self.resets += 1
-                    self.log.append(ChunkRecord(at, conn, _first_line(data), "reset"))
+                    self.log.append(ChunkRecord(at, conn, head, "reset"))
                     _reset(client_w)
                     upstream_w.transport.abort()
                     return
-                self.log.append(ChunkRecord(at, conn, _first_line(data), "forwarded"))
+                self.log.append(ChunkRecord(at, conn, head, "forwarded"))
                 if self.latency:
                     await asyncio.sleep(self.latency)
                 self.bytes_up += len(data)

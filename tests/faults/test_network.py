@@ -24,6 +24,7 @@ from dimmy_webhooks.pipeline.jobs import WorkerPolicy
 
 from ..support.constants import API_KEY, SECRET, scaled
 from ..support.databases import backend, insert_events, query, unfinished_jobs
+from ..support.fakes import ScriptedRandom
 from ..support.processes import wait_until
 from ..support.senders import signed
 from .proxy import FaultProxy
@@ -65,14 +66,25 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
     and it must stay small. The retry delays are measured on the proxy's log (it sees every
     attempt, including the reset ones the fake never sees; both use this process's monotonic
     clock): consecutive attempts ``j`` and ``j + 1`` of one id must be at least ``d_j / 2`` apart
-    (``retry_at`` is set after attempt ``j`` failed, which is after it was sent) and at most
+    (``retry_at`` is set after attempt ``j`` failed, which is after it was sent; less 50 ms the
+    proxy may be late to stamp a request on a loaded machine, while the median gap keeps
+    ``d_j / 2`` exactly) and at most
     ``d_j`` plus how long attempt ``j`` could take plus one worker poll plus slack.
+
+    A 200 the fake sent after the client had given up (a loaded machine: the 0.5 s timeout ran
+    out while the answer was on its way) is not an answer the worker got: each such "late" 200
+    must show in the worker's log as a timed-out attempt of that id, and is counted.
+
+    Every fault the test asserts on happens for every seed: one id (``doomed``) has each of its
+    requests reset by the proxy, so it ends dead after the configured attempts and resets are
+    seen; the first request the fake draws for hangs. The other draws are the seed's.
     """
     n_ids = scaled(R10_ROUND)
     ids = fake.generate_items(n_ids)
     rounds = [ids[i : i + R10_ROUND] for i in range(0, n_ids, R10_ROUND)]
     n_events = 4  # per round
-    fake.fault_rng = random.Random(seed)
+    doomed = ids[0]
+    fake.fault_rng = ScriptedRandom(seed, first=[0.0])  # the hang is drawn first: it hangs
     fake.config.error_rate = 0.5
     fake.config.hang_rate = 0.1
     fake.config.hang_seconds = 30.0
@@ -94,11 +106,16 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
         f"R10 inject: {n_ids} ids in {len(rounds)} round(s) of {n_events} events; fake 503 "
         f"p=0.5, hang p=0.1 (30 s), proxy reset p=0.05 per request; timeout {R10_TIMEOUT} s, "
         f"attempts {R10_ATTEMPTS}, "
-        f"backoff base {R10_BASE} s cap {R10_CAP} s"
+        f"backoff base {R10_BASE} s cap {R10_CAP} s; forced: every request for {doomed} reset, "
+        "the fake's first request hangs"
     )
     started = time.monotonic()
     with FaultProxy.to_url(
-        fake_url, seed=rng.randrange(2**32), reset_rate=0.05, reset_scope="request"
+        fake_url,
+        seed=rng.randrange(2**32),
+        reset_rate=0.05,
+        reset_scope="request",
+        always_reset=f"/items/{doomed} ",
     ) as proxy:
         env["DIMMY_API_URL"] = proxy.url
         worker = service_factory(["worker"], **env)
@@ -133,7 +150,8 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
         if request.path.startswith("/items/"):
             fake_log[request.path.removeprefix("/items/")].append(request.status)
 
-    dead, done, unexplained, hangs = [], [], 0, 0
+    worker_log = worker.log()
+    dead, done, unexplained, hangs, late = [], [], 0, 0, 0
     for item_id, job in fetches.items():
         attempts = int(job["attempts"])
         resets = sum(1 for _, action in seen[item_id] if action == "reset")
@@ -144,17 +162,22 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
         assert fake.attempts[item_id] + resets <= attempts, context
         unexplained += attempts - len(seen[item_id])
         hangs += fake_log[item_id].count(0)
+        # 200s the worker never got: each one is an attempt it saw time out
+        too_late = fake.counts[item_id] - (1 if job["status"] == "done" else 0)
+        timed_out = worker_log.count(f"/items/{item_id}: timed out")
+        assert 0 <= too_late <= timed_out, f"{context}; {timed_out} timeouts logged"
+        late += too_late
         if job["status"] == "dead":
             dead.append(item_id)
             assert attempts == R10_ATTEMPTS, context
-            assert fake.counts[item_id] == 0, context
             assert job["last_error"], context
             assert re.search(r"HTTP 503|timed out|Error", job["last_error"]), context
         else:
             done.append(item_id)
             assert job["status"] == "done", context
-            assert fake.counts[item_id] == 1, context  # exactly one 200, on the last attempt
-            assert fake_log[item_id][-1] == 200, context
+            # it got a 200 (not necessarily the fake's last answer: on a loaded machine a request
+            # the worker gave up on can reach the fake after the next attempt's)
+            assert fake.counts[item_id] >= 1, context
     stored = {row["id"] for row in query(db_url, "SELECT id FROM items")}
     assert stored == set(done)
     events = query(db_url, "SELECT status FROM events")
@@ -165,16 +188,21 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
     # fake never answered (status 0); the retry is then claimed at retry_at or, at worst, at
     # the worker's next poll. "excess" is what the gap has beyond d_j and the attempt's time.
     slack = 1.0
+    # the proxy stamps a request when its loop reads it, which a loaded machine can delay (the
+    # loop shares this process with the fake); a retry cannot come earlier than d/2 less that
+    lag = 0.05
     gaps_low, excess = [], []
     for item_id, attempts_seen in seen.items():
         statuses = iter(fake_log[item_id])
         outcomes = [action if action == "reset" else next(statuses) for _, action in attempts_seen]
+        # an attempt followed by another that got a 200 got it too late: it was not answered
+        outcomes = [0 if o == 200 else o for o in outcomes[:-1]] + outcomes[-1:]
         times = [at for at, _ in attempts_seen]
         for j in range(1, len(times)):
             gap = times[j] - times[j - 1]
             d = _policy_delay(j)
             took = 3 * R10_TIMEOUT if outcomes[j - 1] == 0 else R10_TIMEOUT
-            low, high = d / 2 - 0.01, d + took + R10_POLL + slack
+            low, high = d / 2 - lag, d + took + R10_POLL + slack
             assert low <= gap <= high, (
                 f"{item_id}: attempt {j} ({outcomes[j - 1]}) -> {j + 1} after {gap:.3f} s, "
                 f"policy [{d / 2:.3f}, {d:.3f}] s (+ attempt time, poll); {attempts_seen}"
@@ -183,12 +211,18 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
             excess.append(gap - d - (R10_TIMEOUT if outcomes[j - 1] == 0 else 0.0))
     excess.sort()
     median_excess = excess[len(excess) // 2]
+    gaps_low.sort()
+    # and the typical retry keeps the policy's lower bound exactly (a retry without its delay
+    # would put most gaps below it)
+    assert gaps_low[len(gaps_low) // 2] >= 0, f"retries come before d/2: {gaps_low}"
     # typical retries come at d_j plus part of a poll: a wrong base or cap shows here (with the
     # default base of 2 s the median excess would be over 1 s)
     assert median_excess < R10_POLL + 0.25, f"retries come {median_excess:.3f} s after policy"
 
     resets_total = sum(1 for r in records if r.action == "reset")
-    assert dead, "the mix of faults must leave some ids dead"
+    assert doomed in dead, f"{doomed}: every request was reset, yet {fetches[doomed]}"
+    # an id gets through unless all its attempts fail (p < 0.6 each): with n_ids - 1 ids left
+    # to chance, no id done has a probability below 0.6 ** (4 * 59), i.e. never
     assert done, "the mix of faults must let some ids through"
     assert resets_total > 0, "no connection was reset"
     assert hangs > 0, "no request hung"
@@ -197,7 +231,8 @@ def test_r10_flaky_upstream_ends_done_or_dead_after_the_configured_attempts(
         f"R10 {backend(db_url)} seed={seed}: {n_ids} ids -> done {len(done)}, dead "
         f"{len(dead)} (all after exactly {R10_ATTEMPTS} attempts); upstream calls "
         f"{len(records)} (503 {sum(s.count(503) for s in fake_log.values())}, hang {hangs}, "
-        f"reset {resets_total}, 200 {len(done)}); attempts not seen by the proxy {unexplained}; "
+        f"reset {resets_total}, 200 {len(done)}, 200 too late {late}); attempts not seen by the "
+        f"proxy {unexplained}; "
         f"retry gap - d/2 min {min(gaps_low):.3f} s, excess over d median "
         f"{median_excess:.3f} s max {excess[-1]:.3f} s; "
         f"{elapsed:.1f} s"

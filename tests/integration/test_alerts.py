@@ -17,7 +17,9 @@ from starlette.routing import Route
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
+from dimmy_webhooks.observe import health
 from dimmy_webhooks.observe.alerts import AlertPolicy, HttpPoster, Notifier, conditions
+from dimmy_webhooks.observe.health import public_label
 from dimmy_webhooks.observe.overview import Destination, Overview
 from dimmy_webhooks.store import OperatorCounts, QueueDepth
 from dimmy_webhooks.web import create_app
@@ -62,6 +64,7 @@ def overview(
     queue = [QueueDepth("fetch", None, "dead", dead, None)] if dead else []
     counts = OperatorCounts({}, {}, 0, 0, 0, queue, gap)
     problems = ["Dimmy API refused the key: GET /items/x: HTTP 401"] if refused else []
+    problems = extra.get("problems", problems)
     return Overview(
         at=at,
         day_start=0,
@@ -195,3 +198,111 @@ def test_serve_alerts_when_work_dies_and_says_when_it_is_replayed(
     texts = record.texts()
     assert len([t for t in texts if "work went dead" in t]) == 2  # the alert and its resolution
     assert "<https://dimmy.warehouse.test|open the dashboard>" in texts[0]
+
+
+# S21: text from outside reaches the channel escaped, and /readyz tells none of it ------------
+
+HOSTILE = (
+    "<!channel> your key expired, <@U024BE7LH> <https://evil.example/login|re-enter your key> "
+    "or [sign in](https://evil.example/teams) & <b>now</b>\n\x1b[31mpoof"
+)
+
+
+def _hostile_api(detail: str) -> Starlette:
+    """A Dimmy API that refuses every key with ``detail`` as its reason."""
+
+    async def refuse(request: Request) -> Response:
+        return Response(json.dumps({"detail": detail}), 401, media_type="application/json")
+
+    return Starlette(routes=[Route("/{path:path}", refuse, methods=["GET"])])
+
+
+def _assert_no_markup_from_outside(text: str) -> None:
+    for markup in ("<!channel>", "<@U024BE7LH>", "<https://evil", "](https://evil", "<b>", "\x1b"):
+        assert markup not in text, (markup, text)
+
+
+async def test_alert_text_from_outside_is_escaped_for_the_chat_and_bounded() -> None:
+    """S21: Slack's control characters (``&``, ``<``, ``>``) from upstream are escaped, a Markdown
+    link is broken, control characters become spaces; the service's own dashboard link stays a
+    link. The ``json`` format carries the same bounded text as a plain JSON string."""
+    refused = f"Dimmy API refused the key: GET /items/x: HTTP 401 {HOSTILE}" + "x" * 2000
+    posted: list[dict[str, Any]] = []
+
+    async def look() -> tuple[Overview, int]:
+        return overview(refused=True, problems=[refused]), 0
+
+    async def post(body: dict[str, Any]) -> None:
+        posted.append(body)
+
+    await Notifier(look, post, POLICY, link="https://dimmy.test").check()
+    [slack] = posted
+    text = slack["text"]
+    _assert_no_markup_from_outside(text)
+    assert "&lt;!channel&gt;" in text
+    assert "&lt;https://evil.example/login|re-enter your key&gt;" in text
+    assert "[sign in] (https://evil.example/teams) &amp; &lt;b&gt;now&lt;/b&gt;" in text
+    assert text.endswith("... <https://dimmy.test|open the dashboard>")  # ours stays a link
+    assert len(text) < 1000
+
+    posted.clear()
+    await Notifier(look, post, POLICY, fmt="json").check()
+    [body] = posted
+    assert "<!channel> your key expired" in body["summary"]  # a JSON string: data, not markup
+    assert "\n" not in body["summary"]
+    assert "\x1b" not in body["summary"]
+    assert len(body["summary"]) <= 600
+
+
+def test_a_refused_key_reason_is_escaped_in_the_alert_and_absent_from_readyz(
+    db_url: str, recorder: tuple[Recorder, str]
+) -> None:
+    """S21 end to end: the Dimmy API refuses the key with a reason full of Slack markup. The
+    alert posted by ``serve`` carries it escaped; the unauthenticated ``/readyz`` names the
+    problem with a fixed label and none of the reason; the authenticated overview keeps it."""
+    record, hook = recorder
+    with serve_in_thread(_hostile_api(HOSTILE)) as api_url:
+        settings = make_settings(
+            db_url, api_key=API_KEY, api_url=api_url, alert_url=hook, alert_interval_seconds=1
+        )
+        with serve_in_thread(create_app(settings)) as url:
+            post_signed(url, "msg_s21", json.dumps({"item_ids": ["0" * 24]}).encode(), expect=204)
+            assert wait_until(lambda: any("refused" in t for t in record.texts()), 20), (
+                record.texts()
+            )
+            ready = httpx.get(url + "/readyz")
+            detail = httpx.get(url + "/api/overview").json()["problems"]
+    [alert] = [t for t in record.texts() if "refused" in t]
+    _assert_no_markup_from_outside(alert)
+    assert "&lt;!channel&gt;" in alert
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "degraded",
+        "problems": ["Dimmy API refused the key (DIMMY_API_KEY)"],
+    }
+    for word in ("channel", "evil", "sign in", "401", "/items"):
+        assert word not in ready.text
+    assert any("<!channel>" in problem for problem in detail), detail
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "store unreachable: ",
+        "sqlite writer thread stopped: writes cannot commit ",
+        "Dimmy API refused the key: GET /items/x: HTTP 401 ",
+        "GET /items/x: HTTP 403 ",
+        "destination http:https://wms.test/in?token=s3cret is failing (HTTP 500 ",
+        "python:x:y: 8 of 8 threads stuck in calls that timed out ",
+        "poller: GET /items: HTTP 500 ",
+        "notifier stopped: RuntimeError: ",
+        "",  # a problem nobody taught the labels
+    ],
+)
+def test_readyz_labels_repeat_nothing_of_a_problem(problem: str) -> None:
+    """S21: whatever a problem's text carries after its fixed start, its public label is one of
+    a fixed set and carries none of it."""
+    label = public_label(problem + HOSTILE)
+    assert label in {label for _, label in health._LABELS} | {health.UNKNOWN_PROBLEM}
+    for part in ("channel", "evil", "s3cret", "wms.test", "HTTP", "/items", "python:"):
+        assert part not in label, (problem, label)

@@ -22,13 +22,17 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
+from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.outputs import JsonlOutput
 from dimmy_webhooks.pipeline.backfill import backfill
 from dimmy_webhooks.pipeline.poller import WATERMARK
-from dimmy_webhooks.pipeline.ranges import PollPolicy, parse_time
+from dimmy_webhooks.pipeline.ranges import REPEATED_PAGES, PollPolicy, parse_time
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.web import create_app
 
@@ -380,3 +384,94 @@ def test_poll_once_runs_one_pass_and_reports(
     assert "stored 0" in again.stdout
     assert "webhooks are being lost" not in again.stderr  # not growing: said once
     assert delivered(tmp_path / "out.jsonl") == Counter(dict.fromkeys(ids, 1))
+
+
+# S23: a source whose pages never end, or that ignores skip -----------------------------------
+
+
+def _mark(db_url: str) -> datetime | None:
+    rows = query(db_url, f"SELECT value FROM sync_state WHERE name = '{WATERMARK}'")
+    return parse_time(rows[0]["value"]) if rows else None
+
+
+async def test_pages_that_never_end_stop_the_pass_and_keep_the_watermark_at_what_was_read(
+    services: Any, fake: FakeDimmy, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """S23: while a pass reads it, the second slice of the window grows by a page per page
+    asked. The pass stops at the slice's page bound: the first slice is stored, nothing after
+    the endless slice is read, the watermark stays at the endless slice's start (not the
+    window's end), a WARNING says so and the pass counts as failed. Once the source behaves, the
+    next pass reads on from there and misses nothing."""
+    now = datetime.now(UTC)
+    early = fake.generate_items(3, start=now - timedelta(seconds=7000))  # slice 1 of 4
+    late = fake.generate_items(3, start=now - timedelta(seconds=1500))  # slice 4
+    added: list[str] = []
+
+    def endless(skip: int) -> None:  # slice 2 gets a page more for every page read
+        added.extend(fake.generate_items(FAST.page_size, start=now - timedelta(seconds=5300)))
+
+    fake.list_hook = endless
+    running = await services()
+    poller = reader_of(running, dataclasses.replace(FAST, settle=0, slice_pages=5))
+    with caplog.at_level("WARNING", logger="dimmy_webhooks.pipeline.poller"):
+        assert await poller.pass_once() is None  # failed: cut short
+    lists = [r for r in fake.requests if r.path == "/items"]
+    assert len(lists) <= 1 + 5 + 1  # slice 1 (one short page and the empty one after), slice 2
+    mark = _mark(db_url)
+    assert mark is not None
+    assert abs((mark - (now - timedelta(seconds=5400))).total_seconds()) < 30, mark
+    stored = {row["id"] for row in query(db_url, "SELECT id FROM items")}
+    assert set(early) <= stored
+    assert not set(late) & stored  # the pass stopped at the bound: nothing after it was read
+    assert any("poll slice cut short" in r.getMessage() for r in caplog.records), caplog.text
+    assert any("watermark stays at what was read" in r.getMessage() for r in caplog.records)
+    assert poller.problem is not None
+    assert "poller" in poller.problem
+
+    fake.list_hook = None
+    poller.policy = dataclasses.replace(poller.policy, slice_pages=100)  # the slice holds ~50
+    assert await poller.pass_once() is not None  # from the watermark's overlap to now
+    assert poller.problem is None
+    stored = {row["id"] for row in query(db_url, "SELECT id FROM items")}
+    assert stored == set(early) | set(late) | set(added)
+    mark = _mark(db_url)
+    assert mark is not None
+    assert (now - mark).total_seconds() < 30
+
+
+async def test_a_source_that_ignores_skip_stops_the_pass_at_once(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """S23: ``GET /items`` answers the same full page whatever ``skip`` says. The slice is cut
+    after a few pages that bring nothing new (not after thousands of requests), the watermark
+    stays at the window's start and the WARNING names the repeats."""
+    now = datetime.now(UTC)
+    source = FakeDimmy(FakeDimmyConfig(seed=23))
+    ids = source.generate_items(FAST.page_size, start=now - timedelta(seconds=6000))
+    page = [source.items[item_id] for item_id in ids]
+    asked: list[str] = []
+
+    async def same_page(request: Request) -> Response:
+        asked.append(str(request.url.query))
+        return Response(json.dumps(page), media_type="application/json")
+
+    api = Starlette(routes=[Route("/items", same_page, methods=["GET"])])
+    with serve_in_thread(api) as api_url:
+        settings = make_settings(
+            db_url,
+            api_key=API_KEY,
+            api_url=api_url,
+            outputs=f"jsonl:{tmp_path / 'out.jsonl'}",
+            api_rate_limit=1000,
+        )
+        built = Services.from_settings(settings)
+        async with built.running():
+            poller = reader_of(built, dataclasses.replace(FAST, settle=0))
+            with caplog.at_level("WARNING", logger="dimmy_webhooks.pipeline.poller"):
+                assert await poller.pass_once() is None
+    assert len(asked) == 1 + REPEATED_PAGES, asked
+    mark = _mark(db_url)
+    assert mark is not None
+    assert abs((mark - (now - timedelta(seconds=FAST.first_lookback))).total_seconds()) < 30
+    assert {row["id"] for row in query(db_url, "SELECT id FROM items")} == set(ids)
+    assert any("pages repeat" in r.getMessage() for r in caplog.records), caplog.text

@@ -1,11 +1,12 @@
-"""Stand-ins: the one fake clock, a reset for a shared fake Dimmy API, and a fake warehouse
-system on 127.0.0.1 that records what it is sent."""
+"""Stand-ins: the one fake clock, a random source with forced first draws, a reset for a shared
+fake Dimmy API, and a fake warehouse system on 127.0.0.1 that records what it is sent."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+import random
 import threading
 import time
 from collections import Counter
@@ -34,6 +35,22 @@ class FakeTime:
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+
+
+class ScriptedRandom(random.Random):
+    """``random.Random(seed)`` whose first :meth:`random` calls return ``first`` in order: a
+    seeded fault schedule that is sure to contain the faults a test asserts on (e.g. ``[0.0]``
+    as the fake Dimmy API's ``fault_rng`` makes its first request hang when ``hang_rate`` > 0,
+    since the hang is drawn first)."""
+
+    def __init__(self, seed: int, first: list[float]) -> None:
+        super().__init__(seed)
+        self._first = list(first)
+
+    def random(self) -> float:
+        if self._first:
+            return self._first.pop(0)
+        return super().random()
 
 
 def reset_fake(fake: FakeDimmy, config: FakeDimmyConfig) -> FakeDimmy:

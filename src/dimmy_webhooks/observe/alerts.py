@@ -22,6 +22,13 @@ active, ``resolved`` is told. A new ``firing`` of the same condition waits for t
 window after its last message, so a flapping condition sends at most a few messages per window.
 A message that cannot be posted is tried again at the next check. The URL is a secret (an
 incoming webhook's URL is its credential): it is never logged.
+
+A summary can carry text from outside (the Dimmy API's reason for refusing the key, a WMS's
+error): it is cut to :data:`SUMMARY_LIMIT` characters, control characters become spaces, and
+in the ``slack`` format (Slack, Teams, Mattermost) ``&``, ``<`` and ``>`` are escaped as Slack
+asks and a Markdown link ``[text](url)`` is broken, so no mention (``<!channel>``, ``<@U..>``),
+link or HTML from outside reaches the channel as markup (:func:`escape_chat`). The ``json``
+format carries the summary as a JSON string, for the receiver to escape for its own target.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -45,6 +53,26 @@ log = logging.getLogger("dimmy_webhooks.observe.alerts")
 
 GAP_QUIET = 900.0
 """Seconds without a new missed webhook after which ``reconciliation_gap`` is resolved."""
+
+SUMMARY_LIMIT = 600
+"""Characters of a summary that are sent (the rest is cut, marked with ``...``)."""
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def bounded(summary: str) -> str:
+    """``summary`` on one line (control characters as spaces), at most :data:`SUMMARY_LIMIT`
+    characters."""
+    text = _CONTROL.sub(" ", summary)
+    return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 3] + "..."
+
+
+def escape_chat(text: str) -> str:
+    """``text`` shown as written in Slack, Teams or Mattermost: ``&``, ``<``, ``>`` escaped
+    (Slack's control characters: no ``<!channel>``, ``<@user>`` or ``<url|label>`` stays markup,
+    nor HTML in Teams) and ``](`` split, so no Markdown link ``[label](url)`` is formed."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("](", "] (")
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +261,7 @@ class Notifier:
 
     def _body(self, key: str, state: str, summary: str, now: float) -> dict[str, Any]:
         # a condition names an output by its URL, and a summary quotes errors: mask credentials
-        key, summary = redact_urls(key), redact_urls(summary)
+        key, summary = redact_urls(key), bounded(redact_urls(summary))
         if self.fmt == "json":
             return {
                 "source": "dimmy-webhooks",
@@ -244,7 +272,7 @@ class Notifier:
                 "dashboard": self.link,
             }
         mark = "RESOLVED" if state == "resolved" else "ALERT"
-        text = f"[dimmy-webhooks] {mark}: {summary}"
+        text = f"[dimmy-webhooks] {mark}: {escape_chat(summary)}"
         if self.link:
             text += f" <{self.link}|open the dashboard>"
         return {"text": text}

@@ -3,11 +3,12 @@
 Passes (:class:`Poller`): every ``interval`` seconds, the window from the watermark minus
 ``overlap`` to ``now - settle``, read by a :class:`~.ranges.RangeReader` (how a range is read,
 and why nothing is skipped or stored twice, is said there); the watermark moves to the window's
-end only once the whole window is committed, so a pass that dies is read again. Every
-``sweep_interval`` a deeper pass re-reads the last ``sweep_days``: ``start_date`` filters on
-creation time, so an item updated after its window was read (photos uploaded later, a re-scan) is
-only seen again by a sweep or a webhook (docs/operations.md says what reconciliation does and
-does not catch). After every pass, :mod:`.reconciliation` counts the webhooks that never came.
+end only once the whole window is committed, so a pass that dies is read again; a pass cut short
+at a slice moves it only to that slice's start and counts as failed. Every ``sweep_interval`` a
+deeper pass re-reads the last ``sweep_days``: ``start_date`` filters on creation time, so an item
+updated after its window was read (photos uploaded later, a re-scan) is only seen again by a sweep
+or a webhook (docs/operations.md says what reconciliation does and does not catch). After every
+pass, :mod:`.reconciliation` counts the webhooks that never came.
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ class Poller:
             result = await reader.read_range(start, end, Source.POLL, stop=stop)
             if stop is not None and stop.is_set():
                 return result  # the watermark stays: the next pass reads this window again
+            if result.cut_at is not None:
+                await self._cut_short(mark, result.cut_at)
+                return None
             await self.store.set_state(WATERMARK, iso(end), self.clock())
             await self._sweep_if_due(reader, end, stop)
             report = await self.reconcile()
@@ -104,6 +108,18 @@ class Poller:
         log.info("poll pass", extra={"fields": dict(self.last_pass)})
         return result
 
+    async def _cut_short(self, mark: str | None, cut_at: datetime) -> None:
+        """A pass stopped at a slice it could not read whole: the watermark moves to that
+        slice's start at most (never back), the pass counts as failed (``problem``)."""
+        if mark is None or cut_at > parse_time(mark):
+            await self.store.set_state(WATERMARK, iso(cut_at), self.clock())
+        kept = cut_at if mark is None else max(cut_at, parse_time(mark))
+        self.problem = f"poller: a slice from {iso(cut_at)} could not be read whole"
+        log.warning(
+            "poll pass cut short: the watermark stays at what was read",
+            extra={"fields": {"watermark": iso(kept), "slice_from": iso(cut_at)}},
+        )
+
     async def _sweep_if_due(
         self, reader: RangeReader, end: datetime, stop: asyncio.Event | None
     ) -> None:
@@ -119,7 +135,7 @@ class Poller:
         result = await reader.read_range(
             start, end, Source.POLL, stop=stop, slice_seconds=self.policy.sweep_slice_seconds
         )
-        if stop is None or not stop.is_set():
+        if (stop is None or not stop.is_set()) and result.cut_at is None:
             await self.store.set_state(SWEPT, iso(end), self.clock())
             log.info(
                 "poll sweep",

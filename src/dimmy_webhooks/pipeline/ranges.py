@@ -12,7 +12,9 @@ each read page by page with ``skip`` / ``limit`` and an ``end_date`` in the past
 set that grows while it is read repeats rows (an item created inside the slice shifts the rest by
 one), it does not skip them; repeats are dropped by id. The end of a slice is read twice: after a
 short page, the page after it is asked for once more, and taken if the set grew meanwhile. Every
-page is committed before the next is asked for.
+page is committed before the next is asked for. A slice is bounded: after ``slice_pages`` pages,
+or :data:`REPEATED_PAGES` pages in a row with nothing new (a source that ignores ``skip``), it is
+cut short with a WARNING and the range is read no further (:attr:`RangeResult.cut_at`).
 
 Bulk reads give way to live work: a page waits while a webhook's fetch is due (in this process or,
 through the database, in another), at most ``yield_seconds`` per page, and shares the client's
@@ -42,6 +44,9 @@ from dimmy_webhooks.upstream.client import DimmyClient
 log = logging.getLogger("dimmy_webhooks.pipeline.poller")
 
 MAX_PAGES_PER_SLICE = 10_000
+REPEATED_PAGES = 3
+"""Pages in a row that bring nothing new after which a slice is cut short: the source repeats
+itself (it ignores ``skip``) and would never reach its end."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,7 @@ class PollPolicy:
     sweep_slice_seconds: float = 21_600.0
     yield_seconds: float = 30.0
     page_attempts: int = 5
+    slice_pages: int = MAX_PAGES_PER_SLICE  # pages read from one slice at most
     reconcile_grace: float = 900.0
     intake: Intake = field(default_factory=Intake)
 
@@ -80,18 +86,21 @@ class PollPolicy:
 @dataclass
 class RangeResult:
     """What reading a range did: pages asked for, items read (repeats dropped), items stored
-    (new or newer: their deliveries are queued)."""
+    (new or newer: their deliveries are queued). ``cut_at``: the start of a slice that could
+    not be read whole (its page bound hit): the range was read up to there only."""
 
     pages: int = 0
     read: int = 0
     stored: int = 0
     refused: int = 0
+    cut_at: datetime | None = None
 
     def add(self, other: RangeResult) -> None:
         self.pages += other.pages
         self.read += other.read
         self.stored += other.stored
         self.refused += other.refused
+        self.cut_at = self.cut_at or other.cut_at
 
 
 Progress = Callable[[datetime, RangeResult], Awaitable[None]]
@@ -141,7 +150,7 @@ class RangeReader:
 
         Raises :class:`UpstreamError` or :class:`StoreError` when a page cannot be read or
         stored (what was committed before stays). Stops early, between pages, when ``stop`` is
-        set (the totals say how far it got).
+        set (the totals say how far it got), or after a slice that was cut short (``cut_at``).
         """
         total = RangeResult()
         step = timedelta(seconds=slice_seconds or self.policy.slice_seconds)
@@ -149,7 +158,7 @@ class RangeReader:
         while low < end and not _stopped(stop):
             high = min(low + step, end)
             total.add(await self._read_slice(low, high, source, stop))
-            if _stopped(stop):
+            if _stopped(stop) or total.cut_at is not None:
                 break  # the slice was cut short: not reported as read
             if progress is not None:
                 await progress(high, total)
@@ -161,8 +170,8 @@ class RangeReader:
     ) -> RangeResult:
         result = RangeResult()
         seen: set[str] = set()
-        skip = 0
-        while not _stopped(stop) and result.pages < MAX_PAGES_PER_SLICE:
+        skip = repeated = 0
+        while not _stopped(stop):
             await self._give_way()
             page = await self._page(low, high, skip)
             result.pages += 1
@@ -181,12 +190,17 @@ class RangeReader:
             if not page:
                 break  # an empty page is the end: a short one is asked after once more, since
                 # the set may have grown while it was read (the boundary is read twice)
-        else:
-            if result.pages >= MAX_PAGES_PER_SLICE:
+            repeated = 0 if fresh else repeated + 1
+            if result.pages >= self.policy.slice_pages or repeated >= REPEATED_PAGES:
+                repeats = repeated >= REPEATED_PAGES
+                why = "pages repeat (skip ignored?)" if repeats else "pages never end"
                 log.warning(
-                    "poll slice cut short: it kept growing",
+                    "poll slice cut short: %s; read up to its start only",
+                    why,
                     extra={"fields": {"from": iso(low), "to": iso(high), "pages": result.pages}},
                 )
+                result.cut_at = low
+                break
         return result
 
     async def _page(self, low: datetime, high: datetime, skip: int) -> list[dict[str, Any]]:
