@@ -48,12 +48,16 @@ from dimmy_webhooks.errors import PermanentUpstream, TransientUpstream, Upstream
 from dimmy_webhooks.items import clean_json_bytes
 from dimmy_webhooks.models import nested_deeper_than, valid_item_id
 from dimmy_webhooks.ratelimit import Pacer, parse_retry_after
+from dimmy_webhooks.upstream.answers import (
+    DETAIL_LIMIT,
+    ERROR_BODY_LIMIT,
+    detail_of,
+    read_capped,
+)
 from dimmy_webhooks.upstream.pacing import AdaptiveRate
 
 logger = logging.getLogger(__name__)
 
-DETAIL_LIMIT = 200
-ERROR_BODY_LIMIT = 64 * 1024  # bytes of a non-2xx answer read: its detail is all we keep
 DEFAULT_MAX_ITEM_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_PAGE_BYTES = 32 * 1024 * 1024
 DEFAULT_429_PAUSE = 1.0  # seconds the client holds requests after a 429 without Retry-After
@@ -72,70 +76,6 @@ def _format_time(moment: datetime) -> str:
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment.isoformat() + "Z"
-
-
-def _detail(response: httpx.Response, redact: Callable[[str], str]) -> str:
-    """The server's explanation (FastAPI ``detail``, string or list; ``message``; or the text),
-    redacted, then shortened to about :data:`DETAIL_LIMIT` characters."""
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        text = response.text.strip()
-    else:
-        if isinstance(body, dict) and "detail" in body:
-            detail = body["detail"]
-            if isinstance(detail, list):
-                text = "; ".join(_validation_entry(entry) for entry in detail)
-            else:
-                text = str(detail)
-        elif isinstance(body, dict) and "message" in body:
-            text = str(body["message"])
-        else:
-            text = response.text.strip()
-    text = redact(" ".join(text.split()))
-    return text if len(text) <= DETAIL_LIMIT else text[: DETAIL_LIMIT - 3] + "..."
-
-
-def _validation_entry(entry: object) -> str:
-    if isinstance(entry, dict):
-        loc = ".".join(str(part) for part in entry.get("loc") or ())
-        msg = str(entry.get("msg", ""))
-        return f"{loc}: {msg}" if loc else msg
-    return str(entry)
-
-
-async def _read_capped(response: httpx.Response, limit: int) -> httpx.Response | None:
-    """The streamed ``response`` read into memory, at most ``limit`` bytes of its decoded
-    body. Past that (or a ``Content-Length`` over it), a 2xx gives ``None``, the rest never
-    read; any other answer is cut at :data:`ERROR_BODY_LIMIT` (only its detail is kept). The
-    answer returned carries the body read, without its content encoding."""
-    ok = 200 <= response.status_code < 300
-    if not ok:
-        limit = min(limit, ERROR_BODY_LIMIT)
-    declared = response.headers.get("content-length", "")
-    if ok and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            if ok:
-                return None
-            break
-    headers = [
-        (name, value)
-        for name, value in response.headers.multi_items()
-        if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
-    ]
-    body = b"".join(chunks)
-    return httpx.Response(
-        response.status_code,
-        headers=headers,
-        content=body[:limit] if size > limit else body,
-        request=response.request,
-    )
 
 
 _CONNECTIONS_PER_POOL = 4
@@ -400,7 +340,7 @@ class DimmyClient:
                     request = http.build_request(method, path, params=params, json=body)
                     streamed = await http.send(request, stream=True)
                     try:
-                        response = await _read_capped(streamed, limit)
+                        response = await read_capped(streamed, limit)
                     finally:
                         await streamed.aclose()
             except (httpx.TimeoutException, TimeoutError) as exc:
@@ -432,7 +372,7 @@ class DimmyClient:
         if 200 <= status < 300:
             self.auth_failed = None
             return
-        detail = _detail(response, self._redact)
+        detail = detail_of(response, self._redact)
         reason = self._redact(f"{method} {path}: HTTP {status}" + (f" {detail}" if detail else ""))
         if status in (401, 403):
             self.auth_failed = reason
