@@ -148,7 +148,7 @@ def test_r1_workers_sigkilled_at_random_lose_and_duplicate_nothing(
     receive_through_serve(db_url, service_factory, messages, seed)
 
     # one output file shared by all workers: a deliver job names its output, and a worker
-    # without that output would mark the job dead ("no longer configured")
+    # without that output would keep putting the job back ("not configured") until moved
     out = tmp_path / "out.jsonl"
     env = worker_env(db_url, fake_url, f"jsonl:{out}", DIMMY_LOG_LEVEL="INFO")
     args = ["worker", "--concurrency", str(CONCURRENCY)]

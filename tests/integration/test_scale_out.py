@@ -341,7 +341,7 @@ def test_receivers_and_workers_on_one_postgres_lose_and_duplicate_nothing_under_
             "DIMMY_API_KEY": API_KEY,
             "DIMMY_API_URL": fake_url,
             # the same outputs everywhere: a deliver job names its output, and a worker
-            # without that output marks the job dead at once ("no longer configured")
+            # without that output keeps putting the job back ("not configured") until it is moved
             "DIMMY_OUTPUTS": f"jsonl:{tmp_path / 'out.jsonl'}",
             "DIMMY_LEASE_SECONDS": "2",
             "DIMMY_RETRY_BASE_SECONDS": "0.1",
