@@ -43,11 +43,15 @@ def redact_urls(text: str) -> str:
     credential (``?api_key=``, ``&token=``, ``access_token``, ``key``, ``secret``,
     ``signature``, ``sig``, ``password``, ``auth``... : any name containing ``key``, ``token``,
     ``secret``, ``sig``, ``pass``, ``pwd``, ``auth``, ``credential`` or ``session``)."""
-    if "://" not in text and "=" not in text:
-        return text
-    text = _URL_PASSWORD.sub(r"\1***@", text)
-    text = _SECRET_PARAM.sub(r"\1***", text)
-    return _PASSWORD_PARAM.sub(r"\1***", text)
+    # each pattern only where its anchor occurs: every log line goes through here, and most
+    # (``key=value`` fields) hold no URL and no query string at all
+    if "://" in text:
+        text = _URL_PASSWORD.sub(r"\1***@", text)
+    if "?" in text or "&" in text or ";" in text:
+        text = _SECRET_PARAM.sub(r"\1***", text)
+    if "password=" in text.lower():
+        text = _PASSWORD_PARAM.sub(r"\1***", text)
+    return text
 
 
 def _one_line(text: str) -> str:
