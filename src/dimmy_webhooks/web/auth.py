@@ -210,15 +210,11 @@ class RemoteRule:
 def _is_loopback(address: str) -> bool:
     """Whether a client address (as a proxy header gives it: a port, brackets or quotes
     around it perhaps) is this machine; an unknown or obfuscated one is not."""
-    text = address.strip().strip('"').strip()
-    if text.startswith("["):
-        text = text[1:].partition("]")[0]
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]
+    text = host_name(address.strip().strip('"'))
     try:
         return ipaddress.ip_address(text).is_loopback
     except ValueError:
-        return text.lower() == "localhost"
+        return text == "localhost"
 
 
 def forwarded_for(scope: Scope) -> str | None:
