@@ -89,6 +89,7 @@ class IncomingEvent:
     headers: dict[str, str]
     received_at: float
     item_count: int | None = None
+    account: str = "default"
 
 
 class Source(enum.StrEnum):
@@ -138,6 +139,7 @@ class Job:
     revision: int | None = None  # deliveries: the item revision they hand on
     lane: Lane = Lane.LIVE
     seq: int = 0  # a fetch's position in its event; its deliveries take it over
+    account: str = "default"  # the Dimmy account whose work it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +183,8 @@ class StoredItem:
     """``None``, or ``held`` (quarantined: no output gets it), ``released`` or ``rejected``."""
     hold_reason: str | None = None
     hold_note: str | None = None
+    account: str = "default"
+    """The Dimmy account the item was fetched for (``config.accounts``)."""
 
     @property
     def held(self) -> bool:
@@ -207,6 +211,7 @@ class EventRecord:
     item_count: int | None = None
     last_error: str | None = None
     jobs: dict[str, int] = field(default_factory=dict)
+    account: str = "default"
 
 
 class ReplayMode(enum.StrEnum):
@@ -269,6 +274,7 @@ class DeliveryAttempt:
     record_id: str | None = None
     job_id: int = 0
     id: int = 0
+    account: str = "default"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,15 @@ may listen beyond loopback. Import from here:
 May import: :mod:`dimmy_webhooks.errors` only. Every other stage imports it.
 """
 
+from dimmy_webhooks.config.accounts import (
+    ACCOUNT_NAME,
+    DEFAULT_ACCOUNT,
+    Account,
+    Accounts,
+    load_accounts,
+    single,
+    token_digest,
+)
 from dimmy_webhooks.config.display import SECRET_SETTINGS, env_example
 from dimmy_webhooks.config.errors import error_lines
 from dimmy_webhooks.config.exposure import (
@@ -35,6 +44,13 @@ from dimmy_webhooks.config.values import (
 )
 
 __all__ = [
+    "ACCOUNT_NAME",
+    "DEFAULT_ACCOUNT",
+    "Account",
+    "Accounts",
+    "load_accounts",
+    "single",
+    "token_digest",
     "DEFAULT_API_URL",
     "DEFAULT_DATABASE_URL",
     "LOOPBACK_HOSTS",

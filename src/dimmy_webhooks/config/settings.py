@@ -278,6 +278,12 @@ class Settings(BaseSettings):
         description="A TOML file of `[[destination]]` tables: per-destination headers, timeout, "
         "concurrency, rate, filters and fields (docs/forwarding.md).",
     )
+    accounts_file: Path | None = Field(
+        default=None,
+        description="A TOML file of `[[account]]` tables, one per Dimmy account (a 3PL's "
+        "clients): name, webhook_secret, api_key and optional overrides (docs/accounts.md). "
+        "The single-account settings stay the account `default`.",
+    )
     outputs: str = Field(
         default="console",
         description="Where new or changed items go, comma separated: `console`, `jsonl:PATH`, "
