@@ -246,8 +246,8 @@ def version_of(document: Any, normalised: NormalisedItem) -> str:
 def to_api_dict(item: StoredItem) -> dict[str, Any]:
     """The JSON body of ``GET /api/items/{id}``.
 
-    ``id``, every normalised field (tuples as lists), ``version``, ``fetched_at`` (ISO-8601 UTC)
-    and ``raw``: the document parsed from the text exactly as fetched. A new dict every call.
+    ``id``, ``account``, every normalised field (tuples as lists), ``version``, ``fetched_at``
+    (ISO-8601 UTC) and ``raw``: the document parsed from the text exactly as fetched. A new dict every call.
     """
     out = api_fields(item)
     out["raw"] = item.raw_json()
@@ -265,8 +265,9 @@ def to_api_json(item: StoredItem, extra: Mapping[str, Any] | None = None) -> byt
 
 
 def api_fields(item: StoredItem) -> dict[str, Any]:
-    """:func:`to_api_dict` without ``raw``: the fields as JSON-ready values."""
-    out: dict[str, Any] = {"id": item.id}
+    """:func:`to_api_dict` without ``raw``: the fields as JSON-ready values, ``account`` (the
+    Dimmy account the item belongs to) among them."""
+    out: dict[str, Any] = {"id": item.id, "account": item.account}
     for f in dataclasses.fields(item.item):
         value = getattr(item.item, f.name)
         out[f.name] = list(value) if isinstance(value, tuple) else value

@@ -24,15 +24,23 @@
   this host, ``Sec-Fetch-Site: cross-site``) or when it has a body type an HTML form can send
   (``text/plain``, ``application/x-www-form-urlencoded``, ``multipart/form-data``). Programs
   (curl, scripts) send neither and pass.
-- **Sessions** (:mod:`.sessions`): a dashboard login stands for the admin token on ``/api/*``
-  too; a state-changing request with the cookie also needs the session's ``X-CSRF-Token``.
-- **Metrics**: ``/metrics`` takes ``DIMMY_METRICS_TOKEN`` or the admin token, when one is set.
+- **Operator tokens** (``operator_token`` of an account in ``DIMMY_ACCOUNTS_FILE``): stand for
+  the admin token where it is asked for, but the request sees that account only
+  (:class:`~.principal.Viewer`); a wrong one counts against the same throttle. Without an
+  admin token everything is open as before, and an operator token given anyway narrows the
+  view to its account.
+- **Sessions** (:mod:`.sessions`): a dashboard login stands for the token it was opened with
+  on ``/api/*`` too (the admin's, or an operator's, bound to its account); a state-changing
+  request with the cookie also needs the session's ``X-CSRF-Token``.
+- **Metrics**: ``/metrics`` takes ``DIMMY_METRICS_TOKEN`` or the admin token, when one is set
+  (every account's series), or an operator token (its account's).
 
 The rules are applied by the ASGI middlewares :class:`AccessGuard` (Host, cross-site) and
 :class:`TokenFirst` (``/api/*`` before anything is parsed), and by the dependencies
-:func:`require_admin`, :func:`metrics_guard` and :func:`require_login`, which the routes
-receive through :mod:`.deps`. The app's :class:`TokenCheck` and :class:`.sessions.Sessions`
-are built once, by :func:`~dimmy_webhooks.web.app.create_app`.
+:func:`require_viewer` (who asks: :class:`~.principal.Viewer`), :func:`metrics_guard` and
+:func:`require_login`, which the routes receive through :mod:`.deps`. The app's
+:class:`TokenCheck` and :class:`.sessions.Sessions` are built once, by
+:func:`~dimmy_webhooks.web.app.create_app`; the accounts are the services' (:func:`accounts_of`).
 """
 
 from __future__ import annotations
@@ -61,9 +69,11 @@ from dimmy_webhooks.config import (
     host_name,
     weak_token,
 )
+from dimmy_webhooks.config.accounts import Accounts
 from dimmy_webhooks.errors import StoreError
-from dimmy_webhooks.ratelimit import SlidingWindow
+from dimmy_webhooks.web.principal import Viewer
 from dimmy_webhooks.web.sessions import CSRF_HEADER, Session, Sessions
+from dimmy_webhooks.web.tokens import FailureThrottle, TokenCheck, Verdict, retry_after_header
 
 log = logging.getLogger("dimmy_webhooks.web.auth")
 # the refusals of /api and /metrics keep the logger names their log lines have always carried
@@ -77,10 +87,12 @@ __all__ = [
     "LoginRequired",
     "TokenCheck",
     "TokenFirst",
+    "accounts_of",
     "allowed_hosts",
     "metrics_guard",
     "require_admin",
     "require_login",
+    "require_viewer",
     "sessions_of",
     "tokens_of",
 ]
@@ -89,89 +101,12 @@ _CHECKED_HEADERS = frozenset({b"host", b"origin", b"sec-fetch-site", b"content-t
 _FORWARDING_HEADERS = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip"})
 REMOTE_CLIENT = "dimmy_remote_client"
 """``scope["state"]`` key: the remote address a request was forwarded for (:class:`AccessGuard`)."""
+VIEWER = "dimmy_viewer"
+"""``scope["state"]`` key: who the request was resolved to (:func:`require_viewer`), once."""
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _FORM_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _bearer = HTTPBearer(auto_error=False)
-
-
-class FailureThrottle:
-    """Wrong-token attempts per client: more than ``limit`` within ``window`` seconds locks the
-    client out until ``window`` seconds after its first counted failure. Remembers at most
-    ``max_clients`` clients (the oldest are forgotten first), so it cannot grow without bound."""
-
-    def __init__(
-        self,
-        *,
-        limit: int = 10,
-        window: float = 60.0,
-        max_clients: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.limit = limit
-        self.window = window
-        self.max_clients = max_clients
-        self._clock = clock
-        self._failures: collections.OrderedDict[str, SlidingWindow] = collections.OrderedDict()
-
-    def retry_after(self, client: str) -> float | None:
-        """Seconds ``client`` must wait before it is heard again, or ``None``."""
-        failures = self._failures.get(client)
-        wait = failures.wait() if failures is not None else 0.0
-        return wait if wait > 0 else None
-
-    def failed(self, client: str) -> None:
-        failures = self._failures.get(client)
-        if failures is None:
-            failures = SlidingWindow(self.limit, self.window, clock=self._clock)
-            self._failures[client] = failures
-        failures.add()
-        self._failures.move_to_end(client)
-        while len(self._failures) > self.max_clients:
-            self._failures.popitem(last=False)
-
-
-def retry_after_header(seconds: float) -> str:
-    return str(max(1, math.ceil(seconds)))
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What a token check decided: ``ok``; else refused, ``retry_after`` seconds when the
-    client is throttled (answer 429), ``None`` when the token is wrong (answer 401)."""
-
-    ok: bool
-    retry_after: float | None = None
-
-
-class TokenCheck:
-    """The admin token (``None``: not required) and the throttle of wrong attempts."""
-
-    def __init__(self, token: str | None, throttle: FailureThrottle | None = None) -> None:
-        self._token = token.encode() if token is not None else None
-        self.throttle = throttle or FailureThrottle()
-
-    @property
-    def required(self) -> bool:
-        return self._token is not None
-
-    def check(self, given: str, client: str, *, accepted: Sequence[str] | None = None) -> Verdict:
-        """Whether ``given`` (from ``client``) is the token (or one of ``accepted``, when
-        given: none accepted means none required). The right token is accepted even from a
-        throttled client; a wrong one from it is answered with the wait, uncounted."""
-        tokens = [self._token] if accepted is None else [t.encode() for t in accepted]
-        if not any(tokens):
-            return Verdict(ok=True)
-        # the right token is always heard: clients behind a proxy that does not forward
-        # addresses share one, and wrong guesses there must not lock the operator out (S24);
-        # a guess's odds come from the token's strength, the throttle only slows the guessing
-        if any(token and hmac.compare_digest(given.encode(), token) for token in tokens):
-            return Verdict(ok=True)
-        wait = self.throttle.retry_after(client)
-        if wait is not None:
-            return Verdict(ok=False, retry_after=wait)
-        self.throttle.failed(client)
-        return Verdict(ok=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +275,12 @@ def sessions_of(request: Request) -> Sessions:
     return sessions
 
 
+def accounts_of(request: Request) -> Accounts:
+    """The configured accounts, as the running services hold them now."""
+    accounts: Accounts = request.app.state.services.accounts
+    return accounts
+
+
 def client_of(request: Request) -> str:
     return request.client.host if request.client else "-"
 
@@ -357,17 +298,17 @@ def refusal(reason: str, retry_after: float | None, *, challenge: bool = True) -
     return HTTPException(status_code=401, detail=reason, headers=headers)
 
 
-async def _session_admits(request: Request, sessions: Sessions) -> bool:
-    """Whether ``request`` to ``/api/*`` is admitted by a dashboard session instead of the
-    bearer token. A state-changing request with the cookie but without the session's
+async def _session_admits(request: Request, sessions: Sessions) -> Session | None:
+    """The dashboard session that admits ``request`` to ``/api/*`` instead of the bearer
+    token, or ``None``. A state-changing request with the cookie but without the session's
     ``X-CSRF-Token`` is refused (403): a page of another site cannot have sent that header."""
     session = await sessions.current(request)
     if session is None:
-        return False
+        return None
     if request.method in _SAFE_METHODS:
-        return True
+        return session
     if sessions.csrf_ok(session, request.headers.get(CSRF_HEADER)):
-        return True
+        return session
     raise HTTPException(
         status_code=403,
         detail="CSRF token missing or wrong: the dashboard sends X-CSRF-Token with its "
@@ -375,22 +316,33 @@ async def _session_admits(request: Request, sessions: Sessions) -> bool:
     )
 
 
-async def require_admin(
+async def require_viewer(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """When ``DIMMY_ADMIN_TOKEN`` is set, demand ``Authorization: Bearer <token>`` (401) or a
-    dashboard session, and answer 429 to a client that keeps giving wrong tokens."""
+) -> Viewer:
+    """Who asks ``/api/*``: when ``DIMMY_ADMIN_TOKEN`` is set, demand ``Authorization: Bearer``
+    with it or an account's operator token (401), or a dashboard session, and answer 429 to a
+    client that keeps giving wrong tokens. Resolved once per request."""
+    state = request.scope.setdefault("state", {})
+    if VIEWER in state:
+        known: Viewer = state[VIEWER]
+        return known
+    viewer = await _resolve(request, credentials.credentials if credentials is not None else "")
+    state[VIEWER] = viewer
+    return viewer
+
+
+async def _resolve(request: Request, given: str) -> Viewer:
     tokens = tokens_of(request)
-    if not tokens.required:
-        return
-    # a dashboard session stands for the token (a POST also needs its CSRF header, else 403)
-    if await _session_admits(request, sessions_of(request)):
-        return
+    if tokens.required:
+        # a dashboard session stands for its token (a POST also needs its CSRF header, else 403)
+        session = await _session_admits(request, sessions_of(request))
+        if session is not None:
+            return Viewer(session.account)
     client = client_of(request)
-    verdict = tokens.check(credentials.credentials if credentials is not None else "", client)
+    verdict = tokens.check(given, client, operators=accounts_of(request))
     if verdict.ok:
-        return
+        return verdict.viewer
     throttled = verdict.retry_after is not None
     reason = "too many wrong admin tokens" if throttled else "missing or wrong admin token"
     fields = {"reason": reason, "client": client, "path": request.url.path}
@@ -398,24 +350,35 @@ async def require_admin(
     raise refusal(reason, verdict.retry_after)
 
 
-def metrics_guard(settings: Settings) -> Callable[[Request], None]:
+async def require_admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """The gate of ``/api/*`` (:func:`require_viewer`, its answer left to the routes that
+    read it)."""
+    await require_viewer(request, credentials)
+
+
+def metrics_guard(settings: Settings) -> Callable[[Request], Viewer]:
     """The dependency guarding ``/metrics``: it answers when no token is configured, or the
-    bearer is ``DIMMY_METRICS_TOKEN`` or the admin token (wrong ones count against the same
-    per-address throttle as the API's)."""
+    bearer is ``DIMMY_METRICS_TOKEN`` or the admin token (every account), or an account's
+    operator token (that account's series only); wrong ones count against the same
+    per-address throttle as the API's."""
     accepted = [t for t in (settings.metrics_token_value(), settings.admin_token_value()) if t]
     # a client a proxy forwarded is offered only the tokens strong enough for a network
     strong = [t for t in accepted if not weak_token(t)]
 
-    def require_metrics_token(request: Request) -> None:
+    def require_metrics_token(request: Request) -> Viewer:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         given = given.strip() if scheme.lower() == "bearer" else ""
         client = client_of(request)
         offered = strong if REMOTE_CLIENT in request.scope.get("state", {}) else accepted
-        if accepted and not offered:
+        operators = accounts_of(request)
+        if accepted and not offered and operators.by_operator_token(given) is None:
             raise refusal("missing or wrong token", None)
-        verdict = tokens_of(request).check(given, client, accepted=offered)
+        verdict = tokens_of(request).check(given, client, accepted=offered, operators=operators)
         if verdict.ok:
-            return
+            return verdict.viewer
         if verdict.retry_after is None:
             metrics_log.warning("metrics request refused", extra={"fields": {"client": client}})
             raise refusal("missing or wrong token", None)
@@ -458,7 +421,7 @@ class TokenFirst:
         if scheme.lower() == "bearer" and given.strip():
             credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=given.strip())
         try:
-            await require_admin(request, credentials)
+            await require_viewer(request, credentials)
         except HTTPException as exc:
             answer = JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
             await answer(scope, receive, send)

@@ -29,6 +29,7 @@ from dimmy_webhooks.signatures import MIN_SECRET_BYTES, parse_secrets
 FIELD_NAMES = frozenset(
     [
         "id",
+        "account",
         "created_at",
         "updated_at",
         "started_at",

@@ -226,10 +226,11 @@ class AttemptPage(BaseModel):
 
 
 class ItemOut(BaseModel):
-    """A stored item: its Dimmy ``_id``, the normalised fields, ``version``, ``fetched_at`` and
-    ``raw``, the document exactly as fetched."""
+    """A stored item: its Dimmy ``_id``, its ``account``, the normalised fields, ``version``,
+    ``fetched_at`` and ``raw``, the document exactly as fetched."""
 
     id: str
+    account: str = Field(description="the Dimmy account the item belongs to")
     created_at: str | None
     updated_at: str | None
     started_at: str | None

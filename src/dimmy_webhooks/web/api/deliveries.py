@@ -20,7 +20,7 @@ from dimmy_webhooks.web.api.common import (
     api_router,
     attempt_page,
 )
-from dimmy_webhooks.web.deps import StoreDep
+from dimmy_webhooks.web.deps import AccountDep, StoreDep
 
 router = api_router()
 
@@ -29,6 +29,7 @@ router = api_router()
 async def list_deliveries(
     store: StoreDep,
     where: LedgerWhere,
+    account: AccountDep,
     item: Annotated[str | None, Query(pattern=ITEM_ID_PATTERN, description="an item id")] = None,
     barcode: Annotated[str | None, Query(max_length=200)] = None,
     limit: Limit = 100,
@@ -40,6 +41,11 @@ async def list_deliveries(
     if where.matches_none:
         return attempt_page([], limit)
     rows = await store.attempts(
-        item_id=item, barcode=barcode, before=before, limit=limit, **where.params()
+        item_id=item,
+        barcode=barcode,
+        before=before,
+        limit=limit,
+        account=account,
+        **where.params(),
     )
     return attempt_page(rows, limit)

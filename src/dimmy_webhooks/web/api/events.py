@@ -34,7 +34,8 @@ from dimmy_webhooks.web.api.common import (
     or_404,
     timestamp,
 )
-from dimmy_webhooks.web.deps import ServicesDep, StoreDep
+from dimmy_webhooks.web.deps import AccountDep, ServicesDep, StoreDep, ViewerDep
+from dimmy_webhooks.web.principal import Viewer
 
 router = api_router()
 
@@ -42,6 +43,7 @@ router = api_router()
 @router.get("/events")
 async def list_events(
     store: StoreDep,
+    account: AccountDep,
     status: EventStatus = None,
     limit: Limit = 50,
     before: Annotated[
@@ -49,28 +51,35 @@ async def list_events(
     ] = None,
 ) -> dict[str, Any]:
     """Inbox events, newest first, optionally by status."""
-    events = await store.list_events(status=status, limit=limit, before=before)
+    events = await store.list_events(status=status, limit=limit, before=before, account=account)
     return event_page(events, limit)
 
 
 @router.get("/events/{event_id}", responses=NOT_FOUND)
-async def get_event(event_id: EventId, store: StoreDep) -> dict[str, Any]:
+async def get_event(event_id: EventId, store: StoreDep, viewer: ViewerDep) -> dict[str, Any]:
     """One event with its work counted by kind and status."""
-    return event_dict(await _event(store, event_id))
+    return event_dict(await stored_event(store, viewer, event_id))
 
 
-async def _event(store: Store, event_id: int) -> EventRecord:
+async def stored_event(store: Store, viewer: Viewer, event_id: int) -> EventRecord:
+    """The event ``event_id`` if ``viewer`` may see it; else 404, the same answer whether it
+    is missing or another account's."""
     event = await store.get_event(event_id)
-    if event is None:
+    if event is None or not viewer.owns(event.account):
         raise HTTPException(status_code=404, detail="event not found")
     return event
 
 
 @router.post("/events/{event_id}/replay", responses=NOT_FOUND)
 async def replay_event(
-    event_id: EventId, services: ServicesDep, mode: ReplayMode = ReplayMode.REFETCH
+    event_id: EventId,
+    services: ServicesDep,
+    viewer: ViewerDep,
+    mode: ReplayMode = ReplayMode.REFETCH,
 ) -> dict[str, Any]:
     """Put an event's work back in the queue: ``refetch`` from Dimmy or ``redeliver``."""
+    if not viewer.admin:
+        await stored_event(services.store, viewer, event_id)
     queued = await or_404(services.replay_event(event_id, mode), "event not found")
     return {"event_id": event_id, "mode": mode.value, "queued": queued}
 
@@ -83,6 +92,7 @@ _Type = Annotated[
 @router.get("/events.json", response_model=EventPage)
 async def browse_events(
     store: StoreDep,
+    account: AccountDep,
     status: EventStatus = None,
     type: _Type = None,
     since: Since = None,
@@ -99,6 +109,7 @@ async def browse_events(
         until=timestamp(until, "until"),
         before=before,
         limit=limit,
+        account=account,
     )
     return event_page(events, limit)
 
@@ -127,9 +138,9 @@ class EventWorkOut(BaseModel):
 
 
 @router.get("/events/{event_id}/work", response_model=EventWorkOut, responses=NOT_FOUND)
-async def event_work(event_id: EventId, store: StoreDep) -> dict[str, Any]:
+async def event_work(event_id: EventId, store: StoreDep, viewer: ViewerDep) -> dict[str, Any]:
     """What an event's page shows: headers, every job with its last error, the ledger."""
-    event = await _event(store, event_id)
+    event = await stored_event(store, viewer, event_id)
     work = await store.event_work(event_id)
     jobs = [
         {
@@ -156,8 +167,9 @@ async def event_work(event_id: EventId, store: StoreDep) -> dict[str, Any]:
     response_class=Response,
     responses={200: {"content": {"application/json": {}}, "description": "the body"}, **NOT_FOUND},
 )
-async def event_body(event_id: EventId, store: StoreDep) -> Response:
+async def event_body(event_id: EventId, store: StoreDep, viewer: ViewerDep) -> Response:
     """The event's body as received (verified JSON; stored as UTF-8 without a byte order mark
     when it came with one, or in UTF-16/32)."""
+    await stored_event(store, viewer, event_id)
     body = await or_404(store.get_event_body(event_id), "event not found")
     return Response(body, media_type="application/json")

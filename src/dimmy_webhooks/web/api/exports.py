@@ -28,7 +28,7 @@ from dimmy_webhooks.web.api.common import (
     attempt_dict,
     csv_cell,
 )
-from dimmy_webhooks.web.deps import StoreDep
+from dimmy_webhooks.web.deps import AccountDep, StoreDep
 
 router = api_router()
 PAGE = 500  # rows per store read of an export
@@ -59,11 +59,14 @@ def csv_row(values: Sequence[object]) -> bytes:
 _CSV_COLUMNS = list(AttemptOut.model_fields)
 
 
-async def _ledger(store: Store, where: LedgerFilter) -> AsyncIterator[list[DeliveryAttempt]]:
-    """The ledger's rows ``where`` selects, newest first, a page at a time."""
+async def _ledger(
+    store: Store, where: LedgerFilter, account: str | None
+) -> AsyncIterator[list[DeliveryAttempt]]:
+    """The ledger's rows ``where`` selects (of ``account``: ``None``, every one), newest
+    first, a page at a time."""
     before = None
     while not where.matches_none:
-        page = await store.attempts(before=before, limit=PAGE, **where.params())
+        page = await store.attempts(before=before, limit=PAGE, account=account, **where.params())
         yield page
         if len(page) < PAGE:
             return
@@ -75,13 +78,15 @@ async def _ledger(store: Store, where: LedgerFilter) -> AsyncIterator[list[Deliv
     response_class=StreamingResponse,
     responses={**_doc("text/csv", "the ledger as CSV"), **BAD_STATUS},
 )
-async def export_deliveries(store: StoreDep, where: LedgerWhere) -> StreamingResponse:
+async def export_deliveries(
+    store: StoreDep, where: LedgerWhere, account: AccountDep
+) -> StreamingResponse:
     """The ledger for a time range as CSV (one row per attempt, oldest last), streamed page by
     page: memory stays flat however long the range."""
 
     async def rows() -> AsyncIterator[bytes]:
         yield csv_row(_CSV_COLUMNS)
-        async for page in _ledger(store, where):
+        async for page in _ledger(store, where, account):
             entries = (attempt_dict(attempt) for attempt in page)
             yield b"".join(csv_row([e[name] for name in _CSV_COLUMNS]) for e in entries)
 
@@ -93,12 +98,14 @@ async def export_deliveries(store: StoreDep, where: LedgerWhere) -> StreamingRes
     response_class=StreamingResponse,
     responses={**_doc("application/x-ndjson", "one item per line"), **BAD_STATUS},
 )
-async def export_deliveries_jsonl(store: StoreDep, where: LedgerWhere) -> StreamingResponse:
+async def export_deliveries_jsonl(
+    store: StoreDep, where: LedgerWhere, account: AccountDep
+) -> StreamingResponse:
     """The ledger for a time range as JSON Lines (one attempt per line, newest first, as
     ``/api/deliveries`` lists them), streamed page by page."""
 
     async def lines() -> AsyncIterator[bytes]:
-        async for page in _ledger(store, where):
+        async for page in _ledger(store, where, account):
             yield b"".join(
                 json.dumps(attempt_dict(a), ensure_ascii=False).encode() + b"\n" for a in page
             )
@@ -109,7 +116,7 @@ async def export_deliveries_jsonl(store: StoreDep, where: LedgerWhere) -> Stream
 # items ----------------------------------------------------------------------------------------
 
 _ITEM_COLUMNS = [
-    "id", "barcode", "barcodes", "width", "height", "depth", "dimension_unit", "volume",
+    "id", "account", "barcode", "barcodes", "width", "height", "depth", "dimension_unit", "volume",
     "volume_unit", "weight", "weight_unit", "dim_weight", "billable_weight",
     "scanner_account_id", "owner_id", "flow_id", "created_at", "updated_at", "started_at",
     "ended_at", "fetched_at", "version", "revision", "hold_state", "photo_urls",
@@ -130,12 +137,16 @@ def _jsonl(item: StoredItem) -> bytes:
 
 
 async def _items(
-    store: Store, where: ItemFilter, line: Callable[[StoredItem], bytes], head: bytes
+    store: Store,
+    where: ItemFilter,
+    account: str | None,
+    line: Callable[[StoredItem], bytes],
+    head: bytes,
 ) -> AsyncIterator[bytes]:
     yield head
     after = None
     while True:
-        page = await store.export_items(where, limit=PAGE, after=after)
+        page = await store.export_items(where, limit=PAGE, after=after, account=account)
         yield b"".join(line(item) for item in page)
         if len(page) < PAGE:
             return
@@ -145,11 +156,13 @@ async def _items(
 @router.get(
     "/items.csv", response_class=StreamingResponse, responses=_doc("text/csv", "one row per item")
 )
-async def export_items_csv(store: StoreDep, where: ItemWhere) -> StreamingResponse:
+async def export_items_csv(
+    store: StoreDep, where: ItemWhere, account: AccountDep
+) -> StreamingResponse:
     """The items of a range (``fetched_at`` in ``[since, until)``, the items page's filters) as
     CSV in id order, without ``raw``; lists are space separated; a cell a spreadsheet would run
     as a formula starts with ``'``. Streamed page by page."""
-    rows = _items(store, where, _item_csv, csv_row(_ITEM_COLUMNS))
+    rows = _items(store, where, account, _item_csv, csv_row(_ITEM_COLUMNS))
     return _download(rows, "items.csv", "text/csv; charset=utf-8")
 
 
@@ -158,7 +171,10 @@ async def export_items_csv(store: StoreDep, where: ItemWhere) -> StreamingRespon
     response_class=StreamingResponse,
     responses=_doc("application/x-ndjson", "one item per line"),
 )
-async def export_items_jsonl(store: StoreDep, where: ItemWhere) -> StreamingResponse:
+async def export_items_jsonl(
+    store: StoreDep, where: ItemWhere, account: AccountDep
+) -> StreamingResponse:
     """The items of a range as JSON Lines in id order: each line what ``GET
     /api/items/{id}`` returns (``raw`` included, exactly as fetched). Streamed page by page."""
-    return _download(_items(store, where, _jsonl, b""), "items.jsonl", "application/x-ndjson")
+    lines = _items(store, where, account, _jsonl, b"")
+    return _download(lines, "items.jsonl", "application/x-ndjson")

@@ -34,7 +34,8 @@ from dimmy_webhooks.web.api.common import (
     or_404,
     timestamp,
 )
-from dimmy_webhooks.web.deps import ServicesDep, StoreDep
+from dimmy_webhooks.web.deps import AccountDep, ServicesDep, StoreDep, ViewerDep
+from dimmy_webhooks.web.principal import Viewer
 
 router = api_router()
 
@@ -60,20 +61,24 @@ class ItemPage(BaseModel):
     response_model=None,
     responses={200: {"model": ItemDetail}, **NOT_FOUND},
 )
-async def get_item(item_id: ItemId, store: StoreDep) -> Response:
-    """One stored item: ``raw`` exactly as fetched, normalised fields, ``fetched_at``, whether
-    it is held in quarantine (``hold``), and its delivery ledger (``deliveries``, newest
-    first)."""
-    item = await _stored(store, item_id)
-    ledger = await store.attempts(item_id=item_id, limit=100)
+async def get_item(item_id: ItemId, store: StoreDep, viewer: ViewerDep) -> Response:
+    """One stored item: ``raw`` exactly as fetched, its ``account``, normalised fields,
+    ``fetched_at``, whether it is held in quarantine (``hold``), and its delivery ledger
+    (``deliveries``, newest first). Another account's item, for an operator, is not found."""
+    item = await stored_item(store, viewer, item_id)
+    ledger = await store.attempts(item_id=item_id, limit=100, account=item.account)
     extra = {"hold": _hold(item), "deliveries": [attempt_dict(a) for a in ledger]}
     return json_response(to_api_json(item, extra))
 
 
-async def _stored(store: Store, item_id: str) -> StoredItem:
+async def stored_item(
+    store: Store, viewer: Viewer, item_id: str, detail: str = "item not found"
+) -> StoredItem:
+    """The stored item ``item_id`` if ``viewer`` may see it; else 404 with ``detail``, the
+    same answer whether it is missing or another account's."""
     item = await store.get_item(item_id)
-    if item is None:
-        raise HTTPException(status_code=404, detail="item not found")
+    if item is None or not viewer.owns(item.account):
+        raise HTTPException(status_code=404, detail=detail)
     return item
 
 
@@ -86,6 +91,7 @@ def _hold(item: StoredItem) -> dict[str, Any] | None:
 @router.get("/items", response_model=None, responses={200: {"model": ItemPage}})
 async def list_items(
     store: StoreDep,
+    account: AccountDep,
     since: Annotated[
         str | None,
         Query(
@@ -100,7 +106,7 @@ async def list_items(
 ) -> Response:
     """Stored items in id order; pass ``next`` back as ``after`` for the next page."""
     items = await store.list_items(
-        since=timestamp(since), barcode=barcode, limit=limit, after=after
+        since=timestamp(since), barcode=barcode, limit=limit, after=after, account=account
     )
     following = items[-1].id if len(items) == limit else None
     return item_page([to_api_json(item) for item in items], following)
@@ -108,9 +114,15 @@ async def list_items(
 
 @router.post("/items/{item_id}/replay", responses=NOT_FOUND)
 async def replay_item(
-    item_id: ItemId, services: ServicesDep, mode: ReplayMode = ReplayMode.REFETCH
+    item_id: ItemId,
+    services: ServicesDep,
+    viewer: ViewerDep,
+    mode: ReplayMode = ReplayMode.REFETCH,
 ) -> dict[str, Any]:
-    """Fetch one item again, or deliver its stored version to the outputs again."""
+    """Fetch one item again, or deliver its stored version to the outputs again (an
+    operator: only an item of its account that is stored)."""
+    if not viewer.admin:
+        await stored_item(services.store, viewer, item_id)
     queued = await or_404(services.replay_item(item_id, mode), "item not found")
     return {"item_id": item_id, "mode": mode.value, "queued": queued}
 
@@ -127,6 +139,7 @@ _CURSOR = r"^-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][+-]?[0-9]{1,2})?:[A-Za-z0-9_-]{1
 async def browse_items(
     store: StoreDep,
     where: ItemWhere,
+    account: AccountDep,
     limit: Limit = 50,
     before: Annotated[
         str | None, Query(max_length=200, pattern=_CURSOR, description="cursor")
@@ -142,7 +155,7 @@ async def browse_items(
         except ValueError:
             message = "not a cursor: pass back the `next` of the previous page"
             raise invalid_query("before", before, message, "value_error") from None
-    items = await store.browse_items(where, limit=limit, before=cursor)
+    items = await store.browse_items(where, limit=limit, before=cursor, account=account)
     last = items[-1] if len(items) == limit else None
     following = f"{last.fetched_at!r}:{last.id}" if last is not None else None
     return item_page([to_api_json(item) for item in items], following)
@@ -165,11 +178,11 @@ class VersionsOut(BaseModel):
 
 
 @router.get("/items/{item_id}/versions", response_model=VersionsOut, responses=NOT_FOUND)
-async def item_versions(item_id: ItemId, store: StoreDep) -> dict[str, Any]:
+async def item_versions(item_id: ItemId, store: StoreDep, viewer: ViewerDep) -> dict[str, Any]:
     """The item's revisions (the stored document is the newest; earlier ones are known by
     the deliveries queued for them) and the events that named it."""
-    item = await _stored(store, item_id)
-    revisions, event_ids = await store.item_history(item_id)
+    item = await stored_item(store, viewer, item_id)
+    revisions, event_ids = await store.item_history(item_id, account=item.account)
     return {
         "item_id": item_id,
         "current": {
@@ -193,10 +206,14 @@ async def item_versions(item_id: ItemId, store: StoreDep) -> dict[str, Any]:
 
 @router.get("/items/{item_id}/deliveries", response_model=AttemptPage, responses=NOT_FOUND)
 async def item_deliveries(
-    item_id: ItemId, store: StoreDep, limit: Limit = 100, before: RowCursor = None
+    item_id: ItemId,
+    store: StoreDep,
+    viewer: ViewerDep,
+    limit: Limit = 100,
+    before: RowCursor = None,
 ) -> dict[str, Any]:
     """The item's delivery ledger, newest first (the same rows as
     ``/api/deliveries?item=ID``)."""
-    await _stored(store, item_id)
-    rows = await store.attempts(item_id=item_id, before=before, limit=limit)
+    item = await stored_item(store, viewer, item_id)
+    rows = await store.attempts(item_id=item_id, before=before, limit=limit, account=item.account)
     return attempt_page(rows, limit)

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from dimmy_webhooks.web.api.common import api_router
-from dimmy_webhooks.web.deps import OverviewDep, ServicesDep
+from dimmy_webhooks.web.deps import AccountDep, OverviewDep, ServicesDep
 
 router = api_router()
 
@@ -40,7 +40,7 @@ class OverviewOut(BaseModel):
 @router.get("/overview", response_model=OverviewOut)
 async def get_overview(overview: OverviewDep) -> dict[str, Any]:
     """The counts of the dashboard's first page (cheap: every figure is one indexed query or
-    held by this process)."""
+    held by this process), of every account or of ``?account=`` (an operator: its own)."""
     return overview.as_json()
 
 
@@ -58,14 +58,14 @@ class ReconciliationOut(BaseModel):
 
 
 @router.get("/reconciliation", response_model=ReconciliationOut)
-async def get_reconciliation(services: ServicesDep) -> dict[str, Any]:
+async def get_reconciliation(services: ServicesDep, account: AccountDep) -> dict[str, Any]:
     """Items that exist upstream but never arrived by webhook, per creation day, with their ids.
 
     Counts what the poller (``serve --poll``, ``poll --once``) and backfills found that no
     webhook named; an item is counted only ``DIMMY_RECONCILE_GRACE_SECONDS`` after it was found
     (its webhook may still be on its way). A growing count means webhooks are being lost.
     """
-    report = await services.reconciliation()
+    report = await services.reconciliation(account=account)
     last = services.poller.last_pass if services.poller is not None else None
     return {
         "mode": "pull" if report.pull_mode else "webhooks",

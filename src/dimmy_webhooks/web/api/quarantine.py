@@ -13,7 +13,9 @@ from pydantic import BaseModel, Field
 from dimmy_webhooks.items import to_api_json
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.web.api.common import NOT_FOUND, ItemId, ItemOut, Limit, api_router, or_404
-from dimmy_webhooks.web.deps import ServicesDep, StoreDep
+from dimmy_webhooks.web.api.items import stored_item
+from dimmy_webhooks.web.deps import AccountDep, ServicesDep, StoreDep, ViewerDep
+from dimmy_webhooks.web.principal import Viewer
 
 router = api_router()
 
@@ -31,10 +33,12 @@ class Decision(BaseModel):
 
 
 @router.get("/quarantine")
-async def list_quarantine(store: StoreDep, limit: Limit = 50) -> dict[str, list[HeldOut]]:
+async def list_quarantine(
+    store: StoreDep, account: AccountDep, limit: Limit = 50
+) -> dict[str, list[HeldOut]]:
     """Item versions held by the plausibility rules (``DIMMY_VALIDATE_*``): no output gets
     them until released."""
-    held = await store.held_items(limit=limit)
+    held = await store.held_items(limit=limit, account=account)
     return {
         "items": [
             HeldOut(
@@ -51,21 +55,28 @@ async def list_quarantine(store: StoreDep, limit: Limit = 50) -> dict[str, list[
 
 @router.post("/quarantine/{item_id}/release", responses=NOT_FOUND)
 async def release_held(
-    item_id: ItemId, decision: Decision, services: ServicesDep
+    item_id: ItemId, decision: Decision, services: ServicesDep, viewer: ViewerDep
 ) -> dict[str, Any]:
     """Release a held item: its deliveries are queued, with the operator's note kept."""
-    return await _decide(services, item_id, decision, release=True)
+    return await _decide(services, viewer, item_id, decision, release=True)
 
 
 @router.post("/quarantine/{item_id}/reject", responses=NOT_FOUND)
-async def reject_held(item_id: ItemId, decision: Decision, services: ServicesDep) -> dict[str, Any]:
+async def reject_held(
+    item_id: ItemId, decision: Decision, services: ServicesDep, viewer: ViewerDep
+) -> dict[str, Any]:
     """Reject a held item: it is never delivered (a newer version is checked again)."""
-    return await _decide(services, item_id, decision, release=False)
+    return await _decide(services, viewer, item_id, decision, release=False)
+
+
+_NOT_HELD = "item is not held in quarantine"
 
 
 async def _decide(
-    services: Services, item_id: str, decision: Decision, *, release: bool
+    services: Services, viewer: Viewer, item_id: str, decision: Decision, *, release: bool
 ) -> dict[str, Any]:
+    if not viewer.admin:  # another account's item is answered as one that is not held
+        await stored_item(services.store, viewer, item_id, _NOT_HELD)
     decided = services.decide_hold(item_id, release=release, note=decision.note)
-    queued = await or_404(decided, "item is not held in quarantine")
+    queued = await or_404(decided, _NOT_HELD)
     return {"item_id": item_id, "state": "released" if release else "rejected", "queued": queued}
