@@ -378,7 +378,8 @@ SQL.update(
                           AND jobs.kind = 'fetch' AND jobs.event_id IS NOT NULL)""",
         "recent_attempts": """
         SELECT outcome, started_at, status_code, error FROM delivery_attempts
-        WHERE output = :output AND (:account IS NULL OR account = :account) ORDER BY started_at DESC LIMIT :limit""",
+        WHERE output = :output AND (:account IS NULL OR account = :account)
+        ORDER BY started_at DESC LIMIT :limit""",
         # ledger rows by output and outcome in a range of ids (the metrics add up new rows only)
         "attempt_counts": """
         SELECT output, outcome, count(*) AS n, max(id) AS top FROM delivery_attempts

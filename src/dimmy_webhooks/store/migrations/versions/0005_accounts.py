@@ -85,7 +85,7 @@ def downgrade() -> None:
     bind = op.get_bind()
     for table in _TABLES:
         others = bind.execute(
-            sa.text(f"SELECT count(*) FROM {table} WHERE account != 'default'")  # noqa: S608
+            sa.text(f"SELECT count(*) FROM {table} WHERE account != 'default'")
         ).scalar()
         if others:
             raise RuntimeError(
