@@ -204,7 +204,7 @@ def _account(table: dict[str, Any], settings: Settings, where: str) -> Account:
     values = {key: value for key, value in table.items() if key in OVERRIDABLE}
     base = {key: getattr(settings, key) for key in type(settings).model_fields}
     try:
-        own = Settings(_env_file=None, **{**base, **values})  # type: ignore[call-arg]
+        own = Settings(_env_file=None, **{**base, **values})
     except ValidationError as exc:
         lines = error_lines(exc, lambda err: f"{where}: {'.'.join(map(str, err['loc']))}")
         raise ConfigError("\n  ".join(lines)) from None

@@ -27,10 +27,16 @@ class Inbox(ops.Transactions):
         return await self._read(lambda tx: event_body(tx, event_id))
 
     async def list_events(
-        self, *, status: str | None = None, limit: int = 50, before: int | None = None
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        before: int | None = None,
+        account: str | None = None,
     ) -> list[EventRecord]:
         """Events newest first (``before`` is the last id of the previous page)."""
-        rows = await self._rows("events", {"status": status, "before": before, "limit": limit})
+        params = {"status": status, "before": before, "limit": limit, "account": account}
+        rows = await self._rows("events", params)
         return [ops.event_record(row) for row in rows]
 
     async def get_event(self, event_id: int) -> EventRecord | None:
@@ -53,10 +59,12 @@ def insert_event(tx: Tx, event: IncomingEvent, max_attempts: int) -> InsertOutco
             "now": now,
             "status": status,
             "item_count": event.item_count,
+            "account": event.account,
         },
     )
     if not rows:
-        existing = tx.all(tx.sql("event_by_message"), {"message_id": event.message_id})[0]
+        key = {"message_id": event.message_id, "account": event.account}
+        existing = tx.all(tx.sql("event_by_message"), key)[0]
         event_id = int(existing["id"])
         tx.run(tx.sql("count_delivery"), {"id": event_id})
         if existing["status"] == "dead":
@@ -72,6 +80,7 @@ def insert_event(tx: Tx, event: IncomingEvent, max_attempts: int) -> InsertOutco
             now=now,
             event_id=event_id,
             dedupe_key=f"e:{event_id}",
+            account=event.account,
         )
         ops.new_jobs(tx, [job])
     return InsertOutcome.ACCEPTED

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from dimmy_webhooks.errors import LeaseLost
 from dimmy_webhooks.models import Job, Lane, Lease, SaveResult, Source, StoredItem
 from dimmy_webhooks.store import ops
 from dimmy_webhooks.store.ops import Attempts, Tx
@@ -66,11 +67,13 @@ class Items(ops.Transactions):
         barcode: str | None = None,
         limit: int = 50,
         after: str | None = None,
+        account: str | None = None,
     ) -> list[StoredItem]:
         """Items by id order (``after`` is the last id of the previous page), fetched at or
         after ``since``, carrying ``barcode`` (main or any scanned one)."""
         pattern = None if barcode is None else ops.like_pattern(barcode)
         params = {"since": since, "barcode": barcode, "barcode_pattern": pattern}
+        params["account"] = account
         rows = await self._rows("items", {**params, "after": after, "limit": limit})
         return [ops.stored_item(row) for row in rows]
 
@@ -127,6 +130,7 @@ def _item_params(
         "barcodes": json.dumps(list(fields.barcodes)),
         "photo_urls": json.dumps(list(fields.photo_urls)),
         "fetched_at": item.fetched_at,
+        "account": item.account,
     }
     return {k: ops.text(v) if isinstance(v, str) else v for k, v in params.items()}
 
@@ -140,6 +144,10 @@ def save_item(
     now: float,
     lease: Lease | None = None,
 ) -> SaveResult:
+    owner = tx.all(tx.sql("item_account"), {"id": item.id})
+    if owner and owner[0]["account"] != item.account:
+        refuse_foreign(tx, job, owner[0]["account"], now)
+        return SaveResult(changed=False, deliveries=[])
     ops.guard_finish(tx, job, now)
     # a job of an inbox event is a webhook's; one without is a replay an operator asked for
     from_webhook = job.event_id is not None
@@ -162,6 +170,7 @@ def save_item(
             now,
             job.lane,
             job.seq,
+            account=item.account,
         )
         if lease is None:
             ops.new_jobs(tx, rows)
@@ -198,8 +207,35 @@ def save_polled(
         revision = int(stored[0]["revision"]) if stored else 0
         if revision and item.hold_reason is None:
             rows = ops.deliveries(
-                item.id, item.version, revision, outputs, None, max_attempts, now, Lane.POLL
+                item.id,
+                item.version,
+                revision,
+                outputs,
+                None,
+                max_attempts,
+                now,
+                Lane.POLL,
+                account=item.account,
             )
             ops.new_jobs(tx, rows)
         revisions.append(revision)
     return revisions
+
+
+def refuse_foreign(tx: Tx, job: Job, account: str, now: float) -> None:
+    """End ``job`` dead: the item it fetched is stored under another ``account``, whose
+    item it stays (an item id names one document of one Dimmy account; a webhook of another
+    account naming it is refused, never allowed to overwrite it). Lease-checked."""
+    reason = f"item {job.item_id} belongs to account {account!r}: not stored for {job.account!r}"
+    params = {
+        "id": job.id,
+        "token": job.lease_token,
+        "dead": True,
+        "retry_at": now,
+        "reason": reason,
+        "now": now,
+    }
+    if not tx.all(tx.sql("fail"), params):
+        raise LeaseLost(f"job {job.id}: lease taken over, result discarded")
+    ops.event_error(tx, job.event_id, reason)
+    ops.refresh(tx, [job.event_id], now)

@@ -19,9 +19,13 @@ from dimmy_webhooks.store.ops import Attempts, Tx
 class Ledger(ops.Transactions):
     """What the API and the commands need from the ledger and the quarantine."""
 
-    async def held_items(self, *, limit: int = 50, before: float | None = None) -> list[StoredItem]:
-        """Items held in quarantine, most recently held first (``before``: a ``held_at``)."""
-        rows = await self._rows("held_items", {"limit": limit, "before": before})
+    async def held_items(
+        self, *, limit: int = 50, before: float | None = None, account: str | None = None
+    ) -> list[StoredItem]:
+        """Items held in quarantine, most recently held first (``before``: a ``held_at``),
+        of one ``account`` or all."""
+        params = {"limit": limit, "before": before, "account": account}
+        rows = await self._rows("held_items", params)
         return [ops.stored_item(row) for row in rows]
 
     async def decide_hold(
@@ -45,9 +49,11 @@ class Ledger(ops.Transactions):
         until: float | None = None,
         before: int | None = None,
         limit: int = 100,
+        account: str | None = None,
     ) -> list[DeliveryAttempt]:
         """Ledger rows, newest first (``before``: the last id of the previous page)."""
         where = {"item_id": item_id, "barcode": barcode, "output": output, "outcome": outcome}
+        where["account"] = account
         span = {"since": since, "until": until, "before": before, "limit": limit}
         return [ops.attempt(row) for row in await self._rows("attempts", {**where, **span})]
 
@@ -71,7 +77,7 @@ def decide_hold(
         raise LookupError(f"item {item_id} is not held in quarantine")
     if not release:
         return 0
-    revision = (item_id, rows[0]["version"], rows[0]["revision"])
+    revision = (item_id, rows[0]["version"], rows[0]["revision"], rows[0]["account"])
     # a person just decided: its deliveries go with live work, not behind a replay
     return ops.redeliver(tx, [revision], outputs, None, max_attempts, now, Lane.LIVE)
 
@@ -95,5 +101,6 @@ def record_attempt(tx: Tx, job: Job, attempt: DeliveryAttempt) -> None:
             "error": ops.text(attempt.error[:1000]) if attempt.error else None,
             "excerpt": ops.text(attempt.response_excerpt),
             "record_id": ops.text(attempt.record_id),
+            "account": job.account,
         },
     )

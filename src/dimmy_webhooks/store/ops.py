@@ -208,9 +208,11 @@ def job_row(
     run_at: float | None = None,
     lane: Lane = Lane.LIVE,
     seq: int = 0,
+    account: str,
 ) -> dict[str, Any]:
-    """The parameters of a new job (the ``new_job`` blocks)."""
+    """The parameters of a new job (the ``new_job`` blocks) of ``account``."""
     return {
+        "account": account,
         "run_at": now if run_at is None else run_at,
         "lane": int(lane),
         "seq": seq,
@@ -241,8 +243,11 @@ def deliveries(
     now: float,
     lane: Lane,
     seq: int = 0,
+    *,
+    account: str,
 ) -> list[dict[str, Any]]:
-    """One delivery per output of one revision of an item: its dedupe key names the revision,
+    """One delivery per output of one revision of an item of ``account``: its dedupe key
+    names the revision,
     so content that comes back to an earlier version (A, B, A) is delivered again. ``lane``
     and ``seq`` are those of the work that stored the revision."""
     return [
@@ -258,6 +263,7 @@ def deliveries(
             dedupe_key=delivery_key(output, item_id, revision),
             lane=lane,
             seq=seq,
+            account=account,
         )
         for output in outputs
     ]
@@ -268,19 +274,22 @@ def deliveries(
 
 def redeliver(
     tx: Tx,
-    revisions: Iterable[tuple[str, str, int]],
+    revisions: Iterable[tuple[str, str, int, str]],
     outputs: Sequence[str],
     event_id: int | None,
     max_attempts: Attempts,
     now: float,
     lane: Lane,
 ) -> int:
-    """Queue the :func:`deliveries` of stored ``(item_id, version, revision)`` revisions, again
-    if they ran before (a replay, a release from quarantine); returns how many."""
+    """Queue the :func:`deliveries` of stored ``(item_id, version, revision, account)``
+    revisions, again if they ran before (a replay, a release from quarantine); returns how
+    many."""
     jobs = [
         job
-        for item, version, revision in revisions
-        for job in deliveries(item, version, revision, outputs, event_id, max_attempts, now, lane)
+        for item, version, revision, account in revisions
+        for job in deliveries(
+            item, version, revision, outputs, event_id, max_attempts, now, lane, account=account
+        )
     ]
     new_jobs(tx, jobs, reset=True)
     return len(jobs)

@@ -12,6 +12,7 @@ import abc
 import dataclasses
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from dimmy_webhooks.errors import LeaseLost
 from dimmy_webhooks.models import DeliveryAttempt, Job, JobKind, Lane, QueueStats, ReplayMode
@@ -30,9 +31,18 @@ class Queue(ops.Transactions):
         Never raises; a missed hint only costs the worker's next poll.
         """
 
-    async def claim(self, owner: str, limit: int, lease_seconds: float, now: float) -> list[Job]:
-        """Lease up to ``limit`` due jobs to ``owner``; expired leases are due again."""
-        return await self._write(lambda tx: claim(tx, owner, limit, lease_seconds, now))
+    async def claim(
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        accounts: Sequence[str] | None = None,
+    ) -> list[Job]:
+        """Lease up to ``limit`` due jobs to ``owner``; expired leases are due again. With
+        ``accounts``, only those accounts' jobs (a worker leaves out the accounts it does not
+        serve and those whose share of its slots is taken)."""
+        return await self._write(lambda tx: claim(tx, owner, limit, lease_seconds, now, accounts))
 
     async def heartbeat(self, owner: str, lease_seconds: float, now: float) -> int:
         """Extend every lease ``owner`` still holds; returns how many."""
@@ -93,9 +103,18 @@ class Queue(ops.Transactions):
             lambda tx: tx.run(tx.sql("release"), {"owner": owner, "now": now}), lambda n: n > 0
         )
 
-    async def stats(self, now: float) -> QueueStats:
-        """Events and jobs by status, items stored, the oldest pending job's age."""
-        return await self._read(lambda tx: stats(tx, now))
+    async def stats(self, now: float, account: str | None = None) -> QueueStats:
+        """Events and jobs by status, items stored, the oldest pending job's age (of one
+        ``account``, or all)."""
+        return await self._read(lambda tx: stats(tx, now, account))
+
+    async def account_counts(self) -> dict[str, dict[str, int]]:
+        """Events, items and open jobs (``events``, ``items``, ``jobs``) by account: what
+        ``accounts list`` shows, and how an account removed from the file is found."""
+        counts: dict[str, dict[str, int]] = {}
+        for row in await self._rows("account_counts", {}):
+            counts.setdefault(str(row["account"]), {})[str(row["what"])] = int(row["n"])
+        return counts
 
     async def due_work(self, now: float) -> int:
         """Jobs running or due now (not those waiting for a later retry)."""
@@ -118,12 +137,18 @@ class Queue(ops.Transactions):
         )
 
     async def replay_item(
-        self, item_id: str, mode: ReplayMode, outputs: Sequence[str], now: float
+        self,
+        item_id: str,
+        mode: ReplayMode,
+        outputs: Sequence[str],
+        now: float,
+        account: str = "default",
     ) -> int:
         """Fetch one item again, or deliver its stored version again (``LookupError`` when
-        redelivering an item that is not stored); returns the number of jobs queued."""
+        redelivering an item that is not stored); returns the number of jobs queued. A fetch
+        of an item not stored yet is ``account``'s; a stored item stays its own account's."""
         return await self._write(
-            lambda tx: replay_item(tx, item_id, mode, outputs, self.job_attempts, now),
+            lambda tx: replay_item(tx, item_id, mode, outputs, self.job_attempts, now, account),
             lambda n: n > 0,
         )
 
@@ -146,23 +171,35 @@ class Queue(ops.Transactions):
         )
 
 
-def claim(tx: Tx, owner: str, limit: int, lease_seconds: float, now: float) -> list[Job]:
+def claim(
+    tx: Tx,
+    owner: str,
+    limit: int,
+    lease_seconds: float,
+    now: float,
+    accounts: Sequence[str] | None = None,
+) -> list[Job]:
     reaped = tx.all(tx.sql("reap"), {"now": now})
     dead_events = {row["event_id"] for row in reaped if row["status"] == "dead"} - {None}
     for event_id in dead_events:
         reason = "out of attempts: its worker kept stopping or being killed while on it"
         tx.run(tx.sql("event_error"), {"id": event_id, "reason": reason})
     ops.refresh(tx, dead_events, now)
-    rows = tx.all(
-        tx.sql("claim"),
-        {
-            "owner": owner,
-            "token": uuid.uuid4().hex,
-            "expires": now + lease_seconds,
-            "now": now,
-            "limit": limit,
-        },
-    )
+    params: dict[str, Any] = {
+        "owner": owner,
+        "token": uuid.uuid4().hex,
+        "expires": now + lease_seconds,
+        "now": now,
+        "limit": limit,
+    }
+    if accounts is not None:
+        if not accounts:
+            return []
+        names = {f"account_{n}": name for n, name in enumerate(sorted(set(accounts)))}
+        params.update(names)
+    else:
+        names = None
+    rows = tx.all(tx.sql("claim").replace("{ACCOUNTS}", sql_accounts(tx, names)), params)
     return sorted((ops.job(row) for row in rows), key=lambda job: job.id)
 
 
@@ -194,6 +231,7 @@ def expand_event(
             run_at=run_at,
             lane=job.lane,
             seq=seq,
+            account=job.account,
         )
         for seq, item_id in enumerate(dict.fromkeys(item_ids))
     ]
@@ -252,11 +290,12 @@ def postpone(tx: Tx, job: Job, reason: str, retry_at: float, now: float) -> None
         raise LeaseLost(f"job {job.id}: lease taken over")
 
 
-def stats(tx: Tx, now: float) -> QueueStats:
-    events = {r["key"]: int(r["n"]) for r in tx.all(tx.sql("event_counts"))}
-    jobs = {r["key"]: int(r["n"]) for r in tx.all(tx.sql("job_counts"))}
-    items = int(tx.all(tx.sql("item_count"))[0]["n"])
-    oldest = tx.all(tx.sql("oldest_pending"))[0]["t"]
+def stats(tx: Tx, now: float, account: str | None = None) -> QueueStats:
+    of = {"account": account}
+    events = {r["key"]: int(r["n"]) for r in tx.all(tx.sql("event_counts"), of)}
+    jobs = {r["key"]: int(r["n"]) for r in tx.all(tx.sql("job_counts"), of)}
+    items = int(tx.all(tx.sql("item_count"), of)[0]["n"])
+    oldest = tx.all(tx.sql("oldest_pending"), of)[0]["t"]
     return QueueStats(
         events=events,
         jobs=jobs,
@@ -279,7 +318,7 @@ def replay_event(
         queued = tx.run(tx.sql("reset_event_jobs"), {"id": event_id, "now": now})
     else:
         rows = tx.all(tx.sql("event_items"), {"id": event_id})
-        revisions = [(row["id"], row["version"], row["revision"]) for row in rows]
+        revisions = [(r["id"], r["version"], r["revision"], r["account"]) for r in rows]
         queued = ops.redeliver(tx, revisions, outputs, event_id, max_attempts, now, Lane.REPLAY)
     ops.refresh(tx, [event_id], now)
     return queued
@@ -292,21 +331,24 @@ def replay_item(
     outputs: Sequence[str],
     max_attempts: Attempts,
     now: float,
+    account: str,
 ) -> int:
     if mode is ReplayMode.REFETCH:
+        stored = tx.all(tx.sql("item_account"), {"id": item_id})
         fetch = ops.job_row(
             JobKind.FETCH,
             max_attempts=max_attempts.default,
             now=now,
             item_id=item_id,
             lane=Lane.REPLAY,
+            account=str(stored[0]["account"]) if stored else account,
         )
         ops.new_jobs(tx, [fetch])
         return 1
     rows = tx.all(tx.sql("item_version"), {"id": item_id})
     if not rows:
         raise LookupError(f"item {item_id} is not stored")
-    revision = (item_id, rows[0]["version"], rows[0]["revision"])
+    revision = (item_id, rows[0]["version"], rows[0]["revision"], rows[0]["account"])
     return ops.redeliver(tx, [revision], outputs, None, max_attempts, now, Lane.REPLAY)
 
 
@@ -332,3 +374,12 @@ def move_backlog(tx: Tx, source: str, target: str | None, now: float) -> int:
             tx.run(tx.sql("move_delivery"), {**params, "output": target, "dedupe_key": key})
     ops.refresh(tx, (row["event_id"] for row in rows), now)
     return len(rows)
+
+
+def sql_accounts(tx: Tx, names: dict[str, str] | None) -> str:
+    """The claim's account condition: nothing (every account), or ``AND j.account IN (...)``
+    over the bound parameters ``names`` (their values are bound, never put in the text)."""
+    if names is None:
+        return ""
+    marker = "%({})s" if "%(" in tx.sql("claim") else ":{}"
+    return " AND j.account IN (" + ", ".join(marker.format(name) for name in names) + ")"

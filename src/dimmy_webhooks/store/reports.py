@@ -28,6 +28,7 @@ class ItemFilter:
     scanner: str | None = None
     has_dimensions: bool | None = None
     q: str | None = None
+    account: str | None = None
 
     def params(self) -> dict[str, Any]:
         pattern = None if self.q is None else ops.like_pattern(self.q)
@@ -39,6 +40,7 @@ class ItemFilter:
             "has_dimensions": dims,
             "q": self.q,
             "q_pattern": pattern,
+            "account": self.account,
         }
 
 
@@ -132,9 +134,11 @@ class Reports(ops.Transactions):
         until: float | None = None,
         before: int | None = None,
         limit: int = 50,
+        account: str | None = None,
     ) -> list[EventRecord]:
         """Events newest first, by status, type and time received (``[since, until)``)."""
         where = {"status": status, "event_type": event_type, "since": since, "until": until}
+        where["account"] = account
         rows = await self._rows("browse_events", {**where, "before": before, "limit": limit})
         return [ops.event_record(row) for row in rows]
 
@@ -151,18 +155,19 @@ class Reports(ops.Transactions):
         return await self._read(lambda tx: item_history(tx, item_id, limit))
 
     async def operator_counts(
-        self, *, since: float, now: float, seen_before: float
+        self, *, since: float, now: float, seen_before: float, account: str | None = None
     ) -> OperatorCounts:
         """Events and items since ``since``, open events, held items, the queue by kind,
         output and status, and the items only polling found (first seen before
         ``seen_before``)."""
-        return await self._read(lambda tx: operator_counts(tx, since, now, seen_before))
+        return await self._read(lambda tx: operator_counts(tx, since, now, seen_before, account))
 
     async def recent_attempts(
-        self, output: str, *, limit: int = 50
+        self, output: str, *, limit: int = 50, account: str | None = None
     ) -> list[tuple[str, float, str | None]]:
         """``(outcome, started_at, error)`` of ``output``'s latest ledger rows, newest first."""
-        rows = await self._rows("recent_attempts", {"output": output, "limit": limit})
+        params = {"output": output, "limit": limit, "account": account}
+        rows = await self._rows("recent_attempts", params)
         return [(str(r["outcome"]), float(r["started_at"]), r["error"]) for r in rows]
 
     async def attempt_counts(self, *, after: int, upto: int | None = None) -> list[Row]:
@@ -203,16 +208,20 @@ def item_history(tx: Tx, item_id: str, limit: int) -> tuple[list[ItemRevision], 
     return revisions, events
 
 
-def operator_counts(tx: Tx, since: float, now: float, seen_before: float) -> OperatorCounts:
+def operator_counts(
+    tx: Tx, since: float, now: float, seen_before: float, account: str | None = None
+) -> OperatorCounts:
     def by_key(name: str, params: Mapping[str, Any] | None = None) -> dict[str, int]:
-        return {r["key"]: int(r["n"]) for r in tx.all(tx.sql(name), params)}
+        return {r["key"]: int(r["n"]) for r in tx.all(tx.sql(name), {**(params or {}), **of})}
 
     def count(name: str, params: Mapping[str, Any] | None = None) -> int:
-        return int(tx.all(tx.sql(name), params)[0]["n"])
+        return int(tx.all(tx.sql(name), {**(params or {}), **of})[0]["n"])
+
+    of = {"account": account}
 
     queue = [
         QueueDepth(r["kind"], r["output"], r["status"], int(r["n"]), r["due_since"])
-        for r in tx.all(tx.sql("queue_depth"), {"now": now})
+        for r in tx.all(tx.sql("queue_depth"), {"now": now, **of})
     ]
     return OperatorCounts(
         events_since=by_key("events_since", {"since": since}),

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dimmy_webhooks.models import Lane
 
 JOB_COLUMNS = (
-    "id, kind, event_id, item_id, output, version, revision, attempts, lease_token, lane, seq"
+    "id, kind, event_id, item_id, output, version, revision, attempts, lease_token, lane, seq, "
+    "account"
 )
 FAIR = "lane, seq, run_at, id"
 """The claim's order: live work before polled before replayed
@@ -17,12 +18,12 @@ FAIR = "lane, seq, run_at, id"
 first items go before the rest of an earlier upload; oldest due first among equals."""
 WORK_DUE = """
         SELECT j.id, j.lane, j.seq, j.run_at FROM jobs AS j
-        WHERE j.status = 'pending' AND j.kind != 'deliver' AND j.run_at <= :now
+        WHERE j.status = 'pending' AND j.kind != 'deliver' AND j.run_at <= :now{ACCOUNTS}
         ORDER BY j.lane, j.seq, j.run_at, j.id LIMIT :limit"""
 """Due expansions and fetches in the fair order (partial index ``jobs_fair``)."""
 DELIVERIES_DUE = """
         SELECT j.id, j.lane, j.seq, j.run_at FROM jobs AS j
-        WHERE j.status = 'pending' AND j.kind = 'deliver' AND j.run_at <= :now
+        WHERE j.status = 'pending' AND j.kind = 'deliver' AND j.run_at <= :now{ACCOUNTS}
         AND NOT EXISTS (SELECT 1 FROM jobs AS busy WHERE busy.item_id = j.item_id
             AND busy.kind = 'deliver' AND busy.status = 'running' AND busy.output = j.output)
         ORDER BY j.run_at, j.id LIMIT :limit"""
@@ -38,9 +39,9 @@ _REPLAY = f"""UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, l
 """Put jobs back in the queue as new work in the replay lane (the replays add their ``WHERE``)."""
 _NEW_JOB = """
 INSERT INTO jobs (kind, event_id, item_id, output, version, revision, dedupe_key, status,
-                  attempts, max_attempts, run_at, lane, seq, created_at, updated_at)
+                  attempts, max_attempts, run_at, lane, seq, account, created_at, updated_at)
 VALUES (:kind, :event_id, :item_id, :output, :version, :revision, :dedupe_key, 'pending', 0,
-        :max_attempts, :run_at, :lane, :seq, :now, :now)
+        :max_attempts, :run_at, :lane, :seq, :account, :now, :now)
 """
 
 # "upsert_item": a fetched version meets the stored one (updated_at normalised, so text order is
@@ -56,12 +57,12 @@ _UPSERT_ITEM = """
             ended_at, owner_id, scanner_account_id, flow_id, width, height, depth,
             dimension_unit, volume, volume_unit, weight, weight_unit, dim_weight,
             billable_weight, barcode, barcodes, photo_urls, fetched_at, first_seen_at,
-            first_source, webhook_seen_at, hold_state, hold_reason, hold_note, held_at)
+            first_source, webhook_seen_at, hold_state, hold_reason, hold_note, held_at, account)
         VALUES (:id, :raw, :version, 1, :updated_at, :created_at, :started_at, :ended_at,
             :owner_id, :scanner_account_id, :flow_id, :width, :height, :depth, :dimension_unit,
             :volume, :volume_unit, :weight, :weight_unit, :dim_weight, :billable_weight,
             :barcode, :barcodes, :photo_urls, :fetched_at, :fetched_at, :source,
-            :webhook_seen_at, :hold_state, :hold_reason, NULL, :held_at)
+            :webhook_seen_at, :hold_state, :hold_reason, NULL, :held_at, :account)
         ON CONFLICT (id) DO UPDATE SET raw = excluded.raw, version = excluded.version,
             revision = items.revision + 1,
             updated_at = excluded.updated_at, created_at = excluded.created_at,
@@ -81,11 +82,13 @@ _UPSERT_ITEM = """
 SQL: dict[str, str] = {
     "insert_event": """
         INSERT INTO events (message_id, event_type, body, headers, received_at, status,
-                            item_count, updated_at)
-        VALUES (:message_id, :event_type, :body, :headers, :now, :status, :item_count, :now)
-        ON CONFLICT (message_id) DO NOTHING
+                            item_count, updated_at, account)
+        VALUES (:message_id, :event_type, :body, :headers, :now, :status, :item_count, :now,
+                :account)
+        ON CONFLICT (account, message_id) DO NOTHING
         RETURNING id""",
-    "event_by_message": "SELECT id, status FROM events WHERE message_id = :message_id",
+    "event_by_message": """
+        SELECT id, status FROM events WHERE account = :account AND message_id = :message_id""",
     "count_delivery": "UPDATE events SET deliveries = deliveries + 1 WHERE id = :id",
     "event_body": "SELECT body FROM events WHERE id = :id",
     "event_received": "SELECT received_at FROM events WHERE id = :id",
@@ -93,9 +96,10 @@ SQL: dict[str, str] = {
     "new_leased_job": f"""
         INSERT INTO jobs (kind, event_id, item_id, output, version, revision, dedupe_key, status,
                           attempts, max_attempts, run_at, lane, seq, lease_owner, lease_token,
-                          lease_expires_at, created_at, updated_at)
+                          lease_expires_at, created_at, updated_at, account)
         VALUES (:kind, :event_id, :item_id, :output, :version, :revision, :dedupe_key, 'running',
-                1, :max_attempts, :run_at, :lane, :seq, :owner, :token, :expires, :now, :now)
+                1, :max_attempts, :run_at, :lane, :seq, :owner, :token, :expires, :now, :now,
+                :account)
         ON CONFLICT (dedupe_key) DO NOTHING
         RETURNING {JOB_COLUMNS}""",
     "new_job_or_reset": _NEW_JOB
@@ -154,36 +158,38 @@ SQL: dict[str, str] = {
     "event_error": "UPDATE events SET last_error = :reason WHERE id = :id",
     "upsert_item": _UPSERT_ITEM
     + """
-        WHERE excluded.updated_at > items.updated_at
+        WHERE items.account = excluded.account AND (excluded.updated_at > items.updated_at
            OR (items.updated_at IS NULL AND excluded.updated_at IS NOT NULL)
            OR (excluded.version != items.version
                AND (excluded.updated_at = items.updated_at
-                    OR (excluded.updated_at IS NULL AND items.updated_at IS NULL)))
+                    OR (excluded.updated_at IS NULL AND items.updated_at IS NULL))))
         RETURNING id, revision""",
     # the poller reads GET /items, which may not be the whole document GET /items/{id} gives:
     # it only adds items and strictly newer versions, never replaces one with the same
     # updated_at (else a fetch and a poll could replace each other's version for ever)
     "upsert_polled_item": _UPSERT_ITEM
     + """
-        WHERE excluded.updated_at > items.updated_at
-           OR (items.updated_at IS NULL AND excluded.updated_at IS NOT NULL)
+        WHERE items.account = excluded.account AND (excluded.updated_at > items.updated_at
+           OR (items.updated_at IS NULL AND excluded.updated_at IS NOT NULL))
         RETURNING id, revision""",
     "mark_webhook_seen": """
         UPDATE items SET webhook_seen_at = :now WHERE id = :id AND webhook_seen_at IS NULL""",
     "item": "SELECT * FROM items WHERE id = :id",
+    "item_account": "SELECT account FROM items WHERE id = :id",
     "held_items": """
         SELECT * FROM items WHERE hold_state = 'held' AND (:before IS NULL OR held_at < :before)
+          AND (:account IS NULL OR account = :account)
         ORDER BY held_at DESC LIMIT :limit""",
     "decide_hold": """
         UPDATE items SET hold_state = :state, hold_note = :note
         WHERE id = :id AND hold_state = 'held'
-        RETURNING version, revision""",
+        RETURNING version, revision, account""",
     "record_attempt": """
         INSERT INTO delivery_attempts (job_id, item_id, revision, version, output,
             idempotency_key, attempt, started_at, latency_ms, outcome, status_code, error,
-            response_excerpt, record_id)
+            response_excerpt, record_id, account)
         VALUES (:job_id, :item_id, :revision, :version, :output, :key, :attempt, :started_at,
-            :latency_ms, :outcome, :status_code, :error, :excerpt, :record_id)""",
+            :latency_ms, :outcome, :status_code, :error, :excerpt, :record_id, :account)""",
     "attempts": """
         SELECT * FROM delivery_attempts
         WHERE (:item_id IS NULL OR item_id = :item_id)
@@ -193,20 +199,25 @@ SQL: dict[str, str] = {
           AND (:since IS NULL OR started_at >= :since)
           AND (:until IS NULL OR started_at < :until)
           AND (:before IS NULL OR id < :before)
+          AND (:account IS NULL OR account = :account)
         ORDER BY id DESC LIMIT :limit""",
     "items": """
         SELECT * FROM items
         WHERE (:since IS NULL OR fetched_at >= :since)
           AND (:barcode IS NULL OR barcode = :barcode OR barcodes LIKE :barcode_pattern ESCAPE '!')
           AND (:after IS NULL OR id > :after)
+          AND (:account IS NULL OR account = :account)
         ORDER BY id LIMIT :limit""",
     "events": """
-        SELECT id, message_id, event_type, status, received_at, item_count, last_error
+        SELECT id, message_id, event_type, status, received_at, item_count, last_error,
+            account
         FROM events
         WHERE (:status IS NULL OR status = :status) AND (:before IS NULL OR id < :before)
+          AND (:account IS NULL OR account = :account)
         ORDER BY id DESC LIMIT :limit""",
     "event": """
-        SELECT id, message_id, event_type, status, received_at, item_count, last_error
+        SELECT id, message_id, event_type, status, received_at, item_count, last_error,
+            account
         FROM events WHERE id = :id""",
     "event_jobs": """
         SELECT kind || ':' || status AS key, count(*) AS n FROM jobs WHERE event_id = :id
@@ -216,10 +227,10 @@ SQL: dict[str, str] = {
         {_REPLAY}
         WHERE event_id = :id AND kind IN ('event', 'fetch') AND status IN ('done', 'dead')""",
     "event_items": """
-        SELECT DISTINCT items.id, items.version, items.revision
+        SELECT DISTINCT items.id, items.version, items.revision, items.account
         FROM jobs JOIN items ON items.id = jobs.item_id
         WHERE jobs.event_id = :id""",
-    "item_version": "SELECT version, revision FROM items WHERE id = :id",
+    "item_version": "SELECT version, revision, account FROM items WHERE id = :id",
     "requeue_dead_of_event": f"""
         {_REPLAY}
         WHERE event_id = :id AND status = 'dead'""",
@@ -242,9 +253,19 @@ SQL: dict[str, str] = {
     "retire_delivery": f"""
         UPDATE jobs SET status = 'done', last_error = :note, updated_at = :now, {RELEASED}
         WHERE id = :id AND status = 'pending'""",
-    "event_counts": "SELECT status AS key, count(*) AS n FROM events GROUP BY status",
-    "job_counts": "SELECT status AS key, count(*) AS n FROM jobs GROUP BY status",
-    "item_count": "SELECT count(*) AS n FROM items",
+    "event_counts": """
+        SELECT status AS key, count(*) AS n FROM events
+        WHERE (:account IS NULL OR account = :account) GROUP BY status""",
+    "job_counts": """
+        SELECT status AS key, count(*) AS n FROM jobs
+        WHERE (:account IS NULL OR account = :account) GROUP BY status""",
+    "item_count": """
+        SELECT count(*) AS n FROM items WHERE (:account IS NULL OR account = :account)""",
+    "account_counts": """
+        SELECT 'events' AS what, account, count(*) AS n FROM events GROUP BY account
+        UNION ALL SELECT 'items', account, count(*) FROM items GROUP BY account
+        UNION ALL SELECT 'jobs', account, count(*) FROM jobs
+            WHERE status IN ('pending', 'running') GROUP BY account""",
     "state": "SELECT value FROM sync_state WHERE name = :name",
     "set_state": """
         INSERT INTO sync_state (name, value, updated_at) VALUES (:name, :value, :now)
@@ -263,10 +284,13 @@ SQL: dict[str, str] = {
         SELECT id, created_at, first_seen_at, first_source FROM items
         WHERE first_source IN ('poll', 'backfill') AND webhook_seen_at IS NULL
           AND first_seen_at < :seen_before
+          AND (:account IS NULL OR account = :account)
           AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.item_id = items.id
                           AND jobs.kind = 'fetch' AND jobs.event_id IS NOT NULL)
         ORDER BY created_at, id""",
-    "oldest_pending": "SELECT min(created_at) AS t FROM jobs WHERE status = 'pending'",
+    "oldest_pending": """
+        SELECT min(created_at) AS t FROM jobs WHERE status = 'pending'
+          AND (:account IS NULL OR account = :account)""",
 }
 
 # the operator's view (dashboard, /metrics, alerts): reads only, each on an index ------------
@@ -278,7 +302,8 @@ _ITEM_FILTERS = """
           AND (:scanner IS NULL OR scanner_account_id = :scanner)
           AND (:has_dimensions IS NULL OR (:has_dimensions = 1 AND width IS NOT NULL)
                OR (:has_dimensions = 0 AND width IS NULL))
-          AND (:q IS NULL OR id = :q OR barcode = :q OR barcodes LIKE :q_pattern ESCAPE '!')"""
+          AND (:q IS NULL OR id = :q OR barcode = :q OR barcodes LIKE :q_pattern ESCAPE '!')
+          AND (:account IS NULL OR account = :account)"""
 
 SQL.update(
     {
@@ -294,13 +319,15 @@ SQL.update(
           AND (:after IS NULL OR id > :after)
         ORDER BY id LIMIT :limit""",
         "browse_events": """
-        SELECT id, message_id, event_type, status, received_at, item_count, last_error
+        SELECT id, message_id, event_type, status, received_at, item_count, last_error,
+            account
         FROM events
         WHERE (:status IS NULL OR status = :status)
           AND (:event_type IS NULL OR event_type = :event_type)
           AND (:since IS NULL OR received_at >= :since)
           AND (:until IS NULL OR received_at < :until)
           AND (:before IS NULL OR id < :before)
+          AND (:account IS NULL OR account = :account)
         ORDER BY id DESC LIMIT :limit""",
         "event_headers": "SELECT headers, deliveries FROM events WHERE id = :id",
         "event_work": """
@@ -322,27 +349,37 @@ SQL.update(
         ORDER BY event_id DESC LIMIT :limit""",
         "events_since": """
         SELECT status AS key, count(*) AS n FROM events WHERE received_at >= :since
+          AND (:account IS NULL OR account = :account)
         GROUP BY status""",
         "events_open": """
         SELECT status AS key, count(*) AS n FROM events
-        WHERE status IN ('pending', 'processing', 'dead') GROUP BY status""",
-        "items_since": "SELECT count(*) AS n FROM items WHERE fetched_at >= :since",
-        "held_count": "SELECT count(*) AS n FROM items WHERE hold_state = 'held'",
+        WHERE status IN ('pending', 'processing', 'dead')
+          AND (:account IS NULL OR account = :account)
+        GROUP BY status""",
+        "items_since": """
+        SELECT count(*) AS n FROM items WHERE fetched_at >= :since
+          AND (:account IS NULL OR account = :account)""",
+        "held_count": """
+        SELECT count(*) AS n FROM items WHERE hold_state = 'held'
+          AND (:account IS NULL OR account = :account)""",
         # due_since: the run_at of the oldest job that is due now (not one waiting for a retry)
         "queue_depth": """
         SELECT kind, output, status, count(*) AS n,
             min(CASE WHEN status = 'pending' AND run_at <= :now THEN run_at END) AS due_since
         FROM jobs WHERE status IN ('pending', 'running', 'dead')
+          AND (:account IS NULL OR account = :account)
         GROUP BY kind, output, status""",
         "unwebhooked_count": """
         SELECT count(*) AS n FROM items
         WHERE first_source IN ('poll', 'backfill') AND webhook_seen_at IS NULL
           AND first_seen_at < :seen_before
+          AND (:account IS NULL OR account = :account)
           AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.item_id = items.id
                           AND jobs.kind = 'fetch' AND jobs.event_id IS NOT NULL)""",
         "recent_attempts": """
         SELECT outcome, started_at, status_code, error FROM delivery_attempts
-        WHERE output = :output ORDER BY started_at DESC LIMIT :limit""",
+        WHERE output = :output AND (:account IS NULL OR account = :account)
+        ORDER BY started_at DESC LIMIT :limit""",
         # ledger rows by output and outcome in a range of ids (the metrics add up new rows only)
         "attempt_counts": """
         SELECT output, outcome, count(*) AS n, max(id) AS top FROM delivery_attempts
