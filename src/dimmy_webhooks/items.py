@@ -247,7 +247,8 @@ def to_api_dict(item: StoredItem) -> dict[str, Any]:
     """The JSON body of ``GET /api/items/{id}``.
 
     ``id``, ``account``, every normalised field (tuples as lists), ``version``, ``fetched_at``
-    (ISO-8601 UTC) and ``raw``: the document parsed from the text exactly as fetched. A new dict every call.
+    (ISO-8601 UTC) and ``raw``: the document parsed from the text exactly as fetched. A new
+    dict every call.
     """
     out = api_fields(item)
     out["raw"] = item.raw_json()

@@ -412,19 +412,25 @@ class Services:
             rejections=self.metrics.recent_rejections(),
         )
 
-    async def overview(self) -> Overview:
+    async def overview(self, *, account: str | None = None, operator: bool = False) -> Overview:
         """The operator's overview (:func:`~dimmy_webhooks.observe.overview.take_overview`):
-        the dashboard, ``/api/overview``, ``/metrics`` and the alerts all read this one."""
-        return await take_overview(self.store, self.status())
+        the dashboard, ``/api/overview``, ``/metrics`` and the alerts all read this one. Of
+        one ``account`` (``None``: all); ``operator``: as an account's operator is shown it
+        (:meth:`~dimmy_webhooks.observe.overview.Status.for_operator`)."""
+        status = self.status()
+        return await take_overview(
+            self.store, status.for_operator() if operator else status, account=account
+        )
 
-    async def reconciliation(self) -> Reconciliation:
-        """The reconciliation report, with the settings' grace
+    async def reconciliation(self, *, account: str | None = None) -> Reconciliation:
+        """The reconciliation report (of ``account``, or of all), with the settings' grace
         (:func:`~dimmy_webhooks.pipeline.reconciliation.reconciliation`)."""
         return await reconciliation(
             self.store,
             self.clock(),
             self.settings.reconcile_grace_seconds,
             pull_mode=self.settings.webhook_secret is None,
+            account=account,
         )
 
     async def readiness(self) -> Readiness:

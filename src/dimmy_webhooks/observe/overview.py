@@ -8,7 +8,7 @@ picture, so they never disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +41,21 @@ class Status:
     webhooks: dict[str, int] = field(default_factory=dict)
     signature_failures_recent: int = 0
     rejections: tuple[dict[str, Any], ...] = ()
+
+    def for_operator(self) -> Status:
+        """What of the process an account's operator is shown: whether it runs
+        (``failures``), nothing that may be another account's (problems name outputs and
+        keys, refused webhooks name no account, outputs are every account's)."""
+        return replace(
+            self,
+            outputs=(),
+            problems=(),
+            api_key_refused=False,
+            api_rate=None,
+            webhooks={},
+            signature_failures_recent=0,
+            rejections=(),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +91,7 @@ class Overview:
     signature_failures_recent: int = 0
     rejections: list[dict[str, Any]] = field(default_factory=list)
     api_rate: dict[str, Any] | None = None  # the client's pace (None: no API key here)
+    account: str | None = None  # the account counted (None: every account)
 
     @property
     def items_total(self) -> int:
@@ -117,6 +133,7 @@ class Overview:
             jobs.setdefault(kind, {})[status] = count
         return {
             "at": _iso(self.at),
+            "account": self.account,
             "day_start": _iso(self.day_start),
             "today": {
                 "events": sum(self.counts.events_since.values()),
@@ -159,15 +176,16 @@ def local_midnight(at: float) -> float:
     return moment.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
-async def take_overview(store: Store, status: Status) -> Overview:
-    """Read the overview from ``store`` and the process's ``status`` (raises ``StoreError``)."""
+async def take_overview(store: Store, status: Status, *, account: str | None = None) -> Overview:
+    """Read the overview of ``account`` (``None``: every account) from ``store`` and the
+    process's ``status`` (raises ``StoreError``)."""
     now = status.at
     day_start = local_midnight(now)
     counts = await store.operator_counts(
-        since=day_start, now=now, seen_before=now - status.reconcile_grace
+        since=day_start, now=now, seen_before=now - status.reconcile_grace, account=account
     )
     names = list(dict.fromkeys([*status.outputs, *_queued_outputs(counts)]))
-    destinations = [await _destination(store, counts, name, now) for name in names]
+    destinations = [await _destination(store, counts, name, now, account) for name in names]
     return Overview(
         at=now,
         day_start=day_start,
@@ -180,6 +198,7 @@ async def take_overview(store: Store, status: Status) -> Overview:
         signature_failures_recent=status.signature_failures_recent,
         rejections=list(status.rejections),
         api_rate=status.api_rate,
+        account=account,
     )
 
 
@@ -187,10 +206,12 @@ def _queued_outputs(counts: OperatorCounts) -> list[str]:
     return [q.output for q in counts.queue if q.kind == "deliver" and q.output is not None]
 
 
-async def _destination(store: Store, counts: OperatorCounts, name: str, now: float) -> Destination:
+async def _destination(
+    store: Store, counts: OperatorCounts, name: str, now: float, account: str | None
+) -> Destination:
     rows = [q for q in counts.queue if q.kind == "deliver" and q.output == name]
     due = [q.due_since for q in rows if q.due_since is not None]
-    recent = await store.recent_attempts(name, limit=RECENT_ATTEMPTS)
+    recent = await store.recent_attempts(name, limit=RECENT_ATTEMPTS, account=account)
     last_success = next((at for outcome, at, _ in recent if outcome == "delivered"), None)
     failures = [
         (at, error)

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dimmy_webhooks import __version__
 from dimmy_webhooks.config import Settings
+from dimmy_webhooks.config.accounts import Accounts
 from dimmy_webhooks.errors import ConfigError, StoreError
 from dimmy_webhooks.intake.receiver import PULL_MODE, SECURITY_HEADERS, Receiver, WebhookRoute
 from dimmy_webhooks.observe.metrics import CONTENT_TYPE
@@ -125,8 +126,17 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.tokens = TokenCheck(settings.admin_token_value())
+
+    def operator_digest(name: str) -> str | None:
+        accounts: Accounts = app.state.services.accounts  # the accounts now (a reload's)
+        account = accounts.get(name)
+        return None if account is None else account.operator_token_sha256
+
     app.state.sessions = Sessions(
-        settings.admin_token_value(), services.store, hours=settings.session_hours
+        settings.admin_token_value(),
+        services.store,
+        hours=settings.session_hours,
+        operator_digest=operator_digest,
     )
     receiver = _receiver(settings, services, clock)
 

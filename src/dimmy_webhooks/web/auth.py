@@ -45,14 +45,10 @@ The rules are applied by the ASGI middlewares :class:`AccessGuard` (Host, cross-
 
 from __future__ import annotations
 
-import collections
-import hmac
 import ipaddress
 import json
 import logging
-import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -73,7 +69,7 @@ from dimmy_webhooks.config.accounts import Accounts
 from dimmy_webhooks.errors import StoreError
 from dimmy_webhooks.web.principal import Viewer
 from dimmy_webhooks.web.sessions import CSRF_HEADER, Session, Sessions
-from dimmy_webhooks.web.tokens import FailureThrottle, TokenCheck, Verdict, retry_after_header
+from dimmy_webhooks.web.tokens import FailureThrottle, TokenCheck, retry_after_header
 
 log = logging.getLogger("dimmy_webhooks.web.auth")
 # the refusals of /api and /metrics keep the logger names their log lines have always carried

@@ -24,7 +24,6 @@ from dimmy_webhooks.services import Services
 from dimmy_webhooks.store import Store
 from dimmy_webhooks.web.auth import (
     accounts_of,
-    require_admin,
     require_login,
     require_viewer,
     sessions_of,
@@ -94,10 +93,10 @@ def account_of(viewer: ViewerDep, account: AccountName = None) -> str | None:
 AccountDep = Annotated[str | None, Depends(account_of)]
 
 
-async def overview_of(services: ServicesDep, account: AccountDep) -> Overview:
+async def overview_of(services: ServicesDep, viewer: ViewerDep, account: AccountDep) -> Overview:
     """One picture of the service (of ``?account=``, or of what the viewer sees), for
     ``/api/overview``."""
-    return await services.overview(account=account)
+    return await services.overview(account=account, operator=not viewer.admin)
 
 
 StoreDep = Annotated[Store, Depends(store_of)]

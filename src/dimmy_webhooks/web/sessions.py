@@ -4,12 +4,12 @@ When ``DIMMY_ADMIN_TOKEN`` is set, a person logs in once with it (``POST /ui/log
 per address like the API's bearer token) and gets a session cookie:
 
 - ``v2.<issued>.<nonce>.<epoch>.<mac>`` for the admin,
-  ``v3.<issued>.<nonce>.<epoch>.<account>.<mac>`` for an account's operator (a login with its ``operator_token``: the session sees that
-  account only). The MAC is an HMAC-SHA256 under a key derived from the admin token, over the
-  operator token's digest too for an operator: every ``serve`` process sharing the store
-  accepts it, changing the admin token ends every session at once, and changing (or removing)
-  an account's operator token, or the account, ends that account's sessions. It expires after
-  ``DIMMY_SESSION_HOURS``.
+  ``v3.<issued>.<nonce>.<epoch>.<account>.<mac>`` for an account's operator (a login with its
+  ``operator_token``: the session sees that account only). The MAC is an HMAC-SHA256 under a
+  key derived from the admin token, over the operator token's digest too for an operator:
+  every ``serve`` process sharing the store accepts it, changing the admin token ends every
+  session at once, and changing (or removing) an account's operator token, or the account,
+  ends that account's sessions. It expires after ``DIMMY_SESSION_HOURS``.
 - **Logging out ends it server-side, at once** (S17): a session is valid only while its
   ``epoch`` is the one the store holds for its principal (:data:`EPOCH_STATE` for the admin,
   ``EPOCH_STATE:<account>`` for an account's operators; one row each, read at each request a
@@ -192,9 +192,7 @@ class Sessions:
         state[_CHECKED] = session
         return session
 
-    async def start(
-        self, request: Request, response: Response, account: str | None = None
-    ) -> None:
+    async def start(self, request: Request, response: Response, account: str | None = None) -> None:
         """Log the browser in (as the admin, or as ``account``'s operator): a new session
         cookie on ``response``."""
         cookie = await self.issue(account)

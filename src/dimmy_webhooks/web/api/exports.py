@@ -11,6 +11,7 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from fastapi.responses import StreamingResponse
@@ -145,8 +146,9 @@ async def _items(
 ) -> AsyncIterator[bytes]:
     yield head
     after = None
+    where = replace(where, account=account)
     while True:
-        page = await store.export_items(where, limit=PAGE, after=after, account=account)
+        page = await store.export_items(where, limit=PAGE, after=after)
         yield b"".join(line(item) for item in page)
         if len(page) < PAGE:
             return

@@ -7,6 +7,7 @@ with ``before``: cursors keep pages stable while data arrives.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import HTTPException, Query, Response
@@ -155,7 +156,7 @@ async def browse_items(
         except ValueError:
             message = "not a cursor: pass back the `next` of the previous page"
             raise invalid_query("before", before, message, "value_error") from None
-    items = await store.browse_items(where, limit=limit, before=cursor, account=account)
+    items = await store.browse_items(replace(where, account=account), limit=limit, before=cursor)
     last = items[-1] if len(items) == limit else None
     following = f"{last.fetched_at!r}:{last.id}" if last is not None else None
     return item_page([to_api_json(item) for item in items], following)
@@ -182,7 +183,7 @@ async def item_versions(item_id: ItemId, store: StoreDep, viewer: ViewerDep) -> 
     """The item's revisions (the stored document is the newest; earlier ones are known by
     the deliveries queued for them) and the events that named it."""
     item = await stored_item(store, viewer, item_id)
-    revisions, event_ids = await store.item_history(item_id, account=item.account)
+    revisions, event_ids = await store.item_history(item_id)
     return {
         "item_id": item_id,
         "current": {

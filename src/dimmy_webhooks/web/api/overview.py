@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from dimmy_webhooks.web.api.common import api_router
-from dimmy_webhooks.web.deps import AccountDep, OverviewDep, ServicesDep
+from dimmy_webhooks.web.deps import AccountDep, OverviewDep, ServicesDep, ViewerDep
 
 router = api_router()
 
@@ -20,6 +20,7 @@ class OverviewOut(BaseModel):
     """The dashboard's overview: today, what is open, the queue, the destinations, problems."""
 
     at: str
+    account: str | None = Field(description="the account counted; null: every account")
     day_start: str = Field(description="midnight, the server's local time: 'today' starts here")
     today: dict[str, Any] = Field(description="events (by status) and items stored today")
     events: dict[str, int] = Field(description="events pending, processing and dead")
@@ -58,7 +59,9 @@ class ReconciliationOut(BaseModel):
 
 
 @router.get("/reconciliation", response_model=ReconciliationOut)
-async def get_reconciliation(services: ServicesDep, account: AccountDep) -> dict[str, Any]:
+async def get_reconciliation(
+    services: ServicesDep, viewer: ViewerDep, account: AccountDep
+) -> dict[str, Any]:
     """Items that exist upstream but never arrived by webhook, per creation day, with their ids.
 
     Counts what the poller (``serve --poll``, ``poll --once``) and backfills found that no
@@ -66,7 +69,8 @@ async def get_reconciliation(services: ServicesDep, account: AccountDep) -> dict
     (its webhook may still be on its way). A growing count means webhooks are being lost.
     """
     report = await services.reconciliation(account=account)
-    last = services.poller.last_pass if services.poller is not None else None
+    # the poller's last pass is the process's, of any account: the admin's to see
+    last = services.poller.last_pass if services.poller is not None and viewer.admin else None
     return {
         "mode": "pull" if report.pull_mode else "webhooks",
         "missed": report.missed,

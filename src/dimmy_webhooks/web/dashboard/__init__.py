@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
 from dimmy_webhooks.web.auth import LoginRequired
-from dimmy_webhooks.web.dashboard.pages import login_required, router
+from dimmy_webhooks.web.dashboard.pages import PageMissing, login_required, page_missing, router
 from dimmy_webhooks.web.dashboard.render import PAGE_CSP
 
 STATIC = Path(__file__).parent / "static"
@@ -27,6 +27,7 @@ def install(app: FastAPI) -> None:
     """Serve the dashboard from ``app``, whose parts ``create_app`` built (logins need
     ``DIMMY_ADMIN_TOKEN`` when it is set, and last ``DIMMY_SESSION_HOURS``)."""
     app.add_exception_handler(LoginRequired, login_required)
+    app.add_exception_handler(PageMissing, page_missing)
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="static")
 

@@ -5,6 +5,12 @@ parts that change (counts, lists, an event's work) refresh themselves without a 
 script asks the same URL with ``?live=1`` every few seconds. Actions (replay, release, reject)
 are the API's own routes, posted as JSON by the script with the session's CSRF token. Pages get
 the service's parts through the same dependencies as the API (:mod:`dimmy_webhooks.web.deps`).
+
+Accounts: a page is read as its session's viewer (:class:`~dimmy_webhooks.web.principal.Viewer`):
+an operator's pages show its account only (named in the header), and anything of another
+account is "not found", as in the API. The admin's pages show every account, or the one
+``?account=`` names (the switcher in the header sets it, and the pages' links keep it); a column
+names each row's account when there are several.
 """
 
 from __future__ import annotations
@@ -21,20 +27,22 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
+from dimmy_webhooks.config.accounts import ACCOUNT_NAME
 from dimmy_webhooks.items import format_timestamp
 from dimmy_webhooks.models import ITEM_ID_PATTERN, StoredItem
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.store import ItemFilter
-from dimmy_webhooks.web.auth import client_of, refusal
+from dimmy_webhooks.web.auth import accounts_of, client_of, refusal
 from dimmy_webhooks.web.dashboard.render import http_url, query, render
 from dimmy_webhooks.web.deps import (
+    AccountsDep,
     Login,
-    OverviewDep,
     ServicesDep,
     SessionsDep,
     StoreDep,
     TokensDep,
 )
+from dimmy_webhooks.web.principal import ADMIN, AccountHidden, Viewer
 from dimmy_webhooks.web.sessions import (
     CSRF_HEADER,
     LOGIN_COOKIE,
@@ -60,12 +68,40 @@ def login_required(request: Request, exc: Exception) -> Response:
     return RedirectResponse(f"/ui/login?next={quote(target, safe='/')}", status_code=303)
 
 
+class PageMissing(Exception):
+    """What a page asked for is not there, or is another account's: the "not found" page."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+def page_missing(request: Request, exc: Exception) -> Response:
+    """The "not found" page (404) for :class:`PageMissing`, in the page's frame when the page
+    had started (its session's CSRF token, its problems)."""
+    page: Page | None = getattr(request.state, "page", None)
+    if page is None:
+        page = Page(request, {"nav": "", "twin": "", "csrf": "", "login_required": False})
+        page.context.update(problems=[], errors=[], viewer=ADMIN, accounts=(), account=None)
+        page.context.update(several=False, scope={})
+    what = exc.what if isinstance(exc, PageMissing) else "page"
+    return page.missing(what)
+
+
 @dataclass
 class Page:
-    """A page being rendered: its request and the values every template shows."""
+    """A page being rendered: its request, who asks (``viewer``), the account it shows
+    (``account``: ``None``, every account the viewer sees) and the values every template
+    shows."""
 
     request: Request
     context: dict[str, Any] = field(default_factory=dict)
+    viewer: Viewer = ADMIN
+    account: str | None = None
+
+    def owns(self, account: str) -> bool:
+        """Whether a row of ``account`` is shown to this page's viewer."""
+        return self.viewer.owns(account)
 
     @property
     def errors(self) -> list[str]:
@@ -83,21 +119,42 @@ class Page:
 def _page(
     request: Request, services: Services, sessions: Sessions, session: Session | None
 ) -> Page:
-    return Page(
+    viewer = Viewer(session.account) if session is not None else ADMIN
+    problems = services.failures() + (services.problems() if viewer.admin else [])
+    accounts = accounts_of(request)
+    page = Page(
         request,
         {
             "nav": "",
             "twin": "",
             "csrf": sessions.csrf(session) if session is not None else "",
             "login_required": sessions.required,
-            "problems": services.failures() + services.problems(),
+            "problems": problems,
             "errors": [],
+            "viewer": viewer,
+            "accounts": viewer.visible(accounts.names) if accounts.several else (),
+            "several": accounts.several and viewer.admin,
+            "account": None,
+            "scope": {},
         },
+        viewer,
     )
+    request.state.page = page
+    requested = request.query_params.get("account") or None
+    try:
+        if requested is not None and not ACCOUNT_NAME.fullmatch(requested):
+            raise AccountHidden(requested)
+        page.account = viewer.filter(requested)
+    except AccountHidden:
+        raise PageMissing(f"account {requested[:40] if requested else ''}") from None
+    if viewer.admin and page.account is not None:
+        page.context.update(account=page.account, scope={"account": page.account})
+    return page
 
 
 def page_of(request: Request, session: Login, services: ServicesDep, sessions: SessionsDep) -> Page:
-    """A page for a logged-in person (or anyone, with no admin token set)."""
+    """A page for a logged-in person (or anyone, with no admin token set), as its viewer
+    sees it; ``?account=`` another account's, for an operator: :class:`PageMissing`."""
     return _page(request, services, sessions, session)
 
 
@@ -127,9 +184,15 @@ def _twin(path: str, params: dict[str, Any], **extra: Any) -> str:
 
 
 @router.get("/")
-async def overview_page(page: PageDep, services: ServicesDep, overview: OverviewDep) -> Response:
+async def overview_page(page: PageDep, services: ServicesDep) -> Response:
+    account = page.account
+    overview = await services.overview(account=account, operator=not page.viewer.admin)
+    outputs = services.output_names() if page.viewer.admin else []
     page.context.update(
-        nav="overview", twin="/api/overview", o=overview, outputs=services.output_names()
+        nav="overview",
+        twin=_twin("/api/overview", page.context["scope"]),
+        o=overview,
+        outputs=outputs,
     )
     return page.render("overview.html", live="overview_live.html")
 
@@ -160,8 +223,10 @@ async def events_page(
         until=high,
         before=before,
         limit=PAGE_SIZE,
+        account=page.account,
     )
     params = {"status": status, "type": event_type, "since": since, "until": until}
+    params.update(page.context["scope"])
     page.context.update(
         nav="events",
         events=events,
@@ -181,7 +246,7 @@ async def event_page(
 ) -> Response:
     page.context.update(nav="events", twin=f"/api/events/{event_id}/work")
     event = await store.get_event(event_id)
-    if event is None:
+    if event is None or not page.owns(event.account):
         return page.missing(f"event {event_id}")
     work = await store.event_work(event_id)
     body = await store.get_event_body(event_id)
@@ -213,8 +278,10 @@ def item_filter(
     scanner: str | None,
     dims: str | None,
     errors: list[str],
+    account: str | None = None,
 ) -> ItemFilter:
     return ItemFilter(
+        account=account,
         since=_moment(since, "since", errors),
         until=_moment(until, "until", errors),
         scanner=scanner.strip() if scanner and scanner.strip() else None,
@@ -234,9 +301,10 @@ async def items_page(
     dims: _Text = None,
     before: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
-    where = item_filter(q, since, until, scanner, dims, page.errors)
+    where = item_filter(q, since, until, scanner, dims, page.errors, page.account)
     items = await store.browse_items(where, limit=PAGE_SIZE, before=_cursor(before))
     params = {"q": q, "since": since, "until": until, "scanner": scanner, "dims": dims}
+    params.update(page.context["scope"])
     last = items[-1] if len(items) == PAGE_SIZE else None
     page.context.update(
         nav="items",
@@ -273,10 +341,10 @@ async def item_page(
 ) -> Response:
     page.context.update(nav="items", twin=f"/api/items/{item_id}")
     item = await store.get_item(item_id)
-    if item is None:
+    if item is None or not page.owns(item.account):
         return page.missing(f"item {item_id}")
     revisions, event_ids = await store.item_history(item_id)
-    ledger = await store.attempts(item_id=item_id, limit=200)
+    ledger = await store.attempts(item_id=item_id, limit=200, account=item.account)
     photos = [{"url": http_url(url), "text": url} for url in item.item.photo_urls]
     page.context.update(
         item=item,
@@ -292,9 +360,11 @@ async def item_page(
 
 @router.get("/ui/quarantine")
 async def quarantine_page(page: PageDep, store: StoreDep) -> Response:
-    held = await store.held_items(limit=200)
+    held = await store.held_items(limit=200, account=page.account)
     page.context.update(
-        nav="quarantine", twin="/api/quarantine", rows=[_row(item) for item in held]
+        nav="quarantine",
+        twin=_twin("/api/quarantine", page.context["scope"]),
+        rows=[_row(item) for item in held],
     )
     return page.render("quarantine.html")
 
@@ -324,8 +394,14 @@ class LoginForm(BaseModel):
 
 @router.post("/ui/login")
 async def login(
-    request: Request, form: LoginForm, sessions: SessionsDep, tokens: TokensDep
+    request: Request,
+    form: LoginForm,
+    sessions: SessionsDep,
+    tokens: TokensDep,
+    accounts: AccountsDep,
 ) -> Response:
+    """Log in with the admin token (every account) or an account's operator token (that
+    account only)."""
     if not sessions.required:
         return JSONResponse({"next": local_path(form.next)})
     expected = request.cookies.get(LOGIN_COOKIE, "")
@@ -335,7 +411,7 @@ async def login(
             {"detail": "login form expired or sent from elsewhere: reload the page"}, 403
         )
     client = client_of(request)
-    verdict = tokens.check(form.token.strip(), client)
+    verdict = tokens.check(form.token.strip(), client, operators=accounts)
     if not verdict.ok:
         throttled = verdict.retry_after is not None
         reason = "too many wrong admin tokens" if throttled else "wrong admin token"
@@ -343,9 +419,9 @@ async def login(
             "dashboard login refused", extra={"fields": {"reason": reason, "client": client}}
         )
         raise refusal(reason, verdict.retry_after, challenge=False)
-    log.info("dashboard login", extra={"fields": {"client": client}})
+    log.info("dashboard login", extra={"fields": {"client": client, "account": verdict.account}})
     response = JSONResponse({"next": local_path(form.next)})
-    await sessions.start(request, response)
+    await sessions.start(request, response, verdict.account)
     response.delete_cookie(LOGIN_COOKIE, path="/ui/login")
     return response
 
@@ -357,7 +433,8 @@ async def logout(request: Request, sessions: SessionsDep) -> Response:
         return JSONResponse({"detail": "CSRF token missing or wrong"}, 403)
     if session is not None:
         # ended in the store, not only in this browser: a copy of the cookie is refused too
-        await sessions.end_all()
+        # (every session of the same token: the admin's, or this account's operators')
+        await sessions.end_all(session.account)
         log.info("dashboard logout", extra={"fields": {"client": client_of(request)}})
     response = JSONResponse({"next": "/ui/login" if sessions.required else "/"})
     end_session(request, response)

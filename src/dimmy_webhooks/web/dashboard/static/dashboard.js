@@ -187,7 +187,15 @@
     true,
   );
 
+  // the account switcher: choosing an account shows it at once (the button, without script)
+  function wireSwitchers() {
+    document.querySelectorAll("select[data-autosubmit]").forEach((select) => {
+      select.addEventListener("change", () => select.form && select.form.submit());
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    wireSwitchers();
     localTimes(document);
     document.querySelectorAll("[data-live]").forEach(startLive);
     wireActions();
