@@ -81,13 +81,15 @@ def test_metrics_parse_and_count_what_happened(
     fetched = found[("dimmy_api_requests_total", (("endpoint", "item"), ("status", "200")))]
     assert fetched >= len(ids)
     assert found[("dimmy_api_request_duration_seconds_count", (("endpoint", "item"),))] >= fetched
-    assert found[("dimmy_items_stored", ())] == len(ids)
-    assert found[("dimmy_quarantine_items", ())] == 0
-    assert found[("dimmy_reconciliation_gap_items", ())] == 0
+    default = ("account", "default")
+    assert found[("dimmy_items_stored", (default,))] == len(ids)
+    assert found[("dimmy_quarantine_items", (default,))] == 0
+    assert found[("dimmy_reconciliation_gap_items", (default,))] == 0
+    assert found[("dimmy_events_open", (default, ("status", "dead")))] == 0
     assert found[("dimmy_api_key_refused", ())] == 0
     for kind in ("event", "fetch", "deliver"):
-        assert ("dimmy_queue_jobs", (("kind", kind), ("status", "dead"))) in found
-        assert ("dimmy_queue_oldest_due_age_seconds", (("kind", kind),)) in found
+        assert ("dimmy_queue_jobs", (default, ("kind", kind), ("status", "dead"))) in found
+        assert ("dimmy_queue_oldest_due_age_seconds", (default, ("kind", kind))) in found
     backlog = [k for k in found if k[0] == "dimmy_delivery_backlog"]
     assert len(backlog) == 1
 
@@ -97,11 +99,12 @@ def test_metrics_are_open_on_loopback_without_any_token(sqlite_url: str) -> None
     with serve_in_thread(app) as url:
         answer = httpx.get(url + "/metrics")
     assert answer.status_code == 200
-    assert ("dimmy_items_stored", ()) in samples(answer.text)
+    assert ("dimmy_items_stored", (("account", "default"),)) in samples(answer.text)
 
 
 class LedgerRows:
-    """The store's ``attempt_counts`` over rows ``(id, output, outcome)`` held in a list."""
+    """The store's ``attempt_counts`` over rows ``(id, output, outcome)`` of the account
+    ``default`` held in a list."""
 
     def __init__(self) -> None:
         self.rows: list[tuple[int, str, str]] = []
@@ -114,7 +117,7 @@ class LedgerRows:
             if row_id > after and (upto is None or row_id <= upto):
                 groups.setdefault((output, outcome), []).append(row_id)
         return [
-            {"output": o, "outcome": c, "n": len(found), "top": max(found)}
+            {"account": "default", "output": o, "outcome": c, "n": len(found), "top": max(found)}
             for (o, c), found in groups.items()
         ]
 
@@ -124,18 +127,25 @@ async def test_the_ledger_is_added_up_once_per_row() -> None:
     tally = LedgerTally(settle=30, clock=lambda: now[0])
     ledger = LedgerRows()
     ledger.rows += [(1, "wms", "delivered"), (2, "wms", "failed"), (3, "wms", "delivered")]
-    assert await tally.counts(ledger) == {("wms", "delivered"): 2, ("wms", "failed"): 1}  # type: ignore[arg-type]
+    assert await tally.counts(ledger) == {  # type: ignore[arg-type]
+        ("default", "wms", "delivered"): 2,
+        ("default", "wms", "failed"): 1,
+    }
     ledger.rows += [(4, "wms", "delivered"), (5, "jsonl", "dead")]
     now[0] += 10
     assert await tally.counts(ledger) == {  # type: ignore[arg-type]
-        ("wms", "delivered"): 3,
-        ("wms", "failed"): 1,
-        ("jsonl", "dead"): 1,
+        ("default", "wms", "delivered"): 3,
+        ("default", "wms", "failed"): 1,
+        ("default", "jsonl", "dead"): 1,
     }
     now[0] += 21  # rows up to 3 were seen 30 s ago: counted once, then never read again
     ledger.rows.append((6, "wms", "delivered"))
     result = await tally.counts(ledger)  # type: ignore[arg-type]
-    assert result == {("wms", "delivered"): 4, ("wms", "failed"): 1, ("jsonl", "dead"): 1}
+    assert result == {
+        ("default", "wms", "delivered"): 4,
+        ("default", "wms", "failed"): 1,
+        ("default", "jsonl", "dead"): 1,
+    }
     assert tally.after == 3
     assert ledger.reads[-1] == (3, None)
     now[0] += 31  # and the rest, seen at least 30 s ago now

@@ -13,7 +13,13 @@ of this process's own, so that several apps in one process never share counters)
   deliveries by output and outcome, added up from the ledger incrementally
   (:class:`LedgerTally`: each scrape reads only rows it has not counted yet).
 
-Nothing here does IO by itself: the route gathers the overview and calls :meth:`Metrics.render`.
+The store's figures carry an ``account`` label (items, open events, jobs, the backlog and the
+deliveries), its values bounded by the configured accounts: a row of an account removed from
+the accounts file is counted under :data:`OTHER`. An account's operator is shown that account's
+series only, none of this process's counters (:meth:`Metrics.render`).
+
+The route gathers the figures (:func:`account_figures`, :class:`LedgerTally`) and calls
+:meth:`Metrics.render`, which does no IO.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +39,10 @@ from prometheus_client.registry import Collector
 from dimmy_webhooks.items import format_timestamp
 from dimmy_webhooks.observe.logs import redact_urls
 from dimmy_webhooks.observe.overview import Overview
-from dimmy_webhooks.store import Store
+from dimmy_webhooks.store import OperatorCounts, QueueDepth, Store
 
+OTHER = "other"
+"""The ``account`` label of rows whose account is no longer configured (kept, never deleted)."""
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SIGNATURE_WINDOW = 300.0  # seconds over which signature failures are counted for alerts
 _STATUS_OUTCOME = {
@@ -150,11 +158,25 @@ class Metrics:
             for r in list(self.rejections)
         )
 
-    def render(self, overview: Overview, deliveries: dict[tuple[str, str], int]) -> bytes:
-        """The exposition: this process's counters, then the store's figures."""
+    def render(
+        self,
+        overview: Overview | None,
+        accounts: Mapping[str, OperatorCounts],
+        deliveries: Mapping[tuple[str, str, str], int],
+        outputs: Mapping[str, Sequence[str]] | None = None,
+    ) -> bytes:
+        """The exposition: this process's counters and its problems (``overview``: the
+        admin's; ``None`` for an account's operator, who sees none of them), then the store's
+        figures of each ``account`` label (:func:`account_figures`) and the ledger by account,
+        output and outcome. ``outputs``: per label, the outputs whose backlog is shown even
+        when nothing waits (0)."""
         scrape = CollectorRegistry(auto_describe=False)
-        scrape.register(_Fixed(self.registry.collect()))
-        scrape.register(_Fixed(_store_families(overview, deliveries)))
+        if overview is not None:
+            scrape.register(_Fixed(self.registry.collect()))
+        now = overview.at if overview is not None else self.clock()
+        scrape.register(_Fixed(_store_families(now, accounts, deliveries, outputs or {})))
+        if overview is not None:
+            scrape.register(_Fixed(_process_families(overview)))
         return generate_latest(scrape)
 
 
@@ -170,25 +192,72 @@ class LedgerTally:
         self.settle = settle
         self.clock = clock
         self.after = 0
-        self.totals: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.totals: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self._seen: collections.deque[tuple[float, int]] = collections.deque(maxlen=1000)
 
-    async def counts(self, store: Store) -> dict[tuple[str, str], int]:
+    async def counts(self, store: Store) -> dict[tuple[str, str, str], int]:
+        """Attempts by ``(account, output, outcome)``, every account's."""
         now = self.clock()
         upto = None
         while self._seen and self._seen[0][0] <= now - self.settle:
             upto = self._seen.popleft()[1]
         if upto is not None and upto > self.after:
             for row in await store.attempt_counts(after=self.after, upto=upto):
-                self.totals[(row["output"], row["outcome"])] += int(row["n"])
+                self.totals[_ledger_key(row)] += int(row["n"])
             self.after = upto
         fresh = collections.Counter(self.totals)
         top = self.after
         for row in await store.attempt_counts(after=self.after):
-            fresh[(row["output"], row["outcome"])] += int(row["n"])
+            fresh[_ledger_key(row)] += int(row["n"])
             top = max(top, int(row["top"]))
         self._seen.append((now, top))
         return dict(fresh)
+
+
+def _ledger_key(row: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (str(row["account"]), str(row["output"]), str(row["outcome"]))
+
+
+def account_label(account: str, configured: Sequence[str]) -> str:
+    """The ``account`` label of a row of ``account``: its name while it is configured, else
+    :data:`OTHER` (so the label's values are bounded by the accounts file)."""
+    return account if account in configured else OTHER
+
+
+async def account_figures(
+    store: Store,
+    accounts: Iterable[str],
+    configured: Sequence[str],
+    *,
+    now: float,
+    seen_before: float,
+) -> dict[str, OperatorCounts]:
+    """The store's counts of each of ``accounts`` (those with rows, and the configured ones),
+    by ``account`` label: the accounts no longer ``configured`` added up under :data:`OTHER`.
+    One read of :meth:`~dimmy_webhooks.store.Store.operator_counts` per account."""
+    figures: dict[str, OperatorCounts] = {}
+    for account in dict.fromkeys(accounts):
+        counts = await store.operator_counts(
+            since=now, now=now, seen_before=seen_before, account=account
+        )
+        label = account_label(account, configured)
+        figures[label] = _added(figures[label], counts) if label in figures else counts
+    return figures
+
+
+def _added(one: OperatorCounts, other: OperatorCounts) -> OperatorCounts:
+    def merged(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+        return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
+
+    return OperatorCounts(
+        events_since=merged(one.events_since, other.events_since),
+        events_open=merged(one.events_open, other.events_open),
+        items_since=one.items_since + other.items_since,
+        items=one.items + other.items,
+        held=one.held + other.held,
+        queue=[*one.queue, *other.queue],
+        unwebhooked=one.unwebhooked + other.unwebhooked,
+    )
 
 
 class _Fixed(Collector):
@@ -201,44 +270,95 @@ class _Fixed(Collector):
         return iter(self.families)
 
 
-def _store_families(overview: Overview, deliveries: dict[tuple[str, str], int]) -> list[Metric]:
+def _jobs(
+    queue: Sequence[QueueDepth], at: float
+) -> tuple[dict[tuple[str, str], int], dict[str, float]]:
+    """Jobs by ``(kind, status)`` and the age of the oldest due one by kind, every kind and
+    status listed (as :meth:`~.overview.Overview.jobs_by_kind` counts them)."""
+    jobs = {
+        (k, s): 0 for k in ("event", "fetch", "deliver") for s in ("pending", "running", "dead")
+    }
+    due = dict.fromkeys(("event", "fetch", "deliver"), 0.0)
+    for row in queue:
+        jobs[(row.kind, row.status)] = jobs.get((row.kind, row.status), 0) + row.count
+        if row.due_since is not None:
+            due[row.kind] = max(due.get(row.kind, 0.0), 0.0, at - row.due_since)
+    return jobs, due
+
+
+def _store_families(
+    at: float,
+    accounts: Mapping[str, OperatorCounts],
+    deliveries: Mapping[tuple[str, str, str], int],
+    outputs: Mapping[str, Sequence[str]],
+) -> list[Metric]:
     jobs = GaugeMetricFamily(
         "dimmy_queue_jobs",
-        "Jobs by kind and status (pending, running, dead).",
-        labels=["kind", "status"],
+        "Jobs by account, kind and status (pending, running, dead).",
+        labels=["account", "kind", "status"],
     )
     due = GaugeMetricFamily(
         "dimmy_queue_oldest_due_age_seconds",
-        "How long the oldest job that is due now has been waiting, by kind (0: none due).",
-        labels=["kind"],
+        "How long the oldest job that is due now has been waiting, by account and kind (0: none "
+        "due).",
+        labels=["account", "kind"],
     )
     backlog = GaugeMetricFamily(
         "dimmy_delivery_backlog",
-        "Deliveries pending or running, by output.",
-        labels=["output"],
+        "Deliveries pending or running, by account and output.",
+        labels=["account", "output"],
     )
-    for (kind, status), count in sorted(overview.jobs_by_kind().items()):
-        jobs.add_metric([kind, status], count)
-    for kind, age in sorted(overview.oldest_due_by_kind().items()):
-        due.add_metric([kind], age)
-    for destination in overview.destinations:
-        backlog.add_metric([redact_urls(destination.output)], destination.backlog)
+    events = GaugeMetricFamily(
+        "dimmy_events_open",
+        "Inbox events not done, by account and status (pending, processing, dead).",
+        labels=["account", "status"],
+    )
+    single = {
+        "dimmy_items_stored": GaugeMetricFamily(
+            "dimmy_items_stored", "Items in the item store, by account.", labels=["account"]
+        ),
+        "dimmy_quarantine_items": GaugeMetricFamily(
+            "dimmy_quarantine_items", "Items held in quarantine, by account.", labels=["account"]
+        ),
+        "dimmy_reconciliation_gap_items": GaugeMetricFamily(
+            "dimmy_reconciliation_gap_items",
+            "Items that reached the service only through polling (their webhooks were lost), "
+            "by account.",
+            labels=["account"],
+        ),
+    }
+    for account, counts in sorted(accounts.items()):
+        by_kind, ages = _jobs(counts.queue, at)
+        for (kind, status), count in sorted(by_kind.items()):
+            jobs.add_metric([account, kind, status], count)
+        for kind, age in sorted(ages.items()):
+            due.add_metric([account, kind], age)
+        waiting = collections.Counter(dict.fromkeys(outputs.get(account, ()), 0))
+        for row in counts.queue:
+            if row.kind == "deliver" and row.output is not None:
+                waiting[row.output] += row.count if row.status in ("pending", "running") else 0
+        for output, count in sorted(waiting.items()):
+            backlog.add_metric([account, redact_urls(output)], count)
+        for status in ("pending", "processing", "dead"):
+            events.add_metric([account, status], counts.events_open.get(status, 0))
+        single["dimmy_items_stored"].add_metric([account], counts.items)
+        single["dimmy_quarantine_items"].add_metric([account], counts.held)
+        single["dimmy_reconciliation_gap_items"].add_metric([account], counts.unwebhooked)
     delivered = CounterMetricFamily(
         "dimmy_deliveries",
-        "Delivery attempts in the ledger, by output and outcome (delivered, failed, dead, "
-        "filtered, superseded).",
-        labels=["output", "outcome"],
+        "Delivery attempts in the ledger, by account, output and outcome (delivered, failed, "
+        "dead, filtered, superseded).",
+        labels=["account", "output", "outcome"],
     )
-    for (output, outcome), count in sorted(deliveries.items()):
-        delivered.add_metric([redact_urls(output), outcome], count)
-    single = [
-        ("dimmy_items_stored", "Items in the item store.", overview.items_total),
-        ("dimmy_quarantine_items", "Items held in quarantine.", overview.held),
-        (
-            "dimmy_reconciliation_gap_items",
-            "Items that reached the service only through polling (their webhooks were lost).",
-            overview.reconciliation_gap,
-        ),
+    for (account, output, outcome), count in sorted(deliveries.items()):
+        delivered.add_metric([account, redact_urls(output), outcome], count)
+    return [jobs, due, backlog, events, delivered, *single.values()]
+
+
+def _process_families(overview: Overview) -> list[Metric]:
+    """What the admin is shown of the process: its problems and the API key's state."""
+    families: list[Metric] = []
+    for name, text, value in [
         (
             "dimmy_problems",
             "Problems that need an operator (as /readyz lists them).",
@@ -249,9 +369,7 @@ def _store_families(overview: Overview, deliveries: dict[tuple[str, str], int]) 
             "1 while the Dimmy API refuses the API key.",
             int(overview.api_key_refused),
         ),
-    ]
-    families: list[Metric] = [jobs, due, backlog, delivered]
-    for name, text, value in single:
+    ]:
         gauge = GaugeMetricFamily(name, text)
         gauge.add_metric([], value)
         families.append(gauge)

@@ -171,8 +171,8 @@ class Reports(ops.Transactions):
         return [(str(r["outcome"]), float(r["started_at"]), r["error"]) for r in rows]
 
     async def attempt_counts(self, *, after: int, upto: int | None = None) -> list[Row]:
-        """Ledger rows with ids in ``(after, upto]`` counted by ``output`` and ``outcome``
-        (``n``), each group with its highest id (``top``)."""
+        """Ledger rows with ids in ``(after, upto]`` counted by ``account``, ``output`` and
+        ``outcome`` (``n``), each group with its highest id (``top``)."""
         return await self._rows("attempt_counts", {"after": after, "upto": upto})
 
 

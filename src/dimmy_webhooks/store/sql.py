@@ -380,10 +380,11 @@ SQL.update(
         SELECT outcome, started_at, status_code, error FROM delivery_attempts
         WHERE output = :output AND (:account IS NULL OR account = :account)
         ORDER BY started_at DESC LIMIT :limit""",
-        # ledger rows by output and outcome in a range of ids (the metrics add up new rows only)
+        # ledger rows by account, output and outcome in a range of ids (the metrics add up new
+        # rows only)
         "attempt_counts": """
-        SELECT output, outcome, count(*) AS n, max(id) AS top FROM delivery_attempts
+        SELECT account, output, outcome, count(*) AS n, max(id) AS top FROM delivery_attempts
         WHERE id > :after AND (:upto IS NULL OR id <= :upto)
-        GROUP BY output, outcome""",
+        GROUP BY account, output, outcome""",
     }
 )

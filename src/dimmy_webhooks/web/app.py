@@ -12,6 +12,7 @@ dashboard's pages a policy that also lets item photos load from https hosts
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import time
@@ -24,10 +25,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dimmy_webhooks import __version__
 from dimmy_webhooks.config import Settings
-from dimmy_webhooks.config.accounts import Accounts
+from dimmy_webhooks.config.accounts import Accounts, load_accounts
 from dimmy_webhooks.errors import ConfigError, StoreError
 from dimmy_webhooks.intake.receiver import PULL_MODE, SECURITY_HEADERS, Receiver, WebhookRoute
-from dimmy_webhooks.observe.metrics import CONTENT_TYPE
+from dimmy_webhooks.observe.metrics import CONTENT_TYPE, account_figures, account_label
+from dimmy_webhooks.observe.overview import Overview
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.signatures import Verifier, parse_secrets
 from dimmy_webhooks.store import Store
@@ -41,7 +43,8 @@ from dimmy_webhooks.web.auth import (
     allowed_hosts,
     metrics_guard,
 )
-from dimmy_webhooks.web.deps import OverviewDep, ServicesDep
+from dimmy_webhooks.web.deps import AccountsDep, ServicesDep
+from dimmy_webhooks.web.principal import Viewer
 from dimmy_webhooks.web.queries import QueryGuard
 from dimmy_webhooks.web.sessions import Sessions
 
@@ -127,8 +130,10 @@ def create_app(
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.tokens = TokenCheck(settings.admin_token_value())
 
+    app.state.accounts = load_accounts(settings)
+
     def operator_digest(name: str) -> str | None:
-        accounts: Accounts = app.state.services.accounts  # the accounts now (a reload's)
+        accounts: Accounts = app.state.accounts  # the accounts now (a reload's)
         account = accounts.get(name)
         return None if account is None else account.operator_token_sha256
 
@@ -206,13 +211,38 @@ def _operations_router(settings: Settings) -> APIRouter:
         status = 503 if ready.status == "unavailable" else 200
         return JSONResponse({"status": ready.status, "problems": ready.problems}, status)
 
-    @router.get(
-        "/metrics", include_in_schema=False, dependencies=[Depends(metrics_guard(settings))]
-    )
-    async def metrics(services: ServicesDep, overview: OverviewDep) -> Response:
-        """Prometheus text format; the admin token (or ``DIMMY_METRICS_TOKEN``) when set."""
-        deliveries = await services.metrics.ledger.counts(services.store)
-        body = services.metrics.render(overview, deliveries)
+    # a local dependency: a default value, as an annotation naming it could not be resolved
+    metrics_viewer = Depends(metrics_guard(settings))
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics(
+        services: ServicesDep, accounts: AccountsDep, viewer: Viewer = metrics_viewer
+    ) -> Response:
+        """Prometheus text format; the admin token (or ``DIMMY_METRICS_TOKEN``) when set, for
+        every account's series; an account's operator token for that account's only."""
+        configured = accounts.names
+        status = services.status()
+        if viewer.account is None:
+            overview: Overview | None = await services.overview()
+            shown = [*configured, *(await services.store.account_counts())]
+        else:
+            overview, shown = None, [viewer.account]
+        figures = await account_figures(
+            services.store,
+            shown,
+            configured,
+            now=status.at,
+            seen_before=status.at - status.reconcile_grace,
+        )
+        deliveries: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        for (account, output, outcome), count in (
+            await services.metrics.ledger.counts(services.store)
+        ).items():
+            if viewer.owns(account):
+                deliveries[(account_label(account, configured), output, outcome)] += count
+        # every configured account's items go to this process's outputs: each has a backlog
+        served = {label: services.output_names() for label in figures if label in configured}
+        body = services.metrics.render(overview, figures, deliveries, served)
         return Response(body, media_type=CONTENT_TYPE, headers={"cache-control": "no-store"})
 
     return router

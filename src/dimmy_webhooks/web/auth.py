@@ -272,8 +272,8 @@ def sessions_of(request: Request) -> Sessions:
 
 
 def accounts_of(request: Request) -> Accounts:
-    """The configured accounts, as the running services hold them now."""
-    accounts: Accounts = request.app.state.services.accounts
+    """The configured accounts (``app.state.accounts``)."""
+    accounts: Accounts = request.app.state.accounts
     return accounts
 
 
