@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,7 +29,6 @@ from dimmy_webhooks.config.accounts import Accounts, load_accounts
 from dimmy_webhooks.errors import ConfigError, StoreError
 from dimmy_webhooks.intake.receiver import PULL_MODE, SECURITY_HEADERS, Receiver, WebhookRoute
 from dimmy_webhooks.observe.metrics import CONTENT_TYPE, account_figures, account_label
-from dimmy_webhooks.observe.overview import Overview
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.signatures import Verifier, parse_secrets
 from dimmy_webhooks.store import Store
@@ -43,8 +42,8 @@ from dimmy_webhooks.web.auth import (
     allowed_hosts,
     metrics_guard,
 )
-from dimmy_webhooks.web.deps import AccountsDep, ServicesDep
-from dimmy_webhooks.web.principal import Viewer
+from dimmy_webhooks.web.deps import ACCOUNT_NOT_FOUND, AccountName, AccountsDep, ServicesDep
+from dimmy_webhooks.web.principal import AccountHidden, Viewer
 from dimmy_webhooks.web.queries import QueryGuard
 from dimmy_webhooks.web.sessions import Sessions
 
@@ -216,17 +215,25 @@ def _operations_router(settings: Settings) -> APIRouter:
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics(
-        services: ServicesDep, accounts: AccountsDep, viewer: Viewer = metrics_viewer
+        services: ServicesDep,
+        accounts: AccountsDep,
+        viewer: Viewer = metrics_viewer,
+        account: AccountName = None,
     ) -> Response:
         """Prometheus text format; the admin token (or ``DIMMY_METRICS_TOKEN``) when set, for
-        every account's series; an account's operator token for that account's only."""
+        every account's series (or ``?account=``'s); an account's operator token for that
+        account's only."""
+        try:
+            chosen = viewer.filter(account)
+        except AccountHidden:
+            raise HTTPException(status_code=404, detail=ACCOUNT_NOT_FOUND) from None
         configured = accounts.names
         status = services.status()
-        if viewer.account is None:
-            overview: Overview | None = await services.overview()
+        overview = await services.overview() if viewer.admin else None
+        if chosen is None:
             shown = [*configured, *(await services.store.account_counts())]
         else:
-            overview, shown = None, [viewer.account]
+            shown = [chosen]
         figures = await account_figures(
             services.store,
             shown,
@@ -238,7 +245,7 @@ def _operations_router(settings: Settings) -> APIRouter:
         for (account, output, outcome), count in (
             await services.metrics.ledger.counts(services.store)
         ).items():
-            if viewer.owns(account):
+            if chosen is None or account == chosen:
                 deliveries[(account_label(account, configured), output, outcome)] += count
         # every configured account's items go to this process's outputs: each has a backlog
         served = {label: services.output_names() for label in figures if label in configured}
