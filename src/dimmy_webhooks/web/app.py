@@ -242,11 +242,11 @@ def _operations_router(settings: Settings) -> APIRouter:
             seen_before=status.at - status.reconcile_grace,
         )
         deliveries: collections.Counter[tuple[str, str, str]] = collections.Counter()
-        for (account, output, outcome), count in (
+        for (of, output, outcome), count in (
             await services.metrics.ledger.counts(services.store)
         ).items():
-            if chosen is None or account == chosen:
-                deliveries[(account_label(account, configured), output, outcome)] += count
+            if chosen is None or of == chosen:
+                deliveries[(account_label(of, configured), output, outcome)] += count
         # every configured account's items go to this process's outputs: each has a backlog
         served = {label: services.output_names() for label in figures if label in configured}
         body = services.metrics.render(overview, figures, deliveries, served)
