@@ -31,12 +31,18 @@ class Reconciliation:
 
 
 async def reconciliation(
-    store: Store, now: float, grace: float, pull_mode: bool, ids_per_day: int = 100
+    store: Store,
+    now: float,
+    grace: float,
+    pull_mode: bool,
+    ids_per_day: int = 100,
+    *,
+    account: str | None = None,
 ) -> Reconciliation:
     """The reconciliation report: per creation day, how many items (and which, up to
     ``ids_per_day``) were first read by polling at least ``grace`` seconds ago and never named by
     a webhook."""
-    rows = await store.unwebhooked(now - grace)
+    rows = await store.unwebhooked(now - grace, account=account)
     days: dict[str, dict[str, object]] = {}
     for item_id, created_at in rows:
         day = (created_at or "unknown")[:10]

@@ -88,11 +88,13 @@ class Items(ops.Transactions):
         params = {"name": name, "value": value, "now": now}
         await self._write(lambda tx: tx.run(tx.sql("set_state"), params))
 
-    async def unwebhooked(self, seen_before: float) -> list[tuple[str, str | None]]:
+    async def unwebhooked(
+        self, seen_before: float, *, account: str | None = None
+    ) -> list[tuple[str, str | None]]:
         """``(id, created_at)`` of every item that reached us only through polling (first read
         by the poller or a backfill before ``seen_before``, never named by a webhook), oldest
         first."""
-        rows = await self._rows("unwebhooked", {"seen_before": seen_before})
+        rows = await self._rows("unwebhooked", {"seen_before": seen_before, "account": account})
         return [(str(row["id"]), row["created_at"]) for row in rows]
 
 

@@ -17,12 +17,12 @@ FAIR = "lane, seq, run_at, id"
 (:class:`~dimmy_webhooks.models.Lane`), then by position within its event, so a new event's
 first items go before the rest of an earlier upload; oldest due first among equals."""
 WORK_DUE = """
-        SELECT j.id, j.lane, j.seq, j.run_at FROM jobs AS j
+        SELECT j.id, j.lane, j.seq, j.run_at, j.account FROM jobs AS j
         WHERE j.status = 'pending' AND j.kind != 'deliver' AND j.run_at <= :now{ACCOUNTS}
         ORDER BY j.lane, j.seq, j.run_at, j.id LIMIT :limit"""
 """Due expansions and fetches in the fair order (partial index ``jobs_fair``)."""
 DELIVERIES_DUE = """
-        SELECT j.id, j.lane, j.seq, j.run_at FROM jobs AS j
+        SELECT j.id, j.lane, j.seq, j.run_at, j.account FROM jobs AS j
         WHERE j.status = 'pending' AND j.kind = 'deliver' AND j.run_at <= :now{ACCOUNTS}
         AND NOT EXISTS (SELECT 1 FROM jobs AS busy WHERE busy.item_id = j.item_id
             AND busy.kind = 'deliver' AND busy.status = 'running' AND busy.output = j.output)
@@ -121,6 +121,17 @@ SQL: dict[str, str] = {
         WHERE id IN (
             SELECT id FROM (SELECT * FROM ({WORK_DUE})
                             UNION ALL SELECT * FROM ({DELIVERIES_DUE}))
+            ORDER BY {FAIR} LIMIT :limit)
+        RETURNING {JOB_COLUMNS}""",
+    # the same, each account taking at most its share ({CAPS}: its number of jobs, by name)
+    "claim_capped": f"""
+        UPDATE jobs SET status = 'running', lease_owner = :owner, lease_token = :token,
+            lease_expires_at = :expires, attempts = attempts + 1, updated_at = :now
+        WHERE id IN (
+            SELECT id FROM (
+                SELECT *, ROW_NUMBER() OVER (PARTITION BY account ORDER BY {FAIR}) AS n
+                FROM (SELECT * FROM ({WORK_DUE}) UNION ALL SELECT * FROM ({DELIVERIES_DUE})))
+            WHERE n <= {{CAPS}}
             ORDER BY {FAIR} LIMIT :limit)
         RETURNING {JOB_COLUMNS}""",
     "delivery_busy": """

@@ -23,9 +23,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dimmy_webhooks import __version__
-from dimmy_webhooks.config import Settings
+from dimmy_webhooks.config import DEFAULT_ACCOUNT, Settings, load_accounts
 from dimmy_webhooks.errors import ConfigError, StoreError
-from dimmy_webhooks.intake.receiver import PULL_MODE, SECURITY_HEADERS, Receiver, WebhookRoute
+from dimmy_webhooks.intake.receiver import (
+    PULL_MODE,
+    SECURITY_HEADERS,
+    Receiver,
+    UnverifiedBodies,
+    WebhookRoute,
+)
 from dimmy_webhooks.observe.metrics import CONTENT_TYPE
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.signatures import Verifier, parse_secrets
@@ -87,7 +93,7 @@ def create_app(
     poller and ``POST /webhook`` answers 404 saying webhooks are off. ``app.state.services``
     holds the running parts; ``store`` and ``clock`` are for tests.
     """
-    if settings.webhook_secret is None and not run_poller:
+    if not _any_secret(settings) and not run_poller:
         raise ConfigError(
             "DIMMY_WEBHOOK_SECRET is not set: copy the endpoint's signing secret (whsec_...) "
             "from the Dimmy webhook dashboard into the environment or .env, or run "
@@ -128,7 +134,7 @@ def create_app(
     app.state.sessions = Sessions(
         settings.admin_token_value(), services.store, hours=settings.session_hours
     )
-    receiver = _receiver(settings, services, clock)
+    receivers = _receivers(settings, services, clock)
 
     @app.exception_handler(StoreError)
     async def store_unavailable(request: object, exc: StoreError) -> Response:
@@ -148,22 +154,53 @@ def create_app(
         allowed_hosts=allowed_hosts(
             settings.allowed_host_names, token_set=settings.admin_token_value() is not None
         ),
-        remote=RemoteRule.of(settings, frozenset({"/healthz", "/readyz", settings.webhook_path})),
+        remote=RemoteRule.of(settings, frozenset({"/healthz", "/readyz", *receivers})),
     )
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(WebhookRoute, receiver=receiver, path=settings.webhook_path)
+    app.add_middleware(WebhookRoute, path=settings.webhook_path, receivers=receivers)
     return app
 
 
-def _receiver(settings: Settings, services: Services, clock: Callable[[], float]) -> ASGIApp:
-    """``POST /webhook``: the signature-checking receiver, or the pull mode's 404."""
+def _any_secret(settings: Settings) -> bool:
+    """Whether some account receives webhooks (``DIMMY_WEBHOOK_SECRET``, or an account of
+    ``DIMMY_ACCOUNTS_FILE`` with a ``webhook_secret``)."""
+    return any(a.settings.webhook_secret is not None for a in load_accounts(settings).values())
+
+
+def _receivers(
+    settings: Settings, services: Services, clock: Callable[[], float]
+) -> dict[str, ASGIApp]:
+    """Each account's receiver by path: ``/webhook/{name}``, and ``/webhook`` for the
+    account ``default``. They share one budget of unverified bodies in memory."""
+    accounts = services.accounts or load_accounts(settings)
+    budget = UnverifiedBodies(settings.unverified_body_budget)
+    receivers: dict[str, ASGIApp] = {}
+    for name, account in accounts.items():
+        receiver = _receiver(account.settings, services, clock, name, budget)
+        receivers[account.webhook_path] = receiver
+        if name == DEFAULT_ACCOUNT:
+            receivers[settings.webhook_path] = receiver
+    return receivers
+
+
+def _receiver(
+    settings: Settings,
+    services: Services,
+    clock: Callable[[], float],
+    account: str,
+    budget: UnverifiedBodies,
+) -> ASGIApp:
+    """One account's ``POST /webhook``: the signature-checking receiver, or the pull mode's
+    404 when the account has no webhook secret."""
     if settings.webhook_secret is None:
         return PULL_MODE
-    verifier = Verifier(
-        parse_secrets(settings.webhook_secret.get_secret_value()),
-        tolerance_seconds=settings.timestamp_tolerance_seconds,
-        clock=clock,
-    )
+    try:
+        keys = parse_secrets(settings.webhook_secret.get_secret_value())
+    except ConfigError as exc:
+        if account == DEFAULT_ACCOUNT:
+            raise
+        raise ConfigError(f"account {account!r}: webhook_secret: {exc}") from None
+    verifier = Verifier(keys, tolerance_seconds=settings.timestamp_tolerance_seconds, clock=clock)
     return Receiver(
         services.store,
         verifier,
@@ -175,6 +212,8 @@ def _receiver(settings: Settings, services: Services, clock: Callable[[], float]
         clock=clock,
         crash=services.crash,
         observe=services.metrics.webhook,
+        account=account,
+        unverified=budget,
     )
 
 
