@@ -10,6 +10,8 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
 
 import httpx
 import pytest
@@ -315,3 +317,44 @@ def test_a_refused_api_key_is_the_first_thing_the_overview_shows(
         started = time.monotonic()
         client.get("/")
         assert time.monotonic() - started < 1.0
+
+
+def test_the_overview_draws_its_charts_and_api_charts_has_their_series(
+    client: httpx.Client, scanned: tuple[str, list[str]]
+) -> None:
+    dashboard_login(client)
+
+    def charts() -> dict[str, Any]:
+        answer = httpx.get(f"{client.base_url}/api/charts", headers=AUTH)
+        assert answer.status_code == 200, answer.text
+        data: dict[str, Any] = answer.json()
+        return data
+
+    assert wait_until(lambda: charts()["delivery_latency"]["outputs"], 20)
+    data = charts()
+    scans = data["scans_per_hour"]
+    assert scans["hours"] == 72
+    assert len(scans["points"]) == 72
+    assert sum(p["items"] for p in scans["points"]) == 6
+    assert scans["points"][-1]["items"] == 6  # stored just now: the current hour
+    [jsonl] = data["delivery_latency"]["outputs"]
+    assert jsonl["output"].startswith("jsonl:")
+    assert jsonl["attempts"] >= 6
+    assert 0 <= jsonl["p50_ms"] <= jsonl["p95_ms"] <= jsonl["max_ms"]
+    assert jsonl["per_hour"][-1]["attempts"] >= 1
+    backlog = data["backlog"]
+    assert backlog["sampled_since"] is not None
+    assert backlog["every_seconds"] == 60
+    assert backlog["points"]
+    assert set(backlog["points"][0]) == {"at", "due", "running", "dead"}
+
+    page = client.get("/").text
+    for chart in ("chart-scans", "chart-latency", "chart-backlog"):
+        figure = re.search(rf'id="{chart}">.*?(<svg .*?</svg>)', page, re.S)
+        assert figure is not None, chart
+        ElementTree.fromstring(figure.group(1))  # noqa: S314 - our own page: well-formed
+    assert "<rect" in page  # bars
+    assert "<circle" in page  # the points of the lines
+    assert 'id="latency-table"' in page
+    assert 'href="/api/charts"' in page
+    assert "<svg" not in client.get("/", params={"live": "1"}).text  # charts are not live

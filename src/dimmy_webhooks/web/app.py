@@ -100,6 +100,7 @@ def create_app(
         store=store,
         clock=clock,
         alerts=True,
+        sample_backlog=True,
     )
 
     @contextlib.asynccontextmanager
