@@ -358,3 +358,34 @@ def test_the_overview_draws_its_charts_and_api_charts_has_their_series(
     assert 'id="latency-table"' in page
     assert 'href="/api/charts"' in page
     assert "<svg" not in client.get("/", params={"live": "1"}).text  # charts are not live
+
+
+def test_photos_the_fake_api_serves_are_shown_and_allowed_by_the_pages_policy(
+    service_url: str, fake: FakeDimmy, fake_url: str
+) -> None:
+    fake.config.photo_base = fake_url  # as the demo does
+    ids = fake.generate_items(8)
+    post_signed(service_url, "msg_photos", ids, expect=204)
+    assert wait_until(lambda: stored(service_url, ids), 20)
+    with_photos = [
+        item
+        for item in (httpx.get(f"{service_url}/api/items/{i}", headers=AUTH).json() for i in ids)
+        if item["photo_urls"]
+    ]
+    assert with_photos
+    with httpx.Client(base_url=service_url, timeout=10) as client:
+        dashboard_login(client)
+        answer = client.get(f"/ui/items/{with_photos[0]['id']}")
+    csp = answer.headers["content-security-policy"]
+    # the configured API's own (loopback, plain http) origin; https photo hosts as before
+    assert f"img-src 'self' https: {fake_url};" in csp
+    assert "unsafe-inline" not in csp
+    for url in with_photos[0]["photo_urls"]:
+        assert url.startswith(f"{fake_url}/photos/")
+        assert f'<img src="{url}"' in answer.text
+        photo = httpx.get(url)
+        assert photo.headers["content-type"] == "image/png"
+        assert photo.content.startswith(b"\x89PNG\r\n\x1a\n")
+    # everything but the pages keeps the strict policy, without any image host
+    api = httpx.get(f"{service_url}/api/overview", headers=AUTH)
+    assert "img-src" not in api.headers["content-security-policy"]
