@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dimmy_webhooks.observe.backlog import EVERY_SECONDS, BacklogPoint
+from dimmy_webhooks.observe.logs import redact_urls
 from dimmy_webhooks.store import HourCount, LatencyStats, Reports
 
 HOUR = 3600.0
@@ -59,7 +60,7 @@ class Series:
                 "hours": self.latency_hours,
                 "outputs": [
                     {
-                        "output": stats.output,
+                        "output": redact_urls(stats.output),  # an http: URL's password hidden
                         **_figures(stats),
                         "per_hour": hourly.get(stats.output, []),
                     }
