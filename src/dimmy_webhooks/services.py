@@ -29,9 +29,11 @@ from dimmy_webhooks.errors import ConfigError, StoreError
 from dimmy_webhooks.failpoints import Failpoints
 from dimmy_webhooks.models import ReplayMode
 from dimmy_webhooks.observe.alerts import AlertPolicy, HttpPoster, Notifier
+from dimmy_webhooks.observe.backlog import BacklogSampler
 from dimmy_webhooks.observe.health import Readiness, check_readiness
 from dimmy_webhooks.observe.metrics import Metrics
 from dimmy_webhooks.observe.overview import Overview, Status, take_overview
+from dimmy_webhooks.observe.series import Series, take_series
 from dimmy_webhooks.outputs import Output, OutputContext, load_destinations, parse_outputs
 from dimmy_webhooks.pipeline.jobs import AccountWork, WorkerPolicy, shares
 from dimmy_webhooks.pipeline.poller import Poller
@@ -95,6 +97,7 @@ class Services:
     started_at: float = field(default_factory=time.time)
     metrics: Metrics = field(default_factory=Metrics)
     alert_poster: HttpPoster | None = None
+    backlog: BacklogSampler | None = None  # the queue counted every minute (the dashboard)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _kept: dict[str, int] = field(default_factory=dict)  # backlogs of outputs not configured
     _removed: dict[str, dict[str, int]] = field(default_factory=dict)  # accounts not configured
@@ -111,13 +114,15 @@ class Services:
         store: Store | None = None,
         clock: Callable[[], float] = time.time,
         alerts: bool = False,
+        sample_backlog: bool = False,
     ) -> Services:
         """Build every part from ``settings``; raises :class:`ConfigError` for unusable ones.
 
         ``run_workers=False`` is a receiver only (``serve --no-worker``); ``run_poller`` adds the
         poller (``serve --poll``, which needs an API key); ``concurrency`` overrides the workers'
         jobs in flight; ``alerts`` adds the notifier when ``DIMMY_ALERT_URL`` is set (``serve``
-        only: a one-off command must not alert); ``store`` and ``clock`` are for tests.
+        only: a one-off command must not alert); ``sample_backlog`` counts the queue every
+        minute for the dashboard's chart; ``store`` and ``clock`` are for tests.
         """
         crash = Failpoints(settings.failpoint)
         accounts = load_accounts(settings)
@@ -184,6 +189,9 @@ class Services:
                 clock=clock,
             )
             services.parts.append(Part("notifier", notifier.run))
+        if sample_backlog:
+            services.backlog = BacklogSampler(services.store, clock=clock)
+            services.parts.append(Part("backlog", services.backlog.run))
         return services
 
     def _new_clients(self) -> None:
@@ -528,6 +536,12 @@ class Services:
         """The operator's overview (:func:`~dimmy_webhooks.observe.overview.take_overview`):
         the dashboard, ``/api/overview``, ``/metrics`` and the alerts all read this one."""
         return await take_overview(self.store, self.status())
+
+    async def series(self) -> Series:
+        """The dashboard's charts (:func:`~dimmy_webhooks.observe.series.take_series`), the
+        backlog as this process sampled it."""
+        sampler = self.backlog or BacklogSampler(self.store)
+        return await take_series(self.store, self.clock(), sampler.points(), sampler.started_at)
 
     async def reconciliation(self) -> Reconciliation:
         """The reconciliation report, with the settings' grace

@@ -98,6 +98,16 @@ _OVERRIDES = {
         )
         for name in ("upsert_item", "upsert_polled_item")
     },
+    # the charts' hours: PostgreSQL's cast rounds where SQLite's truncates
+    **{
+        name: _derive(
+            name, sql.HOUR.format(column=column), f"CAST(floor({column} / 3600) AS INTEGER)"
+        )
+        for name, column in (
+            ("scans_per_hour", "first_seen_at"),
+            ("latency_per_hour", "started_at"),
+        )
+    },
 }
 
 _TOKEN = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|::|%|:([A-Za-z_][A-Za-z0-9_]*)""")

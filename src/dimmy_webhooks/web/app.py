@@ -53,23 +53,27 @@ from dimmy_webhooks.web.sessions import Sessions
 log = logging.getLogger("dimmy_webhooks.web")
 
 
-_PAGE_HEADERS = [
-    (name, dashboard.PAGE_CSP.encode() if name == b"content-security-policy" else value)
-    for name, value in SECURITY_HEADERS
-]
+def page_headers(csp: str = dashboard.PAGE_CSP) -> list[tuple[bytes, bytes]]:
+    """The dashboard pages' headers: the service's, with the pages' policy ``csp``."""
+    return [
+        (name, csp.encode() if name == b"content-security-policy" else value)
+        for name, value in SECURITY_HEADERS
+    ]
 
 
 class SecurityHeaders:
-    """Pure ASGI middleware (cheap on the webhook hot path) adding the headers above."""
+    """Pure ASGI middleware (cheap on the webhook hot path) adding the headers above (the
+    pages' policy: ``page_csp``)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, page_csp: str = dashboard.PAGE_CSP) -> None:
         self.app = app
+        self.page_headers = page_headers(page_csp)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        added = _PAGE_HEADERS if dashboard.is_page(scope["path"]) else SECURITY_HEADERS
+        added = self.page_headers if dashboard.is_page(scope["path"]) else SECURITY_HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -106,6 +110,7 @@ def create_app(
         store=store,
         clock=clock,
         alerts=True,
+        sample_backlog=True,
     )
 
     @contextlib.asynccontextmanager
@@ -156,7 +161,7 @@ def create_app(
         ),
         remote=RemoteRule.of(settings, frozenset({"/healthz", "/readyz", *receivers})),
     )
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SecurityHeaders, page_csp=dashboard.page_csp(settings.api_url))
     app.add_middleware(WebhookRoute, path=settings.webhook_path, receivers=receivers)
     return app
 
