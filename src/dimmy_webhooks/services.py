@@ -24,19 +24,22 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dimmy_webhooks.config import Settings
+from dimmy_webhooks.config import DEFAULT_ACCOUNT, Account, Accounts, Settings, load_accounts
 from dimmy_webhooks.errors import ConfigError, StoreError
 from dimmy_webhooks.failpoints import Failpoints
 from dimmy_webhooks.models import ReplayMode
 from dimmy_webhooks.observe.alerts import AlertPolicy, HttpPoster, Notifier
+from dimmy_webhooks.observe.backlog import BacklogSampler
 from dimmy_webhooks.observe.health import Readiness, check_readiness
 from dimmy_webhooks.observe.metrics import Metrics
 from dimmy_webhooks.observe.overview import Overview, Status, take_overview
+from dimmy_webhooks.observe.series import Series, take_series
 from dimmy_webhooks.outputs import Output, OutputContext, load_destinations, parse_outputs
-from dimmy_webhooks.pipeline.jobs import WorkerPolicy
+from dimmy_webhooks.pipeline.jobs import AccountWork, WorkerPolicy, shares
 from dimmy_webhooks.pipeline.poller import Poller
 from dimmy_webhooks.pipeline.ranges import PollPolicy
 from dimmy_webhooks.pipeline.reconciliation import Reconciliation, reconciliation
+from dimmy_webhooks.pipeline.validation import Intake
 from dimmy_webhooks.pipeline.worker import Worker
 from dimmy_webhooks.store import Store, create_store
 from dimmy_webhooks.upstream.client import DimmyClient, client_from_settings
@@ -80,16 +83,24 @@ class Services:
     store: Store
     outputs: list[Output]
     client: DimmyClient | None = None
+    """The first account's API client (one account: its only one)."""
     workers: list[Worker] = field(default_factory=list)
     poller: Poller | None = None
+    """The first account's poller (``serve --poll``; every account's: :attr:`pollers`)."""
+    accounts: Accounts | None = None
+    outputs_by_account: dict[str, list[Output]] = field(default_factory=dict)
+    clients: dict[str, DimmyClient] = field(default_factory=dict)  # by account
+    pollers: list[Poller] = field(default_factory=list)
     parts: list[Part] = field(default_factory=list)
     clock: Callable[[], float] = time.time
     crash: Failpoints = field(default_factory=Failpoints)
     started_at: float = field(default_factory=time.time)
     metrics: Metrics = field(default_factory=Metrics)
     alert_poster: HttpPoster | None = None
+    backlog: BacklogSampler | None = None  # the queue counted every minute (the dashboard)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _kept: dict[str, int] = field(default_factory=dict)  # backlogs of outputs not configured
+    _removed: dict[str, dict[str, int]] = field(default_factory=dict)  # accounts not configured
     _kept_at: float = float("-inf")
 
     @classmethod
@@ -103,16 +114,20 @@ class Services:
         store: Store | None = None,
         clock: Callable[[], float] = time.time,
         alerts: bool = False,
+        sample_backlog: bool = False,
     ) -> Services:
         """Build every part from ``settings``; raises :class:`ConfigError` for unusable ones.
 
         ``run_workers=False`` is a receiver only (``serve --no-worker``); ``run_poller`` adds the
         poller (``serve --poll``, which needs an API key); ``concurrency`` overrides the workers'
         jobs in flight; ``alerts`` adds the notifier when ``DIMMY_ALERT_URL`` is set (``serve``
-        only: a one-off command must not alert); ``store`` and ``clock`` are for tests.
+        only: a one-off command must not alert); ``sample_backlog`` counts the queue every
+        minute for the dashboard's chart; ``store`` and ``clock`` are for tests.
         """
         crash = Failpoints(settings.failpoint)
-        outputs = build_outputs(settings)
+        accounts = load_accounts(settings)
+        by_account = {name: _account_outputs(accounts[name]) for name in accounts}
+        outputs = [output for listed in by_account.values() for output in listed]
         services = cls(
             settings=settings,
             store=store or create_store(settings.database_url, max_attempts=settings.max_attempts),
@@ -120,6 +135,8 @@ class Services:
             clock=clock,
             crash=crash,
             metrics=Metrics(clock),
+            accounts=accounts,
+            outputs_by_account=by_account,
         )
         services.store.output_attempts = {
             output.name: output.max_attempts
@@ -130,15 +147,36 @@ class Services:
             policy = WorkerPolicy.from_settings(settings)
             if concurrency:
                 policy = replace(policy, concurrency=concurrency)
-            services.client = services._new_client()
+            services._new_clients()
+            share = shares(
+                policy.concurrency,
+                {name: accounts[name].settings.api_concurrency for name in accounts},
+            )
+            work = [
+                AccountWork(
+                    name,
+                    services.clients.get(name),
+                    {output.name: output for output in by_account[name]},
+                    Intake.from_settings(accounts[name].settings),
+                    share[name],
+                )
+                for name in accounts
+            ]
             worker = Worker(
-                services.store, services.client, services.outputs, policy, clock=clock, crash=crash
+                services.store, None, [], policy, accounts=work, clock=clock, crash=crash
             )
             services.workers.append(worker)
             services.parts.append(Part("worker", worker.run))
         if run_poller:
-            services.poller = services.new_poller()
-            services.parts.append(Part("poller", services.poller.run))
+            for name in accounts:
+                if name != DEFAULT_ACCOUNT and not accounts[name].settings.poll:
+                    continue  # another account polls when its table says poll = true
+                if not _has_key(accounts[name]) and len(accounts) > 1:
+                    continue
+                poller = services.new_poller(name)
+                services.pollers.append(poller)
+                services.parts.append(Part(_part_name("poller", name), poller.run))
+            services.poller = services.pollers[0] if services.pollers else None
         if alerts and settings.alert_url is not None:
             # the notifier posts with its own HTTP client, closed when the service stops
             services.alert_poster = HttpPoster(settings.alert_url.get_secret_value())
@@ -151,34 +189,70 @@ class Services:
                 clock=clock,
             )
             services.parts.append(Part("notifier", notifier.run))
+        if sample_backlog:
+            services.backlog = BacklogSampler(services.store, clock=clock)
+            services.parts.append(Part("backlog", services.backlog.run))
         return services
 
-    def _new_client(self) -> DimmyClient | None:
-        """The Dimmy API client, its requests and rate in this process's metrics (``None``:
-        no API key)."""
-        client = client_from_settings(self.settings, observe=self.metrics.api_request)
-        if client is not None:
-            self.metrics.watch_api_rate(lambda: client.rate_limit)
-        return client
+    def _new_clients(self) -> None:
+        """One Dimmy API client per API key and URL (Dimmy counts rate and concurrency per
+        key, so accounts sharing a key share one), their requests and rate in this process's
+        metrics; an account without a key has none."""
+        if self.clients:
+            return
+        by_key: dict[tuple[str, str], DimmyClient] = {}
+        for name, account in self._accounts().items():
+            key = _key_of(account)
+            if key is None:
+                continue
+            client = by_key.get(key)
+            if client is None:
+                client = client_from_settings(account.settings, observe=self.metrics.api_request)
+                assert client is not None
+                by_key[key] = client
+            self.clients[name] = client
+        self.client = first = next(iter(self.clients.values()), None)
+        if first is not None:
+            self.metrics.watch_api_rate(lambda: first.rate_limit)
+
+    def _accounts(self) -> Accounts:
+        if self.accounts is None:
+            self.accounts = load_accounts(self.settings)
+        return self.accounts
+
+    def account(self, name: str) -> Account:
+        """A configured account (:class:`ConfigError` naming the configured ones if not)."""
+        accounts = self._accounts()
+        if name not in accounts:
+            raise ConfigError(
+                f"no account {name!r}; configured: {', '.join(accounts.names) or 'none'}"
+            )
+        return accounts[name]
 
     async def _alert_look(self) -> tuple[Overview, int]:
         """What the notifier looks at: the overview and the signature failures of 5 minutes."""
         return await self.overview(), self.metrics.signature_failures_within()
 
-    def new_poller(self) -> Poller:
-        """A poller on this process's store and client (``poll --once`` and ``backfill`` run
-        its passes themselves; ``serve --poll`` runs it as a part). Needs an API key."""
-        self.client = self.client or self._new_client()
-        if self.client is None:
-            raise ConfigError("polling needs the Dimmy API: set DIMMY_API_KEY")
+    def new_poller(self, account: str | None = None) -> Poller:
+        """A poller of ``account`` (by default the first) on this process's store and that
+        account's client (``poll --once`` and ``backfill`` run its passes themselves; ``serve
+        --poll`` runs one per account as a part). Needs the account's API key."""
+        name = account or self._accounts().names[0]
+        chosen = self.account(name)
+        self._new_clients()
+        client = self.clients.get(name)
+        if client is None:
+            what = "DIMMY_API_KEY" if name == DEFAULT_ACCOUNT else f"an api_key for {name}"
+            raise ConfigError(f"polling needs the Dimmy API: set {what}")
         return Poller(
             self.store,
-            self.client,
-            self.output_names(),
-            PollPolicy.from_settings(self.settings),
-            pull_mode=self.settings.webhook_secret is None,
+            client,
+            self.output_names(name),
+            PollPolicy.from_settings(chosen.settings),
+            pull_mode=chosen.settings.webhook_secret is None,
             clock=self.clock,
             on_stored=self.wake_workers,
+            account=name,
         )
 
     @contextlib.asynccontextmanager
@@ -190,7 +264,9 @@ class Services:
             stack.push_async_callback(self.store.close)
             for output in self.outputs:
                 stack.push_async_callback(self._close_output, output)
-            if self.client is not None:
+            for client in dict.fromkeys(self.clients.values()):
+                await stack.enter_async_context(client)
+            if self.client is not None and self.client not in self.clients.values():
                 await stack.enter_async_context(self.client)
             if self.alert_poster is not None:
                 stack.push_async_callback(self.alert_poster.aclose)
@@ -304,8 +380,11 @@ class Services:
         for worker in self.workers:
             worker.wake()
 
-    def output_names(self) -> list[str]:
-        return [output.name for output in self.outputs]
+    def output_names(self, account: str | None = None) -> list[str]:
+        """The names of ``account``'s outputs (``None``: every account's, each name once)."""
+        if account is None:
+            return list(dict.fromkeys(output.name for output in self.outputs))
+        return [output.name for output in self.outputs_by_account.get(account, [])]
 
     async def kept_backlogs(self) -> dict[str, int]:
         """Deliveries waiting for an output this process does not have (renamed or removed),
@@ -316,8 +395,19 @@ class Services:
         configured = set(self.output_names())
         backlogs = await self.store.backlogs()
         self._kept = {name: n for name, n in sorted(backlogs.items()) if name not in configured}
+        accounts = self._accounts()
+        counts = await self.store.account_counts()
+        self._removed = {
+            name: count for name, count in sorted(counts.items()) if name not in accounts
+        }
         self._kept_at = self.clock()
         return dict(self._kept)
+
+    def removed_accounts(self) -> dict[str, dict[str, int]]:
+        """Accounts with stored rows that are no longer configured, with their ``events``,
+        ``items`` and open ``jobs``: all kept, their work waiting (nothing is deleted by itself;
+        put the account back in the file to go on)."""
+        return dict(self._removed)
 
     async def move_deliveries(self, source: str, target: str | None) -> int:
         """Hand the pending deliveries of output ``source`` to output ``target`` (one of this
@@ -335,23 +425,36 @@ class Services:
 
     async def replay_event(self, event_id: int, mode: ReplayMode) -> int:
         """Put an event's work back in the queue (``LookupError``: no such event); returns the
-        number of jobs queued, which this process's workers start on at once."""
-        queued = await self.store.replay_event(event_id, mode, self.output_names(), self.clock())
+        number of jobs queued, which this process's workers start on at once. Deliveries go to
+        the outputs of the event's account."""
+        event = await self.store.get_event(event_id)
+        if event is None:
+            raise LookupError(f"event {event_id} does not exist")
+        outputs = self.output_names(event.account)
+        queued = await self.store.replay_event(event_id, mode, outputs, self.clock())
         self.wake_workers()
         return queued
 
-    async def replay_item(self, item_id: str, mode: ReplayMode) -> int:
+    async def replay_item(self, item_id: str, mode: ReplayMode, account: str | None = None) -> int:
         """Fetch one item again, or deliver its stored version again (``LookupError``: not
-        stored, for ``redeliver``)."""
-        queued = await self.store.replay_item(item_id, mode, self.output_names(), self.clock())
+        stored, for ``redeliver``), with its account's outputs; an item not stored yet is
+        fetched for ``account`` (by default the first)."""
+        stored = await self.store.get_item(item_id)
+        if stored is not None:
+            account = stored.account
+        name = account or self._accounts().names[0]
+        outputs = self.output_names(name)
+        queued = await self.store.replay_item(item_id, mode, outputs, self.clock(), name)
         self.wake_workers()
         return queued
 
     async def decide_hold(self, item_id: str, *, release: bool, note: str) -> int:
         """Release a quarantined item (its deliveries are queued and this process's workers
         start on them) or reject it; ``LookupError`` when it is not held."""
+        stored = await self.store.get_item(item_id)
+        outputs = self.output_names(stored.account if stored is not None else None)
         queued = await self.store.decide_hold(
-            item_id, release=release, note=note, outputs=self.output_names(), now=self.clock()
+            item_id, release=release, note=note, outputs=outputs, now=self.clock()
         )
         log.info(
             "quarantine " + ("released" if release else "rejected"),
@@ -371,14 +474,31 @@ class Services:
         output's threads stuck in calls that timed out): ``/readyz`` answers ``degraded``, and
         the receiver stays in its load balancer."""
         problems = []
-        if self.client is not None and self.client.auth_failed:
-            problems.append(f"Dimmy API refused the key: {self.client.auth_failed}")
-        problems += [w.config_error for w in self.workers if w.config_error is not None]
-        problems += [problem for output in self.outputs for problem in output.problems()]
-        if self.workers and self.client is None:
-            problems.append("DIMMY_API_KEY is not set: items cannot be fetched")
-        if self.poller is not None:
-            problems += self.poller.problems()
+        for name, client in self.clients.items():
+            if client.auth_failed:
+                problems.append(_of(name, f"Dimmy API refused the key: {client.auth_failed}"))
+        for worker in self.workers:
+            problems += [
+                _of(name, work.config_error)
+                for name, work in worker.accounts.items()
+                if work.config_error is not None
+            ]
+        for name, listed in self.outputs_by_account.items():
+            problems += [_of(name, p) for output in listed for p in output.problems()]
+        if self.workers:
+            problems += [
+                _of(name, "DIMMY_API_KEY is not set: items cannot be fetched")
+                for name in self._accounts()
+                if name not in self.clients
+            ]
+        for poller in self.pollers:
+            problems += [_of(poller.account, p) for p in poller.problems()]
+        problems += [
+            f"account {name} is no longer configured: its {counts.get('jobs', 0)} open jobs "
+            f"wait and its {counts.get('items', 0)} items and {counts.get('events', 0)} events "
+            "are kept (put it back in DIMMY_ACCOUNTS_FILE to go on)"
+            for name, counts in self._removed.items()
+        ]
         problems += [
             f"{count} deliveries wait for output {output}, which is not configured: "
             f"`dimmy-webhooks move-deliveries --from {output} --to OUTPUT` (or --drop)"
@@ -422,6 +542,15 @@ class Services:
             self.store, status.for_operator() if operator else status, account=account
         )
 
+    async def series(self, *, account: str | None = None) -> Series:
+        """The dashboard's charts (:func:`~dimmy_webhooks.observe.series.take_series`), the
+        backlog as this process sampled it; of one ``account``, without the backlog (it is
+        sampled for every account at once)."""
+        if account is not None:
+            return await take_series(self.store, self.clock(), (), None, account=account)
+        sampler = self.backlog or BacklogSampler(self.store)
+        return await take_series(self.store, self.clock(), sampler.points(), sampler.started_at)
+
     async def reconciliation(self, *, account: str | None = None) -> Reconciliation:
         """The reconciliation report (of ``account``, or of all), with the settings' grace
         (:func:`~dimmy_webhooks.pipeline.reconciliation.reconciliation`)."""
@@ -462,3 +591,33 @@ def _api_rate(client: DimmyClient) -> dict[str, Any]:
         "restored": adaptive.restored,
         "cuts": adaptive.cuts,
     }
+
+
+def _account_outputs(account: Account) -> list[Output]:
+    """An account's outputs (its own ``outputs`` and destinations, or the installation's), with
+    its name in what a misconfiguration says."""
+    try:
+        return build_outputs(account.settings)
+    except ConfigError as exc:
+        if account.name == DEFAULT_ACCOUNT and not account.from_file:
+            raise
+        raise ConfigError(f"account {account.name!r}: {exc}") from None
+
+
+def _key_of(account: Account) -> tuple[str, str] | None:
+    settings = account.settings
+    key = settings.api_key.get_secret_value().strip() if settings.api_key is not None else ""
+    return (settings.api_url, key) if key else None
+
+
+def _has_key(account: Account) -> bool:
+    return _key_of(account) is not None
+
+
+def _part_name(part: str, account: str) -> str:
+    return part if account == DEFAULT_ACCOUNT else f"{part}:{account}"
+
+
+def _of(account: str, problem: str) -> str:
+    """A problem as the operator reads it: which account it is, when there are several."""
+    return problem if account == DEFAULT_ACCOUNT else f"account {account}: {problem}"

@@ -358,6 +358,7 @@ _SHOWN_PATHS = (
     "/metrics",
     "/api/deliveries",
     "/api/overview",
+    "/api/charts",
     "/api/deliveries.jsonl",
     "/api/events/1/work",
 )

@@ -10,6 +10,8 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
 
 import httpx
 import pytest
@@ -315,3 +317,75 @@ def test_a_refused_api_key_is_the_first_thing_the_overview_shows(
         started = time.monotonic()
         client.get("/")
         assert time.monotonic() - started < 1.0
+
+
+def test_the_overview_draws_its_charts_and_api_charts_has_their_series(
+    client: httpx.Client, scanned: tuple[str, list[str]]
+) -> None:
+    dashboard_login(client)
+
+    def charts() -> dict[str, Any]:
+        answer = httpx.get(f"{client.base_url}/api/charts", headers=AUTH)
+        assert answer.status_code == 200, answer.text
+        data: dict[str, Any] = answer.json()
+        return data
+
+    assert wait_until(lambda: charts()["delivery_latency"]["outputs"], 20)
+    data = charts()
+    scans = data["scans_per_hour"]
+    assert scans["hours"] == 72
+    assert len(scans["points"]) == 72
+    assert sum(p["items"] for p in scans["points"]) == 6
+    assert scans["points"][-1]["items"] == 6  # stored just now: the current hour
+    [jsonl] = data["delivery_latency"]["outputs"]
+    assert jsonl["output"].startswith("jsonl:")
+    assert jsonl["attempts"] >= 6
+    assert 0 <= jsonl["p50_ms"] <= jsonl["p95_ms"] <= jsonl["max_ms"]
+    assert jsonl["per_hour"][-1]["attempts"] >= 1
+    backlog = data["backlog"]
+    assert backlog["sampled_since"] is not None
+    assert backlog["every_seconds"] == 60
+    assert backlog["points"]
+    assert set(backlog["points"][0]) == {"at", "due", "running", "dead"}
+
+    page = client.get("/").text
+    for chart in ("chart-scans", "chart-latency", "chart-backlog"):
+        figure = re.search(rf'id="{chart}">.*?(<svg .*?</svg>)', page, re.S)
+        assert figure is not None, chart
+        ElementTree.fromstring(figure.group(1))  # noqa: S314 - our own page: well-formed
+    assert "<rect" in page  # bars
+    assert "<circle" in page  # the points of the lines
+    assert 'id="latency-table"' in page
+    assert 'href="/api/charts"' in page
+    assert "<svg" not in client.get("/", params={"live": "1"}).text  # charts are not live
+
+
+def test_photos_the_fake_api_serves_are_shown_and_allowed_by_the_pages_policy(
+    service_url: str, fake: FakeDimmy, fake_url: str
+) -> None:
+    fake.config.photo_base = fake_url  # as the demo does
+    ids = fake.generate_items(8)
+    post_signed(service_url, "msg_photos", ids, expect=204)
+    assert wait_until(lambda: stored(service_url, ids), 20)
+    with_photos = [
+        item
+        for item in (httpx.get(f"{service_url}/api/items/{i}", headers=AUTH).json() for i in ids)
+        if item["photo_urls"]
+    ]
+    assert with_photos
+    with httpx.Client(base_url=service_url, timeout=10) as client:
+        dashboard_login(client)
+        answer = client.get(f"/ui/items/{with_photos[0]['id']}")
+    csp = answer.headers["content-security-policy"]
+    # the configured API's own (loopback, plain http) origin; https photo hosts as before
+    assert f"img-src 'self' https: {fake_url};" in csp
+    assert "unsafe-inline" not in csp
+    for url in with_photos[0]["photo_urls"]:
+        assert url.startswith(f"{fake_url}/photos/")
+        assert f'<img src="{url}"' in answer.text
+        photo = httpx.get(url)
+        assert photo.headers["content-type"] == "image/png"
+        assert photo.content.startswith(b"\x89PNG\r\n\x1a\n")
+    # everything but the pages keeps the strict policy, without any image host
+    api = httpx.get(f"{service_url}/api/overview", headers=AUTH)
+    assert "img-src" not in api.headers["content-security-policy"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import struct
 import time
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
 from dimmy_webhooks.devtools.fake_items import iso
+from dimmy_webhooks.devtools.fake_photos import HEIGHT, WIDTH, dimensions_of, photo_png
 from dimmy_webhooks.devtools.runner import serve_in_thread
 
 from ..support.fakes import reset_fake
@@ -268,3 +271,59 @@ async def test_max_in_flight_is_recorded(served: tuple[FakeDimmy, str], fake: Fa
     assert {r.status_code for r in responses} == {200}
     assert fake.max_in_flight == 10
     assert fake.requests_total == 10
+
+
+def png_size(body: bytes) -> tuple[int, int]:
+    assert body[:8] == b"\x89PNG\r\n\x1a\n"
+    assert body[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", body[16:24])
+    return width, height
+
+
+def test_photos_are_served_at_the_urls_the_items_carry(
+    served: tuple[FakeDimmy, str], fake: FakeDimmy
+) -> None:
+    _, url = served
+    fake.config.photo_base = url
+    items = [fake.items[i] for i in fake.generate_items(30, start=START)]
+    urls = [p["url"] for i in items for s in i.get("photographing") or () for p in s["photos"]]
+    urls = [u for u in urls if u is not None]
+    assert urls
+    assert all(re.fullmatch(rf"{re.escape(url)}/photos/[0-9a-f]{{24}}/[1-3]\.png", u) for u in urls)
+    bodies = {}
+    for photo in urls[:6]:
+        answer = httpx.get(photo)  # no API key: a browser's <img> sends none
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"] == "image/png"
+        assert png_size(answer.content) == (WIDTH, HEIGHT)
+        assert len(answer.content) < 20_000  # small
+        assert httpx.get(photo).content == answer.content  # deterministic
+        bodies[photo] = answer.content
+    assert len(set(bodies.values())) == len(bodies)  # a picture per item and photo
+
+
+def test_a_photo_of_an_unknown_item_or_number_is_404_or_422(
+    served: tuple[FakeDimmy, str], fake: FakeDimmy
+) -> None:
+    _, url = served
+    [item_id] = fake.generate_items(1)
+    assert httpx.get(f"{url}/photos/{'0' * 24}/1.png").status_code == 404
+    assert httpx.get(f"{url}/photos/{item_id}/0.png").status_code == 422
+    assert httpx.get(f"{url}/photos/{item_id}/10.png").status_code == 422
+    assert httpx.get(f"{url}/photos/not-an-id/1.png").status_code == 422
+    assert httpx.get(f"{url}/items/{item_id}").status_code == 401  # the API still wants its key
+
+
+def test_a_photo_shows_the_box_in_proportion_and_its_dimensions() -> None:
+    flat = photo_png("a" * 24, 1, (0.5, 0.05, 0.5, "m"))
+    tall = photo_png("a" * 24, 1, (0.05, 0.5, 0.05, "m"))
+    assert flat != tall
+    assert png_size(flat) == png_size(tall) == (WIDTH, HEIGHT)
+    assert photo_png("b" * 24, 1, None) != photo_png("c" * 24, 1, None)  # colours by id
+    assert photo_png("b" * 24, 1, None) == photo_png("b" * 24, 1, None)
+    item = {"dimensioning": [{"dimensions": {"width": 1, "height": 2, "depth": 3, "unit": "cm"}}]}
+    assert dimensions_of(item) == (1.0, 2.0, 3.0, "cm")
+    for broken in ({}, {"dimensioning": None}, {"dimensioning": [{"dimensions": {"width": "x"}}]}):
+        assert dimensions_of(broken) is None
+    raw = zlib.decompress(flat[flat.index(b"IDAT") + 4 : flat.index(b"IEND") - 8])
+    assert len(raw) == HEIGHT * (1 + WIDTH * 3)  # one filter byte and RGB per row

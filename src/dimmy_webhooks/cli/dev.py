@@ -124,12 +124,14 @@ def fake_api(
             error_rate=error_rate,
             hidden_rate_limit=hidden_rate_limit,
             seed=seed,
+            photo_base=f"http://{host}:{port}",  # it serves the items' photos itself
         )
     )
     ids = fake.generate_items(n_items)
     click.echo(
         f"fake Dimmy API at http://{host}:{port} with {len(ids)} items "
-        f"(X-API-KEY: {api_key}); e.g. GET /items/{ids[0] if ids else '<id>'}",
+        f"(X-API-KEY: {api_key}); e.g. GET /items/{ids[0] if ids else '<id>'}; their "
+        "photos at GET /photos/{id}/{n}.png",
         err=True,
     )
     run_server(server_config(create_app(fake), host=host, port=port, limits=default_limits()))

@@ -90,12 +90,13 @@ def run_demo(
             retry_after_seconds=1,
         )
     )
-    backlog = _scan(fake, n_items)
     database_url = f"sqlite:///{database}"
     schema.upgrade(database_url)
     jsonl = database.parent / JSONL
     with contextlib.ExitStack() as stack:
         fake_url = _serve(stack, create_fake_app(fake), fake_port, "--fake-port")
+        fake.config.photo_base = fake_url  # the fake serves the photos: the dashboard shows them
+        backlog = _scan(fake, n_items)
         settings = load_settings(
             None,
             webhook_secret=secret,

@@ -3,7 +3,9 @@
 :class:`FakeDimmy` keeps items in memory and records what was asked of it; :func:`create_app`
 serves it as a FastAPI app with the documented endpoints the service calls (``GET /items/{id}``,
 ``GET /items`` with ``skip``, ``limit``, ``start_date`` and ``end_date``), so validation errors are
-real FastAPI 422 bodies. Every request first checks ``X-API-KEY`` (401
+real FastAPI 422 bodies, and the items' photos (``GET /photos/{id}/{n}.png``, a generated picture
+of the box: :mod:`.fake_photos`; open to anyone, as a photo host is to a browser, when
+``photo_base`` is the fake's own address). Every request first checks ``X-API-KEY`` (401
 ``{"message": "Unauthorized"}``), then goes through the faults of :class:`FakeDimmyConfig`
 (a hidden rate limit, hang, latency, 429 every Nth request, random 503). The config is read on
 every request: assign ``fake.config`` or change its fields at run time and the next request
@@ -35,12 +37,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dimmy_webhooks.devtools.fake_items import (
     DEFAULT_START,
+    PHOTO_HOST,
     ItemFactory,
     as_utc,
     created_at,
     iso,
     parse_time,
 )
+from dimmy_webhooks.devtools.fake_photos import dimensions_of, photo_png
 
 OBJECT_ID_PATTERN = "^[0-9a-fA-F]{24}$"
 _ITEM_PATH = re.compile(r"^/items/([0-9a-fA-F]{24})$")
@@ -67,6 +71,9 @@ class FakeDimmyConfig:
     hidden_rate_limit: float | None = None
     retry_after_seconds: int = 1  # Retry-After of those 429s (both kinds)
     seed: int | None = None  # reproducible items and fault draws (read when FakeDimmy is built)
+    # where the items' photo URLs point (read when items are generated): the fake's own
+    # address to have it serve them, as the demo does
+    photo_base: str = PHOTO_HOST
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +131,7 @@ class FakeDimmy:
         else:
             created = DEFAULT_START
         ids = []
+        self._factory.photo_base = self.config.photo_base.rstrip("/")
         for index in range(n):
             if index:
                 created += timedelta(seconds=self._rng.uniform(3, 90))
@@ -237,6 +245,10 @@ class _Gate:
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         fake, config = self.fake, self.fake.config
+        if scope["path"].startswith("/photos/"):
+            # a photo host answers a browser's <img>: no API key, no injected faults
+            await self.app(scope, receive, send)
+            return
         given = Headers(scope=scope).get("x-api-key", "").encode()
         if not hmac.compare_digest(given, config.api_key.encode()):
             await JSONResponse({"message": "Unauthorized"}, 401)(scope, receive, send)
@@ -318,6 +330,17 @@ def create_app(fake: FakeDimmy) -> FastAPI:
             return JSONResponse({"detail": "Item not found"}, 404)
         fake.counts[item_id] += 1
         return JSONResponse(item)
+
+    @app.get("/photos/{item_id}/{number}.png")
+    async def get_photo(
+        item_id: Annotated[str, Path(pattern=OBJECT_ID_PATTERN)],
+        number: Annotated[int, Path(ge=1, le=9)],
+    ) -> Response:
+        item = fake.items.get(item_id)
+        if item is None:
+            return JSONResponse({"detail": "Photo not found"}, 404)
+        png = photo_png(item_id, number, dimensions_of(item))
+        return Response(png, media_type="image/png", headers={"cache-control": "max-age=3600"})
 
     @app.get("/items")
     async def list_items(

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 PHOTO_HOST = "https://media.fake-dimmy.test"
+"""Where photos are said to be unless the fake is told its own address (``photo_base``)."""
 DEFAULT_START = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
 
 _PER_METRE = {"m": 1.0, "cm": 100.0, "mm": 1000.0, "in": 1 / 0.0254}
@@ -49,14 +50,18 @@ def created_at(item: dict[str, Any]) -> datetime | None:
 
 class ItemFactory:
     """Makes item documents from ``rng`` (seed it for the same items every run); ``taken``
-    says whether an id is in use already (ids are never reused).
+    says whether an id is in use already (ids are never reused); photo URLs start with
+    ``photo_base`` (the fake API serves them: :mod:`.fake_photos`).
 
     The owners, scanner accounts and flows the items name are drawn once, when it is built.
     """
 
-    def __init__(self, rng: random.Random, taken: Callable[[str], bool]) -> None:
+    def __init__(
+        self, rng: random.Random, taken: Callable[[str], bool], photo_base: str = PHOTO_HOST
+    ) -> None:
         self.rng = rng
         self.taken = taken
+        self.photo_base = photo_base.rstrip("/")  # photos at {photo_base}/photos/{id}/{n}.png
         self.owner_ids = [self.object_id(DEFAULT_START) for _ in range(2)]
         self.scanner_account_ids = [self.object_id(DEFAULT_START) for _ in range(4)]
         self.flow_ids = [self.object_id(DEFAULT_START) for _ in range(3)]
@@ -128,7 +133,7 @@ class ItemFactory:
         photos = []
         for n in range(rng.randint(1, 3)):
             uploaded = rng.random() > 0.05  # a photo still uploading has no URL yet
-            url = f"{PHOTO_HOST}/items/{item_id}/photo-{n + 1}.jpg" if uploaded else None
+            url = f"{self.photo_base}/photos/{item_id}/{n + 1}.png" if uploaded else None
             photos.append({"date": iso(taken + timedelta(seconds=n * 0.7)), "url": url})
         return [{**step, "photos": photos}]
 

@@ -222,7 +222,10 @@ class Receiver:
         clock: Callable[[], float] = time.time,
         crash: Failpoints = NO_FAILPOINTS,
         observe: Callable[[int, str | None, str | None], None] | None = None,
+        account: str = "default",
+        unverified: UnverifiedBodies | None = None,
     ) -> None:
+        self.account = account
         self.crash = crash
         # (status, outcome, reason) of every answer: /metrics and the dashboard
         self.observe = observe
@@ -231,7 +234,8 @@ class Receiver:
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
         self.body_timeout = body_timeout
-        self.unverified = UnverifiedBodies(unverified_body_bytes)
+        # one budget for every account's receiver: it bounds the memory of the whole process
+        self.unverified = unverified or UnverifiedBodies(unverified_body_bytes)
         self.on_accepted = on_accepted
         self.clock = clock
 
@@ -316,6 +320,8 @@ class Receiver:
         self, headers: dict[str, str], body: bytes, message: VerifiedMessage
     ) -> Answer:
         fields: dict[str, object] = {"msg_id": message.msg_id}
+        if self.account != "default":
+            fields["account"] = self.account
         try:
             # the signature was over the bytes as sent; what is stored (and later spliced into
             # JSON answers and deliveries) is UTF-8 JSON text without a byte order mark
@@ -332,6 +338,7 @@ class Receiver:
             headers={k: v for k in _KEPT_HEADERS if (v := headers.get(k)) is not None},
             received_at=self.clock(),
             item_count=item_count,
+            account=self.account,
         )
         try:
             outcome = await self.store.insert_event(event)
@@ -365,16 +372,42 @@ PULL_MODE: ASGIApp = _pull_mode
 """The webhook path of a service in pull mode: 404, saying why (no body is read)."""
 
 
-class WebhookRoute:
-    """ASGI middleware sending ``POST <path>`` straight to the receiver, the rest to the app."""
+async def _no_account(scope: Scope, receive: Receive, send: Send) -> None:
+    body = json.dumps({"error": "no such account: check the endpoint URL"}).encode()
+    headers = [*SECURITY_HEADERS, *_JSON, *_CLOSE, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 404, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
-    def __init__(self, app: ASGIApp, receiver: ASGIApp, path: str) -> None:
+
+NO_ACCOUNT: ASGIApp = _no_account
+"""``POST <path>/<name>`` for a name no account has: 404 (no body is read)."""
+
+
+class WebhookRoute:
+    """ASGI middleware sending ``POST`` to a webhook path straight to its account's receiver
+    (``receivers``: by path), ``POST <path>/<anything else>`` to :data:`NO_ACCOUNT`, and the
+    rest to the app."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        receiver: ASGIApp | None = None,
+        path: str = "/webhook",
+        receivers: dict[str, ASGIApp] | None = None,
+    ) -> None:
         self.app = app
-        self.receiver = receiver
-        self.path = path
+        self.receivers = dict(receivers or {})
+        if receiver is not None:
+            self.receivers.setdefault(path, receiver)
+        self.prefix = path.rstrip("/") + "/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self.path and scope["method"] == "POST":
-            await self.receiver(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            receiver = self.receivers.get(path)
+            if receiver is None and path.startswith(self.prefix):
+                receiver = NO_ACCOUNT
+            if receiver is not None:
+                await receiver(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

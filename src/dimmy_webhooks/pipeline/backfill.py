@@ -31,8 +31,9 @@ class BackfillProgress:
     resumed: bool = False
 
     @staticmethod
-    def key(since: datetime, until: datetime | None) -> str:
-        return f"backfill:{iso(since)}:{iso(until) if until is not None else 'now'}"
+    def key(since: datetime, until: datetime | None, account: str = "default") -> str:
+        key = f"backfill:{iso(since)}:{iso(until) if until is not None else 'now'}"
+        return key if account == "default" else f"{key}:{account}"
 
     def dump(self) -> str:
         fields = ("since", "until", "done_until", "read", "stored", "finished")
@@ -53,7 +54,7 @@ async def backfill(
     ``until``, up to now: a finished one started again reads on from where it ended to the new
     now. ``restart`` reads a finished range again from the start."""
     store = reader.store
-    key = BackfillProgress.key(since, until)
+    key = BackfillProgress.key(since, until, reader.account)
     saved = None if restart else await store.get_state(key)
     now = iso(datetime.fromtimestamp(reader.clock(), UTC))
     if saved is not None:

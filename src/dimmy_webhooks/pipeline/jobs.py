@@ -146,25 +146,56 @@ class WorkerPolicy:
 
 
 @dataclass
-class JobRunner:
-    """Runs the jobs a worker claimed as ``owner`` (many at once, each in its own task): the
-    kind's work, then its outcome (done, retry, dead, postponed) written under the job's lease.
+class AccountWork:
+    """What the jobs of one Dimmy account run with: its API client (shared by the accounts
+    with the same key and URL, since Dimmy counts rate and concurrency per key), its outputs
+    by name, its intake rules, and ``share``, the most jobs of it a worker runs at once.
 
-    Keeps what outlives one job: :attr:`config_error` (a refused API key, for ``/readyz``), the
-    pause of fetching it causes, and :attr:`processed`.
+    Keeps what outlives one job: :attr:`config_error` (a refused API key, for ``/readyz`` and
+    the overview) and the pause of this account's fetching it causes; other accounts go on.
     """
 
-    store: Store
+    name: str
     client: DimmyClient | None
-    outputs: dict[str, Output]  # by name
+    outputs: dict[str, Output]
+    intake: Intake
+    share: int
+    config_error: str | None = None
+    paused_until: float = 0.0
+
+
+def shares(concurrency: int, api_concurrency: dict[str, int]) -> dict[str, int]:
+    """Each account's share of a worker's ``concurrency`` slots: twice its API concurrency
+    (half wait on the API while the others store and deliver), and with several accounts never
+    more than three quarters of the slots, so no account can take every one: a client's
+    100,000-id backfill leaves room for another client's live scan."""
+    ceiling = concurrency if len(api_concurrency) <= 1 else max(1, concurrency * 3 // 4)
+    return {name: max(1, min(ceiling, 2 * n)) for name, n in api_concurrency.items()}
+
+
+@dataclass
+class JobRunner:
+    """Runs the jobs a worker claimed as ``owner`` (many at once, each in its own task): the
+    kind's work, with its account's client and outputs (:class:`AccountWork`), then its
+    outcome (done, retry, dead, postponed) written under the job's lease."""
+
+    store: Store
+    accounts: dict[str, AccountWork]
     policy: WorkerPolicy
     owner: str
     clock: Callable[[], float]
     rng: random.Random
     crash: failpoints.Failpoints
-    config_error: str | None = None
     processed: int = 0
-    _paused_until: float = 0.0
+
+    def work_of(self, job: Job) -> AccountWork:
+        """The account ``job`` runs for (the worker claims only its accounts' jobs)."""
+        return self.accounts[job.account]
+
+    @property
+    def config_error(self) -> str | None:
+        """The first account's refused key (one account: its only one), for ``/readyz``."""
+        return next((a.config_error for a in self.accounts.values() if a.config_error), None)
 
     async def handle(self, job: Job, item: StoredItem | None = None) -> None:
         """Run one job and record its outcome; ``item`` is the stored version a delivery
@@ -251,11 +282,16 @@ class JobRunner:
 
     async def _pause(self, job: Job, reason: str) -> None:
         now = self.clock()
-        self.config_error = reason
-        self._paused_until = max(self._paused_until, now + AUTH_PAUSE_SECONDS)
-        log.error("fetching paused: fix DIMMY_API_KEY", extra={"fields": {"reason": reason}})
+        work = self.work_of(job)
+        work.config_error = reason
+        work.paused_until = max(work.paused_until, now + AUTH_PAUSE_SECONDS)
+        what = "DIMMY_API_KEY" if job.account == "default" else f"the api_key of {job.account}"
+        log.error(
+            f"fetching paused: fix {what}",
+            extra={"fields": {"account": job.account, "reason": reason}},
+        )
         with contextlib.suppress(LeaseLost, StoreError):
-            await self.store.postpone(job, reason, self._paused_until, now)
+            await self.store.postpone(job, reason, work.paused_until, now)
 
     async def _expand(self, job: Job) -> None:
         assert job.event_id is not None
@@ -291,27 +327,30 @@ class JobRunner:
 
     async def _fetch(self, job: Job) -> None:
         assert job.item_id is not None
-        if self.client is None:
+        work = self.work_of(job)
+        if work.client is None:
             raise UpstreamAuthError("DIMMY_API_KEY is not set: items cannot be fetched")
-        if self.clock() < self._paused_until:
+        if self.clock() < work.paused_until:
             await self.store.postpone(
-                job, self.config_error or "paused", self._paused_until, self.clock()
+                job, work.config_error or "paused", work.paused_until, self.clock()
             )
             return
-        raw = await self.client.get_item(job.item_id)
+        raw = await work.client.get_item(job.item_id)
         self.crash.hit("after_fetch")
-        self.config_error = None
+        work.config_error = None
         text = raw.decode("utf-8", errors="replace")
         await self._store_item(job, text, json.loads(raw))
 
     async def _store_item(self, job: Job, raw: str, doc: dict[str, object]) -> None:
         now = self.clock()
+        work = self.work_of(job)
         try:
-            item = self.policy.intake.prepare(doc, raw, fetched_at=now)
+            item = work.intake.prepare(doc, raw, fetched_at=now)
         except ValueError as exc:
             raise PermanentUpstream(f"not an item: {exc}") from exc
+        item = replace(item, account=job.account)
         lease = Lease(self.owner, self.policy.lease_seconds)
-        saved = await self.store.save_item(job, item, list(self.outputs), now, lease)
+        saved = await self.store.save_item(job, item, list(work.outputs), now, lease)
         # the new version's deliveries are ours already: hand it on without a claim or a read
         if saved.deliveries:
             item = replace(item, revision=saved.revision)
@@ -320,7 +359,7 @@ class JobRunner:
     async def _deliver(self, job: Job, item: StoredItem | None) -> None:
         assert job.item_id is not None
         assert job.output is not None
-        output = self.outputs.get(job.output)
+        output = self.work_of(job).outputs.get(job.output)
         if output is None:
             # kept, never killed: the output was renamed or removed, or this worker is
             # configured apart from the others; `move-deliveries` hands the backlog on (S20)
@@ -329,6 +368,8 @@ class JobRunner:
             return
         if item is None:
             item = await self.store.get_item(job.item_id)
+        if item is not None and item.account != job.account:
+            item = None  # never another account's document (cannot happen: stored by account)
         key = idempotency_key(item.id, item.version, output.name, item.revision) if item else ""
         attempt = DeliveryAttempt(
             item_id=job.item_id,

@@ -34,6 +34,12 @@ WATERMARK = "poll.watermark"
 SWEPT = "poll.swept"
 
 
+def state_key(name: str, account: str) -> str:
+    """``name`` for ``account``'s poller: as it always was for ``default`` (an upgraded
+    installation goes on from its watermark), ``name:account`` for the others."""
+    return name if account == "default" else f"{name}:{account}"
+
+
 @dataclass
 class Poller:
     """The long-running part of ``serve --poll``: a pass every ``policy.interval`` seconds."""
@@ -45,6 +51,7 @@ class Poller:
     pull_mode: bool = False
     clock: Callable[[], float] = time.time
     on_stored: Callable[[], None] = lambda: None
+    account: str = "default"
     problem: str | None = None
     last_pass: dict[str, object] = field(default_factory=dict)
     _missed: MissedAlarm = field(default_factory=MissedAlarm)
@@ -57,15 +64,17 @@ class Poller:
             self.policy,
             clock=self.clock,
             on_stored=self.on_stored,
+            account=self.account,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("poller started", extra={"fields": {"every": self.policy.interval}})
+        fields = {"every": self.policy.interval, "account": self.account}
+        log.info("poller started", extra={"fields": fields})
         while not stop.is_set():
             await self.pass_once(stop)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.policy.interval)
-        log.info("poller stopped")
+        log.info("poller stopped", extra={"fields": {"account": self.account}})
 
     async def pass_once(self, stop: asyncio.Event | None = None) -> RangeResult | None:
         """One pass (and a sweep when one is due), then reconciliation. Never raises for an
@@ -75,7 +84,7 @@ class Poller:
         now = self.clock()
         end = datetime.fromtimestamp(now - self.policy.settle, UTC)
         try:
-            mark = await self.store.get_state(WATERMARK)
+            mark = await self.store.get_state(state_key(WATERMARK, self.account))
             start = (
                 parse_time(mark) - timedelta(seconds=self.policy.overlap)
                 if mark is not None
@@ -88,12 +97,17 @@ class Poller:
             if result.cut_at is not None:
                 await self._cut_short(mark, result.cut_at)
                 return None
-            await self.store.set_state(WATERMARK, iso(end), self.clock())
+            await self.store.set_state(state_key(WATERMARK, self.account), iso(end), self.clock())
             await self._sweep_if_due(reader, end, stop)
             report = await self.reconcile()
         except (UpstreamError, StoreError) as exc:
-            self.problem = f"poller: {exc}"
-            log.warning("poll failed, will retry", extra={"fields": {"reason": str(exc)}})
+            self.problem = (
+                f"poller: {exc}"
+                if self.account == "default"
+                else (f"poller of {self.account}: {exc}")
+            )
+            fields = {"account": self.account, "reason": str(exc)}
+            log.warning("poll failed, will retry", extra={"fields": fields})
             return None
         self.problem = None
         self.last_pass = {
@@ -112,7 +126,9 @@ class Poller:
         """A pass stopped at a slice it could not read whole: the watermark moves to that
         slice's start at most (never back), the pass counts as failed (``problem``)."""
         if mark is None or cut_at > parse_time(mark):
-            await self.store.set_state(WATERMARK, iso(cut_at), self.clock())
+            await self.store.set_state(
+                state_key(WATERMARK, self.account), iso(cut_at), self.clock()
+            )
         kept = cut_at if mark is None else max(cut_at, parse_time(mark))
         self.problem = f"poller: a slice from {iso(cut_at)} could not be read whole"
         log.warning(
@@ -125,7 +141,7 @@ class Poller:
     ) -> None:
         if self.policy.sweep_days <= 0:
             return
-        swept = await self.store.get_state(SWEPT)
+        swept = await self.store.get_state(state_key(SWEPT, self.account))
         if (
             swept is not None
             and (end - parse_time(swept)).total_seconds() < self.policy.sweep_interval
@@ -136,7 +152,7 @@ class Poller:
             start, end, Source.POLL, stop=stop, slice_seconds=self.policy.sweep_slice_seconds
         )
         if (stop is None or not stop.is_set()) and result.cut_at is None:
-            await self.store.set_state(SWEPT, iso(end), self.clock())
+            await self.store.set_state(state_key(SWEPT, self.account), iso(end), self.clock())
             log.info(
                 "poll sweep",
                 extra={
@@ -152,8 +168,10 @@ class Poller:
         """Count the items that reached us only through polling; log a WARNING (and report on
         ``/readyz`` for a day) when the count grew, since webhooks are then being lost."""
         now = self.clock()
-        report = await reconciliation(self.store, now, self.policy.reconcile_grace, self.pull_mode)
-        if not self.pull_mode:
+        report = await reconciliation(
+            self.store, now, self.policy.reconcile_grace, self.pull_mode, account=self.account
+        )
+        if not self.pull_mode and self.account == "default":
             await self._missed.note(self.store, report, now)
         return report
 

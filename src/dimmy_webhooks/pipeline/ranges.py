@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -128,7 +128,9 @@ class RangeReader:
         *,
         clock: Callable[[], float] = time.time,
         on_stored: Callable[[], None] = lambda: None,
+        account: str = "default",
     ) -> None:
+        self.account = account
         self.store = store
         self.client = client
         self.outputs = list(outputs)
@@ -229,13 +231,12 @@ class RangeReader:
         items: list[StoredItem] = []
         for doc in docs:
             try:
-                items.append(
-                    self.policy.intake.prepare(
-                        doc,
-                        json.dumps(doc, ensure_ascii=False, separators=(",", ":")),
-                        fetched_at=now,
-                    )
+                item = self.policy.intake.prepare(
+                    doc,
+                    json.dumps(doc, ensure_ascii=False, separators=(",", ":")),
+                    fetched_at=now,
                 )
+                items.append(replace(item, account=self.account))
             except ValueError as exc:
                 result.refused += 1
                 log.warning(

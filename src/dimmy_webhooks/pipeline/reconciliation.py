@@ -39,9 +39,9 @@ async def reconciliation(
     *,
     account: str | None = None,
 ) -> Reconciliation:
-    """The reconciliation report (of ``account``, or of all): per creation day, how many items
-    (and which, up to ``ids_per_day``) were first read by polling at least ``grace`` seconds
-    ago and never named by a webhook."""
+    """The reconciliation report: per creation day, how many items (and which, up to
+    ``ids_per_day``) were first read by polling at least ``grace`` seconds ago and never named by
+    a webhook."""
     rows = await store.unwebhooked(now - grace, account=account)
     days: dict[str, dict[str, object]] = {}
     for item_id, created_at in rows:

@@ -11,6 +11,7 @@ refused. One stopped gives running jobs a grace period, then releases every clai
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dimmy_webhooks import failpoints
 from dimmy_webhooks.errors import StoreError
 from dimmy_webhooks.outputs import Output
-from dimmy_webhooks.pipeline.jobs import JobRunner, WorkerPolicy
+from dimmy_webhooks.pipeline.jobs import AccountWork, JobRunner, WorkerPolicy
 from dimmy_webhooks.store import Store
 from dimmy_webhooks.upstream.client import DimmyClient
 
@@ -42,6 +43,7 @@ class Worker:
         outputs: Sequence[Output],
         policy: WorkerPolicy,
         *,
+        accounts: Sequence[AccountWork] = (),
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -52,10 +54,12 @@ class Worker:
         self.policy = policy
         self.owner = owner or f"worker-{uuid.uuid4().hex[:12]}"
         self.clock = clock
+        if not accounts:  # one account: the installation's settings
+            by_name = {output.name: output for output in outputs}
+            accounts = [AccountWork("default", client, by_name, policy.intake, policy.concurrency)]
         self.jobs = JobRunner(
             store,
-            client,
-            {output.name: output for output in outputs},
+            {work.name: work for work in accounts},
             policy,
             owner=self.owner,
             clock=clock,
@@ -63,16 +67,22 @@ class Worker:
             crash=crash,
         )
         self._wake = asyncio.Event()
-        self._active: set[asyncio.Task[None]] = set()
+        self._active: dict[asyncio.Task[None], str] = {}  # running jobs: their account
+
+    @property
+    def accounts(self) -> dict[str, AccountWork]:
+        """What each account's jobs run with, by account name."""
+        return self.jobs.accounts
 
     @property
     def client(self) -> DimmyClient | None:
-        return self.jobs.client
+        """The first account's client (one account: its only one)."""
+        return next(iter(self.accounts.values())).client
 
     @property
     def outputs(self) -> dict[str, Output]:
-        """The outputs by name."""
-        return self.jobs.outputs
+        """The first account's outputs by name (one account: its only ones)."""
+        return next(iter(self.accounts.values())).outputs
 
     @property
     def config_error(self) -> str | None:
@@ -112,12 +122,15 @@ class Worker:
         free = self.policy.concurrency - len(self._active)
         if free <= 0:
             return 0
+        running = collections.Counter(self._active.values())
+        room = {name: work.share - running[name] for name, work in self.accounts.items()}
         try:
             jobs = await self.store.claim(
                 self.owner,
                 min(free, self.policy.claim_batch),
                 self.policy.lease_seconds,
                 self.clock(),
+                accounts=room,
             )
         except StoreError as exc:
             log.warning("claim failed", extra={"fields": {"reason": str(exc)}})
@@ -126,12 +139,12 @@ class Worker:
             self.crash.hit("after_claim")
         for job in jobs:
             task = asyncio.create_task(self.jobs.handle(job))
-            self._active.add(task)
+            self._active[task] = job.account
             task.add_done_callback(self._done)
         return len(jobs)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._active.discard(task)
+        self._active.pop(task, None)
         self._wake.set()
 
     async def _sleep(self, stop: asyncio.Event) -> None:

@@ -23,10 +23,13 @@ from dimmy_webhooks.errors import ConfigError
 from dimmy_webhooks.models import Lease, QueueStats, ReplayMode, SaveResult
 from dimmy_webhooks.store.base import Inbox, Items, Ledger, Queue, Reports, Store
 from dimmy_webhooks.store.reports import (
+    BacklogCounts,
     EventWork,
+    HourCount,
     ItemFilter,
     ItemRevision,
     JobRow,
+    LatencyStats,
     OperatorCounts,
     QueueDepth,
 )
@@ -51,12 +54,15 @@ def create_store(database_url: str, *, max_attempts: int = 8) -> Store:
 
 
 __all__ = [
+    "BacklogCounts",
     "EventWork",
+    "HourCount",
     "Inbox",
     "ItemFilter",
     "ItemRevision",
     "Items",
     "JobRow",
+    "LatencyStats",
     "Lease",
     "Ledger",
     "OperatorCounts",

@@ -91,11 +91,10 @@ class Items(ops.Transactions):
     async def unwebhooked(
         self, seen_before: float, *, account: str | None = None
     ) -> list[tuple[str, str | None]]:
-        """``(id, created_at)`` of every item (of ``account``, or of all) that reached us only
-        through polling (first read by the poller or a backfill before ``seen_before``, never
-        named by a webhook), oldest first."""
-        params = {"seen_before": seen_before, "account": account}
-        rows = await self._rows("unwebhooked", params)
+        """``(id, created_at)`` of every item that reached us only through polling (first read
+        by the poller or a backfill before ``seen_before``, never named by a webhook), oldest
+        first."""
+        rows = await self._rows("unwebhooked", {"seen_before": seen_before, "account": account})
         return [(str(row["id"]), row["created_at"]) for row in rows]
 
 

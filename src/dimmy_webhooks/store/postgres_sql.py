@@ -27,6 +27,16 @@ _CLAIM = f"""
         lease_expires_at = :expires, attempts = attempts + 1, updated_at = :now
     WHERE id IN (SELECT id FROM due)
     RETURNING {sql.JOB_COLUMNS}"""
+_CLAIM_CAPPED = f"""
+    WITH work AS MATERIALIZED ({sql.WORK_DUE} FOR UPDATE OF j SKIP LOCKED),
+    deliveries AS MATERIALIZED ({sql.DELIVERIES_DUE} FOR UPDATE OF j SKIP LOCKED),
+    ranked AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY account ORDER BY {sql.FAIR}) AS n
+               FROM (SELECT * FROM work UNION ALL SELECT * FROM deliveries) AS candidates),
+    due AS (SELECT id FROM ranked WHERE n <= {{CAPS}} ORDER BY {sql.FAIR} LIMIT :limit)
+    UPDATE jobs SET status = 'running', lease_owner = :owner, lease_token = :token,
+        lease_expires_at = :expires, attempts = attempts + 1, updated_at = :now
+    WHERE id IN (SELECT id FROM due)
+    RETURNING {sql.JOB_COLUMNS}"""
 """Rows another transaction holds (being claimed, reaped, finished) are skipped, not waited for;
 the CTEs are materialised so each locked set is computed exactly once; candidates locked but
 not chosen are free again when the claim commits."""
@@ -74,6 +84,7 @@ def _derive(name: str, old: str, new: str) -> str:
 
 _OVERRIDES = {
     "claim": _CLAIM,
+    "claim_capped": _CLAIM_CAPPED,
     "reap": _REAP,
     "heartbeat": _HEARTBEAT,
     "refresh_event": _REFRESH_EVENT,
@@ -86,6 +97,16 @@ _OVERRIDES = {
             'excluded.updated_at COLLATE "C" > items.updated_at',
         )
         for name in ("upsert_item", "upsert_polled_item")
+    },
+    # the charts' hours: PostgreSQL's cast rounds where SQLite's truncates
+    **{
+        name: _derive(
+            name, sql.HOUR.format(column=column), f"CAST(floor({column} / 3600) AS INTEGER)"
+        )
+        for name, column in (
+            ("scans_per_hour", "first_seen_at"),
+            ("latency_per_hour", "started_at"),
+        )
     },
 }
 

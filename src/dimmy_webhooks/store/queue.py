@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dimmy_webhooks.errors import LeaseLost
@@ -37,11 +37,12 @@ class Queue(ops.Transactions):
         limit: int,
         lease_seconds: float,
         now: float,
-        accounts: Sequence[str] | None = None,
+        accounts: Mapping[str, int] | None = None,
     ) -> list[Job]:
         """Lease up to ``limit`` due jobs to ``owner``; expired leases are due again. With
-        ``accounts``, only those accounts' jobs (a worker leaves out the accounts it does not
-        serve and those whose share of its slots is taken)."""
+        ``accounts`` (name: most jobs to take of it), only those accounts' jobs, each account
+        at most its number (a worker leaves out the accounts it does not serve, and gives each
+        account a share of its slots)."""
         return await self._write(lambda tx: claim(tx, owner, limit, lease_seconds, now, accounts))
 
     async def heartbeat(self, owner: str, lease_seconds: float, now: float) -> int:
@@ -177,7 +178,7 @@ def claim(
     limit: int,
     lease_seconds: float,
     now: float,
-    accounts: Sequence[str] | None = None,
+    accounts: Mapping[str, int] | None = None,
 ) -> list[Job]:
     reaped = tx.all(tx.sql("reap"), {"now": now})
     dead_events = {row["event_id"] for row in reaped if row["status"] == "dead"} - {None}
@@ -192,14 +193,23 @@ def claim(
         "now": now,
         "limit": limit,
     }
+    block = tx.sql("claim")
     if accounts is not None:
-        if not accounts:
+        shares = {name: cap for name, cap in sorted(accounts.items()) if cap > 0}
+        if not shares:
             return []
-        names = {f"account_{n}": name for n, name in enumerate(sorted(set(accounts)))}
+        names = {f"account_{n}": name for n, name in enumerate(shares)}
         params.update(names)
+        if len(shares) == 1:  # one account: its share is the whole claim
+            params["limit"] = min(limit, *shares.values())
+        else:
+            caps = {f"cap_{n}": cap for n, cap in enumerate(shares.values())}
+            params.update(caps)
+            block = tx.sql("claim_capped").replace("{CAPS}", _case(block, names, caps))
+        block = block.replace("{ACCOUNTS}", _in(block, names))
     else:
-        names = None
-    rows = tx.all(tx.sql("claim").replace("{ACCOUNTS}", sql_accounts(tx, names)), params)
+        block = block.replace("{ACCOUNTS}", "")
+    rows = tx.all(block, params)
     return sorted((ops.job(row) for row in rows), key=lambda job: job.id)
 
 
@@ -376,10 +386,23 @@ def move_backlog(tx: Tx, source: str, target: str | None, now: float) -> int:
     return len(rows)
 
 
-def sql_accounts(tx: Tx, names: dict[str, str] | None) -> str:
-    """The claim's account condition: nothing (every account), or ``AND j.account IN (...)``
-    over the bound parameters ``names`` (their values are bound, never put in the text)."""
-    if names is None:
-        return ""
-    marker = "%({})s" if "%(" in tx.sql("claim") else ":{}"
+def _marker(block: str) -> str:
+    """How a parameter is written in ``block``'s dialect (``:name`` or ``%(name)s``)."""
+    return "%({})s" if "%(" in block else ":{}"
+
+
+def _in(block: str, names: Mapping[str, str]) -> str:
+    """``AND j.account IN (...)`` over the bound parameters ``names`` (their values are
+    bound, never put in the text)."""
+    marker = _marker(block)
     return " AND j.account IN (" + ", ".join(marker.format(name) for name in names) + ")"
+
+
+def _case(block: str, names: Mapping[str, str], caps: Mapping[str, int]) -> str:
+    """Each account's share: ``CASE account WHEN <name> THEN <cap> ... ELSE 0 END``."""
+    marker = _marker(block)
+    whens = " ".join(
+        f"WHEN {marker.format(name)} THEN {marker.format(cap)}"
+        for name, cap in zip(names, caps, strict=True)
+    )
+    return f"CASE account {whens} ELSE 0 END"

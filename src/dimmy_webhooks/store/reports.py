@@ -106,6 +106,44 @@ class ItemRevision:
     deliveries: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class HourCount:
+    """Items first stored in the hour starting at ``hour`` (Unix seconds, a multiple of 3600)."""
+
+    hour: float
+    count: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LatencyStats:
+    """Delivery latency to one output, in milliseconds, over ``attempts`` ledger rows: of the
+    hour starting at ``hour``, or of the whole window (``hour`` ``None``). Percentiles are
+    nearest-rank: a latency some attempt really had."""
+
+    output: str
+    hour: float | None
+    attempts: int
+    p50_ms: float
+    p95_ms: float
+    max_ms: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BacklogCounts:
+    """Jobs now: pending and due, pending waiting for a retry, running (leased), dead."""
+
+    due: int
+    waiting: int
+    running: int
+    dead: int
+
+
+MAX_CHART_HOURS = 24 * 31
+"""The longest window a chart reads (a month of hours)."""
+LATENCY_ROWS = 100_000
+"""At most this many of a window's newest ledger rows make its latency figures."""
+
+
 class Reports(ops.Transactions):
     """What the operator's views (dashboard, exports, ``/metrics``, alerts) read."""
 
@@ -169,6 +207,54 @@ class Reports(ops.Transactions):
         params = {"output": output, "limit": limit, "account": account}
         rows = await self._rows("recent_attempts", params)
         return [(str(r["outcome"]), float(r["started_at"]), r["error"]) for r in rows]
+
+    # the charts, of one account or all ------------------------------------------------------
+
+    async def scans_per_hour(
+        self, *, since: float, until: float, account: str | None = None
+    ) -> list[HourCount]:
+        """Items first stored in ``[since, until)`` counted per hour, oldest first; hours
+        without any are left out. The window is cut to :data:`MAX_CHART_HOURS` before
+        ``until``."""
+        since = max(since, until - MAX_CHART_HOURS * 3600)
+        params: dict[str, Any] = {"since": since, "until": until, "limit": MAX_CHART_HOURS + 1}
+        params["account"] = account
+        rows = await self._rows("scans_per_hour", params)
+        return [HourCount(float(r["hour"]) * 3600, int(r["n"])) for r in rows]
+
+    async def delivery_latency(
+        self,
+        *,
+        since: float,
+        until: float,
+        per_hour: bool = False,
+        limit: int = LATENCY_ROWS,
+        account: str | None = None,
+    ) -> list[LatencyStats]:
+        """Latency of the deliveries attempted in ``[since, until)`` by output (and by hour,
+        oldest first, when ``per_hour``), from the newest ``limit`` ledger rows of the window
+        that have a latency. The window is cut to :data:`MAX_CHART_HOURS` before ``until``."""
+        since = max(since, until - MAX_CHART_HOURS * 3600)
+        params = {"since": since, "until": until, "limit": limit, "account": account}
+        rows = await self._rows("latency_per_hour" if per_hour else "latency_per_output", params)
+        return [
+            LatencyStats(
+                output=str(r["output"]),
+                hour=float(r["bucket"]) * 3600 if per_hour else None,
+                attempts=int(r["n"]),
+                p50_ms=float(r["p50"]),
+                p95_ms=float(r["p95"]),
+                max_ms=float(r["max_ms"]),
+            )
+            for r in rows
+        ]
+
+    async def backlog_now(self, now: float, *, account: str | None = None) -> BacklogCounts:
+        """The jobs due, waiting for a retry, running and dead at ``now`` (one count)."""
+        [row] = await self._rows("backlog_now", {"now": now, "account": account})
+        return BacklogCounts(
+            *(int(row[name] or 0) for name in ("due", "waiting", "running", "dead"))
+        )
 
     async def attempt_counts(self, *, after: int, upto: int | None = None) -> list[Row]:
         """Ledger rows with ids in ``(after, upto]`` counted by ``account``, ``output`` and

@@ -17,12 +17,12 @@ FAIR = "lane, seq, run_at, id"
 (:class:`~dimmy_webhooks.models.Lane`), then by position within its event, so a new event's
 first items go before the rest of an earlier upload; oldest due first among equals."""
 WORK_DUE = """
-        SELECT j.id, j.lane, j.seq, j.run_at FROM jobs AS j
+        SELECT j.id, j.lane, j.seq, j.run_at, j.account FROM jobs AS j
         WHERE j.status = 'pending' AND j.kind != 'deliver' AND j.run_at <= :now{ACCOUNTS}
         ORDER BY j.lane, j.seq, j.run_at, j.id LIMIT :limit"""
 """Due expansions and fetches in the fair order (partial index ``jobs_fair``)."""
 DELIVERIES_DUE = """
-        SELECT j.id, j.lane, j.seq, j.run_at FROM jobs AS j
+        SELECT j.id, j.lane, j.seq, j.run_at, j.account FROM jobs AS j
         WHERE j.status = 'pending' AND j.kind = 'deliver' AND j.run_at <= :now{ACCOUNTS}
         AND NOT EXISTS (SELECT 1 FROM jobs AS busy WHERE busy.item_id = j.item_id
             AND busy.kind = 'deliver' AND busy.status = 'running' AND busy.output = j.output)
@@ -121,6 +121,17 @@ SQL: dict[str, str] = {
         WHERE id IN (
             SELECT id FROM (SELECT * FROM ({WORK_DUE})
                             UNION ALL SELECT * FROM ({DELIVERIES_DUE}))
+            ORDER BY {FAIR} LIMIT :limit)
+        RETURNING {JOB_COLUMNS}""",
+    # the same, each account taking at most its share ({CAPS}: its number of jobs, by name)
+    "claim_capped": f"""
+        UPDATE jobs SET status = 'running', lease_owner = :owner, lease_token = :token,
+            lease_expires_at = :expires, attempts = attempts + 1, updated_at = :now
+        WHERE id IN (
+            SELECT id FROM (
+                SELECT *, ROW_NUMBER() OVER (PARTITION BY account ORDER BY {FAIR}) AS n
+                FROM (SELECT * FROM ({WORK_DUE}) UNION ALL SELECT * FROM ({DELIVERIES_DUE})))
+            WHERE n <= {{CAPS}}
             ORDER BY {FAIR} LIMIT :limit)
         RETURNING {JOB_COLUMNS}""",
     "delivery_busy": """
@@ -386,5 +397,52 @@ SQL.update(
         SELECT account, output, outcome, count(*) AS n, max(id) AS top FROM delivery_attempts
         WHERE id > :after AND (:upto IS NULL OR id <= :upto)
         GROUP BY account, output, outcome""",
+    }
+)
+
+# the dashboard's charts: each read bounded by a time window on an index and a LIMIT, of one
+# account or all ----------------------------------------------------------------------------
+
+HOUR = "CAST({column} / 3600 AS INTEGER)"
+"""The hour (Unix seconds // 3600) of a time column. SQLite's cast truncates; PostgreSQL's
+rounds, so :mod:`.postgres_sql` takes the floor first."""
+_LATENCY = """
+        WITH recent AS (
+            SELECT output, {bucket} AS bucket, latency_ms FROM delivery_attempts
+            WHERE started_at >= :since AND started_at < :until AND latency_ms IS NOT NULL
+              AND (:account IS NULL OR account = :account)
+            ORDER BY started_at DESC LIMIT :limit),
+        ranked AS (
+            SELECT output, bucket, latency_ms,
+                ROW_NUMBER() OVER (PARTITION BY output, bucket ORDER BY latency_ms) AS rn,
+                COUNT(*) OVER (PARTITION BY output, bucket) AS n
+            FROM recent)
+        SELECT output, bucket, max(n) AS n,
+            min(CASE WHEN rn >= 0.5 * n THEN latency_ms END) AS p50,
+            min(CASE WHEN rn >= 0.95 * n THEN latency_ms END) AS p95,
+            max(latency_ms) AS max_ms
+        FROM ranked GROUP BY output, bucket ORDER BY output, bucket"""
+"""Nearest-rank percentiles of the newest ``:limit`` attempts of ``[since, until)`` (index
+``attempts_time``), by output and bucket: the smallest latency whose rank reaches the share."""
+
+SQL.update(
+    {
+        # items first stored per hour: first_seen_at <= fetched_at, so the fetched_at window
+        # (index items_fetched_at) holds every item first seen in it
+        "scans_per_hour": f"""
+        SELECT {HOUR.format(column="first_seen_at")} AS hour, count(*) AS n FROM items
+        WHERE fetched_at >= :since AND first_seen_at >= :since AND first_seen_at < :until
+          AND (:account IS NULL OR account = :account)
+        GROUP BY {HOUR.format(column="first_seen_at")} ORDER BY hour LIMIT :limit""",
+        "latency_per_hour": _LATENCY.format(bucket=HOUR.format(column="started_at")),
+        "latency_per_output": _LATENCY.format(bucket="0"),
+        "backlog_now": """
+        SELECT
+            sum(CASE WHEN status = 'pending' AND run_at <= :now THEN 1 ELSE 0 END) AS due,
+            sum(CASE WHEN status = 'pending' AND run_at > :now THEN 1 ELSE 0 END) AS waiting,
+            sum(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS running,
+            sum(CASE WHEN status = 'dead' THEN 1 ELSE 0 END) AS dead
+        FROM jobs WHERE status IN ('pending', 'running', 'dead')
+          AND (:account IS NULL OR account = :account)""",
     }
 )

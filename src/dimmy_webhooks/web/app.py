@@ -24,10 +24,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dimmy_webhooks import __version__
-from dimmy_webhooks.config import Settings
-from dimmy_webhooks.config.accounts import Accounts, load_accounts
+from dimmy_webhooks.config import DEFAULT_ACCOUNT, Settings, load_accounts
+from dimmy_webhooks.config.accounts import Accounts
 from dimmy_webhooks.errors import ConfigError, StoreError
-from dimmy_webhooks.intake.receiver import PULL_MODE, SECURITY_HEADERS, Receiver, WebhookRoute
+from dimmy_webhooks.intake.receiver import (
+    PULL_MODE,
+    SECURITY_HEADERS,
+    Receiver,
+    UnverifiedBodies,
+    WebhookRoute,
+)
 from dimmy_webhooks.observe.metrics import CONTENT_TYPE, account_figures, account_label
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.signatures import Verifier, parse_secrets
@@ -50,23 +56,27 @@ from dimmy_webhooks.web.sessions import Sessions
 log = logging.getLogger("dimmy_webhooks.web")
 
 
-_PAGE_HEADERS = [
-    (name, dashboard.PAGE_CSP.encode() if name == b"content-security-policy" else value)
-    for name, value in SECURITY_HEADERS
-]
+def page_headers(csp: str = dashboard.PAGE_CSP) -> list[tuple[bytes, bytes]]:
+    """The dashboard pages' headers: the service's, with the pages' policy ``csp``."""
+    return [
+        (name, csp.encode() if name == b"content-security-policy" else value)
+        for name, value in SECURITY_HEADERS
+    ]
 
 
 class SecurityHeaders:
-    """Pure ASGI middleware (cheap on the webhook hot path) adding the headers above."""
+    """Pure ASGI middleware (cheap on the webhook hot path) adding the headers above (the
+    pages' policy: ``page_csp``)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, page_csp: str = dashboard.PAGE_CSP) -> None:
         self.app = app
+        self.page_headers = page_headers(page_csp)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        added = _PAGE_HEADERS if dashboard.is_page(scope["path"]) else SECURITY_HEADERS
+        added = self.page_headers if dashboard.is_page(scope["path"]) else SECURITY_HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -90,7 +100,7 @@ def create_app(
     poller and ``POST /webhook`` answers 404 saying webhooks are off. ``app.state.services``
     holds the running parts; ``store`` and ``clock`` are for tests.
     """
-    if settings.webhook_secret is None and not run_poller:
+    if not _any_secret(settings) and not run_poller:
         raise ConfigError(
             "DIMMY_WEBHOOK_SECRET is not set: copy the endpoint's signing secret (whsec_...) "
             "from the Dimmy webhook dashboard into the environment or .env, or run "
@@ -103,6 +113,7 @@ def create_app(
         store=store,
         clock=clock,
         alerts=True,
+        sample_backlog=True,
     )
 
     @contextlib.asynccontextmanager
@@ -129,7 +140,7 @@ def create_app(
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.tokens = TokenCheck(settings.admin_token_value())
 
-    app.state.accounts = load_accounts(settings)
+    app.state.accounts = services.accounts or load_accounts(settings)
 
     def operator_digest(name: str) -> str | None:
         accounts: Accounts = app.state.accounts  # the accounts now (a reload's)
@@ -142,7 +153,7 @@ def create_app(
         hours=settings.session_hours,
         operator_digest=operator_digest,
     )
-    receiver = _receiver(settings, services, clock)
+    receivers = _receivers(settings, services, clock)
 
     @app.exception_handler(StoreError)
     async def store_unavailable(request: object, exc: StoreError) -> Response:
@@ -162,22 +173,53 @@ def create_app(
         allowed_hosts=allowed_hosts(
             settings.allowed_host_names, token_set=settings.admin_token_value() is not None
         ),
-        remote=RemoteRule.of(settings, frozenset({"/healthz", "/readyz", settings.webhook_path})),
+        remote=RemoteRule.of(settings, frozenset({"/healthz", "/readyz", *receivers})),
     )
-    app.add_middleware(SecurityHeaders)
-    app.add_middleware(WebhookRoute, receiver=receiver, path=settings.webhook_path)
+    app.add_middleware(SecurityHeaders, page_csp=dashboard.page_csp(settings.api_url))
+    app.add_middleware(WebhookRoute, path=settings.webhook_path, receivers=receivers)
     return app
 
 
-def _receiver(settings: Settings, services: Services, clock: Callable[[], float]) -> ASGIApp:
-    """``POST /webhook``: the signature-checking receiver, or the pull mode's 404."""
+def _any_secret(settings: Settings) -> bool:
+    """Whether some account receives webhooks (``DIMMY_WEBHOOK_SECRET``, or an account of
+    ``DIMMY_ACCOUNTS_FILE`` with a ``webhook_secret``)."""
+    return any(a.settings.webhook_secret is not None for a in load_accounts(settings).values())
+
+
+def _receivers(
+    settings: Settings, services: Services, clock: Callable[[], float]
+) -> dict[str, ASGIApp]:
+    """Each account's receiver by path: ``/webhook/{name}``, and ``/webhook`` for the
+    account ``default``. They share one budget of unverified bodies in memory."""
+    accounts = services.accounts or load_accounts(settings)
+    budget = UnverifiedBodies(settings.unverified_body_budget)
+    receivers: dict[str, ASGIApp] = {}
+    for name, account in accounts.items():
+        receiver = _receiver(account.settings, services, clock, name, budget)
+        receivers[account.webhook_path] = receiver
+        if name == DEFAULT_ACCOUNT:
+            receivers[settings.webhook_path] = receiver
+    return receivers
+
+
+def _receiver(
+    settings: Settings,
+    services: Services,
+    clock: Callable[[], float],
+    account: str,
+    budget: UnverifiedBodies,
+) -> ASGIApp:
+    """One account's ``POST /webhook``: the signature-checking receiver, or the pull mode's
+    404 when the account has no webhook secret."""
     if settings.webhook_secret is None:
         return PULL_MODE
-    verifier = Verifier(
-        parse_secrets(settings.webhook_secret.get_secret_value()),
-        tolerance_seconds=settings.timestamp_tolerance_seconds,
-        clock=clock,
-    )
+    try:
+        keys = parse_secrets(settings.webhook_secret.get_secret_value())
+    except ConfigError as exc:
+        if account == DEFAULT_ACCOUNT:
+            raise
+        raise ConfigError(f"account {account!r}: webhook_secret: {exc}") from None
+    verifier = Verifier(keys, tolerance_seconds=settings.timestamp_tolerance_seconds, clock=clock)
     return Receiver(
         services.store,
         verifier,
@@ -189,6 +231,8 @@ def _receiver(settings: Settings, services: Services, clock: Callable[[], float]
         clock=clock,
         crash=services.crash,
         observe=services.metrics.webhook,
+        account=account,
+        unverified=budget,
     )
 
 

@@ -45,6 +45,33 @@ async def get_overview(overview: OverviewDep) -> dict[str, Any]:
     return overview.as_json()
 
 
+class ChartsOut(BaseModel):
+    """The series the overview's charts draw."""
+
+    at: str
+    scans_per_hour: dict[str, Any] = Field(
+        description="`hours` and `points`: `{hour, items}` per hour (UTC), items first stored"
+    )
+    delivery_latency: dict[str, Any] = Field(
+        description="`hours` and `outputs`: per output `attempts`, `p50_ms`, `p95_ms`, "
+        "`max_ms` over the window and the same `per_hour`"
+    )
+    backlog: dict[str, Any] = Field(
+        description="`points` `{at, due, running, dead}` sampled every `every_seconds` by this "
+        "process since `sampled_since` (empty after a restart; `null`: not sampled here)"
+    )
+
+
+@router.get("/charts", response_model=ChartsOut)
+async def get_charts(services: ServicesDep, account: AccountDep) -> dict[str, Any]:
+    """The overview's charts as data: items first stored per hour over the last 72 hours,
+    delivery latency per output over the last 24 hours (nearest-rank percentiles of the
+    newest 100,000 attempts), and the backlog this process sampled every minute (the last
+    24 hours at most; every account's, so not shown for one account)."""
+    series = await services.series(account=account)
+    return series.as_json()
+
+
 class ReconciliationDay(BaseModel):
     day: str = Field(description="creation day (UTC) of the items, `YYYY-MM-DD`")
     count: int

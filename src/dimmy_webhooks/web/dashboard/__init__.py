@@ -3,7 +3,8 @@
 :func:`install` adds the pages (:mod:`.pages`, the login included) and their stylesheet and
 script (``/ui/static``, written for this package: no third-party front-end code) to the app;
 the sessions they use are built by ``create_app`` (:mod:`dimmy_webhooks.web.sessions`). Pages
-are served with :data:`~.render.PAGE_CSP` (:func:`is_page`), every other response with the
+are served with :data:`~.render.PAGE_CSP` (:func:`is_page`; :func:`~.render.page_csp` adds a
+plain-http API's origin, the demo's fake, to its ``img-src``), every other response with the
 service's strict policy.
 """
 
@@ -16,11 +17,11 @@ from starlette.staticfiles import StaticFiles
 
 from dimmy_webhooks.web.auth import LoginRequired
 from dimmy_webhooks.web.dashboard.pages import PageMissing, login_required, page_missing, router
-from dimmy_webhooks.web.dashboard.render import PAGE_CSP
+from dimmy_webhooks.web.dashboard.render import PAGE_CSP, page_csp
 
 STATIC = Path(__file__).parent / "static"
 
-__all__ = ["PAGE_CSP", "install", "is_page"]
+__all__ = ["PAGE_CSP", "install", "is_page", "page_csp"]
 
 
 def install(app: FastAPI) -> None:

@@ -30,9 +30,11 @@ from pydantic import BaseModel, Field
 from dimmy_webhooks.config.accounts import ACCOUNT_NAME
 from dimmy_webhooks.items import format_timestamp
 from dimmy_webhooks.models import ITEM_ID_PATTERN, StoredItem
+from dimmy_webhooks.observe.logs import redact_urls
 from dimmy_webhooks.services import Services
 from dimmy_webhooks.store import ItemFilter
 from dimmy_webhooks.web.auth import accounts_of, client_of, refusal
+from dimmy_webhooks.web.dashboard.charts import overview_charts
 from dimmy_webhooks.web.dashboard.render import http_url, query, render
 from dimmy_webhooks.web.deps import (
     AccountsDep,
@@ -194,6 +196,9 @@ async def overview_page(page: PageDep, services: ServicesDep) -> Response:
         o=overview,
         outputs=outputs,
     )
+    if page.request.query_params.get("live") != "1":  # the charts are not refreshed live
+        series = await services.series(account=account)
+        page.context.update(charts=overview_charts(series, redact_urls), series=series)
     return page.render("overview.html", live="overview_live.html")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -26,7 +27,29 @@ PAGE_CSP = (
     "default-src 'self'; img-src 'self' https:; object-src 'none'; frame-ancestors 'none'; "
     "base-uri 'none'; form-action 'self'"
 )
-"""The pages' Content-Security-Policy: the service's own, plus item photos from https hosts."""
+"""The pages' Content-Security-Policy: the service's own, plus item photos from https hosts.
+No ``'unsafe-inline'``: no inline script, no ``style`` attribute (the charts are SVG drawn
+with presentation attributes)."""
+_ORIGIN = re.compile(
+    r"^http://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^http://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+)
+
+
+def page_csp(api_url: str | None = None) -> str:
+    """:data:`PAGE_CSP`, whose ``img-src`` also allows the origin of ``api_url`` when that is
+    plain ``http`` (``https:`` is allowed already): the fake Dimmy API of the demo and of
+    development serves its items' photos on loopback. Only the configured API's origin, set
+    by the operator, is added; a photo URL inside an item never changes the policy."""
+    if not api_url:
+        return PAGE_CSP
+    try:
+        parts = urlsplit(api_url.strip())
+    except ValueError:
+        return PAGE_CSP
+    origin = f"{parts.scheme.lower()}://{parts.netloc.rpartition('@')[2]}"
+    if not _ORIGIN.match(origin):
+        return PAGE_CSP  # https (already allowed), or nothing a policy can safely name
+    return PAGE_CSP.replace("img-src 'self' https:", f"img-src 'self' https: {origin}")
 
 
 def http_url(value: object) -> str | None:
