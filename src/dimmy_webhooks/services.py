@@ -538,9 +538,11 @@ class Services:
         one ``account`` (``None``: all); ``operator``: as an account's operator is shown it
         (:meth:`~dimmy_webhooks.observe.overview.Status.for_operator`)."""
         status = self.status()
-        return await take_overview(
-            self.store, status.for_operator() if operator else status, account=account
-        )
+        if account is not None:
+            status = replace(status, outputs=tuple(self.output_names(account)))
+            if operator:
+                status = status.for_operator(account)
+        return await take_overview(self.store, status, account=account)
 
     async def series(self, *, account: str | None = None) -> Series:
         """The dashboard's charts (:func:`~dimmy_webhooks.observe.series.take_series`), the

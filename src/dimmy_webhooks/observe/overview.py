@@ -42,14 +42,14 @@ class Status:
     signature_failures_recent: int = 0
     rejections: tuple[dict[str, Any], ...] = ()
 
-    def for_operator(self) -> Status:
-        """What of the process an account's operator is shown: whether it runs
-        (``failures``), nothing that may be another account's (problems name outputs and
-        keys, refused webhooks name no account, outputs are every account's)."""
+    def for_operator(self, account: str) -> Status:
+        """What of the process ``account``'s operator is shown: whether it runs
+        (``failures``), the problems that name its account (``account NAME: ...``), and
+        nothing that may be another account's (refused webhooks name no account, the API
+        client's pace and the webhook counts are the process's)."""
         return replace(
             self,
-            outputs=(),
-            problems=(),
+            problems=tuple(p for p in self.problems if p.startswith(f"account {account}: ")),
             api_key_refused=False,
             api_rate=None,
             webhooks={},

@@ -291,8 +291,8 @@ def _operations_router(settings: Settings) -> APIRouter:
         ).items():
             if chosen is None or of == chosen:
                 deliveries[(account_label(of, configured), output, outcome)] += count
-        # every configured account's items go to this process's outputs: each has a backlog
-        served = {label: services.output_names() for label in figures if label in configured}
+        # each configured account's outputs have a backlog, waiting or not
+        served = {label: services.output_names(label) for label in figures if label in configured}
         body = services.metrics.render(overview, figures, deliveries, served)
         return Response(body, media_type=CONTENT_TYPE, headers={"cache-control": "no-store"})
 

@@ -122,7 +122,10 @@ def _page(
     request: Request, services: Services, sessions: Sessions, session: Session | None
 ) -> Page:
     viewer = Viewer(session.account) if session is not None else ADMIN
-    problems = services.failures() + (services.problems() if viewer.admin else [])
+    problems = services.problems()
+    if viewer.account is not None:  # an operator: the problems of its account
+        problems = [p for p in problems if p.startswith(f"account {viewer.account}: ")]
+    problems = services.failures() + problems
     accounts = accounts_of(request)
     page = Page(
         request,
@@ -189,7 +192,7 @@ def _twin(path: str, params: dict[str, Any], **extra: Any) -> str:
 async def overview_page(page: PageDep, services: ServicesDep) -> Response:
     account = page.account
     overview = await services.overview(account=account, operator=not page.viewer.admin)
-    outputs = services.output_names() if page.viewer.admin else []
+    outputs = services.output_names(account)
     page.context.update(
         nav="overview",
         twin=_twin("/api/overview", page.context["scope"]),
