@@ -225,6 +225,18 @@ def test_a_revoked_key_is_refused_and_counted(fake: FakeDimmy, http: httpx.Clien
     assert http.get(f"/items/{item}", headers={"X-API-KEY": "acme-key"}).status_code == 200
 
 
+def test_one_account_can_be_slowed_down(fake: FakeDimmy, http: httpx.Client) -> None:
+    fake.config = FakeDimmyConfig(
+        api_key=KEY, keys={"acme-key": "acme"}, owner_latency={"acme": 0.3}
+    )
+    started = time.monotonic()
+    assert http.get("/items").status_code == 200
+    assert time.monotonic() - started < 0.25
+    started = time.monotonic()
+    assert http.get("/items", headers={"X-API-KEY": "acme-key"}).status_code == 200
+    assert time.monotonic() - started >= 0.3
+
+
 def test_list_items_window_is_inclusive_and_paged(fake: FakeDimmy, http: httpx.Client) -> None:
     ids = fake.generate_items(120, start=START)
     created = [fake.items[i]["created_at"] for i in ids]

@@ -32,7 +32,7 @@ import threading
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -73,6 +73,8 @@ class FakeDimmyConfig:
     revoked: frozenset[str] = frozenset()
     latency_seconds: float = 0.0
     latency_jitter: float = 0.0  # latency varies uniformly by +/- this much (never below 0)
+    # more latency for one account's requests (by account name), as for a key Dimmy slows down
+    owner_latency: dict[str, float] = field(default_factory=dict)
     error_rate: float = 0.0  # probability of a 503
     hang_rate: float = 0.0  # probability of waiting hang_seconds (or until the client leaves)
     hang_seconds: float = 30.0
@@ -335,6 +337,9 @@ class _Gate:
         rng = fake.fault_rng
         hang = config.hang_rate and rng.random() < config.hang_rate
         if hang and not await _wait_unless_disconnected(config.hang_seconds, receive):
+            return
+        slow = config.owner_latency.get(owner, 0.0)
+        if slow and not await _wait_unless_disconnected(slow, receive):
             return
         delay = config.latency_seconds
         if config.latency_jitter:
