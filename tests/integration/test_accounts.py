@@ -104,12 +104,12 @@ class Installation:
 
 @contextlib.contextmanager
 def installation(
-    db_url: str, fake: FakeDimmy, fake_url: str, tmp_path: Path, **extra: dict[str, Any]
+    db_url: str, fake: FakeDimmy, fake_url: str, tmp_path: Path, **overrides: Any
 ) -> Iterator[Installation]:
     """The service (receiver, workers, API) in a thread on ``db_url``: ``default`` from the
-    settings and the three accounts from a file (``extra``: more keys of an account's table),
-    each with its own secret, API key and jsonl output, every API URL the fake's; the fake
-    knows each account's key."""
+    settings (with ``overrides``) and the three accounts from a file, each with its own
+    secret, API key and jsonl output, every API URL the fake's; the fake knows each account's
+    key."""
     fake.config.keys = {api_key_of(name): name for name in ACCOUNTS}
     outputs = {name: tmp_path / f"{name}.jsonl" for name in EVERY}
     tables = []
@@ -120,7 +120,6 @@ def installation(
             "api_key": api_key_of(name),
             "api_url": fake_url,
             "outputs": f"jsonl:{outputs[name]}",
-            **extra.get(name, {}),
         }
         lines = [f"{key} = {json.dumps(value)}" for key, value in table.items()]
         tables.append("[[account]]\n" + "\n".join(lines) + "\n")
@@ -134,6 +133,7 @@ def installation(
         outputs=f"jsonl:{outputs[MAIN_OWNER]}",
         accounts_file=str(accounts_file),
         retry_base_seconds=0.05,
+        **overrides,
     )
     with serve_in_thread(create_app(settings)) as url:
         yield Installation(url, db_url, outputs)
@@ -252,6 +252,35 @@ def test_a_live_scan_is_stored_within_5_s_while_another_account_drains_3000_ids(
     assert waited < LIVE_BOUND, (waited, drained)
     assert fake.fetched_by["globex"] == {live: 1}
     assert site.stored()[live] == ("globex", served(fake.items[live]))
+
+
+def test_an_account_whose_answers_hang_cannot_take_every_worker(
+    db_url: str, fake: FakeDimmy, fake_url: str, tmp_path: Path
+) -> None:
+    # Dimmy holds each of acme's requests 20 s: every job of acme's upload keeps its worker
+    # slot all that time, so a live scan of globex is stored in time only if acme cannot take
+    # every slot (a queue order that puts the live scan first does not help here)
+    fake.config.owner_latency = {"acme": 20.0}
+    upload = fake.generate_items(300, owner="acme")
+    [live] = fake.generate_items(1, owner="globex")
+    slots = 16  # a worker's: twice the API concurrency
+    with installation(
+        db_url, fake, fake_url, tmp_path, api_concurrency=slots // 2, shutdown_grace_seconds=0.5
+    ) as site:
+        site.post("acme", "msg_upload", upload, expect=204)
+        running = "SELECT count(*) FROM jobs WHERE account = 'acme' AND status = 'running'"
+        # acme has taken what it may take (its share of the slots) and waits on every one
+        assert wait_until(lambda: scalar(db_url, running) >= slots * 3 // 4, 20)
+        time.sleep(0.5)
+        held = scalar(db_url, running)
+        sent = time.monotonic()
+        site.post("globex", "msg_live", [live], expect=204)
+        assert wait_until(lambda: site.stored_of("globex") == 1, 2 * LIVE_BOUND, 0.02)
+        waited = time.monotonic() - sent
+        assert site.stored_of("acme") == 0  # acme's answers are still on their way
+    assert waited < LIVE_BOUND, (waited, held)
+    assert held < slots, held
+    assert fake.fetched_by["globex"] == {live: 1}
 
 
 def test_a_revoked_key_degrades_only_its_account(
