@@ -58,6 +58,7 @@ def reset_fake(fake: FakeDimmy, config: FakeDimmyConfig) -> FakeDimmy:
     once per module and shared by its tests)."""
     fake.config = config
     fake.items.clear()
+    fake.owners.clear()
     fake.fail_ids.clear()
     fake.reset_stats()
     return fake

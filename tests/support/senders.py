@@ -19,9 +19,10 @@ from dimmy_webhooks.signatures import signed_headers
 from .constants import KEY
 
 
-def signed(body: bytes, msg_id: str, **kwargs: Any) -> dict[str, str]:
-    """The headers of a webhook ``msg_id`` carrying ``body``, signed with our secret."""
-    headers = signed_headers(KEY, msg_id, body, **kwargs)
+def signed(body: bytes, msg_id: str, *, key: bytes = KEY, **kwargs: Any) -> dict[str, str]:
+    """The headers of a webhook ``msg_id`` carrying ``body``, signed with ``key`` (by default
+    our secret's)."""
+    headers = signed_headers(key, msg_id, body, **kwargs)
     headers["content-type"] = "application/json"
     return headers
 
@@ -41,20 +42,23 @@ def post_signed(
     timeout: float = 5.0,
     headers: dict[str, str] | None = None,
     expect: int | None = None,
+    path: str = "/webhook",
+    key: bytes = KEY,
 ) -> httpx.Response:
-    """POST a signed webhook to ``target``'s ``/webhook`` (a base URL, or a :class:`Poster`
-    whose own timeout then applies): ``body`` as given, or an ``items.scanned`` naming the ids
-    ``body``; ``headers`` are added to (or replace) the signed ones. With ``expect``, an answer
-    of another status raises ``AssertionError`` with the answer's text (for a test that only
-    needs the webhook in)."""
+    """POST a signed webhook to ``target``'s ``path`` (``/webhook``; an account's is
+    ``/webhook/{name}``) on a base URL, or a :class:`Poster` whose own timeout then applies:
+    ``body`` as given, or an ``items.scanned`` naming the ids ``body``, signed with ``key`` (by
+    default our secret's); ``headers`` are added to (or replace) the signed ones. With
+    ``expect``, an answer of another status raises ``AssertionError`` with the answer's text
+    (for a test that only needs the webhook in)."""
     if not isinstance(body, bytes):
         body = json.dumps({"item_ids": list(body)}).encode()
-    sent = signed(body, msg_id)
+    sent = signed(body, msg_id, key=key)
     sent.update(headers or {})
     if isinstance(target, str):
-        answer = httpx.post(target + "/webhook", content=body, headers=sent, timeout=timeout)
+        answer = httpx.post(target + path, content=body, headers=sent, timeout=timeout)
     else:
-        answer = target.request("POST", "/webhook", content=body, headers=sent)
+        answer = target.request("POST", path, content=body, headers=sent)
     if expect is not None and answer.status_code != expect:
         raise AssertionError(f"webhook {msg_id}: {answer.status_code} {answer.text}")
     return answer

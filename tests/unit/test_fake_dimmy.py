@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
+from dimmy_webhooks.devtools.fake_dimmy import MAIN_OWNER, FakeDimmy, FakeDimmyConfig, create_app
 from dimmy_webhooks.devtools.fake_items import iso
 from dimmy_webhooks.devtools.fake_photos import HEIGHT, WIDTH, dimensions_of, photo_png
 from dimmy_webhooks.devtools.runner import serve_in_thread
@@ -184,6 +184,57 @@ def test_fail_ids_always_answer_500(fake: FakeDimmy, http: httpx.Client) -> None
     assert http.get(f"/items/{good}").status_code == 200
     assert fake.attempts[bad] == 3
     assert fake.counts[bad] == 0
+
+
+def test_each_key_sees_only_its_own_items(fake: FakeDimmy, http: httpx.Client) -> None:
+    fake.config = FakeDimmyConfig(api_key=KEY, keys={"acme-key": "acme", "globex-key": "globex"})
+    mine = fake.generate_items(2, start=START)
+    acme = fake.generate_items(3, owner="acme")
+    globex = fake.generate_items(1, owner="globex")
+    assert fake.ids_of("acme") == acme
+    assert [fake.owner_of(i) for i in (*mine, globex[0])] == [MAIN_OWNER, MAIN_OWNER, "globex"]
+    as_acme = {"X-API-KEY": "acme-key"}
+    assert http.get(f"/items/{acme[0]}", headers=as_acme).json() == fake.items[acme[0]]
+    # another account's item is as unknown as a missing one, to either other key
+    for other, headers in ((mine[0], as_acme), (globex[0], as_acme), (globex[0], {})):
+        answer = http.get(f"/items/{other}", headers=headers)
+        assert (answer.status_code, answer.json()) == (404, {"detail": "Item not found"})
+    assert http.get(f"/items/{mine[1]}").status_code == 200  # the main key: its own items
+    listed = {
+        key: [i["_id"] for i in http.get("/items", headers=h).json()]
+        for key, h in (("main", {}), ("acme", as_acme), ("globex", {"X-API-KEY": "globex-key"}))
+    }
+    assert listed == {"main": mine, "acme": acme, "globex": globex}
+    assert fake.fetched_by == {"acme": {acme[0]: 1}, MAIN_OWNER: {mine[1]: 1}}
+    assert fake.requests_by == {MAIN_OWNER: 3, "acme": 4, "globex": 1}
+    assert [r.owner for r in list(fake.requests)[:2]] == ["acme", "acme"]
+    fake.remove_item(acme[0])
+    assert fake.ids_of("acme") == acme[1:]
+
+
+def test_a_revoked_key_is_refused_and_counted(fake: FakeDimmy, http: httpx.Client) -> None:
+    fake.config = FakeDimmyConfig(api_key=KEY, keys={"acme-key": "acme"})
+    [item] = fake.generate_items(1, owner="acme")
+    fake.config.revoked = frozenset({"acme"})
+    answer = http.get(f"/items/{item}", headers={"X-API-KEY": "acme-key"})
+    assert (answer.status_code, answer.json()) == (401, {"message": "Unauthorized"})
+    assert http.get("/items").status_code == 200  # the other keys keep working
+    assert fake.requests_by == {"acme": 1, MAIN_OWNER: 1}
+    assert not fake.fetched_by
+    fake.config.revoked = frozenset()
+    assert http.get(f"/items/{item}", headers={"X-API-KEY": "acme-key"}).status_code == 200
+
+
+def test_one_account_can_be_slowed_down(fake: FakeDimmy, http: httpx.Client) -> None:
+    fake.config = FakeDimmyConfig(
+        api_key=KEY, keys={"acme-key": "acme"}, owner_latency={"acme": 0.3}
+    )
+    started = time.monotonic()
+    assert http.get("/items").status_code == 200
+    assert time.monotonic() - started < 0.25
+    started = time.monotonic()
+    assert http.get("/items", headers={"X-API-KEY": "acme-key"}).status_code == 200
+    assert time.monotonic() - started >= 0.3
 
 
 def test_list_items_window_is_inclusive_and_paged(fake: FakeDimmy, http: httpx.Client) -> None:

@@ -13,6 +13,12 @@ follows it. The items it generates are :mod:`.fake_items`'.
 
 The fake is driven from two threads (the test thread mutates items and config, the server thread
 answers); items are replaced, never mutated in place, so a reader always sees a whole document.
+
+Several Dimmy accounts on one fake: :attr:`FakeDimmyConfig.keys` names more API keys, each an
+account of its own that sees only its own items (``owner=`` of :meth:`FakeDimmy.add_item` and
+:meth:`FakeDimmy.generate_items`): another account's item answers 404 as one that does not
+exist, and ``GET /items`` lists only the caller's. ``fetched_by`` and ``requests_by`` count
+per account, so a test can tell whose key each fetch used.
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ import random
 import re
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path, Query
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,15 +58,23 @@ _ITEM_PATH = re.compile(r"^/items/([0-9a-fA-F]{24})$")
 _Skip = Annotated[int, Query(ge=0)]
 _Limit = Annotated[int, Query(ge=0)]
 _SECOND = timedelta(seconds=1)
+MAIN_OWNER = "default"
+"""The account of ``FakeDimmyConfig.api_key``: it owns every item added without an owner."""
 
 
 @dataclass
 class FakeDimmyConfig:
-    """Key and injected faults. Probabilities are per request, durations in seconds."""
+    """Keys and injected faults. Probabilities are per request, durations in seconds."""
 
-    api_key: str = "demo-key"
+    api_key: str = "demo-key"  # the account MAIN_OWNER's key
+    # more keys, each another account: key -> the account's name (its items' ``owner``)
+    keys: dict[str, str] | None = None
+    # accounts whose key is refused with 401, as a revoked key is (by account name)
+    revoked: frozenset[str] = frozenset()
     latency_seconds: float = 0.0
     latency_jitter: float = 0.0  # latency varies uniformly by +/- this much (never below 0)
+    # more latency for one account's requests (by account name), as for a key Dimmy slows down
+    owner_latency: dict[str, float] = field(default_factory=dict)
     error_rate: float = 0.0  # probability of a 503
     hang_rate: float = 0.0  # probability of waiting hang_seconds (or until the client leaves)
     hang_seconds: float = 30.0
@@ -84,6 +98,7 @@ class FakeRequest:
     method: str
     path: str
     status: int
+    owner: str | None = None  # the account whose key was given (None: no valid key)
 
 
 class FakeDimmy:
@@ -95,15 +110,23 @@ class FakeDimmy:
     ``max_in_flight`` is the most requests being answered at once. Ids in ``fail_ids`` always
     answer 500. ``list_hook``, when set, is called with ``skip`` before every ``GET /items``
     page is answered (to create items while a poller pages).
+
+    Per account (the owner of the key given): ``owners`` maps an item id to the account that
+    owns it (absent: :data:`MAIN_OWNER`); ``fetched_by[account]`` counts the ``GET
+    /items/{id}`` answered 200 per id, ``requests_by[account]`` every request with that key
+    (refused ones included, as a revoked key's are).
     """
 
     def __init__(self, config: FakeDimmyConfig | None = None) -> None:
         self.config = config or FakeDimmyConfig()
         self.items: dict[str, dict[str, Any]] = {}
+        self.owners: dict[str, str] = {}
         self.fail_ids: set[str] = set()
         self.list_hook: Callable[[int], None] | None = None
         self.counts: Counter[str] = Counter()
         self.attempts: Counter[str] = Counter()
+        self.fetched_by: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.requests_by: Counter[str] = Counter()
         self.requests: deque[FakeRequest] = deque(maxlen=100_000)
         self.requests_total = 0
         self.throttled = 0
@@ -121,9 +144,12 @@ class FakeDimmy:
 
     # -- items -----------------------------------------------------------------------------
 
-    def generate_items(self, n: int, *, start: datetime | None = None) -> list[str]:
-        """Create ``n`` varied items created a few seconds apart from ``start`` (by default
-        right after the last generated one); returns their ids in creation order."""
+    def generate_items(
+        self, n: int, *, start: datetime | None = None, owner: str = MAIN_OWNER
+    ) -> list[str]:
+        """Create ``n`` varied items of account ``owner``, created a few seconds apart from
+        ``start`` (by default right after the last generated one); returns their ids in
+        creation order."""
         if start is not None:
             created = as_utc(start)
         elif self._last_created is not None:
@@ -136,19 +162,33 @@ class FakeDimmy:
             if index:
                 created += timedelta(seconds=self._rng.uniform(3, 90))
             item = self._factory.new_item(created)
-            self.add_item(item)
+            self.add_item(item, owner=owner)
             ids.append(item["_id"])
         self._last_created = max(created, self._last_created or created)
         return ids
 
-    def add_item(self, doc: dict[str, Any]) -> str:
-        """Store a copy of ``doc`` (it needs a string ``_id``); returns the id."""
+    def add_item(self, doc: dict[str, Any], *, owner: str = MAIN_OWNER) -> str:
+        """Store a copy of ``doc`` (it needs a string ``_id``) as an item of account ``owner``;
+        returns the id."""
         item_id = doc.get("_id")
         if not isinstance(item_id, str):
             raise ValueError("an item needs a string _id")
         with self._lock:
+            if owner == MAIN_OWNER:
+                self.owners.pop(item_id, None)
+            else:
+                self.owners[item_id] = owner
             self.items[item_id] = dict(doc)
         return item_id
+
+    def owner_of(self, item_id: str) -> str:
+        """The account that owns ``item_id`` (:data:`MAIN_OWNER` unless added with another)."""
+        return self.owners.get(item_id, MAIN_OWNER)
+
+    def ids_of(self, owner: str) -> list[str]:
+        """The ids of ``owner``'s items, in the order they were added."""
+        with self._lock:
+            return [item_id for item_id in self.items if self.owner_of(item_id) == owner]
 
     def update_item(self, item_id: str, **changes: Any) -> dict[str, Any]:
         """Replace top-level fields; ``updated_at`` moves one second later unless given."""
@@ -165,11 +205,14 @@ class FakeDimmy:
         """Forget an item; fetching it then answers 404."""
         with self._lock:
             self.items.pop(item_id, None)
+            self.owners.pop(item_id, None)
 
     def reset_stats(self) -> None:
         """Zero the counters and the request log (the 429 cadence restarts too)."""
         self.counts.clear()
         self.attempts.clear()
+        self.fetched_by.clear()
+        self.requests_by.clear()
         self.requests.clear()
         self.requests_total = 0
         self.throttled = 0
@@ -177,10 +220,14 @@ class FakeDimmy:
         self._authorised = 0
         self._tokens = None
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        """All items sorted by ``created_at`` then ``_id``."""
+    def snapshot(self, owner: str | None = None) -> list[dict[str, Any]]:
+        """All items (``owner``'s only, when given) sorted by ``created_at`` then ``_id``."""
         with self._lock:
-            items = list(self.items.values())
+            items = [
+                item
+                for item_id, item in self.items.items()
+                if owner is None or self.owner_of(item_id) == owner
+            ]
         return sorted(items, key=lambda item: (created_at(item) or DEFAULT_START, item["_id"]))
 
     # -- request bookkeeping (called by the app) -------------------------------------------
@@ -206,14 +253,33 @@ class FakeDimmy:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
-    def _leave(self, at: float, method: str, path: str, status: int) -> None:
+    def _leave(
+        self, at: float, method: str, path: str, status: int, owner: str | None = None
+    ) -> None:
         self.in_flight -= 1
-        self.requests.append(FakeRequest(at, method, path, status))
+        self.requests.append(FakeRequest(at, method, path, status, owner))
+
+    def _owner_of_key(self, given: bytes) -> str | None:
+        """The account whose key ``given`` is (compared in constant time), or ``None``."""
+        config = self.config
+        keys = {config.api_key: MAIN_OWNER, **(config.keys or {})}
+        found = None
+        for key, owner in keys.items():
+            if hmac.compare_digest(given, key.encode()):
+                found = owner
+        return found
 
 
 def _page(items: list[dict[str, Any]], skip: int, limit: int) -> list[dict[str, Any]]:
     # MongoDB semantics (inferred for Dimmy): limit=0 means no limit
     return items[skip : skip + limit] if limit else items[skip:]
+
+
+_OWNER = "fake_dimmy_owner"  # the key's account, in the request's scope state
+
+
+def _owner(request: Request) -> str:
+    return str(request.scope.get("state", {}).get(_OWNER, MAIN_OWNER))
 
 
 class _Gate:
@@ -238,21 +304,26 @@ class _Gate:
             await send(message)
 
         fake._arrive()
+        owner = None
+        if not scope["path"].startswith("/photos/"):
+            owner = fake._owner_of_key(Headers(scope=scope).get("x-api-key", "").encode())
+            if owner is not None:
+                fake.requests_by[owner] += 1
         try:
-            await self._answer(scope, receive, send_recording)
+            await self._answer(scope, receive, send_recording, owner)
         finally:
-            fake._leave(arrived, scope["method"], scope["path"], status)
+            fake._leave(arrived, scope["method"], scope["path"], status, owner)
 
-    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, owner: str | None) -> None:
         fake, config = self.fake, self.fake.config
         if scope["path"].startswith("/photos/"):
             # a photo host answers a browser's <img>: no API key, no injected faults
             await self.app(scope, receive, send)
             return
-        given = Headers(scope=scope).get("x-api-key", "").encode()
-        if not hmac.compare_digest(given, config.api_key.encode()):
+        if owner is None or owner in config.revoked:
             await JSONResponse({"message": "Unauthorized"}, 401)(scope, receive, send)
             return
+        scope.setdefault("state", {})[_OWNER] = owner
         item_path = _ITEM_PATH.match(scope["path"])
         if item_path and scope["method"] == "GET":
             fake.attempts[item_path[1]] += 1
@@ -266,6 +337,9 @@ class _Gate:
         rng = fake.fault_rng
         hang = config.hang_rate and rng.random() < config.hang_rate
         if hang and not await _wait_unless_disconnected(config.hang_seconds, receive):
+            return
+        slow = config.owner_latency.get(owner, 0.0)
+        if slow and not await _wait_unless_disconnected(slow, receive):
             return
         delay = config.latency_seconds
         if config.latency_jitter:
@@ -322,13 +396,18 @@ def create_app(fake: FakeDimmy) -> FastAPI:
     app.add_middleware(_Gate, fake=fake)
 
     @app.get("/items/{item_id}")
-    async def get_item(item_id: Annotated[str, Path(pattern=OBJECT_ID_PATTERN)]) -> Response:
+    async def get_item(
+        request: Request, item_id: Annotated[str, Path(pattern=OBJECT_ID_PATTERN)]
+    ) -> Response:
         if item_id in fake.fail_ids:
             return JSONResponse({"detail": "Internal Server Error"}, 500)
+        owner = _owner(request)
         item = fake.items.get(item_id)
-        if item is None:
+        if item is None or fake.owner_of(item_id) != owner:
+            # another account's item is as unknown to this key as a missing one
             return JSONResponse({"detail": "Item not found"}, 404)
         fake.counts[item_id] += 1
+        fake.fetched_by[owner][item_id] += 1
         return JSONResponse(item)
 
     @app.get("/photos/{item_id}/{number}.png")
@@ -344,6 +423,7 @@ def create_app(fake: FakeDimmy) -> FastAPI:
 
     @app.get("/items")
     async def list_items(
+        request: Request,
         skip: _Skip = 0,
         limit: _Limit = 100,
         start_date: datetime | None = None,
@@ -352,7 +432,7 @@ def create_app(fake: FakeDimmy) -> FastAPI:
     ) -> Response:
         if fake.list_hook is not None:
             fake.list_hook(skip)  # tests: change the set between pages, as real uploads would
-        items = fake.snapshot()
+        items = fake.snapshot(_owner(request))
         if start_date is not None or end_date is not None:
             low = as_utc(start_date) if start_date else datetime.min.replace(tzinfo=UTC)
             high = as_utc(end_date) if end_date else datetime.max.replace(tzinfo=UTC)

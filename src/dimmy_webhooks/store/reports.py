@@ -217,8 +217,12 @@ class Reports(ops.Transactions):
         without any are left out. The window is cut to :data:`MAX_CHART_HOURS` before
         ``until``."""
         since = max(since, until - MAX_CHART_HOURS * 3600)
-        params: dict[str, Any] = {"since": since, "until": until, "limit": MAX_CHART_HOURS + 1}
-        params["account"] = account
+        params = {
+            "since": since,
+            "until": until,
+            "limit": MAX_CHART_HOURS + 1,
+            "account": account,
+        }
         rows = await self._rows("scans_per_hour", params)
         return [HourCount(float(r["hour"]) * 3600, int(r["n"])) for r in rows]
 
