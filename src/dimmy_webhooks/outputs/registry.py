@@ -8,41 +8,33 @@
     http:URL                 a signed POST to a warehouse system (:mod:`.http`)
     NAME=http:URL            the same, named NAME whatever the URL (its backlog stays when the
                              URL changes: a token in its query, its host or port)
+    amqp:URL, redis:URL,     the same signed envelope onto a message bus (:mod:`.bus`);
+    nats:URL, mqtt:URL       NAME=KIND:URL names them too
+    SCHEME:...               a kind an installed plug-in adds (:mod:`.plugins`)
 
-A kind is one row of :data:`OUTPUT_KINDS`: the seam where more kinds plug in.
+A kind is an :class:`OutputKind`: the built-in ones are :data:`BUILTIN_KINDS`, and installed
+packages add more under the entry-point group ``dimmy_webhooks.outputs``; :data:`OUTPUT_KINDS`
+is every kind installed, by scheme.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 
 from dimmy_webhooks.errors import ConfigError
+from dimmy_webhooks.outputs import plugins
 from dimmy_webhooks.outputs.base import Output
+from dimmy_webhooks.outputs.bus import AMQP, MQTT, NATS, REDIS
 from dimmy_webhooks.outputs.http import Destination, HttpOutput, check_url
+from dimmy_webhooks.outputs.kind import OutputContext, OutputKind
 from dimmy_webhooks.outputs.local import ConsoleOutput, JsonlOutput, PythonOutput
+from dimmy_webhooks.outputs.plugins import InstalledKinds
 
 
-@dataclass(frozen=True, slots=True)
-class OutputContext:
-    """What building an output may need beyond its argument: our signing secret for forwards
-    and the destinations of ``DIMMY_DESTINATIONS_FILE``."""
-
-    forward_secret: str | None = None
-    destinations: Sequence[Destination] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class OutputKind:
-    """One row of the ``DIMMY_OUTPUTS`` syntax: ``kind`` or ``kind:argument``."""
-
-    usage: str
-    build: Callable[[str | None, OutputContext], Output]
-    """Gets the text after ``kind:`` (``None`` when absent); raises ConfigError when unusable."""
-
-
-def _http(argument: str | None, context: OutputContext, label: str | None = None) -> Output:
+def _http(argument: str | None, context: OutputContext) -> Output:
+    label = context.label
     if not argument:
         raise ConfigError("output 'http' needs a URL: http:https://wms.example.com/path")
     url = check_url(argument, "DIMMY_OUTPUTS: http:URL")
@@ -80,13 +72,40 @@ def _python(argument: str | None, context: OutputContext) -> Output:
     return PythonOutput(argument)
 
 
-OUTPUT_KINDS: dict[str, OutputKind] = {
-    "console": OutputKind("console", _console),
-    "jsonl": OutputKind("jsonl:PATH", _jsonl),
-    "python": OutputKind("python:module:function", _python),
-    "http": OutputKind("http:URL", _http),
+CONSOLE = OutputKind("console", _console)
+JSONL = OutputKind("jsonl:PATH", _jsonl)
+PYTHON = OutputKind("python:module:function", _python)
+HTTP = OutputKind("http:URL", _http, named=True)
+
+BUILTIN_KINDS: dict[str, tuple[str, OutputKind]] = {
+    "console": ("dimmy_webhooks.outputs.registry:CONSOLE", CONSOLE),
+    "jsonl": ("dimmy_webhooks.outputs.registry:JSONL", JSONL),
+    "python": ("dimmy_webhooks.outputs.registry:PYTHON", PYTHON),
+    "http": ("dimmy_webhooks.outputs.registry:HTTP", HTTP),
+    "amqp": ("dimmy_webhooks.outputs.bus:AMQP", AMQP),
+    "redis": ("dimmy_webhooks.outputs.bus:REDIS", REDIS),
+    "nats": ("dimmy_webhooks.outputs.bus:NATS", NATS),
+    "mqtt": ("dimmy_webhooks.outputs.bus:MQTT", MQTT),
 }
-"""Every kind ``DIMMY_OUTPUTS`` knows, by the word before the first ``:``."""
+"""The kinds this package brings, by scheme: the entry point each is declared under in
+``pyproject.toml`` (``[project.entry-points."dimmy_webhooks.outputs"]``) and the kind."""
+
+OUTPUT_KINDS: Mapping[str, OutputKind] = InstalledKinds()
+"""Every kind ``DIMMY_OUTPUTS`` knows, by the word before the first ``:``: the built-in ones
+and those of installed plug-ins (:mod:`.plugins`)."""
+
+
+def _kind(word: str, entry: str) -> OutputKind:
+    """The kind named ``word``: :class:`ConfigError` listing the valid ones when none is."""
+    plugin = plugins.usable().get(word)
+    if plugin is None:
+        valid = ", ".join(p.usage for p in plugins.usable().values())
+        raise ConfigError(f"unknown output kind {word!r} in {entry!r}; valid: {valid}")
+    return plugin.load()
+
+
+def _named(plugin: plugins.Plugin) -> bool:
+    return plugin.problem is None and plugin.load().named
 
 
 def parse_outputs(spec: str, context: OutputContext | None = None) -> list[Output]:
@@ -105,20 +124,15 @@ def parse_outputs(spec: str, context: OutputContext | None = None) -> list[Outpu
         if not entry:
             continue
         label, equals, rest = entry.partition("=")
-        if equals and _LABEL.fullmatch(label.strip()):  # NAME=http:URL
-            word, _, argument = rest.strip().partition(":")
-            if word.strip().lower() != "http":
-                raise ConfigError(f"{entry!r}: only http:URL takes a name (NAME=http:URL)")
-            output = _http(argument.strip(), context, label.strip())
-        else:
-            word, colon, argument = entry.partition(":")
-            kind = OUTPUT_KINDS.get(word.strip().lower())
-            if kind is None:
-                valid = ", ".join(k.usage for k in OUTPUT_KINDS.values())
-                raise ConfigError(
-                    f"unknown output kind {word.strip()!r} in {entry!r}; valid: {valid}"
-                )
-            output = kind.build(argument.strip() if colon else None, context)
+        named = bool(equals and _LABEL.fullmatch(label.strip()))  # NAME=kind:argument
+        word, colon, argument = (rest.strip() if named else entry).partition(":")
+        kind = _kind(word.strip().lower(), entry)
+        if named and not kind.named:
+            others = [p.scheme + ":" for p in plugins.usable().values() if _named(p)]
+            also = f"; so do {', '.join(s for s in others if s != 'http:')}" if others else ""
+            raise ConfigError(f"{entry!r}: only http:URL takes a name (NAME=http:URL){also}")
+        built = replace(context, label=label.strip()) if named else context
+        output = kind.build(argument.strip() if colon else None, built)
         if output.name in seen:
             raise ConfigError(f"output {output.name!r} is listed twice in DIMMY_OUTPUTS")
         seen.add(output.name)
