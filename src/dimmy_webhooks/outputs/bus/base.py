@@ -242,7 +242,9 @@ class MessageOutput:
     def message(self, item: StoredItem, idempotency_key: str, now: float) -> Message:
         """The signed message of one item revision (the ``http:`` output's envelope)."""
         body = envelope(item, now)
-        headers = signed_headers(self._key, idempotency_key, body, timestamp=int(now))
+        headers = signed_headers(
+            self._key, idempotency_key, body, timestamp=int(now), family="webhook"
+        )
         headers["content-type"] = "application/json"
         return Message(id=idempotency_key, timestamp=int(now), body=body, headers=headers)
 
