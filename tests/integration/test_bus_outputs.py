@@ -50,8 +50,8 @@ class Received:
 class Consumer:
     """Reads what the output sent: ``prepare`` before the run, ``collect`` after it."""
 
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    def __init__(self, server: Broker) -> None:
+        self.broker = server
 
     def spec(self) -> str:
         raise NotImplementedError
@@ -110,8 +110,8 @@ class RedisConsumer(Consumer):
         finally:
             client.close()
         got = []
-        for _, fields in entries:
-            fields = {_text(k): v for k, v in fields.items()}
+        for _, entry in entries:
+            fields = {_text(k): v for k, v in entry.items()}
             body = fields.pop("body")
             got.append(Received({k: _text(v) for k, v in fields.items()}, body, None))
         return got
@@ -269,9 +269,9 @@ def test_every_item_version_arrives_signed_through_kills_of_worker_and_broker(
         second = service_factory(["worker"], **env).start()
         assert wait_until(lambda: delivered(sqlite_url) >= 30, timeout=30), second.log()
         broker.restart()
-        assert wait_until(lambda: unfinished_jobs(sqlite_url) == 0, timeout=60), (
-            second.log()[-4000:]
-        )
+        assert wait_until(lambda: unfinished_jobs(sqlite_url) == 0, timeout=60), second.log()[
+            -4000:
+        ]
         assert second.stop() == 0  # SIGTERM: the connection closed cleanly
         assert "Traceback" not in second.log()
         assert broker.kind not in second.log() or ":guest@" not in second.log()

@@ -9,6 +9,7 @@ Only 127.0.0.1, never the brokers a machine may run on the default ports.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -35,11 +36,12 @@ LOOPBACK = "127.0.0.1"
 
 
 def program(kind: str) -> str | None:
+    """Where the broker's program is (``None``: not installed). RabbitMQ's is the script
+    behind the one on ``PATH``, which would switch to the rabbitmq user."""
     name, path = PROGRAMS[kind]
-    found = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/lib/rabbitmq/bin")
-    if kind == "amqp" and Path(path).exists():
-        return path  # the real script (the one on PATH may go through sudo to the rabbitmq user)
-    return found or (path if Path(path).exists() else None)
+    if Path(path).exists():
+        return path
+    return shutil.which(name, path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin")
 
 
 def require(kind: str) -> str:
@@ -97,7 +99,8 @@ class Broker:
                 f"persistence true\npersistence_location {data}/\n"
                 # saved after every change: a queued message outlives the broker's SIGKILL
                 "autosave_interval 1\nautosave_on_changes true\n"
-                "log_dest none\n"
+                # as root it would run as the mosquitto user, who cannot write there
+                f"user {getpass.getuser()}\nlog_dest none\n"
             )
             return [self.binary, "-c", str(config)], env
         # RabbitMQ: a node of its own (name, ports, files), no plug-ins, guest from loopback

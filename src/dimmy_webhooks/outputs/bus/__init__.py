@@ -60,7 +60,7 @@ AMQP = OutputKind(
 )
 REDIS = OutputKind("redis:redis://HOST/DB?stream=S", _redis, named=True, requires=("redis",))
 NATS = OutputKind("nats:nats://HOST?subject=S", _nats, named=True, requires=("nats",))
-MQTT = OutputKind("mqtt:mqtt://HOST?topic=T", _mqtt, named=True, requires=("aiomqtt",))
+MQTT = OutputKind("mqtt:mqtt://HOST?topic=T", _mqtt, named=True, requires=("paho",))
 
 __all__ = [
     "AMQP",

@@ -13,6 +13,8 @@ name; a named exchange must exist), ``routing_key``.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -90,12 +92,18 @@ def build(argument: str | None, context: OutputContext) -> MessageOutput:
         )
     try:
         import aio_pika
+        from aio_pika.connection import make_url
     except ImportError as exc:
         raise missing_extra("amqp", "aio-pika", exc) from None
 
+    # the library's own lines about a lost or refused connection repeat ours, with tracebacks
+    for logger in ("aiormq", "aio_pika"):
+        logging.getLogger(logger).setLevel(logging.CRITICAL)
+
     async def connect(timeout: float) -> Connection:
-        connection = await aio_pika.connect(address.url, timeout=timeout)
+        connection = aio_pika.Connection(make_url(address.url))
         try:
+            await connection.connect(timeout=timeout)
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             exchange = (
                 await channel.get_exchange(exchange_name, ensure=True)
@@ -103,7 +111,8 @@ def build(argument: str | None, context: OutputContext) -> MessageOutput:
                 else channel.default_exchange
             )
         except BaseException:
-            await connection.close()
+            with contextlib.suppress(Exception):  # closed, so nothing is left to the collector
+                await connection.close()
             raise
         return _AmqpConnection(connection, channel, exchange, routing_key)
 
