@@ -12,6 +12,7 @@ Options: ``subject`` (required).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from dimmy_webhooks.errors import ConfigError
@@ -67,7 +68,7 @@ def build(argument: str | None, context: OutputContext) -> MessageOutput:
     if not subject or any(c in subject for c in " \t*>"):
         raise ConfigError(f"output {address.name}: name one subject, no wildcard (subject=S)")
     try:
-        import nats
+        from nats.aio.client import Client as NatsClient
     except ImportError as exc:
         raise missing_extra("nats", "nats-py", exc) from None
 
@@ -75,16 +76,23 @@ def build(argument: str | None, context: OutputContext) -> MessageOutput:
         return None  # failures show on publish; the client's own reports stay out of the log
 
     async def connect(timeout: float) -> Connection:
-        client = await nats.connect(
-            servers=[address.url],
-            name="dimmy-webhooks",
-            connect_timeout=max(1, round(timeout)),
-            allow_reconnect=False,  # we reconnect, with backoff, and count it
-            max_reconnect_attempts=0,
-            error_cb=quiet,
-            disconnected_cb=quiet,
-            closed_cb=quiet,
-        )
+        client = NatsClient()
+        try:
+            await client.connect(
+                servers=[address.url],
+                name="dimmy-webhooks",
+                # within ours, so the client gives up first and closes what it opened
+                connect_timeout=timeout / 2,  # type: ignore[arg-type]
+                allow_reconnect=False,  # we reconnect, with backoff, and count it
+                max_reconnect_attempts=0,
+                error_cb=quiet,
+                disconnected_cb=quiet,
+                closed_cb=quiet,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.close()
+            raise
         return _NatsConnection(client, subject, timeout)
 
     return MessageOutput(address, connect, context.forward_secret)
