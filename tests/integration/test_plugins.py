@@ -1,5 +1,7 @@
 """Output plug-ins: kinds come from the entry-point group ``dimmy_webhooks.outputs``; the
-example package (``examples/dimmy-output-spool``) installed from its local path works by name.
+example package (``examples/dimmy-output-spool``) installed from its local path works by name;
+a plug-in implementing the bare ``Output`` protocol is paused after repeated failure like
+``http:``.
 
 "Installed" here is what ``pip install`` leaves for ``importlib.metadata``: the module and a
 ``.dist-info`` with ``METADATA`` and ``entry_points.txt`` in a directory on ``sys.path``
@@ -8,23 +10,45 @@ example package (``examples/dimmy-output-spool``) installed from its local path 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import sys
+import textwrap
+import time
 import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from standardwebhooks import Webhook
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.errors import ConfigError
-from dimmy_webhooks.outputs import OUTPUT_KINDS, OutputContext, discover, parse_outputs, plugins
-from dimmy_webhooks.outputs.registry import BUILTIN_KINDS
+from dimmy_webhooks.observe.health import check_readiness
+from dimmy_webhooks.observe.overview import Status, take_overview
+from dimmy_webhooks.outputs import (
+    OUTPUT_KINDS,
+    DestinationPaused,
+    MessageOutput,
+    OutputContext,
+    deliver_within,
+    discover,
+    parse_outputs,
+    plugins,
+)
+from dimmy_webhooks.outputs.http.limits import FAILURES_BEFORE_PAUSE
+from dimmy_webhooks.outputs.registry import BUILTIN_KINDS, PausingOutput
+from dimmy_webhooks.pipeline.jobs import WorkerPolicy
+from dimmy_webhooks.pipeline.worker import Worker
+from dimmy_webhooks.store import Store
+from dimmy_webhooks.upstream.client import DimmyClient
 
+from ..support.builders import scanned_event
 from ..support.constants import API_KEY, CLI, FORWARD_SECRET, ROOT
 from ..support.processes import run
 
@@ -91,6 +115,7 @@ def test_an_installed_plugin_is_a_kind_by_name(site: Path, tmp_path: Path) -> No
         f"spool:{tmp_path / 'out'}", OutputContext(forward_secret=FORWARD_SECRET)
     )
     assert output.name == f"spool:{tmp_path / 'out'}"
+    assert isinstance(output, MessageOutput)  # it pauses itself: not wrapped
 
 
 def test_a_plugin_may_not_take_a_built_in_scheme_and_a_broken_one_says_why(site: Path) -> None:
@@ -158,3 +183,156 @@ def test_a_third_party_output_installed_from_a_local_package_works_by_name(
         assert file.stem == record["headers"]["webhook-id"]
         delivered.add(envelope["data"]["id"])
     assert delivered == set(ids)
+
+
+FLAKY = textwrap.dedent(
+    """
+    import asyncio, time
+    from dimmy_webhooks.outputs import DestinationPaused, OutputKind
+
+    calls = []  # (time, item id, outcome)
+    failures = 0  # how many calls still fail
+    hang = False
+    busy = False  # the plug-in pauses itself
+
+    class FlakyOutput:  # the bare Output protocol: no pause of its own
+        max_attempts = None
+        delivery_timeout = None
+
+        def __init__(self, name):
+            self.name = name
+
+        async def deliver(self, item, idempotency_key):
+            global failures
+            if hang:
+                await asyncio.sleep(3600)
+            if busy:
+                raise DestinationPaused("busy", time.time() + 1)
+            if failures > 0:
+                failures -= 1
+                calls.append((time.time(), item.id, "failed"))
+                raise ConnectionError("the other side is down")
+            calls.append((time.time(), item.id, "delivered"))
+            return None
+
+        async def aclose(self):
+            return None
+
+        def problems(self):
+            return []
+
+    FLAKY = OutputKind("flaky:NAME", lambda argument, context: FlakyOutput(f"flaky:{argument}"))
+    """
+)
+
+
+@pytest.fixture
+def flaky(site: Path) -> Iterator[Any]:
+    """The plug-in ``flaky:NAME`` installed: its module, to set how it fails and read its calls."""
+    (site / "dimmy_output_flaky.py").write_text(FLAKY)
+    install(site, "dimmy-output-flaky", "0.1", {"flaky": "dimmy_output_flaky:FLAKY"})
+    plugins.refresh()
+    import dimmy_output_flaky  # type: ignore[import-not-found]
+
+    yield dimmy_output_flaky
+    sys.modules.pop("dimmy_output_flaky", None)
+
+
+async def test_a_bare_protocol_plugin_is_paused_after_repeated_failure_and_loses_nothing(
+    flaky: Any, fake: FakeDimmy, fake_url: str, sqlite_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five failed deliveries in a row pause the plug-in like an ``http:`` output: it is not
+    called during the pause, the overview and ``/readyz`` say so, and once it answers again
+    every item arrives exactly once, none of them dead."""
+    pause = 1.0
+    monkeypatch.setattr("dimmy_webhooks.outputs.registry.PAUSE_SECONDS", pause)
+    flaky.failures = FAILURES_BEFORE_PAUSE
+    [output] = parse_outputs("flaky:wms")
+    assert isinstance(output, PausingOutput)
+    assert output.name == "flaky:wms"
+    ids = fake.generate_items(FAILURES_BEFORE_PAUSE)
+    client = DimmyClient(fake_url, API_KEY, timeout=2, concurrency=8, rate_limit=10_000)
+    policy = WorkerPolicy(
+        concurrency=8,
+        lease_seconds=5,
+        retry_base_seconds=0.02,
+        retry_max_seconds=0.1,
+        poll_seconds=0.05,
+    )
+    worker = Worker(sqlite_store, client, [output], policy)
+    await sqlite_store.insert_event(scanned_event("msg_flaky", ids, headers={}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        deadline = time.monotonic() + 30
+        while len(flaky.calls) < FAILURES_BEFORE_PAUSE:
+            assert time.monotonic() < deadline, flaky.calls
+            await asyncio.sleep(0.01)
+        status = Status(
+            at=time.time(),
+            started_at=time.time(),
+            reconcile_grace=0,
+            outputs=(output.name,),
+            problems=tuple(output.problems()),
+        )
+        assert [p for p in status.problems if "flaky:wms is failing" in p and "paused" in p]
+        overview = await take_overview(sqlite_store, status)
+        assert overview.problems == list(status.problems)
+        [destination] = overview.destinations
+        assert destination.failing_since is not None
+        readiness = await check_readiness(sqlite_store, status)
+        assert readiness.status == "degraded"
+        assert readiness.problems == ["an output is failing: its deliveries are paused"]
+        while {i for _, i, outcome in flaky.calls if outcome == "delivered"} != set(ids):
+            assert time.monotonic() < deadline, flaky.calls
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+        await client.aclose()
+        await output.aclose()
+    failed = [at for at, _, outcome in flaky.calls if outcome == "failed"]
+    delivered = [at for at, _, outcome in flaky.calls if outcome == "delivered"]
+    assert len(failed) == FAILURES_BEFORE_PAUSE
+    assert min(delivered) - max(failed) >= pause - 0.05  # not called during the pause
+    assert sorted(i for _, i, outcome in flaky.calls if outcome == "delivered") == sorted(ids)
+    assert output.problems() == []
+    stats = (await sqlite_store.stats(time.time())).jobs
+    assert not stats.get("dead"), stats
+    assert not stats.get("pending"), stats
+
+
+async def test_no_answer_in_time_counts_and_the_plugins_own_pause_does_not(flaky: Any) -> None:
+    """A delivery the worker's time limit cuts short is a failure towards the pause; a
+    ``DestinationPaused`` the plug-in raises itself is not; a success starts the count again."""
+    now = [1000.0]
+    [built] = parse_outputs("flaky:slow")
+    assert isinstance(built, PausingOutput)
+    output = PausingOutput(built.output, clock=lambda: now[0])
+    item = SimpleNamespace(id="i1")
+    flaky.hang = True
+    for _ in range(FAILURES_BEFORE_PAUSE - 1):
+        with pytest.raises(Exception, match="no answer within"):
+            await deliver_within(output, item, "key", 0.01)  # type: ignore[arg-type]
+    flaky.hang, flaky.busy = False, True
+    for _ in range(FAILURES_BEFORE_PAUSE):
+        with pytest.raises(DestinationPaused, match="busy"):
+            await deliver_within(output, item, "key", 1)  # type: ignore[arg-type]
+    assert output.problems() == []
+    flaky.busy = False
+    await output.deliver(item, "key")  # type: ignore[arg-type]  # a success: counting anew
+    flaky.hang = True
+    for _ in range(FAILURES_BEFORE_PAUSE):
+        assert output.problems() == []
+        with pytest.raises(Exception, match="no answer within"):
+            await deliver_within(output, item, "key", 0.01)  # type: ignore[arg-type]
+    flaky.hang = False
+    calls = len(flaky.calls)
+    with pytest.raises(DestinationPaused) as paused:
+        await deliver_within(output, item, "key", 1)  # type: ignore[arg-type]
+    assert paused.value.until == now[0] + 10
+    assert len(flaky.calls) == calls  # not called while paused
+    assert "no answer in time" in output.problems()[0]
+    now[0] = paused.value.until
+    await deliver_within(output, item, "key", 1)  # type: ignore[arg-type]  # the probe
+    assert output.problems() == []
