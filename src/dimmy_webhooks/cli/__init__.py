@@ -3,9 +3,9 @@
 Each command is a thin shim over the composition root (:mod:`dimmy_webhooks.services`), the
 store's schema or the development tools, in three families: :mod:`.run` (serve, worker,
 migrate, config, token), :mod:`.operate` (replay, quarantine, poll, backfill,
-export-sqlite-to-postgres) and :mod:`.dev` (demo, fake-api, send); :mod:`.common` holds what
-they share. Every command reads the settings once, reports a bad setting as one actionable
-line (exit 2), and never prints a traceback for a problem the user can fix.
+export-sqlite-to-postgres, outputs) and :mod:`.dev` (demo, fake-api, send); :mod:`.common`
+holds what they share. Every command reads the settings once, reports a bad setting as one
+actionable line (exit 2), and never prints a traceback for a problem the user can fix.
 
 May import every stage below it; the web stack (FastAPI, Starlette, uvicorn) only inside the
 commands that serve HTTP, so that ``worker`` never loads it.
@@ -43,6 +43,7 @@ for command in (
     operate.move_deliveries,
     operate.quarantine,
     operate.export_sqlite_to_postgres,
+    operate.list_outputs,
     dev.send,
     dev.fake_api,
     dev.demo,

@@ -1,5 +1,5 @@
 """Operating a running site: ``replay``, ``move-deliveries``, ``quarantine``, ``poll``,
-``backfill`` and ``export-sqlite-to-postgres``.
+``backfill``, ``export-sqlite-to-postgres`` and ``outputs``.
 
 Each builds its parts with :meth:`Services.from_settings` and opens or runs them under
 :meth:`Services.opened` / :meth:`Services.running` (the one-shot ``replay`` and ``quarantine``
@@ -319,3 +319,34 @@ def export_sqlite_to_postgres(sqlite_path: Path, target: str | None, batch: int)
     result = export(sqlite_path, target, batch_rows=batch, echo=click.echo)
     copied = ", ".join(f"{n} {table}" for table, n in result.copied.items())
     click.echo(f"exported {copied} from {sqlite_path}")
+
+
+@click.command("outputs")
+@friendly_errors
+def list_outputs() -> None:
+    """List the kinds of output installed (built in, and those plug-in packages add under the
+    entry-point group dimmy_webhooks.outputs): the scheme DIMMY_OUTPUTS names, how an entry is
+    written, and the package each comes from. A kind that cannot be used says why."""
+    import importlib.util
+
+    from dimmy_webhooks.outputs import discover
+
+    rows: list[tuple[str, str, str, str | None]] = []
+    for key, plugin in discover().items():
+        problem = plugin.problem
+        if problem is None:
+            missing = [
+                module
+                for module in plugin.load().requires
+                if importlib.util.find_spec(module) is None
+            ]
+            if missing:
+                extra = f"'dimmy-webhooks[{plugin.scheme}]'" if plugin.builtin else "its extra"
+                problem = f"needs {', '.join(missing)}: pip install {extra}"
+        rows.append((key, plugin.usage, f"{plugin.source} ({plugin.target})", problem))
+    width = [max(len(row[0]) for row in rows), max(len(row[1]) for row in rows)]
+    click.echo(f"{'scheme':<{width[0]}}  {'usage':<{width[1]}}  from")
+    for scheme, usage, source, problem in rows:
+        click.echo(f"{scheme:<{width[0]}}  {usage:<{width[1]}}  {source}")
+        if problem is not None:
+            click.echo(f"{'':<{width[0]}}  ! {logs.redact_urls(problem)}")

@@ -17,6 +17,8 @@ from dimmy_webhooks.outputs.base import DestinationPaused
 from dimmy_webhooks.ratelimit import Mark, SlidingWindow
 
 FAILURES_BEFORE_PAUSE = 5
+PAUSE_SECONDS = 10.0
+"""The first pause of a destination that does not set its own ``pause_seconds``."""
 MAX_PAUSE = 300.0
 RATE_MARGIN = 0.05
 MAX_QUEUE_WAIT = 2.0
