@@ -199,7 +199,7 @@ def test_accounts_list_shows_config_counts_and_removed_accounts(site: Site) -> N
     assert after.returncode == 0, after.stderr
     [beta] = [line for line in after.stdout.splitlines() if line.startswith("beta")]
     assert "removed: data kept" in beta
-    assert beta.split()[-3:] == ["0", "2", "0"]
+    assert beta.split()[-4:] == ["0", "2", "0", "-"]
     removed = json.loads(site.cli("accounts", "list", "--json").stdout)["accounts"][-1]
     assert removed == {
         "name": "beta",

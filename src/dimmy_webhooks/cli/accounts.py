@@ -46,7 +46,8 @@ def accounts_list(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"accounts": rows}, indent=2))
         return
-    table = [["NAME", "WEBHOOK", "API", "OPERATOR", "POLL", "EVENTS", "ITEMS", "OPEN JOBS"]]
+    header = ["NAME", "WEBHOOK", "API", "OPERATOR", "POLL", "EVENTS", "ITEMS", "OPEN JOBS"]
+    table = [[*header, "OUTPUTS"]]
     for row in rows:
         configured = row["configured"]
         table.append(
@@ -59,7 +60,7 @@ def accounts_list(as_json: bool) -> None:
                 str(row["events"]),
                 str(row["items"]),
                 str(row["open_jobs"]),
-                f"outputs: {', '.join(row['outputs']) or '(none)'}" if configured else "",
+                (", ".join(row["outputs"]) or "(none)") if configured else "-",
             ]
         )
     for line in _aligned(table):
@@ -109,13 +110,10 @@ def _counts(counts: dict[str, int]) -> dict[str, int]:
 
 
 def _aligned(table: list[list[str]]) -> list[str]:
-    """The rows with every column but the last padded to its widest cell."""
-    widths = [max(len(row[n]) for row in table if n < len(row)) for n in range(len(table[0]))]
+    """The rows with each column padded to its widest cell."""
+    widths = [max(len(row[n]) for row in table) for n in range(len(table[0]))]
     return [
-        "  ".join(
-            cell.ljust(widths[n]) if n < len(widths) else cell for n, cell in enumerate(row)
-        ).rstrip()
-        for row in table
+        "  ".join(cell.ljust(widths[n]) for n, cell in enumerate(row)).rstrip() for row in table
     ]
 
 
