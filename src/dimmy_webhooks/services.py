@@ -463,9 +463,10 @@ class Services:
         self.wake_workers()
         return queued
 
-    async def replay_dead(self, since: float) -> int:
-        """Put every job that died since ``since`` (Unix seconds) back in the queue."""
-        queued = await self.store.replay_dead(since, self.clock())
+    async def replay_dead(self, since: float, account: str | None = None) -> int:
+        """Put every job that died since ``since`` (Unix seconds) back in the queue: of one
+        ``account``, or every account's."""
+        queued = await self.store.replay_dead(since, self.clock(), account)
         self.wake_workers()
         return queued
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -187,6 +188,19 @@ async def test_dead_work_comes_back_on_resend_and_replay(store: Store) -> None:
     assert await store.replay_dead(T0, T0 + 20) == 1
     [event] = await store.list_events()
     assert event.status == "processing"
+
+
+async def test_replay_dead_of_one_account_leaves_the_others(store: Store) -> None:
+    for msg, account in (("m_a", "acme"), ("m_b", "beta"), ("m_d", "default")):
+        event = replace(scanned_event(msg, ["a"], at=T0), account=account)
+        await store.insert_event(event)
+    for job in await store.claim("w", 10, LEASE, T0):
+        await store.fail(job, "gave up", None, T0)
+    assert await store.replay_dead(T0, T0 + 20, "nobody") == 0
+    assert await store.replay_dead(T0, T0 + 20, "beta") == 1
+    [job] = await store.claim("w", 10, LEASE, T0 + 20)
+    assert job.account == "beta"
+    assert await store.replay_dead(T0, T0 + 30) == 2  # no account: every account's
 
 
 async def test_replay_event_refetch(store: Store) -> None:

@@ -134,3 +134,11 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     settings = load_settings(env_file=None, accounts_file=tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match="cannot be read"):
         load_accounts(settings)
+
+
+def test_an_account_never_takes_the_installations_webhook_secret(tmp_path: Path) -> None:
+    """Without its own secret an account receives no webhooks: DIMMY_WEBHOOK_SECRET is the
+    default account's, and must not open another account's URL."""
+    accounts = accounts_of(tmp_path, TWO, webhook_secret=SECRET, api_key="key-default")
+    assert accounts[DEFAULT_ACCOUNT].settings.webhook_secret is not None
+    assert accounts["globex-2"].settings.webhook_secret is None

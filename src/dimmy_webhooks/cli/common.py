@@ -1,6 +1,6 @@
 """What every command family shares: settings read once, our errors as one line (exit 2), the
-database prepared, the services opened for one command, the event loop, signals and ISO-8601
-times.
+database prepared, the services opened for one command, ``--account``, the event loop, signals
+and ISO-8601 times.
 
 May import: the shared root modules, :mod:`dimmy_webhooks.config`, :mod:`dimmy_webhooks.store`,
 :mod:`dimmy_webhooks.observe` and :mod:`dimmy_webhooks.services`. Never the web stack: the
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
-from dimmy_webhooks.config import Settings, load_settings
+from dimmy_webhooks.config import Account, Accounts, Settings, load_accounts, load_settings
 from dimmy_webhooks.errors import DimmyWebhooksError
 from dimmy_webhooks.observe import logs
 from dimmy_webhooks.services import Services
@@ -65,10 +65,29 @@ def describe_db(settings: Settings) -> str:
     return "PostgreSQL"
 
 
-def with_services(use: Callable[[Services], Awaitable[T]]) -> T:
-    """What a one-shot command does: the settings read, the database prepared, the services
-    built without workers and opened for the time ``use`` takes; returns what it returned."""
+def account_option(what: str) -> Callable[[F], F]:
+    """``--account NAME``: a configured account's name, ``what`` saying what it limits."""
+    return click.option("--account", metavar="NAME", help=what)
+
+
+def pick_account(accounts: Accounts, name: str) -> Account:
+    """The configured account ``name``; else a usage error (exit 2) naming the configured
+    ones. An account removed from the file is not one: its data waits for it to come back."""
+    if name not in accounts:
+        raise click.BadParameter(
+            f"no account {name!r}; configured: {', '.join(accounts.names)}",
+            param_hint="'--account'",
+        )
+    return accounts[name]
+
+
+def with_services(use: Callable[[Services], Awaitable[T]], *, account: str | None = None) -> T:
+    """What a one-shot command does: the settings read, ``account`` checked (when given), the
+    database prepared, the services built without workers and opened for the time ``use``
+    takes; returns what it returned."""
     settings = command_settings()
+    if account is not None:
+        pick_account(load_accounts(settings), account)
     prepare_database(settings)
     services = Services.from_settings(settings, run_workers=False)
 

@@ -12,11 +12,14 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 import httpx
+from click.core import ParameterSource
 
-from dimmy_webhooks.cli.common import friendly_errors
+from dimmy_webhooks.cli.common import account_option, friendly_errors, pick_account
+from dimmy_webhooks.config import load_accounts, load_settings
 from dimmy_webhooks.errors import ConfigError
 from dimmy_webhooks.observe import logs
 from dimmy_webhooks.signatures import parse_secrets, signed_headers
@@ -46,6 +49,10 @@ SAMPLE_IDS = ["6592008029c8c3e4dc76256c", "6592008029c8c3e4dc76256d"]
     help="Header names: svix-* (Dimmy) or webhook-* (white-labelled senders).",
 )
 @click.option("--timeout", type=float, default=15.0, show_default=True)
+@account_option(
+    "Post to this account's URL (URL/NAME) signed with its webhook_secret from "
+    "DIMMY_ACCOUNTS_FILE (--secret still wins)."
+)
 @friendly_errors
 def send(
     url: str,
@@ -55,8 +62,11 @@ def send(
     msg_id: str | None,
     family: str,
     timeout: float,
+    account: str | None,
 ) -> None:
     """Post a correctly signed webhook to URL and print the answer (like the Testing tab)."""
+    if account is not None:
+        url, secret = _account_target(account, url, secret)
     if not secret:
         raise ConfigError("no secret: pass --secret whsec_... or set DIMMY_WEBHOOK_SECRET")
     key = parse_secrets(secret)[0]
@@ -79,6 +89,27 @@ def send(
     if response.content:
         click.echo(response.text)
     sys.exit(0 if response.is_success else 1)
+
+
+def _account_target(name: str, url: str, secret: str | None) -> tuple[str, str | None]:
+    """Where ``send --account NAME`` posts and with which secret: URL's path with ``/NAME``
+    added (the service's ``/webhook`` becomes ``/webhook/NAME``; a URL with no path gets the
+    account's path, one ending in ``/NAME`` is kept), signed with the account's secret unless
+    ``--secret`` was typed on the command line (to see a wrong secret refused)."""
+    account = pick_account(load_accounts(load_settings()), name)
+    source = click.get_current_context().get_parameter_source("secret")
+    if source is not ParameterSource.COMMANDLINE:
+        own = account.settings.webhook_secret
+        if own is None:
+            raise ConfigError(f"account {name!r} has no webhook_secret: pass --secret whsec_...")
+        secret = own.get_secret_value()
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    if not path:
+        path = account.webhook_path
+    elif not path.endswith(f"/{name}"):
+        path = f"{path}/{name}"
+    return urlunsplit(parts._replace(path=path)), secret
 
 
 @click.command("fake-api")

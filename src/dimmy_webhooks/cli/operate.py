@@ -20,21 +20,24 @@ from typing import Any
 import click
 
 from dimmy_webhooks.cli.common import (
+    account_option,
     command_settings,
     friendly_errors,
     parse_time,
+    pick_account,
     prepare_database,
     run_until_signalled,
     with_services,
 )
-from dimmy_webhooks.config import Settings, postgres_driver_missing
+from dimmy_webhooks.config import Settings, load_accounts, postgres_driver_missing
 from dimmy_webhooks.errors import ConfigError
-from dimmy_webhooks.models import ReplayMode, valid_item_id
+from dimmy_webhooks.models import ReplayMode, StoredItem, valid_item_id
 from dimmy_webhooks.observe import logs
 from dimmy_webhooks.pipeline import ranges
 from dimmy_webhooks.pipeline.backfill import BackfillProgress
 from dimmy_webhooks.pipeline.backfill import backfill as backfill_range
-from dimmy_webhooks.services import Services
+from dimmy_webhooks.pipeline.poller import Poller
+from dimmy_webhooks.services import Part, Services
 
 
 @click.command()
@@ -48,36 +51,75 @@ from dimmy_webhooks.services import Services
     help="Deliver what the pass stored before exiting (else a running service's workers do).",
 )
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to deliver.")
+@account_option("Poll this account only (default: every account with an API key).")
 @friendly_errors
-def poll(once: bool, deliver: bool, timeout: float) -> None:
+def poll(once: bool, deliver: bool, timeout: float, account: str | None) -> None:
     """Read the Dimmy API for items webhooks missed, from the stored watermark: with --once one
     pass (for cron), else a pass every DIMMY_POLL_INTERVAL_SECONDS until stopped, with workers
     delivering (a site without inbound webhooks and without serve)."""
     settings = command_settings()
+    accounts = load_accounts(settings)
+    if account is not None:
+        pick_account(accounts, account)
     prepare_database(settings)
     if not once:
-        run_until_signalled(Services.from_settings(settings, run_workers=deliver, run_poller=True))
+        services = Services.from_settings(settings, run_workers=deliver, run_poller=account is None)
+        if account is not None:  # this account's poller, whether its table says poll or not
+            services.poller = services.new_poller(account)
+            services.pollers.append(services.poller)
+            services.parts.append(Part(f"poller:{account}", services.poller.run))
+        run_until_signalled(services)
         return
     services = Services.from_settings(settings, run_workers=deliver)
-    once_poller = services.new_poller()
+    pollers = _once_pollers(services, [account] if account else list(accounts))
+    several = accounts.several
 
-    async def run() -> tuple[Any, Any, int]:
+    async def run() -> tuple[list[tuple[Poller, Any, Any]], int]:
+        passes = []
         async with services.running():
-            result = await once_poller.pass_once()
-            report = await once_poller.reconcile() if result is not None else None
-            left = await services.drain(timeout) if deliver and result is not None else 0
-        return result, report, left
+            for poller in pollers:  # one after the other: they may share a key's rate
+                result = await poller.pass_once()
+                report = await poller.reconcile() if result is not None else None
+                passes.append((poller, result, report))
+            read = any(result is not None for _, result, _ in passes)
+            left = await services.drain(timeout) if deliver and read else 0
+        return passes, left
 
-    result, report, left = asyncio.run(run())
-    if result is None:
-        click.echo(f"error: {logs.redact_urls(once_poller.problem or 'poll failed')}", err=True)
+    passes, left = asyncio.run(run())
+    failed = False
+    for poller, result, report in passes:
+        who = f"account {poller.account}: " if several else ""
+        if result is None:  # the poller's problem names its account, as /readyz shows it
+            problem = logs.redact_urls(poller.problem or "poll failed")
+            click.echo(f"error: {problem}", err=True)
+            failed = True
+            continue
+        click.echo(
+            f"{who}read {result.read} items in {result.pages} pages, stored {result.stored} new "
+            f"or newer; {report.missed} never arrived by webhook (GET /api/reconciliation)"
+            + (f"; {result.refused} refused (logged with the reason)" if result.refused else "")
+            + (f"; {left} deliveries still queued" if left and not several else "")
+        )
+    if left and several:
+        click.echo(f"{left} deliveries still queued")
+    if failed:
         sys.exit(1)
-    click.echo(
-        f"read {result.read} items in {result.pages} pages, stored {result.stored} new or "
-        f"newer; {report.missed} never arrived by webhook (GET /api/reconciliation)"
-        + (f"; {result.refused} refused (logged with the reason)" if result.refused else "")
-        + (f"; {left} deliveries still queued" if left else "")
-    )
+
+
+def _once_pollers(services: Services, names: list[str]) -> list[Poller]:
+    """A poller for each of ``names`` that has an API key, skipping (with a line) those
+    without one; when none has, the first one's error (:class:`ConfigError`)."""
+    pollers = []
+    for name in names:
+        try:
+            pollers.append(services.new_poller(name))
+        except ConfigError as exc:
+            if len(names) == 1:
+                raise
+            click.echo(f"account {name}: skipped, {exc}", err=True)
+    if not pollers:
+        services.new_poller(names[0])  # raises: it says which key to set
+    return pollers
 
 
 @click.command()
@@ -90,33 +132,53 @@ def poll(once: bool, deliver: bool, timeout: float) -> None:
     show_default=True,
     help="Deliver what it stores as it goes (else a running service's workers do).",
 )
+@account_option("The account whose API is read and whose items these are (needed when several).")
 @friendly_errors
-def backfill(since: str, until: str | None, restart: bool, deliver: bool) -> None:
+def backfill(
+    since: str, until: str | None, restart: bool, deliver: bool, account: str | None
+) -> None:
     """Import every item created in a range once. Interrupted (Ctrl-C, a kill) and started
     again with the same arguments, it goes on after the last committed slice."""
     settings = command_settings()
+    accounts = load_accounts(settings)
+    if account is not None:
+        pick_account(accounts, account)
+    elif len(accounts) > 1:
+        raise click.UsageError(
+            "a backfill reads one account's API into that account: give --account NAME "
+            f"(configured: {', '.join(accounts.names)})"
+        )
+    name = account or accounts.names[0]
     prepare_database(settings)
     start = datetime.fromtimestamp(parse_time(since), UTC)
     end = datetime.fromtimestamp(parse_time(until), UTC) if until else None
     if end is not None and end <= start:
         raise click.BadParameter("--until must be after --since", param_hint="--until")
-    state = asyncio.run(_backfill(settings, start, end, restart=restart, deliver=deliver))
+    state = asyncio.run(_backfill(settings, name, start, end, restart=restart, deliver=deliver))
     if not state.finished:
         click.echo(f"stopped at {state.done_until}: run the same command again to go on", err=True)
         sys.exit(130)
     click.echo(
-        f"backfill {state.since} .. {state.until}: {state.read} items read, "
+        (f"account {name}: " if accounts.several else "")
+        + f"backfill {state.since} .. {state.until}: {state.read} items read, "
         f"{state.stored} stored new or newer"
     )
 
 
 async def _backfill(
-    settings: Settings, start: datetime, end: datetime | None, *, restart: bool, deliver: bool
+    settings: Settings,
+    account: str,
+    start: datetime,
+    end: datetime | None,
+    *,
+    restart: bool,
+    deliver: bool,
 ) -> BackfillProgress:
-    """Run the backfill with a progress bar on a terminal (plain lines otherwise); the first
-    Ctrl-C or SIGTERM stops it after the current page (the slice is read again next time)."""
+    """Run ``account``'s backfill with a progress bar on a terminal (plain lines otherwise);
+    the first Ctrl-C or SIGTERM stops it after the current page (the slice is read again next
+    time)."""
     services = Services.from_settings(settings, run_workers=deliver)
-    reader = services.new_poller().reader()
+    reader = services.new_poller(account).reader()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -186,8 +248,15 @@ class _BackfillProgress:
     show_default=True,
     help="Fetch from Dimmy again, or deliver the stored item again.",
 )
+@account_option("Replay only this account's work (another account's event or item is refused).")
 @friendly_errors
-def replay(event_id: int | None, item_id: str | None, dead_since: str | None, mode: str) -> None:
+def replay(
+    event_id: int | None,
+    item_id: str | None,
+    dead_since: str | None,
+    mode: str,
+    account: str | None,
+) -> None:
     """Put work back in the queue; a running service picks it up within a second."""
     if sum(x is not None for x in (event_id, item_id, dead_since)) != 1:
         raise click.UsageError("give exactly one of --event, --item, --dead-since")
@@ -197,20 +266,40 @@ def replay(event_id: int | None, item_id: str | None, dead_since: str | None, mo
             "6592008029c8c3e4dc76256c)",
             param_hint="--item",
         )
-    queued = with_services(lambda services: _replay(services, event_id, item_id, dead_since, mode))
+    queued = with_services(
+        lambda services: _replay(services, event_id, item_id, dead_since, mode, account),
+        account=account,
+    )
     click.echo(f"queued {queued} job(s)")
 
 
 async def _replay(
-    services: Services, event_id: int | None, item_id: str | None, dead_since: str | None, mode: str
+    services: Services,
+    event_id: int | None,
+    item_id: str | None,
+    dead_since: str | None,
+    mode: str,
+    account: str | None,
 ) -> int:
+    """The replay asked for, kept to ``account`` when given: another account's event or
+    item is answered as one that does not exist."""
     try:
         if event_id is not None:
+            if account is not None:
+                event = await services.store.get_event(event_id)
+                if event is None or event.account != account:
+                    raise LookupError(f"event {event_id} does not exist in account {account}")
             return await services.replay_event(event_id, ReplayMode(mode))
         if item_id is not None:
-            return await services.replay_item(item_id, ReplayMode(mode))
+            if account is not None:
+                stored = await services.store.get_item(item_id)
+                # an item not stored yet may be fetched for the account; redelivery needs one
+                absent = stored is None and mode == ReplayMode.REDELIVER
+                if absent or (stored is not None and stored.account != account):
+                    raise LookupError(f"item {item_id} is not stored in account {account}")
+            return await services.replay_item(item_id, ReplayMode(mode), account)
         assert dead_since is not None
-        return await services.replay_dead(parse_time(dead_since))
+        return await services.replay_dead(parse_time(dead_since), account)
     except LookupError as exc:
         raise ConfigError(str(exc).strip("'\"")) from None
 
@@ -243,47 +332,70 @@ def quarantine() -> None:
 
 @quarantine.command("list")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@account_option("List only this account's held items.")
 @friendly_errors
-def quarantine_list(limit: int) -> None:
-    """List held items, most recently held first: id, barcode, reason."""
-    held = with_services(lambda services: services.store.held_items(limit=limit))
-    for item in held:
-        click.echo(f"{item.id}  r{item.revision}  {item.item.barcode or '-'}  {item.hold_reason}")
-    click.echo(f"{len(held)} item(s) held", err=True)
+def quarantine_list(limit: int, account: str | None) -> None:
+    """List held items, most recently held first: id, barcode, reason (and, with several
+    accounts, each item's account first)."""
+
+    async def held(services: Services) -> tuple[list[StoredItem], bool]:
+        several = services.accounts is not None and services.accounts.several
+        found = await services.store.held_items(limit=limit, account=account)
+        return found, several and account is None
+
+    items, by_account = with_services(held, account=account)
+    for item in items:
+        click.echo(
+            (f"{item.account}  " if by_account else "")
+            + f"{item.id}  r{item.revision}  {item.item.barcode or '-'}  {item.hold_reason}"
+        )
+    click.echo(f"{len(items)} item(s) held", err=True)
 
 
-def _decision(name: str, why: str) -> Callable[[Callable[[str, str], None]], click.Command]:
-    """A quarantine decision command: ITEM_ID and a required ``--note`` saying ``why``."""
+Decision = Callable[[str, str, str | None], None]
 
-    def declare(func: Callable[[str, str], None]) -> click.Command:
+
+def _decision(name: str, why: str) -> Callable[[Decision], click.Command]:
+    """A quarantine decision command: ITEM_ID, a required ``--note`` saying ``why`` and
+    ``--account``."""
+
+    def declare(func: Decision) -> click.Command:
         note = click.option("--note", required=True, help=f"{why} (kept with the item).")
-        return quarantine.command(name)(click.argument("item_id")(note(friendly_errors(func))))
+        account = account_option("The item's account (another account's is not held).")
+        command = click.argument("item_id")(note(account(friendly_errors(func))))
+        return quarantine.command(name)(command)
 
     return declare
 
 
 @_decision("release", "Why it may go")
-def quarantine_release(item_id: str, note: str) -> None:
+def quarantine_release(item_id: str, note: str, account: str | None) -> None:
     """Release a held item: it is delivered to every output."""
-    _decide(item_id, note, release=True)
+    _decide(item_id, note, account, release=True)
 
 
 @_decision("reject", "Why it must not go")
-def quarantine_reject(item_id: str, note: str) -> None:
+def quarantine_reject(item_id: str, note: str, account: str | None) -> None:
     """Reject a held item: it is never delivered (a newer version is checked again)."""
-    _decide(item_id, note, release=False)
+    _decide(item_id, note, account, release=False)
 
 
-def _decide(item_id: str, note: str, *, release: bool) -> None:
+def _decide(item_id: str, note: str, account: str | None, *, release: bool) -> None:
     if not valid_item_id(item_id):
         raise click.BadParameter("not an item id", param_hint="ITEM_ID")
     note = note.strip()[:1000]
     if not note:
         raise click.BadParameter("say why", param_hint="--note")
+
+    async def decide(services: Services) -> int:
+        if account is not None:
+            stored = await services.store.get_item(item_id)
+            if stored is None or stored.account != account:
+                raise LookupError(item_id)  # as an item that is not held
+        return await services.decide_hold(item_id, release=release, note=note)
+
     try:
-        queued = with_services(
-            lambda services: services.decide_hold(item_id, release=release, note=note)
-        )
+        queued = with_services(decide, account=account)
     except LookupError:
         raise ConfigError(f"item {item_id} is not held in quarantine") from None
     done = "released" if release else "rejected"

@@ -153,9 +153,10 @@ class Queue(ops.Transactions):
             lambda n: n > 0,
         )
 
-    async def replay_dead(self, since: float, now: float) -> int:
-        """Put every job that died since ``since`` back in the queue."""
-        return await self._write(lambda tx: replay_dead(tx, since, now), lambda n: n > 0)
+    async def replay_dead(self, since: float, now: float, account: str | None = None) -> int:
+        """Put every job that died since ``since`` back in the queue (of one ``account``, or
+        every account's); returns how many."""
+        return await self._write(lambda tx: replay_dead(tx, since, now, account), lambda n: n > 0)
 
     # a destination's backlog ------------------------------------------------------------------
 
@@ -362,8 +363,8 @@ def replay_item(
     return ops.redeliver(tx, [revision], outputs, None, max_attempts, now, Lane.REPLAY)
 
 
-def replay_dead(tx: Tx, since: float, now: float) -> int:
-    rows = tx.all(tx.sql("replay_dead"), {"since": since, "now": now})
+def replay_dead(tx: Tx, since: float, now: float, account: str | None) -> int:
+    rows = tx.all(tx.sql("replay_dead"), {"since": since, "now": now, "account": account})
     ops.refresh(tx, (row["event_id"] for row in rows), now)
     return len(rows)
 

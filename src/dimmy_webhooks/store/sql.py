@@ -248,6 +248,7 @@ SQL: dict[str, str] = {
     "replay_dead": f"""
         {_REPLAY}
         WHERE status = 'dead' AND updated_at >= :since
+          AND (:account IS NULL OR account = :account)
         RETURNING event_id""",
     # a destination's backlog: counted by output, moved to another output or dropped (S20)
     "backlog_counts": """
