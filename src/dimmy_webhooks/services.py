@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dimmy_webhooks.config import DEFAULT_ACCOUNT, Account, Accounts, Settings, load_accounts
+from dimmy_webhooks.config import (
+    DEFAULT_ACCOUNT,
+    Account,
+    Accounts,
+    Settings,
+    load_accounts,
+    of_account,
+)
 from dimmy_webhooks.errors import ConfigError, StoreError
 from dimmy_webhooks.failpoints import Failpoints
 from dimmy_webhooks.models import ReplayMode
@@ -34,37 +39,25 @@ from dimmy_webhooks.observe.health import Readiness, check_readiness
 from dimmy_webhooks.observe.metrics import Metrics
 from dimmy_webhooks.observe.overview import Overview, Status, take_overview
 from dimmy_webhooks.observe.series import Series, take_series
-from dimmy_webhooks.outputs import Output, OutputContext, load_destinations, parse_outputs
-from dimmy_webhooks.pipeline.jobs import AccountWork, WorkerPolicy, shares
+from dimmy_webhooks.outputs import Output
+from dimmy_webhooks.pipeline.accounts import (
+    account_outputs,
+    account_work,
+    clients_by_account,
+    has_api_key,
+)
+from dimmy_webhooks.pipeline.jobs import WorkerPolicy
+from dimmy_webhooks.pipeline.learned_rate import LearnedRate
 from dimmy_webhooks.pipeline.poller import Poller
 from dimmy_webhooks.pipeline.ranges import PollPolicy
 from dimmy_webhooks.pipeline.reconciliation import Reconciliation, reconciliation
-from dimmy_webhooks.pipeline.validation import Intake
 from dimmy_webhooks.pipeline.worker import Worker
 from dimmy_webhooks.store import Store, create_store
-from dimmy_webhooks.upstream.client import DimmyClient, client_from_settings
-from dimmy_webhooks.upstream.pacing import AdaptiveRate
+from dimmy_webhooks.upstream.client import DimmyClient
 
 log = logging.getLogger("dimmy_webhooks.services")
 
-RATE_STATE = "api.rate"
-"""``sync_state`` key of the adaptive client's learned rate: ``{"rate": ..., "api_url": ...}``."""
 KEPT_LOOK_SECONDS = 5.0  # how often /readyz counts the deliveries kept for unconfigured outputs
-RATE_SAVE_SECONDS = 30.0  # how often a changed learned rate is written (and once at stop)
-
-
-def build_outputs(settings: Settings) -> list[Output]:
-    """The outputs ``DIMMY_OUTPUTS`` lists and the destinations of ``DIMMY_DESTINATIONS_FILE``
-    (:class:`ConfigError` naming what is wrong)."""
-    destinations = (
-        load_destinations(settings.destinations_file)
-        if settings.destinations_file is not None
-        else []
-    )
-    secret = settings.forward_secret.get_secret_value() if settings.forward_secret else None
-    return parse_outputs(
-        settings.outputs, OutputContext(forward_secret=secret, destinations=destinations)
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +119,7 @@ class Services:
         """
         crash = Failpoints(settings.failpoint)
         accounts = load_accounts(settings)
-        by_account = {name: _account_outputs(accounts[name]) for name in accounts}
+        by_account = {name: account_outputs(accounts[name]) for name in accounts}
         outputs = [output for listed in by_account.values() for output in listed]
         services = cls(
             settings=settings,
@@ -148,20 +141,7 @@ class Services:
             if concurrency:
                 policy = replace(policy, concurrency=concurrency)
             services._new_clients()
-            share = shares(
-                policy.concurrency,
-                {name: accounts[name].settings.api_concurrency for name in accounts},
-            )
-            work = [
-                AccountWork(
-                    name,
-                    services.clients.get(name),
-                    {output.name: output for output in by_account[name]},
-                    Intake.from_settings(accounts[name].settings),
-                    share[name],
-                )
-                for name in accounts
-            ]
+            work = account_work(accounts, services.clients, by_account, policy.concurrency)
             worker = Worker(
                 services.store, None, [], policy, accounts=work, clock=clock, crash=crash
             )
@@ -171,7 +151,7 @@ class Services:
             for name in accounts:
                 if name != DEFAULT_ACCOUNT and not accounts[name].settings.poll:
                     continue  # another account polls when its table says poll = true
-                if not _has_key(accounts[name]) and len(accounts) > 1:
+                if not has_api_key(accounts[name]) and len(accounts) > 1:
                     continue
                 poller = services.new_poller(name)
                 services.pollers.append(poller)
@@ -200,20 +180,21 @@ class Services:
         metrics; an account without a key has none."""
         if self.clients:
             return
-        by_key: dict[tuple[str, str], DimmyClient] = {}
-        for name, account in self._accounts().items():
-            key = _key_of(account)
-            if key is None:
-                continue
-            client = by_key.get(key)
-            if client is None:
-                client = client_from_settings(account.settings, observe=self.metrics.api_request)
-                assert client is not None
-                by_key[key] = client
-            self.clients[name] = client
+        self.clients = clients_by_account(self._accounts(), observe=self.metrics.api_request)
         self.client = first = next(iter(self.clients.values()), None)
         if first is not None:
             self.metrics.watch_api_rate(lambda: first.rate_limit)
+
+    def _learned_rates(self) -> list[LearnedRate]:
+        """One :class:`LearnedRate` per adaptive client (accounts sharing a key share one)."""
+        memories: dict[int, LearnedRate] = {}
+        for name, client in self.clients.items():
+            if client.adaptive is not None and id(client) not in memories:
+                url = self._accounts()[name].settings.api_url
+                memories[id(client)] = LearnedRate(
+                    self.store, client.adaptive, url, name, clock=self.clock
+                )
+        return list(memories.values())
 
     def _accounts(self) -> Accounts:
         if self.accounts is None:
@@ -291,10 +272,9 @@ class Services:
             gc.freeze()
             stop = asyncio.Event()
             parts = list(self.parts)
-            adaptive = self.client.adaptive if self.client is not None else None
-            if adaptive is not None:
-                await self._recall_rate(adaptive)
-                parts.append(Part("rate", functools.partial(self._keep_rate, adaptive)))
+            for memory in self._learned_rates():
+                await memory.recall()
+                parts.append(Part(_part_name("rate", memory.account), memory.keep))
             for part in parts:
                 self._tasks[part.name] = asyncio.create_task(part.run(stop), name=part.name)
             try:
@@ -303,45 +283,6 @@ class Services:
                 stop.set()
                 if self._tasks:
                     await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-
-    async def _recall_rate(self, adaptive: AdaptiveRate) -> None:
-        """Start the adaptive client at the rate a previous run learned against the same API."""
-        try:
-            saved = await self.store.get_state(RATE_STATE)
-        except StoreError as exc:
-            log.warning("learned API rate not read", extra={"fields": {"reason": str(exc)}})
-            return
-        try:
-            state = json.loads(saved) if saved else {}
-            rate = float(state["rate"]) if state.get("api_url") == self.settings.api_url else None
-        except (ValueError, TypeError, KeyError, AttributeError):
-            rate = None
-        if rate is not None and rate > 0:
-            adaptive.restore(rate)
-            log.info(
-                "Dimmy API rate restored",
-                extra={"fields": {"rate": round(adaptive.rate, 1), "learned": round(rate, 1)}},
-            )
-
-    async def _keep_rate(self, adaptive: AdaptiveRate, stop: asyncio.Event) -> None:
-        """Write the adaptive client's rate every :data:`RATE_SAVE_SECONDS` when it changed,
-        and once more at stop, so that the next start begins there."""
-        saved = None
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), RATE_SAVE_SECONDS)
-            rate = round(adaptive.rate, 1)
-            if rate != saved:
-                value = json.dumps({"rate": rate, "api_url": self.settings.api_url})
-                try:
-                    await self.store.set_state(RATE_STATE, value, self.clock())
-                    saved = rate
-                except StoreError as exc:
-                    log.warning(
-                        "learned API rate not saved", extra={"fields": {"reason": str(exc)}}
-                    )
-            if stop.is_set():
-                return
 
     async def drain(self, timeout: float) -> int:
         """Wait until no job is due or running (this process's workers, and any others on the
@@ -477,23 +418,25 @@ class Services:
         problems = []
         for name, client in self.clients.items():
             if client.auth_failed:
-                problems.append(_of(name, f"Dimmy API refused the key: {client.auth_failed}"))
+                problems.append(
+                    of_account(name, f"Dimmy API refused the key: {client.auth_failed}")
+                )
         for worker in self.workers:
             problems += [
-                _of(name, work.config_error)
+                of_account(name, work.config_error)
                 for name, work in worker.accounts.items()
                 if work.config_error is not None
             ]
         for name, listed in self.outputs_by_account.items():
-            problems += [_of(name, p) for output in listed for p in output.problems()]
+            problems += [of_account(name, p) for output in listed for p in output.problems()]
         if self.workers:
             problems += [
-                _of(name, "DIMMY_API_KEY is not set: items cannot be fetched")
+                of_account(name, "DIMMY_API_KEY is not set: items cannot be fetched")
                 for name in self._accounts()
                 if name not in self.clients
             ]
         for poller in self.pollers:
-            problems += [_of(poller.account, p) for p in poller.problems()]
+            problems += [of_account(poller.account, p) for p in poller.problems()]
         problems += [
             f"account {name} is no longer configured: its {counts.get('jobs', 0)} open jobs "
             f"wait and its {counts.get('items', 0)} items and {counts.get('events', 0)} events "
@@ -596,31 +539,5 @@ def _api_rate(client: DimmyClient) -> dict[str, Any]:
     }
 
 
-def _account_outputs(account: Account) -> list[Output]:
-    """An account's outputs (its own ``outputs`` and destinations, or the installation's), with
-    its name in what a misconfiguration says."""
-    try:
-        return build_outputs(account.settings)
-    except ConfigError as exc:
-        if account.name == DEFAULT_ACCOUNT and not account.from_file:
-            raise
-        raise ConfigError(f"account {account.name!r}: {exc}") from None
-
-
-def _key_of(account: Account) -> tuple[str, str] | None:
-    settings = account.settings
-    key = settings.api_key.get_secret_value().strip() if settings.api_key is not None else ""
-    return (settings.api_url, key) if key else None
-
-
-def _has_key(account: Account) -> bool:
-    return _key_of(account) is not None
-
-
 def _part_name(part: str, account: str) -> str:
     return part if account == DEFAULT_ACCOUNT else f"{part}:{account}"
-
-
-def _of(account: str, problem: str) -> str:
-    """A problem as the operator reads it: which account it is, when there are several."""
-    return problem if account == DEFAULT_ACCOUNT else f"account {account}: {problem}"

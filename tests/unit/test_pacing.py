@@ -20,8 +20,9 @@ from prometheus_client.exposition import generate_latest
 from dimmy_webhooks.config import load_settings
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.errors import ConfigError, TransientUpstream
+from dimmy_webhooks.pipeline.learned_rate import STATE as RATE_STATE
 from dimmy_webhooks.ratelimit import SlidingWindow
-from dimmy_webhooks.services import RATE_STATE, Services
+from dimmy_webhooks.services import Services
 from dimmy_webhooks.upstream.client import DimmyClient, RateMode
 from dimmy_webhooks.upstream.pacing import THROTTLE_CUT, AdaptiveRate
 

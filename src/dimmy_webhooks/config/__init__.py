@@ -16,6 +16,8 @@ from dimmy_webhooks.config.accounts import (
     Account,
     Accounts,
     load_accounts,
+    of_account,
+    problems_of,
     single,
     token_digest,
 )
@@ -64,7 +66,9 @@ __all__ = [
     "least_budget",
     "load_accounts",
     "load_settings",
+    "of_account",
     "postgres_driver_missing",
+    "problems_of",
     "require_loopback_or_token",
     "single",
     "token_digest",

@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,3 +256,18 @@ def _check_unique(accounts: list[Account], settings: Settings, where: str) -> No
                 f"{where}: account {account.name!r}: the operator token is the admin token"
             )
         digests.add(digest)
+
+
+def of_account(account: str, problem: str) -> str:
+    """A problem as an operator reads it: ``account NAME: ...`` for an account other than
+    ``default`` (whose problems read as they always did), so the overview says whose it is and
+    an account's operator is shown its own (:func:`problems_of`)."""
+    return problem if account == DEFAULT_ACCOUNT else f"account {account}: {problem}"
+
+
+def problems_of(problems: Iterable[str], account: str) -> list[str]:
+    """Those of ``problems`` that :func:`of_account` made for ``account``."""
+    if account == DEFAULT_ACCOUNT:
+        return []
+    prefix = of_account(account, "")
+    return [problem for problem in problems if problem.startswith(prefix)]

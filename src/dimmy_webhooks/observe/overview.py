@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from dimmy_webhooks.config import problems_of
 from dimmy_webhooks.items import format_timestamp
 from dimmy_webhooks.observe.logs import redact_urls
 from dimmy_webhooks.store import OperatorCounts, Store
@@ -49,7 +50,7 @@ class Status:
         client's pace and the webhook counts are the process's)."""
         return replace(
             self,
-            problems=tuple(p for p in self.problems if p.startswith(f"account {account}: ")),
+            problems=tuple(problems_of(self.problems, account)),
             api_key_refused=False,
             api_rate=None,
             webhooks={},

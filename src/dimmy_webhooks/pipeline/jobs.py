@@ -48,14 +48,13 @@ from dimmy_webhooks.models import (
 from dimmy_webhooks.outputs import (
     DeliveryFailed,
     DestinationPaused,
-    Output,
     deliver_within,
     idempotency_key,
 )
+from dimmy_webhooks.pipeline.accounts import AccountWork
 from dimmy_webhooks.pipeline.validation import Intake
 from dimmy_webhooks.ratelimit import backoff_delay
 from dimmy_webhooks.store import Lease, Store
-from dimmy_webhooks.upstream.client import DimmyClient
 
 log = logging.getLogger("dimmy_webhooks.pipeline.worker")
 
@@ -143,34 +142,6 @@ class WorkerPolicy:
             output_timeout_seconds=settings.output_timeout_seconds,
             intake=Intake.from_settings(settings),
         )
-
-
-@dataclass
-class AccountWork:
-    """What the jobs of one Dimmy account run with: its API client (shared by the accounts
-    with the same key and URL, since Dimmy counts rate and concurrency per key), its outputs
-    by name, its intake rules, and ``share``, the most jobs of it a worker runs at once.
-
-    Keeps what outlives one job: :attr:`config_error` (a refused API key, for ``/readyz`` and
-    the overview) and the pause of this account's fetching it causes; other accounts go on.
-    """
-
-    name: str
-    client: DimmyClient | None
-    outputs: dict[str, Output]
-    intake: Intake
-    share: int
-    config_error: str | None = None
-    paused_until: float = 0.0
-
-
-def shares(concurrency: int, api_concurrency: dict[str, int]) -> dict[str, int]:
-    """Each account's share of a worker's ``concurrency`` slots: twice its API concurrency
-    (half wait on the API while the others store and deliver), and with several accounts never
-    more than three quarters of the slots, so no account can take every one: a client's
-    100,000-id backfill leaves room for another client's live scan."""
-    ceiling = concurrency if len(api_concurrency) <= 1 else max(1, concurrency * 3 // 4)
-    return {name: max(1, min(ceiling, 2 * n)) for name, n in api_concurrency.items()}
 
 
 @dataclass

@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 from dimmy_webhooks import failpoints
 from dimmy_webhooks.errors import StoreError
 from dimmy_webhooks.outputs import Output
-from dimmy_webhooks.pipeline.jobs import AccountWork, JobRunner, WorkerPolicy
+from dimmy_webhooks.pipeline.accounts import AccountWork
+from dimmy_webhooks.pipeline.jobs import JobRunner, WorkerPolicy
 from dimmy_webhooks.store import Store
 from dimmy_webhooks.upstream.client import DimmyClient
 

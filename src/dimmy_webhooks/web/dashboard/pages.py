@@ -27,6 +27,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
+from dimmy_webhooks.config import problems_of
 from dimmy_webhooks.config.accounts import ACCOUNT_NAME
 from dimmy_webhooks.items import format_timestamp
 from dimmy_webhooks.models import ITEM_ID_PATTERN, StoredItem
@@ -124,7 +125,7 @@ def _page(
     viewer = Viewer(session.account) if session is not None else ADMIN
     problems = services.problems()
     if viewer.account is not None:  # an operator: the problems of its account
-        problems = [p for p in problems if p.startswith(f"account {viewer.account}: ")]
+        problems = problems_of(problems, viewer.account)
     problems = services.failures() + problems
     accounts = accounts_of(request)
     page = Page(
