@@ -41,8 +41,9 @@ from dimmy_webhooks.outputs import (
     parse_outputs,
     plugins,
 )
+from dimmy_webhooks.outputs.builtin import BUILTIN_KINDS
 from dimmy_webhooks.outputs.http.limits import FAILURES_BEFORE_PAUSE
-from dimmy_webhooks.outputs.registry import BUILTIN_KINDS, PausingOutput
+from dimmy_webhooks.outputs.registry import PausingOutput
 from dimmy_webhooks.pipeline.jobs import WorkerPolicy
 from dimmy_webhooks.pipeline.worker import Worker
 from dimmy_webhooks.store import Store

@@ -90,7 +90,7 @@ class Plugin:
 
 def _builtins() -> dict[str, Plugin]:
     from dimmy_webhooks import __version__
-    from dimmy_webhooks.outputs.registry import BUILTIN_KINDS
+    from dimmy_webhooks.outputs.builtin import BUILTIN_KINDS
 
     return {
         scheme: Plugin(

@@ -12,10 +12,11 @@
     nats:URL, mqtt:URL       NAME=KIND:URL names them too
     SCHEME:...               a kind an installed plug-in adds (:mod:`.plugins`)
 
-A kind is an :class:`OutputKind`: the built-in ones are :data:`BUILTIN_KINDS`, and installed
-packages add more under the entry-point group ``dimmy_webhooks.outputs``; :data:`OUTPUT_KINDS`
-is every kind installed, by scheme. An output a plug-in builds that does not pause itself is
-wrapped in a :class:`PausingOutput`: it is paused after repeated failure like an ``http:`` one.
+A kind is an :class:`OutputKind`: the built-in ones are :data:`.builtin.BUILTIN_KINDS`, and
+installed packages add more under the entry-point group ``dimmy_webhooks.outputs``;
+:data:`OUTPUT_KINDS` is every kind installed, by scheme. An output a plug-in builds that does
+not pause itself is wrapped in a :class:`PausingOutput`: it is paused after repeated failure
+like an ``http:`` one.
 """
 
 from __future__ import annotations
@@ -30,70 +31,15 @@ from dimmy_webhooks.errors import ConfigError, OutputError
 from dimmy_webhooks.models import Receipt, StoredItem
 from dimmy_webhooks.outputs import plugins
 from dimmy_webhooks.outputs.base import DeliveryFailed, DestinationPaused, Output
-from dimmy_webhooks.outputs.bus import AMQP, MQTT, NATS, REDIS, MessageOutput
-from dimmy_webhooks.outputs.http import Destination, HttpOutput, check_url
+from dimmy_webhooks.outputs.bus import MessageOutput
+from dimmy_webhooks.outputs.http import HttpOutput
 from dimmy_webhooks.outputs.http.limits import PAUSE_SECONDS, Breaker
 from dimmy_webhooks.outputs.kind import OutputContext, OutputKind
-from dimmy_webhooks.outputs.local import ConsoleOutput, JsonlOutput, PythonOutput
 from dimmy_webhooks.outputs.plugins import InstalledKinds
-
-
-def _http(argument: str | None, context: OutputContext) -> Output:
-    label = context.label
-    if not argument:
-        raise ConfigError("output 'http' needs a URL: http:https://wms.example.com/path")
-    url = check_url(argument, "DIMMY_OUTPUTS: http:URL")
-    listed = {destination.url_name: destination for destination in context.destinations}
-    destination = listed.get(Destination(url=url).url_name, Destination(url=url))
-    if label is not None:
-        if destination.label not in (None, label):
-            raise ConfigError(
-                f"DIMMY_OUTPUTS: {label}=http:{destination.url_name[5:]} is named "
-                f"{destination.label!r} in the destinations file: use one name"
-            )
-        destination = replace(destination, label=label)
-    return HttpOutput(destination, forward_secret=context.forward_secret)
-
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 """The NAME of ``NAME=http:URL``."""
 
-
-def _console(argument: str | None, context: OutputContext) -> Output:
-    if argument:
-        raise ConfigError(f"output 'console' takes no argument (got {argument!r})")
-    return ConsoleOutput()
-
-
-def _jsonl(argument: str | None, context: OutputContext) -> Output:
-    if not argument:
-        raise ConfigError("output 'jsonl' needs a file: jsonl:PATH")
-    return JsonlOutput(argument)
-
-
-def _python(argument: str | None, context: OutputContext) -> Output:
-    if not argument:
-        raise ConfigError("output 'python' needs a target: python:module:function")
-    return PythonOutput(argument)
-
-
-CONSOLE = OutputKind("console", _console)
-JSONL = OutputKind("jsonl:PATH", _jsonl)
-PYTHON = OutputKind("python:module:function", _python)
-HTTP = OutputKind("http:URL", _http, named=True)
-
-BUILTIN_KINDS: dict[str, tuple[str, OutputKind]] = {
-    "console": ("dimmy_webhooks.outputs.registry:CONSOLE", CONSOLE),
-    "jsonl": ("dimmy_webhooks.outputs.registry:JSONL", JSONL),
-    "python": ("dimmy_webhooks.outputs.registry:PYTHON", PYTHON),
-    "http": ("dimmy_webhooks.outputs.registry:HTTP", HTTP),
-    "amqp": ("dimmy_webhooks.outputs.bus:AMQP", AMQP),
-    "redis": ("dimmy_webhooks.outputs.bus:REDIS", REDIS),
-    "nats": ("dimmy_webhooks.outputs.bus:NATS", NATS),
-    "mqtt": ("dimmy_webhooks.outputs.bus:MQTT", MQTT),
-}
-"""The kinds this package brings, by scheme: the entry point each is declared under in
-``pyproject.toml`` (``[project.entry-points."dimmy_webhooks.outputs"]``) and the kind."""
 
 OUTPUT_KINDS: Mapping[str, OutputKind] = InstalledKinds()
 """Every kind ``DIMMY_OUTPUTS`` knows, by the word before the first ``:``: the built-in ones
