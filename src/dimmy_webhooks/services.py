@@ -148,11 +148,11 @@ class Services:
             services.workers.append(worker)
             services.parts.append(Part("worker", worker.run))
         if run_poller:
-            for name in accounts:
-                if name != DEFAULT_ACCOUNT and not accounts[name].settings.poll:
-                    continue  # another account polls when its table says poll = true
-                if not has_api_key(accounts[name]) and len(accounts) > 1:
-                    continue
+            for name, account in accounts.items():
+                if not account.polls(run_poller):
+                    continue  # its table says poll = false
+                if not has_api_key(account) and len(accounts) > 1:
+                    continue  # an account without a key cannot be polled: /readyz says so
                 poller = services.new_poller(name)
                 services.pollers.append(poller)
                 services.parts.append(Part(_part_name("poller", name), poller.run))

@@ -142,3 +142,12 @@ def test_an_account_never_takes_the_installations_webhook_secret(tmp_path: Path)
     accounts = accounts_of(tmp_path, TWO, webhook_secret=SECRET, api_key="key-default")
     assert accounts[DEFAULT_ACCOUNT].settings.webhook_secret is not None
     assert accounts["globex-2"].settings.webhook_secret is None
+
+
+def test_every_account_is_polled_when_the_service_polls_unless_it_says_not(
+    tmp_path: Path,
+) -> None:
+    text = TWO + '\n[[account]]\nname = "quiet"\napi_key = "k"\npoll = false\n'
+    accounts = accounts_of(tmp_path, text)
+    assert [name for name, a in accounts.items() if a.polls(True)] == ["acme", "globex-2"]
+    assert not any(a.polls(False) for a in accounts.values())

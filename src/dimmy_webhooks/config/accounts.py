@@ -92,6 +92,13 @@ class Account:
     settings: Settings
     operator_token_sha256: str | None = None
     from_file: bool = False
+    own: frozenset[str] = frozenset()
+    """The settings the account's table set itself (the others are the installation's)."""
+
+    def polls(self, service_polls: bool) -> bool:
+        """Whether the account is polled when the service polls (``serve --poll``,
+        ``DIMMY_POLL``): yes, unless its table says ``poll = false``."""
+        return service_polls and (self.settings.poll or "poll" not in self.own)
 
     @property
     def webhook_path(self) -> str:
@@ -211,7 +218,8 @@ def _account(table: dict[str, Any], settings: Settings, where: str) -> Account:
     except ValidationError as exc:
         lines = error_lines(exc, lambda err: f"{where}: {'.'.join(map(str, err['loc']))}")
         raise ConfigError("\n  ".join(lines)) from None
-    return Account(name, own, _operator_digest(table, where), from_file=True)
+    explicit = frozenset(values)
+    return Account(name, own, _operator_digest(table, where), from_file=True, own=explicit)
 
 
 def _operator_digest(table: dict[str, Any], where: str) -> str | None:
