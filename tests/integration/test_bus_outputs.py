@@ -1,6 +1,7 @@
 """The message-bus outputs against real brokers (tests/support/brokers.py): a consumer reading
 from the broker gets every item version of a run, signed (checked with the ``standardwebhooks``
-package) under a stable id, through a SIGKILL of our worker and of the broker mid-run.
+package) under a stable id, through a SIGKILL of our worker and of the broker mid-run (a SIGTERM
+for Mosquitto, which acknowledges before it writes: ``brokers.ACKS_BEFORE_DISK``).
 
 Each kind's run: 150 items fetched from the fake Dimmy API at 50/s by ``dimmy-webhooks
 worker`` processes; the first worker is SIGKILLed after 10 deliveries, the broker after 30
