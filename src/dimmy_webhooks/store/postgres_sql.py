@@ -18,9 +18,20 @@ from dimmy_webhooks.store import ops, sql
 
 # PostgreSQL versions of the blocks whose portable form is not right under concurrency -------
 
+
+def _unindexed(block: str, index: str) -> str:
+    """``block`` without SQLite's ``INDEXED BY index`` (PostgreSQL's planner has statistics)."""
+    hint = f" INDEXED BY {index}"
+    if hint not in block:  # sql.py changed: fail at import, loudly
+        raise RuntimeError(f"postgres: {hint.strip()!r} not found in a claim's selection")
+    return block.replace(hint, "")
+
+
+_WORK_DUE = _unindexed(sql.WORK_DUE, "jobs_fair")
+_DELIVERIES_DUE = _unindexed(sql.DELIVERIES_DUE, "jobs_deliveries_due")
 _CLAIM = f"""
-    WITH work AS MATERIALIZED ({sql.WORK_DUE} FOR UPDATE OF j SKIP LOCKED),
-    deliveries AS MATERIALIZED ({sql.DELIVERIES_DUE} FOR UPDATE OF j SKIP LOCKED),
+    WITH work AS MATERIALIZED ({_WORK_DUE} FOR UPDATE OF j SKIP LOCKED),
+    deliveries AS MATERIALIZED ({_DELIVERIES_DUE} FOR UPDATE OF j SKIP LOCKED),
     due AS (SELECT id FROM (SELECT * FROM work UNION ALL SELECT * FROM deliveries) AS candidates
             ORDER BY {sql.FAIR} LIMIT :limit)
     UPDATE jobs SET status = 'running', lease_owner = :owner, lease_token = :token,
@@ -28,8 +39,8 @@ _CLAIM = f"""
     WHERE id IN (SELECT id FROM due)
     RETURNING {sql.JOB_COLUMNS}"""
 _CLAIM_CAPPED = f"""
-    WITH work AS MATERIALIZED ({sql.WORK_DUE} FOR UPDATE OF j SKIP LOCKED),
-    deliveries AS MATERIALIZED ({sql.DELIVERIES_DUE} FOR UPDATE OF j SKIP LOCKED),
+    WITH work AS MATERIALIZED ({_WORK_DUE} FOR UPDATE OF j SKIP LOCKED),
+    deliveries AS MATERIALIZED ({_DELIVERIES_DUE} FOR UPDATE OF j SKIP LOCKED),
     ranked AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY account ORDER BY {sql.FAIR}) AS n
                FROM (SELECT * FROM work UNION ALL SELECT * FROM deliveries) AS candidates),
     due AS (SELECT id FROM ranked WHERE n <= {{CAPS}} ORDER BY {sql.FAIR} LIMIT :limit)

@@ -17,12 +17,17 @@ FAIR = "lane, seq, run_at, id"
 (:class:`~dimmy_webhooks.models.Lane`), then by position within its event, so a new event's
 first items go before the rest of an earlier upload; oldest due first among equals."""
 WORK_DUE = """
-        SELECT j.id, j.lane, j.seq, j.run_at, j.account FROM jobs AS j
+        SELECT j.id, j.lane, j.seq, j.run_at, j.account FROM jobs AS j INDEXED BY jobs_fair
         WHERE j.status = 'pending' AND j.kind != 'deliver' AND j.run_at <= :now{ACCOUNTS}
         ORDER BY j.lane, j.seq, j.run_at, j.id LIMIT :limit"""
-"""Due expansions and fetches in the fair order (partial index ``jobs_fair``)."""
+"""Due expansions and fetches in the fair order, read in that order from the partial index
+``jobs_fair`` so that the claim stops after ``:limit`` rows. Named (SQLite's ``INDEXED BY``;
+:mod:`.postgres_sql` takes it out): without statistics SQLite otherwise prefers ``jobs_due``
+(``status`` and ``run_at`` both constrained) and sorts every due job on each claim, a cost that
+grows with the backlog (14 ms a claim at 40,000 pending fetches)."""
 DELIVERIES_DUE = """
-        SELECT j.id, j.lane, j.seq, j.run_at, j.account FROM jobs AS j
+        SELECT j.id, j.lane, j.seq, j.run_at, j.account
+        FROM jobs AS j INDEXED BY jobs_deliveries_due
         WHERE j.status = 'pending' AND j.kind = 'deliver' AND j.run_at <= :now{ACCOUNTS}
         AND NOT EXISTS (SELECT 1 FROM jobs AS busy WHERE busy.item_id = j.item_id
             AND busy.kind = 'deliver' AND busy.status = 'running' AND busy.output = j.output)
