@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import (
+    API_KEY,
     HOST,
     PG_ADMIN_URL,
     SECRET,
@@ -78,6 +79,10 @@ BARE_COUNT_FACTOR = 5
 SEED_WARMUP = 4
 WARMUP_SECONDS = 3.0
 BACKENDS = ("sqlite", "postgres")
+#: the all-in-one rows' backlog: a device's upload of BACKLOG_EVENTS x BACKLOG_IDS ids, more
+#: than the worker can fetch during a row at the default 100 requests/s
+BACKLOG_EVENTS = 40
+BACKLOG_IDS = 1000
 #: receivers per backend when --receivers is not given (SQLite has one writer per file anyway)
 DEFAULT_RECEIVERS = {"sqlite": [1], "postgres": [1, 2]}
 
@@ -93,6 +98,9 @@ class Target:
     #: ours: serve on uvicorn's own protocol (bench/plain_serve.py); bare: the bare app on
     #: dimmy_webhooks.intake.httpserver's protocol (bench/bare_app.py)
     plain_http: bool = False
+    #: ours: the all-in-one ``serve`` (its worker draining a backlog at the default API rate
+    #: from a fake API at 0 ms) instead of ``serve --no-worker``
+    worker: bool = False
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -132,6 +140,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="measure each 'ours' row again right after it on uvicorn's own HTTP protocol "
         "(bench/plain_serve.py: serve without httpserver.py's head and connection limits)",
+    )
+    parser.add_argument(
+        "--all-in-one",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after each backend's 1-receiver row, the same on the all-in-one serve while its "
+        f"worker drains an upload of {BACKLOG_EVENTS} x {BACKLOG_IDS} ids at the default API "
+        "rate (fake API at 0 ms)",
     )
     add_backend_args(parser, "--receivers", "receivers", "serve --no-worker processes", "1,2")
     args = parser.parse_args(argv)
@@ -205,11 +221,12 @@ def start_ours(
     *,
     count: int = 1,
     plain_http: bool = False,
+    worker: bool = False,
     **env: str,
 ) -> list[tuple[Proc, int]]:
     """``count`` processes of ``serve --no-worker`` on ``db``, each on a port of its own; they
     start together and are ready when this returns. ``plain_http``: on uvicorn's own protocol
-    (``bench/plain_serve.py``)."""
+    (``bench/plain_serve.py``); ``worker``: ``serve`` with its worker (``env`` gives it the API)."""
     command = [tool("dimmy-webhooks")]
     if plain_http:
         command = [sys.executable, str(Path(__file__).resolve().parent / "plain_serve.py")]
@@ -217,7 +234,7 @@ def start_ours(
     try:
         for n in range(count):
             port = free_port()
-            argv = [*command, "serve", "--no-worker", "--host", HOST]
+            argv = [*command, "serve", *([] if worker else ["--no-worker"]), "--host", HOST]
             proc = procs.start(
                 name if count == 1 else f"{name}-r{n + 1}",
                 [*argv, "--port", str(port)],
@@ -232,6 +249,39 @@ def start_ours(
             procs.stop(proc)
         raise
     return started
+
+
+def fill_backlog(db: BenchDB, ids: list[str], events: int, ids_per_event: int, tag: str) -> int:
+    """``events`` pending ``items.scanned`` events of ``ids_per_event`` ids each, stored through
+    the store's own insert (event row and first job, as a webhook leaves them); returns the ids
+    queued. The ``serve`` started after it finds them as a device's upload to drain."""
+    import asyncio
+
+    from dimmy_webhooks.models import ITEMS_SCANNED, IncomingEvent
+    from dimmy_webhooks.store import create_store
+
+    async def fill() -> None:
+        store = create_store(db.url)
+        await store.open()
+        try:
+            for n in range(events):
+                chosen = [ids[(n * ids_per_event + k) % len(ids)] for k in range(ids_per_event)]
+                body = json.dumps({"item_ids": chosen}, separators=(",", ":")).encode()
+                await store.insert_event(
+                    IncomingEvent(
+                        message_id=f"msg_{tag}_upload_{n}",
+                        event_type=ITEMS_SCANNED,
+                        body=body,
+                        headers={"content-type": "application/json"},
+                        received_at=time.time(),
+                        item_count=ids_per_event,
+                    )
+                )
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    return events * ids_per_event
 
 
 def start_bare(procs: Procs, name: str, *, our_protocol: bool = False) -> tuple[Any, int]:
@@ -289,9 +339,10 @@ def start_seed(procs: Procs, workdir: Path, name: str, api_port: int) -> tuple[A
 
 
 def durability(db: BenchDB, prefix: str, result: dict[str, Any]) -> dict[str, Any]:
-    """Every message id answered 2xx (warm-up and measured) must be a row of ``events``."""
+    """Every message id answered 2xx (warm-up and measured) must be a row of ``events`` (the
+    all-in-one rows' upload, stored before, left out)."""
     stored = {row[0] for row in db.query("SELECT message_id FROM events")}
-    rows = db.scalar("SELECT count(*) FROM events")
+    rows = db.scalar("SELECT count(*) FROM events WHERE message_id NOT LIKE '%_upload_%'")
     acked = [f"msg_{prefix}_m_{i}" for i in result["measured"]["ok_indexes"]]
     warm = result.get("warmup", {}).get("ok", 0)
     missing = [m for m in acked if m not in stored]
@@ -369,18 +420,38 @@ def measure(
             run_dir,
             admin_url=args.pg_url,
             filename="inbox.sqlite3",
-            prepare=target.receivers > 1,
+            prepare=target.receivers > 1 or target.worker,
         ) as db:
+            env: dict[str, str] = {}
+            if target.worker:
+                assert api is not None
+                backlog = fill_backlog(db, ids, BACKLOG_EVENTS, BACKLOG_IDS, prefix)
+                env = {"DIMMY_API_KEY": API_KEY, "DIMMY_API_URL": f"http://{HOST}:{api[1]}"}
             started = start_ours(
-                procs, name, db, run_dir, count=target.receivers, plain_http=target.plain_http
+                procs,
+                name,
+                db,
+                run_dir,
+                count=target.receivers,
+                plain_http=target.plain_http,
+                worker=target.worker,
+                **env,
             )
             try:
                 spec["ports"] = [port for _proc, port in started]
                 spec["watch"] = {"server": [proc.pid for proc, _port in started]}
                 if db.backend == "postgres":
                     spec["watch_db"] = {"url": db.url, "name": db.name}
+                fetched = "SELECT count(*) FROM jobs WHERE kind = 'fetch' AND status = 'done'"
+                before, started_at = db.scalar(fetched), time.monotonic()
                 result = run_loadgen(workdir, spec, name)
                 row = summarise(target.label, size, result)
+                if target.worker:
+                    row["drained"] = {
+                        "backlog": backlog,
+                        "fetched": db.scalar(fetched) - before,
+                        "seconds": time.monotonic() - started_at,
+                    }
                 row["durability"] = durability(db, prefix, result)
             finally:
                 for proc, _port in started:
@@ -418,6 +489,8 @@ def plan_targets(args: argparse.Namespace, workdir: Path) -> list[Target]:
     if "ours" in args.targets:
         for backend, n in args.plan:
             out.append(Target("ours", f"ours {backend} {n} rcv", backend, n))
+            if n == 1 and args.all_in_one:
+                out.append(Target("ours", f"ours {backend} all-in-one", backend, worker=True))
             if args.http_baseline:
                 label = f"ours {backend} {n} rcv (uvicorn's protocol)"
                 out.append(Target("ours", label, backend, n, plain_http=True))
@@ -455,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         assert api is not None
         ids = fake_item_ids(api[1], pool_size)
-        if "seed" not in args.targets:
+        if "seed" not in args.targets and not ("ours" in args.targets and args.all_in_one):
             procs.stop(api[0])
             api = None
         targets = plan_targets(args, workdir)
@@ -553,6 +626,15 @@ def _notes(rows: list[dict[str, Any]]) -> str:
                 f"  {r['target']} ids={r['ids']}: {r['req_s']:.0f} req/s, p99 "
                 f"{r['p99_ms'] or 0:.2f} ms; on uvicorn's own protocol {plain['req_s']:.0f} req/s, "
                 f"p99 {plain['p99_ms'] or 0:.2f} ms: {r['req_s'] / plain['req_s']:.2f}x"
+            )
+        alone = by_label.get((f"ours {r['backend']} 1 rcv", r["ids"]))
+        if "drained" in r and alone is not None and alone["req_s"]:
+            d = r["drained"]
+            notes.append(
+                f"  {r['target']} ids={r['ids']}: {r['req_s'] / alone['req_s']:.2f}x the "
+                f"--no-worker row's req/s (p99 {r['p99_ms'] or 0:.1f} against "
+                f"{alone['p99_ms'] or 0:.1f} ms) while its worker fetched "
+                f"{d['fetched'] / d['seconds']:.0f} items/s of a {d['backlog']:,}-id upload"
             )
         bad = {k: v for k, v in r["statuses"].items() if not k.startswith("2")}
         if bad:
