@@ -117,10 +117,11 @@ async def export_deliveries_jsonl(
 # items ----------------------------------------------------------------------------------------
 
 _ITEM_COLUMNS = [
-    "id", "account", "barcode", "barcodes", "width", "height", "depth", "dimension_unit", "volume",
+    "id", "barcode", "barcodes", "width", "height", "depth", "dimension_unit", "volume",
     "volume_unit", "weight", "weight_unit", "dim_weight", "billable_weight",
     "scanner_account_id", "owner_id", "flow_id", "created_at", "updated_at", "started_at",
     "ended_at", "fetched_at", "version", "revision", "hold_state", "photo_urls",
+    "account",  # last: a script reading the columns by position keeps working
 ]  # fmt: skip
 
 
