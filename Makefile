@@ -23,7 +23,8 @@ run: $(STAMP)
 
 ## test: lint, type-check and the whole test suite
 test: $(STAMP) lint typecheck
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile -m "not timing"
+	$(BIN)/pytest -m timing
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

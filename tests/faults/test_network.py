@@ -276,6 +276,7 @@ def _post_paced(
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_r8_hanging_upstream_does_not_slow_webhook_acknowledgements(
     db_url: str, fake: Any, fake_url: str, service_factory: Any, seed: int, rng: random.Random
 ) -> None:

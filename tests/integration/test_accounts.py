@@ -226,6 +226,7 @@ def test_an_item_of_another_account_is_not_fetched_or_taken_over(
     assert [r["item_id"] for r in site.delivered("globex")] == [theirs]
 
 
+@pytest.mark.timing
 def test_a_live_scan_is_stored_within_5_s_while_another_account_drains_3000_ids(
     db_url: str, fake: FakeDimmy, fake_url: str, tmp_path: Path
 ) -> None:
@@ -254,6 +255,7 @@ def test_a_live_scan_is_stored_within_5_s_while_another_account_drains_3000_ids(
     assert site.stored()[live] == ("globex", served(fake.items[live]))
 
 
+@pytest.mark.timing
 def test_an_account_whose_answers_hang_cannot_take_every_worker(
     db_url: str, fake: FakeDimmy, fake_url: str, tmp_path: Path
 ) -> None:

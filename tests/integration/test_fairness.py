@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.web import create_app
@@ -27,6 +29,7 @@ def stored(db_url: str, like: str | None = None) -> int:
     return int(scalar(db_url, "SELECT count(*) FROM items" + where))
 
 
+@pytest.mark.timing
 def test_a_live_scan_is_not_held_behind_a_big_upload(
     db_url: str, fake: FakeDimmy, fake_url: str, tmp_path: Path
 ) -> None:
