@@ -93,7 +93,7 @@ class Services:
     backlog: BacklogSampler | None = None  # the queue counted every minute (the dashboard)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _kept: dict[str, int] = field(default_factory=dict)  # backlogs of outputs not configured
-    _removed: dict[str, dict[str, int]] = field(default_factory=dict)  # accounts not configured
+    _removed: dict[str, int] = field(default_factory=dict)  # open work of accounts not configured
     _kept_at: float = float("-inf")
 
     @classmethod
@@ -266,6 +266,9 @@ class Services:
                     output,
                     output,
                 )
+            if self.workers:
+                with contextlib.suppress(StoreError):  # the first /readyz reports the store
+                    await self._report_removed_accounts()
             # everything loaded so far lives as long as the process: keep it out of the cyclic
             # GC's full collections, which otherwise stall every request in flight for 50-100 ms
             gc.collect()
@@ -337,18 +340,27 @@ class Services:
         backlogs = await self.store.backlogs()
         self._kept = {name: n for name, n in sorted(backlogs.items()) if name not in configured}
         accounts = self._accounts()
-        counts = await self.store.account_counts()
-        self._removed = {
-            name: count for name, count in sorted(counts.items()) if name not in accounts
-        }
+        open_work = await self.store.open_work_by_account()
+        self._removed = {name: n for name, n in sorted(open_work.items()) if name not in accounts}
         self._kept_at = self.clock()
         return dict(self._kept)
 
-    def removed_accounts(self) -> dict[str, dict[str, int]]:
-        """Accounts with stored rows that are no longer configured, with their ``events``,
-        ``items`` and open ``jobs``: all kept, their work waiting (nothing is deleted by itself;
-        put the account back in the file to go on)."""
-        return dict(self._removed)
+    async def _report_removed_accounts(self) -> None:
+        """Say once, at start, which accounts no longer configured still have rows, with their
+        events, items and open jobs: all kept (nothing is deleted by itself; put the account
+        back in the file to go on). ``/readyz`` goes on naming those whose work waits."""
+        accounts = self._accounts()
+        counts = await self.store.account_counts()
+        for name, count in sorted(counts.items()):
+            if name not in accounts:
+                log.warning(
+                    "account %s is no longer configured: its %s events, %s items and %s open "
+                    "jobs are kept (`dimmy-webhooks accounts list`)",
+                    name,
+                    count.get("events", 0),
+                    count.get("items", 0),
+                    count.get("jobs", 0),
+                )
 
     async def move_deliveries(self, source: str, target: str | None) -> int:
         """Hand the pending deliveries of output ``source`` to output ``target`` (one of this
@@ -438,10 +450,10 @@ class Services:
         for poller in self.pollers:
             problems += [of_account(poller.account, p) for p in poller.problems()]
         problems += [
-            f"account {name} is no longer configured: its {counts.get('jobs', 0)} open jobs "
-            f"wait and its {counts.get('items', 0)} items and {counts.get('events', 0)} events "
-            "are kept (put it back in DIMMY_ACCOUNTS_FILE to go on)"
-            for name, counts in self._removed.items()
+            f"account {name} is no longer configured: its {jobs} open jobs wait, and its data "
+            "is kept (put it back in DIMMY_ACCOUNTS_FILE to go on; `dimmy-webhooks accounts "
+            "list` counts it)"
+            for name, jobs in self._removed.items()
         ]
         problems += [
             f"{count} deliveries wait for output {output}, which is not configured: "

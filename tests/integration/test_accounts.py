@@ -21,7 +21,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from dimmy_webhooks.devtools.fake_dimmy import MAIN_OWNER, FakeDimmy
 from dimmy_webhooks.devtools.runner import serve_in_thread
 from dimmy_webhooks.items import normalise, version_of
 from dimmy_webhooks.models import IncomingEvent, InsertOutcome
+from dimmy_webhooks.services import Services
 from dimmy_webhooks.signatures import parse_secrets
 from dimmy_webhooks.store import create_store, schema
 from dimmy_webhooks.web import create_app
@@ -508,3 +509,40 @@ def test_the_downgrade_keeps_default_rows_and_refuses_other_accounts(
         command.downgrade(schema._config(empty_url), "0004")
     assert schema.status(empty_url) == state  # nothing was changed
     assert accounts_of(empty_url) == {MAIN_OWNER, "acme"}
+
+
+# -- an account removed from the file ------------------------------------------------------------
+
+
+def test_a_removed_accounts_work_waits_is_reported_and_never_run_as_another(
+    empty_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its rows stay, its pending work is not claimed by the accounts still configured, the
+    start says what is kept, and /readyz names it while its work waits."""
+    schema.upgrade(empty_url)
+    settings = make_settings(empty_url, api_key=API_KEY, api_url="http://127.0.0.1:9")
+
+    async def go() -> list[str]:
+        store = create_store(empty_url)
+        await store.open()
+        try:
+            await store.insert_event(replace(scanned_event("msg_gone", ["x"]), account="gone"))
+        finally:
+            await store.close()
+        services = Services.from_settings(settings)
+        with caplog.at_level("WARNING", logger="dimmy_webhooks.services"):
+            async with services.running():
+                await asyncio.sleep(1.0)  # the worker looks for due work meanwhile
+                await services.readiness()
+                return services.problems()
+
+    problems = asyncio.run(go())
+    assert any(
+        "account gone is no longer configured: its 1 open jobs wait" in p for p in problems
+    ), problems
+    assert any(
+        "account gone is no longer configured: its 1 events, 0 items and 1 open jobs are kept"
+        in r.getMessage()
+        for r in caplog.records
+    )
+    assert rows(empty_url, "SELECT status FROM jobs WHERE account = 'gone'") == [("pending",)]

@@ -117,6 +117,11 @@ class Queue(ops.Transactions):
             counts.setdefault(str(row["account"]), {})[str(row["what"])] = int(row["n"])
         return counts
 
+    async def open_work_by_account(self) -> dict[str, int]:
+        """Jobs pending or running, by account: read from the open jobs alone, not the whole
+        tables as :meth:`account_counts` is, so ``/readyz`` may ask every few seconds."""
+        return {r["key"]: int(r["n"]) for r in await self._rows("open_work_by_account", {})}
+
     async def due_work(self, now: float) -> int:
         """Jobs running or due now (not those waiting for a later retry)."""
         return int((await self._rows("due_work", {"now": now}))[0]["n"])

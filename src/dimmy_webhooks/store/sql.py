@@ -283,6 +283,10 @@ SQL: dict[str, str] = {
         UNION ALL SELECT 'items', account, count(*) FROM items GROUP BY account
         UNION ALL SELECT 'jobs', account, count(*) FROM jobs
             WHERE status IN ('pending', 'running') GROUP BY account""",
+    # open work by account: on the status indexes, so it costs what the backlog does
+    "open_work_by_account": """
+        SELECT account AS key, count(*) AS n FROM jobs
+        WHERE status IN ('pending', 'running') GROUP BY account""",
     "state": "SELECT value FROM sync_state WHERE name = :name",
     "set_state": """
         INSERT INTO sync_state (name, value, updated_at) VALUES (:name, :value, :now)
