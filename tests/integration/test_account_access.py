@@ -32,7 +32,7 @@ from dimmy_webhooks.web import create_app
 from ..support.builders import make_settings, stored_item
 from ..support.constants import ADMIN_TOKEN, FORWARD_SECRET
 from ..support.dashboard import dashboard_login
-from ..support.databases import hold_item
+from ..support.databases import execute, hold_item
 
 ACCOUNTS = ("alpha", "beta", "gamma")
 TOKENS = {name: f"operator-token-of-{name}-0123456789abcdefghij" for name in ACCOUNTS}
@@ -153,20 +153,7 @@ def record_delivery(db_url: str, item_id: str) -> None:
         " 'delivered', 200, NULL, 'ok', 'REC-' || item_id, account"
         f" FROM jobs WHERE item_id = '{item_id}' AND kind = 'deliver'"
     )
-    if db_url.startswith("sqlite:///"):
-        import sqlite3
-
-        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=10)
-        try:
-            with conn:
-                conn.execute(sql)
-        finally:
-            conn.close()
-        return
-    import psycopg
-
-    with psycopg.connect(db_url, autocommit=True, connect_timeout=5) as pg:
-        pg.execute(sql)  # type: ignore[call-overload,unused-ignore]
+    execute(db_url, sql)
 
 
 def seed(db_url: str) -> dict[str, Seeded]:

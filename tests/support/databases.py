@@ -185,6 +185,11 @@ def hold_item(db_url: str, item_id: str, reason: str = "side over 100 cm") -> No
         "UPDATE items SET hold_state = 'held', hold_reason = '{reason}', held_at = {now} "
         "WHERE id = '{item}'"
     ).format(reason=reason.replace("'", "''"), now=time.time(), item=_literal(item_id))
+    execute(db_url, sql)
+
+
+def execute(db_url: str, sql: str) -> None:
+    """Run one statement straight on either backend (bypassing the store), committed."""
     if db_url.startswith("sqlite:///"):
         import sqlite3
 
