@@ -151,3 +151,12 @@ def test_every_account_is_polled_when_the_service_polls_unless_it_says_not(
     accounts = accounts_of(tmp_path, text)
     assert [name for name, a in accounts.items() if a.polls(True)] == ["acme", "globex-2"]
     assert not any(a.polls(False) for a in accounts.values())
+
+
+def test_an_oversized_file_or_too_many_accounts_is_refused_unread(tmp_path: Path) -> None:
+    huge = "# " + "x" * (1024 * 1024) + "\n"
+    with pytest.raises(ConfigError, match="larger than 1048576 bytes"):
+        accounts_of(tmp_path, huge)
+    many = "".join(f'[[account]]\nname = "a{n}"\napi_key = "k"\n' for n in range(1001))
+    with pytest.raises(ConfigError, match="more than 1000 accounts"):
+        accounts_of(tmp_path, many)
