@@ -384,3 +384,45 @@ async def test_live_work_goes_before_polled_and_replayed_work(store: Store) -> N
         *[("deliver", f"p{n}") for n in range(5)],
         ("fetch", "r1"),
     ]
+
+
+async def test_a_large_event_is_expanded_in_chunks_each_position_once(store: Store) -> None:
+    """250 ids are queued in three writes (:data:`EXPAND_CHUNK`): every id once, at its
+    position in the event, and the event job done only with the last write."""
+    ids = [f"{n:024x}" for n in range(250)] + [f"{3:024x}"]  # a repeated id is queued once
+    await store.insert_event(scanned_event("big", ids, at=T0))
+    [job] = await store.claim("w", 10, LEASE, T0)
+    await store.expand_event(job, ids, T0)
+    fetches = await store.claim("w", 1000, LEASE, T0)
+    assert sorted((j.seq, j.item_id) for j in fetches) == [(n, f"{n:024x}") for n in range(250)]
+    [event] = await store.list_events()
+    assert event.item_count == 251
+    with pytest.raises(LeaseLost):  # done: a second expansion under the same lease is refused
+        await store.expand_event(job, ids, T0)
+
+
+async def test_an_expansion_whose_lease_was_taken_over_stops_and_the_new_owner_finishes(
+    store: Store,
+) -> None:
+    """A worker that lost its lease half-way queues nothing more; the new owner's expansion
+    queues every id exactly once, the ones queued before included."""
+    from dimmy_webhooks.store.queue import EXPAND_CHUNK, queue_fetches
+
+    ids = [f"{n:024x}" for n in range(EXPAND_CHUNK * 2 + 5)]
+    await store.insert_event(scanned_event("big", ids, at=T0))
+    [old] = await store.claim("old", 10, 1.0, T0)
+    # the old owner got its first chunk in, then its lease expired and was taken over
+    await store._write_job(  # one chunk, as expand_event writes it
+        lambda tx: queue_fetches(
+            tx, job=old, item_ids=ids[:EXPAND_CHUNK], max_attempts=3, now=T0, first_seq=0
+        )
+    )
+    taken = await store.claim("new", 1000, LEASE, T0 + 5)
+    [new] = [job for job in taken if job.kind is JobKind.EVENT]
+    assert new.id == old.id
+    with pytest.raises(LeaseLost):
+        await store.expand_event(old, ids, T0 + 5)
+    await store.expand_event(new, ids, T0 + 5)
+    fetches = [job for job in taken if job.kind is JobKind.FETCH]
+    fetches += await store.claim("w", 1000, LEASE, T0 + 5)
+    assert sorted((j.seq, j.item_id) for j in fetches) == list(enumerate(ids))

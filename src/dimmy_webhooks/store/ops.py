@@ -33,6 +33,7 @@ from dimmy_webhooks.models import (
     NormalisedItem,
     StoredItem,
 )
+from dimmy_webhooks.store.priority import IntakeFirst
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -100,13 +101,30 @@ class Transactions(abc.ABC):
     async def _read(self, op: Callable[[Tx], T]) -> T:
         """Run ``op`` in a read-only transaction."""
 
+    _intake_first: IntakeFirst | None = None
+
+    @property
+    def intake_first(self) -> IntakeFirst:
+        """Webhook inserts noted here pace this process's worker writes (:mod:`.priority`)."""
+        if self._intake_first is None:
+            self._intake_first = IntakeFirst()
+        return self._intake_first
+
     async def _write_job(
         self, op: Callable[[Tx], T], due: Due[T] | None = None, *, item: str | None = None
     ) -> T:
-        """A worker's write about one claimed job (its outcome, the item it stored), as
-        :meth:`_write`; a backend may commit many of them together (PostgreSQL does, in the
-        order of the ``item`` each one locks, so that batches never wait for each other in a
-        circle)."""
+        """A worker's write about one claimed job (its outcome, the item it stored), or its
+        claim: after the webhooks arriving meanwhile (:class:`.IntakeFirst`), then as
+        :meth:`_commit_job`."""
+        async with self.intake_first.turn():
+            return await self._commit_job(op, due, item=item)
+
+    async def _commit_job(
+        self, op: Callable[[Tx], T], due: Due[T] | None = None, *, item: str | None = None
+    ) -> T:
+        """How a backend commits a worker's write: as :meth:`_write`; a backend may commit many
+        of them together (PostgreSQL does, in the order of the ``item`` each one locks, so that
+        batches never wait for each other in a circle)."""
         return await self._write(op, due)
 
     async def _rows(self, name: str, params: Mapping[str, Any]) -> list[Row]:

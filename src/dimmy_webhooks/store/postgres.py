@@ -258,7 +258,7 @@ class PostgresStore(Store):
         results = self._run_sync(run_all, lambda results: any(queued for _, queued in results))
         return [(result, None) for result in results]
 
-    async def _write_job(
+    async def _commit_job(
         self, op: Callable[[ops.Tx], T], due: Due[T] | None = None, *, item: str | None = None
     ) -> T:
         """A worker's job write, committed with the others waiting (:meth:`_run_job_batch`)."""
@@ -395,6 +395,7 @@ class PostgresStore(Store):
         # share one transaction and one commit.
         if self._inbox is None:
             raise StoreUnavailable("store is closed")
+        self.intake_first.note_insert()
 
         def insert(tx: ops.Tx) -> tuple[InsertOutcome, bool]:
             outcome = inbox.insert_event(tx, event, self.max_attempts)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,6 +20,9 @@ from dimmy_webhooks.models import DeliveryAttempt, Job, JobKind, Lane, QueueStat
 from dimmy_webhooks.store import ops
 from dimmy_webhooks.store.ledger import record_attempt
 from dimmy_webhooks.store.ops import Attempts, Tx
+
+EXPAND_CHUNK = 100
+"""Item ids queued per write when an event is expanded (:meth:`Queue.expand_event`)."""
 
 
 class Queue(ops.Transactions):
@@ -43,7 +47,10 @@ class Queue(ops.Transactions):
         ``accounts`` (name: most jobs to take of it), only those accounts' jobs, each account
         at most its number (a worker leaves out the accounts it does not serve, and gives each
         account a share of its slots)."""
-        return await self._write(lambda tx: claim(tx, owner, limit, lease_seconds, now, accounts))
+        async with self.intake_first.turn():  # a claim is a worker's write too
+            return await self._write(
+                lambda tx: claim(tx, owner, limit, lease_seconds, now, accounts)
+            )
 
     async def heartbeat(self, owner: str, lease_seconds: float, now: float) -> int:
         """Extend every lease ``owner`` still holds; returns how many."""
@@ -55,9 +62,31 @@ class Queue(ops.Transactions):
         self, job: Job, item_ids: Sequence[str], now: float, note: str | None = None
     ) -> None:
         """Finish an ``event`` job by queueing one fetch per item id (idempotent); ``note``
-        (ids that were refused) is kept on the job and as the event's ``last_error``."""
+        (ids that were refused) is kept on the job and as the event's ``last_error``.
+
+        A large event is queued :data:`EXPAND_CHUNK` ids per write, each lease-checked, the
+        job finished with the last: one write never holds the writer long enough to make
+        the webhooks arriving meanwhile wait (a 500-id event is five short writes, not one
+        long one). Fetches queued by the first writes may run before the last; a worker that
+        dies half-way leaves them queued, and the expansion run again queues only the rest.
+        """
+        unique = list(dict.fromkeys(item_ids))
+        last = EXPAND_CHUNK * max(0, (len(unique) - 1) // EXPAND_CHUNK)  # the last chunk's start
+        for start in range(0, last, EXPAND_CHUNK):
+            chunk = unique[start : start + EXPAND_CHUNK]
+            await self._write_job(
+                functools.partial(
+                    queue_fetches,
+                    job=job,
+                    item_ids=chunk,
+                    first_seq=start,
+                    max_attempts=self.max_attempts,
+                    now=now,
+                ),
+                lambda _: True,
+            )
         await self._write_job(
-            lambda tx: expand_event(tx, job, item_ids, self.max_attempts, now, note),
+            lambda tx: expand_event(tx, job, unique[last:], self.max_attempts, now, note, last),
             lambda _: bool(item_ids),
         )
 
@@ -219,6 +248,22 @@ def claim(
     return sorted((ops.job(row) for row in rows), key=lambda job: job.id)
 
 
+def queue_fetches(
+    tx: Tx,
+    *,
+    job: Job,
+    item_ids: Sequence[str],
+    max_attempts: int,
+    now: float,
+    first_seq: int,
+) -> None:
+    """One chunk of an expansion but the last: the fetches of ``item_ids``, at positions from
+    ``first_seq`` in the event, if ``job`` is still leased (else :class:`LeaseLost`)."""
+    if not tx.all(tx.sql("held"), {"id": job.id, "token": job.lease_token}):
+        raise LeaseLost(f"job {job.id}: lease taken over, expansion stopped")
+    _queue_fetches(tx, job, item_ids, max_attempts, now, first_seq)
+
+
 def expand_event(
     tx: Tx,
     job: Job,
@@ -226,10 +271,20 @@ def expand_event(
     max_attempts: int,
     now: float,
     note: str | None = None,
+    first_seq: int = 0,
 ) -> None:
+    """Finish ``job`` (lease-checked) with the fetches of ``item_ids`` (the event's last ids,
+    from position ``first_seq``)."""
     ops.guard_finish(tx, job, now, note)
     if note is not None:
         ops.event_error(tx, job.event_id, note[:1000])
+    _queue_fetches(tx, job, item_ids, max_attempts, now, first_seq)
+    ops.refresh(tx, [job.event_id], now)
+
+
+def _queue_fetches(
+    tx: Tx, job: Job, item_ids: Sequence[str], max_attempts: int, now: float, first_seq: int
+) -> None:
     # The fetches are due as of the event's arrival, not the expansion: claims go by lane and
     # position in the event first (sql.FAIR), then by due time, so among the first ids of a
     # backlog of events the oldest events' go before the expansion of newer ones (else nothing
@@ -249,10 +304,9 @@ def expand_event(
             seq=seq,
             account=job.account,
         )
-        for seq, item_id in enumerate(dict.fromkeys(item_ids))
+        for seq, item_id in enumerate(dict.fromkeys(item_ids), start=first_seq)
     ]
     ops.new_jobs(tx, rows)
-    ops.refresh(tx, [job.event_id], now)
 
 
 def finish(

@@ -143,6 +143,9 @@ SQL: dict[str, str] = {
         SELECT 1 AS busy FROM jobs
         WHERE item_id = :item_id AND kind = 'deliver' AND status = 'running' AND output = :output
         LIMIT 1""",
+    "held": """
+        SELECT 1 AS held FROM jobs
+        WHERE id = :id AND lease_token = :token AND status = 'running'""",
     "heartbeat": """
         UPDATE jobs SET lease_expires_at = :expires
         WHERE lease_owner = :owner AND status = 'running'""",
