@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy
-from dimmy_webhooks.models import FULL_PAYLOAD, IncomingEvent, InsertOutcome
+from dimmy_webhooks.models import FULL_PAYLOAD, UNKNOWN, IncomingEvent, InsertOutcome
 from dimmy_webhooks.outputs import JsonlOutput, Output, parse_outputs
 from dimmy_webhooks.pipeline.jobs import WorkerPolicy
 from dimmy_webhooks.pipeline.worker import Worker
@@ -95,11 +95,12 @@ async def pipeline_factory(
         extra_outputs: str = "",
         timeout: float = 2.0,
         api_concurrency: int = 16,
+        rate_limit: float = 10_000,
     ) -> Pipeline:
         store = pipeline_store
         store.max_attempts = max_attempts
         client = DimmyClient(
-            fake_url, api_key, timeout=timeout, concurrency=api_concurrency, rate_limit=10_000
+            fake_url, api_key, timeout=timeout, concurrency=api_concurrency, rate_limit=rate_limit
         )
         jsonl = tmp_path / "out.jsonl"
         spec = f"jsonl:{jsonl}" + (f",{extra_outputs}" if extra_outputs else "")
@@ -136,6 +137,65 @@ async def test_500_id_event_stores_every_item_once(pipeline_factory: Any, fake: 
     await p.run_until_idle()
     assert sum(fake.counts.values()) == 500
     assert len(p.lines()) == 500
+
+
+async def test_a_flood_of_webhooks_slows_the_worker_but_never_stops_it(
+    pipeline_factory: Any, fake: FakeDimmy
+) -> None:
+    """While webhooks arrive faster than the busy threshold, the worker's writes wait their
+    turn (webhooks first), yet items are still stored during the flood, and all of them after."""
+    ids = fake.generate_items(300)
+    p = await pipeline_factory()
+    await p.store.insert_event(scanned_event("msg_upload", ids, headers={}))
+    stop = asyncio.Event()
+    worker = asyncio.create_task(p.worker.run(stop))
+    stored_in_flood: list[int] = []
+    try:
+        n = 0
+        flood_ends = time.monotonic() + 2.0
+        while time.monotonic() < flood_ends:  # about 10 inserts per 20 ms: far above 80/s
+            await asyncio.gather(
+                *(
+                    p.store.insert_event(IncomingEvent(f"flood{n + k}", UNKNOWN, b"[]", {}, 0.0))
+                    for k in range(10)
+                )
+            )
+            n += 10
+            await asyncio.sleep(0.02)
+        stored_in_flood.append(p.table("SELECT COUNT(*) FROM items")[0][0])
+        assert p.store.intake_first.waited > 0  # the worker did wait for the webhooks
+    finally:
+        stop.set()
+        await worker
+    assert stored_in_flood[0] > 0  # slowed, not stopped
+    await p.run_until_idle()
+    assert {row[0] for row in p.table("SELECT id FROM items")} == set(ids)
+
+
+async def test_a_busy_worker_claims_in_batches_not_once_per_freed_slot(
+    pipeline_factory: Any, fake: FakeDimmy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each claim is a write that webhook inserts wait behind: a worker whose slots are full
+    claims again once a quarter of them are free, not for every job that ends (here the jobs
+    wait for the API's rate budget, 100 a second after a first burst of 100, and end one by
+    one)."""
+    ids = fake.generate_items(300)
+    p = await pipeline_factory(api_concurrency=16, rate_limit=100)
+    claims: list[int] = []
+    claim = p.store.claim
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        jobs = await claim(*args, **kwargs)
+        claims.append(len(jobs))
+        return jobs
+
+    monkeypatch.setattr(p.store, "claim", counted)
+    await p.store.insert_event(scanned_event("msg_upload", ids, headers={}))
+    await p.run_until_idle()
+    assert {row[0] for row in p.table("SELECT id FROM items")} == set(ids)
+    jobs = sum(claims)  # the event and 300 fetches (each fetch delivers what it stored)
+    assert jobs == 301
+    assert len(claims) <= jobs / 4, (len(claims), claims)
 
 
 async def test_404_and_422_ids_die_once_while_siblings_succeed(

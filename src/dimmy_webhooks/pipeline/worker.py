@@ -33,6 +33,12 @@ CANCEL_WAIT_SECONDS = 5.0
 """How long a stopping worker waits for its cancelled jobs to end before it releases its claims
 (a cancelled job first lets its store write in flight end, which takes milliseconds)."""
 
+REFILL_SHARE = 4
+"""A worker with running jobs claims again once a REFILL_SHARE-th of its slots are free."""
+
+REFILL_WAIT_SECONDS = 0.5
+"""... or this long after its last claim, with at least one slot free."""
+
 
 class Worker:
     """Runs jobs from ``store`` until :meth:`run`'s stop event is set."""
@@ -69,6 +75,8 @@ class Worker:
         )
         self._wake = asyncio.Event()
         self._active: dict[asyncio.Task[None], str] = {}  # running jobs: their account
+        self._refill = max(1, policy.concurrency // REFILL_SHARE)
+        self._last_claim = 0.0
 
     @property
     def accounts(self) -> dict[str, AccountWork]:
@@ -108,10 +116,11 @@ class Worker:
         try:
             while not stop.is_set():
                 self._wake.clear()
-                claimed = await self._claim_some()
-                if claimed and len(self._active) < self.policy.concurrency:
+                claimed, asked = await self._claim_some()
+                if claimed and claimed == asked and self._free() >= self._refill:
                     continue  # there may be more due work: claim again before sleeping
                 await self._sleep(stop)
+                await self._until_refill(stop)
         finally:
             await self._drain()
             beat.cancel()
@@ -119,30 +128,49 @@ class Worker:
                 await beat
             log.info("worker stopped", extra={"fields": {"owner": self.owner}})
 
-    async def _claim_some(self) -> int:
-        free = self.policy.concurrency - len(self._active)
+    def _free(self) -> int:
+        return self.policy.concurrency - len(self._active)
+
+    async def _until_refill(self, stop: asyncio.Event) -> None:
+        """Claim in batches: wait, after the last claim, until :data:`REFILL_SHARE` of the
+        slots are free, or :data:`REFILL_WAIT_SECONDS` have passed with one free.
+
+        Each claim is a write through the store's writers, which webhook inserts wait on in an
+        all-in-one ``serve``; without this, a worker whose jobs wait for the API's rate budget
+        would claim again for every slot a job frees (one claim per item). A job that frees its
+        slot wakes this, so work is never left waiting longer than that."""
+        deadline = self._last_claim + REFILL_WAIT_SECONDS
+        while not stop.is_set() and self._free() < self._refill:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), remaining)
+
+    async def _claim_some(self) -> tuple[int, int]:
+        """Claim what fits in the free slots: (jobs claimed, jobs asked for)."""
+        free = self._free()
         if free <= 0:
-            return 0
+            return 0, 0
         running = collections.Counter(self._active.values())
         room = {name: work.share - running[name] for name, work in self.accounts.items()}
+        asked = min(free, self.policy.claim_batch)
+        self._last_claim = time.monotonic()
         try:
             jobs = await self.store.claim(
-                self.owner,
-                min(free, self.policy.claim_batch),
-                self.policy.lease_seconds,
-                self.clock(),
-                accounts=room,
+                self.owner, asked, self.policy.lease_seconds, self.clock(), accounts=room
             )
         except StoreError as exc:
             log.warning("claim failed", extra={"fields": {"reason": str(exc)}})
-            return 0
+            return 0, asked
         if jobs:
             self.crash.hit("after_claim")
         for job in jobs:
             task = asyncio.create_task(self.jobs.handle(job))
             self._active[task] = job.account
             task.add_done_callback(self._done)
-        return len(jobs)
+        return len(jobs), asked
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._active.pop(task, None)
