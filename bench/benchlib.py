@@ -523,6 +523,71 @@ def imported_from(env: Mapping[str, str]) -> str:
     return done.stdout.decode().strip()
 
 
+@dataclass(frozen=True)
+class Code:
+    """The ``dimmy_webhooks`` that a row's child processes import."""
+
+    name: str  # "today", or the baseline's revision
+    pythonpath: str | None = None  # None: the benchmark's own environment (today's code)
+    imported: str = "?"  # its dimmy_webhooks/__init__.py, as imported_from found it
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.pythonpath is not None
+
+    @property
+    def prefix(self) -> str:
+        """What a baseline row's label starts with (``623ee3b: ``); nothing for today's."""
+        return f"{self.name}: " if self.is_baseline else ""
+
+    @property
+    def slug(self) -> str:
+        """The name, safe in file names and message ids."""
+        return "".join(c if c.isalnum() else "-" for c in self.name)
+
+    def env(self) -> dict[str, str]:
+        """What a child gets on top of :func:`service_env` or :func:`base_env`."""
+        return {} if self.pythonpath is None else {"PYTHONPATH": self.pythonpath}
+
+
+@contextlib.contextmanager
+def codes_under_test(
+    baseline_rev: str | None, notes: list[str]
+) -> Iterator[tuple[Code, Code | None]]:
+    """Today's code and, unless ``baseline_rev`` is ``None``, the code of that revision from a
+    temporary worktree (``None`` when it cannot be made, or when its environment does not
+    import the worktree's own ``src``: a note in ``notes`` says so)."""
+    today = Code("today", None, imported_from(base_env()))
+    if baseline_rev is None:
+        yield today, None
+        return
+    with baseline_tree(baseline_rev, notes) as src:
+        baseline = None
+        if src is not None:
+            imported = imported_from(base_env(PYTHONPATH=src))
+            if imported.startswith(src + os.sep):
+                baseline = Code(baseline_rev, src, imported)
+            else:
+                note = (
+                    f"NO BASELINE ROWS: with PYTHONPATH={src} a child imports {imported}, not "
+                    f"{baseline_rev}'s code"
+                )
+                print(f"note: {note}", file=sys.stderr, flush=True)
+                notes.append(note)
+        yield today, baseline
+
+
+def code_lines(today: Code, baseline: Code | None) -> list[str]:
+    """Which code each row's children import (printed before and after the tables)."""
+    lines = [f"code: our rows without a prefix import {today.imported} (today's)"]
+    if baseline is not None:
+        lines.append(
+            f"code: rows '{baseline.prefix}ours ...' import {baseline.imported} (the baseline, "
+            f"a temporary git worktree of {baseline.name}; its own migrations)"
+        )
+    return lines
+
+
 def run_loadgen(workdir: Path, spec: dict[str, Any], name: str) -> dict[str, Any]:
     """Run bench/loadgen.py in its own process; return its JSON result."""
     spec_path = workdir / f"{name}.spec.json"
