@@ -59,6 +59,7 @@ from benchlib import (
     PG_ADMIN_URL,
     RELEASE_REV,
     SECRET,
+    TODAY,
     BenchDB,
     Code,
     Proc,
@@ -105,7 +106,6 @@ DEFAULT_RECEIVERS = {"sqlite": [1], "postgres": [1, 2]}
 #: row's, with a p99 under P99_TARGET_MS, on both backends, for 10- and 500-id bodies
 AIO_RATIO_TARGET = 0.90
 P99_TARGET_MS = 20.0
-TODAY = Code("today")
 
 
 @dataclass(frozen=True)

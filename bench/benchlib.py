@@ -550,6 +550,10 @@ class Code:
         return {} if self.pythonpath is None else {"PYTHONPATH": self.pythonpath}
 
 
+#: today's code: the benchmark's own environment
+TODAY = Code("today")
+
+
 @contextlib.contextmanager
 def codes_under_test(
     baseline_rev: str | None, notes: list[str]
@@ -557,7 +561,7 @@ def codes_under_test(
     """Today's code and, unless ``baseline_rev`` is ``None``, the code of that revision from a
     temporary worktree (``None`` when it cannot be made, or when its environment does not
     import the worktree's own ``src``: a note in ``notes`` says so)."""
-    today = Code("today", None, imported_from(base_env()))
+    today = Code(TODAY.name, None, imported_from(base_env()))
     if baseline_rev is None:
         yield today, None
         return
