@@ -65,6 +65,7 @@ from benchlib import (
     Proc,
     Procs,
     base_env,
+    baseline_failed,
     bench_database,
     code_lines,
     codes_under_test,
@@ -626,6 +627,11 @@ def main(argv: list[str] | None = None) -> int:
             for target in targets:
                 try:
                     row = measure(args, workdir, procs, target, size, ids, api)
+                except Exception as exc:
+                    if not target.code.is_baseline:
+                        raise
+                    baseline_failed(f"{target.label} ids={size}", exc, code_notes)
+                    continue
                 finally:
                     if target.db_dir is not None:
                         shutil.rmtree(target.db_dir, ignore_errors=True)

@@ -505,11 +505,13 @@ def baseline_tree(rev: str, notes: list[str] | None = None) -> Iterator[str | No
 
 
 def imported_from(env: Mapping[str, str]) -> str:
-    """The ``dimmy_webhooks/__init__.py`` that a child with ``env`` imports (as the console
-    scripts do: ``-P`` keeps the working directory out of ``sys.path``), or ``?: <why>``."""
+    """The ``dimmy_webhooks/__init__.py`` that a child with ``env`` imports, or ``?: <why>``.
+    It imports what the ``dimmy-webhooks`` script imports first (its ``cli``) and, like the
+    script, leaves the working directory out of ``sys.path`` (``-P``)."""
+    script = "import dimmy_webhooks, dimmy_webhooks.cli; print(dimmy_webhooks.__file__)"
     try:
         done = subprocess.run(
-            [sys.executable, "-P", "-c", "import dimmy_webhooks; print(dimmy_webhooks.__file__)"],
+            [sys.executable, "-P", "-c", script],
             env=dict(env),
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -574,11 +576,22 @@ def codes_under_test(
             else:
                 note = (
                     f"NO BASELINE ROWS: with PYTHONPATH={src} a child imports {imported}, not "
-                    f"{baseline_rev}'s code"
+                    f"{baseline_rev}'s code (its dependencies may differ from this environment's)"
                 )
                 print(f"note: {note}", file=sys.stderr, flush=True)
                 notes.append(note)
         yield today, baseline
+
+
+def baseline_failed(label: str, exc: BaseException, notes: list[str]) -> None:
+    """A baseline row that failed (the baseline's code may need what this environment lacks):
+    a note, printed now and kept for the end, instead of the end of the run."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    note = f"BASELINE ROW FAILED, left out: {label}: {exc.__class__.__name__}: " + (
+        lines[-1] if lines else "?"
+    )
+    print(f"  note: {note}", flush=True)
+    notes.append(note)
 
 
 def code_lines(today: Code, baseline: Code | None) -> list[str]:

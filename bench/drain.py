@@ -49,6 +49,7 @@ from benchlib import (
     Proc,
     Procs,
     base_env,
+    baseline_failed,
     bench_database,
     code_lines,
     codes_under_test,
@@ -421,23 +422,8 @@ def main(argv: list[str] | None = None) -> int:
             api = start_fake_api(procs, items=n_items, latency=latency, name=f"fake-{latency}")
             try:
                 ids = fake_item_ids(api[1], n_items)
-                for backend, n_workers in args.plan if "ours" in args.targets else []:
-                    for concurrency in args.api_concurrency:
-                        for code in codes:  # the baseline's row right after today's
-                            row = drain_ours(
-                                args,
-                                procs,
-                                workdir,
-                                api,
-                                ids,
-                                latency,
-                                concurrency,
-                                backend,
-                                n_workers,
-                                code=code,
-                            )
-                            rows.append(row)
-                            print(f"  {_progress(row)}", flush=True)
+                if "ours" in args.targets:
+                    rows += ours_rows(args, procs, workdir, api, ids, latency, codes, code_notes)
                 if "http" in args.targets:
                     wms = start_wms(procs, f"wms-{latency}")
                     try:
@@ -467,6 +453,47 @@ def main(argv: list[str] | None = None) -> int:
     ours = [r for r in rows if r.get("code") == TODAY.name]  # the baseline's: shown, no more
     bad = [r for r in ours if not r["jsonl_ok"] or r["timed_out"]]
     return 1 if bad else 0
+
+
+def ours_rows(
+    args: argparse.Namespace,
+    procs: Procs,
+    workdir: Path,
+    api: tuple[Proc, int],
+    ids: list[str],
+    latency: float,
+    codes: list[Code],
+    notes: list[str],
+) -> list[dict[str, Any]]:
+    """The ``ours`` rows of one latency, each code's (the baseline's right after today's); a
+    baseline row that fails is a note in ``notes``."""
+    rows = []
+    for backend, n_workers in args.plan:
+        for concurrency in args.api_concurrency:
+            for code in codes:
+                try:
+                    row = drain_ours(
+                        args,
+                        procs,
+                        workdir,
+                        api,
+                        ids,
+                        latency,
+                        concurrency,
+                        backend,
+                        n_workers,
+                        code=code,
+                    )
+                except Exception as exc:
+                    if not code.is_baseline:
+                        raise
+                    label = f"{code.prefix}ours {backend} {n_workers} wkr"
+                    label += f" api {latency * 1000:.0f} ms conc {concurrency}"
+                    baseline_failed(label, exc, notes)
+                    continue
+                rows.append(row)
+                print(f"  {_progress(row)}", flush=True)
+    return rows
 
 
 def _progress(row: dict[str, Any]) -> str:
