@@ -140,7 +140,9 @@ def fill_inbox(
 ) -> None:
     """Post the events through ``serve --no-worker`` of ``code`` (not timed) and check they are
     stored."""
-    [(proc, port)] = start_ours(procs, f"inbox-{tag}", db, workdir, **code.env())
+    [(proc, port)] = start_ours(
+        procs, f"inbox-{tag}", db, workdir, count=1, plain_http=False, worker=False, **code.env()
+    )
     try:
         spec = {
             "host": HOST,
@@ -450,8 +452,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         print(f"results written to {args.json}")
-    ours = [r for r in rows if r.get("code") == TODAY.name]  # the baseline's: shown, no more
-    bad = [r for r in ours if not r["jsonl_ok"] or r["timed_out"]]
+    today_rows = [r for r in rows if r.get("code") == TODAY.name]  # the baseline's: shown
+    bad = [r for r in today_rows if not r["jsonl_ok"] or r["timed_out"]]
     return 1 if bad else 0
 
 
