@@ -1,7 +1,7 @@
 """Acknowledged, durably committed webhooks per second, and acknowledgement latency.
 
 ``python bench/ack.py [--quick|--full] [--json out.json] [--api-latency 0.05] [--diag]
-[--backend sqlite,postgres] [--receivers 1,2]``
+[--backend sqlite,postgres] [--receivers 1,2] [--baseline-rev REV | --no-baseline]``
 
 For signed ``items.scanned`` bodies of 1, 10 and 500 ids (24-hex ids from the fake API), with 16
 keep-alive connections each sending one request after another (closed loop), it measures:
@@ -18,6 +18,14 @@ keep-alive connections each sending one request after another (closed loop), it 
   httptools protocol without the head and connection limits of ``httpserver.py``, and ``bare
   uvicorn (our protocol)``: the bare app on that protocol; the notes give the ratio of each pair
   (what the limits cost, per acknowledgement and on a request that does nothing);
+* ``REV: ours <backend> 1 rcv`` and ``REV: ours <backend> all-in-one``: the baseline, i.e. the
+  same two rows on the code of ``--baseline-rev`` (default: the last release's main,
+  ``benchlib.RELEASE_REV``), checked out into a temporary ``git worktree`` and run with
+  ``PYTHONPATH`` at its ``src`` (its own migrations, a fresh database per row), each measured
+  right after today's row of the same target and size. The notes give, for each backend and
+  size, the all-in-one / ``--no-worker`` req/s ratio and both p99s, today's and the baseline's,
+  against issue 21's target (all-in-one >= 0.90x the --no-worker row, p99 < 20 ms), and which
+  ``src`` each code's rows import. ``--no-baseline`` leaves these rows out;
 * ``seed example``: Dimmy's original Flask example (bench/seed_example.py) under gunicorn with 2
   sync workers, which fetches every id inline from a local ``dimmy-webhooks fake-api``
   (``--api-latency`` seconds per call, 0 by default).
@@ -36,25 +44,35 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchlib import (
     API_KEY,
+    BENCH_DIR,
     HOST,
     PG_ADMIN_URL,
+    RELEASE_REV,
     SECRET,
+    TODAY,
     BenchDB,
+    Code,
     Proc,
     Procs,
     base_env,
+    baseline_failed,
     bench_database,
+    code_lines,
+    codes_under_test,
     count_lines,
     fake_item_ids,
     free_port,
+    install_signal_exit,
     machine_lines,
     percentile,
     pg_problem,
@@ -85,6 +103,10 @@ BACKLOG_EVENTS = 40
 BACKLOG_IDS = 1000
 #: receivers per backend when --receivers is not given (SQLite has one writer per file anyway)
 DEFAULT_RECEIVERS = {"sqlite": [1], "postgres": [1, 2]}
+#: issue 21's target for the all-in-one serve: its req/s at least this share of the --no-worker
+#: row's, with a p99 under P99_TARGET_MS, on both backends, for 10- and 500-id bodies
+AIO_RATIO_TARGET = 0.90
+P99_TARGET_MS = 20.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,8 @@ class Target:
     #: ours: the all-in-one ``serve`` (its worker draining a backlog at the default API rate
     #: from a fake API at 0 ms) instead of ``serve --no-worker``
     worker: bool = False
+    #: ours: the code the processes import (today's, or the baseline's worktree)
+    code: Code = TODAY
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -149,6 +173,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"worker drains an upload of {BACKLOG_EVENTS} x {BACKLOG_IDS} ids at the default API "
         "rate (fake API at 0 ms)",
     )
+    add_baseline_args(parser, "'ours <backend> 1 rcv' and 'ours <backend> all-in-one'")
     add_backend_args(parser, "--receivers", "receivers", "serve --no-worker processes", "1,2")
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full" if args.full else "default"]
@@ -160,6 +185,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.targets = [x.strip() for x in args.targets.split(",") if x.strip()]
     resolve_backends(parser, args, "receivers", DEFAULT_RECEIVERS)
     return args
+
+
+def add_baseline_args(parser: argparse.ArgumentParser, rows: str) -> None:
+    """--baseline-rev and --no-baseline (shared with drain.py)."""
+    parser.add_argument(
+        "--baseline-rev",
+        default=RELEASE_REV,
+        help=f"measure {rows} again, right after today's, on this revision's code (a temporary "
+        "git worktree, PYTHONPATH at its src; default: %(default)s, the last release's main)",
+    )
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="today's rows only (no git worktree)"
+    )
 
 
 def add_backend_args(
@@ -251,17 +289,47 @@ def start_ours(
     return started
 
 
-def fill_backlog(db: BenchDB, ids: list[str], events: int, ids_per_event: int, tag: str) -> int:
+def fill_backlog(
+    db: BenchDB,
+    ids: list[str],
+    events: int,
+    ids_per_event: int,
+    tag: str,
+    code: Code = TODAY,
+) -> int:
     """``events`` pending ``items.scanned`` events of ``ids_per_event`` ids each, stored through
-    the store's own insert (event row and first job, as a webhook leaves them); returns the ids
+    the store's own insert (event row and first job, as a webhook leaves them) in a child
+    process of ``code``, so that the rows are the ones its schema expects; returns the ids
     queued. The ``serve`` started after it finds them as a device's upload to drain."""
+    spec = {"url": db.url, "ids": ids, "events": events, "ids_per_event": ids_per_event}
+    spec["tag"] = tag
+    script = f"import sys; sys.path.insert(0, {str(BENCH_DIR)!r}); import ack; ack.fill_child()"
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", script],
+        input=json.dumps(spec).encode(),
+        env=base_env(**code.env()),
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"backlog fill failed ({done.returncode}):\n{done.stderr.decode()}")
+    return events * ids_per_event
+
+
+def fill_child() -> None:
+    """:func:`fill_backlog`'s child: its spec on stdin, the store of the code it imports."""
     import asyncio
 
     from dimmy_webhooks.models import ITEMS_SCANNED, IncomingEvent
     from dimmy_webhooks.store import create_store
 
+    spec = json.loads(sys.stdin.read())
+    ids, events, ids_per_event = spec["ids"], spec["events"], spec["ids_per_event"]
+    tag = spec["tag"]
+
     async def fill() -> None:
-        store = create_store(db.url)
+        store = create_store(spec["url"])
         await store.open()
         try:
             for n in range(events):
@@ -281,7 +349,6 @@ def fill_backlog(db: BenchDB, ids: list[str], events: int, ids_per_event: int, t
             await store.close()
 
     asyncio.run(fill())
-    return events * ids_per_event
 
 
 def start_bare(procs: Procs, name: str, *, our_protocol: bool = False) -> tuple[Any, int]:
@@ -421,12 +488,13 @@ def measure(
             admin_url=args.pg_url,
             filename="inbox.sqlite3",
             prepare=target.receivers > 1 or target.worker,
+            env=target.code.env(),
         ) as db:
-            env: dict[str, str] = {}
+            env: dict[str, str] = target.code.env()
             if target.worker:
                 assert api is not None
-                backlog = fill_backlog(db, ids, BACKLOG_EVENTS, BACKLOG_IDS, prefix)
-                env = {"DIMMY_API_KEY": API_KEY, "DIMMY_API_URL": f"http://{HOST}:{api[1]}"}
+                backlog = fill_backlog(db, ids, BACKLOG_EVENTS, BACKLOG_IDS, prefix, target.code)
+                env |= {"DIMMY_API_KEY": API_KEY, "DIMMY_API_URL": f"http://{HOST}:{api[1]}"}
             started = start_ours(
                 procs,
                 name,
@@ -476,11 +544,16 @@ def measure(
     row["connections"] = spec["connections"]
     row["backend"] = target.backend
     row["receivers"] = target.receivers if target.kind == "ours" else None
+    if target.kind == "ours":
+        row["code"] = target.code.name
+        row["src"] = target.code.imported
     return row
 
 
-def plan_targets(args: argparse.Namespace, workdir: Path) -> list[Target]:
-    """The rows of one body size, in order."""
+def plan_targets(
+    args: argparse.Namespace, workdir: Path, today: Code = TODAY, baseline: Code | None = None
+) -> list[Target]:
+    """The rows of one body size, in order; the baseline's right after today's same row."""
     out = []
     if "bare" in args.targets:
         out.append(Target("bare", "bare uvicorn"))
@@ -488,18 +561,28 @@ def plan_targets(args: argparse.Namespace, workdir: Path) -> list[Target]:
             out.append(Target("bare", "bare uvicorn (our protocol)", plain_http=True))
     if "ours" in args.targets:
         for backend, n in args.plan:
-            out.append(Target("ours", f"ours {backend} {n} rcv", backend, n))
+            out.append(Target("ours", f"ours {backend} {n} rcv", backend, n, code=today))
+            if n == 1 and baseline is not None:
+                label = f"{baseline.prefix}ours {backend} 1 rcv"
+                out.append(Target("ours", label, backend, code=baseline))
             if n == 1 and args.all_in_one:
-                out.append(Target("ours", f"ours {backend} all-in-one", backend, worker=True))
+                label = f"ours {backend} all-in-one"
+                out.append(Target("ours", label, backend, worker=True, code=today))
+                if baseline is not None:
+                    label = f"{baseline.prefix}ours {backend} all-in-one"
+                    out.append(Target("ours", label, backend, worker=True, code=baseline))
             if args.http_baseline:
                 label = f"ours {backend} {n} rcv (uvicorn's protocol)"
-                out.append(Target("ours", label, backend, n, plain_http=True))
+                out.append(Target("ours", label, backend, n, plain_http=True, code=today))
         if args.diag:
             shm = Path("/dev/shm")  # noqa: S108 (a private subdirectory, removed after)
             if shm.is_dir():
                 tmp = shm / f"dimmy-bench-{workdir.name}"
-                out.append(Target("ours", "ours sqlite (db on tmpfs)", "sqlite", db_dir=tmp))
-            out.append(Target("ours", "ours sqlite (1 connection)", "sqlite", connections=1))
+                label = "ours sqlite (db on tmpfs)"
+                out.append(Target("ours", label, "sqlite", db_dir=tmp, code=today))
+            out.append(
+                Target("ours", "ours sqlite (1 connection)", "sqlite", connections=1, code=today)
+            )
     if "seed" in args.targets:
         out.append(Target("seed", "seed example"))
     return out
@@ -521,7 +604,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.backend_note:
             print(args.backend_note, flush=True)
     rows: list[dict[str, Any]] = []
-    with run_context("dimmy-bench-ack-") as (workdir, procs):
+    code_notes: list[str] = []
+    rev = None if args.no_baseline or "ours" not in args.targets else args.baseline_rev
+    install_signal_exit()  # already for the worktree: a SIGTERM still removes it
+    with (
+        codes_under_test(rev, code_notes) as (today, baseline),
+        run_context("dimmy-bench-ack-") as (workdir, procs),
+    ):
+        code_notes[:0] = code_lines(today, baseline)
+        print("\n".join(code_notes), flush=True)
         pool_size = max(1000, *args.sizes)
         api: tuple[Any, int] | None = start_fake_api(
             procs, items=pool_size, latency=args.api_latency
@@ -531,11 +622,16 @@ def main(argv: list[str] | None = None) -> int:
         if "seed" not in args.targets and not ("ours" in args.targets and args.all_in_one):
             procs.stop(api[0])
             api = None
-        targets = plan_targets(args, workdir)
+        targets = plan_targets(args, workdir, today, baseline)
         for size in args.sizes:
             for target in targets:
                 try:
                     row = measure(args, workdir, procs, target, size, ids, api)
+                except Exception as exc:
+                    if not target.code.is_baseline:
+                        raise
+                    baseline_failed(f"{target.label} ids={size}", exc, code_notes)
+                    continue
                 finally:
                     if target.db_dir is not None:
                         shutil.rmtree(target.db_dir, ignore_errors=True)
@@ -546,10 +642,13 @@ def main(argv: list[str] | None = None) -> int:
         r["vs_bare"] = r["req_s"] / bare[r["ids"]] if bare.get(r["ids"]) else None
     print()
     print(render(rows))
-    print(_notes(rows))
+    print(_notes(rows, code_notes))
     if args.json:
         args.json.write_text(
-            json.dumps({"machine": header, "preset": args.preset, "rows": rows}, indent=2)
+            json.dumps(
+                {"machine": header, "preset": args.preset, "code": code_notes, "rows": rows},
+                indent=2,
+            )
         )
         print(f"results written to {args.json}")
     failed = [r for r in rows if r.get("durability") and not r["durability"]["ok"]]
@@ -557,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _progress(row: dict[str, Any]) -> str:
-    return f"{row['target']:<26} ids={row['ids']:<4} {row['req_s']:8.1f} req/s ({row['ok']} ok)"
+    return f"{row['target']:<36} ids={row['ids']:<4} {row['req_s']:8.1f} req/s ({row['ok']} ok)"
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -610,7 +709,13 @@ def render(rows: list[dict[str, Any]]) -> str:
     return table(headers, out)
 
 
-def _notes(rows: list[dict[str, Any]]) -> str:
+def _prefix(row: dict[str, Any]) -> str:
+    """``REV: `` for a baseline row, nothing for today's (see ``Code.prefix``)."""
+    code = row.get("code")
+    return "" if code in (None, TODAY.name) else f"{code}: "
+
+
+def _notes(rows: list[dict[str, Any]], code_notes: Sequence[str] = ()) -> str:
     notes = []
     by_label = {(r["target"], r["ids"]): r for r in rows}
     for r in rows:
@@ -627,7 +732,7 @@ def _notes(rows: list[dict[str, Any]]) -> str:
                 f"{r['p99_ms'] or 0:.2f} ms; on uvicorn's own protocol {plain['req_s']:.0f} req/s, "
                 f"p99 {plain['p99_ms'] or 0:.2f} ms: {r['req_s'] / plain['req_s']:.2f}x"
             )
-        alone = by_label.get((f"ours {r['backend']} 1 rcv", r["ids"]))
+        alone = by_label.get((f"{_prefix(r)}ours {r['backend']} 1 rcv", r["ids"]))
         if "drained" in r and alone is not None and alone["req_s"]:
             d = r["drained"]
             notes.append(
@@ -647,7 +752,46 @@ def _notes(rows: list[dict[str, Any]]) -> str:
                 f"  {r['target']} ids={r['ids']}: printed {r['printed_lines']} item lines "
                 "(warm-up and late answers included)"
             )
+    notes += _issue21_notes(rows)
+    notes += [f"  {line}" for line in code_notes]
     return "notes:\n" + "\n".join(notes) if notes else ""
+
+
+def _issue21_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """For each backend and size with an all-in-one row: its req/s over the --no-worker row's of
+    the same code, and both p99s, today's code and the baseline's, against issue 21's target."""
+    by_label = {(r["target"], r["ids"]): r for r in rows}
+    prefixes = list(dict.fromkeys(_prefix(r) for r in rows if r.get("code")))
+    backends = list(dict.fromkeys(r["backend"] for r in rows if r.get("code")))
+    sizes = list(dict.fromkeys(r["ids"] for r in rows))
+    out = []
+    for backend in backends:
+        for size in sizes:
+            for prefix in prefixes:
+                alone = by_label.get((f"{prefix}ours {backend} 1 rcv", size))
+                aio = by_label.get((f"{prefix}ours {backend} all-in-one", size))
+                if alone is None or aio is None or not alone["req_s"]:
+                    continue
+                ratio = aio["req_s"] / alone["req_s"]
+                p99 = aio["p99_ms"]
+                met = ratio >= AIO_RATIO_TARGET and p99 is not None and p99 < P99_TARGET_MS
+                verdict = "met" if met else "NOT met"
+                if size not in (10, 500):
+                    verdict += " (not a target size)"
+                code = prefix.rstrip(": ") or TODAY.name
+                out.append(
+                    f"    {backend:<8} ids={size:<4} {code + ':':<9} {ratio:.2f}x "
+                    f"({aio['req_s']:.0f} / {alone['req_s']:.0f} req/s), p99 "
+                    f"{p99 or 0:.1f} ms (--no-worker {alone['p99_ms'] or 0:.1f} ms): {verdict}"
+                )
+    if not out:
+        return []
+    head = (
+        f"  issue 21, all-in-one req/s over the --no-worker row's (target >= "
+        f"{AIO_RATIO_TARGET:.2f}x with the all-in-one p99 < {P99_TARGET_MS:.0f} ms, both "
+        "backends, 10- and 500-id bodies):"
+    )
+    return [head, *out]
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ Every server runs in its own process group (``start_new_session``) so that stopp
 children too (gunicorn workers); :class:`Procs` stops exactly the groups it started, SIGTERM first,
 SIGKILL after a grace period. Only 127.0.0.1 is ever used.
 
+Code under test: the children import the ``dimmy_webhooks`` of the benchmark's own environment
+(today's code) unless given ``PYTHONPATH`` at another tree's ``src``: :func:`baseline_tree` checks
+a revision out into a temporary ``git worktree`` for that, and :func:`imported_from` shows which
+``src`` an environment really imports.
+
 Databases: :func:`bench_database` gives each measurement a fresh one, a SQLite file in the run's
 temp directory or a PostgreSQL database ``bench_<uuid>`` created on the local server (the one in
 ``--pg-url``, which must be on the loopback) and dropped ``WITH (FORCE)`` afterwards, Ctrl-C
@@ -18,6 +23,7 @@ import http.client
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import sqlite3
@@ -34,6 +40,11 @@ from typing import Any
 
 HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+#: The last release's main: the code before the issue-21 work (the all-in-one service's
+#: acknowledgements beside its worker, the worker's CPU per item). ack.py and drain.py measure it
+#: beside today's code in the same run (``--baseline-rev`` to choose another, ``--no-baseline``).
+RELEASE_REV = "623ee3b"
 BIN_DIR = Path(sys.executable).parent
 #: A Svix-style secret used only by the benchmarks (32 bytes, base64).
 SECRET = "whsec_" + base64.b64encode(b"dimmy-webhooks benchmark key 32b").decode()
@@ -49,8 +60,6 @@ def tool(name: str) -> str:
     candidate = BIN_DIR / name
     if candidate.exists():
         return str(candidate)
-    import shutil
-
     found = shutil.which(name)
     if found is None:
         raise SystemExit(f"{name} not found next to {sys.executable} nor on PATH")
@@ -402,11 +411,12 @@ def _pg_admin(admin_url: str, statement: str, name: str) -> None:
         conn.execute(sql.SQL(statement).format(sql.Identifier(name)))
 
 
-def migrate(db: BenchDB, cwd: Path) -> None:
-    """``dimmy-webhooks migrate`` on ``db`` (not timed by any benchmark)."""
+def migrate(db: BenchDB, cwd: Path, env: Mapping[str, str] | None = None) -> None:
+    """``dimmy-webhooks migrate`` on ``db`` (not timed by any benchmark); ``env``: more of its
+    environment (``PYTHONPATH`` of a baseline tree: its own migrations)."""
     done = subprocess.run(
         [tool("dimmy-webhooks"), "migrate"],
-        env=service_env(db),
+        env=service_env(db, **(env or {})),
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -425,20 +435,22 @@ def bench_database(
     admin_url: str = PG_ADMIN_URL,
     filename: str = "service.sqlite3",
     prepare: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[BenchDB]:
     """A fresh database for one measurement, removed afterwards.
 
     SQLite: ``run_dir/filename`` (migrated here only with ``prepare``; ``serve`` and ``worker``
     migrate SQLite themselves, but two processes starting at once on a new file should not).
     PostgreSQL: ``CREATE DATABASE bench_<uuid>``, ``dimmy-webhooks migrate``, and at the end
-    ``DROP DATABASE ... WITH (FORCE)`` (the caller stops its processes first).
+    ``DROP DATABASE ... WITH (FORCE)`` (the caller stops its processes first). ``env``: more of
+    ``migrate``'s environment (the ``PYTHONPATH`` of the code under test).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     if backend == "sqlite":
         path = run_dir / filename
         db = BenchDB("sqlite", f"sqlite:///{path}", path=path)
         if prepare:
-            migrate(db, run_dir)
+            migrate(db, run_dir, env)
         yield db
         return
     if backend != "postgres":
@@ -447,12 +459,150 @@ def bench_database(
     db = BenchDB("postgres", _pg_url(admin_url, name), name=name)
     try:
         _pg_admin(admin_url, "CREATE DATABASE {}", name)
-        migrate(db, run_dir)
+        migrate(db, run_dir, env)
         yield db
     finally:
         db.close()
         # IF EXISTS: also right when the CREATE itself was interrupted; the name is ours alone
         _pg_admin(admin_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+
+@contextlib.contextmanager
+def baseline_tree(rev: str, notes: list[str] | None = None) -> Iterator[str | None]:
+    """The ``src`` of ``rev`` in a temporary git worktree (removed afterwards), for a child's
+    ``PYTHONPATH``; ``None``, with a note on stderr (and in ``notes``), when it cannot be checked
+    out (outside a git checkout, an unknown ``rev``, no git)."""
+    where = Path(tempfile.mkdtemp(prefix="dimmy-bench-baseline-"))
+    tree = where / "tree"
+    try:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), rev],
+            check=True,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None)
+        reason = (detail.decode(errors="replace").strip() if detail else "") or str(exc)
+        note = f"NO BASELINE ROWS: cannot check {rev} out with git worktree ({reason})"
+        print(f"note: {note}", file=sys.stderr, flush=True)
+        if notes is not None:
+            notes.append(note)
+        shutil.rmtree(where, ignore_errors=True)
+        yield None
+        return
+    try:
+        yield str(tree / "src")
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+            check=False,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+        )
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def imported_from(env: Mapping[str, str]) -> str:
+    """The ``dimmy_webhooks/__init__.py`` that a child with ``env`` imports, or ``?: <why>``.
+    It imports what the ``dimmy-webhooks`` script imports first (its ``cli``) and, like the
+    script, leaves the working directory out of ``sys.path`` (``-P``)."""
+    script = "import dimmy_webhooks, dimmy_webhooks.cli; print(dimmy_webhooks.__file__)"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-P", "-c", script],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"?: {exc}"
+    if done.returncode != 0:
+        return "?: " + (done.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
+    return done.stdout.decode().strip()
+
+
+@dataclass(frozen=True)
+class Code:
+    """The ``dimmy_webhooks`` that a row's child processes import."""
+
+    name: str  # "today", or the baseline's revision
+    pythonpath: str | None = None  # None: the benchmark's own environment (today's code)
+    imported: str = "?"  # its dimmy_webhooks/__init__.py, as imported_from found it
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.pythonpath is not None
+
+    @property
+    def prefix(self) -> str:
+        """What a baseline row's label starts with (``623ee3b: ``); nothing for today's."""
+        return f"{self.name}: " if self.is_baseline else ""
+
+    @property
+    def slug(self) -> str:
+        """The name, safe in file names and message ids."""
+        return "".join(c if c.isalnum() else "-" for c in self.name)
+
+    def env(self) -> dict[str, str]:
+        """What a child gets on top of :func:`service_env` or :func:`base_env`."""
+        return {} if self.pythonpath is None else {"PYTHONPATH": self.pythonpath}
+
+
+#: today's code: the benchmark's own environment
+TODAY = Code("today")
+
+
+@contextlib.contextmanager
+def codes_under_test(
+    baseline_rev: str | None, notes: list[str]
+) -> Iterator[tuple[Code, Code | None]]:
+    """Today's code and, unless ``baseline_rev`` is ``None``, the code of that revision from a
+    temporary worktree (``None`` when it cannot be made, or when its environment does not
+    import the worktree's own ``src``: a note in ``notes`` says so)."""
+    today = Code(TODAY.name, None, imported_from(base_env()))
+    if baseline_rev is None:
+        yield today, None
+        return
+    with baseline_tree(baseline_rev, notes) as src:
+        baseline = None
+        if src is not None:
+            imported = imported_from(base_env(PYTHONPATH=src))
+            if imported.startswith(src + os.sep):
+                baseline = Code(baseline_rev, src, imported)
+            else:
+                note = (
+                    f"NO BASELINE ROWS: with PYTHONPATH={src} a child imports {imported}, not "
+                    f"{baseline_rev}'s code (its dependencies may differ from this environment's)"
+                )
+                print(f"note: {note}", file=sys.stderr, flush=True)
+                notes.append(note)
+        yield today, baseline
+
+
+def baseline_failed(label: str, exc: BaseException, notes: list[str]) -> None:
+    """A baseline row that failed (the baseline's code may need what this environment lacks):
+    a note, printed now and kept for the end, instead of the end of the run."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    note = f"BASELINE ROW FAILED, left out: {label}: {exc.__class__.__name__}: " + (
+        lines[-1] if lines else "?"
+    )
+    print(f"  note: {note}", flush=True)
+    notes.append(note)
+
+
+def code_lines(today: Code, baseline: Code | None) -> list[str]:
+    """Which code each row's children import (printed before and after the tables)."""
+    lines = [f"code: our rows without a prefix import {today.imported} (today's)"]
+    if baseline is not None:
+        lines.append(
+            f"code: rows '{baseline.prefix}ours ...' import {baseline.imported} (the baseline, "
+            f"a temporary git worktree of {baseline.name}; its own migrations)"
+        )
+    return lines
 
 
 def run_loadgen(workdir: Path, spec: dict[str, Any], name: str) -> dict[str, Any]:

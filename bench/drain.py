@@ -1,7 +1,7 @@
 """Items fetched, stored and delivered per second, draining a backlog of ``items.scanned`` events.
 
 ``python bench/drain.py [--quick|--full] [--json out.json] [--latencies 0,0.05]
-[--backend sqlite,postgres] [--workers 1,3]``
+[--backend sqlite,postgres] [--workers 1,3] [--baseline-rev REV | --no-baseline]``
 
 For each fake-API latency (0 ms, then 50 ms by default):
 
@@ -16,6 +16,13 @@ For each fake-API latency (0 ms, then 50 ms by default):
   one psycopg connection). The JSONL output must then hold exactly one line per item.
   ``theory`` is ``n x DIMMY_API_CONCURRENCY / latency``. ``--api-concurrency 16,64`` adds one
   row per value.
+* ``REV: ours <backend> <n> wkr``: the baseline, i.e. each ``ours`` row again, right after
+  today's, on the code of ``--baseline-rev`` (default: the last release's main,
+  ``benchlib.RELEASE_REV``), checked out into a temporary ``git worktree`` and run with
+  ``PYTHONPATH`` at its ``src`` (inbox, migrations and workers: its own code, a fresh database
+  per row). The notes give, for each pair, today's ``cpu ms/item`` over the baseline's (issue
+  21's target: halved, <= 0.5x) and both items/s, and which ``src`` each code's rows import.
+  ``--no-baseline`` leaves these rows out (the ``+http`` row has none);
 * ``seed example``: Dimmy's original Flask example under gunicorn (2 sync workers), fed the
   same items as events of 10 ids over 16 connections; its rate is the items it fetched and
   printed per second during ``--seed-duration`` seconds (it goes over the items again when it
@@ -31,21 +38,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ack import add_backend_args, resolve_backends, start_ours, start_seed
+from ack import add_backend_args, add_baseline_args, resolve_backends, start_ours, start_seed
 from benchlib import (
     API_KEY,
     HOST,
     SECRET,
+    TODAY,
     BenchDB,
+    Code,
     Proc,
     Procs,
     base_env,
+    baseline_failed,
     bench_database,
+    code_lines,
+    codes_under_test,
     count_lines,
     cpu_delta,
     fake_item_ids,
     free_port,
     group_cpu_seconds,
+    install_signal_exit,
     machine_busy_seconds,
     machine_lines,
     run_context,
@@ -68,6 +81,8 @@ SEED_WORKERS = 2
 POLL_SECONDS = 0.05
 #: worker processes per backend when --workers is not given
 DEFAULT_WORKERS = {"sqlite": [1], "postgres": [1, 3]}
+#: issue 21's target for the worker: its CPU per item at most this share of the release's
+CPU_RATIO_TARGET = 0.5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,6 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="subset of ours,http,seed (http: SQLite, 1 worker, also handing every item to a "
         "local WMS endpoint)",
     )
+    add_baseline_args(parser, "each 'ours <backend> <n> wkr' row")
     add_backend_args(parser, "--workers", "workers", "dimmy-webhooks worker processes", "1,3")
     args = parser.parse_args(argv)
     args.preset = "quick" if args.quick else "full" if args.full else "default"
@@ -114,10 +130,19 @@ def _counts(db: BenchDB) -> tuple[int, int, int]:
 
 
 def fill_inbox(
-    procs: Procs, workdir: Path, db: BenchDB, ids: list[str], events: int, tag: str
+    procs: Procs,
+    workdir: Path,
+    db: BenchDB,
+    ids: list[str],
+    events: int,
+    tag: str,
+    code: Code = TODAY,
 ) -> None:
-    """Post the events through ``serve --no-worker`` (not timed) and check they are stored."""
-    [(proc, port)] = start_ours(procs, f"inbox-{tag}", db, workdir)
+    """Post the events through ``serve --no-worker`` of ``code`` (not timed) and check they are
+    stored."""
+    [(proc, port)] = start_ours(
+        procs, f"inbox-{tag}", db, workdir, count=1, plain_http=False, worker=False, **code.env()
+    )
     try:
         spec = {
             "host": HOST,
@@ -152,10 +177,13 @@ def drain_ours(
     backend: str,
     n_workers: int,
     wms_port: int | None = None,
+    code: Code = TODAY,
 ) -> dict[str, Any]:
     tag = f"{backend}-w{n_workers}-{latency * 1000:.0f}ms-c{concurrency}"
     if wms_port is not None:
         tag += "-http"
+    if code.is_baseline:
+        tag += f"-{code.slug}"
     run_dir = workdir / f"ours-{tag}"
     out = run_dir / "out.jsonl"
     outputs = f"jsonl:{out}"
@@ -164,8 +192,8 @@ def drain_ours(
         outputs += f",http:http://{HOST}:{wms_port}/dimmy-items"
         extra["DIMMY_FORWARD_SECRET"] = SECRET
     handed = None
-    with bench_database(backend, run_dir, admin_url=args.pg_url) as db:
-        fill_inbox(procs, workdir, db, ids, args.events, tag)
+    with bench_database(backend, run_dir, admin_url=args.pg_url, env=code.env()) as db:
+        fill_inbox(procs, workdir, db, ids, args.events, tag, code)
         env = service_env(
             db,
             DIMMY_API_KEY=API_KEY,
@@ -174,6 +202,7 @@ def drain_ours(
             DIMMY_API_RATE_LIMIT="100000",
             DIMMY_API_CONCURRENCY=str(concurrency),
             **extra,
+            **code.env(),
         )
         measured = _drain(args, procs, db, env, run_dir, api, len(ids), n_workers, tag)
         if wms_port is not None:
@@ -193,7 +222,9 @@ def drain_ours(
     items = measured["items"]
     rate = items / elapsed
     return {
-        "target": f"ours {backend} {n_workers} wkr" + (" +http" if wms_port else ""),
+        "target": f"{code.prefix}ours {backend} {n_workers} wkr" + (" +http" if wms_port else ""),
+        "code": code.name,
+        "src": code.imported,
         "backend": backend,
         "workers": n_workers,
         "latency_ms": latency * 1000,
@@ -379,23 +410,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.backend_note:
             print(args.backend_note, flush=True)
     rows: list[dict[str, Any]] = []
-    with run_context("dimmy-bench-drain-") as (workdir, procs):
+    code_notes: list[str] = []
+    rev = None if args.no_baseline or "ours" not in args.targets else args.baseline_rev
+    install_signal_exit()  # already for the worktree: a SIGTERM still removes it
+    with (
+        codes_under_test(rev, code_notes) as (today, baseline),
+        run_context("dimmy-bench-drain-") as (workdir, procs),
+    ):
+        code_notes[:0] = code_lines(today, baseline)
+        print("\n".join(code_notes), flush=True)
+        codes = [today] if baseline is None else [today, baseline]
         for latency in args.latencies:
             api = start_fake_api(procs, items=n_items, latency=latency, name=f"fake-{latency}")
             try:
                 ids = fake_item_ids(api[1], n_items)
-                for backend, n_workers in args.plan if "ours" in args.targets else []:
-                    for concurrency in args.api_concurrency:
-                        row = drain_ours(
-                            args, procs, workdir, api, ids, latency, concurrency, backend, n_workers
-                        )
-                        rows.append(row)
-                        print(f"  {_progress(row)}", flush=True)
+                if "ours" in args.targets:
+                    rows += ours_rows(args, procs, workdir, api, ids, latency, codes, code_notes)
                 if "http" in args.targets:
                     wms = start_wms(procs, f"wms-{latency}")
                     try:
                         row = drain_ours(
-                            args, procs, workdir, api, ids, latency, 64, "sqlite", 1, wms[1]
+                            args, procs, workdir, api, ids, latency, 64, "sqlite", 1, wms[1], today
                         )
                     finally:
                         procs.stop(wms[0])
@@ -408,19 +443,64 @@ def main(argv: list[str] | None = None) -> int:
                 procs.stop(api[0])
     print()
     print(render(rows))
+    print(_notes(rows, code_notes))
     if args.json:
         args.json.write_text(
-            json.dumps({"machine": header, "preset": args.preset, "rows": rows}, indent=2)
+            json.dumps(
+                {"machine": header, "preset": args.preset, "code": code_notes, "rows": rows},
+                indent=2,
+            )
         )
         print(f"results written to {args.json}")
-    ours = [r for r in rows if r["target"].startswith("ours")]
-    bad = [r for r in ours if not r["jsonl_ok"] or r["timed_out"]]
+    today_rows = [r for r in rows if r.get("code") == TODAY.name]  # the baseline's: shown
+    bad = [r for r in today_rows if not r["jsonl_ok"] or r["timed_out"]]
     return 1 if bad else 0
+
+
+def ours_rows(
+    args: argparse.Namespace,
+    procs: Procs,
+    workdir: Path,
+    api: tuple[Proc, int],
+    ids: list[str],
+    latency: float,
+    codes: list[Code],
+    notes: list[str],
+) -> list[dict[str, Any]]:
+    """The ``ours`` rows of one latency, each code's (the baseline's right after today's); a
+    baseline row that fails is a note in ``notes``."""
+    rows = []
+    for backend, n_workers in args.plan:
+        for concurrency in args.api_concurrency:
+            for code in codes:
+                try:
+                    row = drain_ours(
+                        args,
+                        procs,
+                        workdir,
+                        api,
+                        ids,
+                        latency,
+                        concurrency,
+                        backend,
+                        n_workers,
+                        code=code,
+                    )
+                except Exception as exc:
+                    if not code.is_baseline:
+                        raise
+                    label = f"{code.prefix}ours {backend} {n_workers} wkr"
+                    label += f" api {latency * 1000:.0f} ms conc {concurrency}"
+                    baseline_failed(label, exc, notes)
+                    continue
+                rows.append(row)
+                print(f"  {_progress(row)}", flush=True)
+    return rows
 
 
 def _progress(row: dict[str, Any]) -> str:
     return (
-        f"{row['target']:<19} api {row['latency_ms']:4.0f} ms, concurrency "
+        f"{row['target']:<28} api {row['latency_ms']:4.0f} ms, concurrency "
         f"{row['concurrency']:<3}: {row['items_s']:8.1f} items/s "
         f"({row['stored']} items in {row['seconds']:.1f} s)"
     )
@@ -447,7 +527,7 @@ def render(rows: list[dict[str, Any]]) -> str:
     ]
     out = []
     for r in rows:
-        if r["target"].startswith("ours"):
+        if "code" in r:  # ours, today's or the baseline's
             handed = r.get("http_delivered")
             check = (
                 f"jsonl {r['jsonl_lines']} lines"
@@ -487,6 +567,46 @@ def render(rows: list[dict[str, Any]]) -> str:
             ]
         )
     return table(headers, out)
+
+
+def _notes(rows: list[dict[str, Any]], code_notes: list[str]) -> str:
+    """Each baseline row beside today's same row: CPU per item (issue 21's target: today's at
+    most half the release's) and items/s; then which src each code's rows import."""
+    today = {
+        (r["backend"], r["workers"], r["latency_ms"], r["concurrency"]): r
+        for r in rows
+        if r.get("code") == TODAY.name and not r["target"].endswith("+http")
+    }
+    out = []
+    for base in rows:
+        if base.get("code") in (None, TODAY.name):
+            continue
+        key = (base["backend"], base["workers"], base["latency_ms"], base["concurrency"])
+        ours = today.get(key)
+        if ours is None:
+            continue
+        cpu, cpu_base = ours["cpu_ms_per_item"], base["cpu_ms_per_item"]
+        if cpu and cpu_base:
+            ratio = cpu / cpu_base
+            verdict = "met" if ratio <= CPU_RATIO_TARGET else "NOT met"
+            cpu_text = f"{cpu:.3f} against {cpu_base:.3f}: {ratio:.2f}x, {verdict}"
+        else:
+            cpu_text = "not measured (no item stored after the first)"
+        out.append(
+            f"    {base['backend']:<8} {base['workers']} wkr, api {base['latency_ms']:.0f} ms, "
+            f"conc {base['concurrency']}: cpu ms/item {cpu_text}; items/s {ours['items_s']:.0f} "
+            f"against {base['items_s']:.0f} ({ours['items_s'] / (base['items_s'] or 1e-9):.2f}x)"
+        )
+    notes = []
+    if out:
+        code = next(r["code"] for r in rows if r.get("code") not in (None, TODAY.name))
+        notes.append(
+            f"  issue 21, today's rows against {code}'s (target: cpu ms/item halved, <= "
+            f"{CPU_RATIO_TARGET:.1f}x):"
+        )
+        notes += out
+    notes += [f"  {line}" for line in code_notes]
+    return "notes:\n" + "\n".join(notes) if notes else ""
 
 
 if __name__ == "__main__":

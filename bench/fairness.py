@@ -26,12 +26,9 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +38,7 @@ from benchlib import (
     SECRET,
     BenchDB,
     Procs,
+    baseline_tree,
     bench_database,
     free_port,
     machine_lines,
@@ -54,7 +52,6 @@ from benchlib import (
 )
 from dimmy_webhooks.signatures import parse_secrets, signed_headers
 
-ROOT = Path(__file__).resolve().parent.parent
 BASELINE_REV = "993ec50"
 """The last commit before fair claims (jobs claimed oldest due first)."""
 RATE = 100.0  # DIMMY_API_RATE_LIMIT's default
@@ -162,30 +159,6 @@ def measure(
         "live_wait_s": round(waited, 3),
         "backlog_items_per_s": round((count - first) / elapsed, 1),
     }
-
-
-@contextlib.contextmanager
-def baseline_tree(rev: str) -> Iterator[str | None]:
-    """The ``src`` of ``rev`` in a temporary worktree (removed afterwards); ``None``, with a
-    note, outside a git checkout that has ``rev``."""
-    where = Path(tempfile.mkdtemp(prefix="dimmy-fair-baseline-"))
-    tree = where / "tree"
-    try:
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), rev],
-            check=True,
-            capture_output=True,
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        print(f"note: no baseline rows (cannot check out {rev}: {exc})", file=sys.stderr)
-        yield None
-        return
-    try:
-        yield str(tree / "src")
-    finally:
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False
-        )
 
 
 def main() -> int:

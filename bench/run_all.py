@@ -1,7 +1,7 @@
 """Run the benchmarks (``--quick`` unless told otherwise) and print their tables: ``make bench``.
 
 ``python bench/run_all.py [--quick|--default|--full] [--no-postgres] [--no-memory]
-[--json-dir DIR]``
+[--no-baseline] [--json-dir DIR]``
 
 ack.py, drain.py, fairness.py, http_clients.py, adaptive_rate.py, then memory.py: about 10
 minutes with ``--quick`` on 2 cores. ack, drain and fairness run their own default backends:
@@ -13,6 +13,13 @@ leaves memory.py out (about 1 minute less). fairness.py also runs the code befor
 (from a git worktree) as its baseline; http_clients.py (about a minute with ``--quick``)
 measures the HTTP client libraries on their own; adaptive_rate.py (about 85 s with ``--quick``,
 SQLite only) the fixed against the adaptive API rate.
+
+The runs include baseline rows: ack.py and drain.py also measure the last release's main
+(``benchlib.RELEASE_REV``, from a temporary git worktree) right after today's rows, i.e. ack's
+``ours <backend> 1 rcv`` and ``all-in-one`` rows and each of drain's ``ours`` rows, and print
+today's figures beside it (issue 21's targets); fairness.py its own baseline, as before. ack's
+and drain's baseline rows make ``--quick`` about 3 minutes longer (about 1 minute with
+``--no-postgres``); ``--no-baseline`` leaves every baseline row out, fairness's included.
 
 Each benchmark runs in its own process, one after the other (never two at once: the machine's
 cores are part of what is measured). The exit status is non-zero when any of them fails a check.
@@ -44,6 +51,11 @@ def main() -> int:
         "--no-memory", action="store_true", help="leave memory.py out (about 1 minute less)"
     )
     parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="today's code only: no baseline rows in ack, drain and fairness (no git worktree)",
+    )
+    parser.add_argument(
         "--json-dir",
         type=Path,
         help="write ack.json, drain.json, http_clients.json, adaptive_rate.json and memory.json "
@@ -52,10 +64,11 @@ def main() -> int:
     args = parser.parse_args()
     preset = [] if args.default else ["--full"] if args.full else ["--quick"]
     backend = ["--backend", "sqlite"] if args.no_postgres else []
+    baseline = ["--no-baseline"] if args.no_baseline else []
     runs = [
-        ("ack", [*preset, *backend]),
-        ("drain", [*preset, *backend]),
-        ("fairness", [*preset, *backend]),
+        ("ack", [*preset, *backend, *baseline]),
+        ("drain", [*preset, *backend, *baseline]),
+        ("fairness", [*preset, *backend, *baseline]),
     ]
     runs.append(("http_clients", ["--quick"] if preset == ["--quick"] else []))
     runs.append(("adaptive_rate", preset))  # SQLite only: it compares client pacing, not backends
