@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 from dimmy_webhooks import failpoints
 from dimmy_webhooks.errors import StoreError
+from dimmy_webhooks.models import JobKind
 from dimmy_webhooks.outputs import Output
 from dimmy_webhooks.pipeline.accounts import AccountWork
 from dimmy_webhooks.pipeline.jobs import JobRunner, WorkerPolicy
@@ -75,8 +76,10 @@ class Worker:
         )
         self._wake = asyncio.Event()
         self._active: dict[asyncio.Task[None], str] = {}  # running jobs: their account
+        self._expanding: set[asyncio.Task[None]] = set()  # running event jobs
         self._refill = max(1, policy.concurrency // REFILL_SHARE)
         self._last_claim = 0.0
+        self._new_work = False  # woken for new work since the last claim (not a slot freed)
 
     @property
     def accounts(self) -> dict[str, AccountWork]:
@@ -105,6 +108,7 @@ class Worker:
 
     def wake(self) -> None:
         """New work may be due (called by the receiver in the same process)."""
+        self._new_work = True
         self._wake.set()
 
     # main loop -----------------------------------------------------------------------------
@@ -137,10 +141,11 @@ class Worker:
 
         Each claim is a write through the store's writers, which webhook inserts wait on in an
         all-in-one ``serve``; without this, a worker whose jobs wait for the API's rate budget
-        would claim again for every slot a job frees (one claim per item). A job that frees its
-        slot wakes this, so work is never left waiting longer than that."""
+        would claim again for every slot a job frees (one claim per item). New work (a webhook
+        stored, an event expanded) is claimed at once, with the slots that are free: a live
+        scan does not wait for the backlog's jobs to end."""
         deadline = self._last_claim + REFILL_WAIT_SECONDS
-        while not stop.is_set() and self._free() < self._refill:
+        while not stop.is_set() and self._free() < self._refill and not self._new_work:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -157,6 +162,7 @@ class Worker:
         room = {name: work.share - running[name] for name, work in self.accounts.items()}
         asked = min(free, self.policy.claim_batch)
         self._last_claim = time.monotonic()
+        self._new_work = False
         try:
             jobs = await self.store.claim(
                 self.owner, asked, self.policy.lease_seconds, self.clock(), accounts=room
@@ -169,11 +175,16 @@ class Worker:
         for job in jobs:
             task = asyncio.create_task(self.jobs.handle(job))
             self._active[task] = job.account
+            if job.kind is JobKind.EVENT:
+                self._expanding.add(task)
             task.add_done_callback(self._done)
         return len(jobs), asked
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._active.pop(task, None)
+        if task in self._expanding:  # it queued fetches: new work
+            self._expanding.discard(task)
+            self._new_work = True
         self._wake.set()
 
     async def _sleep(self, stop: asyncio.Event) -> None:
