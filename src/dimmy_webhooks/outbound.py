@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import ssl
 from collections.abc import Mapping
 
@@ -32,6 +33,7 @@ once more on a new connection when a reused one fails. ``tests/unit/test_client.
 aiohttp release renames or removes it."""
 
 REASON_LIMIT = 300
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
 
 
 def tls_context() -> ssl.SSLContext:
@@ -113,6 +115,7 @@ def failure(exc: BaseException) -> str:
     else:
         detail = str(exc)
         text = f"connection error ({name}{': ' + detail if detail else ''})"
+    text = _URL.sub("<url>", text)  # some messages name the URL: its query may hold a secret
     return " ".join(text.split())[:REASON_LIMIT]
 
 
