@@ -12,20 +12,18 @@ none started after ``--round-seconds`` (the figures are per request made).
 
 Candidates, for the fetch:
 
-* ``current``: ``DimmyClient.get_item`` exactly as the workers use it (httpx over many pools
-  of at most 4 connections, the concurrency cap, the rate limit lifted to 100,000/s, the JSON
-  and ``_id`` checks).
-* ``current, 1 pool``: the same with its pools merged into one (what encode/httpcore#1035 costs).
-* ``DimmyClient on httpx-aiohttp``: the same client given ``transport=AiohttpTransport(...)``
-  (the ``httpx-aiohttp`` package: httpx's API, aiohttp underneath), no other change.
-* ``DimmyClient on aiohttp``: a prototype, the client's pools swapped for an aiohttp
-  ``ClientSession`` behind a small adapter: what a port of the client to aiohttp would cost.
-* ``httpx, 1 pool``, ``httpx + aiohttp transport``, ``aiohttp``: the bare libraries (send,
-  read the body, check the status), the floor of each.
+* ``current``: ``DimmyClient.get_item`` exactly as the workers use it now (one aiohttp session,
+  the concurrency cap, the rate limit lifted to 100,000/s, the JSON and ``_id`` checks).
+* ``previous: httpx, pools of 4``: the same client given a transport (its own seam) that sends
+  through httpx as the client did before it moved to aiohttp: many pools of at most 4
+  connections, used in turn (the encode/httpcore#1035 workaround).
+* ``httpx, 1 pool``, ``aiohttp``: the bare libraries (send, read the body, check the status),
+  the floor of each.
 
-And for the hand-off, the same five: ``current`` is ``HttpOutput.deliver`` (envelope, signature,
-its semaphore, one httpx pool), ``HttpOutput on httpx-aiohttp`` / ``on aiohttp`` as above, and the
-bare libraries posting one pre-signed envelope of a real fake item.
+And for the hand-off: ``current`` is ``HttpOutput.deliver`` (envelope, signature, its gate, one
+aiohttp session), ``previous: httpx`` the same output with its session swapped for one httpx
+pool behind a small adapter (what it was before), and the bare libraries posting one
+pre-signed envelope of a real fake item.
 
 Every candidate's client is opened once per concurrency and warmed up; then rounds go in turn
 (A B C ... A B C ..., the order rotated each round), each round preceded by an untimed burst of
@@ -57,9 +55,7 @@ import certifi
 import httpcore
 import httpx
 import uvloop
-from httpx_aiohttp import AiohttpTransport
 
-import dimmy_webhooks.upstream.client as client_module
 from benchlib import (
     API_KEY,
     HOST,
@@ -75,6 +71,7 @@ from benchlib import (
     table,
     wait_ready,
 )
+from dimmy_webhooks import outbound
 from dimmy_webhooks.items import to_stored_item
 from dimmy_webhooks.outputs.http import Destination, HttpOutput
 from dimmy_webhooks.signatures import parse_secrets, signed_headers
@@ -150,9 +147,10 @@ class _ResetSecond(asyncio.Protocol):
 
 async def requests_per_reset_get() -> dict[str, int]:
     """How many requests the server sees for two GETs on one keep-alive connection whose
-    second is reset unanswered, per library (2: the library does not retry by itself)."""
+    second is reset unanswered, per library (2: the library does not retry by itself); ``ours``
+    is the session the service uses (:func:`dimmy_webhooks.outbound.session`)."""
     seen = {}
-    for name in ("httpx", "aiohttp"):
+    for name in ("httpx", "aiohttp", "ours"):
         _ResetSecond.seen = 0
         server = await asyncio.get_running_loop().create_server(_ResetSecond, HOST, 0)
         url = f"http://{HOST}:{server.sockets[0].getsockname()[1]}/items/x"
@@ -162,7 +160,12 @@ async def requests_per_reset_get() -> dict[str, int]:
                     await http.get(url)
                     await http.get(url)
             else:
-                async with aiohttp.ClientSession() as session:
+                session = (
+                    aiohttp.ClientSession()
+                    if name == "aiohttp"
+                    else outbound.session(concurrency=1, timeout=10)
+                )
+                async with session:
                     for _ in range(2):
                         async with session.get(url) as response:
                             await response.read()
@@ -172,41 +175,93 @@ async def requests_per_reset_get() -> dict[str, int]:
     return seen
 
 
-# -- an aiohttp session behind the few httpx calls the client and the output make ---------------
+# -- the previous httpx client, behind the seams of the current code ---------------------------
 
 
-@dataclass
-class _Answer:
-    status_code: int
-    headers: Any
-    content: bytes
+class _HttpxReply:
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self.status = response.status_code
+        self.headers = response.headers
 
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", errors="replace")
+    def chunks(self) -> Any:
+        return self._response.aiter_bytes()
 
 
-class _AiohttpAsHttpx:
-    """``request``/``post``/``aclose`` as :class:`DimmyClient` and :class:`HttpOutput` call
-    httpx, on one aiohttp session (happy path only: errors are not mapped)."""
+class _HttpxTransport:
+    """:class:`~dimmy_webhooks.upstream.transport.Transport` on httpx as ``DimmyClient`` used it
+    before aiohttp: pools of at most 4 connections, used in turn."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str = "") -> None:
-        self._session = session
-        self._base = base_url
+    def __init__(self, base_url: str, concurrency: int, per_pool: int = 4) -> None:
+        shards = -(-concurrency // per_pool)
+        size = -(-concurrency // shards)
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        tls = _tls()
+        self._pools = [
+            httpx.AsyncClient(
+                base_url=base_url, timeout=httpx.Timeout(10), limits=limits, verify=tls
+            )
+            for _ in range(shards)
+        ]
+        self._next = itertools.cycle(self._pools)
 
-    async def request(
-        self, method: str, path: str, *, params: Any = None, json: Any = None
-    ) -> _Answer:
-        async with self._session.request(method, self._base + path, params=params) as response:
-            return _Answer(response.status, response.headers, await response.read())
-
-    async def post(self, url: str, *, content: bytes, headers: dict[str, str], **_: Any) -> _Answer:
-        # httpx's extensions (the output's trace hook of the rate window) have no aiohttp twin
-        async with self._session.post(url, data=content, headers=headers) as response:
-            return _Answer(response.status, response.headers, await response.read())
+    @contextlib.asynccontextmanager
+    async def send(self, method: str, path: str, params: Any, headers: Any) -> Any:
+        http = next(self._next)
+        request = http.build_request(method, path, params=params, headers=headers)
+        response = await http.send(request, stream=True)
+        try:
+            yield _HttpxReply(response)
+        finally:
+            await response.aclose()
 
     async def aclose(self) -> None:
-        await self._session.close()
+        for pool in self._pools:
+            await pool.aclose()
+
+
+class _HttpxContent:
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+
+    def iter_any(self) -> Any:
+        return self._response.aiter_raw()
+
+    def at_eof(self) -> bool:
+        return self._response.is_stream_consumed
+
+
+class _HttpxResponse:
+    def __init__(self, response: httpx.Response) -> None:
+        self.status = response.status_code
+        self.headers = response.headers
+        self.content = _HttpxContent(response)
+
+    def close(self) -> None:
+        pass  # the stream's own close drops the connection
+
+
+class _HttpxAsSession:
+    """The one call ``HttpOutput`` makes of its aiohttp session (``post``), on one httpx pool
+    as the output used before aiohttp (happy path: errors are not mapped)."""
+
+    def __init__(self, concurrency: int, headers: dict[str, str]) -> None:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(10),
+            limits=limits,
+            follow_redirects=False,
+            headers=headers,
+            verify=_tls(),
+        )
+
+    @contextlib.asynccontextmanager
+    async def post(self, url: str, *, data: bytes, headers: dict[str, str], **_: Any) -> Any:
+        async with self._http.stream("POST", url, content=data, headers=headers) as response:
+            yield _HttpxResponse(response)
+
+    async def close(self) -> None:
+        await self._http.aclose()
 
 
 def _session(concurrency: int, headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
@@ -216,13 +271,6 @@ def _session(concurrency: int, headers: dict[str, str] | None = None) -> aiohttp
         timeout=aiohttp.ClientTimeout(total=30, sock_connect=10, sock_read=10),
         headers=headers,
         auto_decompress=False,
-    )
-
-
-def _aiohttp_transport(concurrency: int) -> AiohttpTransport:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return AiohttpTransport(
-        limits=limits, client=lambda: _session(concurrency), verify=_tls(), trust_env=False
     )
 
 
@@ -261,48 +309,15 @@ def fetch_candidates(base_url: str, ids: list[str]) -> list[Candidate]:
 
         return call, client.aclose
 
-    def one_pool(concurrency: int) -> tuple[Call, Any]:
-        saved = client_module._CONNECTIONS_PER_POOL
-        client_module._CONNECTIONS_PER_POOL = concurrency
-        try:
-            client = dimmy(concurrency)
-        finally:
-            client_module._CONNECTIONS_PER_POOL = saved
-        assert len(client._pools) == 1
+    def previous(concurrency: int) -> tuple[Call, Any]:
+        client = dimmy(concurrency, transport=_HttpxTransport(base_url, concurrency))
 
         async def call(i: int) -> None:
             await client.get_item(ids[i % len(ids)])
 
         return call, client.aclose
 
-    def on_transport(concurrency: int) -> tuple[Call, Any]:
-        # one transport (one aiohttp session, one pool) shared by the client's httpx wrappers
-        transport = _aiohttp_transport(concurrency)
-        client = dimmy(concurrency, transport=transport)
-
-        async def call(i: int) -> None:
-            await client.get_item(ids[i % len(ids)])
-
-        return call, client.aclose
-
-    def on_aiohttp(concurrency: int) -> tuple[Call, Any]:
-        client = dimmy(concurrency)
-        closing = client._pools
-        adapter = _AiohttpAsHttpx(_session(concurrency, dict(client._pools[0].headers)), base_url)
-        client._pools = [adapter]  # type: ignore[list-item]
-        client._next_pool = itertools.cycle(client._pools)
-
-        async def call(i: int) -> None:
-            await client.get_item(ids[i % len(ids)])
-
-        async def close() -> None:
-            await adapter.aclose()
-            for pool in closing:
-                await pool.aclose()
-
-        return call, close
-
-    def bare_httpx(concurrency: int, transport: Any = None) -> tuple[Call, Any]:
+    def bare_httpx(concurrency: int) -> tuple[Call, Any]:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         http = httpx.AsyncClient(
             base_url=base_url,
@@ -310,7 +325,6 @@ def fetch_candidates(base_url: str, ids: list[str]) -> list[Candidate]:
             timeout=httpx.Timeout(10),
             limits=limits,
             verify=_tls(),
-            transport=transport,
         )
 
         async def call(i: int) -> None:
@@ -332,15 +346,9 @@ def fetch_candidates(base_url: str, ids: list[str]) -> list[Candidate]:
         return call, session.close
 
     return [
-        Candidate("current (DimmyClient.get_item)", current),
-        Candidate("current, 1 pool", one_pool),
-        Candidate("DimmyClient on httpx-aiohttp", on_transport),
-        Candidate("DimmyClient on aiohttp (prototype)", on_aiohttp),
+        Candidate("current (DimmyClient.get_item, aiohttp)", current),
+        Candidate("previous: httpx, pools of 4", previous),
         Candidate("httpx, 1 pool (bare)", bare_httpx),
-        Candidate(
-            "httpx + aiohttp transport (bare)",
-            lambda c: bare_httpx(c, transport=_aiohttp_transport(c)),
-        ),
         Candidate("aiohttp (bare)", bare_aiohttp),
     ]
 
@@ -367,35 +375,24 @@ def forward_candidates(url: str, raw: bytes) -> list[Candidate]:
         out = output(concurrency)
         return deliver_with(out), out.aclose
 
-    def on_transport(concurrency: int) -> tuple[Call, Any]:
-        out = output(concurrency, transport=_aiohttp_transport(concurrency))
-        return deliver_with(out), out.aclose
-
-    def on_aiohttp(concurrency: int) -> tuple[Call, Any]:
+    def previous(concurrency: int) -> tuple[Call, Any]:
         out = output(concurrency)
-        closing = out._http
-        adapter = _AiohttpAsHttpx(_session(concurrency, {"user-agent": "dimmy-webhooks"}))
-        out._http = adapter  # type: ignore[assignment]
-
-        async def close() -> None:
-            await adapter.aclose()
-            await closing.aclose()
-
-        return deliver_with(out), close
+        http = _HttpxAsSession(concurrency, {"user-agent": "dimmy-webhooks"})
+        out._http = http  # type: ignore[assignment]
+        return deliver_with(out), http.close
 
     now = time.time()
     body = output(1).envelope(item, now)
     signed = signed_headers(key, "dmy_bench", body, timestamp=int(now), family="webhook")
     signed |= {"idempotency-key": "dmy_bench", "content-type": "application/json"}
 
-    def bare_httpx(concurrency: int, transport: Any = None) -> tuple[Call, Any]:
+    def bare_httpx(concurrency: int) -> tuple[Call, Any]:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(10),
             limits=limits,
             verify=_tls(),
             follow_redirects=False,
-            transport=transport,
         )
 
         async def call(i: int) -> None:
@@ -417,14 +414,9 @@ def forward_candidates(url: str, raw: bytes) -> list[Candidate]:
         return call, session.close
 
     return [
-        Candidate("current (HttpOutput.deliver)", current),
-        Candidate("HttpOutput on httpx-aiohttp", on_transport),
-        Candidate("HttpOutput on aiohttp (prototype)", on_aiohttp),
+        Candidate("current (HttpOutput.deliver, aiohttp)", current),
+        Candidate("previous: httpx, 1 pool", previous),
         Candidate("httpx, 1 pool (bare)", bare_httpx),
-        Candidate(
-            "httpx + aiohttp transport (bare)",
-            lambda c: bare_httpx(c, transport=_aiohttp_transport(c)),
-        ),
         Candidate("aiohttp (bare)", bare_aiohttp),
     ]
 

@@ -12,6 +12,7 @@ import socket
 import threading
 import tracemalloc
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from ..support.databases import query
 from ..support.fakes import FakeWms, WmsRequest
 from ..support.processes import run, wait_until
 from ..support.senders import post_signed
+from ..support.transport import http_answer, raw_server
 
 HEAD = "[[destination]]\nurl = 'https://wms.example/in'\n"
 
@@ -113,19 +115,18 @@ async def test_s26_their_user_agent_replaces_ours(tmp_path: Path) -> None:
     good = tmp_path / "destinations.toml"
     good.write_text(HEAD + 'headers = { "User-Agent" = "acme-gateway/2" }\n', encoding="utf-8")
     (destination,) = load_destinations(good)
-    sent: list[list[str]] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        sent.append(request.headers.get_list("user-agent"))
-        return httpx.Response(200, json={"id": "r1"})
-
-    transport = httpx.MockTransport(answer)
-    output = HttpOutput(destination, forward_secret=FORWARD_SECRET, transport=transport)
-    try:
-        await output.deliver(stored_item(), "dmy_k")
-    finally:
-        await output.aclose()
-    assert sent == [["acme-gateway/2"]]
+    answer = http_answer(200, b'{"id": "r1"}')
+    async with raw_server(lambda n, head: answer) as wms:
+        output = HttpOutput(
+            replace(destination, url=wms.url + "/in"), forward_secret=FORWARD_SECRET
+        )
+        try:
+            await output.deliver(stored_item(), "dmy_k")
+        finally:
+            await output.aclose()
+    (head,) = wms.heads
+    agents = [line for line in head.split(b"\r\n") if line.lower().startswith(b"user-agent:")]
+    assert agents == [b"User-Agent: acme-gateway/2"]
 
 
 # -- S16: a WMS answering hundreds of MB -----------------------------------------------------------
@@ -223,27 +224,23 @@ async def test_s16_a_wms_streaming_hundreds_of_mb_is_read_no_further_than_the_ca
 async def test_s16_a_compressed_answer_is_inflated_no_further_than_the_cap(traced: None) -> None:
     inflated = b'{"id":"r2","pad":"' + b" " * (100 * 1024 * 1024)
     bomb = gzip.compress(inflated, compresslevel=9)
-    asked: list[str | None] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        asked.append(request.headers.get("accept-encoding"))
-        return httpx.Response(
-            200, headers={"content-encoding": "gzip"}, stream=httpx.ByteStream(bomb)
-        )
-
-    output = HttpOutput(
-        Destination(url="https://wms.example/in"),
-        forward_secret=FORWARD_SECRET,
-        transport=httpx.MockTransport(answer),
-    )
+    answer = http_answer(200, bomb, {"content-encoding": "gzip"})
     del inflated
-    tracemalloc.reset_peak()
-    before = tracemalloc.get_traced_memory()[0]
-    try:
-        receipt = await output.deliver(stored_item(), "dmy_k")
-    finally:
-        await output.aclose()
-    peak = tracemalloc.get_traced_memory()[1] - before
+    async with raw_server(lambda n, head: answer) as wms:
+        output = HttpOutput(Destination(url=wms.url + "/in"), forward_secret=FORWARD_SECRET)
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        try:
+            receipt = await output.deliver(stored_item(), "dmy_k")
+        finally:
+            await output.aclose()
+        peak = tracemalloc.get_traced_memory()[1] - before
+    (head,) = wms.heads
+    asked = [
+        line.split(b":", 1)[1].strip().decode()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"accept-encoding:")
+    ]
     assert peak < 8 * 1024 * 1024, f"{peak / 1e6:.1f} MB held while inflating the answer"
     assert receipt.status_code == 200
     assert receipt.excerpt is not None

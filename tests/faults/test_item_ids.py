@@ -23,6 +23,7 @@ from ..support.constants import ADMIN_TOKEN, API_KEY, AUTH, CLI, SECRET
 from ..support.databases import query
 from ..support.processes import run, wait_until
 from ..support.senders import post_signed
+from ..support.transport import Canned, FakeTransport, Sent
 
 pytestmark = pytest.mark.faults
 
@@ -107,15 +108,14 @@ def test_the_replay_command_refuses_a_bad_id(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", BAD_IDS)
 async def test_the_client_refuses_a_bad_id_without_a_request(bad: str) -> None:
-    seen: list[httpx.Request] = []
+    seen: list[Sent] = []
 
-    def answer(request: httpx.Request) -> httpx.Response:
+    def answer(request: Sent) -> Canned:
         seen.append(request)
-        return httpx.Response(200, json=[])
+        return Canned.json(200, [])
 
-    async with DimmyClient(
-        "http://127.0.0.1:9", API_KEY, transport=httpx.MockTransport(answer)
-    ) as client:
+    transport = FakeTransport(answer)
+    async with DimmyClient("http://127.0.0.1:9", API_KEY, transport=transport) as client:
         with pytest.raises(PermanentUpstream, match="not a valid item id"):
             await client.get_item(bad)
     assert not seen

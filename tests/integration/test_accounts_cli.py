@@ -132,7 +132,7 @@ def test_accounts_check_tries_a_shared_key_once_and_names_the_unreachable(site: 
     lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
     assert lines["acme"] == "ok"
     assert lines["acme-eu"] == "ok (same key as acme)"
-    assert lines["down"].startswith("unreachable: GET /items: ConnectError")
+    assert lines["down"].startswith("unreachable: GET /items: connection refused")
     assert len([r for r in site.a.requests if r.path == "/items"]) == 1
     no_secret_in(result)
 

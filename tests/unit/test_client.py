@@ -1,8 +1,10 @@
-"""DimmyClient: classification with httpx.MockTransport, behaviour against the fake on loopback."""
+"""DimmyClient: classification with a fake transport (in-process), behaviour against the fake API
+and bare servers on loopback, TLS included."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import gzip
 import json
@@ -13,11 +15,12 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-import httpx
+import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dimmy_webhooks import outbound
 from dimmy_webhooks.devtools.fake_dimmy import FakeDimmy, FakeDimmyConfig, create_app
 from dimmy_webhooks.devtools.runner import free_port, serve_in_thread
 from dimmy_webhooks.errors import (
@@ -30,37 +33,39 @@ from dimmy_webhooks.ratelimit import backoff_delay, parse_retry_after
 from dimmy_webhooks.upstream.client import DEFAULT_429_PAUSE, ERROR_BODY_LIMIT, DimmyClient
 
 from ..support.fakes import FakeTime, reset_fake
+from ..support.tls import make_certificates
+from ..support.transport import Canned, FakeTransport, Sent, http_answer, raw_server
 
 KEY = "s3cret-key-0123456789"
 ITEM_ID = "6592008029c8c3e4dc76256c"
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
-Handler = Callable[[httpx.Request], httpx.Response]
+Handler = Callable[[Sent], Canned]
 
 
 def mock_client(handler: Handler, **options: Any) -> DimmyClient:
-    return DimmyClient("https://dimmy.test", KEY, transport=httpx.MockTransport(handler), **options)
+    return DimmyClient("https://dimmy.test", KEY, transport=FakeTransport(handler), **options)
 
 
-def item_response(request: httpx.Request | None = None) -> httpx.Response:
-    return httpx.Response(200, json={"_id": ITEM_ID, "weighing": None})
+def item_response(request: Sent | None = None) -> Canned:
+    return Canned.json(200, {"_id": ITEM_ID, "weighing": None})
 
 
-# -- classification (MockTransport) ------------------------------------------------------
+# -- classification (a fake transport) ------------------------------------------------------
 
 
 async def test_get_item_returns_the_raw_body_and_sends_the_key() -> None:
     raw = b'{"_id": "6592008029c8c3e4dc76256c",  "weighing": null, "x": 1.50}'
-    seen: list[httpx.Request] = []
+    seen: list[Sent] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Sent) -> Canned:
         seen.append(request)
-        return httpx.Response(200, content=raw)
+        return Canned(200, raw)
 
     async with mock_client(handler) as client:
         assert await client.get_item(ITEM_ID) == raw
     (request,) = seen
-    assert request.url == f"https://dimmy.test/items/{ITEM_ID}"
+    assert (request.method, request.path) == ("GET", f"/items/{ITEM_ID}")
     assert request.headers["x-api-key"] == KEY
     assert request.headers["accept"] == "application/json"
     assert KEY not in repr(client)
@@ -89,10 +94,10 @@ async def test_status_classification_with_one_request_per_call(
 ) -> None:
     calls = 0
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Sent) -> Canned:
         nonlocal calls
         calls += 1
-        return httpx.Response(status, json={"detail": f"echo {request.headers['x-api-key']}"})
+        return Canned.json(status, {"detail": f"echo {request.headers['x-api-key']}"})
 
     async with mock_client(handler, sleep=FakeTime().sleep) as client:
         with pytest.raises(error) as caught:
@@ -106,17 +111,19 @@ async def test_status_classification_with_one_request_per_call(
 
 
 @pytest.mark.parametrize(
-    "exc",
+    ("exc", "said"),
     [
-        httpx.ConnectError("connection refused"),
-        httpx.ConnectTimeout("connect timed out"),
-        httpx.ReadTimeout("read timed out"),
-        httpx.RemoteProtocolError("server disconnected without sending a response"),
-        httpx.ReadError("connection reset by peer"),
+        (aiohttp.ServerDisconnectedError(), "connection error (ServerDisconnectedError"),
+        (aiohttp.ClientOSError(104, "Connection reset by peer"), "connection error (ClientOSError"),
+        (aiohttp.ClientPayloadError("Response payload is not completed"), "connection error"),
+        (aiohttp.ServerTimeoutError("Timeout on reading data from socket"), "timed out"),
+        (aiohttp.ConnectionTimeoutError("Connection timeout to host"), "timed out"),
+        (TimeoutError(), "timed out (TimeoutError)"),
+        (ConnectionResetError(104, "Connection reset by peer"), "connection error"),
     ],
 )
-async def test_transport_errors_are_transient(exc: httpx.TransportError) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
+async def test_transport_errors_are_transient(exc: Exception, said: str) -> None:
+    def handler(request: Sent) -> Canned:
         raise exc
 
     async with mock_client(handler) as client:
@@ -125,6 +132,7 @@ async def test_transport_errors_are_transient(exc: httpx.TransportError) -> None
     assert caught.value.status is None
     assert caught.value.retry_after is None
     assert caught.value.__cause__ is exc
+    assert str(caught.value).startswith(f"GET /items/{ITEM_ID}: {said}")
 
 
 @pytest.mark.parametrize(
@@ -132,7 +140,7 @@ async def test_transport_errors_are_transient(exc: httpx.TransportError) -> None
     [b"<html>hello</html>", b"", b"[]", b'"text"', b'{"_id": "aaaaaaaaaaaaaaaaaaaaaaaa"}', b"{}"],
 )
 async def test_an_unexpected_200_body_is_permanent(body: bytes) -> None:
-    async with mock_client(lambda request: httpx.Response(200, content=body)) as client:
+    async with mock_client(lambda request: Canned(200, body)) as client:
         with pytest.raises(PermanentUpstream) as caught:
             await client.get_item(ITEM_ID)
     assert caught.value.status == 200
@@ -140,7 +148,7 @@ async def test_an_unexpected_200_body_is_permanent(body: bytes) -> None:
 
 async def test_detail_lists_and_long_details_are_summarised() -> None:
     detail = [{"loc": ["path", "item_id"], "msg": "bad " + "x" * 500, "type": "t"}]
-    async with mock_client(lambda r: httpx.Response(422, json={"detail": detail})) as client:
+    async with mock_client(lambda r: Canned.json(422, {"detail": detail})) as client:
         with pytest.raises(PermanentUpstream) as caught:
             await client.get_item("nope")
     assert "path.item_id: bad xxx" in str(caught.value)
@@ -151,7 +159,7 @@ async def test_detail_lists_and_long_details_are_summarised() -> None:
 async def test_auth_failure_is_remembered_until_a_request_succeeds(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    answers = [httpx.Response(401, json={"message": "Unauthorized"}), item_response()]
+    answers = [Canned.json(401, {"message": "Unauthorized"}), item_response()]
     caplog.set_level(logging.DEBUG)
     async with mock_client(lambda request: answers.pop(0)) as client:
         assert client.auth_failed is None
@@ -169,12 +177,12 @@ async def test_429_pauses_every_request_of_the_client() -> None:
     clock = FakeTime()
     sent_at: list[float] = []
     answers = [
-        httpx.Response(429, headers={"Retry-After": "30"}),
+        Canned(429, headers={"Retry-After": "30"}),
         item_response(),
         item_response(),
     ]
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Sent) -> Canned:
         sent_at.append(clock.now)
         return answers.pop(0)
 
@@ -205,7 +213,7 @@ async def test_429_without_a_usable_retry_after(
     clock = FakeTime()
     headers = {"Retry-After": header} if header is not None else {}
     async with mock_client(
-        lambda request: httpx.Response(429, headers=headers), clock=clock.clock
+        lambda request: Canned(429, headers=headers), clock=clock.clock
     ) as client:
         with pytest.raises(TransientUpstream) as caught:
             await client.list_items()
@@ -217,7 +225,7 @@ async def test_429_with_an_http_date() -> None:
     wall = 1_800_000_000.0
     date = email.utils.formatdate(wall + 45, usegmt=True)
     async with mock_client(
-        lambda request: httpx.Response(429, headers={"Retry-After": date}),
+        lambda request: Canned(429, headers={"Retry-After": date}),
         wall_clock=lambda: wall,
     ) as client:
         with pytest.raises(TransientUpstream) as caught:
@@ -238,11 +246,11 @@ def test_parse_retry_after() -> None:
 
 
 async def test_query_encoding() -> None:
-    seen: list[httpx.Request] = []
+    seen: list[Sent] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Sent) -> Canned:
         seen.append(request)
-        return httpx.Response(200, json=[])
+        return Canned.json(200, [])
 
     async with mock_client(handler) as client:
         cet = timezone(timedelta(hours=1))
@@ -252,14 +260,14 @@ async def test_query_encoding() -> None:
             skip=20,
             limit=10,
         )
-    params = seen[0].url.params
+    params = seen[0].params
     assert params["start_date"] == "2026-01-05T09:00:00Z"
     assert params["end_date"] == "2026-01-05T12:00:00.500000Z"
     assert (params["skip"], params["limit"]) == ("20", "10")
 
 
 async def test_list_rejects_a_non_array() -> None:
-    async with mock_client(lambda request: httpx.Response(200, json={"items": []})) as client:
+    async with mock_client(lambda request: Canned.json(200, {"items": []})) as client:
         with pytest.raises(PermanentUpstream):
             await client.list_items()
 
@@ -392,11 +400,112 @@ async def test_a_hang_beyond_the_timeout_is_transient(fake: FakeDimmy, url: str)
     assert caught.value.status is None
 
 
-async def test_nothing_listening_is_transient() -> None:
+async def test_nothing_listening_is_transient_and_said_to_be_refused() -> None:
     async with DimmyClient(f"http://127.0.0.1:{free_port()}", KEY, timeout=1) as client:
         with pytest.raises(TransientUpstream) as caught:
             await client.list_items()
     assert caught.value.status is None
+    assert str(caught.value).startswith("GET /items: connection refused (ClientConnectorError)")
+    assert "timed out" not in str(caught.value)
+
+
+async def test_a_redirect_is_permanent_and_never_followed() -> None:
+    moved = http_answer(301, b"", {"location": "/elsewhere"})
+    async with (
+        raw_server(lambda n, head: moved) as server,
+        DimmyClient(server.url, KEY) as client,
+    ):
+        with pytest.raises(PermanentUpstream, match="HTTP 301") as caught:
+            await client.get_item(ITEM_ID)
+    assert caught.value.status == 301
+    assert len(server.heads) == 1
+
+
+def test_aiohttp_still_has_the_hidden_retry_we_turn_off() -> None:
+    """aiohttp resends a GET on a new connection when a reused one fails, unless the private
+    ``ClientSession._retry_connection`` is false: if a release renames or drops it, this fails
+    (and so does :func:`outbound.session`) instead of the retry coming back unnoticed."""
+
+    async def check() -> None:
+        plain = aiohttp.ClientSession()
+        made = outbound.session(concurrency=2, timeout=1)
+        try:
+            assert getattr(plain, outbound.RETRY_ATTRIBUTE) is True
+            assert getattr(made, outbound.RETRY_ATTRIBUTE) is False
+        finally:
+            await plain.close()
+            await made.close()
+
+    asyncio.run(check())
+
+
+async def test_one_request_per_call_when_a_reused_connection_is_dropped() -> None:
+    """R10's contract at the client: the second GET on a kept-alive connection is dropped
+    unanswered; the server sees it once (no hidden retry) and the call is a transient error."""
+    body = json.dumps({"_id": ITEM_ID}).encode()
+    async with (
+        raw_server(lambda n, head: http_answer(200, body) if n == 1 else None) as server,
+        DimmyClient(server.url, KEY, concurrency=1) as client,
+    ):
+        await client.get_item(ITEM_ID)
+        with pytest.raises(TransientUpstream) as caught:
+            await client.get_item(ITEM_ID)
+    assert len(server.heads) == 2
+    assert server.connections == 1
+    assert "connection error (ServerDisconnectedError" in str(caught.value)
+
+
+async def test_tls_with_an_unknown_authority_is_refused_and_trusted_with_its_ca(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certificates = make_certificates(tmp_path)
+    body = json.dumps({"_id": ITEM_ID}).encode()
+    tls = certificates.server_context()
+    async with raw_server(lambda n, head: http_answer(200, body), tls=tls) as server:
+        assert server.url.startswith("https://127.0.0.1:")
+        async with DimmyClient(server.url, KEY, timeout=5) as client:
+            with pytest.raises(TransientUpstream) as caught:
+                await client.get_item(ITEM_ID)
+        assert "TLS certificate refused" in str(caught.value)
+        assert not server.heads
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificates.ca))  # as an operator would
+        async with DimmyClient(server.url, KEY, timeout=5) as client:
+            assert await client.get_item(ITEM_ID) == body
+    assert len(server.heads) == 1
+
+
+async def test_an_answer_dripping_slower_than_the_whole_bound_times_out() -> None:
+    """Each byte comes well within the per-phase timeout, the whole never within three times
+    it: bounded all the same."""
+
+    handlers: list[asyncio.Task[None]] = []
+
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
+            for _ in range(100):
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(drip, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, DimmyClient(f"http://127.0.0.1:{port}", KEY, timeout=0.5) as client:
+        started = time.monotonic()
+        with pytest.raises(TransientUpstream, match="timed out"):
+            await client.get_item(ITEM_ID)
+        for handler in handlers:
+            handler.cancel()
+        await asyncio.gather(*handlers)
+        assert 1.4 <= time.monotonic() - started < 3
 
 
 async def test_429_holds_the_next_request_for_retry_after(fake: FakeDimmy, url: str) -> None:
@@ -467,9 +576,9 @@ async def test_an_item_over_the_cap_is_permanent_and_read_no_further(declared: b
     cap = 256 * 1024
     body = Streamed(b'{"_id": "' + ITEM_ID.encode() + b'", "blob": "', total=200 * 1024 * 1024)
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Sent) -> Canned:
         headers = {"content-length": str(body.total)} if declared else {}
-        return httpx.Response(200, content=body, headers=headers)
+        return Canned(200, body, headers)
 
     async with mock_client(handler, max_item_bytes=cap) as client:
         with pytest.raises(PermanentUpstream) as caught:
@@ -484,8 +593,8 @@ async def test_a_page_over_the_cap_is_permanent_and_read_no_further() -> None:
     cap = 1024 * 1024
     body = Streamed(b"[", total=200 * 1024 * 1024)
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=body)
+    def handler(request: Sent) -> Canned:
+        return Canned(200, body)
 
     async with mock_client(handler, max_page_bytes=cap) as client:
         with pytest.raises(PermanentUpstream, match="DIMMY_MAX_PAGE_BYTES"):
@@ -496,27 +605,25 @@ async def test_a_page_over_the_cap_is_permanent_and_read_no_further() -> None:
 async def test_an_item_at_the_cap_is_read_and_a_compressed_one_counts_decoded() -> None:
     doc = {"_id": ITEM_ID, "blob": "x" * 4000}
     raw = json.dumps(doc).encode()
-
-    def plain(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=raw)
-
-    def gzipped(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=gzip.compress(raw), headers={"content-encoding": "gzip"})
-
-    async with mock_client(plain, max_item_bytes=len(raw)) as client:
+    gzipped = http_answer(200, gzip.compress(raw), {"content-encoding": "gzip"})
+    async with (
+        raw_server(lambda n, head: http_answer(200, raw)) as server,
+        DimmyClient(server.url, KEY, max_item_bytes=len(raw)) as client,
+    ):
         assert await client.get_item(ITEM_ID) == raw
-    async with mock_client(gzipped, max_item_bytes=len(raw)) as client:
-        assert await client.get_item(ITEM_ID) == raw
-    async with mock_client(gzipped, max_item_bytes=len(raw) - 1) as client:
-        with pytest.raises(PermanentUpstream, match="larger than"):
-            await client.get_item(ITEM_ID)  # 4 KB on the wire, over the cap once decoded
+    async with raw_server(lambda n, head: gzipped) as server:
+        async with DimmyClient(server.url, KEY, max_item_bytes=len(raw)) as client:
+            assert await client.get_item(ITEM_ID) == raw
+        async with DimmyClient(server.url, KEY, max_item_bytes=len(raw) - 1) as client:
+            with pytest.raises(PermanentUpstream, match="larger than"):
+                await client.get_item(ITEM_ID)  # 4 KB on the wire, over the cap once decoded
 
 
 async def test_a_huge_error_answer_is_read_only_for_its_detail() -> None:
     body = Streamed(b'{"detail": "overloaded', total=200 * 1024 * 1024)
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(503, content=body)
+    def handler(request: Sent) -> Canned:
+        return Canned(503, body)
 
     async with mock_client(handler) as client:
         with pytest.raises(TransientUpstream) as caught:
@@ -542,8 +649,8 @@ async def test_an_item_with_a_bom_or_in_utf16_comes_back_as_utf8(
 ) -> None:
     text = json.dumps({"_id": ITEM_ID, "note": "caf\u00e9 \u2603"}, ensure_ascii=False)
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=encode(text))
+    def handler(request: Sent) -> Canned:
+        return Canned(200, encode(text))
 
     async with mock_client(handler) as client:
         raw = await client.get_item(ITEM_ID)
@@ -557,8 +664,8 @@ async def test_an_item_that_is_not_text_in_its_encoding_is_permanent() -> None:
         "utf-16-le", "surrogatepass"
     )
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=body)
+    def handler(request: Sent) -> Canned:
+        return Canned(200, body)
 
     async with mock_client(handler) as client:
         with pytest.raises(PermanentUpstream, match="not UTF-8, UTF-16 or UTF-32"):

@@ -4,6 +4,7 @@ the rate limit, answers and pauses (with a real HTTP server on 127.0.0.1)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import time
@@ -11,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from dimmy_webhooks.devtools.runner import free_port
 from dimmy_webhooks.errors import ConfigError
 from dimmy_webhooks.items import to_api_dict
 from dimmy_webhooks.outputs.http import (
@@ -29,6 +30,8 @@ from dimmy_webhooks.outputs.http import (
 from ..support.builders import stored_item
 from ..support.constants import FORWARD_SECRET, ROOT
 from ..support.fakes import FakeWms
+from ..support.tls import make_certificates
+from ..support.transport import http_answer, raw_server
 
 DOC = {
     "_id": "6592008029c8c3e4dc76256c",
@@ -253,7 +256,7 @@ async def test_what_each_answer_means(wms: FakeWms) -> None:
             await out.deliver(stored(), "dmy_k")
         assert all(r.path == "/hook" for r in wms.requests)  # never went anywhere else
         wms.delay = 2.0
-        with pytest.raises(DeliveryFailed, match="Timeout"):
+        with pytest.raises(DeliveryFailed, match="timed out"):
             await out.deliver(stored(), "dmy_k")
     finally:
         await out.aclose()
@@ -376,4 +379,60 @@ def test_time_is_measured(wms: FakeWms) -> None:
     receipt = asyncio.run(go())
     assert receipt.latency_ms is not None
     assert 150 <= receipt.latency_ms <= (time.monotonic() - started) * 1000 + 1
-    assert httpx  # the client library in use
+
+
+async def test_a_refused_connection_is_said_to_be_refused() -> None:
+    out = output(f"http://127.0.0.1:{free_port()}/hook?token=s3cret", timeout=1)
+    try:
+        with pytest.raises(DeliveryFailed) as failed:
+            await out.deliver(stored(), "dmy_k")
+    finally:
+        await out.aclose()
+    assert not failed.value.permanent
+    assert "connection refused (ClientConnectorError)" in str(failed.value)
+    assert "timed out" not in str(failed.value)
+    assert "s3cret" not in str(failed.value).replace(out.name, "")
+
+
+async def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_named() -> None:
+    answer = http_answer(503, b"{}")
+    async with raw_server(lambda n, head: answer) as wms:
+        url = wms.url.replace("://", "://acme:p%40ss@") + "/hook"
+        out = output(url)
+        try:
+            with pytest.raises(DeliveryFailed) as failed:
+                await out.deliver(stored(), "dmy_k")
+        finally:
+            await out.aclose()
+    (head,) = wms.heads
+    token = base64.b64encode(b"acme:p@ss").decode()
+    assert f"authorization: basic {token}".lower().encode() in head.lower()
+    assert b"p%40ss" not in head.split(b"\r\n")[0]
+    assert "p%40ss" not in str(failed.value)
+    assert "p@ss" not in str(failed.value)
+
+
+async def test_tls_with_an_unknown_authority_is_refused_and_trusted_with_its_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certificates = make_certificates(tmp_path)
+    answer = http_answer(200, b'{"id": "r1"}')
+    async with raw_server(lambda n, head: answer, tls=certificates.server_context()) as wms:
+        assert wms.url.startswith("https://127.0.0.1:")
+        out = output(wms.url + "/hook", timeout=5)
+        try:
+            with pytest.raises(DeliveryFailed) as failed:
+                await out.deliver(stored(), "dmy_k")
+        finally:
+            await out.aclose()
+        assert "TLS certificate refused" in str(failed.value)
+        assert not wms.heads
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificates.ca))  # as an operator would
+        out = output(wms.url + "/hook", timeout=5)
+        try:
+            receipt = await out.deliver(stored(), "dmy_k")
+        finally:
+            await out.aclose()
+    assert receipt.status_code == 200
+    assert receipt.record_id == "r1"
+    assert len(wms.heads) == 1

@@ -13,7 +13,6 @@ import json
 import logging
 from pathlib import Path
 
-import httpx
 import pytest
 from prometheus_client.exposition import generate_latest
 
@@ -30,13 +29,14 @@ from ..support.builders import make_settings
 from ..support.constants import API_KEY
 from ..support.databases import migrated_sqlite_url, scalar
 from ..support.fakes import FakeTime
+from ..support.transport import Canned, FakeTransport, Sent
 
 KEY = "s3cret-key-0123456789"
 ITEM_ID = "6592008029c8c3e4dc76256c"
 
 
-def item_response() -> httpx.Response:
-    return httpx.Response(200, json={"_id": ITEM_ID, "weighing": None})
+def item_response() -> Canned:
+    return Canned.json(200, {"_id": ITEM_ID, "weighing": None})
 
 
 class HiddenLimit:
@@ -50,13 +50,13 @@ class HiddenLimit:
         self.at = clock.now
         self.answers: list[tuple[float, int]] = []
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
+    def __call__(self, request: Sent) -> Canned:
         now = self.clock.now
         self.tokens = min(self.limit, self.tokens + (now - self.at) * self.limit)
         self.at = now
         if self.tokens < 1:
             self.answers.append((now, 429))
-            return httpx.Response(429, headers={"Retry-After": "1"})
+            return Canned(429, headers={"Retry-After": "1"})
         self.tokens -= 1
         self.answers.append((now, 200))
         return item_response()
@@ -70,7 +70,7 @@ def adaptive_client(server: HiddenLimit, clock: FakeTime, *, rate_limit: float) 
     return DimmyClient(
         "https://dimmy.test",
         KEY,
-        transport=httpx.MockTransport(server),
+        transport=FakeTransport(server),
         clock=clock.clock,
         sleep=clock.sleep,
         rate_mode="adaptive",
@@ -125,16 +125,16 @@ async def test_adaptive_rate_backs_off_below_a_hidden_limit_under_the_start() ->
 async def test_a_429_in_adaptive_mode_still_holds_every_request_and_cuts_the_rate() -> None:
     clock = FakeTime()
     sent_at: list[float] = []
-    answers = [httpx.Response(429, headers={"Retry-After": "30"}), item_response(), item_response()]
+    answers = [Canned(429, headers={"Retry-After": "30"}), item_response(), item_response()]
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Sent) -> Canned:
         sent_at.append(clock.now)
         return answers.pop(0)
 
     async with DimmyClient(
         "https://dimmy.test",
         KEY,
-        transport=httpx.MockTransport(handler),
+        transport=FakeTransport(handler),
         clock=clock.clock,
         sleep=clock.sleep,
         rate_mode="adaptive",
@@ -153,7 +153,7 @@ async def test_fixed_mode_keeps_its_rate_whatever_the_answers() -> None:
     async with DimmyClient(
         "https://dimmy.test",
         KEY,
-        transport=httpx.MockTransport(lambda r: httpx.Response(429, headers={"Retry-After": "0"})),
+        transport=FakeTransport(lambda r: Canned(429, headers={"Retry-After": "0"})),
         rate_limit=100,
     ) as client:
         assert client.adaptive is None
@@ -168,14 +168,14 @@ async def test_fixed_mode_lets_a_second_of_requests_go_then_spaces_them(rate: fl
     clock = FakeTime()
     sent: list[float] = []
 
-    def answer(request: httpx.Request) -> httpx.Response:
+    def answer(request: Sent) -> Canned:
         sent.append(clock.now)
         return item_response()
 
     async with DimmyClient(
         "https://dimmy.test",
         KEY,
-        transport=httpx.MockTransport(answer),
+        transport=FakeTransport(answer),
         clock=clock.clock,
         sleep=clock.sleep,
         rate_limit=rate,

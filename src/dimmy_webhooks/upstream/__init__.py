@@ -5,5 +5,6 @@ errors mapped to retry or give up, built from the ``DIMMY_API_*`` settings by
 :func:`~.client.client_from_settings`) and its pacing (:mod:`.pacing`: the request budget and the
 adaptive rate learned from Dimmy's answers).
 
-May import: the shared root modules and :mod:`dimmy_webhooks.config`. Nothing of the store.
+May import: the shared root modules (:mod:`dimmy_webhooks.outbound` among them: the HTTP
+sessions) and :mod:`dimmy_webhooks.config`. Nothing of the store.
 """

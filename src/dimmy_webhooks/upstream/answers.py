@@ -8,17 +8,40 @@ classification, this one about bytes and text.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-import httpx
+from dimmy_webhooks.upstream.transport import Reply
 
 DETAIL_LIMIT = 200
 ERROR_BODY_LIMIT = 64 * 1024  # bytes of a non-2xx answer read: its detail is all we keep
 
-__all__ = ["DETAIL_LIMIT", "ERROR_BODY_LIMIT", "detail_of", "read_capped"]
+__all__ = ["DETAIL_LIMIT", "ERROR_BODY_LIMIT", "Answer", "detail_of", "read_capped"]
 
 
-def detail_of(response: httpx.Response, redact: Callable[[str], str]) -> str:
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An answer read into memory: its status, headers (case-insensitive) and body."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        """The body as text: the charset of its ``Content-Type``, else UTF-8, never failing."""
+        charset = "utf-8"
+        for part in self.headers.get("content-type", "").split(";")[1:]:
+            name, _, value = part.strip().partition("=")
+            if name.lower() == "charset" and value:
+                charset = value.strip('"').strip()
+        try:
+            return self.content.decode(charset, errors="replace")
+        except LookupError:
+            return self.content.decode("utf-8", errors="replace")
+
+
+def detail_of(response: Answer, redact: Callable[[str], str]) -> str:
     """The server's explanation (FastAPI ``detail``, string or list; ``message``; or the text),
     redacted, then shortened to about :data:`DETAIL_LIMIT` characters."""
     try:
@@ -48,35 +71,25 @@ def _validation_entry(entry: object) -> str:
     return str(entry)
 
 
-async def read_capped(response: httpx.Response, limit: int) -> httpx.Response | None:
-    """The streamed ``response`` read into memory, at most ``limit`` bytes of its decoded
-    body. Past that (or a ``Content-Length`` over it), a 2xx gives ``None``, the rest never
-    read; any other answer is cut at :data:`ERROR_BODY_LIMIT` (only its detail is kept). The
-    answer returned carries the body read, without its content encoding."""
-    ok = 200 <= response.status_code < 300
+async def read_capped(reply: Reply, limit: int) -> Answer | None:
+    """The ``reply`` read into memory, at most ``limit`` bytes of its decoded body. Past that
+    (or a ``Content-Length`` over it), a 2xx gives ``None``, the rest never read; any other
+    answer is cut at :data:`ERROR_BODY_LIMIT` (only its detail is kept)."""
+    status = reply.status
+    ok = 200 <= status < 300
     if not ok:
         limit = min(limit, ERROR_BODY_LIMIT)
-    declared = response.headers.get("content-length", "")
+    declared = reply.headers.get("content-length", "")
     if ok and declared.isdigit() and int(declared) > limit:
         return None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in reply.chunks():
         chunks.append(chunk)
         size += len(chunk)
         if size > limit:
             if ok:
                 return None
             break
-    headers = [
-        (name, value)
-        for name, value in response.headers.multi_items()
-        if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
-    ]
     body = b"".join(chunks)
-    return httpx.Response(
-        response.status_code,
-        headers=headers,
-        content=body[:limit] if size > limit else body,
-        request=response.request,
-    )
+    return Answer(status, reply.headers, body[:limit] if size > limit else body)

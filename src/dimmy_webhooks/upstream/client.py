@@ -28,10 +28,8 @@ Reasons are short, name the method and path, include at most ~200 characters of 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -40,9 +38,9 @@ from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
-import certifi
-import httpx
+import aiohttp
 
+from dimmy_webhooks import outbound
 from dimmy_webhooks.config import Settings
 from dimmy_webhooks.errors import PermanentUpstream, TransientUpstream, UpstreamAuthError
 from dimmy_webhooks.items import clean_json_bytes
@@ -51,10 +49,12 @@ from dimmy_webhooks.ratelimit import Pacer, parse_retry_after
 from dimmy_webhooks.upstream.answers import (
     DETAIL_LIMIT,
     ERROR_BODY_LIMIT,
+    Answer,
     detail_of,
     read_capped,
 )
 from dimmy_webhooks.upstream.pacing import AdaptiveRate
+from dimmy_webhooks.upstream.transport import AiohttpTransport, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +78,6 @@ def _format_time(moment: datetime) -> str:
     return moment.isoformat() + "Z"
 
 
-_CONNECTIONS_PER_POOL = 4
-
-
 class DimmyClient:
     """One connection pool to the Dimmy API, shared by every worker task of a process.
 
@@ -93,7 +90,9 @@ class DimmyClient:
     ``max_item_bytes`` and ``max_page_bytes`` cap the body of one ``GET /items/{id}`` and of one
     ``GET /items`` page (decoded, after any content encoding); an error answer is read up to
     :data:`ERROR_BODY_LIMIT` bytes.
-    ``transport`` lets tests answer with :class:`httpx.MockTransport`. Use as ``async with``.
+    Requests go through ``transport`` (:mod:`.transport`: by default one aiohttp session,
+    opened on the first request, at most ``concurrency`` connections, no retry, no redirect
+    followed); tests give a fake one. Use as ``async with``, or call :meth:`aclose`.
     """
 
     def __init__(
@@ -111,7 +110,7 @@ class DimmyClient:
         max_json_depth: int = 64,
         max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
         max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: Transport | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
@@ -129,29 +128,14 @@ class DimmyClient:
         self._clock = clock
         self._sleep = sleep
         self._wall_clock = wall_clock
-        # httpcore's pool does work proportional to its size on every request state change
-        # (encode/httpcore#1035): at 64 connections in one pool the worker spent most of its
-        # CPU there. Many small pools, used in turn, keep that cost flat (4 measured faster
-        # than 16 per pool: bench/drain.py).
-        shards = -(-concurrency // _CONNECTIONS_PER_POOL)
-        tls = ssl.create_default_context(cafile=certifi.where())
-        per_pool = -(-concurrency // shards)
-        self._pools = [
-            httpx.AsyncClient(
-                base_url=self.base_url,
-                headers={
-                    "X-API-KEY": api_key,
-                    "Accept": "application/json",
-                    "User-Agent": _user_agent(),
-                },
-                timeout=httpx.Timeout(timeout),
-                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
-                transport=transport,
-                verify=tls,  # one TLS context (and CA bundle in memory) for all the pools
-            )
-            for _ in range(shards)
-        ]
-        self._next_pool = itertools.cycle(self._pools)
+        self._headers = {
+            "X-API-KEY": api_key,
+            "Accept": "application/json",
+            "User-Agent": _user_agent(),
+        }
+        self._transport: Transport = transport or AiohttpTransport(
+            self.base_url, concurrency=concurrency, timeout=timeout
+        )
         self._semaphore = asyncio.Semaphore(concurrency)
         self._fixed_rate = rate_limit
         self.adaptive: AdaptiveRate | None = None
@@ -185,9 +169,8 @@ class DimmyClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        for pool in self._pools:
-            await pool.aclose()
+        """Close the connection pool (a client never used has none open)."""
+        await self._transport.aclose()
 
     @property
     def rate_limit(self) -> float:
@@ -217,7 +200,7 @@ class DimmyClient:
         if not isinstance(document, dict) or document.get("_id") != item_id:
             raise PermanentUpstream(
                 self._redact(f"GET {path}: unexpected body (not an item with this _id)"),
-                status=response.status_code,
+                status=response.status,
             )
         try:
             return clean_json_bytes(response.content)
@@ -261,14 +244,14 @@ class DimmyClient:
             )
         return items
 
-    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
+    def _json(self, response: Answer, method: str, path: str) -> Any:
         """The body parsed; :class:`PermanentUpstream` when it is not JSON or nests deeper than
         ``max_json_depth`` (such an item could not be stored, served or delivered)."""
         try:
             document = json.loads(response.content)
         except ValueError:
             raise PermanentUpstream(
-                self._redact(f"{method} {path}: body is not JSON"), status=response.status_code
+                self._redact(f"{method} {path}: body is not JSON"), status=response.status
             ) from None
         except RecursionError:
             document = None
@@ -278,7 +261,7 @@ class DimmyClient:
         if deep:
             raise PermanentUpstream(
                 f"{method} {path}: body nested deeper than {self._max_json_depth} levels",
-                status=response.status_code,
+                status=response.status,
             )
         return document
 
@@ -288,13 +271,12 @@ class DimmyClient:
         path: str,
         *,
         params: dict[str, Any] | None = None,
-        body: Any = None,
         bulk: bool = False,
         limit: int = ERROR_BODY_LIMIT,
-    ) -> httpx.Response:
+    ) -> Answer:
         if bulk:
             await self._live_idle.wait()  # a live request waiting for its turn goes first
-            return await self._in_turn(method, path, params, body, limit=limit)
+            return await self._in_turn(method, path, params, limit=limit)
         self._live_waiting += 1
         self._live_idle.clear()
         waiting = True
@@ -308,7 +290,7 @@ class DimmyClient:
                     self._live_idle.set()
 
         try:
-            return await self._in_turn(method, path, params, body, on_turn=turn, limit=limit)
+            return await self._in_turn(method, path, params, on_turn=turn, limit=limit)
         finally:
             turn()
 
@@ -317,12 +299,11 @@ class DimmyClient:
         method: str,
         path: str,
         params: dict[str, Any] | None,
-        body: Any,
         on_turn: Callable[[], None] | None = None,
         limit: int = ERROR_BODY_LIMIT,
-    ) -> httpx.Response:
+    ) -> Answer:
         """One request once the concurrency cap, the rate limit and any 429 pause allow it,
-        its body read up to ``limit`` bytes (:func:`_read_capped`)."""
+        its body read up to ``limit`` bytes (:func:`~.answers.read_capped`)."""
         async with self._semaphore:
             await self._wait_out_pause()
             await self._limiter.acquire()
@@ -335,40 +316,33 @@ class DimmyClient:
                 adaptive.sent()
             sent_at = self._clock()
             try:
-                async with asyncio.timeout(self._total_timeout):
-                    http = next(self._next_pool)
-                    request = http.build_request(method, path, params=params, json=body)
-                    streamed = await http.send(request, stream=True)
-                    try:
-                        response = await read_capped(streamed, limit)
-                    finally:
-                        await streamed.aclose()
-            except (httpx.TimeoutException, TimeoutError) as exc:
-                self._observed(path, "timeout", started)
-                if adaptive is not None:  # a timeout is the slowest answer of all
+                async with (
+                    asyncio.timeout(self._total_timeout),
+                    self._transport.send(method, path, params, self._headers) as reply,
+                ):
+                    status = reply.status
+                    response = await read_capped(reply, limit)
+            except (aiohttp.ClientError, OSError) as exc:  # timeouts included
+                timed_out = outbound.timed_out(exc)
+                self._observed(path, "timeout" if timed_out else "transport_error", started)
+                if timed_out and adaptive is not None:  # a timeout is the slowest answer of all
                     adaptive.answered(self._clock() - sent_at)
-                reason = f"{method} {path}: timed out ({type(exc).__name__})"
-                raise TransientUpstream(self._redact(reason)) from exc
-            except httpx.RequestError as exc:
-                self._observed(path, "transport_error", started)
-                reason = self._redact(f"{method} {path}: {type(exc).__name__}: {exc}")
+                reason = self._redact(f"{method} {path}: {outbound.failure(exc)}")
                 raise TransientUpstream(reason[: DETAIL_LIMIT + 100]) from exc
-            self._observed(path, str(streamed.status_code), started)
-            if adaptive is not None and streamed.status_code != 429:
+            self._observed(path, str(status), started)
+            if adaptive is not None and status != 429:
                 adaptive.answered(self._clock() - sent_at)
         if response is None:  # a 2xx over the cap: the same answer will come next time
             cap = "DIMMY_MAX_PAGE_BYTES" if path == "/items" else "DIMMY_MAX_ITEM_BYTES"
             raise PermanentUpstream(
                 f"{method} {path}: answer larger than {limit} bytes (the cap: {cap})",
-                status=streamed.status_code,
+                status=status,
             )
         self._classify(method, path, response, sent_at)
         return response
 
-    def _classify(
-        self, method: str, path: str, response: httpx.Response, sent_at: float = 0.0
-    ) -> None:
-        status = response.status_code
+    def _classify(self, method: str, path: str, response: Answer, sent_at: float = 0.0) -> None:
+        status = response.status
         if 200 <= status < 300:
             self.auth_failed = None
             return

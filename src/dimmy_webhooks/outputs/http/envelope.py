@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-import httpx
-
 from dimmy_webhooks.items import api_fields, format_timestamp
 from dimmy_webhooks.models import StoredItem
 from dimmy_webhooks.signatures import signed_headers
@@ -68,7 +66,9 @@ def signed_request_headers(
     return headers
 
 
-def read_answer(content: bytes, headers: httpx.Headers, key: str) -> tuple[str | None, str | None]:
+def read_answer(
+    content: bytes, headers: Mapping[str, str], key: str
+) -> tuple[str | None, str | None]:
     """An excerpt of the answer, and the record id the WMS gave: ``key`` of a JSON object
     answer, else ``Location``."""
     return _excerpt(content), _record_id(content, headers, key)
@@ -81,7 +81,7 @@ def _excerpt(content: bytes) -> str | None:
     return text[:EXCERPT_LIMIT]
 
 
-def _record_id(content: bytes, headers: httpx.Headers, key: str) -> str | None:
+def _record_id(content: bytes, headers: Mapping[str, str], key: str) -> str | None:
     if content and len(content) <= ANSWER_LIMIT:
         try:
             value = json.loads(content)

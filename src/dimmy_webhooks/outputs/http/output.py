@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import zlib
 from collections.abc import Callable
-from typing import Any
+from types import SimpleNamespace
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-import httpx
+import aiohttp
+from multidict import CIMultiDict
 
+from dimmy_webhooks import outbound
 from dimmy_webhooks.errors import ConfigError
 from dimmy_webhooks.models import Receipt, StoredItem
 from dimmy_webhooks.outputs.base import DeliveryFailed
@@ -38,7 +42,6 @@ class HttpOutput:
         *,
         forward_secret: str | None,
         clock: Callable[[], float] = time.time,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         secret = destination.secret or forward_secret
         if secret is None:
@@ -53,20 +56,36 @@ class HttpOutput:
         self.max_attempts: int | None = destination.max_attempts
         self.delivery_timeout: float | None = destination.timeout * 3 + MAX_QUEUE_WAIT + 5
         self._clock = clock
-        headers = httpx.Headers({"user-agent": "dimmy-webhooks", "accept-encoding": "identity"})
-        headers.update(destination.headers)  # theirs replace ours, whatever their case
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(destination.timeout),
-            limits=httpx.Limits(
-                max_connections=destination.concurrency,
-                max_keepalive_connections=destination.concurrency,
-            ),
-            follow_redirects=False,
-            transport=transport,
-            headers=headers,
+        headers: CIMultiDict[str] = CIMultiDict(
+            {"user-agent": "dimmy-webhooks", "accept-encoding": "identity"}
         )
+        headers.update(destination.headers)  # theirs replace ours, whatever their case
+        self._url, credentials = _without_credentials(destination.url)
+        if credentials is not None and "authorization" not in headers:
+            headers["authorization"] = credentials  # user:password@ in the URL: basic auth
+        self._headers = headers
+        self._http: aiohttp.ClientSession | None = None  # opened by the first forward
         self._gate = Gate(self.name, destination.concurrency, destination.rate, clock)
         self._breaker = Breaker(self.name, destination.pause_seconds, clock)
+
+    def _session(self) -> aiohttp.ClientSession:
+        """The destination's connections: at most its ``concurrency``, each phase bounded by its
+        ``timeout`` (the whole attempt by three times it), answers read as sent (we inflate them
+        ourselves, no further than we read: :func:`_read_capped`)."""
+        if self._http is None:
+            traces = None
+            if self.destination.rate:  # a rate counts each request from when it was written
+                trace = aiohttp.TraceConfig()
+                trace.on_request_chunk_sent.append(_settle_when_written)
+                traces = [trace]
+            self._http = outbound.session(
+                concurrency=self.destination.concurrency,
+                timeout=self.destination.timeout,
+                headers=self._headers,
+                auto_decompress=False,
+                trace_configs=traces,
+            )
+        return self._http
 
     async def deliver(self, item: StoredItem, idempotency_key: str) -> Receipt:
         """POST the signed envelope of ``item``; the receipt of a 2xx. Raises
@@ -90,23 +109,23 @@ class HttpOutput:
         self, body: bytes, headers: dict[str, str], probe: bool, mark: Mark | None
     ) -> Receipt:
         started = time.monotonic()
-        extensions = {} if mark is None else {"trace": _settle_when_written(mark)}
+        http = self._session()
         try:
             async with (
                 asyncio.timeout(self.destination.timeout * 3),
-                self._http.stream(
-                    "POST",
-                    self.destination.url,
-                    content=body,
+                http.post(
+                    self._url,
+                    data=body,
                     headers=headers,
-                    extensions=extensions,
+                    allow_redirects=False,
+                    trace_request_ctx=mark,
                 ) as response,
             ):
                 content = await _read_capped(response, ANSWER_LIMIT)
-        except (httpx.HTTPError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError) as exc:  # timeouts included
             self._gate.took(time.monotonic() - started)
             latency = (time.monotonic() - started) * 1000
-            reason = f"{self.name}: {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
+            reason = f"{self.name}: {outbound.failure(exc)}"
             self._breaker.failed(reason, probe)
             raise DeliveryFailed(reason[:300], Receipt(latency_ms=latency)) from exc
         self._gate.took(time.monotonic() - started)
@@ -115,12 +134,12 @@ class HttpOutput:
             content, response.headers, self.destination.record_id_field
         )
         receipt = Receipt(
-            status_code=response.status_code,
+            status_code=response.status,
             latency_ms=latency,
             excerpt=excerpt,
             record_id=record_id,
         )
-        status = response.status_code
+        status = response.status
         if 200 <= status < 300 or status in PERMANENT:  # it answered about the item: it is up
             self._breaker.succeeded()
         if 200 <= status < 300:
@@ -135,25 +154,25 @@ class HttpOutput:
         raise DeliveryFailed(reason, receipt, retry_after=retry_after)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.close()
 
     def problems(self) -> list[str]:
         return self._breaker.problems()
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
     """The first ``limit`` bytes of the answer at most: a WMS answering hundreds of MB costs a
-    connection, not the memory (S16); what is left unread closes the connection when the stream
-    ends. We ask for no compression; a gzip or deflate answer all the same is inflated no
-    further than ``limit`` (a small bomb stays small), any other encoding is kept as sent."""
-    if response.is_stream_consumed:  # a transport (a test's) that handed it over whole
-        return response.content[:limit]
+    connection, not the memory (S16); if more was left unread, the connection is closed. We ask
+    for no compression; a gzip or deflate answer all the same is inflated no further than
+    ``limit`` (a small bomb stays small), any other encoding is kept as sent."""
     encoding = response.headers.get("content-encoding", "").strip().lower()
     inflate = None
     if encoding in ("gzip", "x-gzip", "deflate"):
         inflate = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib, by the header
     content = bytearray()
-    async for raw in response.aiter_raw():
+    async for raw in response.content.iter_any():
         chunk = raw
         if inflate is not None:
             try:
@@ -163,14 +182,28 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
         content += chunk[: limit - len(content)]
         if len(content) >= limit:
             break
+    if not response.content.at_eof():
+        response.close()  # the rest is never read: drop the connection
     return bytes(content)
 
 
-def _settle_when_written(mark: Mark) -> Callable[[str, dict[str, Any]], Any]:
-    """httpcore's trace hook: the request counts once its body has been written."""
+def _without_credentials(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``user:password@``, and the basic ``Authorization`` they make."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=host)), f"Basic {token}"
 
-    async def trace(name: str, info: dict[str, Any]) -> None:
-        if name == "http11.send_request_body.complete":
-            mark.settle(time.monotonic())
 
-    return trace
+async def _settle_when_written(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceRequestChunkSentParams,
+) -> None:
+    """aiohttp's trace hook: the request counts once its body goes to the connection."""
+    mark = context.trace_request_ctx
+    if isinstance(mark, Mark):
+        mark.settle(time.monotonic())
