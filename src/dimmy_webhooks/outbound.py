@@ -9,7 +9,9 @@
 - one request per call: aiohttp's hidden retry of an idempotent request on a new connection
   (:data:`RETRY_ATTRIBUTE`, private, no public switch) is turned off, because the durable queue
   retries and counts attempts; callers pass ``allow_redirects=False`` (a redirect is an answer);
-- no cookies kept, no proxy or ``.netrc`` read from the environment (a per-request look-up).
+- no cookies kept; a proxy from ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` unless
+  ``NO_PROXY`` names the host, as the previous client (httpx) read them, but looked up once per
+  session (:func:`env_proxy`), not on every request as aiohttp's ``trust_env`` would.
 
 A failure is described for an operator by :func:`failure`: "timed out" only for a timeout,
 "connection refused" or "connection error" otherwise, and never the URL (a query or user-info
@@ -22,6 +24,8 @@ import errno
 import os
 import re
 import ssl
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 
 import aiohttp
@@ -48,8 +52,22 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``<scheme>_PROXY``, else ``ALL_PROXY``),
+    or ``None``: none set, or ``NO_PROXY`` covers its host."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or not parts.hostname:
+        return None
+    if urllib.request.proxy_bypass(parts.hostname):  # NO_PROXY, read from the environment
+        return None
+    return proxy
+
+
 def session(
     *,
+    url: str,
     concurrency: int,
     timeout: float,
     headers: Mapping[str, str] | None = None,
@@ -57,7 +75,8 @@ def session(
     auto_decompress: bool = True,
     trace_configs: list[aiohttp.TraceConfig] | None = None,
 ) -> aiohttp.ClientSession:
-    """A session of at most ``concurrency`` connections; call inside the running loop."""
+    """A session of at most ``concurrency`` connections to ``url``'s host (through the proxy
+    the environment names for it); call inside the running loop."""
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ssl=tls_context())
     http = aiohttp.ClientSession(
         base_url=base_url,
@@ -68,6 +87,7 @@ def session(
         trace_configs=trace_configs,
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
+        proxy=env_proxy(url),
     )
     no_retry(http)
     return http

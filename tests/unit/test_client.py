@@ -670,3 +670,29 @@ async def test_an_item_that_is_not_text_in_its_encoding_is_permanent() -> None:
     async with mock_client(handler) as client:
         with pytest.raises(PermanentUpstream, match="not UTF-8, UTF-16 or UTF-32"):
             await client.get_item(ITEM_ID)
+
+
+async def test_the_proxy_of_the_environment_is_used_unless_no_proxy_names_the_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the previous client did: ``HTTP_PROXY`` carries the fetch (the proxy gets the whole
+    URL in the request line), and ``NO_PROXY`` naming the API's host sends it direct."""
+    body = json.dumps({"_id": ITEM_ID}).encode()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    async with (
+        raw_server(lambda n, head: http_answer(200, body)) as proxy,
+        raw_server(lambda n, head: http_answer(200, body)) as api,
+    ):
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("http_proxy", proxy.url)
+        async with DimmyClient(api.url, KEY) as client:
+            await client.get_item(ITEM_ID)
+        assert proxy.heads[0].startswith(f"GET {api.url}/items/{ITEM_ID} ".encode())
+        assert api.heads == []
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        async with DimmyClient(api.url, KEY) as client:
+            await client.get_item(ITEM_ID)
+        assert len(proxy.heads) == 1
+        assert api.heads[0].startswith(f"GET /items/{ITEM_ID} ".encode())

@@ -93,7 +93,7 @@ class AiohttpTransport:
         http = self._session
         if http is None:
             http = self._session = outbound.session(
-                concurrency=self._concurrency, timeout=self._timeout
+                url=self.base_url, concurrency=self._concurrency, timeout=self._timeout
             )
         async with http.request(
             method, self.base_url + path, params=params, headers=headers, allow_redirects=False

@@ -79,6 +79,7 @@ class HttpOutput:
                 trace.on_request_chunk_sent.append(_settle_when_written)
                 traces = [trace]
             self._http = outbound.session(
+                url=self.destination.url,
                 concurrency=self.destination.concurrency,
                 timeout=self.destination.timeout,
                 headers=self._headers,
