@@ -44,7 +44,7 @@ from dimmy_webhooks import outbound
 from dimmy_webhooks.config import Settings
 from dimmy_webhooks.errors import PermanentUpstream, TransientUpstream, UpstreamAuthError
 from dimmy_webhooks.items import clean_json_bytes
-from dimmy_webhooks.models import nested_deeper_than, valid_item_id
+from dimmy_webhooks.models import nested_deeper_than, nesting_bound, valid_item_id
 from dimmy_webhooks.ratelimit import Pacer, parse_retry_after
 from dimmy_webhooks.upstream.answers import (
     DETAIL_LIMIT,
@@ -256,8 +256,10 @@ class DimmyClient:
         except RecursionError:
             document = None
             deep = True
-        else:
-            deep = nested_deeper_than(document, self._max_json_depth)
+        else:  # the walk visits every value; the bracket count (in C) mostly rules it out
+            deep = nesting_bound(response.content) > self._max_json_depth and nested_deeper_than(
+                document, self._max_json_depth
+            )
         if deep:
             raise PermanentUpstream(
                 f"{method} {path}: body nested deeper than {self._max_json_depth} levels",
