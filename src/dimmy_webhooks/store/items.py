@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from dimmy_webhooks.errors import LeaseLost
 from dimmy_webhooks.models import Job, Lane, Lease, SaveResult, Source, StoredItem
 from dimmy_webhooks.store import ops
 from dimmy_webhooks.store.ops import Attempts, Tx
@@ -146,21 +145,22 @@ def save_item(
     now: float,
     lease: Lease | None = None,
 ) -> SaveResult:
-    owner = tx.all(tx.sql("item_account"), {"id": item.id})
-    if owner and owner[0]["account"] != item.account:
-        refuse_foreign(tx, job, owner[0]["account"], now)
-        return SaveResult(changed=False, deliveries=[])
     ops.guard_finish(tx, job, now)
     # a job of an inbox event is a webhook's; one without is a replay an operator asked for
     from_webhook = job.event_id is not None
     source = Source.WEBHOOK if from_webhook else Source.REPLAY
     params = _item_params(item, source, now if from_webhook else None, now)
-    stored = tx.all(tx.sql("upsert_item"), params)
+    stored = tx.all(tx.sql("upsert_item"), params)  # never over another account's item
     changed = bool(stored)
     leased: list[Job] = []
     revision = int(stored[0]["revision"]) if stored else 0
-    if not changed and from_webhook:
-        tx.run(tx.sql("mark_webhook_seen"), {"id": item.id, "now": now})
+    if not changed:  # not newer, or another account's: only then is the owner read
+        owner = tx.all(tx.sql("item_account"), {"id": item.id})
+        if owner and owner[0]["account"] != item.account:
+            refuse_foreign(tx, job, owner[0]["account"], now)
+            return SaveResult(changed=False, deliveries=[])
+        if from_webhook:
+            tx.run(tx.sql("mark_webhook_seen"), {"id": item.id, "now": now})
     if changed and item.hold_reason is None:  # a held version reaches no output
         rows = ops.deliveries(
             item.id,
@@ -183,11 +183,11 @@ def save_item(
                 "expires": now + lease.seconds,
             }
             for row in rows:
-                busy = {"item_id": row["item_id"], "output": row["output"]}
-                if tx.all(tx.sql("delivery_busy"), busy):
-                    ops.new_jobs(tx, [row])  # an earlier revision is on its way: this one waits
-                    continue
-                leased += [ops.job(r) for r in tx.all(tx.sql("new_leased_job"), {**row, **extra})]
+                taken = tx.all(tx.sql("new_leased_delivery"), {**row, **extra})
+                if taken:
+                    leased.append(ops.job(taken[0]))
+                else:  # an earlier revision is on its way (or this one is queued): it waits
+                    ops.new_jobs(tx, [row])
     ops.refresh(tx, [job.event_id], now)
     return SaveResult(changed=changed, deliveries=leased, revision=revision)
 
@@ -227,17 +227,9 @@ def save_polled(
 def refuse_foreign(tx: Tx, job: Job, account: str, now: float) -> None:
     """End ``job`` dead: the item it fetched is stored under another ``account``, whose
     item it stays (an item id names one document of one Dimmy account; a webhook of another
-    account naming it is refused, never allowed to overwrite it). Lease-checked."""
+    account naming it is refused, never allowed to overwrite it). Called after
+    :func:`ops.guard_finish` in the same transaction: the lease was checked there."""
     reason = f"item {job.item_id} belongs to account {account!r}: not stored for {job.account!r}"
-    params = {
-        "id": job.id,
-        "token": job.lease_token,
-        "dead": True,
-        "retry_at": now,
-        "reason": reason,
-        "now": now,
-    }
-    if not tx.all(tx.sql("fail"), params):
-        raise LeaseLost(f"job {job.id}: lease taken over, result discarded")
+    tx.run(tx.sql("bury"), {"id": job.id, "reason": reason, "now": now})
     ops.event_error(tx, job.event_id, reason)
     ops.refresh(tx, [job.event_id], now)

@@ -98,13 +98,19 @@ SQL: dict[str, str] = {
     "event_body": "SELECT body FROM events WHERE id = :id",
     "event_received": "SELECT received_at FROM events WHERE id = :id",
     "new_job": _NEW_JOB + " ON CONFLICT (dedupe_key) DO NOTHING",
-    "new_leased_job": f"""
+    # leased at once unless an earlier revision's delivery to that output is on its way (then
+    # nothing is inserted, and the caller queues this one to wait)
+    "new_leased_delivery": f"""
         INSERT INTO jobs (kind, event_id, item_id, output, version, revision, dedupe_key, status,
                           attempts, max_attempts, run_at, lane, seq, lease_owner, lease_token,
                           lease_expires_at, created_at, updated_at, account)
-        VALUES (:kind, :event_id, :item_id, :output, :version, :revision, :dedupe_key, 'running',
-                1, :max_attempts, :run_at, :lane, :seq, :owner, :token, :expires, :now, :now,
-                :account)
+        SELECT :kind, :event_id, :item_id, :output, :version, :revision, :dedupe_key, 'running',
+               1, :max_attempts, :run_at, :lane, :seq, :owner, :token, :expires, :now, :now,
+               :account
+        WHERE NOT EXISTS (
+            SELECT 1 FROM jobs
+            WHERE item_id = :item_id AND kind = 'deliver' AND status = 'running'
+                AND output = :output)
         ON CONFLICT (dedupe_key) DO NOTHING
         RETURNING {JOB_COLUMNS}""",
     "new_job_or_reset": _NEW_JOB
@@ -139,10 +145,6 @@ SQL: dict[str, str] = {
             WHERE n <= {{CAPS}}
             ORDER BY {FAIR} LIMIT :limit)
         RETURNING {JOB_COLUMNS}""",
-    "delivery_busy": """
-        SELECT 1 AS busy FROM jobs
-        WHERE item_id = :item_id AND kind = 'deliver' AND status = 'running' AND output = :output
-        LIMIT 1""",
     "held": """
         SELECT 1 AS held FROM jobs
         WHERE id = :id AND lease_token = :token AND status = 'running'""",
@@ -158,6 +160,10 @@ SQL: dict[str, str] = {
             run_at = :retry_at, last_error = :reason, updated_at = :now, {RELEASED}
         WHERE id = :id AND lease_token = :token AND status = 'running'
         RETURNING status, event_id""",
+    # a job this transaction has just finished (its lease checked) ends dead instead
+    "bury": """
+        UPDATE jobs SET status = 'dead', last_error = :reason, updated_at = :now
+        WHERE id = :id AND status = 'done'""",
     "postpone": f"""
         UPDATE jobs SET status = 'pending', attempts = attempts - 1, run_at = :retry_at,
             last_error = :reason, updated_at = :now, {RELEASED}
