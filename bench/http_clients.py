@@ -163,7 +163,7 @@ async def requests_per_reset_get() -> dict[str, int]:
                 session = (
                     aiohttp.ClientSession()
                     if name == "aiohttp"
-                    else outbound.session(concurrency=1, timeout=10)
+                    else outbound.session(url=url, concurrency=1, timeout=10)
                 )
                 async with session:
                     for _ in range(2):

@@ -427,14 +427,12 @@ def test_aiohttp_still_has_the_hidden_retry_we_turn_off() -> None:
     (and so does :func:`outbound.session`) instead of the retry coming back unnoticed."""
 
     async def check() -> None:
-        plain = aiohttp.ClientSession()
-        made = outbound.session(concurrency=2, timeout=1)
-        try:
+        async with (
+            aiohttp.ClientSession() as plain,
+            outbound.session(url="http://127.0.0.1:9", concurrency=2, timeout=1) as made,
+        ):
             assert getattr(plain, outbound.RETRY_ATTRIBUTE) is True
             assert getattr(made, outbound.RETRY_ATTRIBUTE) is False
-        finally:
-            await plain.close()
-            await made.close()
 
     asyncio.run(check())
 
