@@ -9,17 +9,16 @@ SQLite, plus PostgreSQL when it answers at ``$BENCH_PG_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/postgres``; they print a note otherwise), i.e. the rows
 ``ours postgres 1 rcv`` and ``2 rcv`` in ack, ``ours postgres 1 wkr`` and ``3 wkr`` in drain, a
 fresh database each. ``--no-postgres`` leaves those out (about 2 minutes less), ``--no-memory``
-leaves memory.py out (about 1 minute less). fairness.py also runs the code before fair claims
-(from a git worktree) as its baseline; http_clients.py (about a minute with ``--quick``)
+leaves memory.py out (about 1 minute less). http_clients.py (about a minute with ``--quick``)
 measures the HTTP client libraries on their own; adaptive_rate.py (about 85 s with ``--quick``,
 SQLite only) the fixed against the adaptive API rate.
 
 The runs include baseline rows: ack.py and drain.py also measure the last release's main
 (``benchlib.RELEASE_REV``, from a temporary git worktree) right after today's rows, i.e. ack's
 ``ours <backend> 1 rcv`` and ``all-in-one`` rows and each of drain's ``ours`` rows, and print
-today's figures beside it (issue 21's targets); fairness.py its own baseline, as before. ack's
-and drain's baseline rows make ``--quick`` about 3 minutes longer (about 1 minute with
-``--no-postgres``); ``--no-baseline`` leaves every baseline row out, fairness's included.
+today's figures beside it (issue 21's targets), and so does fairness.py. ack measures each
+backend's ``1 rcv`` and ``all-in-one`` rows, today's and the baseline's, in 3 alternating rounds
+and prints the medians of their ratios. ``--no-baseline`` leaves every baseline row out.
 
 Each benchmark runs in its own process, one after the other (never two at once: the machine's
 cores are part of what is measured). The exit status is non-zero when any of them fails a check.
@@ -66,7 +65,8 @@ def main() -> int:
     backend = ["--backend", "sqlite"] if args.no_postgres else []
     baseline = ["--no-baseline"] if args.no_baseline else []
     runs = [
-        ("ack", [*preset, *backend, *baseline]),
+        # the all-in-one rows against the --no-worker ones: medians of 3 alternating rounds
+        ("ack", [*preset, *backend, *baseline, "--rounds", "3"]),
         ("drain", [*preset, *backend, *baseline]),
         ("fairness", [*preset, *backend, *baseline]),
     ]
