@@ -190,9 +190,9 @@ def main() -> int:
         workdir, procs = stack.enter_context(run_context("fairness"))
         for backend in backends:
             for backlog in backlogs:
-                runs = [("fair claims", None)]
+                runs = [("today", None)]
                 if baseline is not None:
-                    runs.insert(0, (f"before ({args.baseline_rev})", baseline))
+                    runs.insert(0, (f"release ({args.baseline_rev})", baseline))
                 for label, path in runs:
                     tag = "before" if path else "ours"
                     result = measure(procs, workdir, backend, backlog, window, tag, path)
@@ -224,7 +224,7 @@ def main() -> int:
     )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    ours = [r for r in results if r["code"] == "fair claims"]
+    ours = [r for r in results if r["code"] == "today"]
     return 0 if all(r["live_stored"] for r in ours) else 1
 
 

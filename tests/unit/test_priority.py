@@ -1,9 +1,11 @@
-"""Webhooks first (:mod:`dimmy_webhooks.store.priority`): while webhooks arrive quickly, the
-worker writes of the same process pass one at a time, in a share of the time; otherwise at once."""
+"""Webhooks first (:mod:`dimmy_webhooks.store.priority`): while webhook inserts queue for the
+writer, the worker writes of the same process pass one at a time, in a share of the time;
+otherwise at once."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 
 import pytest
@@ -19,38 +21,59 @@ class Clock:
         return self.now
 
 
+def queueing(gate: IntakeFirst, inserts: int) -> contextlib.ExitStack:
+    """``inserts`` webhook inserts in flight at once, until the stack is closed."""
+    stack = contextlib.ExitStack()
+    for _ in range(inserts):
+        stack.enter_context(gate.inserting())
+    return stack
+
+
 async def test_quiet_intake_lets_every_write_through_at_once() -> None:
     clock = Clock()
-    gate = IntakeFirst(busy_inserts=8, window_seconds=0.1, share=0.1, clock=clock)
-    for _ in range(7):  # fewer than 8 inserts in the window: not busy
-        gate.note_insert()
-    assert not gate.busy()
-    entered = []
+    gate = IntakeFirst(busy_in_flight=4, window_seconds=0.1, share=0.1, clock=clock)
+    with queueing(gate, 3):  # fewer than 4 waiting at once: not busy
+        assert not gate.busy()
+        entered = []
 
-    async def write(n: int) -> None:
-        async with gate.turn():
-            entered.append(n)
-            await asyncio.sleep(0.01)
+        async def write(n: int) -> None:
+            async with gate.turn():
+                entered.append(n)
+                await asyncio.sleep(0.01)
 
-    await asyncio.gather(*(write(n) for n in range(5)))
+        await asyncio.gather(*(write(n) for n in range(5)))
     assert sorted(entered) == [0, 1, 2, 3, 4]
     assert gate.waited == 0
 
 
-async def test_a_slow_trickle_of_webhooks_is_not_busy() -> None:
+async def test_a_steady_stream_the_writer_keeps_up_with_is_not_busy() -> None:
+    """1,000 webhooks one after the other (each committed before the next): never busy, so a
+    steady 100 a second does not slow the worker down however long it lasts."""
     clock = Clock()
-    gate = IntakeFirst(busy_inserts=8, window_seconds=0.1, clock=clock)
-    for _ in range(50):  # 20 a second
-        gate.note_insert()
-        clock.now += 0.05
+    gate = IntakeFirst(busy_in_flight=4, window_seconds=0.1, clock=clock)
+    for _ in range(1000):
+        with gate.inserting():
+            clock.now += 0.003
+        clock.now += 0.007
+        assert not gate.busy()
+
+
+async def test_busy_while_inserts_queue_and_a_moment_after() -> None:
+    clock = Clock()
+    gate = IntakeFirst(busy_in_flight=4, window_seconds=0.1, clock=clock)
+    with queueing(gate, 4):
+        assert gate.busy()
+    clock.now += 0.05
+    assert gate.busy()  # the receiver is catching up
+    clock.now += 0.06
     assert not gate.busy()
 
 
 async def test_while_busy_writes_pass_one_at_a_time_in_their_share_of_the_time() -> None:
     """A write that took 20 ms while busy holds the next back 180 ms at a 10 % share."""
-    gate = IntakeFirst(busy_inserts=2, window_seconds=60, share=0.1)
-    gate.note_insert()
-    gate.note_insert()
+    gate = IntakeFirst(busy_in_flight=2, window_seconds=60, share=0.1)
+    with queueing(gate, 2):
+        pass
     assert gate.busy()
     inside = 0
     most_inside = 0
@@ -76,8 +99,9 @@ async def test_while_busy_writes_pass_one_at_a_time_in_their_share_of_the_time()
 async def test_the_pause_after_one_write_is_bounded() -> None:
     """A write that took 5 s (a stalled disk) does not hold the worker back 45 s."""
     clock = Clock()
-    gate = IntakeFirst(busy_inserts=1, window_seconds=1e9, share=0.1, clock=clock)
-    gate.note_insert()
+    gate = IntakeFirst(busy_in_flight=1, window_seconds=1e9, share=0.1, clock=clock)
+    with queueing(gate, 1):
+        pass
     async with gate.turn():
         clock.now += 5
     loop = asyncio.get_running_loop()

@@ -395,7 +395,6 @@ class PostgresStore(Store):
         # share one transaction and one commit.
         if self._inbox is None:
             raise StoreUnavailable("store is closed")
-        self.intake_first.note_insert()
 
         def insert(tx: ops.Tx) -> tuple[InsertOutcome, bool]:
             outcome = inbox.insert_event(tx, event, self.max_attempts)
@@ -403,7 +402,8 @@ class PostgresStore(Store):
                 return outcome, event.event_type != UNKNOWN
             return outcome, outcome is InsertOutcome.REQUEUED
 
-        result: tuple[InsertOutcome, bool] = await settled(self._inbox.submit(insert))
+        with self.intake_first.inserting():
+            result: tuple[InsertOutcome, bool] = await settled(self._inbox.submit(insert))
         return result[0]
 
 

@@ -7,13 +7,15 @@ webhooks comes exactly when a device uploads a shift's worth of scans, which is 
 is busiest: without a rule its claims, expansions and item writes take the writer and the
 interpreter from the acknowledgements Svix is waiting for.
 
-:class:`IntakeFirst` is that rule. The store notes each webhook insert; the intake is *busy*
-while at least :data:`BUSY_INSERTS` of them arrived within :data:`BUSY_WINDOW_SECONDS`. While
+:class:`IntakeFirst` is that rule. The store counts the webhook inserts in flight; the intake
+is *busy* while :data:`BUSY_IN_FLIGHT` or more of them wait for the writer at once, and for
+:data:`BUSY_WINDOW_SECONDS` after. That is when acknowledgements queue: a steady 100 webhooks a
+second that the writer keeps up with is not busy, and the worker keeps pace with it. While
 busy, the worker's writes (claims and the writes about its jobs) pass one at a time, each
 followed by a pause that keeps them to :data:`WORKER_SHARE` of the time: a write that took
-4 ms lets the next start 36 ms later at 10 %. The worker slows down but never stops (a write is
-never refused, only delayed), and runs at full speed again once the burst is over. Nothing
-about durability changes: every write still commits before its caller goes on.
+4 ms lets the next start 76 ms later at 5 %. The worker slows down but never stops (a write is
+never refused, only delayed), and runs at full speed again once the receiver has caught up.
+Nothing about durability changes: every write still commits before its caller goes on.
 
 A process that only receives (``serve --no-worker``) or only works (``worker``) never waits
 here: the first never makes worker writes, the second never inserts webhooks.
@@ -22,21 +24,22 @@ here: the first never makes worker writes, the second never inserts webhooks.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
-BUSY_INSERTS = 8
-"""Webhook inserts within :data:`BUSY_WINDOW_SECONDS` that make the intake busy (80/s): a few
-devices uploading now and then never slow the worker down."""
+BUSY_IN_FLIGHT = 4
+"""Webhook inserts waiting for the writer at once that make the intake busy: each insert waits
+for the commit of its group, so a few at a time is normal; more means acknowledgements queue."""
 
 BUSY_WINDOW_SECONDS = 0.1
+"""How long the intake stays busy after the inserts in flight last reached
+:data:`BUSY_IN_FLIGHT`."""
 
 WORKER_SHARE = 0.05
 """The share of the time a worker's writes take while the intake is busy: what the
 acknowledgements lose to them (``bench/ack.py``'s all-in-one rows), and what the worker keeps
-(about 5-10 items/s at the default rate during a flood of 10-id webhooks)."""
+while they queue."""
 
 MAX_PAUSE_SECONDS = 1.0
 """The longest pause after one write (a slow write does not stop the worker for long)."""
@@ -48,14 +51,16 @@ class IntakeFirst:
     def __init__(
         self,
         *,
-        busy_inserts: int = BUSY_INSERTS,
+        busy_in_flight: int = BUSY_IN_FLIGHT,
         window_seconds: float = BUSY_WINDOW_SECONDS,
         share: float = WORKER_SHARE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < share <= 1:
             raise ValueError("share must be in (0, 1]")
-        self._recent: collections.deque[float] = collections.deque(maxlen=busy_inserts)
+        self._busy_at = busy_in_flight
+        self._in_flight = 0
+        self._pressed = -float("inf")  # when the inserts in flight last reached _busy_at
         self._window = window_seconds
         self._rest = (1 - share) / share  # pause per second of write
         self._clock = clock
@@ -65,14 +70,22 @@ class IntakeFirst:
         self.waited = 0.0
         """Seconds worker writes have waited here in all (for the benchmarks and tests)."""
 
-    def note_insert(self) -> None:
-        """A webhook insert was submitted (called by the store, in the event loop)."""
-        self._recent.append(self._clock())
+    @contextlib.contextmanager
+    def inserting(self) -> Iterator[None]:
+        """Hold around one webhook insert, from its submission to its commit (the store)."""
+        self._in_flight += 1
+        if self._in_flight >= self._busy_at:
+            self._pressed = self._clock()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
 
     def busy(self) -> bool:
-        """Whether webhooks are arriving quickly now."""
-        recent = self._recent
-        return len(recent) == recent.maxlen and self._clock() - recent[0] <= self._window
+        """Whether webhook inserts are queueing for the writer now, or were a moment ago."""
+        if self._in_flight >= self._busy_at:
+            return True
+        return self._clock() - self._pressed <= self._window
 
     @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:

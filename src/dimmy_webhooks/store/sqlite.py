@@ -221,7 +221,7 @@ class SQLiteStore(Store):
         await asyncio.sleep(timeout)
 
     async def insert_event(self, event: IncomingEvent) -> InsertOutcome:
-        self.intake_first.note_insert()
-        return await self._submit(
-            lambda tx: inbox.insert_event(tx, event, self.max_attempts), savepoint=False
-        )
+        with self.intake_first.inserting():
+            return await self._submit(
+                lambda tx: inbox.insert_event(tx, event, self.max_attempts), savepoint=False
+            )
