@@ -172,14 +172,18 @@ SQL: dict[str, str] = {
         UPDATE jobs SET status = 'pending', attempts = attempts - 1, run_at = :now,
             updated_at = :now, {RELEASED}
         WHERE lease_owner = :owner AND status = 'running'""",
+    # written only when the status changes: most refreshes (an item of an upload stored, the
+    # event still processing) would rewrite the whole row, body included, for nothing
     "refresh_event": """
-        UPDATE events SET updated_at = :now, status = CASE
+        UPDATE events SET updated_at = :now, status = fresh.status
+        FROM (SELECT CASE
             WHEN EXISTS (SELECT 1 FROM jobs WHERE event_id = :id
                          AND status IN ('pending', 'running')) THEN 'processing'
             WHEN EXISTS (SELECT 1 FROM jobs WHERE event_id = :id AND status = 'dead')
                 THEN 'dead'
-            ELSE 'done' END
-        WHERE id = :id AND event_type != 'unknown'""",
+            ELSE 'done' END AS status) AS fresh
+        WHERE events.id = :id AND events.event_type != 'unknown'
+            AND events.status != fresh.status""",
     "event_error": "UPDATE events SET last_error = :reason WHERE id = :id",
     "upsert_item": _UPSERT_ITEM
     + """
