@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import click
-import httpx
 from click.core import ParameterSource
 
 from dimmy_webhooks.cli.common import account_option, friendly_errors, pick_account
@@ -77,6 +76,8 @@ def send(
     msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
     headers = signed_headers(key, msg_id, body, family=family)
     headers["content-type"] = "application/json"
+    import httpx  # here: the other commands (serve among them) never load it
+
     started = time.perf_counter()
     try:
         response = httpx.post(url, content=body, headers=headers, timeout=timeout)

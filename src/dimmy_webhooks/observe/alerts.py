@@ -42,8 +42,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
+from dimmy_webhooks import outbound
 from dimmy_webhooks.config import Settings
 from dimmy_webhooks.items import format_timestamp
 from dimmy_webhooks.observe.logs import redact_urls
@@ -280,22 +281,24 @@ class Notifier:
 
 @dataclass
 class HttpPoster:
-    """Posts alert bodies to ``url`` with its own client (10 s timeout, no redirects)."""
+    """Posts alert bodies to ``url`` with its own session (:func:`outbound.session`: 10 s per
+    phase, TLS and proxy as the other outbound paths, no redirects)."""
 
     url: str
     timeout: float = 10.0
-    _client: httpx.AsyncClient | None = field(default=None, repr=False)
+    _session: aiohttp.ClientSession | None = field(default=None, repr=False)
 
     async def __call__(self, body: dict[str, Any]) -> None:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
-        response = await self._client.post(self.url, json=body)
-        if response.status_code >= 300:
-            raise RuntimeError(f"alert URL answered HTTP {response.status_code}")
+        if self._session is None:
+            self._session = outbound.session(url=self.url, concurrency=2, timeout=self.timeout)
+        async with self._session.post(self.url, json=body, allow_redirects=False) as response:
+            if response.status >= 300:
+                raise RuntimeError(f"alert URL answered HTTP {response.status}")
 
     def __repr__(self) -> str:
         return "HttpPoster(***)"  # the URL is a credential
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()

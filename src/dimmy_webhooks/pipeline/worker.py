@@ -35,7 +35,7 @@ CANCEL_WAIT_SECONDS = 5.0
 (a cancelled job first lets its store write in flight end, which takes milliseconds)."""
 
 REFILL_SHARE = 4
-"""A worker with running jobs claims again once a REFILL_SHARE-th of its slots are free."""
+"""A worker with running jobs claims again once 1/REFILL_SHARE of its slots are free ..."""
 
 REFILL_WAIT_SECONDS = 0.5
 """... or this long after its last claim, with at least one slot free."""
@@ -136,7 +136,7 @@ class Worker:
         return self.policy.concurrency - len(self._active)
 
     async def _until_refill(self, stop: asyncio.Event) -> None:
-        """Claim in batches: wait, after the last claim, until :data:`REFILL_SHARE` of the
+        """Claim in batches: wait, after the last claim, until 1/:data:`REFILL_SHARE` of the
         slots are free, or :data:`REFILL_WAIT_SECONDS` have passed with one free.
 
         Each claim is a write through the store's writers, which webhook inserts wait on in an
