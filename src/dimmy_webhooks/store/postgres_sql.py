@@ -76,22 +76,16 @@ them in scan order, the batch in the order its jobs finished). The skipped job i
 failed by that batch, or its lease is extended by the next heartbeat, a third of a lease
 later."""
 
-EVENT_LOCKS = 0x44494D4D  # "DIMM": the advisory-lock class of the events' refreshes
-
 _REFRESH_EVENT = (
-    f"SELECT pg_advisory_xact_lock({EVENT_LOCKS}, CAST(:id % 2147483647 AS integer));\n"
-    + sql.SQL["refresh_event"].strip()
+    "SELECT 1 FROM events WHERE id = :id FOR UPDATE;\n" + sql.SQL["refresh_event"].strip()
 )
-"""Take the event's lock first, in its own statement, so the ``UPDATE`` that follows takes its
+"""Lock the event row first, in its own statement, so the ``UPDATE`` that follows takes its
 snapshot after any concurrent finisher of the same event committed. Otherwise two workers
 finishing an event's last two jobs at once each see the other's job still running (READ
-COMMITTED snapshot of the ``EXISTS``) and the event stays ``processing`` for ever. An advisory
-lock, held to the end of the transaction, rather than ``FOR UPDATE`` on the row: a row lock is
-a write (the tuple's lock bits, in the WAL) on every refresh, while the ``UPDATE`` writes only
-when the status changes. Refreshes lock events in id order (:class:`ops.Deferred`), so they
-never wait for each other in a circle; two events whose ids agree modulo 2^31 - 1 share a lock
-(a wait, never a wrong status). Run as one multi-statement string (client-side binding allows
-it)."""
+COMMITTED snapshot of the ``EXISTS``) and the event stays ``processing`` for ever. The row lock,
+not an advisory lock: a batch may already hold the row's lock from an earlier write to it
+(``last_error``, the delivery count), and two kinds of lock taken in different orders could
+deadlock. Run as one multi-statement string (client-side binding allows it)."""
 
 
 def _derive(name: str, old: str, new: str) -> str:
