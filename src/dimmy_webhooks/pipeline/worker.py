@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from dimmy_webhooks import failpoints
 from dimmy_webhooks.errors import StoreError
-from dimmy_webhooks.models import JobKind
+from dimmy_webhooks.models import Job, JobKind
 from dimmy_webhooks.outputs import Output
 from dimmy_webhooks.pipeline.accounts import AccountWork
 from dimmy_webhooks.pipeline.jobs import JobRunner, WorkerPolicy
@@ -75,8 +75,7 @@ class Worker:
             crash=crash,
         )
         self._wake = asyncio.Event()
-        self._active: dict[asyncio.Task[None], str] = {}  # running jobs: their account
-        self._expanding: set[asyncio.Task[None]] = set()  # running event jobs
+        self._active: dict[asyncio.Task[None], Job] = {}  # running jobs: what each runs
         self._refill = max(1, policy.concurrency // REFILL_SHARE)
         self._last_claim = 0.0
         self._new_work = False  # woken for new work since the last claim (not a slot freed)
@@ -158,7 +157,7 @@ class Worker:
         free = self._free()
         if free <= 0:
             return 0, 0
-        running = collections.Counter(self._active.values())
+        running = collections.Counter(job.account for job in self._active.values())
         room = {name: work.share - running[name] for name, work in self.accounts.items()}
         asked = min(free, self.policy.claim_batch)
         self._last_claim = time.monotonic()
@@ -174,16 +173,13 @@ class Worker:
             self.crash.hit("after_claim")
         for job in jobs:
             task = asyncio.create_task(self.jobs.handle(job))
-            self._active[task] = job.account
-            if job.kind is JobKind.EVENT:
-                self._expanding.add(task)
+            self._active[task] = job
             task.add_done_callback(self._done)
         return len(jobs), asked
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._active.pop(task, None)
-        if task in self._expanding:  # it queued fetches: new work
-            self._expanding.discard(task)
+        job = self._active.pop(task, None)
+        if job is not None and job.kind is JobKind.EVENT:  # it queued fetches: new work
             self._new_work = True
         self._wake.set()
 
