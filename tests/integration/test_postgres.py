@@ -18,7 +18,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from dimmy_webhooks.errors import LeaseLost, SchemaBehind, StoreError, StoreUnavailable
 from dimmy_webhooks.models import (
@@ -176,15 +175,13 @@ async def test_finishing_an_events_last_jobs_at_once_completes_it(
     await pg.expand_event(event_job, ["a", "b"], T0)
     job_a, job_b = await pg.claim("w", 10, LEASE, T0)
     with psycopg.connect(pg_url) as conn_a, psycopg.connect(pg_url) as conn_b:
-        queue.finish(
-            PostgresTx(psycopg.ClientCursor(conn_a, row_factory=dict_row)), job_a, T0, None
-        )
+        queue.finish(PostgresTx(conn_a), job_a, T0, None)
         pid_b = conn_b.info.backend_pid
         failure: list[BaseException] = []
 
         def finish_b() -> None:
             try:
-                tx = PostgresTx(psycopg.ClientCursor(conn_b, row_factory=dict_row))
+                tx = PostgresTx(conn_b)
                 queue.finish(tx, job_b, T0, None)
                 conn_b.commit()
             except BaseException as exc:

@@ -32,7 +32,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from dimmy_webhooks.errors import ConfigError, LeaseLost, StoreError, StoreUnavailable
@@ -220,7 +219,7 @@ class PostgresStore(Store):
         for attempt in range(1, _DEADLOCK_RETRIES + 1):
             try:
                 with pool.connection() as conn, conn.transaction():
-                    result = op(PostgresTx(psycopg.ClientCursor(conn, row_factory=dict_row)))
+                    result = op(PostgresTx(conn))
                     if notify is not None and notify(result):
                         conn.execute(f"NOTIFY {CHANNEL}")  # delivered on commit
                 return result
