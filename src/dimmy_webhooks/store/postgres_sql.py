@@ -76,16 +76,18 @@ them in scan order, the batch in the order its jobs finished). The skipped job i
 failed by that batch, or its lease is extended by the next heartbeat, a third of a lease
 later."""
 
-_REFRESH_EVENT = (
-    "SELECT 1 FROM events WHERE id = :id FOR UPDATE;\n" + sql.SQL["refresh_event"].strip()
+_REFRESH_EVENT_PARTS = (
+    "SELECT 1 FROM events WHERE id = :id FOR UPDATE",
+    sql.SQL["refresh_event"].strip(),
 )
+_REFRESH_EVENT = ";\n".join(_REFRESH_EVENT_PARTS)
 """Lock the event row first, in its own statement, so the ``UPDATE`` that follows takes its
 snapshot after any concurrent finisher of the same event committed. Otherwise two workers
 finishing an event's last two jobs at once each see the other's job still running (READ
 COMMITTED snapshot of the ``EXISTS``) and the event stays ``processing`` for ever. The row lock,
 not an advisory lock: a batch may already hold the row's lock from an earlier write to it
 (``last_error``, the delivery count), and two kinds of lock taken in different orders could
-deadlock. Run as one multi-statement string (client-side binding allows it)."""
+deadlock. Prepared as two statements (:data:`PREPARED_BLOCKS`), run one after the other."""
 
 
 def _derive(name: str, old: str, new: str) -> str:
@@ -148,12 +150,20 @@ PREPARED_BLOCKS = (
     "new_leased_delivery",
     "record_attempt",
     "new_job",
+    "refresh_event",
 )
-"""The blocks a drained item runs (each one statement): bound on the server and prepared on
-each pooled connection, so PostgreSQL parses and plans them once per connection, not once
-per item, and psycopg sends the values as parameters instead of quoting them into the text."""
+"""The blocks a drained item runs: bound on the server and prepared on each pooled
+connection, so PostgreSQL parses and plans them once per connection, not once per item, and
+psycopg sends the values as parameters instead of quoting them into the text. A prepared
+statement is one statement: a block of several is prepared as its parts (:data:`_PARTS`)."""
 
-_PREPARED = frozenset(SQL[name] for name in PREPARED_BLOCKS)
+_PARTS: dict[str, tuple[str, ...]] = {
+    "refresh_event": tuple(to_pyformat(part) for part in _REFRESH_EVENT_PARTS),
+}
+_PREPARED: dict[str, tuple[str, ...]] = {
+    SQL[name]: _PARTS.get(name, (SQL[name],)) for name in PREPARED_BLOCKS
+}
+"""The text of each prepared block, to the statements it runs as."""
 
 
 class PostgresTx:
@@ -173,12 +183,19 @@ class PostgresTx:
         self.deferred: ops.Deferred | None = None
         """Set while a job batch runs: its event-row writes wait for the batch's end."""
 
+    def _prepared(self) -> psycopg.Cursor[DictRow]:
+        if self._server is None:
+            self._server = psycopg.Cursor(self.cursor.connection, row_factory=dict_row)
+        return self._server
+
     def _execute(self, sql: str, params: Mapping[str, Any] | None) -> psycopg.Cursor[DictRow]:
-        if sql in _PREPARED:
-            if self._server is None:
-                self._server = psycopg.Cursor(self.cursor.connection, row_factory=dict_row)
-            return self._server.execute(sql, params or {}, prepare=True)
-        return self.cursor.execute(sql, params or {})
+        parts = _PREPARED.get(sql)
+        if parts is None:
+            return self.cursor.execute(sql, params or {})
+        cursor = self._prepared()
+        for part in parts:  # the last one's result is the block's
+            cursor.execute(part, params or {}, prepare=True)
+        return cursor
 
     def sql(self, name: str) -> str:
         return SQL[name]
@@ -194,9 +211,11 @@ class PostgresTx:
         return self._execute(sql, params).rowcount
 
     def many(self, sql: str, params: Sequence[Mapping[str, Any]]) -> None:
-        if sql in _PREPARED:
-            if self._server is None:
-                self._server = psycopg.Cursor(self.cursor.connection, row_factory=dict_row)
-            self._server.executemany(sql, params)
-        else:
+        parts = _PREPARED.get(sql)
+        if parts is None:
             self.cursor.executemany(sql, params)
+        elif len(parts) == 1:
+            self._prepared().executemany(parts[0], params)
+        else:  # each row runs the block's statements in turn
+            for row in params:
+                self._execute(sql, row)
