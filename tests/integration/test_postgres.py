@@ -29,7 +29,7 @@ from dimmy_webhooks.models import (
 )
 from dimmy_webhooks.store import Lease, create_store, ops, queue, schema
 from dimmy_webhooks.store.postgres import CHANNEL, PostgresStore
-from dimmy_webhooks.store.postgres_sql import PostgresTx, to_pyformat
+from dimmy_webhooks.store.postgres_sql import PostgresTx, to_pyformat, write_events
 
 from ..support.builders import scanned_event, stored_item
 from ..support.constants import T0
@@ -162,27 +162,39 @@ async def test_concurrent_reapers_take_each_expired_job_once(
     assert {job.attempts for job in taken} == {2}
 
 
+def _finish_in(conn: psycopg.Connection[Any], job: Job, *, batched: bool) -> None:
+    """``job`` finished in ``conn``'s open transaction: alone, or as a job batch does it (the
+    event-row writes kept for the batch's end, then written for all its events at once)."""
+    tx = PostgresTx(conn)
+    if batched:
+        tx.deferred = ops.Deferred()
+    queue.finish(tx, job, T0, None)
+    if tx.deferred is not None:
+        write_events(tx, tx.deferred)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "batched"])
 async def test_finishing_an_events_last_jobs_at_once_completes_it(
-    pg: PostgresStore, pg_url: str, admin: psycopg.Connection[Any]
+    pg: PostgresStore, pg_url: str, admin: psycopg.Connection[Any], batched: bool
 ) -> None:
     """Two workers finish the last two jobs of one event concurrently: the event ends done.
 
     Each transaction must see the other's finished job when it recomputes the event's status,
     whichever commits first (READ COMMITTED snapshots would otherwise leave it "processing").
+    Both for one job's write and for a job batch's end, which refreshes all its events at once.
     """
     await pg.insert_event(scanned_event("m1", ["a", "b"], at=T0))
     [event_job] = await pg.claim("w", 10, LEASE, T0)
     await pg.expand_event(event_job, ["a", "b"], T0)
     job_a, job_b = await pg.claim("w", 10, LEASE, T0)
     with psycopg.connect(pg_url) as conn_a, psycopg.connect(pg_url) as conn_b:
-        queue.finish(PostgresTx(conn_a), job_a, T0, None)
+        _finish_in(conn_a, job_a, batched=batched)
         pid_b = conn_b.info.backend_pid
         failure: list[BaseException] = []
 
         def finish_b() -> None:
             try:
-                tx = PostgresTx(conn_b)
-                queue.finish(tx, job_b, T0, None)
+                _finish_in(conn_b, job_b, batched=batched)
                 conn_b.commit()
             except BaseException as exc:
                 failure.append(exc)

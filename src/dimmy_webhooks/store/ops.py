@@ -181,16 +181,6 @@ def event_error(tx: Tx, event_id: int | None, reason: str) -> None:
         tx.run(tx.sql("event_error"), {"id": event_id, "reason": reason})
 
 
-def write_deferred(tx: Tx, deferred: Deferred) -> None:
-    """The event-row writes a batch kept for its end, in event id order, each event's
-    ``last_error`` before its status."""
-    for event_id in sorted(deferred.refresh.keys() | deferred.errors.keys()):
-        if event_id in deferred.errors:
-            tx.run(tx.sql("event_error"), {"id": event_id, "reason": deferred.errors[event_id]})
-        if event_id in deferred.refresh:
-            tx.run(tx.sql("refresh_event"), {"id": event_id, "now": deferred.refresh[event_id]})
-
-
 # new jobs -------------------------------------------------------------------------------------
 
 

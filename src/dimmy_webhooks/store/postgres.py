@@ -48,7 +48,7 @@ from dimmy_webhooks.store.postgres_conn import (
     describe,
     reason,
 )
-from dimmy_webhooks.store.postgres_sql import SQL, PostgresTx, to_pyformat
+from dimmy_webhooks.store.postgres_sql import SQL, PostgresTx, to_pyformat, write_events
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ class PostgresStore(Store):
                 outcomes[index] = (value, None)
                 notify = notify or (due is not None and bool(due(value)))
         tx.deferred = None
-        ops.write_deferred(tx, deferred)
+        write_events(tx, deferred)
         return [outcome for outcome in outcomes if outcome is not None], notify
 
     def failures(self) -> list[str]:

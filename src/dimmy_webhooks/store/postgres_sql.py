@@ -90,6 +90,23 @@ not an advisory lock: a batch may already hold the row's lock from an earlier wr
 deadlock. Prepared as two statements (:data:`PREPARED_BLOCKS`), run one after the other."""
 
 
+_LOCK_EVENTS = "SELECT id FROM events WHERE id = ANY(CAST(:ids AS BIGINT[])) ORDER BY id FOR UPDATE"
+_REFRESH_EVENTS = """
+    UPDATE events SET updated_at = :now, status = fresh.status
+    FROM (SELECT e.id, CASE
+        WHEN EXISTS (SELECT 1 FROM jobs WHERE event_id = e.id
+                     AND status IN ('pending', 'running')) THEN 'processing'
+        WHEN EXISTS (SELECT 1 FROM jobs WHERE event_id = e.id AND status = 'dead') THEN 'dead'
+        ELSE 'done' END AS status
+        FROM events AS e WHERE e.id = ANY(CAST(:ids AS BIGINT[]))) AS fresh
+    WHERE events.id = fresh.id AND events.event_type != 'unknown'
+        AND events.status != fresh.status"""
+"""The end of a job batch (:func:`write_events`): the events its jobs belong to locked in id
+order, then their status recomputed, in two statements for the whole batch rather than two
+per event. Two statements for the reason of :data:`_REFRESH_EVENT`; ``refresh_event`` with
+one id does what this does with many."""
+
+
 def _derive(name: str, old: str, new: str) -> str:
     text = sql.SQL[name]
     if old not in text:  # sql.py changed: fail at import, loudly, rather than diverge quietly
@@ -103,6 +120,8 @@ _OVERRIDES = {
     "reap": _REAP,
     "heartbeat": _HEARTBEAT,
     "refresh_event": _REFRESH_EVENT,
+    "lock_events": _LOCK_EVENTS,
+    "refresh_events": _REFRESH_EVENTS,
     # "newer updated_at wins" compares ISO text bytewise as SQLite does, whatever the
     # database's collation (en_US ignores punctuation in its first pass)
     **{
@@ -151,6 +170,8 @@ PREPARED_BLOCKS = (
     "record_attempt",
     "new_job",
     "refresh_event",
+    "lock_events",
+    "refresh_events",
 )
 """The blocks a drained item runs: bound on the server and prepared on each pooled
 connection, so PostgreSQL parses and plans them once per connection, not once per item, and
@@ -219,3 +240,19 @@ class PostgresTx:
         else:  # each row runs the block's statements in turn
             for row in params:
                 self._execute(sql, row)
+
+
+def write_events(tx: PostgresTx, deferred: ops.Deferred) -> None:
+    """The event-row writes a job batch kept for its end: every event named locked in id
+    order, each ``last_error`` set, then the status of the events to refresh recomputed at
+    once (their latest ``now``)."""
+    ids = sorted(deferred.refresh.keys() | deferred.errors.keys())
+    if not ids:
+        return
+    tx.run(SQL["lock_events"], {"ids": ids})
+    for event_id in ids:
+        if event_id in deferred.errors:
+            tx.run(SQL["event_error"], {"id": event_id, "reason": deferred.errors[event_id]})
+    if deferred.refresh:
+        refresh = sorted(deferred.refresh)
+        tx.run(SQL["refresh_events"], {"ids": refresh, "now": max(deferred.refresh.values())})
