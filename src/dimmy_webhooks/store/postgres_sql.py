@@ -23,7 +23,7 @@ def _unindexed(block: str, index: str) -> str:
     """``block`` without SQLite's ``INDEXED BY index`` (PostgreSQL's planner has statistics)."""
     hint = f" INDEXED BY {index}"
     if hint not in block:  # sql.py changed: fail at import, loudly
-        raise RuntimeError(f"postgres: {hint.strip()!r} not found in a claim's selection")
+        raise RuntimeError(f"postgres: {hint.strip()!r} not found in a block of sql.py")
     return block.replace(hint, "")
 
 
@@ -120,6 +120,7 @@ _OVERRIDES = {
     "reap": _REAP,
     "heartbeat": _HEARTBEAT,
     "refresh_event": _REFRESH_EVENT,
+    "new_leased_delivery": _unindexed(sql.SQL["new_leased_delivery"], "jobs_item"),
     "lock_events": _LOCK_EVENTS,
     "refresh_events": _REFRESH_EVENTS,
     # "newer updated_at wins" compares ISO text bytewise as SQLite does, whatever the

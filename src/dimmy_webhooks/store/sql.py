@@ -99,7 +99,8 @@ SQL: dict[str, str] = {
     "event_received": "SELECT received_at FROM events WHERE id = :id",
     "new_job": _NEW_JOB + " ON CONFLICT (dedupe_key) DO NOTHING",
     # leased at once unless an earlier revision's delivery to that output is on its way (then
-    # nothing is inserted, and the caller queues this one to wait)
+    # nothing is inserted, and the caller queues this one to wait). Without the hint SQLite
+    # reads every running delivery through jobs_deliveries_due to find the item's.
     "new_leased_delivery": f"""
         INSERT INTO jobs (kind, event_id, item_id, output, version, revision, dedupe_key, status,
                           attempts, max_attempts, run_at, lane, seq, lease_owner, lease_token,
@@ -108,7 +109,7 @@ SQL: dict[str, str] = {
                1, :max_attempts, :run_at, :lane, :seq, :owner, :token, :expires, :now, :now,
                :account
         WHERE NOT EXISTS (
-            SELECT 1 FROM jobs
+            SELECT 1 FROM jobs INDEXED BY jobs_item
             WHERE item_id = :item_id AND kind = 'deliver' AND status = 'running'
                 AND output = :output)
         ON CONFLICT (dedupe_key) DO NOTHING
