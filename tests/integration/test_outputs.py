@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,24 @@ async def test_jsonl_appends_one_complete_record_per_delivery(tmp_path: Path) ->
     }
     assert records[1]["item"]["raw"]["note"] == "Größe ✓"
     assert output.name == f"jsonl:{path}"
+
+
+async def test_jsonl_writes_the_raw_document_as_fetched(tmp_path: Path) -> None:
+    """The item's ``raw`` goes into the line as Dimmy wrote it: numbers and escapes keep their
+    spelling (``1.50``, ``\\u00e9``), and its line breaks become spaces, so the line stays one."""
+    raw = '{\n  "_id": "a1",\r\n  "weight": 1.50,\n  "note": "caf\\u00e9 \\n"\n}'
+    fetched = replace(make_item("a1"), raw=raw)
+    path = tmp_path / "items.jsonl"
+    output = JsonlOutput(path)
+    await output.deliver(fetched, "k1")
+    await output.aclose()
+    [line] = path.read_text(encoding="utf-8").splitlines()
+    assert line.endswith(
+        ',"raw":{   "_id": "a1",    "weight": 1.50,   "note": "caf\\u00e9 \\n" }}}'
+    )
+    [record] = JsonlOutput.read(path)
+    assert record["item"]["raw"] == {"_id": "a1", "weight": 1.5, "note": "café \n"}
+    assert record["item"]["id"] == "a1"
 
 
 async def test_jsonl_starts_a_new_line_after_a_torn_one(tmp_path: Path) -> None:

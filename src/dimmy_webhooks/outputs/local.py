@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from dimmy_webhooks.errors import ConfigError, OutputError
-from dimmy_webhooks.items import format_timestamp, to_api_dict
+from dimmy_webhooks.items import format_timestamp, to_api_dict, to_api_json
 from dimmy_webhooks.models import StoredItem
 from dimmy_webhooks.outputs.base import OutputThreads
 
@@ -73,7 +73,7 @@ class JsonlOutput(_Defaults):
     """Appends one JSON object per line to a file (JSON Lines), durably.
 
     Each line is ``{"idempotency_key", "item_id", "version", "delivered_at", "item"}`` where
-    ``item`` is :func:`~dimmy_webhooks.items.to_api_dict`. Lines go out in one ``write`` on a file
+    ``item`` is :func:`~dimmy_webhooks.items.to_api_json`. Lines go out in one ``write`` on a file
     opened for appending, followed by ``fsync``; concurrent deliveries share one write and one
     fsync (group commit), and none is answered before its line is on disk. A crash can still leave a
     partial last line; when the file does not end with a newline on opening, one is written first,
@@ -99,11 +99,14 @@ class JsonlOutput(_Defaults):
             "item_id": item.id,
             "version": item.version,
             "delivered_at": format_timestamp(self._clock()),
-            "item": to_api_dict(item),
         }
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        head = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+        # the item as the JSON API writes it, its raw document spliced in as fetched (not
+        # parsed and written again); a newline there can only be whitespace between tokens
+        # (inside a string it is escaped), so a space keeps the line one line
+        body = to_api_json(item).replace(b"\n", b" ").replace(b"\r", b" ")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((line.encode("utf-8"), done))
+        self._waiting.append((head[:-1] + b',"item":' + body + b"}\n", done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         await done
