@@ -643,11 +643,14 @@ def main(argv: list[str] | None = None) -> int:
             and t.db_dir is None
             and t.connections is None
         ]
+        # even rounds run the pairs the other way round (all-in-one first), so that neither
+        # kind of row is always measured first: a machine that speeds up or slows down during
+        # a round favours neither
         plan = [
             (size, n, target)
             for size in args.sizes
             for n in range(1, args.rounds + 1)
-            for target in (targets if n == 1 else paired)
+            for target in (targets if n == 1 else paired if n % 2 else paired[::-1])
         ]
         for size, round_, target in plan:
             try:

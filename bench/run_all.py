@@ -17,8 +17,9 @@ The runs include baseline rows: ack.py and drain.py also measure the last releas
 (``benchlib.RELEASE_REV``, from a temporary git worktree) right after today's rows, i.e. ack's
 ``ours <backend> 1 rcv`` and ``all-in-one`` rows and each of drain's ``ours`` rows, and print
 today's figures beside it (issue 21's targets), and so does fairness.py. ack measures each
-backend's ``1 rcv`` and ``all-in-one`` rows, today's and the baseline's, in 3 alternating rounds
-and prints the medians of their ratios. ``--no-baseline`` leaves every baseline row out.
+backend's ``1 rcv`` and ``all-in-one`` rows, today's and the baseline's, in 4 alternating rounds
+(every other one all-in-one first) and prints the medians of their ratios. ``--no-baseline``
+leaves every baseline row out.
 
 Each benchmark runs in its own process, one after the other (never two at once: the machine's
 cores are part of what is measured). The exit status is non-zero when any of them fails a check.
@@ -65,8 +66,8 @@ def main() -> int:
     backend = ["--backend", "sqlite"] if args.no_postgres else []
     baseline = ["--no-baseline"] if args.no_baseline else []
     runs = [
-        # the all-in-one rows against the --no-worker ones: medians of 3 alternating rounds
-        ("ack", [*preset, *backend, *baseline, "--rounds", "3"]),
+        # the all-in-one rows against the --no-worker ones: medians of 4 alternating rounds
+        ("ack", [*preset, *backend, *baseline, "--rounds", "4"]),
         ("drain", [*preset, *backend, *baseline]),
         ("fairness", [*preset, *backend, *baseline]),
     ]
