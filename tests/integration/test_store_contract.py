@@ -17,7 +17,7 @@ from dimmy_webhooks.models import (
     JobKind,
     Source,
 )
-from dimmy_webhooks.store import Lease, ReplayMode, Store, ops
+from dimmy_webhooks.store import Lease, ReplayMode, Store
 
 from ..support.builders import scanned_event, stored_item
 from ..support.constants import T0
@@ -258,42 +258,6 @@ async def test_deliveries_can_be_leased_to_the_saver(store: Store) -> None:
     assert (taken.id, taken.attempts) == (saved.deliveries[1].id, 2)
     with pytest.raises(LeaseLost):
         await store.finish(saved.deliveries[1], T0 + LEASE + 2)
-
-
-async def test_a_job_write_failing_half_way_in_a_batch_is_undone_alone(store: Store) -> None:
-    """Job writes share a batch without a savepoint each while they succeed: one that fails
-    after it wrote something must leave nothing behind, one whose lease was taken over is
-    refused alone, and the other writes of the batch commit, their event refreshed once."""
-    jobs = await expanded(store, ["a", "b", "c"])
-
-    def hold(tx: ops.Tx) -> None:  # keeps the job lane busy while the batch gathers
-        time.sleep(0.3)
-
-    def half_then_refused(tx: ops.Tx) -> None:
-        tx.run(tx.sql("set_state"), {"name": "half", "value": "x", "now": T0})
-        raise ValueError("refused after a write")
-
-    lanes = getattr(store, "job_threads", 1)  # PostgreSQL commits job writes on two threads
-    blockers = [asyncio.create_task(store._commit_job(hold)) for _ in range(lanes)]
-    await asyncio.sleep(0.05)
-    outcomes = await asyncio.gather(
-        store.finish(jobs[0], T0),
-        store._commit_job(half_then_refused),
-        store.save_item(jobs[1], stored_item("b", "2026-01-01T00:00:00Z"), [], T0),
-        store.finish(replace(jobs[2], lease_token="taken-over"), T0),
-        return_exceptions=True,
-    )
-    await asyncio.gather(*blockers)
-    assert outcomes[0] is None
-    assert isinstance(outcomes[1], ValueError)
-    assert outcomes[1].args == ("refused after a write",)
-    assert outcomes[2].changed  # type: ignore[union-attr]
-    assert isinstance(outcomes[3], LeaseLost)
-    assert await store.get_state("half") is None
-    [event] = await store.list_events()
-    assert event.status == "processing"  # c is still running
-    await store.finish(jobs[2], T0)
-    assert (await store.get_event(event.id)).status == "done"  # type: ignore[union-attr]
 
 
 async def test_an_older_events_items_go_before_newer_events(store: Store) -> None:

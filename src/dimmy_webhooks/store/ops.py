@@ -2,8 +2,8 @@
 (:class:`Transactions`), and the rows the seams write and read.
 
 An operation is a function of one transaction the backend opened (SQLite: a savepoint inside a
-group commit; PostgreSQL: its own transaction; on both, a worker's job writes share a batch
-whose event-row writes wait for the batch's end: :class:`Deferred`) and talks to the
+group commit; PostgreSQL: its own transaction, or for a worker's job writes a savepoint inside
+a batch, whose event-row writes wait for the batch's end: :class:`Deferred`) and talks to the
 database only through :class:`Tx`, the four verbs both backends implement. The SQL lives in
 :mod:`.sql`, in named blocks; a backend may override a block for its dialect (the claim uses
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL). The operations themselves live with the seam they
@@ -137,14 +137,13 @@ class Transactions(abc.ABC):
 
 @dataclass(slots=True)
 class Deferred:
-    """The event-row writes of the job writes of one batch, kept for its end: ``last_error``
-    to set and status to recompute, by event id.
+    """The event-row writes of the operations of one batch, kept for its end (PostgreSQL's
+    worker lane): ``last_error`` to set and status to recompute, by event id.
 
     Each job's completion updates its event's row (status, ``last_error``). Written as each
     operation goes, concurrent batches lock event rows in whatever order their jobs come and
     deadlock; written together at the end of the batch, in event id order, every transaction
-    takes event-row locks in one order, held only from there to its commit (PostgreSQL).
-    An event many jobs of one batch belong to is refreshed once, not once per job (both).
+    takes event-row locks in one order, held only from there to its commit.
     """
 
     refresh: dict[int, float] = field(default_factory=dict)

@@ -4,8 +4,7 @@ Every write of this process goes through a single writer thread. It takes everyt
 waiting, runs each operation in its own savepoint inside one ``BEGIN IMMEDIATE`` transaction and
 commits once: one fsync for many concurrent webhooks, and nobody is answered before the commit
 that holds their row has returned. An operation that fails rolls back only its savepoint; a
-commit that fails fails every operation of the batch (:class:`StoreUnavailable`). A worker's job
-writes skip the savepoint while they succeed (:meth:`_Writer._commit_batch`).
+commit that fails fails every operation of the batch (:class:`StoreUnavailable`).
 
 Reads use a small pool of connections in threads of their own (WAL readers never block the
 writer): whatever else this process runs in threads (the event loop's default executor) cannot
@@ -27,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dimmy_webhooks.errors import ConfigError, LeaseLost, StoreUnavailable
+from dimmy_webhooks.errors import ConfigError, StoreUnavailable
 from dimmy_webhooks.models import IncomingEvent, InsertOutcome
 from dimmy_webhooks.store import inbox, ops, sql
 from dimmy_webhooks.store.base import Due, Store, settled
@@ -61,8 +60,6 @@ class SQLiteTx:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self.deferred: ops.Deferred | None = None
-        """Set while a job write runs: its event-row writes wait for the batch's end."""
 
     def sql(self, name: str) -> str:
         return sql.SQL[name]
@@ -83,23 +80,6 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
-def _write_events(tx: SQLiteTx, deferred: ops.Deferred) -> None:
-    """The event-row writes job writes kept for the end of their batch: once per event."""
-    for event_id in sorted(deferred.refresh.keys() | deferred.errors.keys()):
-        if event_id in deferred.errors:
-            tx.run(tx.sql("event_error"), {"id": event_id, "reason": deferred.errors[event_id]})
-        if event_id in deferred.refresh:
-            tx.run(tx.sql("refresh_event"), {"id": event_id, "now": deferred.refresh[event_id]})
-
-
-class _Isolate(Exception):
-    """A job write run without a savepoint failed: run the batch again with savepoints."""
-
-
-_PLAIN, _SAVEPOINT, _JOB = "plain", "savepoint", "job"
-"""How an operation runs in a batch: as it is, in a savepoint, or as a worker's job write."""
-
-
 class _Writer:
     """The single writer: one connection, one :class:`GroupCommit` thread."""
 
@@ -108,77 +88,39 @@ class _Writer:
         self.conn: sqlite3.Connection | None = connect(path)
         self.commits = GroupCommit(self._commit_batch, max_batch=_MAX_BATCH, name="sqlite-writer")
 
-    def submit(
-        self, op: Callable[[ops.Tx], Any], *, savepoint: bool = True, job: bool = False
-    ) -> Future[Any]:
+    def submit(self, op: Callable[[ops.Tx], Any], *, savepoint: bool = True) -> Future[Any]:
         """Queue ``op`` for the next group commit. ``savepoint=False`` is for operations that
         never fail half-way except with a database error (the webhook insert, the hot path):
-        if one does fail, the whole batch is rolled back and every operation in it fails.
-        ``job=True`` is for a worker's write about a claimed job (see :meth:`_commit_batch`)."""
-        return self.commits.submit((op, _JOB if job else _SAVEPOINT if savepoint else _PLAIN))
+        if one does fail, the whole batch is rolled back and every operation in it fails."""
+        return self.commits.submit((op, savepoint))
 
     def stop(self) -> None:
         self.commits.stop()
         if self.conn is not None:
             self.conn.close()
 
-    def _commit_batch(self, batch: Sequence[tuple[Callable[[ops.Tx], Any], str]]) -> list[Outcome]:
-        """One transaction for the batch, each operation in a savepoint, except:
-
-        * a worker's job writes run without one. Their lease check is their first statement
-          (:mod:`.ops`), so one refused for a lost lease has written nothing; if one fails any
-          other way, the transaction is rolled back and the batch runs again with a savepoint
-          for each, so that write alone is undone (PostgreSQL's job batches do the same);
-        * their event-row writes (status, ``last_error``) wait for the end of the batch and
-          are written once per event (:class:`ops.Deferred`), not once per job.
-        """
-        try:
-            return self._attempt(batch, isolate=False)
-        except _Isolate:
-            return self._attempt(batch, isolate=True)
-
-    def _attempt(
-        self, batch: Sequence[tuple[Callable[[ops.Tx], Any], str]], *, isolate: bool
-    ) -> list[Outcome]:
+    def _commit_batch(self, batch: Sequence[tuple[Callable[[ops.Tx], Any], bool]]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         try:
             if self.conn is None:  # the last one broke: start afresh
                 self.conn = connect(self.path)
             conn, tx = self.conn, SQLiteTx(self.conn)
             conn.execute("BEGIN IMMEDIATE")
-            events = ops.Deferred()
-            for op, mode in batch:
-                tx.deferred = ops.Deferred() if mode == _JOB else None
-                if mode == _PLAIN:
+            for op, savepoint in batch:
+                if not savepoint:
                     outcomes.append((op(tx), None))
                     continue
-                if mode == _JOB and not isolate:
-                    try:
-                        value = op(tx)
-                    except LeaseLost as exc:  # refused before it wrote anything
-                        outcomes.append((None, exc))
-                        continue
-                    except Exception as exc:
-                        raise _Isolate from exc
-                else:
-                    conn.execute("SAVEPOINT op")
-                    try:
-                        value = op(tx)
-                    except Exception as exc:  # the op's own failure: undo only its savepoint
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                        outcomes.append((None, _translate(exc)))
-                        continue
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op(tx)
+                except Exception as exc:  # the op's own failure: undo only its savepoint
+                    conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                if tx.deferred is not None:
-                    events.merge(tx.deferred)
-                outcomes.append((value, None))
-            tx.deferred = None
-            _write_events(tx, events)
+                    outcomes.append((None, _translate(exc)))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((value, None))
             conn.execute("COMMIT")
-        except _Isolate:
-            self._rollback()
-            raise
         except BaseException as exc:
             log.warning("sqlite commit failed: %s", exc)
             self._rollback()
@@ -242,15 +184,6 @@ class SQLiteStore(Store):
         if self._writer is None:
             raise StoreUnavailable("store is closed")
         result: T = await settled(self._writer.submit(op, savepoint=savepoint))
-        return result
-
-    async def _commit_job(
-        self, op: Callable[[ops.Tx], T], due: Due[T] | None = None, *, item: str | None = None
-    ) -> T:
-        """A worker's job write: without a savepoint of its own (:meth:`_Writer._commit_batch`)."""
-        if self._writer is None:
-            raise StoreUnavailable("store is closed")
-        result: T = await settled(self._writer.submit(op, job=True))
         return result
 
     def _read_sync(self, op: Callable[[ops.Tx], T]) -> T:
