@@ -265,6 +265,13 @@ def to_api_json(item: StoredItem, extra: Mapping[str, Any] | None = None) -> byt
     return f'{fields[:-1]},"raw":{item.raw}}}'.encode()
 
 
+def to_api_json_line(item: StoredItem) -> bytes:
+    """:func:`to_api_json` on one line (JSON Lines): the raw document may be indented, and a
+    line break there can only be whitespace between tokens (inside a string it is escaped), so
+    each becomes a space."""
+    return to_api_json(item).replace(b"\n", b" ").replace(b"\r", b" ")
+
+
 def api_fields(item: StoredItem) -> dict[str, Any]:
     """:func:`to_api_dict` without ``raw``: the fields as JSON-ready values, ``account`` (the
     Dimmy account the item belongs to) among them."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from dimmy_webhooks.errors import ConfigError, OutputError
-from dimmy_webhooks.items import format_timestamp, to_api_dict, to_api_json
+from dimmy_webhooks.items import format_timestamp, to_api_dict, to_api_json_line
 from dimmy_webhooks.models import StoredItem
 from dimmy_webhooks.outputs.base import OutputThreads
 
@@ -102,9 +102,8 @@ class JsonlOutput(_Defaults):
         }
         head = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
         # the item as the JSON API writes it, its raw document spliced in as fetched (not
-        # parsed and written again); a newline there can only be whitespace between tokens
-        # (inside a string it is escaped), so a space keeps the line one line
-        body = to_api_json(item).replace(b"\n", b" ").replace(b"\r", b" ")
+        # parsed and written again)
+        body = to_api_json_line(item)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((head[:-1] + b',"item":' + body + b"}\n", done))
         if self._flusher is None or self._flusher.done():

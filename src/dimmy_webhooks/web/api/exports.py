@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
-from dimmy_webhooks.items import api_fields, to_api_json
+from dimmy_webhooks.items import api_fields, to_api_json_line
 from dimmy_webhooks.models import DeliveryAttempt, StoredItem
 from dimmy_webhooks.store import ItemFilter, Store
 from dimmy_webhooks.web.api.common import (
@@ -132,10 +132,7 @@ def _item_csv(item: StoredItem) -> bytes:
 
 
 def _jsonl(item: StoredItem) -> bytes:
-    # the raw document is kept as fetched, possibly indented: a newline can only be
-    # whitespace between JSON tokens there (inside a string it is escaped), so a space keeps
-    # the line one line
-    return to_api_json(item).replace(b"\n", b" ").replace(b"\r", b" ") + b"\n"
+    return to_api_json_line(item) + b"\n"
 
 
 async def _items(
