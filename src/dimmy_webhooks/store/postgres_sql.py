@@ -90,28 +90,32 @@ not an advisory lock: a batch may already hold the row's lock from an earlier wr
 deadlock. Prepared as two statements (:data:`PREPARED_BLOCKS`), run one after the other."""
 
 
-_LOCK_EVENTS = "SELECT id FROM events WHERE id = ANY(CAST(:ids AS BIGINT[])) ORDER BY id FOR UPDATE"
-_REFRESH_EVENTS = """
-    UPDATE events SET updated_at = :now, status = fresh.status
-    FROM (SELECT e.id, CASE
-        WHEN EXISTS (SELECT 1 FROM jobs WHERE event_id = e.id
-                     AND status IN ('pending', 'running')) THEN 'processing'
-        WHEN EXISTS (SELECT 1 FROM jobs WHERE event_id = e.id AND status = 'dead') THEN 'dead'
-        ELSE 'done' END AS status
-        FROM events AS e WHERE e.id = ANY(CAST(:ids AS BIGINT[]))) AS fresh
-    WHERE events.id = fresh.id AND events.event_type != 'unknown'
-        AND events.status != fresh.status"""
+def _derive(name: str, *changes: tuple[str, str]) -> str:
+    """Block ``name`` of :data:`sql.SQL` with each ``(old, new)`` of ``changes`` replaced."""
+    text = sql.SQL[name]
+    for old, new in changes:
+        if old not in text:  # sql.py changed: fail at import, loudly, rather than diverge
+            raise RuntimeError(f"postgres: cannot adapt SQL block {name!r}: {old!r} not found")
+        text = text.replace(old, new)
+    return text
+
+
+_EVENT_IDS = "ANY(CAST(:ids AS BIGINT[]))"
+_LOCK_EVENTS = f"SELECT id FROM events WHERE id = {_EVENT_IDS} ORDER BY id FOR UPDATE"
+_REFRESH_EVENTS = _derive(
+    "refresh_event",
+    ("FROM (SELECT CASE", "FROM (SELECT e.id, CASE"),
+    ("event_id = :id", "event_id = e.id"),
+    (
+        "END AS status) AS fresh",
+        f"END AS status FROM events AS e WHERE e.id = {_EVENT_IDS}) AS fresh",
+    ),
+    ("WHERE events.id = :id AND", "WHERE events.id = fresh.id AND"),
+)
 """The end of a job batch (:func:`write_events`): the events its jobs belong to locked in id
 order, then their status recomputed, in two statements for the whole batch rather than two
-per event. Two statements for the reason of :data:`_REFRESH_EVENT`; ``refresh_event`` with
-one id does what this does with many."""
-
-
-def _derive(name: str, old: str, new: str) -> str:
-    text = sql.SQL[name]
-    if old not in text:  # sql.py changed: fail at import, loudly, rather than diverge quietly
-        raise RuntimeError(f"postgres: cannot adapt SQL block {name!r}: {old!r} not found")
-    return text.replace(old, new)
+per event. Two statements for the reason of :data:`_REFRESH_EVENT`; ``refresh_event``'s own
+rule, applied to every event of ``:ids`` at once."""
 
 
 _OVERRIDES = {
@@ -128,15 +132,17 @@ _OVERRIDES = {
     **{
         name: _derive(
             name,
-            "excluded.updated_at > items.updated_at",
-            'excluded.updated_at COLLATE "C" > items.updated_at',
+            (
+                "excluded.updated_at > items.updated_at",
+                'excluded.updated_at COLLATE "C" > items.updated_at',
+            ),
         )
         for name in ("upsert_item", "upsert_polled_item")
     },
     # the charts' hours: PostgreSQL's cast rounds where SQLite's truncates
     **{
         name: _derive(
-            name, sql.HOUR.format(column=column), f"CAST(floor({column} / 3600) AS INTEGER)"
+            name, (sql.HOUR.format(column=column), f"CAST(floor({column} / 3600) AS INTEGER)")
         )
         for name, column in (
             ("scans_per_hour", "first_seen_at"),
