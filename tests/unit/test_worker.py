@@ -495,14 +495,14 @@ async def test_any_job_raising_a_base_exception_is_a_logged_counted_failure(
     bad, good = fake.generate_items(2)
     p = await pipeline_factory(max_attempts=2)
     assert p.worker.client is not None
-    real_get = p.worker.client.get_item
+    real_get = p.worker.client.get_item_document
 
-    async def get_item(item_id: str) -> bytes:
+    async def get_item_document(item_id: str) -> tuple[bytes, dict[str, Any]]:
         if item_id == bad:
             raise kind("raised inside the fetch")
         return await real_get(item_id)
 
-    p.worker.client.get_item = get_item  # type: ignore[method-assign]
+    p.worker.client.get_item_document = get_item_document  # type: ignore[method-assign]
     await p.store.insert_event(scanned_event("msg_fetch_raise", [bad, good], headers={}))
     await p.run_until_idle()
     assert p.table(f"SELECT status, attempts, last_error FROM jobs WHERE item_id = '{bad}'") == [

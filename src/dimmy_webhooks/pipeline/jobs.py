@@ -306,11 +306,10 @@ class JobRunner:
                 job, work.config_error or "paused", work.paused_until, self.clock()
             )
             return
-        raw = await work.client.get_item(job.item_id)
+        raw, document = await work.client.get_item_document(job.item_id)
         self.crash.hit("after_fetch")
         work.config_error = None
-        text = raw.decode("utf-8", errors="replace")
-        await self._store_item(job, text, json.loads(raw))
+        await self._store_item(job, raw.decode("utf-8", errors="replace"), document)
 
     async def _store_item(self, job: Job, raw: str, doc: dict[str, object]) -> None:
         now = self.clock()
@@ -325,7 +324,10 @@ class JobRunner:
         # the new version's deliveries are ours already: hand it on without a claim or a read
         if saved.deliveries:
             item = replace(item, revision=saved.revision)
-            await asyncio.gather(*(self.handle(d, item) for d in saved.deliveries))
+            if len(saved.deliveries) == 1:  # one output, the common case: no task for it
+                await self.handle(saved.deliveries[0], item)
+            else:
+                await asyncio.gather(*(self.handle(d, item) for d in saved.deliveries))
 
     async def _deliver(self, job: Job, item: StoredItem | None) -> None:
         assert job.item_id is not None

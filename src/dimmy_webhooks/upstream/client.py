@@ -192,6 +192,12 @@ class DimmyClient:
         An ``item_id`` that :func:`~dimmy_webhooks.models.valid_item_id` refuses is a
         :class:`PermanentUpstream` without any request.
         """
+        raw, _ = await self.get_item_document(item_id)
+        return raw
+
+    async def get_item_document(self, item_id: str) -> tuple[bytes, dict[str, Any]]:
+        """:meth:`get_item`, with the document it was checked as: the body is parsed once (the
+        check needs it), not again by the caller."""
         if not valid_item_id(item_id):  # never let an id choose another path
             raise PermanentUpstream(f"GET /items/{{id}}: {item_id[:80]!r} is not a valid item id")
         path = f"/items/{item_id}"
@@ -203,7 +209,7 @@ class DimmyClient:
                 status=response.status,
             )
         try:
-            return clean_json_bytes(response.content)
+            return clean_json_bytes(response.content), document
         except ValueError:  # json.loads let lone surrogates pass; as text they cannot be stored
             raise PermanentUpstream(
                 f"GET {path}: body is not UTF-8, UTF-16 or UTF-32 text", status=200
