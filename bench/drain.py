@@ -1,7 +1,7 @@
 """Items fetched, stored and delivered per second, draining a backlog of ``items.scanned`` events.
 
 ``python bench/drain.py [--quick|--full] [--json out.json] [--latencies 0,0.05]
-[--backend sqlite,postgres] [--workers 1,3] [--baseline-rev REV | --no-baseline]``
+[--backend sqlite,postgres] [--workers 1,3] [--baseline-rev REV | --no-baseline] [--rounds 1]``
 
 For each fake-API latency (0 ms, then 50 ms by default):
 
@@ -22,7 +22,10 @@ For each fake-API latency (0 ms, then 50 ms by default):
   ``PYTHONPATH`` at its ``src`` (inbox, migrations and workers: its own code, a fresh database
   per row). The notes give, for each pair, today's ``cpu ms/item`` over the baseline's (issue
   21's target: halved, <= 0.5x) and both items/s, and which ``src`` each code's rows import.
-  ``--no-baseline`` leaves these rows out (the ``+http`` row has none);
+  ``--no-baseline`` leaves these rows out (the ``+http`` row has none). ``--rounds N`` measures
+  each pair N times in turn (every other round the baseline first; later rounds' rows are
+  marked ``#2``, ``#3``...) and the notes give the median of the N ratios and their range: one
+  pair of 1,000-item drains moves by 30 % or more on a busy 2-core machine;
 * ``seed example``: Dimmy's original Flask example under gunicorn (2 sync workers), fed the
   same items as events of 10 ids over 16 connections; its rate is the items it fetched and
   printed per second during ``--seed-duration`` seconds (it goes over the items again when it
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -108,6 +112,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "local WMS endpoint)",
     )
     add_baseline_args(parser, "each 'ours <backend> <n> wkr' row")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure each 'ours' row and its baseline this many times in turn (every other "
+        "round the baseline first); the notes give the median of their CPU ratios",
+    )
     add_backend_args(parser, "--workers", "workers", "dimmy-webhooks worker processes", "1,3")
     args = parser.parse_args(argv)
     args.preset = "quick" if args.quick else "full" if args.full else "default"
@@ -178,12 +189,15 @@ def drain_ours(
     n_workers: int,
     wms_port: int | None = None,
     code: Code = TODAY,
+    round_: int = 1,
 ) -> dict[str, Any]:
     tag = f"{backend}-w{n_workers}-{latency * 1000:.0f}ms-c{concurrency}"
     if wms_port is not None:
         tag += "-http"
     if code.is_baseline:
         tag += f"-{code.slug}"
+    if round_ > 1:
+        tag += f"-r{round_}"
     run_dir = workdir / f"ours-{tag}"
     out = run_dir / "out.jsonl"
     outputs = f"jsonl:{out}"
@@ -221,8 +235,10 @@ def drain_ours(
     elapsed, first, finished = measured["elapsed"], measured["first"], measured["finished"]
     items = measured["items"]
     rate = items / elapsed
+    target = f"{code.prefix}ours {backend} {n_workers} wkr" + (" +http" if wms_port else "")
     return {
-        "target": f"{code.prefix}ours {backend} {n_workers} wkr" + (" +http" if wms_port else ""),
+        "target": target + (f" #{round_}" if round_ > 1 else ""),
+        "round": round_,
         "code": code.name,
         "src": code.imported,
         "backend": backend,
@@ -467,12 +483,14 @@ def ours_rows(
     codes: list[Code],
     notes: list[str],
 ) -> list[dict[str, Any]]:
-    """The ``ours`` rows of one latency, each code's (the baseline's right after today's); a
-    baseline row that fails is a note in ``notes``."""
+    """The ``ours`` rows of one latency, each code's (the baseline's right after today's, or
+    right before it in even rounds); a baseline row that fails is a note in ``notes``."""
     rows = []
     for backend, n_workers in args.plan:
-        for concurrency in args.api_concurrency:
-            for code in codes:
+        for concurrency, round_ in (
+            (c, n) for c in args.api_concurrency for n in range(1, args.rounds + 1)
+        ):
+            for code in codes if round_ % 2 else codes[::-1]:
                 try:
                     row = drain_ours(
                         args,
@@ -485,6 +503,7 @@ def ours_rows(
                         backend,
                         n_workers,
                         code=code,
+                        round_=round_,
                     )
                 except Exception as exc:
                     if not code.is_baseline:
@@ -570,39 +589,58 @@ def render(rows: list[dict[str, Any]]) -> str:
 
 
 def _notes(rows: list[dict[str, Any]], code_notes: list[str]) -> str:
-    """Each baseline row beside today's same row: CPU per item (issue 21's target: today's at
-    most half the release's) and items/s; then which src each code's rows import."""
+    """Each baseline row beside today's same row of the same round: CPU per item (issue 21's
+    target: today's at most half the release's) and items/s; with several rounds, the median
+    of the ratios and their range; then which src each code's rows import."""
     today = {
-        (r["backend"], r["workers"], r["latency_ms"], r["concurrency"]): r
+        (r["backend"], r["workers"], r["latency_ms"], r["concurrency"], r.get("round", 1)): r
         for r in rows
         if r.get("code") == TODAY.name and not r["target"].endswith("+http")
     }
-    out = []
+    pairs: dict[tuple[Any, ...], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     for base in rows:
         if base.get("code") in (None, TODAY.name):
             continue
         key = (base["backend"], base["workers"], base["latency_ms"], base["concurrency"])
-        ours = today.get(key)
-        if ours is None:
-            continue
-        cpu, cpu_base = ours["cpu_ms_per_item"], base["cpu_ms_per_item"]
-        if cpu and cpu_base:
-            ratio = cpu / cpu_base
+        ours = today.get((*key, base.get("round", 1)))
+        if ours is not None:
+            pairs.setdefault(key, []).append((ours, base))
+    out = []
+    for (backend, workers, latency_ms, concurrency), measured in pairs.items():
+        ratios = sorted(
+            ours["cpu_ms_per_item"] / base["cpu_ms_per_item"]
+            for ours, base in measured
+            if ours["cpu_ms_per_item"] and base["cpu_ms_per_item"]
+        )
+        cpus = sorted(o["cpu_ms_per_item"] for o, _ in measured if o["cpu_ms_per_item"])
+        base_cpus = sorted(b["cpu_ms_per_item"] for _, b in measured if b["cpu_ms_per_item"])
+        rates = sorted(o["items_s"] for o, _ in measured)
+        base_rates = sorted(b["items_s"] for _, b in measured)
+        if ratios:
+            ratio = statistics.median(ratios)
             verdict = "met" if ratio <= CPU_RATIO_TARGET else "NOT met"
-            cpu_text = f"{cpu:.3f} against {cpu_base:.3f}: {ratio:.2f}x, {verdict}"
+            spread = f" in {len(ratios)} rounds, {ratios[0]:.2f}-{ratios[-1]:.2f}x" * (
+                len(ratios) > 1
+            )
+            cpu_text = (
+                f"{statistics.median(cpus):.3f} against {statistics.median(base_cpus):.3f}: "
+                f"{ratio:.2f}x{spread}, {verdict}"
+            )
         else:
             cpu_text = "not measured (no item stored after the first)"
+        rate, base_rate = statistics.median(rates), statistics.median(base_rates)
         out.append(
-            f"    {base['backend']:<8} {base['workers']} wkr, api {base['latency_ms']:.0f} ms, "
-            f"conc {base['concurrency']}: cpu ms/item {cpu_text}; items/s {ours['items_s']:.0f} "
-            f"against {base['items_s']:.0f} ({ours['items_s'] / (base['items_s'] or 1e-9):.2f}x)"
+            f"    {backend:<8} {workers} wkr, api {latency_ms:.0f} ms, conc {concurrency}: "
+            f"cpu ms/item {cpu_text}; items/s {rate:.0f} against {base_rate:.0f} "
+            f"({rate / (base_rate or 1e-9):.2f}x)"
         )
     notes = []
     if out:
         code = next(r["code"] for r in rows if r.get("code") not in (None, TODAY.name))
+        median = " (medians over the rounds)" if any(len(m) > 1 for m in pairs.values()) else ""
         notes.append(
-            f"  issue 21, today's rows against {code}'s (target: cpu ms/item halved, <= "
-            f"{CPU_RATIO_TARGET:.1f}x):"
+            f"  issue 21, today's rows against {code}'s{median} (target: cpu ms/item halved, "
+            f"<= {CPU_RATIO_TARGET:.1f}x):"
         )
         notes += out
     notes += [f"  {line}" for line in code_notes]
