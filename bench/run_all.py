@@ -18,8 +18,9 @@ The runs include baseline rows: ack.py and drain.py also measure the last releas
 ``ours <backend> 1 rcv`` and ``all-in-one`` rows and each of drain's ``ours`` rows, and print
 today's figures beside it (issue 21's targets), and so does fairness.py. ack measures each
 backend's ``1 rcv`` and ``all-in-one`` rows, today's and the baseline's, in 4 alternating rounds
-(every other one all-in-one first) and prints the medians of their ratios. ``--no-baseline``
-leaves every baseline row out.
+(every other one all-in-one first) and prints the medians of their ratios; drain measures each
+``ours`` row and its baseline in 3 alternating rounds and prints the median CPU ratio.
+``--no-baseline`` leaves every baseline row out.
 
 Each benchmark runs in its own process, one after the other (never two at once: the machine's
 cores are part of what is measured). The exit status is non-zero when any of them fails a check.
@@ -68,7 +69,8 @@ def main() -> int:
     runs = [
         # the all-in-one rows against the --no-worker ones: medians of 4 alternating rounds
         ("ack", [*preset, *backend, *baseline, "--rounds", "4"]),
-        ("drain", [*preset, *backend, *baseline]),
+        # each drain row against the release's: medians of 3 alternating rounds
+        ("drain", [*preset, *backend, *baseline, "--rounds", "3"]),
         ("fairness", [*preset, *backend, *baseline]),
     ]
     runs.append(("http_clients", ["--quick"] if preset == ["--quick"] else []))
