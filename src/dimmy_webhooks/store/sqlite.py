@@ -80,12 +80,28 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
+def connect_writer(path: Path) -> sqlite3.Connection:
+    """:func:`connect`, for the single writer: its savepoints journal in memory.
+
+    Each operation of a group commit runs in a savepoint, and SQLite keeps the first copy of
+    every page an operation changes in a sub-journal, to undo it if the operation fails. With
+    the default ``temp_store`` that sub-journal is a temporary file: a 4 KB write (and a 4-byte
+    one) per page changed, about eight times the writes the WAL itself gets while a worker
+    drains. In memory it holds one operation's pages at a time (it is emptied when the
+    savepoint is released) and costs no system call. Durability is the WAL's and is unchanged;
+    only this connection's temporary storage moves (the readers' sorts may still spill to disk).
+    """
+    conn = connect(path)
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return conn
+
+
 class _Writer:
     """The single writer: one connection, one :class:`GroupCommit` thread."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.conn: sqlite3.Connection | None = connect(path)
+        self.conn: sqlite3.Connection | None = connect_writer(path)
         self.commits = GroupCommit(self._commit_batch, max_batch=_MAX_BATCH, name="sqlite-writer")
 
     def submit(self, op: Callable[[ops.Tx], Any], *, savepoint: bool = True) -> Future[Any]:
@@ -103,7 +119,7 @@ class _Writer:
         outcomes: list[Outcome] = []
         try:
             if self.conn is None:  # the last one broke: start afresh
-                self.conn = connect(self.path)
+                self.conn = connect_writer(self.path)
             conn, tx = self.conn, SQLiteTx(self.conn)
             conn.execute("BEGIN IMMEDIATE")
             for op, savepoint in batch:
