@@ -57,6 +57,12 @@ from dimmy_webhooks.upstream.client import DimmyClient
 
 log = logging.getLogger("dimmy_webhooks.services")
 
+GC_THRESHOLDS = (10_000, 10, 10)
+"""The cyclic GC's thresholds while the service runs (Python's default: 700 allocations for
+the young generation). Every item fetched and delivered allocates a few thousand objects, nearly
+all freed at once by reference counting; at 700 the young collection ran several times per
+item and scanned whatever was alive then (items in flight, their documents)."""
+
 KEPT_LOOK_SECONDS = 5.0  # how often /readyz counts the deliveries kept for unconfigured outputs
 
 
@@ -273,6 +279,8 @@ class Services:
             # GC's full collections, which otherwise stall every request in flight for 50-100 ms
             gc.collect()
             gc.freeze()
+            thresholds = gc.get_threshold()
+            gc.set_threshold(*GC_THRESHOLDS)
             stop = asyncio.Event()
             parts = list(self.parts)
             for memory in self._learned_rates():
@@ -286,6 +294,7 @@ class Services:
                 stop.set()
                 if self._tasks:
                     await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+                gc.set_threshold(*thresholds)
 
     async def drain(self, timeout: float) -> int:
         """Wait until no job is due or running (this process's workers, and any others on the
