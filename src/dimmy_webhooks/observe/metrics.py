@@ -107,6 +107,9 @@ class Metrics:
         self._signature_times: collections.deque[float] = collections.deque(maxlen=100_000)
         self.ledger = LedgerTally(clock=clock)
         self._lock = threading.Lock()  # the client may call from several event loops (tests)
+        # each label set's child, found once: labels() validates and locks on every call, and
+        # these hooks run for every webhook and every API request
+        self._children: dict[tuple[object, ...], Any] = {}
 
     # hooks ----------------------------------------------------------------------------------
 
@@ -114,7 +117,7 @@ class Metrics:
         """The receiver answered ``status`` (``outcome`` for a 204: accepted, duplicate or
         requeued; ``reason``: what a refusal said)."""
         label = outcome or _STATUS_OUTCOME.get(status, f"status_{status}")
-        self.webhooks.labels(label).inc()
+        self._child(self.webhooks, label).inc()
         if status == 401:
             self.signature_failures.inc()
             with self._lock:
@@ -125,8 +128,17 @@ class Metrics:
     def api_request(self, path: str, status: str, seconds: float) -> None:
         """One Dimmy API request to ``path`` ended with ``status`` after ``seconds``."""
         endpoint = "items" if path == "/items" else "item"
-        self.api_requests.labels(endpoint, status).inc()
-        self.api_latency.labels(endpoint).observe(seconds)
+        self._child(self.api_requests, endpoint, status).inc()
+        self._child(self.api_latency, endpoint).observe(seconds)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (the label values here
+        come from short fixed lists: outcomes, endpoints, HTTP statuses)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def watch_api_rate(self, rate: Callable[[], float]) -> None:
         """Report ``rate()`` (requests per second) as the API rate gauge at every scrape."""
