@@ -3,7 +3,7 @@
 ``python bench/run_all.py [--quick|--default|--full] [--no-postgres] [--no-memory]
 [--no-baseline] [--json-dir DIR]``
 
-ack.py, drain.py, fairness.py, http_clients.py, adaptive_rate.py, then memory.py: about 25
+ack.py, drain.py, fairness.py, http_clients.py, adaptive_rate.py, then memory.py: 25 to 40
 minutes with ``--quick`` on 2 cores. ack, drain and fairness run their own default backends:
 SQLite, plus PostgreSQL when it answers at ``$BENCH_PG_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/postgres``; they print a note otherwise), i.e. the rows
