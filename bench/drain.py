@@ -619,9 +619,9 @@ def _notes(rows: list[dict[str, Any]], code_notes: list[str]) -> str:
         if ratios:
             ratio = statistics.median(ratios)
             verdict = "met" if ratio <= CPU_RATIO_TARGET else "NOT met"
-            spread = f" in {len(ratios)} rounds, {ratios[0]:.2f}-{ratios[-1]:.2f}x" * (
-                len(ratios) > 1
-            )
+            spread = ""
+            if len(ratios) > 1:
+                spread = f" in {len(ratios)} rounds, {ratios[0]:.2f}-{ratios[-1]:.2f}x"
             cpu_text = (
                 f"{statistics.median(cpus):.3f} against {statistics.median(base_cpus):.3f}: "
                 f"{ratio:.2f}x{spread}, {verdict}"
