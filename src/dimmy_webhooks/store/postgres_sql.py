@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import DictRow, dict_row
 
 from dimmy_webhooks.store import ops, sql
@@ -230,7 +231,9 @@ class PostgresTx:
 
     def all(self, sql: str, params: Mapping[str, Any] | None = None) -> list[ops.Row]:
         cursor = self._execute(sql, params)
-        if cursor.description is None:
+        result = cursor.pgresult
+        # not `cursor.description`: that builds a Column object per field on every call
+        if result is None or result.status != pq.ExecStatus.TUPLES_OK:
             return []
         rows: list[ops.Row] = list(cursor.fetchall())
         return rows
