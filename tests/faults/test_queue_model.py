@@ -40,6 +40,7 @@ from hypothesis.stateful import (
 
 from dimmy_webhooks.errors import LeaseLost
 from dimmy_webhooks.models import (
+    DeliveryAttempt,
     InsertOutcome,
     Job,
     JobKind,
@@ -269,11 +270,23 @@ def row_key(row: dict[str, Any]) -> str:
 
 
 def snapshot(backend: Backend) -> dict[str, list[dict[str, Any]]]:
-    """Every column of every row of the three tables."""
+    """Every column of every row of the three tables, and of the delivery ledger."""
     return {
         table: backend.rows(f"SELECT * FROM {table} ORDER BY id")
-        for table in ("events", "jobs", "items")
+        for table in ("events", "jobs", "items", "delivery_attempts")
     }
+
+
+def _attempt(job: Job, now: float) -> DeliveryAttempt:
+    """A delivery attempt for ``job`` (a stale finish must not write it)."""
+    return DeliveryAttempt(
+        item_id=job.item_id or "a",
+        output=job.output or "console",
+        idempotency_key="dmy_late",
+        attempt=job.attempts,
+        started_at=now,
+        outcome="delivered",
+    )
 
 
 # the machine ----------------------------------------------------------------------------------
@@ -331,7 +344,12 @@ class QueueMachine(RuleBasedStateMachine):
     def start(self, msgs: list[str], expanded: list[list[str]]) -> None:
         """An empty database, then a few events, some of them expanded already, so that a
         short run reaches fetches, item versions and deliveries."""
-        assert snapshot(self.backend) == {"events": [], "jobs": [], "items": []}
+        assert snapshot(self.backend) == {
+            "events": [],
+            "jobs": [],
+            "items": [],
+            "delivery_attempts": [],
+        }
         for msg in msgs:
             self.enqueue(msg, [])
         self.learn_ids()
@@ -596,6 +614,9 @@ class QueueMachine(RuleBasedStateMachine):
         handle = data.draw(st.sampled_from(self.stale_handles()), label="stale handle")
         writes: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {
             "finish": lambda: self.store.finish(handle, now),
+            "finish with a ledger row": lambda: self.store.finish(
+                handle, now, attempt=_attempt(handle, now)
+            ),
             "expand": lambda: self.store.expand_event(handle, ["a", "b"], now),
             "save": lambda: self.store.save_item(
                 handle, stored_item(handle.item_id or "a", "2030-01-01", "late"), OUTPUTS, now

@@ -12,6 +12,7 @@ import pytest
 from dimmy_webhooks.errors import LeaseLost
 from dimmy_webhooks.models import (
     UNKNOWN,
+    DeliveryAttempt,
     IncomingEvent,
     InsertOutcome,
     JobKind,
@@ -258,6 +259,50 @@ async def test_deliveries_can_be_leased_to_the_saver(store: Store) -> None:
     assert (taken.id, taken.attempts) == (saved.deliveries[1].id, 2)
     with pytest.raises(LeaseLost):
         await store.finish(saved.deliveries[1], T0 + LEASE + 2)
+
+
+async def test_a_delivery_finishes_with_its_ledger_row_only_under_its_lease(store: Store) -> None:
+    """PostgreSQL writes both in one statement (``finish_recorded``), SQLite in two: either way
+    a stale worker's finish writes neither, and a finish under the lease writes both."""
+    [job] = await expanded(store, ["a"])
+    saved = await store.save_item(
+        job, stored_item("a", "2026-01-01"), ["console"], T0, Lease("w", LEASE)
+    )
+    [delivery] = saved.deliveries
+    attempt = DeliveryAttempt(
+        item_id="a",
+        output="console",
+        idempotency_key="dmy_a",
+        attempt=1,
+        started_at=T0 + 1,
+        outcome="delivered",
+        revision=saved.revision,
+        version=delivery.version,
+    )
+    [taken] = await store.claim("other", 10, LEASE, T0 + LEASE + 1)
+    assert taken.id == delivery.id
+    with pytest.raises(LeaseLost):
+        await store.finish(delivery, T0 + LEASE + 2, attempt=attempt)
+    assert await store.attempts(item_id="a") == []
+    assert (await store.stats(T0)).jobs == {"done": 2, "running": 1}
+
+    late = replace(attempt, attempt=2, started_at=T0 + LEASE + 3, latency_ms=12.5)
+    await store.finish(taken, T0 + LEASE + 4, attempt=late)
+    [row] = await store.attempts(item_id="a")
+    assert (row.output, row.idempotency_key, row.attempt, row.outcome) == (
+        "console",
+        "dmy_a",
+        2,
+        "delivered",
+    )
+    assert (row.started_at, row.latency_ms, row.status_code, row.error) == (
+        T0 + LEASE + 3,
+        12.5,
+        None,
+        None,
+    )
+    assert (row.revision, row.version) == (saved.revision, delivery.version)
+    assert (await store.stats(T0)).jobs == {"done": 3}
 
 
 async def test_an_older_events_items_go_before_newer_events(store: Store) -> None:

@@ -3,14 +3,16 @@ decisions about held items.
 
 :class:`Ledger` is the seam the deliveries API and the quarantine commands need. A delivery's
 attempt is written by the queue, in the transaction that finishes or fails its job
-(:func:`record_attempt`); the operations run inside a transaction the backend opened
-(:mod:`.ops`).
+(:func:`record_attempt`, :func:`finish_recorded`); the operations run inside a transaction the
+backend opened (:mod:`.ops`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+from dimmy_webhooks.errors import LeaseLost
 from dimmy_webhooks.models import DeliveryAttempt, Job, Lane, StoredItem
 from dimmy_webhooks.store import ops
 from dimmy_webhooks.store.ops import Attempts, Tx
@@ -84,23 +86,41 @@ def decide_hold(
 
 def record_attempt(tx: Tx, job: Job, attempt: DeliveryAttempt) -> None:
     """One delivery attempt into the ledger (texts cut and cleaned for any backend)."""
-    tx.run(
-        tx.sql("record_attempt"),
-        {
-            "job_id": job.id,
-            "item_id": attempt.item_id,
-            "revision": attempt.revision,
-            "version": attempt.version,
-            "output": attempt.output,
-            "key": attempt.idempotency_key,
-            "attempt": attempt.attempt,
-            "started_at": attempt.started_at,
-            "latency_ms": attempt.latency_ms,
-            "outcome": attempt.outcome,
-            "status_code": attempt.status_code,
-            "error": ops.text(attempt.error[:1000]) if attempt.error else None,
-            "excerpt": ops.text(attempt.response_excerpt),
-            "record_id": ops.text(attempt.record_id),
-            "account": job.account,
-        },
-    )
+    tx.run(tx.sql("record_attempt"), attempt_params(job, attempt))
+
+
+def finish_recorded(
+    tx: Tx, job: Job, now: float, note: str | None, attempt: DeliveryAttempt
+) -> None:
+    """:func:`ops.guard_finish`, then ``attempt`` into the ledger: in one statement where the
+    dialect has one (``finish_recorded``), else in two. Either way nothing is written, and
+    :class:`LeaseLost` raised, when the job's lease was taken over."""
+    combined = tx.sql("finish_recorded")
+    if not combined:
+        ops.guard_finish(tx, job, now, note)
+        record_attempt(tx, job, attempt)
+        return
+    params = {"id": job.id, "token": job.lease_token, "now": now, "note": note}
+    if tx.run(combined, params | attempt_params(job, attempt)) != 1:
+        raise LeaseLost(f"job {job.id}: lease taken over, result discarded")
+
+
+def attempt_params(job: Job, attempt: DeliveryAttempt) -> dict[str, Any]:
+    """The parameters of a ledger row (:data:`.sql.ATTEMPT_VALUES`)."""
+    return {
+        "job_id": job.id,
+        "item_id": attempt.item_id,
+        "revision": attempt.revision,
+        "version": attempt.version,
+        "output": attempt.output,
+        "key": attempt.idempotency_key,
+        "attempt": attempt.attempt,
+        "started_at": attempt.started_at,
+        "latency_ms": attempt.latency_ms,
+        "outcome": attempt.outcome,
+        "status_code": attempt.status_code,
+        "error": ops.text(attempt.error[:1000]) if attempt.error else None,
+        "excerpt": ops.text(attempt.response_excerpt),
+        "record_id": ops.text(attempt.record_id),
+        "account": job.account,
+    }

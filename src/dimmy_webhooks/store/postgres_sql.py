@@ -91,6 +91,16 @@ not an advisory lock: a batch may already hold the row's lock from an earlier wr
 deadlock. Prepared as two statements (:data:`PREPARED_BLOCKS`), run one after the other."""
 
 
+_FINISH_RECORDED = f"""
+    WITH done AS ({sql.SQL["finish"].strip()}
+        RETURNING id)
+    INSERT INTO delivery_attempts ({sql.ATTEMPT_COLUMNS})
+    SELECT {sql.ATTEMPT_VALUES} FROM done"""
+"""``finish`` and ``record_attempt`` as one statement: the ledger row is written only when the
+lease check passed (one row changed, else none and :class:`LeaseLost`), one round trip fewer
+for every delivered item."""
+
+
 def _derive(name: str, *changes: tuple[str, str]) -> str:
     """Block ``name`` of :data:`sql.SQL` with each ``(old, new)`` of ``changes`` replaced."""
     text = sql.SQL[name]
@@ -125,6 +135,7 @@ _OVERRIDES = {
     "reap": _REAP,
     "heartbeat": _HEARTBEAT,
     "refresh_event": _REFRESH_EVENT,
+    "finish_recorded": _FINISH_RECORDED,
     "new_leased_delivery": _unindexed(sql.SQL["new_leased_delivery"], "jobs_item"),
     "lock_events": _LOCK_EVENTS,
     "refresh_events": _REFRESH_EVENTS,
@@ -173,6 +184,7 @@ SQL: dict[str, str] = {name: to_pyformat(text) for name, text in {**sql.SQL, **_
 
 PREPARED_BLOCKS = (
     "finish",
+    "finish_recorded",
     "upsert_item",
     "new_leased_delivery",
     "record_attempt",

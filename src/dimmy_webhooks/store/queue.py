@@ -18,7 +18,7 @@ from typing import Any
 from dimmy_webhooks.errors import LeaseLost
 from dimmy_webhooks.models import DeliveryAttempt, Job, JobKind, Lane, QueueStats, ReplayMode
 from dimmy_webhooks.store import ops
-from dimmy_webhooks.store.ledger import record_attempt
+from dimmy_webhooks.store.ledger import finish_recorded, record_attempt
 from dimmy_webhooks.store.ops import Attempts, Tx
 
 EXPAND_CHUNK = 100
@@ -312,9 +312,10 @@ def _queue_fetches(
 def finish(
     tx: Tx, job: Job, now: float, note: str | None, attempt: DeliveryAttempt | None = None
 ) -> None:
-    ops.guard_finish(tx, job, now, note)
-    if attempt is not None:
-        record_attempt(tx, job, attempt)
+    if attempt is None:
+        ops.guard_finish(tx, job, now, note)
+    else:
+        finish_recorded(tx, job, now, note, attempt)
     ops.refresh(tx, [job.event_id], now)
 
 

@@ -39,6 +39,12 @@ waits while another of the same item to the same output runs: one in flight per 
 output, so an older revision can never arrive after a newer one."""
 REPLAY_LANE = int(Lane.REPLAY)
 RELEASED = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+ATTEMPT_COLUMNS = """job_id, item_id, revision, version, output,
+            idempotency_key, attempt, started_at, latency_ms, outcome, status_code, error,
+            response_excerpt, record_id, account"""
+ATTEMPT_VALUES = """:job_id, :item_id, :revision, :version, :output, :key, :attempt, :started_at,
+            :latency_ms, :outcome, :status_code, :error, :excerpt, :record_id, :account"""
+"""A ledger row (``delivery_attempts``): its columns, and the parameters that fill them."""
 _REPLAY = f"""UPDATE jobs SET status = 'pending', attempts = 0, run_at = :now, last_error = NULL,
             lane = {REPLAY_LANE}, updated_at = :now, {RELEASED}"""
 """Put jobs back in the queue as new work in the replay lane (the replays add their ``WHERE``)."""
@@ -214,12 +220,12 @@ SQL: dict[str, str] = {
         UPDATE items SET hold_state = :state, hold_note = :note
         WHERE id = :id AND hold_state = 'held'
         RETURNING version, revision, account""",
-    "record_attempt": """
-        INSERT INTO delivery_attempts (job_id, item_id, revision, version, output,
-            idempotency_key, attempt, started_at, latency_ms, outcome, status_code, error,
-            response_excerpt, record_id, account)
-        VALUES (:job_id, :item_id, :revision, :version, :output, :key, :attempt, :started_at,
-            :latency_ms, :outcome, :status_code, :error, :excerpt, :record_id, :account)""",
+    "record_attempt": f"""
+        INSERT INTO delivery_attempts ({ATTEMPT_COLUMNS})
+        VALUES ({ATTEMPT_VALUES})""",
+    # a dialect with UPDATE inside WITH (PostgreSQL) finishes a delivery and writes its
+    # ledger row in one statement; empty here: SQLite runs "finish", then "record_attempt"
+    "finish_recorded": "",
     "attempts": """
         SELECT * FROM delivery_attempts
         WHERE (:item_id IS NULL OR item_id = :item_id)
