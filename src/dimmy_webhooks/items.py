@@ -191,10 +191,12 @@ def to_stored_item(
     dimension_unit: str = "cm",
     weight_unit: str = "kg",
     dim_weight_divisor: float | None = None,
+    account: str = "default",
 ) -> StoredItem:
-    """An item document (``raw``: its text as read) made ready for the item store: normalised
-    fields and version key. Raises ``ValueError`` (with the reason) for a document that is not
-    an item, including one whose ``_id`` is not a valid item id (:func:`valid_item_id`)."""
+    """An item document (``raw``: its text as read) of ``account`` made ready for the item
+    store: normalised fields and version key. Raises ``ValueError`` (with the reason) for a
+    document that is not an item, including one whose ``_id`` is not a valid item id
+    (:func:`valid_item_id`)."""
     fields = normalise(
         doc,
         dimension_unit=dimension_unit,
@@ -204,7 +206,8 @@ def to_stored_item(
     if not valid_item_id(fields.id):
         raise ValueError(f"_id {fields.id[:80]!r} is not a valid item id")
     raw = raw.removeprefix("\ufeff")  # spliced into JSON answers as it is: never with a BOM
-    return StoredItem(item=fields, raw=raw, version=version_of(doc, fields), fetched_at=fetched_at)
+    version = version_of(doc, fields)
+    return StoredItem(item=fields, raw=raw, version=version, fetched_at=fetched_at, account=account)
 
 
 def normalise_timestamp(value: object) -> str | None:
@@ -276,9 +279,10 @@ def api_fields(item: StoredItem) -> dict[str, Any]:
     """:func:`to_api_dict` without ``raw``: the fields as JSON-ready values, ``account`` (the
     Dimmy account the item belongs to) among them."""
     out: dict[str, Any] = {"id": item.id, "account": item.account}
-    for f in dataclasses.fields(item.item):
-        value = getattr(item.item, f.name)
-        out[f.name] = list(value) if isinstance(value, tuple) else value
+    fields = item.item
+    for name in _NORMALISED_FIELDS:
+        value = getattr(fields, name)
+        out[name] = list(value) if isinstance(value, tuple) else value
     out["version"] = item.version
     out["revision"] = item.revision
     out["fetched_at"] = format_timestamp(item.fetched_at)
@@ -286,6 +290,9 @@ def api_fields(item: StoredItem) -> dict[str, Any]:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+_NORMALISED_FIELDS = tuple(f.name for f in dataclasses.fields(NormalisedItem))
+"""What :func:`api_fields` writes of an item's normalised fields, in order."""
 
 
 def _canonical(unit: object, table: Mapping[str, float], aliases: Mapping[str, str]) -> str | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -315,10 +316,9 @@ class JobRunner:
         now = self.clock()
         work = self.work_of(job)
         try:
-            item = work.intake.prepare(doc, raw, fetched_at=now)
+            item = work.intake.prepare(doc, raw, fetched_at=now, account=job.account)
         except ValueError as exc:
             raise PermanentUpstream(f"not an item: {exc}") from exc
-        item = replace(item, account=job.account)
         lease = Lease(self.owner, self.policy.lease_seconds)
         saved = await self.store.save_item(job, item, list(work.outputs), now, lease)
         # the new version's deliveries are ours already: hand it on without a claim or a read
@@ -344,13 +344,14 @@ class JobRunner:
         if item is not None and item.account != job.account:
             item = None  # never another account's document (cannot happen: stored by account)
         key = idempotency_key(item.id, item.version, output.name, item.revision) if item else ""
-        attempt = DeliveryAttempt(
+        # the ledger row of this attempt, built once its outcome is known
+        attempt = functools.partial(
+            DeliveryAttempt,
             item_id=job.item_id,
             output=output.name,
             idempotency_key=key,
             attempt=job.attempts,
             started_at=self.clock(),
-            outcome="delivered",
             revision=job.revision,
             version=job.version,
         )
@@ -358,7 +359,7 @@ class JobRunner:
             # a newer revision exists: never send an older one after it (it is delivered on
             # its own, after this one's turn)
             why = "superseded by a newer version"
-            superseded = replace(attempt, outcome="superseded", error=why)
+            superseded = attempt(outcome="superseded", error=why)
             await self.store.finish(job, self.clock(), note=why, attempt=superseded)
             return
         timeout = output.delivery_timeout or self.policy.output_timeout_seconds
@@ -370,8 +371,8 @@ class JobRunner:
             return
         except DeliveryFailed as exc:
             answer = exc.receipt
-            failed = replace(
-                attempt,
+            failed = attempt(
+                outcome="failed",  # or "dead": the store says which
                 latency_ms=answer.latency_ms,
                 status_code=answer.status_code,
                 error=str(exc),
@@ -388,7 +389,7 @@ class JobRunner:
             )
             return
         except OutputError as exc:
-            failed = replace(attempt, latency_ms=_ms_since(started), error=str(exc))
+            failed = attempt(outcome="failed", latency_ms=_ms_since(started), error=str(exc))
             await self._fail(
                 job,
                 str(exc),
@@ -397,8 +398,7 @@ class JobRunner:
             )
             return
         note = receipt.note if receipt is not None else None
-        done = replace(
-            attempt,
+        done = attempt(
             outcome="filtered" if note and note.startswith("filtered") else "delivered",
             latency_ms=receipt.latency_ms if receipt and receipt.latency_ms else _ms_since(started),
             status_code=receipt.status_code if receipt else None,

@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -235,8 +235,9 @@ class RangeReader:
                     doc,
                     json.dumps(doc, ensure_ascii=False, separators=(",", ":")),
                     fetched_at=now,
+                    account=self.account,
                 )
-                items.append(replace(item, account=self.account))
+                items.append(item)
             except ValueError as exc:
                 result.refused += 1
                 log.warning(

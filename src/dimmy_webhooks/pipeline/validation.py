@@ -98,8 +98,11 @@ class Intake:
             max_item_bytes=settings.max_item_bytes,
         )
 
-    def prepare(self, doc: Mapping[str, Any], raw: str, *, fetched_at: float) -> StoredItem:
-        """The item version to store (held, with the reasons, when it breaks a rule). Raises
+    def prepare(
+        self, doc: Mapping[str, Any], raw: str, *, fetched_at: float, account: str = "default"
+    ) -> StoredItem:
+        """The item version of ``account`` to store (held, with the reasons, when it breaks a
+        rule). Raises
         ``ValueError`` for a document that is not an item, or whose text ``raw`` is longer than
         ``max_item_bytes`` in UTF-8 (``DIMMY_MAX_ITEM_BYTES``)."""
         cap = self.max_item_bytes
@@ -116,6 +119,7 @@ class Intake:
             dimension_unit=self.dimension_unit,
             weight_unit=self.weight_unit,
             dim_weight_divisor=self.dim_weight_divisor,
+            account=account,
         )
         reason = self.rules.check(item.item)
         return replace(item, hold_reason=reason) if reason is not None else item
