@@ -1,8 +1,10 @@
 """Where one worker's CPU goes: ``dimmy-webhooks worker`` under cProfile draining a backlog.
 
-``python bench/profile_worker.py [--events 20] [--concurrency 64] [--top 25] [--out worker.prof]``
+``python bench/profile_worker.py [--events 20] [--concurrency 64] [--latency 0] [--top 25]
+[--out worker.prof]``
 
-The same drain as ``drain.py``'s ``ours sqlite 1 wkr`` row at 0 ms (a local fake API, events of
+The same drain as ``drain.py``'s ``ours sqlite 1 wkr`` row at 0 ms, or at ``--latency`` seconds
+(a local fake API, events of
 50 ids acknowledged through ``serve --no-worker`` first, ``DIMMY_API_RATE_LIMIT=100000``, a
 JSON Lines output), but the one worker runs under :class:`cProfile.Profile` with
 ``time.thread_time`` as its clock: the CPU of the event loop's thread, where every request is
@@ -130,6 +132,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20, help=f"events of {IDS_PER_EVENT} ids")
     parser.add_argument("--concurrency", type=int, default=64, help="DIMMY_API_CONCURRENCY")
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="the fake API's latency in seconds"
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, help="keep the profile here (pstats format)")
     parser.add_argument("--timeout", type=float, default=180.0)
@@ -141,7 +146,7 @@ def main() -> int:
     print("\n".join(machine_lines()))
     n_items = args.events * IDS_PER_EVENT
     with run_context("dimmy-profile-") as (workdir, procs):
-        api = start_fake_api(procs, items=n_items, latency=0.0)
+        api = start_fake_api(procs, items=n_items, latency=args.latency)
         ids = fake_item_ids(api[1], n_items)
         run_dir = workdir / "run"
         with bench_database("sqlite", run_dir, prepare=True) as db:
