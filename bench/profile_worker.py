@@ -13,9 +13,9 @@ worker process's whole CPU (``/proc``, every thread) is printed beside the profi
 It is stopped with SIGTERM once every item is stored.
 
 Printed: the profiled CPU split by where the code lives (self time of each function; a C
-function's time goes to the package of the Python code that called it, so ``select.poll``
-called by httpcore's pool counts as httpcore), and the inclusive time of a few entry points
-(the whole of ``httpx.AsyncClient.send`` is the HTTP client's share of a fetch). cProfile's
+function's time goes to the package of the Python code that called it, so a socket call made
+by aiohttp counts as aiohttp), and the inclusive time of a few entry points (the whole of
+``AiohttpTransport.send`` is the HTTP client's share of a fetch, its body read apart). cProfile's
 own overhead inflates every call alike, so read the shares, not the seconds.
 """
 
@@ -45,10 +45,16 @@ from benchlib import (
 )
 from drain import IDS_PER_EVENT, fill_inbox
 
-HTTP_STACK = {"httpx", "httpcore", "h11", "anyio", "sniffio", "certifi"}
+HTTP_STACK = {"aiohttp", "aiohappyeyeballs", "multidict", "yarl", "propcache", "frozenlist"}
 ENTRY_POINTS = {
-    "httpx AsyncClient.send (the whole HTTP request, client side)": ("httpx/_client.py", "send"),
-    "DimmyClient.get_item": ("dimmy_webhooks/upstream/client.py", "get_item"),
+    "AiohttpTransport.send (request and answer head, client side)": (
+        "dimmy_webhooks/upstream/transport.py",
+        "send",
+    ),
+    "DimmyClient.get_item_document (the fetch, checks included)": (
+        "dimmy_webhooks/upstream/client.py",
+        "get_item_document",
+    ),
     "json (parse and dump, stdlib)": ("/json/", None),
 }
 
@@ -72,7 +78,7 @@ def group(filename: str) -> str:
     if "/site-packages/" in filename:
         package = filename.split("/site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
         if package in HTTP_STACK:
-            return "HTTP client: httpx, httpcore, h11, anyio, sniffio"
+            return "HTTP client: aiohttp, yarl, multidict and their helpers"
         return package
     if "/dimmy_webhooks/" in filename:
         module = filename.split("/dimmy_webhooks/", 1)[1].removesuffix(".py")
