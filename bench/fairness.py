@@ -13,7 +13,7 @@ after the other, ``--live`` of them within the window. Measured:
 * ``live wait``: from a one-id event's ``204`` until its item is a row of ``items`` (the
   database polled every 20 ms), the median and the slowest of the live scans; ``>`` a figure
   when one was not stored within the window. One scan's wait depends on where in the worker's
-  claim cycle it lands (0.1 to 1.3 s on 2 cores in the same code), so one scan alone cannot
+  claim cycle it lands (0.3 to 1.3 s on 2 cores for the same code), so one scan alone cannot
   tell two codes apart; after each stored scan the next waits a fixed pause that differs from
   scan to scan (:data:`PAUSES`), so the scans land at different points of the cycle;
 * ``backlog items/s``: the upload's items stored per second over the window (from the first
