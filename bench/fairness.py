@@ -5,10 +5,10 @@
 
 For each backend and backlog size N, with the service's **default settings** (the client's
 rate limit of 100 requests/s, 128 jobs in flight): a local ``fake-api`` (10 ms per request)
-holding N + ``--live`` items; ``dimmy-webhooks serve`` (receiver and workers in one process) on a fresh
-database; one signed ``items.scanned`` of the N ids (the device back after a shift offline);
-once its items are being stored, one-id ``items.scanned`` events (the parcel on the dock), one
-after the other, ``--live`` of them within the window. Measured:
+holding N + ``--live`` items; ``dimmy-webhooks serve`` (receiver and workers in one process)
+on a fresh database; one signed ``items.scanned`` of the N ids (the device back after a shift
+offline); once its items are being stored, one-id ``items.scanned`` events (the parcel on the
+dock), one after the other, ``--live`` of them within the window. Measured:
 
 * ``live wait``: from a one-id event's ``204`` until its item is a row of ``items`` (the
   database polled every 20 ms), the median and the slowest of the live scans; ``>`` a figure
