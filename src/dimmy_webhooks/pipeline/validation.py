@@ -102,9 +102,8 @@ class Intake:
         self, doc: Mapping[str, Any], raw: str, *, fetched_at: float, account: str = "default"
     ) -> StoredItem:
         """The item version of ``account`` to store (held, with the reasons, when it breaks a
-        rule). Raises
-        ``ValueError`` for a document that is not an item, or whose text ``raw`` is longer than
-        ``max_item_bytes`` in UTF-8 (``DIMMY_MAX_ITEM_BYTES``)."""
+        rule). Raises ``ValueError`` for a document that is not an item, or whose text ``raw``
+        is longer than ``max_item_bytes`` in UTF-8 (``DIMMY_MAX_ITEM_BYTES``)."""
         cap = self.max_item_bytes
         if (
             cap is not None
