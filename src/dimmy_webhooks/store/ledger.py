@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dimmy_webhooks.errors import LeaseLost
 from dimmy_webhooks.models import DeliveryAttempt, Job, Lane, StoredItem
 from dimmy_webhooks.store import ops
 from dimmy_webhooks.store.ops import Attempts, Tx
@@ -95,14 +94,12 @@ def finish_recorded(
     """:func:`ops.guard_finish`, then ``attempt`` into the ledger: in one statement where the
     dialect has one (``finish_recorded``), else in two. Either way nothing is written, and
     :class:`LeaseLost` raised, when the job's lease was taken over."""
-    combined = tx.sql("finish_recorded")
-    if not combined:
+    if tx.sql("finish_recorded"):
+        extra = attempt_params(job, attempt)
+        ops.guard_finish(tx, job, now, note, block="finish_recorded", extra=extra)
+    else:
         ops.guard_finish(tx, job, now, note)
         record_attempt(tx, job, attempt)
-        return
-    params = {"id": job.id, "token": job.lease_token, "now": now, "note": note}
-    if tx.run(combined, params | attempt_params(job, attempt)) != 1:
-        raise LeaseLost(f"job {job.id}: lease taken over, result discarded")
 
 
 def attempt_params(job: Job, attempt: DeliveryAttempt) -> dict[str, Any]:

@@ -184,11 +184,21 @@ def event_error(tx: Tx, event_id: int | None, reason: str) -> None:
 # new jobs -------------------------------------------------------------------------------------
 
 
-def guard_finish(tx: Tx, job: Job, now: float, note: str | None = None) -> None:
+def guard_finish(
+    tx: Tx,
+    job: Job,
+    now: float,
+    note: str | None = None,
+    *,
+    block: str = "finish",
+    extra: Mapping[str, Any] | None = None,
+) -> None:
     """Mark a claimed job done, or raise :class:`LeaseLost` (nothing written) if its lease was
-    taken over: the first statement of every write about a claimed job."""
-    params = {"id": job.id, "token": job.lease_token, "now": now, "note": note}
-    if tx.run(tx.sql("finish"), params) != 1:
+    taken over: the first statement of every write about a claimed job. ``block`` may be a
+    dialect's statement that also writes something (with ``extra``'s parameters) only when the
+    check passes: ``finish_recorded``."""
+    params = {"id": job.id, "token": job.lease_token, "now": now, "note": note, **(extra or {})}
+    if tx.run(tx.sql(block), params) != 1:
         raise LeaseLost(f"job {job.id}: lease taken over, result discarded")
 
 
